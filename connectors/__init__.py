@@ -1,0 +1,1 @@
+"""Thin typed clients: Langfuse, secret stores, consumers, notifications. No Prefect imports."""

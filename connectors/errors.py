@@ -1,0 +1,105 @@
+"""The one exception hierarchy of every connector.
+
+Every message is a single line a user can act on, and never contains secret material:
+connectors build messages from status codes, public identifiers and the server's own
+error string (which never echoes a secret), and raise ``from None`` so no chained
+request or response object reaches a traceback.
+"""
+
+from __future__ import annotations
+
+
+class ConnectorError(Exception):
+    """Base class: a one-line, secret-free message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+# --- Langfuse -----------------------------------------------------------------------------------
+
+
+class LangfuseError(ConnectorError):
+    """Any failure talking to Langfuse."""
+
+
+class LangfuseUnreachableError(LangfuseError):
+    """Connection refused, DNS failure or timeout."""
+
+
+class LangfuseAuthError(LangfuseError):
+    """401: the key pair was rejected (invalid, revoked, or wrong host)."""
+
+
+class LangfuseForbiddenError(LangfuseError):
+    """403: not an organization key, or the plan lacks the admin API."""
+
+
+class LangfuseNotFoundError(LangfuseError):
+    """404: project or key not found (or not visible to this key)."""
+
+
+class LangfuseConflictError(LangfuseError):
+    """409: a key with this public or secret key already exists."""
+
+
+class LangfuseBadRequestError(LangfuseError):
+    """400: the server rejected the request body or parameters."""
+
+
+class LangfuseRateLimitedError(LangfuseError):
+    """429 after retries were exhausted."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class LangfuseServerError(LangfuseError):
+    """5xx after retries were exhausted, or an ambiguous failure of a non-idempotent call."""
+
+
+class LangfuseUnsupportedServerError(LangfuseError):
+    """The server is too old for a feature the rotation needs (e.g. predefined keys)."""
+
+
+# --- Secret stores ------------------------------------------------------------------------------
+
+
+class StoreError(ConnectorError):
+    """Any failure of a secret store."""
+
+
+class StoreUnavailableError(StoreError):
+    """Unreachable, sealed, or throttled beyond retries."""
+
+
+class StoreAccessDeniedError(StoreError):
+    """The store refused the credential or the policy denies the operation."""
+
+
+class StoreNotFoundError(StoreError):
+    """No secret (or no such version) at the location."""
+
+
+class StoreConflictError(StoreError):
+    """Check-and-set or stage fencing failed: someone else changed the secret."""
+
+
+class StoreRefusedError(StoreError):
+    """The store's configuration makes a safe rotation impossible (e.g. AWS-managed rotation on)."""
+
+
+# --- Consumers and notifications ----------------------------------------------------------------
+
+
+class ConsumerError(ConnectorError):
+    """A consumer's restart hook or health endpoint misbehaved."""
+
+
+class NotifyError(ConnectorError):
+    """Notification delivery failed (never fatal to a rotation)."""

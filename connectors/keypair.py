@@ -1,0 +1,41 @@
+"""A Langfuse key pair whose secret half never prints."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
+
+
+class KeyPair(BaseModel):
+    """A public key and its secret. ``repr``/``str`` show the secret as ``**********``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    public_key: str
+    secret_key: SecretStr
+
+    @field_validator("public_key")
+    @classmethod
+    def _public_key_prefix(cls, value: str) -> str:
+        if not value.startswith("pk-lf-"):
+            raise ValueError("public key must start with 'pk-lf-'")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key_prefix(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("sk-lf-"):
+            raise ValueError("secret key must start with 'sk-lf-'")
+        return value
+
+    @classmethod
+    def generate(cls) -> KeyPair:
+        """A fresh pair in Langfuse's own format (``pk-lf-<uuid4>`` / ``sk-lf-<uuid4>``)."""
+        return cls(public_key=f"pk-lf-{uuid.uuid4()}", secret_key=SecretStr(f"sk-lf-{uuid.uuid4()}"))
+
+    @property
+    def display_secret_key(self) -> str:
+        """Langfuse's ``displaySecretKey``: first 6 and last 4 characters; safe to show."""
+        raw = self.secret_key.get_secret_value()
+        return f"{raw[:6]}...{raw[-4:]}"

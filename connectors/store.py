@@ -1,0 +1,146 @@
+"""The secret-store interface every store implements (Vault KV v2, AWS Secrets Manager, ...).
+
+A store holds, per configured entry, one *current* secret that consumers read (public key,
+secret key, host under configurable field names) and at most one *staged* rotation: the new
+pair written ahead, together with a non-secret ``RotationRecord``, before the key exists in
+Langfuse. Every method is idempotent, so a rerun after a crash can call it again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from connectors.keypair import KeyPair
+
+StoreVersion = int | str
+"""Vault KV version (int) or AWS ``VersionId`` (str)."""
+
+
+class FieldNames(BaseModel):
+    """Names of the fields consumers read inside the secret."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    public_key: str = "LANGFUSE_PUBLIC_KEY"
+    secret_key: str = "LANGFUSE_SECRET_KEY"
+    host: str = "LANGFUSE_HOST"
+
+
+class SecretLocation(BaseModel):
+    """Where one entry's secret lives inside a store."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    fields: FieldNames = FieldNames()
+
+
+class StoredPair(BaseModel):
+    """A pair read back from the store, with the version it was read from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    public_key: str
+    secret_key: SecretStr
+    host: str | None = None
+    version: StoreVersion
+
+    def key_pair(self) -> KeyPair:
+        return KeyPair(public_key=self.public_key, secret_key=self.secret_key)
+
+
+class RotationRecord(BaseModel):
+    """Non-secret facts of one in-flight rotation, durable in the store.
+
+    ``old_version`` is the store version that was current when the rotation was staged;
+    promotion is fenced on it (check-and-set), rollback restores it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rotation_id: str
+    entry: str
+    mode: Literal["scheduled", "emergency"]
+    old_public_key: str | None
+    new_public_key: str
+    old_version: StoreVersion | None
+    started_at: datetime
+    flow_run_id: str | None = None
+
+
+class StoreDescription(BaseModel):
+    """What a store says about one location, without secrets."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    location: str
+    exists: bool
+    current_version: StoreVersion | None = None
+    current_public_key: str | None = None
+    previous_version: StoreVersion | None = None
+    pending: RotationRecord | None = None
+    pending_promoted: bool = False
+    last_rotation_id: str | None = None
+    last_rotated_at: datetime | None = None
+
+
+@runtime_checkable
+class SecretStore(Protocol):
+    """One secret store connection. Methods take the entry's location; all are idempotent."""
+
+    kind: str
+
+    def location_label(self, loc: SecretLocation) -> str:
+        """A human-readable, secret-free name of the location (``vault:secret/langfuse/x``, an ARN)."""
+        ...
+
+    def describe(self, loc: SecretLocation) -> StoreDescription:
+        """Current version and public key, and the staged rotation if one is in flight."""
+        ...
+
+    def read_current(self, loc: SecretLocation) -> StoredPair:
+        """The pair consumers read now. Raises ``StoreNotFoundError`` if there is none."""
+        ...
+
+    def read_version(self, loc: SecretLocation, version: StoreVersion) -> StoredPair:
+        """A specific earlier version (for rollback checks)."""
+        ...
+
+    def seed(self, loc: SecretLocation, pair: KeyPair, host: str) -> StoreVersion:
+        """Create the secret with its first pair. Raises ``StoreConflictError`` if it already exists."""
+        ...
+
+    def stage(self, loc: SecretLocation, record: RotationRecord, pair: KeyPair, host: str) -> None:
+        """Write the new pair ahead, beside the current one, with its record.
+
+        Atomic as seen by ``read_staged``. Repeating it with the same ``rotation_id`` is a no-op;
+        a different rotation already staged raises ``StoreConflictError``.
+        """
+        ...
+
+    def read_staged(self, loc: SecretLocation) -> tuple[RotationRecord, StoredPair] | None:
+        """The staged rotation and its pair, or None."""
+        ...
+
+    def promote(self, loc: SecretLocation, record: RotationRecord) -> StoreVersion:
+        """Make the staged pair current, fenced on ``record.old_version`` (check-and-set).
+
+        Returns the new current version. Already promoted: returns that version unchanged.
+        The old version stays retrievable. A concurrent writer raises ``StoreConflictError``.
+        """
+        ...
+
+    def rollback(self, loc: SecretLocation, record: RotationRecord) -> StoreVersion | None:
+        """Undo the rotation: if the staged pair is current, make the old pair current again;
+        then clear the staging. Returns the current version afterwards (None if nothing exists).
+        """
+        ...
+
+    def finish(self, loc: SecretLocation, record: RotationRecord) -> None:
+        """Clear the staging and record the completed rotation's facts (rotation id, public key,
+        rotated-at) as non-secret metadata on the current secret."""
+        ...
