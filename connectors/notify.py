@@ -1,0 +1,328 @@
+"""Notifications through apprise, routed by tag as CONTRACTS.md defines.
+
+Routing contract (``notify.urls``):
+
+- an untagged target receives every notification;
+- a tagged target receives only notifications carrying one of its tags;
+- a notification's tags are its kind (``success``, ``failure``, ``info``); an ``emergency``
+  carries ``emergency`` and ``failure`` and is sent with apprise type ``failure``.
+
+apprise's own tag filter differs (``notify(tag=X)`` skips untagged services), so routing is
+decided here and each target is sent through its own ``apprise.Apprise`` instance, which also
+makes every failure attributable to one target.
+
+apprise URLs carry tokens and passwords, so a target's URL is a ``SecretStr`` and targets are
+named ``target #N (scheme)`` in results. A logging filter on the ``apprise`` logger rewrites
+every record before any handler sees it: URLs become ``scheme://***`` and the user, password,
+path segments and query values of every configured target are masked. ``send`` never raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import apprise
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+__all__ = ["Notification", "Notifier", "NotifyResult", "NotifyTarget", "notification_tags"]
+
+_log = logging.getLogger(__name__)
+
+NotificationKind = Literal["success", "failure", "emergency", "info"]
+
+_APPRISE_TYPE: dict[str, str] = {
+    "success": "success",
+    "failure": "failure",
+    "emergency": "failure",
+    "info": "info",
+}
+
+_URL_RE = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]{0,31})://[^\s'\"<>]+")
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]{0,31})://\S+$")
+# apprise text-config form: "tag1,tag2=URL". Tags never contain ':' or '/', so a bare URL
+# (whose query may hold '=') never matches.
+_TAGGED_RE = re.compile(r"^\s*(?P<tags>[A-Za-z0-9_\-\s,]+?)\s*=\s*(?P<url>[A-Za-z][A-Za-z0-9+.-]*://.+)$")
+_MIN_FRAGMENT = 4
+
+
+def notification_tags(kind: str) -> frozenset[str]:
+    """Tags a notification of ``kind`` carries (an emergency is also a failure)."""
+    if kind == "emergency":
+        return frozenset({"emergency", "failure"})
+    return frozenset({kind})
+
+
+# --- log redaction ------------------------------------------------------------------------------
+
+
+class _Redactor(logging.Filter):
+    """Rewrites apprise log records so no URL or known credential fragment survives."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+        self._lock = threading.Lock()
+        self._fragments: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+
+    def register(self, url: str) -> None:
+        fragments = _secret_fragments(url)
+        with self._lock:
+            if fragments <= self._fragments:
+                return
+            self._fragments |= fragments
+            ordered = sorted(self._fragments, key=len, reverse=True)
+            alternatives = "|".join(re.escape(f) for f in ordered)
+            # whole tokens only, so a path segment like "fail" does not mangle "failure"
+            self._pattern = re.compile(rf"(?<![A-Za-z0-9_-])(?:{alternatives})(?![A-Za-z0-9_-])")
+
+    def redact(self, text: str) -> str:
+        text = _URL_RE.sub(lambda m: f"{m.group(1)}://***", text)
+        pattern = self._pattern
+        if pattern is not None:
+            text = pattern.sub("***", text)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            message = str(record.msg)
+        record.msg = self.redact(message)
+        record.args = None
+        return True
+
+
+def _secret_fragments(url: str) -> set[str]:
+    """Parts of an apprise URL that may be credentials: user, password, path, query values.
+
+    The host is kept unless it cannot be a host name (no dot and not ``localhost``), since some
+    schemes put a token there.
+    """
+    fragments: set[str] = {url}
+    try:
+        parts = urlsplit(url)
+        candidates = [parts.username, parts.password]
+        host = parts.hostname
+        if host and "." not in host and host != "localhost":
+            candidates.append(host)
+        for segment in parts.path.split("/"):
+            candidates.append(segment)
+        candidates.extend(value for _, value in parse_qsl(parts.query, keep_blank_values=False))
+    except ValueError:
+        # an unparseable URL: mask everything after the scheme, in pieces
+        candidates = re.split(r"[/@:?&=#]+", url.split("://", 1)[-1])
+    for candidate in candidates:
+        if candidate:
+            for variant in (candidate, unquote(candidate)):
+                if len(variant) >= _MIN_FRAGMENT:
+                    fragments.add(variant)
+    return fragments
+
+
+_REDACTOR = _Redactor()
+
+
+def _install_redactor() -> None:
+    apprise_logger = logging.getLogger("apprise")
+    if _REDACTOR not in apprise_logger.filters:
+        apprise_logger.addFilter(_REDACTOR)
+
+
+_install_redactor()
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+class NotifyTarget(BaseModel):
+    """One apprise URL and its routing tags. ``repr`` never shows the URL."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    url: SecretStr
+    tags: frozenset[str] = frozenset()
+
+    @field_validator("url", mode="after")
+    @classmethod
+    def _valid_apprise_url(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value().strip()
+        match = _SCHEME_RE.match(raw)
+        if match is None:
+            raise ValueError("not an apprise URL (expected scheme://...)")
+        _REDACTOR.register(raw)
+        if apprise.Apprise.instantiate(raw) is None:
+            raise ValueError(f"apprise cannot load this {match.group(1)}:// URL")
+        return SecretStr(raw)
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _normalise_tags(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, Iterable):
+            return frozenset(str(tag).strip().lower() for tag in value if str(tag).strip())
+        return value
+
+    @property
+    def scheme(self) -> str:
+        return self.url.get_secret_value().split("://", 1)[0].lower()
+
+    def label(self, index: int) -> str:
+        """How results and logs name this target: ``target #N (scheme)``; never the URL."""
+        return f"target #{index} ({self.scheme})"
+
+    def receives(self, tags: frozenset[str]) -> bool:
+        """Whether a notification carrying ``tags`` is routed to this target."""
+        return not self.tags or bool(self.tags & tags)
+
+    @classmethod
+    def parse(cls, value: str | Mapping[str, Any]) -> NotifyTarget:
+        """Parse ``"URL"``, ``"tag1,tag2=URL"`` (apprise text config) or ``{"url", "tags"}``.
+
+        ``tags`` in a mapping may be a list or a comma-separated string (``tag`` is accepted as
+        an alias, as in apprise's YAML). Raises ``ValueError`` naming no URL.
+        """
+        if isinstance(value, str):
+            text = value.strip()
+            tagged = _TAGGED_RE.match(text)
+            if tagged is not None:
+                return cls(url=SecretStr(tagged.group("url").strip()), tags=tagged.group("tags"))
+            return cls(url=SecretStr(text))
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"url", "tags", "tag"}
+            if unknown:
+                raise ValueError(f"unknown notify target field(s): {', '.join(sorted(unknown))}")
+            url = value.get("url")
+            if not isinstance(url, str | SecretStr):
+                raise ValueError("notify target needs a 'url' string")
+            raw = url.get_secret_value() if isinstance(url, SecretStr) else url
+            tags = value.get("tags", value.get("tag", ()))
+            return cls(url=SecretStr(raw), tags=tags)
+        raise ValueError(f"notify target must be a string or a mapping, not {type(value).__name__}")
+
+
+class Notification(BaseModel):
+    """What to say. ``kind`` decides routing (see module docstring) and the apprise type."""
+
+    model_config = ConfigDict(frozen=True)
+
+    title: str
+    body: str
+    kind: NotificationKind
+
+    @property
+    def tags(self) -> frozenset[str]:
+        return notification_tags(self.kind)
+
+
+class NotifyResult(BaseModel):
+    """Outcome of one ``Notifier.send``.
+
+    ``status``: ``sent`` (every routed target accepted), ``partial``, ``failed`` (none did), or
+    ``skipped`` (no target is routed this kind). ``errors`` are one line each, URL-free.
+    """
+
+    status: Literal["sent", "partial", "failed", "skipped"]
+    delivered: int
+    failed: int
+    errors: list[str] = Field(default_factory=list)
+
+
+# --- sending ------------------------------------------------------------------------------------
+
+
+class Notifier:
+    """Sends notifications to every target routed for their kind. ``send`` never raises.
+
+    ``timeout_s`` bounds each target's delivery (targets are notified concurrently).
+    """
+
+    def __init__(self, targets: Sequence[NotifyTarget], *, timeout_s: float = 30.0) -> None:
+        self._targets = list(targets)
+        self._timeout_s = timeout_s
+        self._clients: list[apprise.Apprise | None] = []
+        self._load_errors: dict[int, str] = {}
+        for index, target in enumerate(self._targets, start=1):
+            raw = target.url.get_secret_value()
+            _REDACTOR.register(raw)
+            client = apprise.Apprise()
+            try:
+                loaded = bool(client.add(raw))
+            except Exception as exc:
+                loaded = False
+                _log.debug("%s: apprise raised %s while loading", target.label(index), type(exc).__name__)
+            if not loaded:
+                self._load_errors[index] = f"{target.label(index)}: apprise could not load the URL"
+                self._clients.append(None)
+            else:
+                self._clients.append(client)
+
+    @property
+    def targets(self) -> list[NotifyTarget]:
+        return list(self._targets)
+
+    def __repr__(self) -> str:
+        labels = ", ".join(t.label(i) for i, t in enumerate(self._targets, start=1))
+        return f"Notifier([{labels}])"
+
+    def send(self, n: Notification) -> NotifyResult:
+        """Deliver ``n`` to every routed target and report what happened. Never raises."""
+        try:
+            return self._send(n)
+        except Exception as exc:  # defensive: a notification never breaks a rotation
+            return NotifyResult(
+                status="failed", delivered=0, failed=0, errors=[f"notifier error ({type(exc).__name__})"]
+            )
+
+    def _send(self, n: Notification) -> NotifyResult:
+        routed = [index for index, target in enumerate(self._targets, start=1) if target.receives(n.tags)]
+        if not routed:
+            return NotifyResult(status="skipped", delivered=0, failed=0, errors=[])
+        if len(routed) == 1:
+            outcomes = [self._deliver(routed[0], n)]
+        else:
+            with ThreadPoolExecutor(max_workers=min(len(routed), 8), thread_name_prefix="notify") as pool:
+                outcomes = list(pool.map(lambda i: self._deliver(i, n), routed))
+        delivered = sum(1 for ok, _ in outcomes if ok)
+        failed = len(outcomes) - delivered
+        errors = [error for _, errs in outcomes for error in errs]
+        status: Literal["sent", "partial", "failed"] = (
+            "sent" if failed == 0 else "failed" if delivered == 0 else "partial"
+        )
+        if failed:
+            _log.warning(
+                "notification %r (%s): %d of %d target(s) failed", n.title, n.kind, failed, len(outcomes)
+            )
+        return NotifyResult(status=status, delivered=delivered, failed=failed, errors=errors)
+
+    def _deliver(self, index: int, n: Notification) -> tuple[bool, list[str]]:
+        target = self._targets[index - 1]
+        label = target.label(index)
+        client = self._clients[index - 1]
+        if client is None:
+            return False, [self._load_errors[index]]
+        try:
+            result = client.notify(
+                body=n.body,
+                title=n.title,
+                notify_type=_APPRISE_TYPE[n.kind],
+                timeout=self._timeout_s,
+            )
+        except Exception as exc:
+            return False, [f"{label}: apprise raised {type(exc).__name__}"]
+        if bool(result):
+            return True, []
+        messages = []
+        for entry in result.logs():
+            if entry.level in ("WARNING", "ERROR", "CRITICAL", "DEPRECATION WARNING"):
+                messages.append(" ".join(_REDACTOR.redact(entry.message).split()))
+        status_name = getattr(result.status, "name", str(result.status)).lower()
+        if not messages:
+            messages.append(f"delivery {status_name}")
+        return False, [f"{label}: {message}" for message in messages]
