@@ -67,6 +67,15 @@ class LangfuseUnsupportedServerError(LangfuseError):
     """The server is too old for a feature the rotation needs (e.g. predefined keys)."""
 
 
+class LangfuseCanaryTimeoutError(LangfuseError):
+    """A canary trace sent with a key did not become readable within the time budget."""
+
+    def __init__(self, message: str, trace_id: str, waited_s: float) -> None:
+        super().__init__(message)
+        self.trace_id = trace_id
+        self.waited_s = waited_s
+
+
 # --- Secret stores ------------------------------------------------------------------------------
 
 

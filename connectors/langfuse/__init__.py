@@ -1,0 +1,34 @@
+"""Typed Langfuse client connector: project API-key administration, key probes and canary traces.
+
+Three clients, one per credential:
+
+- ``LangfuseAdminClient``: an organization-scoped key; lists, creates and deletes project keys.
+- ``LangfuseInstanceAdmin``: a self-hosted ``ADMIN_API_KEY``; flushes the API-key cache.
+- ``LangfuseProjectClient``: a project key pair; auth check, revocation probe, canary round trip.
+
+Every failure is a ``connectors.errors.LangfuseError`` with a one-line, secret-free message.
+No Prefect import: usable from a plain script.
+"""
+
+from connectors.langfuse.admin import LangfuseAdminClient, LangfuseInstanceAdmin
+from connectors.langfuse.models import (
+    ApiKeySummary,
+    HealthStatus,
+    OrganizationProject,
+    ProbeResult,
+    ProjectInfo,
+    RetryPolicy,
+)
+from connectors.langfuse.project import LangfuseProjectClient
+
+__all__ = [
+    "ApiKeySummary",
+    "HealthStatus",
+    "LangfuseAdminClient",
+    "LangfuseInstanceAdmin",
+    "LangfuseProjectClient",
+    "OrganizationProject",
+    "ProbeResult",
+    "ProjectInfo",
+    "RetryPolicy",
+]
