@@ -12,9 +12,11 @@ decided here and each target is sent through its own ``apprise.Apprise`` instanc
 makes every failure attributable to one target.
 
 apprise URLs carry tokens and passwords, so a target's URL is a ``SecretStr`` and targets are
-named ``target #N (scheme)`` in results. A logging filter on the ``apprise`` logger rewrites
-every record before any handler sees it: URLs become ``scheme://***`` and the user, password,
-path segments and query values of every configured target are masked. ``send`` never raises.
+named ``target #N (scheme)`` in results. Logging filters rewrite records before any handler
+sees them: on the ``apprise`` logger every URL becomes ``scheme://***``; on ``apprise`` and
+``urllib3.connectionpool`` (whose debug log prints request paths) the password and every
+token-looking piece (user, host, path segment, query value) of each configured target becomes
+``***``. ``send`` never raises.
 """
 
 from __future__ import annotations
@@ -61,32 +63,69 @@ def notification_tags(kind: str) -> frozenset[str]:
 # --- log redaction ------------------------------------------------------------------------------
 
 
-class _Redactor(logging.Filter):
-    """Rewrites apprise log records so no URL or known credential fragment survives."""
+class _Fragments:
+    """Credential-looking pieces of every configured apprise URL, for masking in log text."""
 
     def __init__(self) -> None:
-        super().__init__("")
         self._lock = threading.Lock()
-        self._fragments: set[str] = set()
+        self._known: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
 
     def register(self, url: str) -> None:
         fragments = _secret_fragments(url)
         with self._lock:
-            if fragments <= self._fragments:
+            if fragments <= self._known:
                 return
-            self._fragments |= fragments
-            ordered = sorted(self._fragments, key=len, reverse=True)
+            self._known |= fragments
+            ordered = sorted(self._known, key=len, reverse=True)
             alternatives = "|".join(re.escape(f) for f in ordered)
-            # whole tokens only, so a path segment like "fail" does not mangle "failure"
+            # whole tokens only, so masking never mangles the surrounding words
             self._pattern = re.compile(rf"(?<![A-Za-z0-9_-])(?:{alternatives})(?![A-Za-z0-9_-])")
 
-    def redact(self, text: str) -> str:
-        text = _URL_RE.sub(lambda m: f"{m.group(1)}://***", text)
+    def mask(self, text: str) -> str:
         pattern = self._pattern
-        if pattern is not None:
-            text = pattern.sub("***", text)
-        return text
+        return text if pattern is None else pattern.sub("***", text)
+
+
+def _looks_secret(value: str) -> bool:
+    """Tokens mix letters and digits or are long; words like ``hooks`` or ``failure`` are kept."""
+    has_digit = any(c.isdigit() for c in value)
+    has_alpha = any(c.isalpha() for c in value)
+    return (len(value) >= 6 and has_digit and has_alpha) or len(value) >= 20
+
+
+def _secret_fragments(url: str) -> set[str]:
+    """The URL itself, its password, and every user/host/path/query piece that looks like a token."""
+    fragments: set[str] = {url}
+    candidates: list[str | None]
+    try:
+        parts = urlsplit(url)
+        if parts.password and len(parts.password) >= _MIN_FRAGMENT:
+            fragments.add(parts.password)
+            fragments.add(unquote(parts.password))
+        candidates = [parts.username, parts.hostname, *parts.path.split("/")]
+        candidates.extend(value for _, value in parse_qsl(parts.query))
+    except ValueError:
+        candidates = list(re.split(r"[/@:?&=#]+", url.split("://", 1)[-1]))
+    for candidate in candidates:
+        for variant in {candidate or "", unquote(candidate or "")}:
+            if _looks_secret(variant):
+                fragments.add(variant)
+    return fragments
+
+
+class _RedactingFilter(logging.Filter):
+    """Rewrites a log record's message before any handler sees it."""
+
+    def __init__(self, fragments: _Fragments, *, mask_urls: bool) -> None:
+        super().__init__("")
+        self._fragments = fragments
+        self._mask_urls = mask_urls
+
+    def redact(self, text: str) -> str:
+        if self._mask_urls:
+            text = _URL_RE.sub(lambda m: f"{m.group(1)}://***", text)
+        return self._fragments.mask(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -98,43 +137,22 @@ class _Redactor(logging.Filter):
         return True
 
 
-def _secret_fragments(url: str) -> set[str]:
-    """Parts of an apprise URL that may be credentials: user, password, path, query values.
-
-    The host is kept unless it cannot be a host name (no dot and not ``localhost``), since some
-    schemes put a token there.
-    """
-    fragments: set[str] = {url}
-    try:
-        parts = urlsplit(url)
-        candidates = [parts.username, parts.password]
-        host = parts.hostname
-        if host and "." not in host and host != "localhost":
-            candidates.append(host)
-        for segment in parts.path.split("/"):
-            candidates.append(segment)
-        candidates.extend(value for _, value in parse_qsl(parts.query, keep_blank_values=False))
-    except ValueError:
-        # an unparseable URL: mask everything after the scheme, in pieces
-        candidates = re.split(r"[/@:?&=#]+", url.split("://", 1)[-1])
-    for candidate in candidates:
-        if candidate:
-            for variant in (candidate, unquote(candidate)):
-                if len(variant) >= _MIN_FRAGMENT:
-                    fragments.add(variant)
-    return fragments
+_FRAGMENTS = _Fragments()
+# apprise logs URLs (e.g. "Unparseable URL ...", "JSON POST URL: ..."): mask every URL in them.
+_APPRISE_FILTER = _RedactingFilter(_FRAGMENTS, mask_urls=True)
+# apprise sends through requests/urllib3, whose debug log prints the request path (which may hold
+# a webhook token): mask only the configured targets' fragments there, nothing else.
+_URLLIB3_FILTER = _RedactingFilter(_FRAGMENTS, mask_urls=False)
 
 
-_REDACTOR = _Redactor()
+def _install_filters() -> None:
+    for name, log_filter in (("apprise", _APPRISE_FILTER), ("urllib3.connectionpool", _URLLIB3_FILTER)):
+        target_logger = logging.getLogger(name)
+        if log_filter not in target_logger.filters:
+            target_logger.addFilter(log_filter)
 
 
-def _install_redactor() -> None:
-    apprise_logger = logging.getLogger("apprise")
-    if _REDACTOR not in apprise_logger.filters:
-        apprise_logger.addFilter(_REDACTOR)
-
-
-_install_redactor()
+_install_filters()
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -155,7 +173,7 @@ class NotifyTarget(BaseModel):
         match = _SCHEME_RE.match(raw)
         if match is None:
             raise ValueError("not an apprise URL (expected scheme://...)")
-        _REDACTOR.register(raw)
+        _FRAGMENTS.register(raw)
         if apprise.Apprise.instantiate(raw) is None:
             raise ValueError(f"apprise cannot load this {match.group(1)}:// URL")
         return SecretStr(raw)
@@ -250,7 +268,7 @@ class Notifier:
         self._load_errors: dict[int, str] = {}
         for index, target in enumerate(self._targets, start=1):
             raw = target.url.get_secret_value()
-            _REDACTOR.register(raw)
+            _FRAGMENTS.register(raw)
             client = apprise.Apprise()
             try:
                 loaded = bool(client.add(raw))
@@ -321,7 +339,7 @@ class Notifier:
         messages = []
         for entry in result.logs():
             if entry.level in ("WARNING", "ERROR", "CRITICAL", "DEPRECATION WARNING"):
-                messages.append(" ".join(_REDACTOR.redact(entry.message).split()))
+                messages.append(" ".join(_APPRISE_FILTER.redact(entry.message).split()))
         status_name = getattr(result.status, "name", str(result.status)).lower()
         if not messages:
             messages.append(f"delivery {status_name}")

@@ -114,6 +114,7 @@ class JsonSink:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in separate writes
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -148,7 +149,9 @@ class JsonSink:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="json-sink", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="json-sink", daemon=True
+        )
         self._thread.start()
         self._stopped = False
 
