@@ -1,0 +1,359 @@
+"""The rotation configuration: one pydantic model, loaded from YAML with ``${ENV_VAR}`` interpolation.
+
+Every error names the file, the line and the dotted field, in one line, so a user can fix it
+without reading a traceback. Secrets are ``SecretStr`` from the moment they are read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from connectors.store import FieldNames, SecretLocation
+
+CONFIG_ENV_VAR = "LANGFUSE_ROTATE_CONFIG"
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_PLACEHOLDER_PREFIX = "__langfuse_rotate_env_"
+_PLACEHOLDER_PATTERN = re.compile(re.escape(_PLACEHOLDER_PREFIX) + r"(\d+)__")
+_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+class ConfigError(Exception):
+    """Invalid configuration: one line naming the file, line and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AppRoleConfig(_Strict):
+    role_id: str
+    secret_id: SecretStr | None = None
+    secret_id_file: Path | None = None
+    mount: str = "approle"
+
+    @model_validator(mode="after")
+    def _one_secret_id_source(self) -> AppRoleConfig:
+        if (self.secret_id is None) == (self.secret_id_file is None):
+            raise ValueError("give exactly one of secret_id or secret_id_file")
+        return self
+
+    def resolved_secret_id(self) -> SecretStr:
+        if self.secret_id is not None:
+            return self.secret_id
+        assert self.secret_id_file is not None
+        try:
+            return SecretStr(self.secret_id_file.read_text().strip())
+        except OSError as exc:
+            raise ConfigError(f"cannot read approle secret_id_file {self.secret_id_file}: {exc.strerror}") from None
+
+
+class VaultStoreConfig(_Strict):
+    kind: Literal["vault"]
+    url: str
+    token: SecretStr | None = None
+    approle: AppRoleConfig | None = None
+    mount: str = "secret"
+    namespace: str | None = None
+    timeout_s: float = Field(default=10.0, gt=0)
+    verify_tls: bool = True
+
+    @model_validator(mode="after")
+    def _one_auth_method(self) -> VaultStoreConfig:
+        if (self.token is None) == (self.approle is None):
+            raise ValueError("give exactly one of token or approle")
+        return self
+
+
+class AwsStoreConfig(_Strict):
+    kind: Literal["aws"]
+    region: str
+    endpoint_url: str | None = None
+    profile: str | None = None
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+StoreConfig = Annotated[VaultStoreConfig | AwsStoreConfig, Field(discriminator="kind")]
+
+
+class StoreRef(_Strict):
+    """A secret held in one of the configured stores (e.g. the organization key)."""
+
+    store: str
+    path: str
+    fields: FieldNames = FieldNames()
+
+    def location(self) -> SecretLocation:
+        return SecretLocation(path=self.path, fields=self.fields)
+
+
+class LangfuseConfig(_Strict):
+    host: str
+    org_public_key: str | None = None
+    org_secret_key: SecretStr | None = None
+    org_key: StoreRef | None = None
+    admin_api_key: SecretStr | None = None
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("host")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_org_key_source(self) -> LangfuseConfig:
+        inline = self.org_public_key is not None or self.org_secret_key is not None
+        if inline and self.org_key is not None:
+            raise ValueError("give either org_public_key/org_secret_key or org_key, not both")
+        if not inline and self.org_key is None:
+            raise ValueError("the organization key is missing: set org_public_key/org_secret_key or org_key")
+        if inline and (self.org_public_key is None or self.org_secret_key is None):
+            raise ValueError("org_public_key and org_secret_key go together")
+        if self.org_public_key is not None and not self.org_public_key.startswith("pk-lf-"):
+            raise ValueError("org_public_key must start with 'pk-lf-'")
+        return self
+
+
+class ConsumerConfig(_Strict):
+    name: str
+    health_url: str
+    public_key_field: str = "langfuse_public_key"
+    restart_url: str | None = None
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
+class ProjectEntry(_Strict):
+    """One configured key: a Langfuse project, where its pair is stored, and who uses it."""
+
+    name: str = Field(pattern=_NAME_PATTERN)
+    project_id: str = Field(min_length=1)
+    store: str
+    path: str = Field(min_length=1)
+    fields: FieldNames = FieldNames()
+    host: str | None = None
+    consumers: list[ConsumerConfig] = []
+    wait_timeout_s: float = Field(default=600.0, gt=0)
+    grace_period_s: float = Field(default=30.0, ge=0)
+    canary_timeout_s: float = Field(default=60.0, gt=0)
+    approval: Literal["none", "required"] = "none"
+    approval_timeout_s: float = Field(default=3600.0, gt=0)
+    revoke_recheck_s: float = Field(default=310.0, ge=0)
+    """How long to keep a revoked-but-still-accepted key idle before probing again (§3.3: cache TTL + margin)."""
+
+    def location(self) -> SecretLocation:
+        return SecretLocation(path=self.path, fields=self.fields)
+
+
+class NotifyConfig(_Strict):
+    urls: list[str | dict[str, Any]] = []
+
+
+class AuditConfig(_Strict):
+    path: Path = Path("langfuse-rotate-audit.jsonl")
+
+
+class LockConfig(_Strict):
+    wait_s: float = Field(default=0.0, ge=0)
+    """How long a second rotation of the same key waits for the first before giving up (exit 3)."""
+    lease_s: int = Field(default=300, ge=60)
+
+
+class RotationConfig(_Strict):
+    langfuse: LangfuseConfig
+    stores: dict[str, StoreConfig]
+    projects: list[ProjectEntry]
+    notify: NotifyConfig = NotifyConfig()
+    audit: AuditConfig = AuditConfig()
+    lock: LockConfig = LockConfig()
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> RotationConfig:
+        seen: set[str] = set()
+        for entry in self.projects:
+            if entry.name in seen:
+                raise ValueError(f"project name '{entry.name}' appears twice")
+            seen.add(entry.name)
+            if entry.store not in self.stores:
+                raise ValueError(f"project '{entry.name}' uses unknown store '{entry.store}'")
+        org_key = self.langfuse.org_key
+        if org_key is not None and org_key.store not in self.stores:
+            raise ValueError(f"langfuse.org_key uses unknown store '{org_key.store}'")
+        return self
+
+    def entry(self, name: str) -> ProjectEntry:
+        for entry in self.projects:
+            if entry.name == name:
+                return entry
+        known = ", ".join(e.name for e in self.projects) or "none"
+        raise ConfigError(f"unknown project '{name}' (configured: {known})")
+
+    def host_for(self, entry: ProjectEntry) -> str:
+        return (entry.host or self.langfuse.host).rstrip("/")
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def resolve_config_path(path: str | os.PathLike[str] | None) -> Path:
+    chosen = path or os.environ.get(CONFIG_ENV_VAR)
+    if not chosen:
+        raise ConfigError(f"no configuration file: pass --config or set {CONFIG_ENV_VAR}")
+    return Path(chosen)
+
+
+def load_config(path: str | os.PathLike[str] | None) -> RotationConfig:
+    """Read, interpolate and validate the YAML file. Raises ``ConfigError`` with a one-line message."""
+    file = resolve_config_path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read configuration: {exc.strerror}") from None
+    return parse_config(text, source=str(file))
+
+
+def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:
+    # ``${VAR}`` is not valid inside YAML flow mappings (``{token: ${VAULT_TOKEN}}``), so references
+    # become inert placeholders first and are substituted per scalar, where the field is known.
+    references: list[re.Match[str]] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        references.append(match)
+        return f"{_PLACEHOLDER_PREFIX}{len(references) - 1}__"
+
+    text = _ENV_PATTERN.sub(placeholder, text)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{where}: {problem}") from None
+    if root is None:
+        raise ConfigError(f"{source}: the file is empty")
+    lines: dict[tuple[str | int, ...], int] = {}
+    data = _to_python(root, (), lines, _Interpolator(references, source))
+    _check_references(data, lines, source)
+    try:
+        config = RotationConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc, lines, source)) from None
+    return config
+
+
+def _check_references(data: Any, lines: dict[tuple[str | int, ...], int], source: str) -> None:
+    """Cross-references, checked on the raw data so the error can name the line."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: the top level must be a mapping")
+    stores = data.get("stores")
+    known = sorted(stores) if isinstance(stores, dict) else []
+    projects = data.get("projects")
+    seen: set[str] = set()
+    for i, entry in enumerate(projects if isinstance(projects, list) else []):
+        if not isinstance(entry, dict):
+            continue
+        name, store = entry.get("name"), entry.get("store")
+        if isinstance(name, str) and name in seen:
+            where = f"{source}:{lines.get(('projects', i, 'name'), 1)}"
+            raise ConfigError(f"{where}: projects[{i}].name: '{name}' appears twice")
+        if isinstance(name, str):
+            seen.add(name)
+        if isinstance(store, str) and known and store not in known:
+            where = f"{source}:{lines.get(('projects', i, 'store'), 1)}"
+            raise ConfigError(f"{where}: projects[{i}].store: unknown store '{store}' (configured: {', '.join(known)})")
+    langfuse = data.get("langfuse")
+    org_key = langfuse.get("org_key") if isinstance(langfuse, dict) else None
+    if isinstance(org_key, dict) and isinstance(org_key.get("store"), str) and known:
+        if org_key["store"] not in known:
+            where = f"{source}:{lines.get(('langfuse', 'org_key', 'store'), 1)}"
+            raise ConfigError(f"{where}: langfuse.org_key.store: unknown store '{org_key['store']}'")
+
+
+class _Interpolator:
+    def __init__(self, references: list[re.Match[str]], source: str) -> None:
+        self.references = references
+        self.source = source
+
+    def __call__(self, value: str, path: tuple[str | int, ...], line: int) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            reference = self.references[int(match.group(1))]
+            name, default = reference.group(1), reference.group(2)
+            found = os.environ.get(name)
+            if found:
+                return found
+            if default is not None:
+                return default
+            raise ConfigError(f"{self.source}:{line}: {_dotted(path)}: environment variable {name} is not set")
+
+        return _PLACEHOLDER_PATTERN.sub(substitute, value)
+
+
+def _to_python(
+    node: yaml.Node,
+    path: tuple[str | int, ...],
+    lines: dict[tuple[str | int, ...], int],
+    interpolate: _Interpolator,
+) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in result:
+                where = f"{interpolate.source}:{key_node.start_mark.line + 1}"
+                raise ConfigError(f"{where}: {_dotted((*path, key))}: duplicate key")
+            result[key] = _to_python(value_node, (*path, key), lines, interpolate)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, (*path, i), lines, interpolate) for i, item in enumerate(node.value)]
+    value = yaml.SafeLoader("").construct_object(node)  # type: ignore[no-untyped-call]
+    if isinstance(value, str):
+        return interpolate(value, path, lines[path])
+    return value
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or "<root>"
+
+
+def _first_error(exc: ValidationError, lines: dict[tuple[str | int, ...], int], source: str) -> str:
+    errors = exc.errors()
+    # An unknown key is usually a typo of a required one: report the typo, not the "missing" field.
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = tuple(error["loc"])
+    if len(loc) > 2 and loc[0] == "stores" and loc[2] in {"vault", "aws"}:
+        loc = loc[:2] + loc[3:]  # drop the discriminated union's tag
+    line = _nearest_line(loc, lines)
+    field = _dotted(loc)
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        message = "required field is missing"
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
+    where = f"{source}:{line}" if line else source
+    return f"{where}: {field}: {message}"
+
+
+def _nearest_line(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None

@@ -1,0 +1,128 @@
+"""Live connections for one configured entry, built from the configuration.
+
+``EntryContext`` is a plain class on purpose: it is passed to Prefect tasks as an argument, and
+Prefect walks dataclasses and pydantic models found in task arguments; an opaque object is left
+alone and is never recorded (task inputs are stored as references only, and caching is off).
+"""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from connectors.consumers import Consumer, ConsumerClient
+from connectors.langfuse import LangfuseAdminClient, LangfuseInstanceAdmin
+from connectors.notify import Notifier, NotifyTarget
+from connectors.store import SecretLocation, SecretStore
+from flows.audit import AuditLog
+from flows.config import (
+    AwsStoreConfig,
+    ConfigError,
+    ProjectEntry,
+    RotationConfig,
+    StoreConfig,
+    VaultStoreConfig,
+)
+from flows.redact import register_secret
+
+
+def build_store(config: StoreConfig) -> SecretStore:
+    if isinstance(config, VaultStoreConfig):
+        from connectors.vault import VaultStore
+
+        register_secret(config.token)
+        secret_id = config.approle.resolved_secret_id() if config.approle else None
+        register_secret(secret_id)
+        return VaultStore(
+            config.url,
+            token=config.token,
+            approle_role_id=config.approle.role_id if config.approle else None,
+            approle_secret_id=secret_id,
+            approle_mount=config.approle.mount if config.approle else "approle",
+            mount=config.mount,
+            namespace=config.namespace,
+            timeout_s=config.timeout_s,
+            verify_tls=config.verify_tls,
+        )
+    if isinstance(config, AwsStoreConfig):
+        from connectors.aws_secrets import AwsSecretsStore
+
+        return AwsSecretsStore(
+            region=config.region,
+            endpoint_url=config.endpoint_url,
+            profile=config.profile,
+            timeout_s=config.timeout_s,
+        )
+    raise ConfigError(f"unsupported store kind {config!r}")
+
+
+def org_key(config: RotationConfig, stores: dict[str, SecretStore]) -> tuple[str, SecretStr]:
+    """The organization key: inline (env-interpolated) or read from a store."""
+    lf = config.langfuse
+    if lf.org_key is not None:
+        pair = stores[lf.org_key.store].read_current(lf.org_key.location())
+        register_secret(pair.secret_key)
+        return pair.public_key, pair.secret_key
+    assert lf.org_public_key is not None and lf.org_secret_key is not None
+    register_secret(lf.org_secret_key)
+    return lf.org_public_key, lf.org_secret_key
+
+
+class EntryContext:
+    """Everything a step needs for one entry. Holds secrets only inside its clients."""
+
+    def __init__(
+        self,
+        config: RotationConfig,
+        entry: ProjectEntry,
+        *,
+        flow_run_id: str | None = None,
+        run_label: str | None = None,
+    ) -> None:
+        self.config = config
+        self.entry = entry
+        self.flow_run_id = flow_run_id
+        self.run_label = run_label or (flow_run_id or "local")
+        self.host = config.host_for(entry)
+        self.location: SecretLocation = entry.location()
+        self._stores: dict[str, SecretStore] = {}
+        self.store = self._store(entry.store)
+        self.store_name = entry.store
+        public_key, secret_key = org_key(config, {name: self._store(name) for name in self._needed_stores()})
+        self.admin = LangfuseAdminClient(config.langfuse.host, public_key, secret_key, timeout_s=config.langfuse.timeout_s)
+        self.org_public_key = public_key
+        admin_api_key = config.langfuse.admin_api_key
+        register_secret(admin_api_key)
+        self.instance_admin = (
+            LangfuseInstanceAdmin(config.langfuse.host, admin_api_key, timeout_s=config.langfuse.timeout_s)
+            if admin_api_key is not None
+            else None
+        )
+        self.consumer_client = ConsumerClient()
+        self.consumers = [
+            Consumer(
+                name=c.name,
+                health_url=c.health_url,
+                public_key_field=c.public_key_field,
+                restart_url=c.restart_url,
+                timeout_s=c.timeout_s,
+            )
+            for c in entry.consumers
+        ]
+        self.notifier = Notifier([NotifyTarget.parse(url) for url in config.notify.urls])
+        self.audit = AuditLog(config.audit.path, run_id=flow_run_id)
+
+    def _needed_stores(self) -> list[str]:
+        org = self.config.langfuse.org_key
+        return [org.store] if org is not None else []
+
+    def _store(self, name: str) -> SecretStore:
+        if name not in self._stores:
+            self._stores[name] = build_store(self.config.stores[name])
+        return self._stores[name]
+
+    @property
+    def store_label(self) -> str:
+        return self.store.location_label(self.location)
+
+    def close(self) -> None:
+        self.admin.close()

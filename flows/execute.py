@@ -1,0 +1,68 @@
+"""One entry point for every mode: load the config, open the entry, take the lock, run.
+
+Used by the Prefect flows (with a ``PrefectRunner``) and by the command line when no Prefect
+server is reachable (with a ``DirectRunner``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from connectors.errors import ConnectorError
+from flows.config import load_config
+from flows.context import EntryContext
+from flows.lock import RotationInProgressError, entry_lock
+from flows.models import RotationResult
+from flows.procedure import Approver, run_emergency, run_reconcile, run_scheduled
+from flows.redact import install_redaction
+from flows.runner import StepRunner
+
+Kind = Literal["rotate", "emergency", "reconcile"]
+
+
+def execute(
+    kind: Kind,
+    project: str,
+    config_path: str | None,
+    runner: StepRunner,
+    *,
+    flow_run_id: str | None = None,
+    run_label: str | None = None,
+    compromised_public_key: str | None = None,
+    approve: Approver | None = None,
+) -> RotationResult:
+    install_redaction()
+    config = load_config(config_path)
+    entry = config.entry(project)
+    mode = "emergency" if kind == "emergency" else "scheduled"
+    try:
+        ctx = EntryContext(config, entry, flow_run_id=flow_run_id, run_label=run_label)
+    except ConnectorError as exc:
+        return RotationResult(status="failed", project=project, mode=mode, store=entry.store,
+                              prefect_flow_run_id=flow_run_id, orchestrator=_orchestrator(runner),
+                              error=f"setup: {exc}", failed_step="setup")
+    try:
+        # An emergency waits a little for a scheduled run of the same key to let go; it never
+        # barges in, because two writers would fight over the store.
+        wait_s = max(config.lock.wait_s, 30.0) if kind == "emergency" else config.lock.wait_s
+        with entry_lock(entry.name, wait_s=wait_s, lease_s=config.lock.lease_s,
+                        use_prefect=runner.orchestrator == "prefect"):
+            if kind == "rotate":
+                return run_scheduled(ctx, runner, approve=approve)
+            if kind == "emergency":
+                return run_emergency(ctx, runner, compromised_public_key=compromised_public_key)
+            return run_reconcile(ctx, runner)
+    except RotationInProgressError as exc:
+        return RotationResult(status="in_progress", project=project, mode=mode, store=entry.store,
+                              store_location=ctx.store_label, prefect_flow_run_id=flow_run_id,
+                              orchestrator=_orchestrator(runner), error=str(exc))
+    except ConnectorError as exc:
+        return RotationResult(status="failed", project=project, mode=mode, store=entry.store,
+                              store_location=ctx.store_label, prefect_flow_run_id=flow_run_id,
+                              orchestrator=_orchestrator(runner), error=str(exc))
+    finally:
+        ctx.close()
+
+
+def _orchestrator(runner: StepRunner) -> Literal["prefect", "none"]:
+    return "prefect" if runner.orchestrator == "prefect" else "none"

@@ -1,0 +1,102 @@
+"""Prefect glue shared by the flows: run names, tags, the artifact, approval, failure hooks."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run as runtime_flow_run
+from prefect.states import Completed, Failed, State
+
+from connectors.store import RotationRecord
+from flows.artifact import artifact_key, summary_markdown
+from flows.models import RotationPlan, RotationResult
+from flows.procedure import ApprovalDecision
+
+logger = logging.getLogger("langfuse_rotate")
+
+
+def run_name(prefix: str) -> str:
+    """``<prefix>-<project>-<YYYYMMDD-HHMM>`` (UTC); the project is a name, never a secret."""
+    project = runtime_flow_run.parameters.get("project", "unknown")
+    return f"{prefix}-{project}-{datetime.now(UTC):%Y%m%d-%H%M}"
+
+
+def rotate_run_name() -> str:
+    return run_name("rotate")
+
+
+def emergency_run_name() -> str:
+    return run_name("emergency")
+
+
+def current_flow_run() -> tuple[str, str]:
+    run_id = runtime_flow_run.id
+    return str(run_id), str(runtime_flow_run.name or run_id)
+
+
+def tag_flow_run(flow_run_id: str, *, project: str, mode: str, store: str) -> None:
+    """Add project, mode and store tags so runs can be filtered in the UI."""
+    from uuid import UUID
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(flow_run_id))
+        tags = sorted({*run.tags, "langfuse-key-rotation", f"project:{project}", f"mode:{mode}", f"store:{store}"})
+        client.update_flow_run(UUID(flow_run_id), tags=tags)
+
+
+def publish_summary(result: RotationResult) -> None:
+    create_markdown_artifact(
+        key=artifact_key(result),
+        markdown=summary_markdown(result),
+        description=f"Langfuse key rotation of {result.project}: {result.status}",
+    )
+
+
+def final_state(result: RotationResult) -> State[Any] | RotationResult:
+    """The flow run's final state: failed runs say which step failed and why (no secrets)."""
+    if result.status in {"rotated", "contained", "reconciled", "planned"}:
+        return result
+    message = f"{result.status}: {result.error or 'see the summary artifact'}"
+    if result.status == "needs_attention":
+        return Completed(message=message, name="NeedsAttention", data=result)
+    return Failed(message=message, data=result)
+
+
+class RotationApproval(RunInput):
+    """What an approver fills in to let a rotation promote its new key."""
+
+    approve: bool
+    approver: str
+    reason: str = ""
+
+
+def pause_for_approval(timeout_s: float) -> Any:
+    def approve(plan: RotationPlan, record: RotationRecord) -> ApprovalDecision:
+        description = (
+            f"Approve promoting the new Langfuse key of **{plan.entry}** (project `{plan.project_id}`)?\n\n"
+            f"- old public key: `{plan.old_public_key}`\n- new public key: `{record.new_public_key}`\n"
+            f"- store: {plan.store_name} `{plan.store_location}`\n- consumers: {', '.join(plan.consumers) or 'none'}\n\n"
+            "Approve continues (promote, wait for restarts, verify, revoke the old key). "
+            "Reject or timeout rolls back: the new key is deleted and the old pair stays current."
+        )
+        get_run_logger().info("waiting for approval of the rotation of %s", plan.entry)
+        try:
+            answer = pause_flow_run(
+                wait_for_input=RotationApproval.with_initial_data(
+                    description=description, approve=False, approver="", reason=""
+                ),
+                timeout=int(timeout_s),
+                poll_interval=2,
+            )
+        except Exception as exc:  # FlowPauseTimeout and friends
+            return ApprovalDecision(approved=False, approver="timeout", reason=type(exc).__name__)
+        return ApprovalDecision(approved=answer.approve, approver=answer.approver, reason=answer.reason)
+
+    return approve

@@ -1,0 +1,58 @@
+"""The scheduled rotation as a Prefect flow. The checklist itself is ``flows.procedure.run_scheduled``:
+
+    plan + reconcile → 1 create (write ahead, then Langfuse) → [approval] → 2 store (promote)
+    → 3 wait for restarts → 4 verify (auth + canary) → 5 revoke + prove rejected → finish → notify
+
+Any failure before revocation rolls back. Parameters carry names only, never a secret.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.config import load_config
+from flows.execute import execute
+from flows.hooks import notify_unhandled_failure
+from flows.orchestration import (
+    current_flow_run,
+    final_state,
+    pause_for_approval,
+    publish_summary,
+    rotate_run_name,
+    tag_flow_run,
+)
+from flows.runner import PrefectRunner
+
+
+@flow(
+    name="langfuse-key-rotation",
+    flow_run_name=rotate_run_name,
+    persist_result=False,
+    log_prints=False,
+    on_failure=[notify_unhandled_failure],
+    on_crashed=[notify_unhandled_failure],
+)
+def rotate(project: str, config_path: str | None = None) -> Any:
+    """Rotate one configured Langfuse key (``project`` names the entry in the config file)."""
+    flow_run_id, label = current_flow_run()
+    config = load_config(config_path)
+    entry = config.entry(project)
+    tag_flow_run(flow_run_id, project=project, mode="scheduled", store=entry.store)
+    approve = pause_for_approval(entry.approval_timeout_s) if entry.approval == "required" else None
+    result = execute("rotate", project, config_path, PrefectRunner(), flow_run_id=flow_run_id,
+                     run_label=label, approve=approve)
+    publish_summary(result)
+    return final_state(result)
+
+
+@flow(name="langfuse-key-rotation-all", persist_result=False, log_prints=False)
+def rotate_all(config_path: str | None = None) -> dict[str, str]:
+    """Rotate every configured entry, one after another (each as its own subflow run)."""
+    config = load_config(config_path)
+    outcomes: dict[str, str] = {}
+    for entry in config.projects:
+        state = rotate(project=entry.name, config_path=config_path, return_state=True)
+        outcomes[entry.name] = state.name
+    return outcomes

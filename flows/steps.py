@@ -1,0 +1,471 @@
+"""The rotation's steps, as plain functions: one job each, and each starts with "already done?".
+
+Prefect wraps each of them in a task (``flows.runner``); a run without Prefect calls them directly.
+The invariants they keep together:
+- A new pair is written ahead to the store's staging place *before* it exists in Langfuse, so
+  every key this tool creates has its secret recoverable and is tracked by a durable record.
+- Secrets live only inside a step's frame: steps read them from the store when they need them and
+  return public facts only (public keys, key ids, versions, timings).
+- A key the store says is current is never deleted, except the compromised key in an emergency.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from connectors.consumers import WaitOutcome
+from connectors.errors import ConnectorError, ConsumerError, StoreError
+from connectors.keypair import KeyPair
+from connectors.langfuse import LangfuseProjectClient
+from connectors.store import RotationRecord, StoreVersion
+from flows.context import EntryContext
+from flows.models import Mode, RotationPlan
+from flows.redact import register_secret, scrub
+
+NOTE_PREFIX = "langfuse-rotate"
+_NOTE_PATTERN = re.compile(rf"^{NOTE_PREFIX} entry=(?P<entry>\S+) rotation=(?P<rotation>\S+)")
+
+
+class StepFailed(Exception):
+    """A step could not do its job. The message is one secret-free line; ``facts`` are public."""
+
+    def __init__(self, step: str, message: str, **facts: Any) -> None:
+        self.step = step
+        self.facts = facts
+        super().__init__(scrub(" ".join(message.split())))
+
+
+def key_note(entry: str, rotation_id: str, run_label: str) -> str:
+    """The Langfuse key's note: names the entry and the run, and lets reconcile find our keys."""
+    return f"{NOTE_PREFIX} entry={entry} rotation={rotation_id} run={run_label}"
+
+
+def parse_note(note: str | None) -> tuple[str, str] | None:
+    """(entry, rotation id) of a note this tool wrote, else None."""
+    match = _NOTE_PATTERN.match(note or "")
+    return (match.group("entry"), match.group("rotation")) if match else None
+
+
+def _fail_on_connector_error(step: str, exc: ConnectorError) -> StepFailed:
+    return StepFailed(step, str(exc), error_type=type(exc).__name__)
+
+
+# --- plan & reconcile ---------------------------------------------------------------------------
+
+
+def plan_rotation(ctx: EntryContext, mode: Mode) -> RotationPlan:
+    """Decide what this run does: resume the staged rotation if there is one, else start a new one."""
+    try:
+        desc = ctx.store.describe(ctx.location)
+    except StoreError as exc:
+        raise _fail_on_connector_error("plan", exc) from None
+    if not desc.exists:
+        raise StepFailed("plan", f"no secret at {ctx.store_label}: store the entry's current key there first")
+    common: dict[str, Any] = {
+        "entry": ctx.entry.name,
+        "project_id": ctx.entry.project_id,
+        "mode": mode,
+        "store_name": ctx.store_name,
+        "store_location": ctx.store_label,
+        "consumers": [c.name for c in ctx.consumers],
+    }
+    pending = desc.pending
+    if pending is not None:
+        return RotationPlan(
+            rotation_id=pending.rotation_id,
+            old_public_key=pending.old_public_key,
+            old_version=pending.old_version,
+            new_public_key=pending.new_public_key,
+            resumed=True,
+            note="resuming a rotation a previous run started",
+            **common,
+        )
+    return RotationPlan(
+        rotation_id=str(uuid.uuid4()),
+        old_public_key=desc.current_public_key,
+        old_version=desc.current_version,
+        **common,
+    )
+
+
+class ReconcileOutcome(BaseModel):
+    actions: list[str] = []
+
+
+def reconcile_orphans(ctx: EntryContext, plan: RotationPlan) -> ReconcileOutcome:
+    """Delete keys this tool created for this entry that nothing tracks any more.
+
+    A key is ours if its note names this entry. It is kept if it is the store's current key, or
+    the old or new key of the rotation in flight; anything else is a leftover of a crashed run
+    (e.g. a rollback that restored the store but died before deleting the new key).
+    """
+    try:
+        desc = ctx.store.describe(ctx.location)
+        keys = ctx.admin.list_api_keys(ctx.entry.project_id)
+    except ConnectorError as exc:
+        raise _fail_on_connector_error("reconcile", exc) from None
+    keep = {desc.current_public_key, plan.old_public_key, plan.new_public_key}
+    if desc.pending is not None:
+        keep |= {desc.pending.old_public_key, desc.pending.new_public_key}
+    actions: list[str] = []
+    for key in keys:
+        owner = parse_note(key.note)
+        if owner is None or owner[0] != ctx.entry.name or key.public_key in keep:
+            continue
+        try:
+            ctx.admin.delete_api_key(ctx.entry.project_id, key.id)
+        except ConnectorError as exc:
+            raise _fail_on_connector_error("reconcile", exc) from None
+        actions.append(f"deleted orphan key {key.public_key} left by rotation {owner[1]}")
+        ctx.audit.record(
+            "reconcile.delete_orphan", _resource(ctx), "done", public_key=key.public_key, rotation_id=owner[1]
+        )
+    return ReconcileOutcome(actions=actions)
+
+
+# --- 1. create ----------------------------------------------------------------------------------
+
+
+class CreateOutcome(BaseModel):
+    record: RotationRecord
+    key_id: str
+    display_secret_key: str
+    staged_now: bool
+    created_now: bool
+
+
+def create_key(ctx: EntryContext, plan: RotationPlan) -> CreateOutcome:
+    """Generate the pair, write it ahead to the store's staging place, then create it in Langfuse.
+
+    Already done? A staged pair of this rotation is reused; a key already in Langfuse is not
+    created again (the predefined pair makes creation idempotent).
+    """
+    step = "create"
+    try:
+        staged = ctx.store.read_staged(ctx.location)
+        if staged is not None:
+            record, stored = staged
+            if record.rotation_id != plan.rotation_id:
+                raise StepFailed(step, f"another rotation ({record.rotation_id}) is staged at {ctx.store_label}")
+            pair = stored.key_pair()
+            staged_now = False
+        else:
+            pair = KeyPair.generate()
+            record = RotationRecord(
+                rotation_id=plan.rotation_id,
+                entry=ctx.entry.name,
+                mode=plan.mode,
+                old_public_key=plan.old_public_key,
+                new_public_key=pair.public_key,
+                old_version=plan.old_version,
+                started_at=datetime.now(UTC),
+                flow_run_id=ctx.flow_run_id,
+            )
+            register_secret(pair.secret_key)
+            ctx.store.stage(ctx.location, record, pair, ctx.host)
+            staged_now = True
+        register_secret(pair.secret_key)
+        ctx.audit.record("stage", _resource(ctx), "done", public_key=pair.public_key, rotation_id=plan.rotation_id)
+        existing = ctx.admin.find_api_key(ctx.entry.project_id, pair.public_key)
+        if existing is not None:
+            return CreateOutcome(
+                record=record,
+                key_id=existing.id,
+                display_secret_key=existing.display_secret_key,
+                staged_now=staged_now,
+                created_now=False,
+            )
+        note = key_note(ctx.entry.name, plan.rotation_id, ctx.run_label)
+        summary = ctx.admin.create_api_key(ctx.entry.project_id, pair, note)
+    except ConnectorError as exc:
+        raise _fail_on_connector_error(step, exc) from None
+    ctx.audit.record(
+        "langfuse.create_key", _resource(ctx), "done", public_key=pair.public_key, key_id=summary.id
+    )
+    return CreateOutcome(
+        record=record,
+        key_id=summary.id,
+        display_secret_key=summary.display_secret_key,
+        staged_now=staged_now,
+        created_now=True,
+    )
+
+
+# --- 2. store -----------------------------------------------------------------------------------
+
+
+class PromoteOutcome(BaseModel):
+    version: StoreVersion
+    previous_version: StoreVersion | None
+
+
+def promote_key(ctx: EntryContext, record: RotationRecord) -> PromoteOutcome:
+    """Make the staged pair the current secret (fenced by check-and-set; idempotent)."""
+    try:
+        version = ctx.store.promote(ctx.location, record)
+    except StoreError as exc:
+        raise _fail_on_connector_error("store", exc) from None
+    ctx.audit.record(
+        "store.promote", _resource(ctx), "done", public_key=record.new_public_key, store_version=version
+    )
+    return PromoteOutcome(version=version, previous_version=record.old_version)
+
+
+# --- 3. wait for restarts -----------------------------------------------------------------------
+
+
+class ConsumerOutcome(BaseModel):
+    wait: WaitOutcome
+    restart_errors: dict[str, str] = {}
+    grace_period_s: float | None = None
+
+
+def wait_for_consumers(ctx: EntryContext, public_key: str, *, trigger_restarts: bool = True) -> ConsumerOutcome:
+    """Fire restart hooks, then wait until every consumer reports ``public_key``.
+
+    Never raises: the caller decides what a lagging consumer means (roll back, or report).
+    With no consumers listed, waits the configured grace period instead.
+    """
+    if not ctx.consumers:
+        time.sleep(ctx.entry.grace_period_s)
+        empty = WaitOutcome(all_switched=True, last_seen={}, errors={}, elapsed_s=ctx.entry.grace_period_s, lagging=[])
+        return ConsumerOutcome(wait=empty, grace_period_s=ctx.entry.grace_period_s)
+    restart_errors: dict[str, str] = {}
+    if trigger_restarts:
+        for consumer in ctx.consumers:
+            try:
+                ctx.consumer_client.restart(consumer)
+            except ConsumerError as exc:
+                restart_errors[consumer.name] = str(exc)
+    outcome = ctx.consumer_client.wait_for_public_key(
+        ctx.consumers, public_key, timeout_s=ctx.entry.wait_timeout_s
+    )
+    return ConsumerOutcome(wait=outcome, restart_errors=restart_errors)
+
+
+# --- 4. verify ----------------------------------------------------------------------------------
+
+
+class VerifyOutcome(BaseModel):
+    project_id: str
+    canary_trace_id: str
+    canary_seconds: float
+
+
+def verify_key(ctx: EntryContext, record: RotationRecord) -> VerifyOutcome:
+    """The current stored pair is the new one, authenticates to the expected project, and a
+    canary trace sent with it is readable within the configured time."""
+    step = "verify"
+    try:
+        current = ctx.store.read_current(ctx.location)
+        register_secret(current.secret_key)
+        if current.public_key != record.new_public_key:
+            raise StepFailed(step, f"the store's current key is {current.public_key}, not the new key")
+        with LangfuseProjectClient(ctx.host, current.key_pair(), timeout_s=ctx.config.langfuse.timeout_s) as client:
+            info = client.auth_check()
+            if info.id != ctx.entry.project_id:
+                raise StepFailed(
+                    step, f"the new key authenticates to project {info.id}, expected {ctx.entry.project_id}"
+                )
+            trace_id = client.send_canary(
+                attributes={"langfuse_rotate.entry": ctx.entry.name, "langfuse_rotate.rotation_id": record.rotation_id}
+            )
+            seconds = client.wait_for_canary(trace_id, timeout_s=ctx.entry.canary_timeout_s)
+    except ConnectorError as exc:
+        raise _fail_on_connector_error(step, exc) from None
+    return VerifyOutcome(project_id=info.id, canary_trace_id=trace_id, canary_seconds=round(seconds, 3))
+
+
+# --- 5. revoke ----------------------------------------------------------------------------------
+
+
+class RevokeOutcome(BaseModel):
+    public_key: str
+    key_id: str | None
+    deleted_now: bool
+    rejected: bool | None
+    cache_action: str | None = None
+    detail: str = ""
+
+
+def revoke_key(ctx: EntryContext, public_key: str, secret_version: StoreVersion | None) -> RevokeOutcome:
+    """Delete ``public_key`` from Langfuse, then prove it is rejected.
+
+    Probes once (a successful probe refreshes a stale cache entry on Langfuse <= 4.16, so never in
+    a loop). If the revoked key is still accepted (§3.3 of the reference: the API-key cache race):
+    with an instance admin key, invalidate the whole cache and probe again; otherwise keep the key
+    idle for ``revoke_recheck_s`` (the cache TTL plus a margin) and probe once more.
+    """
+    step = "revoke"
+    project = ctx.entry.project_id
+    try:
+        summary = ctx.admin.find_api_key(project, public_key)
+        deleted_now = ctx.admin.delete_api_key(project, summary.id) if summary is not None else False
+    except ConnectorError as exc:
+        raise _fail_on_connector_error(step, exc) from None
+    key_id = summary.id if summary is not None else None
+    ctx.audit.record("langfuse.delete_key", _resource(ctx), "done", public_key=public_key, key_id=key_id)
+    pair = _stored_pair(ctx, public_key, secret_version)
+    if pair is None:
+        return RevokeOutcome(
+            public_key=public_key,
+            key_id=key_id,
+            deleted_now=deleted_now,
+            rejected=None,
+            detail="deleted; its secret is not in the store, so rejection could not be probed",
+        )
+    with LangfuseProjectClient(ctx.host, pair, timeout_s=ctx.config.langfuse.timeout_s) as client:
+        try:
+            if not client.probe().accepted:
+                return RevokeOutcome(public_key=public_key, key_id=key_id, deleted_now=deleted_now, rejected=True)
+            ctx.audit.record("langfuse.revoked_key_still_accepted", _resource(ctx), "attention", public_key=public_key)
+            if ctx.instance_admin is not None:
+                ctx.instance_admin.invalidate_all_cached_keys()
+                action = "invalidated Langfuse's API-key cache with the instance admin key"
+            else:
+                time.sleep(ctx.entry.revoke_recheck_s)
+                action = (
+                    f"kept the key idle for {ctx.entry.revoke_recheck_s:g}s (cache TTL) "
+                    "before probing again; no instance admin key is configured"
+                )
+            rejected = not client.probe().accepted
+        except ConnectorError as exc:
+            raise _fail_on_connector_error(step, exc) from None
+    detail = "rejected after cache handling" if rejected else "STILL ACCEPTED: Langfuse keeps it cached"
+    return RevokeOutcome(
+        public_key=public_key,
+        key_id=key_id,
+        deleted_now=deleted_now,
+        rejected=rejected,
+        cache_action=action,
+        detail=f"revoked key was still accepted right after delete; {action}; {detail}",
+    )
+
+
+def _stored_pair(ctx: EntryContext, public_key: str, version: StoreVersion | None) -> KeyPair | None:
+    if version is None:
+        return None
+    try:
+        stored = ctx.store.read_version(ctx.location, version)
+    except StoreError:
+        return None
+    if stored.public_key != public_key:
+        return None
+    register_secret(stored.secret_key)
+    return stored.key_pair()
+
+
+# --- finish & rollback --------------------------------------------------------------------------
+
+
+def finish_rotation(ctx: EntryContext, record: RotationRecord) -> None:
+    """Clear the staging and record the rotation's public facts on the current secret."""
+    try:
+        ctx.store.finish(ctx.location, record)
+    except StoreError as exc:
+        raise _fail_on_connector_error("finish", exc) from None
+    ctx.audit.record("store.finish", _resource(ctx), "done", rotation_id=record.rotation_id)
+
+
+class RollbackOutcome(BaseModel):
+    store_restored: bool
+    restored_version: StoreVersion | None = None
+    new_key_deleted: bool
+    old_pair_valid: bool | None = None
+    errors: list[str] = []
+
+
+def rollback_rotation(
+    ctx: EntryContext, plan: RotationPlan, *, store_retry_s: float = 60.0, consumer_wait_s: float = 60.0
+) -> RollbackOutcome:
+    """Return to the old pair: store first, then consumers, then delete the new key.
+
+    The store is restored before the new key is deleted so a consumer that already adopted the new
+    key is moved back before that key dies. The new key is never deleted while the store may still
+    serve it as current. Store calls are retried for ``store_retry_s`` (a sealed Vault is often
+    unsealed within minutes); what cannot be undone is reported, and ``reconcile`` finishes it.
+    """
+    errors: list[str] = []
+    record: RotationRecord | None = None
+    new_public_key = plan.new_public_key
+    store_restored = False
+    restored_version: StoreVersion | None = None
+    was_promoted = False
+    deadline = time.monotonic() + store_retry_s
+    while True:
+        try:
+            desc = ctx.store.describe(ctx.location)
+            if desc.pending is not None and desc.pending.rotation_id == plan.rotation_id:
+                record = desc.pending
+                new_public_key = record.new_public_key
+                was_promoted = desc.pending_promoted
+                restored_version = ctx.store.rollback(ctx.location, record)
+            else:
+                restored_version = desc.current_version
+            store_restored = desc.pending is None or record is not None
+            current_public_key = ctx.store.describe(ctx.location).current_public_key
+            break
+        except StoreError as exc:
+            if time.monotonic() >= deadline:
+                errors.append(f"store not restored: {exc}")
+                current_public_key = None
+                break
+            time.sleep(2.0)
+    if store_restored:
+        ctx.audit.record("store.rollback", _resource(ctx), "done", store_version=restored_version)
+    if store_restored and was_promoted and ctx.consumers and plan.old_public_key is not None:
+        moved = _move_consumers_back(ctx, plan.old_public_key, consumer_wait_s)
+        errors.extend(moved)
+    new_key_deleted = False
+    if new_public_key is not None and store_restored and current_public_key != new_public_key:
+        try:
+            summary = ctx.admin.find_api_key(ctx.entry.project_id, new_public_key)
+            if summary is not None:
+                ctx.admin.delete_api_key(ctx.entry.project_id, summary.id)
+            new_key_deleted = True
+            ctx.audit.record("langfuse.delete_new_key", _resource(ctx), "done", public_key=new_public_key)
+        except ConnectorError as exc:
+            errors.append(f"new key {new_public_key} not deleted: {exc}")
+    elif new_public_key is not None:
+        errors.append(f"new key {new_public_key} kept: the store may still serve it; run reconcile")
+    return RollbackOutcome(
+        store_restored=store_restored,
+        restored_version=restored_version,
+        new_key_deleted=new_key_deleted or new_public_key is None,
+        old_pair_valid=_current_pair_works(ctx, plan.old_public_key) if store_restored else None,
+        errors=[scrub(e) for e in errors],
+    )
+
+
+def _move_consumers_back(ctx: EntryContext, old_public_key: str, wait_s: float) -> list[str]:
+    for consumer in ctx.consumers:
+        try:
+            ctx.consumer_client.restart(consumer)
+        except ConsumerError:
+            pass  # the wait below names whoever did not come back
+    outcome = ctx.consumer_client.wait_for_public_key(ctx.consumers, old_public_key, timeout_s=wait_s)
+    if outcome.all_switched:
+        return []
+    return [f"consumers not back on the old key yet: {', '.join(outcome.lagging)}"]
+
+
+def _current_pair_works(ctx: EntryContext, expected_public_key: str | None) -> bool | None:
+    try:
+        current = ctx.store.read_current(ctx.location)
+        register_secret(current.secret_key)
+        if expected_public_key is not None and current.public_key != expected_public_key:
+            return False
+        with LangfuseProjectClient(ctx.host, current.key_pair(), timeout_s=ctx.config.langfuse.timeout_s) as client:
+            return client.auth_check().id == ctx.entry.project_id
+    except ConnectorError:
+        return None
+
+
+def _resource(ctx: EntryContext) -> str:
+    return f"langfuse-project:{ctx.entry.project_id}/entry:{ctx.entry.name}"
