@@ -1,0 +1,620 @@
+"""Vault / OpenBao KV v2 secret store (hvac).
+
+Layout of one entry whose location path is ``<path>`` on the KV v2 mount ``<mount>``:
+
+``<path>``
+    The secret consumers read: its latest version holds the three fields named by
+    ``loc.fields`` (plus any other fields kept there; a rotation carries them over unchanged).
+    Every write is fenced with check-and-set, and earlier versions stay retrievable (within
+    the mount's or key's ``max_versions``). After a finished rotation its ``custom_metadata``
+    carries ``rotation_id``, ``public_key``, ``rotated_at``, ``state`` and ``mode``; other
+    custom metadata and the version settings are preserved. Never a secret.
+
+``<path>/rotation-pending``
+    Exists only while a rotation is in flight. Its one version holds the staged pair under the
+    same field names plus ``_langfuse_rotate_record``, the ``RotationRecord`` as JSON, so one
+    read returns pair and record atomically. The record is mirrored into this path's
+    ``custom_metadata`` for operators. Consumers never read it. ``finish`` and ``rollback``
+    destroy it entirely (``delete_metadata_and_all_versions``).
+
+Where a crashed rotation stopped is derived, not stored: a staging secret means a rotation is
+pending; if the main path's current public key is the staged one, it was promoted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+from pydantic import SecretStr, ValidationError
+
+from connectors.errors import (
+    StoreAccessDeniedError,
+    StoreConflictError,
+    StoreError,
+    StoreNotFoundError,
+    StoreUnavailableError,
+)
+from connectors.keypair import KeyPair
+from connectors.store import (
+    RotationRecord,
+    SecretLocation,
+    StoreDescription,
+    StoredPair,
+    StoreVersion,
+)
+
+__all__ = ["PENDING_SUFFIX", "RECORD_FIELD", "VaultStore"]
+
+PENDING_SUFFIX = "rotation-pending"
+"""The staging secret of ``<path>`` lives at ``<path>/rotation-pending``."""
+
+RECORD_FIELD = "_langfuse_rotate_record"
+"""Field of the staging secret that holds the ``RotationRecord`` as JSON."""
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class _Version:
+    """One read of a KV v2 path: ``data`` is None when that version is deleted or destroyed."""
+
+    data: dict[str, Any] | None
+    version: int
+
+
+@dataclass(frozen=True)
+class _Staged:
+    record: RotationRecord
+    data: dict[str, Any]
+    version: int
+
+
+class VaultStore:
+    """A ``SecretStore`` on a Vault or OpenBao KV v2 mount.
+
+    Authenticates with a token (``s.``/``hvs.`` or any other form the server issues) or with
+    AppRole (logs in on first use, and once more when the server answers 403).
+    """
+
+    kind = "vault"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: SecretStr | None = None,
+        approle_role_id: str | None = None,
+        approle_secret_id: SecretStr | None = None,
+        approle_mount: str = "approle",
+        mount: str = "secret",
+        namespace: str | None = None,
+        timeout_s: float = 10.0,
+        verify_tls: bool | str = True,
+    ) -> None:
+        use_approle = approle_role_id is not None or approle_secret_id is not None
+        if use_approle and (approle_role_id is None or approle_secret_id is None):
+            raise ValueError("Vault AppRole auth needs both approle_role_id and approle_secret_id")
+        if token is None and not use_approle:
+            raise ValueError("Vault needs a token or an AppRole role_id and secret_id")
+        if token is not None and use_approle:
+            raise ValueError("Vault takes either a token or AppRole credentials, not both")
+        raw_token = token.get_secret_value().strip() if token is not None else None
+        if raw_token is not None and not raw_token:
+            raise ValueError("Vault token is empty")
+        self._url = url.rstrip("/")
+        self._mount = mount.strip("/")
+        self._approle_mount = approle_mount.strip("/")
+        self._role_id = approle_role_id
+        self._secret_id = approle_secret_id
+        self._client = hvac.Client(
+            url=self._url,
+            token=raw_token,
+            namespace=namespace,
+            timeout=timeout_s,
+            verify=verify_tls,
+        )
+        self._logged_in = raw_token is not None
+
+    def __repr__(self) -> str:
+        return f"VaultStore(url={self._url!r}, mount={self._mount!r})"
+
+    # --- SecretStore --------------------------------------------------------------------------
+
+    def location_label(self, loc: SecretLocation) -> str:
+        return f"vault:{self._mount}/{_clean(loc.path)}"
+
+    def describe(self, loc: SecretLocation) -> StoreDescription:
+        label = self.location_label(loc)
+        path = _clean(loc.path)
+        meta = self._read_metadata(path, label)
+        current = self._read(path, None, label) if meta is not None else None
+        current_pk: str | None = None
+        if current is not None and current.data is not None:
+            value = current.data.get(loc.fields.public_key)
+            current_pk = value if isinstance(value, str) else None
+        staged = self._read_staged(loc, label)
+        custom = _custom_metadata(meta)
+        return StoreDescription(
+            kind=self.kind,
+            location=label,
+            exists=current is not None and current.data is not None,
+            current_version=current.version if current is not None else None,
+            current_public_key=current_pk,
+            previous_version=_previous_version(meta, current.version) if current is not None else None,
+            pending=staged.record if staged is not None else None,
+            pending_promoted=staged is not None
+            and current_pk is not None
+            and current_pk == staged.record.new_public_key,
+            last_rotation_id=custom.get("rotation_id") or None,
+            last_rotated_at=_parse_time(custom.get("rotated_at")),
+        )
+
+    def read_current(self, loc: SecretLocation) -> StoredPair:
+        label = self.location_label(loc)
+        current = self._read(_clean(loc.path), None, label)
+        if current is None or current.data is None:
+            raise StoreNotFoundError(f"no current secret at {label}")
+        return _pair(current.data, current.version, loc, label)
+
+    def read_version(self, loc: SecretLocation, version: StoreVersion) -> StoredPair:
+        label = self.location_label(loc)
+        number = _as_version(version, label)
+        found = self._read(_clean(loc.path), number, label)
+        if found is None or found.data is None:
+            raise StoreNotFoundError(f"{label} has no readable version {number}")
+        return _pair(found.data, found.version, loc, label)
+
+    def seed(self, loc: SecretLocation, pair: KeyPair, host: str) -> StoreVersion:
+        """Create the secret (``cas=0``). Repeating it with the same pair returns its version."""
+        label = self.location_label(loc)
+        path = _clean(loc.path)
+        data = _fields(loc, pair, host)
+        try:
+            return self._write(path, data, 0, label)
+        except StoreConflictError:
+            current = self._read(path, None, label)
+            if (
+                current is not None
+                and current.data is not None
+                and current.data.get(loc.fields.public_key) == pair.public_key
+            ):
+                return current.version
+            raise StoreConflictError(f"{label} already exists; not seeding over it") from None
+
+    def stage(self, loc: SecretLocation, record: RotationRecord, pair: KeyPair, host: str) -> None:
+        """Write the new pair and its record to ``<path>/rotation-pending`` (``cas``-fenced).
+
+        The rotation must start from the current version: ``record.old_version`` has to be the
+        main path's current version, otherwise ``StoreConflictError`` (no secret yet:
+        ``StoreNotFoundError``; seed it first).
+        """
+        label = self.location_label(loc)
+        path = _clean(loc.path)
+        staging = _staging_path(path)
+        if record.new_public_key != pair.public_key:
+            raise ValueError("record.new_public_key does not match the staged pair")
+
+        existing = self._read(staging, None, label)
+        staged = _parse_staged(existing)
+        if staged is not None:
+            self._check_same_rotation(staged, record, label)
+            self._mirror_record(staging, record, label)
+            return
+        if existing is not None and existing.data is not None:
+            raise StoreConflictError(
+                f"{label}/{PENDING_SUFFIX} holds data that is not a rotation record; remove it by hand"
+            )
+
+        current = self._read(path, None, label)
+        if current is None or current.data is None:
+            raise StoreNotFoundError(f"no current secret at {label} to rotate; seed it first")
+        if record.old_version is None or _as_version(record.old_version, label) != current.version:
+            raise StoreConflictError(
+                f"{label} is at version {current.version}, not {record.old_version} as rotation "
+                f"{record.rotation_id} expects"
+            )
+        data = dict(current.data)
+        data.update(_fields(loc, pair, host))
+        data[RECORD_FIELD] = record.model_dump_json()
+        staging_cas = existing.version if existing is not None else 0
+        try:
+            self._write(staging, data, staging_cas, label)
+        except StoreConflictError:
+            # Someone staged between our read and write: fine only if it was this very rotation.
+            raced = _parse_staged(self._read(staging, None, label))
+            if raced is None:
+                raise
+            self._check_same_rotation(raced, record, label)
+        self._mirror_record(staging, record, label)
+
+    def read_staged(self, loc: SecretLocation) -> tuple[RotationRecord, StoredPair] | None:
+        """The staged record and pair; the pair's ``version`` is the staging secret's own version."""
+        label = self.location_label(loc)
+        staged = self._read_staged(loc, label)
+        if staged is None:
+            return None
+        return staged.record, _pair(staged.data, staged.version, loc, label)
+
+    def promote(self, loc: SecretLocation, record: RotationRecord) -> StoreVersion:
+        """Write the staged pair as the main path's new version with ``cas=record.old_version``."""
+        label = self.location_label(loc)
+        path = _clean(loc.path)
+        current = self._read(path, None, label)
+        if _holds(current, loc, record.new_public_key):
+            assert current is not None
+            return current.version
+
+        staged = self._read_staged(loc, label)
+        if staged is None or staged.record.rotation_id != record.rotation_id:
+            raise StoreConflictError(f"rotation {record.rotation_id} is not staged at {label}")
+        old = _as_version(record.old_version, label) if record.old_version is not None else None
+        if current is None or current.data is None or current.version != old:
+            found = current.version if current is not None else "none"
+            raise StoreConflictError(
+                f"{label} changed after rotation {record.rotation_id} was staged "
+                f"(version {found}, expected {old})"
+            )
+        data = {key: value for key, value in staged.data.items() if key != RECORD_FIELD}
+        try:
+            return self._write(path, data, old, label)
+        except StoreConflictError:
+            again = self._read(path, None, label)
+            if _holds(again, loc, record.new_public_key):
+                assert again is not None
+                return again.version
+            raise
+
+    def rollback(self, loc: SecretLocation, record: RotationRecord) -> StoreVersion | None:
+        """If the staged pair is current, re-write ``record.old_version``'s data as a new version
+        (``cas=<current>``); then destroy the staging secret if it belongs to this rotation."""
+        label = self.location_label(loc)
+        path = _clean(loc.path)
+        current = self._read(path, None, label)
+        result: int | None = current.version if current is not None and current.data is not None else None
+        if _holds(current, loc, record.new_public_key):
+            assert current is not None
+            if record.old_version is None:
+                raise StoreConflictError(
+                    f"rotation {record.rotation_id} at {label} has no old version to restore"
+                )
+            old_number = _as_version(record.old_version, label)
+            old = self._read(path, old_number, label)
+            if old is None or old.data is None:
+                raise StoreNotFoundError(
+                    f"{label} version {old_number} is deleted or pruned; cannot restore the old pair"
+                )
+            try:
+                result = self._write(path, old.data, current.version, label)
+            except StoreConflictError:
+                again = self._read(path, None, label)
+                if _holds(again, loc, record.new_public_key) or again is None or again.data is None:
+                    raise
+                result = again.version
+        staged = self._read_staged(loc, label)
+        if staged is not None and staged.record.rotation_id == record.rotation_id:
+            self._destroy(_staging_path(path), label)
+        return result
+
+    def finish(self, loc: SecretLocation, record: RotationRecord) -> None:
+        """Record the rotation in the main path's ``custom_metadata``, then destroy the staging.
+
+        The order makes a crash in between visible: ``describe`` then shows the rotation still
+        pending (and promoted), with ``last_rotation_id`` already set; a rerun completes it.
+        """
+        label = self.location_label(loc)
+        path = _clean(loc.path)
+        meta = self._read_metadata(path, label)
+        if meta is None:
+            raise StoreNotFoundError(f"no secret at {label}")
+        custom = _custom_metadata(meta)
+        if custom.get("rotation_id") != record.rotation_id:
+            current = self._read(path, None, label)
+            if not _holds(current, loc, record.new_public_key):
+                raise StoreConflictError(
+                    f"rotation {record.rotation_id} is not current at {label}; promote it first"
+                )
+            custom.update(
+                rotation_id=record.rotation_id,
+                public_key=record.new_public_key,
+                rotated_at=datetime.now(UTC).isoformat(),
+                state="rotated",
+                mode=record.mode,
+            )
+            self._write_custom_metadata(path, meta, custom, label)
+        staged = self._read_staged(loc, label)
+        if staged is not None and staged.record.rotation_id == record.rotation_id:
+            self._destroy(_staging_path(path), label)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _check_same_rotation(self, staged: _Staged, record: RotationRecord, label: str) -> None:
+        if staged.record.rotation_id != record.rotation_id:
+            raise StoreConflictError(f"{label} already has rotation {staged.record.rotation_id} staged")
+        if staged.record.new_public_key != record.new_public_key:
+            raise StoreConflictError(
+                f"rotation {record.rotation_id} is staged at {label} with a different public key"
+            )
+
+    def _read_staged(self, loc: SecretLocation, label: str) -> _Staged | None:
+        return _parse_staged(self._read(_staging_path(_clean(loc.path)), None, label))
+
+    def _read(self, path: str, version: int | None, label: str) -> _Version | None:
+        """A version (latest if None); None if the path does not exist."""
+
+        def call() -> _Version | None:
+            try:
+                response = self._client.secrets.kv.v2.read_secret_version(
+                    path=path, version=version, raise_on_deleted_version=True, mount_point=self._mount
+                )
+            except hvac.exceptions.InvalidPath as exc:
+                # Deleted or destroyed versions come back as 404 with their metadata in the body.
+                metadata = _dig(exc.json, "data", "metadata")
+                if isinstance(metadata, dict) and isinstance(metadata.get("version"), int):
+                    return _Version(data=None, version=metadata["version"])
+                if exc.errors:
+                    raise
+                return None
+            data = _dig(response, "data", "data")
+            number = _dig(response, "data", "metadata", "version")
+            if not isinstance(number, int):
+                raise StoreError(f"Vault returned a malformed KV v2 response for {label}")
+            return _Version(data=data if isinstance(data, dict) else None, version=number)
+
+        return self._call(f"read {label}", label, call)
+
+    def _read_metadata(self, path: str, label: str) -> dict[str, Any] | None:
+        def call() -> dict[str, Any] | None:
+            try:
+                response = self._client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=self._mount)
+            except hvac.exceptions.InvalidPath as exc:
+                if exc.errors:
+                    raise
+                return None
+            data = _dig(response, "data")
+            return data if isinstance(data, dict) else None
+
+        return self._call(f"read metadata of {label}", label, call)
+
+    def _write(self, path: str, data: dict[str, Any], cas: int, label: str) -> int:
+        def call() -> int:
+            response = self._client.secrets.kv.v2.create_or_update_secret(
+                path=path, secret=data, cas=cas, mount_point=self._mount
+            )
+            number = _dig(response, "data", "version")
+            if not isinstance(number, int):
+                raise StoreError(f"Vault returned a malformed KV v2 write response for {label}")
+            return number
+
+        return self._call(f"write {label}", label, call)
+
+    def _write_custom_metadata(
+        self, path: str, meta: dict[str, Any], custom: dict[str, str], label: str
+    ) -> None:
+        # hvac resets delete_version_after unless it is passed: carry every setting over.
+        max_versions = meta.get("max_versions")
+        cas_required = meta.get("cas_required")
+        delete_after = meta.get("delete_version_after")
+        self._call(
+            f"update metadata of {label}",
+            label,
+            lambda: self._client.secrets.kv.v2.update_metadata(
+                path=path,
+                max_versions=max_versions if isinstance(max_versions, int) else None,
+                cas_required=cas_required if isinstance(cas_required, bool) else None,
+                delete_version_after=delete_after if isinstance(delete_after, str) else "0s",
+                custom_metadata=custom,
+                mount_point=self._mount,
+            ),
+        )
+
+    def _mirror_record(self, staging: str, record: RotationRecord, label: str) -> None:
+        """Show the pending record in the staging secret's custom_metadata (visibility only)."""
+        meta = self._read_metadata(staging, label)
+        if meta is None:
+            return
+        wanted = _record_metadata(record)
+        if _custom_metadata(meta) == wanted:
+            return
+        self._write_custom_metadata(staging, meta, wanted, label)
+
+    def _destroy(self, path: str, label: str) -> None:
+        self._call(
+            f"remove staging of {label}",
+            label,
+            lambda: self._client.secrets.kv.v2.delete_metadata_and_all_versions(
+                path=path, mount_point=self._mount
+            ),
+        )
+
+    def _login(self) -> None:
+        assert self._role_id is not None and self._secret_id is not None
+        try:
+            self._client.auth.approle.login(
+                role_id=self._role_id,
+                secret_id=self._secret_id.get_secret_value(),
+                mount_point=self._approle_mount,
+            )
+        except (
+            hvac.exceptions.InvalidRequest,
+            hvac.exceptions.Forbidden,
+            hvac.exceptions.Unauthorized,
+            hvac.exceptions.InvalidPath,
+        ):
+            raise StoreAccessDeniedError(
+                f"Vault AppRole login at {self._url} (auth/{self._approle_mount}) failed: "
+                "invalid role or secret ID"
+            ) from None
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            raise _translate(exc, f"log in to {self._url}", self._url, self._url) from None
+        self._logged_in = True
+
+    def _call(self, action: str, label: str, fn: Callable[[], _T]) -> _T:
+        """Run one request; map errors; with AppRole, re-login once on 403 and retry."""
+        if not self._logged_in:
+            self._login()
+        try:
+            try:
+                return fn()
+            except hvac.exceptions.Forbidden:
+                if self._role_id is None:
+                    raise
+                self._login()
+                return fn()
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            raise _translate(exc, action, label, self._url) from None
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _translate(exc: Exception, action: str, label: str, url: str) -> StoreError:
+    """One secret-free line per failure. hvac's own ``str()`` carries request URLs; not used."""
+    errors = getattr(exc, "errors", None)
+    detail = "; ".join(str(e) for e in errors)[:200] if isinstance(errors, list) and errors else ""
+    if isinstance(exc, hvac.exceptions.VaultDown):
+        if "sealed" in detail.lower():
+            return StoreUnavailableError(f"Vault at {url} is sealed")
+        return StoreUnavailableError(f"Vault at {url} is unavailable (503) during {action}")
+    if isinstance(exc, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
+        return StoreAccessDeniedError(f"Vault denied {action}: permission denied")
+    if isinstance(exc, hvac.exceptions.InvalidRequest):
+        if "check-and-set" in detail:
+            return StoreConflictError(f"{label} was changed concurrently (check-and-set failed)")
+        return StoreError(f"Vault rejected {action}: {detail or 'invalid request'}")
+    if isinstance(exc, hvac.exceptions.InvalidPath):
+        if detail:
+            return StoreNotFoundError(
+                f"Vault has no such path for {action} (check mount '{label}'): {detail}"
+            )
+        return StoreNotFoundError(f"nothing found at {label}")
+    if isinstance(
+        exc,
+        hvac.exceptions.RateLimitExceeded
+        | hvac.exceptions.InternalServerError
+        | hvac.exceptions.BadGateway
+        | hvac.exceptions.VaultNotInitialized,
+    ):
+        return StoreUnavailableError(f"Vault at {url} failed during {action}: {type(exc).__name__}")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return StoreUnavailableError(f"Vault at {url}: TLS handshake failed")
+    if isinstance(exc, requests.exceptions.Timeout):
+        return StoreUnavailableError(f"Vault at {url} timed out during {action}")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return StoreUnavailableError(f"Vault at {url} is unreachable")
+    return StoreError(f"Vault error during {action}: {type(exc).__name__}")
+
+
+def _clean(path: str) -> str:
+    cleaned = path.strip("/")
+    if not cleaned:
+        raise ValueError("secret path is empty")
+    return cleaned
+
+
+def _staging_path(path: str) -> str:
+    return f"{path}/{PENDING_SUFFIX}"
+
+
+def _dig(value: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _as_version(version: StoreVersion, label: str) -> int:
+    if isinstance(version, int):
+        return version
+    if version.isdigit():
+        return int(version)
+    raise StoreError(f"{label}: '{version}' is not a Vault KV version number")
+
+
+def _fields(loc: SecretLocation, pair: KeyPair, host: str) -> dict[str, Any]:
+    return {
+        loc.fields.public_key: pair.public_key,
+        loc.fields.secret_key: pair.secret_key.get_secret_value(),
+        loc.fields.host: host,
+    }
+
+
+def _pair(data: dict[str, Any], version: int, loc: SecretLocation, label: str) -> StoredPair:
+    public_key = data.get(loc.fields.public_key)
+    secret_key = data.get(loc.fields.secret_key)
+    if not isinstance(public_key, str) or not isinstance(secret_key, str):
+        raise StoreNotFoundError(
+            f"{label} version {version} lacks the fields '{loc.fields.public_key}' and "
+            f"'{loc.fields.secret_key}'"
+        )
+    host = data.get(loc.fields.host)
+    return StoredPair(
+        public_key=public_key,
+        secret_key=SecretStr(secret_key),
+        host=host if isinstance(host, str) else None,
+        version=version,
+    )
+
+
+def _holds(found: _Version | None, loc: SecretLocation, public_key: str) -> bool:
+    return (
+        found is not None and found.data is not None and found.data.get(loc.fields.public_key) == public_key
+    )
+
+
+def _parse_staged(found: _Version | None) -> _Staged | None:
+    if found is None or found.data is None:
+        return None
+    raw = found.data.get(RECORD_FIELD)
+    if not isinstance(raw, str):
+        return None
+    try:
+        record = RotationRecord.model_validate_json(raw)
+    except ValidationError:
+        return None
+    return _Staged(record=record, data=found.data, version=found.version)
+
+
+def _custom_metadata(meta: dict[str, Any] | None) -> dict[str, str]:
+    custom = meta.get("custom_metadata") if meta is not None else None
+    if not isinstance(custom, dict):
+        return {}
+    return {str(key): str(value) for key, value in custom.items()}
+
+
+def _record_metadata(record: RotationRecord) -> dict[str, str]:
+    # Vault requires 0 < len(value) <= 512: absent fields are left out, long ones truncated.
+    values = json.loads(record.model_dump_json())
+    return {key: str(value)[:512] for key, value in values.items() if value not in (None, "")}
+
+
+def _previous_version(meta: dict[str, Any] | None, current: int) -> int | None:
+    versions = meta.get("versions") if meta is not None else None
+    if not isinstance(versions, dict):
+        return None
+    readable = [
+        int(number)
+        for number, info in versions.items()
+        if str(number).isdigit()
+        and int(number) < current
+        and isinstance(info, dict)
+        and not info.get("destroyed")
+        and not info.get("deletion_time")
+    ]
+    return max(readable) if readable else None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
