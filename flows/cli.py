@@ -37,28 +37,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Rotate Langfuse API keys safely (Prefect, Vault, AWS).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    rotate = commands.add_parser("rotate", help="scheduled-style rotation of one configured key",
-                                 description="Rotate one configured key: create, store, wait, verify, revoke.")
+    rotate = commands.add_parser(
+        "rotate",
+        help="scheduled-style rotation of one configured key",
+        description="Rotate one configured key: create, store, wait, verify, revoke.",
+    )
     _common(rotate)
     rotate.add_argument("--project", required=True, help="the configured entry (one key) to rotate")
     rotate.add_argument("--dry-run", action="store_true", help="check everything and print the plan; change nothing")
 
-    emergency = commands.add_parser("emergency", help="contain a compromised key now",
-                                    description="Revoke a compromised key immediately and put a new pair in place.")
+    emergency = commands.add_parser(
+        "emergency",
+        help="contain a compromised key now",
+        description="Revoke a compromised key immediately and put a new pair in place.",
+    )
     _common(emergency)
     emergency.add_argument("--project", required=True, help="the configured entry whose key leaked")
     emergency.add_argument("--public-key", help="the compromised public key (default: the key in the store)")
-    emergency.add_argument("--no-prefect", action="store_true",
-                           help="run in-process without Prefect (automatic when PREFECT_API_URL does not answer)")
+    emergency.add_argument(
+        "--no-prefect",
+        action="store_true",
+        help="run in-process without Prefect (automatic when PREFECT_API_URL does not answer)",
+    )
 
-    reconcile = commands.add_parser("reconcile", help="finish or clean up what crashed runs left",
-                                    description="Roll back or finish unfinished rotations and delete orphan keys.")
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="finish or clean up what crashed runs left",
+        description="Roll back or finish unfinished rotations and delete orphan keys.",
+    )
     _common(reconcile)
     reconcile.add_argument("--project", help="one configured entry (default: all)")
 
-    demo = commands.add_parser("demo", help="the whole thing on the embedded local stack",
-                               description="Start a Langfuse simulator, a secret store, a demo consumer and a "
-                                           "notification sink on 127.0.0.1, rotate once through Prefect, stop all.")
+    demo = commands.add_parser(
+        "demo",
+        help="the whole thing on the embedded local stack",
+        description="Start a Langfuse simulator, a secret store, a demo consumer and a "
+        "notification sink on 127.0.0.1, rotate once through Prefect, stop all.",
+    )
     demo.add_argument("--store", choices=["vault", "aws"], default="vault", help="secret store to use")
     demo.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     return parser
@@ -94,8 +109,13 @@ def _bad_input(args: argparse.Namespace, message: str, started: float) -> int:
     print(f"{PROG}: error: {scrub(message)}", file=sys.stderr)
     if getattr(args, "json", False):
         project = getattr(args, "project", None) or ""
-        result = RotationResult(status="failed", project=project, error=scrub(message),
-                                duration_s=round(time.monotonic() - started, 3), prefect_flow_run_id=None)
+        result = RotationResult(
+            status="failed",
+            project=project,
+            error=scrub(message),
+            duration_s=round(time.monotonic() - started, 3),
+            prefect_flow_run_id=None,
+        )
         print(result.to_json_line())
     return int(ExitCode.BAD_INPUT)
 
@@ -190,18 +210,26 @@ def _result_from_state(state: object, project: str) -> RotationResult:
     if isinstance(data, RotationResult):
         return data
     message = scrub(" ".join(str(data).split())) if data is not None else (state.message or state.name)
-    return RotationResult(status="failed", project=project, error=message or "the flow run failed",
-                          prefect_flow_run_id=str(state.state_details.flow_run_id or "") or None)
+    return RotationResult(
+        status="failed",
+        project=project,
+        error=message or "the flow run failed",
+        prefect_flow_run_id=str(state.state_details.flow_run_id or "") or None,
+    )
 
 
 def _print_result(result: RotationResult, *, as_json: bool) -> None:
-    print(f"{PROG} {result.mode} {result.project}: {result.status} in {result.duration_s:.2f}s"
-          + (" (without Prefect)" if result.orchestrator == "none" else ""))
+    print(
+        f"{PROG} {result.mode} {result.project}: {result.status} in {result.duration_s:.2f}s"
+        + (" (without Prefect)" if result.orchestrator == "none" else "")
+    )
     for step in result.steps:
         print(f"  {step.step:<18} {step.outcome:<12} {step.duration_s:7.2f}s  {step.detail}")
     if result.old_public_key or result.new_public_key:
-        print(f"  old {result.old_public_key} -> new {result.new_public_key}; "
-              f"store {result.store} {result.store_location} version {result.store_version}")
+        print(
+            f"  old {result.old_public_key} -> new {result.new_public_key}; "
+            f"store {result.store} {result.store_location} version {result.store_version}"
+        )
     if result.lagging_consumers:
         print(f"  still on the old key: {', '.join(result.lagging_consumers)}")
     if result.error:

@@ -88,7 +88,9 @@ class EntryContext:
         self.store = self._store(entry.store)
         self.store_name = entry.store
         public_key, secret_key = org_key(config, {name: self._store(name) for name in self._needed_stores()})
-        self.admin = LangfuseAdminClient(config.langfuse.host, public_key, secret_key, timeout_s=config.langfuse.timeout_s)
+        self.admin = LangfuseAdminClient(
+            config.langfuse.host, public_key, secret_key, timeout_s=config.langfuse.timeout_s
+        )
         self.org_public_key = public_key
         admin_api_key = config.langfuse.admin_api_key
         register_secret(admin_api_key)

@@ -15,8 +15,9 @@ from flows.redact import register_secret
 def dry_run(ctx: EntryContext) -> RotationResult:
     entry = ctx.entry
     started = time.monotonic()
-    result = RotationResult(status="planned", project=entry.name, store=ctx.store_name,
-                            store_location=ctx.store_label, orchestrator="none")
+    result = RotationResult(
+        status="planned", project=entry.name, store=ctx.store_name, store_location=ctx.store_label, orchestrator="none"
+    )
     facts: dict[str, str] = {}
 
     def check(name: str, fn: Callable[[], str]) -> None:
@@ -26,8 +27,9 @@ def dry_run(ctx: EntryContext) -> RotationResult:
             outcome = "done"
         except (ConnectorError, CheckFailed) as exc:
             detail, outcome = str(exc), "failed"
-        result.steps.append(StepRecord(step=name, outcome=outcome, duration_s=round(time.monotonic() - began, 3),
-                                       detail=detail))
+        result.steps.append(
+            StepRecord(step=name, outcome=outcome, duration_s=round(time.monotonic() - began, 3), detail=detail)
+        )
 
     def org_key_and_project() -> str:
         projects = {p.id: p.name for p in ctx.admin.list_projects()}
@@ -91,9 +93,14 @@ class CheckFailed(Exception):
 
 def plan_text(ctx: EntryContext) -> str:
     entry = ctx.entry
-    waits = (f"wait up to {entry.wait_timeout_s:g}s for {', '.join(c.name for c in ctx.consumers)}"
-             if ctx.consumers else f"wait {entry.grace_period_s:g}s")
+    waits = (
+        f"wait up to {entry.wait_timeout_s:g}s for {', '.join(c.name for c in ctx.consumers)}"
+        if ctx.consumers
+        else f"wait {entry.grace_period_s:g}s"
+    )
     approval = "; pause for approval before promoting" if entry.approval == "required" else ""
-    return (f"create a new pair in project {entry.project_id} (written ahead to {ctx.store_label}){approval}; "
-            f"promote it; fire restart hooks and {waits}; verify with a canary trace; "
-            "revoke the old pair and prove it is rejected; notify")
+    return (
+        f"create a new pair in project {entry.project_id} (written ahead to {ctx.store_label}){approval}; "
+        f"promote it; fire restart hooks and {waits}; verify with a canary trace; "
+        "revoke the old pair and prove it is rejected; notify"
+    )

@@ -41,7 +41,14 @@ def emergency(project: str, config_path: str | None = None, public_key: str | No
     config = load_config(config_path)
     entry = config.entry(project)
     tag_flow_run(flow_run_id, project=project, mode="emergency", store=entry.store)
-    result = execute("emergency", project, config_path, PrefectRunner(), flow_run_id=flow_run_id,
-                     run_label=label, compromised_public_key=public_key)
+    result = execute(
+        "emergency",
+        project,
+        config_path,
+        PrefectRunner(),
+        flow_run_id=flow_run_id,
+        run_label=label,
+        compromised_public_key=public_key,
+    )
     publish_summary(result)
     return final_state(result)

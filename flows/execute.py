@@ -38,28 +38,50 @@ def execute(
     try:
         ctx = EntryContext(config, entry, flow_run_id=flow_run_id, run_label=run_label)
     except ConnectorError as exc:
-        return RotationResult(status="failed", project=project, mode=mode, store=entry.store,
-                              prefect_flow_run_id=flow_run_id, orchestrator=_orchestrator(runner),
-                              error=f"setup: {exc}", failed_step="setup")
+        return RotationResult(
+            status="failed",
+            project=project,
+            mode=mode,
+            store=entry.store,
+            prefect_flow_run_id=flow_run_id,
+            orchestrator=_orchestrator(runner),
+            error=f"setup: {exc}",
+            failed_step="setup",
+        )
     try:
         # An emergency waits a little for a scheduled run of the same key to let go; it never
         # barges in, because two writers would fight over the store.
         wait_s = max(config.lock.wait_s, 30.0) if kind == "emergency" else config.lock.wait_s
-        with entry_lock(entry.name, wait_s=wait_s, lease_s=config.lock.lease_s,
-                        use_prefect=runner.orchestrator == "prefect"):
+        with entry_lock(
+            entry.name, wait_s=wait_s, lease_s=config.lock.lease_s, use_prefect=runner.orchestrator == "prefect"
+        ):
             if kind == "rotate":
                 return run_scheduled(ctx, runner, approve=approve)
             if kind == "emergency":
                 return run_emergency(ctx, runner, compromised_public_key=compromised_public_key)
             return run_reconcile(ctx, runner)
     except RotationInProgressError as exc:
-        return RotationResult(status="in_progress", project=project, mode=mode, store=entry.store,
-                              store_location=ctx.store_label, prefect_flow_run_id=flow_run_id,
-                              orchestrator=_orchestrator(runner), error=str(exc))
+        return RotationResult(
+            status="in_progress",
+            project=project,
+            mode=mode,
+            store=entry.store,
+            store_location=ctx.store_label,
+            prefect_flow_run_id=flow_run_id,
+            orchestrator=_orchestrator(runner),
+            error=str(exc),
+        )
     except ConnectorError as exc:
-        return RotationResult(status="failed", project=project, mode=mode, store=entry.store,
-                              store_location=ctx.store_label, prefect_flow_run_id=flow_run_id,
-                              orchestrator=_orchestrator(runner), error=str(exc))
+        return RotationResult(
+            status="failed",
+            project=project,
+            mode=mode,
+            store=entry.store,
+            store_location=ctx.store_label,
+            prefect_flow_run_id=flow_run_id,
+            orchestrator=_orchestrator(runner),
+            error=str(exc),
+        )
     finally:
         ctx.close()
 

@@ -91,9 +91,7 @@ def prefect_lock(entry: str, *, wait_s: float, lease_s: int) -> Iterator[None]:
     _ensure_limit(name)
     try:
         # A zero timeout would mean "do not even try once"; one short attempt is the intent.
-        slot = concurrency(
-            name, occupy=1, strict=True, timeout_seconds=max(wait_s, 1.0), lease_duration=lease_s
-        )
+        slot = concurrency(name, occupy=1, strict=True, timeout_seconds=max(wait_s, 1.0), lease_duration=lease_s)
         slot.__enter__()
     except TimeoutError:
         raise RotationInProgressError(

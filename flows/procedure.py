@@ -161,7 +161,9 @@ def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | 
         run.result.consumers = consumers.wait.last_seen
         if not consumers.wait.all_switched:
             run.result.lagging_consumers = consumers.wait.lagging
-            raise StepFailed("wait_for_restarts", _lagging_message(consumers, record.new_public_key, entry.wait_timeout_s))
+            raise StepFailed(
+                "wait_for_restarts", _lagging_message(consumers, record.new_public_key, entry.wait_timeout_s)
+            )
         run.step("verify", verify_key, ctx, record, timeout_s=entry.canary_timeout_s + 60)
         run.result.verified = True
     except BaseException as exc:
@@ -242,8 +244,14 @@ def _revoke_and_finish(run: _Run, plan: RotationPlan, record: RotationRecord) ->
             problems.append(f"finish failed: {_one_line(exc)}; rerun to finish")
     status = "needs_attention" if problems else "rotated"
     result = run.finish(status, "; ".join(problems) or None)
-    ctx.audit.record("rotation", f"entry:{ctx.entry.name}", status, old_public_key=plan.old_public_key,
-                     new_public_key=record.new_public_key, store_version=result.store_version)
+    ctx.audit.record(
+        "rotation",
+        f"entry:{ctx.entry.name}",
+        status,
+        old_public_key=plan.old_public_key,
+        new_public_key=record.new_public_key,
+        store_version=result.store_version,
+    )
     _notify(ctx, result)
     return result
 
@@ -251,7 +259,9 @@ def _revoke_and_finish(run: _Run, plan: RotationPlan, record: RotationRecord) ->
 # --- emergency containment ----------------------------------------------------------------------
 
 
-def run_emergency(ctx: EntryContext, runner: StepRunner, *, compromised_public_key: str | None = None) -> RotationResult:
+def run_emergency(
+    ctx: EntryContext, runner: StepRunner, *, compromised_public_key: str | None = None
+) -> RotationResult:
     """create → store → REVOKE NOW → prove rejected → restarts + wait (report) → verify → notify."""
     run = _Run(ctx, runner, "emergency")
     entry = ctx.entry
@@ -288,7 +298,10 @@ def run_emergency(ctx: EntryContext, runner: StepRunner, *, compromised_public_k
     except Exception as exc:
         problems.append(f"revoke failed: {_one_line(exc)}")
     consumers = run.step(
-        "wait_for_restarts", wait_for_consumers, ctx, record.new_public_key,
+        "wait_for_restarts",
+        wait_for_consumers,
+        ctx,
+        record.new_public_key,
         timeout_s=entry.wait_timeout_s + entry.grace_period_s + 60,
     )
     run.result.consumers = consumers.wait.last_seen
@@ -306,8 +319,14 @@ def run_emergency(ctx: EntryContext, runner: StepRunner, *, compromised_public_k
         problems.append(f"finish failed: {_one_line(exc)}")
     status = "needs_attention" if problems else "contained"
     result = run.finish(status, "; ".join(problems) or None)
-    ctx.audit.record("emergency", f"entry:{entry.name}", status, compromised_public_key=target,
-                     new_public_key=record.new_public_key, lagging=result.lagging_consumers)
+    ctx.audit.record(
+        "emergency",
+        f"entry:{entry.name}",
+        status,
+        compromised_public_key=target,
+        new_public_key=record.new_public_key,
+        lagging=result.lagging_consumers,
+    )
     _notify(ctx, result)
     return result
 
@@ -328,7 +347,9 @@ def _check_stray_key(ctx: EntryContext, target: str) -> None:
         if other.store == ctx.entry.store:
             current = ctx.store.describe(other.location()).current_public_key
             if current == target:
-                raise BadInputError(f"{target} is the current key of entry '{other.name}': run emergency --project {other.name}")
+                raise BadInputError(
+                    f"{target} is the current key of entry '{other.name}': run emergency --project {other.name}"
+                )
 
 
 def _contain_stray_key(run: _Run, target: str) -> RotationResult:
@@ -338,7 +359,9 @@ def _contain_stray_key(run: _Run, target: str) -> RotationResult:
     run.result.old_key_rejected = revoked.rejected
     status = "contained"
     result = run.finish(status, None)
-    ctx.audit.record("emergency", f"entry:{ctx.entry.name}", status, compromised_public_key=target, detail=revoked.detail)
+    ctx.audit.record(
+        "emergency", f"entry:{ctx.entry.name}", status, compromised_public_key=target, detail=revoked.detail
+    )
     _notify(ctx, result)
     return result
 
@@ -349,8 +372,13 @@ def _contain_stray_key(run: _Run, target: str) -> RotationResult:
 def notification_for(result: RotationResult) -> Notification:
     emergency = result.mode == "emergency"
     ok = result.status in {"rotated", "contained"}
-    verb = {"rotated": "rotated", "contained": "contained", "needs_attention": "needs attention",
-            "rolled_back": "rolled back", "failed": "FAILED"}.get(result.status, result.status)
+    verb = {
+        "rotated": "rotated",
+        "contained": "contained",
+        "needs_attention": "needs attention",
+        "rolled_back": "rolled back",
+        "failed": "FAILED",
+    }.get(result.status, result.status)
     title = f"{'EMERGENCY ' if emergency else ''}Langfuse key {verb}: {result.project}"
     lines = [
         f"project: {result.project} ({result.mode})",
@@ -394,10 +422,16 @@ def run_reconcile(ctx: EntryContext, runner: StepRunner) -> RotationResult:
     pending = desc.pending
     if pending is not None:
         plan = RotationPlan(
-            rotation_id=pending.rotation_id, entry=ctx.entry.name, project_id=ctx.entry.project_id,
-            mode=pending.mode, store_name=ctx.store_name, store_location=ctx.store_label,
-            old_public_key=pending.old_public_key, old_version=pending.old_version,
-            new_public_key=pending.new_public_key, resumed=True,
+            rotation_id=pending.rotation_id,
+            entry=ctx.entry.name,
+            project_id=ctx.entry.project_id,
+            mode=pending.mode,
+            store_name=ctx.store_name,
+            store_location=ctx.store_label,
+            old_public_key=pending.old_public_key,
+            old_version=pending.old_version,
+            new_public_key=pending.new_public_key,
+            resumed=True,
         )
         run.result.rotation_id = pending.rotation_id
         old_alive = pending.old_public_key is not None and (
@@ -412,12 +446,19 @@ def run_reconcile(ctx: EntryContext, runner: StepRunner) -> RotationResult:
                 result = run.finish("failed", "; ".join(outcome.errors))
                 _notify(ctx, result)
                 return result
-            actions.append(f"rolled back unfinished rotation {pending.rotation_id}: {pending.old_public_key} is current")
+            actions.append(
+                f"rolled back unfinished rotation {pending.rotation_id}: {pending.old_public_key} is current"
+            )
     current = ctx.store.describe(ctx.location)
     plan = RotationPlan(
-        rotation_id="reconcile", entry=ctx.entry.name, project_id=ctx.entry.project_id, mode="scheduled",
-        store_name=ctx.store_name, store_location=ctx.store_label,
-        old_public_key=current.current_public_key, old_version=current.current_version,
+        rotation_id="reconcile",
+        entry=ctx.entry.name,
+        project_id=ctx.entry.project_id,
+        mode="scheduled",
+        store_name=ctx.store_name,
+        store_location=ctx.store_label,
+        old_public_key=current.current_public_key,
+        old_version=current.current_version,
     )
     orphans = run.step("reconcile", reconcile_orphans, ctx, plan)
     actions += orphans.actions

@@ -185,9 +185,7 @@ def create_key(ctx: EntryContext, plan: RotationPlan) -> CreateOutcome:
         summary = ctx.admin.create_api_key(ctx.entry.project_id, pair, note)
     except ConnectorError as exc:
         raise _fail_on_connector_error(step, exc) from None
-    ctx.audit.record(
-        "langfuse.create_key", _resource(ctx), "done", public_key=pair.public_key, key_id=summary.id
-    )
+    ctx.audit.record("langfuse.create_key", _resource(ctx), "done", public_key=pair.public_key, key_id=summary.id)
     return CreateOutcome(
         record=record,
         key_id=summary.id,
@@ -211,9 +209,7 @@ def promote_key(ctx: EntryContext, record: RotationRecord) -> PromoteOutcome:
         version = ctx.store.promote(ctx.location, record)
     except StoreError as exc:
         raise _fail_on_connector_error("store", exc) from None
-    ctx.audit.record(
-        "store.promote", _resource(ctx), "done", public_key=record.new_public_key, store_version=version
-    )
+    ctx.audit.record("store.promote", _resource(ctx), "done", public_key=record.new_public_key, store_version=version)
     return PromoteOutcome(version=version, previous_version=record.old_version)
 
 
@@ -243,9 +239,7 @@ def wait_for_consumers(ctx: EntryContext, public_key: str, *, trigger_restarts: 
                 ctx.consumer_client.restart(consumer)
             except ConsumerError as exc:
                 restart_errors[consumer.name] = str(exc)
-    outcome = ctx.consumer_client.wait_for_public_key(
-        ctx.consumers, public_key, timeout_s=ctx.entry.wait_timeout_s
-    )
+    outcome = ctx.consumer_client.wait_for_public_key(ctx.consumers, public_key, timeout_s=ctx.entry.wait_timeout_s)
     return ConsumerOutcome(wait=outcome, restart_errors=restart_errors)
 
 
