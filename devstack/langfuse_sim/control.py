@@ -1,0 +1,83 @@
+"""`SimulatorControl`: a small httpx client for the simulator's `/_sim/` test controls."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+
+class SimulatorControl:
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._client.request(method, path, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def keys(self) -> list[dict[str, Any]]:
+        """Every key row (project and org), without secrets."""
+        return list(self._call("GET", "/_sim/keys")["keys"])
+
+    def requests(self, since: int = 0) -> dict[str, Any]:
+        """`{"requests": [{seq, method, path, status, public_key}], "next": M}`; pass `next` as `since`."""
+        return dict(self._call("GET", "/_sim/requests", params={"since": since}))
+
+    def inject_fault(
+        self,
+        path_prefix: str,
+        *,
+        method: str | None = None,
+        status: int | None = 503,
+        count: int = 1,
+        retry_after: int | None = None,
+        delay_s: float = 0,
+        after: bool = False,
+        drop: bool = False,
+        body: Any = None,
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "path_prefix": path_prefix,
+            "method": method,
+            "status": status,
+            "count": count,
+            "retry_after": retry_after,
+            "delay_s": delay_s,
+            "after": after,
+            "drop": drop,
+        }
+        if body is not None:
+            payload["body"] = body
+        return dict(self._call("POST", "/_sim/faults", json=payload))
+
+    def faults(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/_sim/faults")["faults"])
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "/_sim/faults")
+
+    def configure(self, **settings: Any) -> dict[str, Any]:
+        return dict(self._call("POST", "/_sim/config", json=settings))
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/_sim/config"))
+
+    def reset(self) -> None:
+        self._call("POST", "/_sim/reset")
+
+    def flush_cache(self) -> int:
+        return int(self._call("POST", "/_sim/cache/flush")["flushed"])
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> SimulatorControl:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

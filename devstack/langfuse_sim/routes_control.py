@@ -1,0 +1,99 @@
+"""Test controls under `/_sim/` (loopback clients only). Nothing here ever returns a secret."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from devstack.langfuse_sim.config import ConfigError
+from devstack.langfuse_sim.faults import FaultError, parse_fault
+from devstack.langfuse_sim.state import SimState
+from devstack.langfuse_sim.wire import BodyError, Request, Response
+
+
+def _json_body(req: Request) -> Any:
+    try:
+        return req.json()
+    except BodyError as exc:
+        raise ConfigError(f"invalid JSON body: {exc}") from exc
+
+
+def keys(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    with state.lock:
+        rows = sorted(state.store.keys.values(), key=lambda k: k.created_at)
+        return Response(200, {"keys": [k.control_view() for k in rows]})
+
+
+def requests(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    raw = req.param("since") or "0"
+    if not raw.isdigit():
+        return Response(400, {"error": "since must be a non-negative integer"})
+    since = int(raw)
+    with state.lock:
+        found = [dict(r) for r in state.requests if r["seq"] > since]
+        return Response(200, {"requests": found, "next": state.seq})
+
+
+def add_fault(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    try:
+        raw = _json_body(req)
+        with state.lock:
+            fault = parse_fault(raw, state.next_fault_id)
+            state.next_fault_id += 1
+            state.faults.append(fault)
+    except (ConfigError, FaultError) as exc:
+        return Response(400, {"error": str(exc)})
+    return Response(201, fault.to_json())
+
+
+def list_faults(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    with state.lock:
+        return Response(200, {"faults": [f.to_json() for f in state.faults]})
+
+
+def clear_faults(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    with state.lock:
+        removed = len(state.faults)
+        state.faults.clear()
+    return Response(200, {"cleared": removed})
+
+
+def get_config(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    with state.lock:
+        return Response(200, state.config.to_json())
+
+
+def set_config(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    try:
+        changes = _json_body(req)
+        if not isinstance(changes, dict):
+            raise ConfigError("config body must be a JSON object")
+        with state.lock:
+            state.config.update(changes)
+            if "rate_limits" in changes:
+                state.rate_limiter.clear()
+            return Response(200, state.config.to_json())
+    except ConfigError as exc:
+        return Response(400, {"error": str(exc)})
+
+
+def reset(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    state.reset()
+    return Response(200, {"reset": True})
+
+
+def flush_cache(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    with state.lock:
+        flushed = state.cache.clear()
+    return Response(200, {"flushed": flushed})
+
+
+def bootstrap(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    """The bootstrap line minus secrets (useful to find ids after a restart)."""
+    with state.lock:
+        info = state.bootstrap.describe(state.store, "", None)
+    info.pop("url", None)
+    info.pop("admin_api_key", None)
+    info.pop("org_secret_key", None)
+    for project in info["projects"]:
+        project.pop("secret_key", None)
+    return Response(200, info)
