@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.stores",
     "tests.fixtures.devstack",
     "tests.fixtures.prefect",
+    "tests.fixtures.rotation",
 ]

@@ -1,0 +1,21 @@
+"""The scheduled checklist, run in-process without Prefect, against the real local stack."""
+
+from __future__ import annotations
+
+from flows.execute import execute
+from flows.runner import DirectRunner
+from tests.fixtures.rotation import ENTRY, RotationEnv
+
+
+def test_rotation_replaces_the_stored_pair_and_revokes_the_old_one(rotation_env: RotationEnv) -> None:
+    old = rotation_env.current()
+    config = rotation_env.write_config()
+
+    result = execute("rotate", ENTRY, str(config), DirectRunner())
+
+    assert result.status == "rotated", result.error
+    new = rotation_env.current()
+    assert new.public_key == result.new_public_key != old.public_key
+    assert rotation_env.works(new)
+    assert not rotation_env.works(old)
+    assert result.verified and result.old_key_rejected is True
