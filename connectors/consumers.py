@@ -143,9 +143,7 @@ class ConsumerClient:
             detail = _describe_transport_error(exc, consumer.timeout_s)
             raise ConsumerError(f"consumer {consumer.name!r}: restart hook {detail}") from None
         if not response.is_success:
-            raise ConsumerError(
-                f"consumer {consumer.name!r}: restart hook answered HTTP {response.status_code}"
-            )
+            raise ConsumerError(f"consumer {consumer.name!r}: restart hook answered HTTP {response.status_code}")
 
     # --- observe --------------------------------------------------------------------------------
 

@@ -314,9 +314,7 @@ class Notifier:
             "sent" if failed == 0 else "failed" if delivered == 0 else "partial"
         )
         if failed:
-            _log.warning(
-                "notification %r (%s): %d of %d target(s) failed", n.title, n.kind, failed, len(outcomes)
-            )
+            _log.warning("notification %r (%s): %d of %d target(s) failed", n.title, n.kind, failed, len(outcomes))
         return NotifyResult(status=status, delivered=delivered, failed=failed, errors=errors)
 
     def _deliver(self, index: int, n: Notification) -> tuple[bool, list[str]]:

@@ -102,17 +102,13 @@ def test_observe_non_string_public_key_is_rejected() -> None:
 def test_observe_follows_a_dotted_field_path() -> None:
     body = {"status": "ok", "langfuse": {"public_key": NEW}}
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
-    consumer = Consumer(
-        name="nested", health_url="http://consumer.test/health", public_key_field="langfuse.public_key"
-    )
+    consumer = Consumer(name="nested", health_url="http://consumer.test/health", public_key_field="langfuse.public_key")
     assert ConsumerClient(transport=transport).observe(consumer).public_key == NEW
 
 
 def test_observe_dotted_path_missing_midway_names_the_full_path() -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"langfuse": "flat"}))
-    consumer = Consumer(
-        name="nested", health_url="http://consumer.test/health", public_key_field="langfuse.public_key"
-    )
+    consumer = Consumer(name="nested", health_url="http://consumer.test/health", public_key_field="langfuse.public_key")
     observation = ConsumerClient(transport=transport).observe(consumer)
     assert observation.error == "health check: field 'langfuse.public_key' missing"
 

@@ -135,16 +135,12 @@ def test_parse_rejects_invalid_targets_with_value_error(value: object) -> None:
     assert "hunter2secret" not in str(caught.value)
 
 
-def test_no_url_credentials_in_repr_results_or_logs(
-    json_sink: JsonSink, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_no_url_credentials_in_repr_results_or_logs(json_sink: JsonSink, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     secrets = ("hunter2secret", "tok3nAbCdEf", "qvalSeCrEt9")
     port = json_sink.port
     failing = NotifyTarget.parse(f"failure=json://admin:hunter2secret@127.0.0.1:{port}/h/tok3nAbCdEf")
-    dead = NotifyTarget.parse(
-        f"json://admin:hunter2secret@127.0.0.1:{free_port()}/h/tok3nAbCdEf?k=qvalSeCrEt9"
-    )
+    dead = NotifyTarget.parse(f"json://admin:hunter2secret@127.0.0.1:{free_port()}/h/tok3nAbCdEf?k=qvalSeCrEt9")
     json_sink.fail_next(1)
     notifier = Notifier([failing, dead])
     result = notifier.send(FAILURE)
