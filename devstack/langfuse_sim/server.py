@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from devstack.langfuse_sim import routes_admin as admin
 from devstack.langfuse_sim import routes_control as control
@@ -108,7 +108,7 @@ def _match(routes: list[Route], state: SimState, req: Request) -> Response:
         handler = route.methods.get(req.method)
         if handler is None:
             return Response(405, route.not_allowed, {"Allow": ", ".join(route.methods)})
-        return handler(state, req, found.groupdict())
+        return handler(state, req, {k: unquote(v) for k, v in found.groupdict().items()})
     return Response(404, {"message": "Not Found", "error": "LangfuseNotFoundError"})
 
 
@@ -147,6 +147,7 @@ def _is_loopback(ip: str) -> bool:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes; avoid the 40 ms delayed-ACK stall
     server_version = "langfuse-sim"
     sim_state: SimState  # set on the subclass created per server
 
