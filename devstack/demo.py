@@ -1,0 +1,167 @@
+"""``langfuse-rotate demo``: one full rotation on the embedded local stack, narrated.
+
+Starts on 127.0.0.1 the Langfuse API simulator, a secret store (OpenBao dev server or moto's
+Secrets Manager), a JSON notification sink and a demo consumer that uses the real ``langfuse``
+SDK; rotates the consumer's key through Prefect (the configured server, or the embedded one);
+shows what changed; stops everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import yaml
+from pydantic import SecretStr
+
+from connectors.keypair import KeyPair
+from connectors.langfuse import LangfuseProjectClient
+from connectors.store import SecretLocation, SecretStore
+
+ENTRY = "demo-chatbot"
+SECRET_PATH = "langfuse/demo-chatbot"
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def run_demo(*, store: Literal["vault", "aws"] = "vault", as_json: bool = False) -> int:
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="langfuse-rotate-demo-")))
+        return _run(stack, workdir, store, as_json)
+
+
+def _run(stack: contextlib.ExitStack, workdir: Path, store_kind: str, as_json: bool) -> int:
+    from devstack.consumer import start_consumer_process
+    from devstack.langfuse_sim import Simulator
+    from devstack.sinks import JsonSink
+
+    say("starting the Langfuse API simulator (a real Langfuse needs ClickHouse, Redis and S3)")
+    sim = stack.enter_context(Simulator(projects=1))
+    boot = sim.bootstrap
+    project = boot["projects"][0]
+    say(f"  {sim.url}: project {project['id']} with key {project['public_key']}")
+
+    sink = stack.enter_context(JsonSink())
+    say(f"notifications go to a local JSON sink at {sink.url}")
+
+    store, store_config, consumer_args = _start_store(stack, store_kind)
+    location = SecretLocation(path=SECRET_PATH)
+    old = KeyPair(public_key=project["public_key"], secret_key=SecretStr(project["secret_key"]))
+    version = store.seed(location, old, sim.url)
+    say(f"stored the project's key in {store.location_label(location)} (version {version})")
+
+    say("starting the demo consumer: reads its key from the store at start, sends traces with the langfuse SDK")
+    consumer = stack.enter_context(
+        start_consumer_process(name="api", path=SECRET_PATH, langfuse_host=sim.url, restart_delay_s=1.0,
+                               **consumer_args)
+    )
+    say(f"  consumer 'api' reports {_consumer_key(consumer.health_url)} on {consumer.health_url}")
+
+    os.environ["DEMO_LANGFUSE_ORG_PUBLIC_KEY"] = boot["org_public_key"]
+    os.environ["DEMO_LANGFUSE_ORG_SECRET_KEY"] = boot["org_secret_key"]
+    os.environ.setdefault("LANGFUSE_ROTATE_LOCK_DIR", str(workdir / "locks"))
+    config_path = workdir / "rotation.yaml"
+    config_path.write_text(yaml.safe_dump(_config(sim.url, project["id"], store_config, consumer, sink, workdir),
+                                          sort_keys=False))
+    say(f"configuration: {config_path} (secrets come from environment variables, never the file)")
+
+    where = os.environ.get("PREFECT_API_URL") or "the embedded Prefect server (first start migrates its database)"
+    say(f"rotating '{ENTRY}' through Prefect on {where} ...")
+    from flows.cli import _print_result, _result_from_state
+    from flows.rotate import rotate
+
+    state = rotate(project=ENTRY, config_path=str(config_path), return_state=True)
+    result = _result_from_state(state, ENTRY)
+    _print_result(result, as_json=False)
+
+    new_key = _consumer_key(consumer.health_url)
+    say(f"consumer 'api' now reports {new_key}")
+    httpx.post(consumer.trace_url, timeout=10)
+    say("  and sent a trace with it")
+    with LangfuseProjectClient(sim.url, old, timeout_s=5) as client:
+        say(f"the old key {old.public_key} is now {'ACCEPTED (!)' if client.probe().accepted else 'rejected (401)'}")
+    received = sink.received()
+    for note in received:
+        body = note.json if isinstance(note.json, dict) else {}
+        say(f"notification received: [{body.get('type')}] {body.get('title')}")
+    audit_lines = (workdir / "audit.jsonl").read_text().splitlines() if (workdir / "audit.jsonl").exists() else []
+    say(f"audit log: {len(audit_lines)} entries, e.g. {_first_actions(audit_lines)}")
+    ok = result.status == "rotated" and new_key == result.new_public_key and bool(received)
+    say("stopping everything the demo started")
+    if as_json:
+        print(result.to_json_line())
+    return 0 if ok else int(result.exit_code) or 1
+
+
+def _start_store(stack: contextlib.ExitStack, kind: str) -> tuple[SecretStore, dict[str, Any], dict[str, Any]]:
+    if kind == "aws":
+        from connectors.aws_secrets import AwsSecretsStore
+        from devstack.moto_server import MotoServer
+
+        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            os.environ[name] = value
+        moto = stack.enter_context(MotoServer())
+        say(f"started AWS Secrets Manager (moto server) at {moto.url}")
+        store: SecretStore = AwsSecretsStore(region="us-east-1", endpoint_url=moto.url)
+        return (store, {"kind": "aws", "region": "us-east-1", "endpoint_url": moto.url},
+                {"store": "aws", "aws_endpoint_url": moto.url, "aws_region": "us-east-1"})
+    from connectors.vault import VaultStore
+    from devstack.openbao import OpenBaoServer
+
+    bao = stack.enter_context(OpenBaoServer())
+    say(f"started an OpenBao (Vault API) dev server at {bao.url}")
+    os.environ["DEMO_VAULT_TOKEN"] = bao.root_token
+    store = VaultStore(bao.url, token=SecretStr(bao.root_token))
+    return (store, {"kind": "vault", "url": bao.url, "token": "${DEMO_VAULT_TOKEN}", "mount": "secret"},
+            {"store": "vault", "vault_url": bao.url, "vault_token": bao.root_token})
+
+
+def _config(host: str, project_id: str, store: dict[str, Any], consumer: Any, sink: Any, workdir: Path
+            ) -> dict[str, Any]:
+    return {
+        "langfuse": {"host": host, "org_public_key": "${DEMO_LANGFUSE_ORG_PUBLIC_KEY}",
+                     "org_secret_key": "${DEMO_LANGFUSE_ORG_SECRET_KEY}"},
+        "stores": {"main": store},
+        "projects": [{
+            "name": ENTRY, "project_id": project_id, "store": "main", "path": SECRET_PATH,
+            "consumers": [{"name": "api", "health_url": consumer.health_url, "restart_url": consumer.restart_url,
+                           "public_key_field": "langfuse_public_key"}],
+            "wait_timeout_s": 60, "canary_timeout_s": 30, "revoke_recheck_s": 5,
+        }],
+        "notify": {"urls": [sink.apprise_url("/hook")]},
+        "audit": {"path": str(workdir / "audit.jsonl")},
+    }
+
+
+def _consumer_key(health_url: str) -> str | None:
+    try:
+        data = httpx.get(health_url, timeout=5).json()
+    except (httpx.HTTPError, json.JSONDecodeError):
+        return None
+    value = data.get("langfuse_public_key") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _first_actions(lines: list[str]) -> str:
+    actions = []
+    for line in lines[:6]:
+        with contextlib.suppress(json.JSONDecodeError):
+            actions.append(json.loads(line).get("action", "?"))
+    return ", ".join(actions)
+
+
+if __name__ == "__main__":
+    start = time.monotonic()
+    code = run_demo(store="aws" if "--store=aws" in sys.argv else "vault")
+    print(f"[demo] finished in {time.monotonic() - start:.1f}s", flush=True)
+    sys.exit(code)
