@@ -47,7 +47,8 @@ def test_request_inside_race_window_recaches_the_deleted_key(sim: SimHandle) -> 
     time.sleep(0.2)  # the DELETE has evicted the cache entry but not yet dropped the row
     assert _probe(sim, key) == 200
     deleting.join()
-    assert key["id"] not in {row["id"] for row in sim.control.keys()}
+    remaining = sim.control.keys()
+    assert key["id"] not in {row["id"] for row in remaining}
     assert _probe(sim, key) == 200  # deleted row, yet still authenticating from the re-cached entry
 
 

@@ -253,6 +253,10 @@ def test_ingestion_get_is_405_with_error_name(sim: SimHandle) -> None:
 
 def test_scores_json_array_is_202_accepted(sim: SimHandle) -> None:
     scores = [{"id": "s-1", "traceId": "t", "name": "rotation_ok", "value": 1.0, "timestamp": "2026-08-22T08:00:00Z"}]
-    response = sim.http.post("/api/public/scores", content=json.dumps(scores), auth=sim.project_auth(),
-                             headers={"Content-Type": "application/json"})
+    response = sim.http.post(
+        "/api/public/scores",
+        content=json.dumps(scores),
+        auth=sim.project_auth(),
+        headers={"Content-Type": "application/json"},
+    )
     assert (response.status_code, response.json()) == (202, {"message": "Accepted"})

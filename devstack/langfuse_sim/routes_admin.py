@@ -104,9 +104,7 @@ def create_api_key(state: SimState, req: Request, params: dict[str, str]) -> Res
         store = state.store
         taken = store.key_by_public(public_key) or store.key_by_hash(hash_secret(secret_key, store.salt))
         if taken is not None:
-            return Response(
-                409, {"message": "API key with the provided publicKey or secretKey already exists"}
-            )
+            return Response(409, {"message": "API key with the provided publicKey or secretKey already exists"})
         key = store.add_key(
             scope="PROJECT",
             project_id=project.id,

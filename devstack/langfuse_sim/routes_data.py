@@ -30,8 +30,7 @@ EVENTS_ONLY_NOT_AVAILABLE = (
     "Learn more about Langfuse v4 at: https://langfuse.com/docs/v4"
 )
 V2_NEEDS_V4 = (
-    "The observations v2 API is only available in a Langfuse v4 write mode. "
-    "Learn more at: https://langfuse.com/docs/v4"
+    "The observations v2 API is only available in a Langfuse v4 write mode. Learn more at: https://langfuse.com/docs/v4"
 )
 EVENTS_ONLY_REMEDIATION = (
     "Upgrade the client or integration to a v4-compatible SDK or OTLP ingestion path. "
@@ -184,9 +183,7 @@ def ingestion(state: SimState, req: Request, params: dict[str, str]) -> Response
         else:
             problem = _event_problem(event)
             if problem:
-                errors.append(
-                    {"id": event_id, "status": 400, "message": "Invalid request data", "error": problem}
-                )
+                errors.append({"id": event_id, "status": 400, "message": "Invalid request data", "error": problem})
             else:
                 accepted.append(event)
                 successes.append({"id": event_id, "status": 201})
@@ -216,8 +213,7 @@ def _events_only_error(event_id: str, event_type: str | None) -> dict[str, Any]:
         "error": (
             f'Event type "{event_type or "unknown"}" is not accepted by /api/public/ingestion when '
             "LANGFUSE_MIGRATION_V4_WRITE_MODE is events_only. "
-            "This endpoint only accepts score and log events. "
-            + EVENTS_ONLY_REMEDIATION
+            "This endpoint only accepts score and log events. " + EVENTS_ONLY_REMEDIATION
         ),
     }
 
@@ -251,9 +247,7 @@ def _is_offset_datetime(value: str) -> bool:
         return False
 
 
-def _apply_event(
-    state: SimState, event: dict[str, Any], project_id: str, public_key: str, visible_at: float
-) -> None:
+def _apply_event(state: SimState, event: dict[str, Any], project_id: str, public_key: str, visible_at: float) -> None:
     kind, body = event["type"], event["body"]
     telemetry = state.telemetry
     if kind == "trace-create":
@@ -451,9 +445,7 @@ def get_trace(state: SimState, req: Request, params: dict[str, str]) -> Response
                 },
             )
         observations = [
-            o
-            for o in state.telemetry.visible_observations(scope.key.project_id, now)
-            if o.trace_id == trace_id
+            o for o in state.telemetry.visible_observations(scope.key.project_id, now) if o.trace_id == trace_id
         ]
         scores = state.telemetry.visible_scores(scope.key.project_id, trace_id, now)
         return Response(200, trace.to_json(observations, scores))
@@ -465,15 +457,8 @@ def list_traces(state: SimState, req: Request, params: dict[str, str]) -> Respon
         return scope
     assert scope.key.project_id is not None
     page_raw, limit_raw = req.param("page") or "1", req.param("limit") or "50"
-    if (
-        not page_raw.isdigit()
-        or not limit_raw.isdigit()
-        or int(page_raw) < 1
-        or not 1 <= int(limit_raw) <= 100
-    ):
-        return Response(
-            400, {"message": "Invalid request data", "error": [{"message": "Invalid page or limit"}]}
-        )
+    if not page_raw.isdigit() or not limit_raw.isdigit() or int(page_raw) < 1 or not 1 <= int(limit_raw) <= 100:
+        return Response(400, {"message": "Invalid request data", "error": [{"message": "Invalid page or limit"}]})
     page, limit = int(page_raw), int(limit_raw)
     with state.lock:
         if state.config.events_only:

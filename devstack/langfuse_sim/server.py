@@ -58,12 +58,8 @@ ROUTES: list[Route] = [
         {"PUT": admin.update_project, "DELETE": admin.delete_project},
         _PROJECT_405,
     ),
-    _route(
-        "/api/public/organizations/projects", {"GET": admin.get_org_projects}, {"error": "Method Not Allowed"}
-    ),
-    _route(
-        "/api/public/organizations/apiKeys", {"GET": admin.get_org_api_keys}, {"error": "Method Not Allowed"}
-    ),
+    _route("/api/public/organizations/projects", {"GET": admin.get_org_projects}, {"error": "Method Not Allowed"}),
+    _route("/api/public/organizations/apiKeys", {"GET": admin.get_org_api_keys}, {"error": "Method Not Allowed"}),
     _route("/api/admin/api-keys", {"POST": admin.admin_api_keys}, {"error": "Method Not Allowed"}),
     _route(
         "/api/public/ingestion",

@@ -108,9 +108,7 @@ class SimState:
             spec = limits.get(resource)
             if spec is None:
                 return None
-            return self.rate_limiter.consume(
-                org_id, resource, int(spec[0]), float(spec[1]), time.time(), route
-            )
+            return self.rate_limiter.consume(org_id, resource, int(spec[0]), float(spec[1]), time.time(), route)
 
     # -- authentication --------------------------------------------------------------------------
     def authenticate(self, header: str | None) -> AuthResult:
@@ -163,9 +161,7 @@ class SimState:
         if key is None:
             return AuthResult(error="Invalid public key" + CONFIRM_HOST)
         if key.scope == "ORGANIZATION":
-            return AuthResult(
-                error="Unauthorized: Cannot use organization key with bearer auth" + CONFIRM_HOST
-            )
+            return AuthResult(error="Unauthorized: Cannot use organization key with bearer auth" + CONFIRM_HOST)
         return AuthResult(scope=Scope(key=key, access_level="scores"))
 
     # -- key deletion (the race) -----------------------------------------------------------------

@@ -182,9 +182,7 @@ def generate_bootstrap(n_projects: int) -> Bootstrap:
     for index in range(1, n_projects + 1):
         project = store.add_project(f"sim-project-{index}", {}, None)
         pk, sk = generate_key_pair()
-        key = store.add_key(
-            scope="PROJECT", project_id=project.id, note="bootstrap key", public_key=pk, secret_key=sk
-        )
+        key = store.add_key(scope="PROJECT", project_id=project.id, note="bootstrap key", public_key=pk, secret_key=sk)
         known[key.id] = sk
     return Bootstrap(store=store, secrets=known)
 

@@ -289,9 +289,7 @@ def decode_otlp_json(body: bytes) -> list[SpanIn]:
                     scopes.append(scope)
                 else:
                     spans.append(parsed)
-    _raise_if_invalid(
-        [r for r in invalid if "not_an_array" not in r], malformed, total, scopes, reasons=invalid
-    )
+    _raise_if_invalid([r for r in invalid if "not_an_array" not in r], malformed, total, scopes, reasons=invalid)
     return spans
 
 
