@@ -240,7 +240,9 @@ class Simulator:
     def start(self) -> Simulator:
         handler = type("SimHandler", (_Handler,), {"sim_state": self.state})
         self._server = _Server((self._host, self._port), handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="langfuse-sim", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="langfuse-sim", daemon=True
+        )
         self._thread.start()
         return self
 
