@@ -18,6 +18,7 @@ from connectors.errors import ConnectorError
 from connectors.notify import Notification
 from connectors.store import RotationRecord
 from flows.context import EntryContext
+from flows.crashpoints import crash_point
 from flows.models import Mode, RotationPlan, RotationResult, StepRecord
 from flows.redact import scrub
 from flows.runner import StepRunner
@@ -232,6 +233,7 @@ def _revoke_and_finish(run: _Run, plan: RotationPlan, record: RotationRecord) ->
     if plan.old_public_key is not None:
         try:
             revoked = run.step("revoke", revoke_key, ctx, plan.old_public_key, plan.old_version)
+            crash_point("after_revoke")
             run.result.old_key_rejected = revoked.rejected
             if revoked.rejected is not True:
                 problems.append(f"old key {plan.old_public_key} {revoked.detail or 'not proven rejected'}")

@@ -25,6 +25,7 @@ from connectors.keypair import KeyPair
 from connectors.langfuse import LangfuseProjectClient
 from connectors.store import RotationRecord, StoreVersion
 from flows.context import EntryContext
+from flows.crashpoints import crash_point
 from flows.models import Mode, RotationPlan
 from flows.redact import register_secret, scrub
 
@@ -170,6 +171,7 @@ def create_key(ctx: EntryContext, plan: RotationPlan) -> CreateOutcome:
             register_secret(pair.secret_key)
             ctx.store.stage(ctx.location, record, pair, ctx.host)
             staged_now = True
+            crash_point("after_stage")
         register_secret(pair.secret_key)
         ctx.audit.record("stage", _resource(ctx), "done", public_key=pair.public_key, rotation_id=plan.rotation_id)
         existing = ctx.admin.find_api_key(ctx.entry.project_id, pair.public_key)
@@ -183,6 +185,7 @@ def create_key(ctx: EntryContext, plan: RotationPlan) -> CreateOutcome:
             )
         note = key_note(ctx.entry.name, plan.rotation_id, ctx.run_label)
         summary = ctx.admin.create_api_key(ctx.entry.project_id, pair, note)
+        crash_point("after_create")
     except ConnectorError as exc:
         raise _fail_on_connector_error(step, exc) from None
     ctx.audit.record("langfuse.create_key", _resource(ctx), "done", public_key=pair.public_key, key_id=summary.id)
@@ -207,6 +210,7 @@ def promote_key(ctx: EntryContext, record: RotationRecord) -> PromoteOutcome:
     """Make the staged pair the current secret (fenced by check-and-set; idempotent)."""
     try:
         version = ctx.store.promote(ctx.location, record)
+        crash_point("after_promote")
     except StoreError as exc:
         raise _fail_on_connector_error("store", exc) from None
     ctx.audit.record("store.promote", _resource(ctx), "done", public_key=record.new_public_key, store_version=version)
@@ -239,6 +243,7 @@ def wait_for_consumers(ctx: EntryContext, public_key: str, *, trigger_restarts: 
                 ctx.consumer_client.restart(consumer)
             except ConsumerError as exc:
                 restart_errors[consumer.name] = str(exc)
+        crash_point("after_restarts")
     outcome = ctx.consumer_client.wait_for_public_key(ctx.consumers, public_key, timeout_s=ctx.entry.wait_timeout_s)
     return ConsumerOutcome(wait=outcome, restart_errors=restart_errors)
 
@@ -271,6 +276,7 @@ def verify_key(ctx: EntryContext, record: RotationRecord) -> VerifyOutcome:
                 attributes={"langfuse_rotate.entry": ctx.entry.name, "langfuse_rotate.rotation_id": record.rotation_id}
             )
             seconds = client.wait_for_canary(trace_id, timeout_s=ctx.entry.canary_timeout_s)
+        crash_point("after_verify")
     except ConnectorError as exc:
         raise _fail_on_connector_error(step, exc) from None
     return VerifyOutcome(project_id=info.id, canary_trace_id=trace_id, canary_seconds=round(seconds, 3))
@@ -304,6 +310,7 @@ def revoke_key(ctx: EntryContext, public_key: str, secret_version: StoreVersion 
     except ConnectorError as exc:
         raise _fail_on_connector_error(step, exc) from None
     key_id = summary.id if summary is not None else None
+    crash_point("after_delete")
     ctx.audit.record("langfuse.delete_key", _resource(ctx), "done", public_key=public_key, key_id=key_id)
     pair = _stored_pair(ctx, public_key, secret_version)
     if pair is None:
@@ -362,6 +369,7 @@ def finish_rotation(ctx: EntryContext, record: RotationRecord) -> None:
     """Clear the staging and record the rotation's public facts on the current secret."""
     try:
         ctx.store.finish(ctx.location, record)
+        crash_point("after_finish")
     except StoreError as exc:
         raise _fail_on_connector_error("finish", exc) from None
     ctx.audit.record("store.finish", _resource(ctx), "done", rotation_id=record.rotation_id)
@@ -400,6 +408,7 @@ def rollback_rotation(
                 new_public_key = record.new_public_key
                 was_promoted = desc.pending_promoted
                 restored_version = ctx.store.rollback(ctx.location, record)
+                crash_point("after_store_rollback")
             else:
                 restored_version = desc.current_version
             store_restored = desc.pending is None or record is not None
