@@ -25,6 +25,10 @@ Tags (never a secret, never in the secret's name)
     After ``finish``: ``langfuse-rotate:rotation-id``, ``:public-key``, ``:rotated-at``,
     ``:state`` and ``:mode``.
 
+IAM actions the rotator needs on the secret: ``secretsmanager:DescribeSecret``, ``GetSecretValue``,
+``PutSecretValue``, ``UpdateSecretVersionStage``, ``TagResource``, ``UntagResource`` (and
+``CreateSecret`` for ``seed``), plus ``kms:Decrypt``/``kms:GenerateDataKey`` on a customer-managed key.
+
 Every read passes ``VersionStage`` or ``VersionId`` explicitly: without one, moto serves stale
 data after a label move (AWS would not), and it means the same on AWS. Secrets with AWS-managed
 rotation enabled, or scheduled for deletion, are refused.

@@ -17,6 +17,10 @@ Layout of one entry whose location path is ``<path>`` on the KV v2 mount ``<moun
     ``custom_metadata`` for operators. Consumers never read it. ``finish`` and ``rollback``
     destroy it entirely (``delete_metadata_and_all_versions``).
 
+Policy the rotator's token needs, for ``<mount>/<path>`` and ``<mount>/<path>/rotation-pending``:
+``create``/``read``/``update`` on ``<mount>/data/...`` and ``read``/``update``/``delete`` on
+``<mount>/metadata/...`` (``devstack.openbao.OpenBaoServer.enable_approle`` writes such a policy).
+
 Where a crashed rotation stopped is derived, not stored: a staging secret means a rotation is
 pending; if the main path's current public key is the staged one, it was promoted.
 """
@@ -258,8 +262,7 @@ class VaultStore:
         if current is None or current.data is None or current.version != old:
             found = current.version if current is not None else "none"
             raise StoreConflictError(
-                f"{label} changed after rotation {record.rotation_id} was staged "
-                f"(version {found}, expected {old})"
+                f"{label} changed after rotation {record.rotation_id} was staged (version {found}, expected {old})"
             )
         data = {key: value for key, value in staged.data.items() if key != RECORD_FIELD}
         try:
@@ -281,9 +284,7 @@ class VaultStore:
         if _holds(current, loc, record.new_public_key):
             assert current is not None
             if record.old_version is None:
-                raise StoreConflictError(
-                    f"rotation {record.rotation_id} at {label} has no old version to restore"
-                )
+                raise StoreConflictError(f"rotation {record.rotation_id} at {label} has no old version to restore")
             old_number = _as_version(record.old_version, label)
             old = self._read(path, old_number, label)
             if old is None or old.data is None:
@@ -317,9 +318,7 @@ class VaultStore:
         if custom.get("rotation_id") != record.rotation_id:
             current = self._read(path, None, label)
             if not _holds(current, loc, record.new_public_key):
-                raise StoreConflictError(
-                    f"rotation {record.rotation_id} is not current at {label}; promote it first"
-                )
+                raise StoreConflictError(f"rotation {record.rotation_id} is not current at {label}; promote it first")
             custom.update(
                 rotation_id=record.rotation_id,
                 public_key=record.new_public_key,
@@ -338,9 +337,7 @@ class VaultStore:
         if staged.record.rotation_id != record.rotation_id:
             raise StoreConflictError(f"{label} already has rotation {staged.record.rotation_id} staged")
         if staged.record.new_public_key != record.new_public_key:
-            raise StoreConflictError(
-                f"rotation {record.rotation_id} is staged at {label} with a different public key"
-            )
+            raise StoreConflictError(f"rotation {record.rotation_id} is staged at {label} with a different public key")
 
     def _read_staged(self, loc: SecretLocation, label: str) -> _Staged | None:
         return _parse_staged(self._read(_staging_path(_clean(loc.path)), None, label))
@@ -394,9 +391,7 @@ class VaultStore:
 
         return self._call(f"write {label}", label, call)
 
-    def _write_custom_metadata(
-        self, path: str, meta: dict[str, Any], custom: dict[str, str], label: str
-    ) -> None:
+    def _write_custom_metadata(self, path: str, meta: dict[str, Any], custom: dict[str, str], label: str) -> None:
         # hvac resets delete_version_after unless it is passed: carry every setting over.
         max_versions = meta.get("max_versions")
         cas_required = meta.get("cas_required")
@@ -428,9 +423,7 @@ class VaultStore:
         self._call(
             f"remove staging of {label}",
             label,
-            lambda: self._client.secrets.kv.v2.delete_metadata_and_all_versions(
-                path=path, mount_point=self._mount
-            ),
+            lambda: self._client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point=self._mount),
         )
 
     def _login(self) -> None:
@@ -448,8 +441,7 @@ class VaultStore:
             hvac.exceptions.InvalidPath,
         ):
             raise StoreAccessDeniedError(
-                f"Vault AppRole login at {self._url} (auth/{self._approle_mount}) failed: "
-                "invalid role or secret ID"
+                f"Vault AppRole login at {self._url} (auth/{self._approle_mount}) failed: invalid role or secret ID"
             ) from None
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
             raise _translate(exc, f"log in to {self._url}", self._url, self._url) from None
@@ -490,9 +482,7 @@ def _translate(exc: Exception, action: str, label: str, url: str) -> StoreError:
         return StoreError(f"Vault rejected {action}: {detail or 'invalid request'}")
     if isinstance(exc, hvac.exceptions.InvalidPath):
         if detail:
-            return StoreNotFoundError(
-                f"Vault has no such path for {action} (check mount '{label}'): {detail}"
-            )
+            return StoreNotFoundError(f"Vault has no such path for {action} (check mount '{label}'): {detail}")
         return StoreNotFoundError(f"nothing found at {label}")
     if isinstance(
         exc,
@@ -551,8 +541,7 @@ def _pair(data: dict[str, Any], version: int, loc: SecretLocation, label: str) -
     secret_key = data.get(loc.fields.secret_key)
     if not isinstance(public_key, str) or not isinstance(secret_key, str):
         raise StoreNotFoundError(
-            f"{label} version {version} lacks the fields '{loc.fields.public_key}' and "
-            f"'{loc.fields.secret_key}'"
+            f"{label} version {version} lacks the fields '{loc.fields.public_key}' and '{loc.fields.secret_key}'"
         )
     host = data.get(loc.fields.host)
     return StoredPair(
@@ -564,9 +553,7 @@ def _pair(data: dict[str, Any], version: int, loc: SecretLocation, label: str) -
 
 
 def _holds(found: _Version | None, loc: SecretLocation, public_key: str) -> bool:
-    return (
-        found is not None and found.data is not None and found.data.get(loc.fields.public_key) == public_key
-    )
+    return found is not None and found.data is not None and found.data.get(loc.fields.public_key) == public_key
 
 
 def _parse_staged(found: _Version | None) -> _Staged | None:

@@ -224,8 +224,7 @@ class OpenBaoServer:
         policy = "\n".join(
             [
                 f'path "{kv_mount}/data/{prefix}*" {{ capabilities = ["create", "read", "update"] }}',
-                f'path "{kv_mount}/metadata/{prefix}*" '
-                '{ capabilities = ["read", "update", "delete", "list"] }',
+                f'path "{kv_mount}/metadata/{prefix}*" {{ capabilities = ["read", "update", "delete", "list"] }}',
             ]
         )
         client.sys.create_or_update_policy(name=policy_name, policy=policy)

@@ -7,6 +7,9 @@ error AWS would return; what moto cannot express at all is skipped with the reas
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,6 +18,7 @@ from typing import Any
 import boto3
 import botocore.exceptions
 import pytest
+import requests
 
 from connectors.aws_secrets import TAG_PREFIX, AwsSecretsStore, rotation_version_id
 from connectors.errors import (
@@ -417,3 +421,63 @@ def test_read_version_of_an_unknown_version(seeded: AwsSecretsStore, loc: Secret
         seeded.read_version(loc, str(uuid.uuid4()))
     with pytest.raises(StoreNotFoundError):
         seeded.read_version(loc, 3)
+
+
+# --- crashes inside a step ----------------------------------------------------------------------
+
+
+def test_crash_inside_finish_is_reported_and_continued(seeded: AwsSecretsStore, sm: Any, loc: SecretLocation) -> None:
+    """finish() tags the facts, then drops AWSPENDING and the pending tags; a crash between is resumable."""
+    new = KeyPair.generate()
+    record = record_for(seeded, loc, new)
+    seeded.stage(loc, record, new, HOST)
+    seeded.promote(loc, record)
+    sm.tag_resource(SecretId=loc.path, Tags=[{"Key": f"{TAG_PREFIX}rotation-id", "Value": record.rotation_id}])
+
+    desc = seeded.describe(loc)
+    assert desc.pending == record and desc.pending_promoted and desc.last_rotation_id == record.rotation_id
+
+    seeded.finish(loc, record)
+    assert seeded.describe(loc).pending is None
+    assert "AWSPENDING" not in stages(sm, loc)[record.rotation_id]
+
+
+def test_crash_inside_rollback_is_reported_and_continued(
+    seeded: AwsSecretsStore, sm: Any, loc: SecretLocation, old: KeyPair
+) -> None:
+    """rollback() moves AWSCURRENT back, then drops AWSPENDING; a crash between is resumable."""
+    new = KeyPair.generate()
+    record = record_for(seeded, loc, new)
+    seeded.stage(loc, record, new, HOST)
+    seeded.promote(loc, record)
+    sm.update_secret_version_stage(
+        SecretId=loc.path,
+        VersionStage="AWSCURRENT",
+        MoveToVersionId=str(record.old_version),
+        RemoveFromVersionId=record.rotation_id,
+    )
+    sm.update_secret_version_stage(SecretId=loc.path, VersionStage="AWSPENDING", MoveToVersionId=record.rotation_id)
+
+    desc = seeded.describe(loc)
+    assert desc.pending == record and not desc.pending_promoted
+
+    assert seeded.rollback(loc, record) == record.old_version
+    assert seeded.describe(loc).pending is None
+    assert seeded.read_current(loc).key_pair() == old
+
+
+def test_module_entry_point_prints_url_and_stops_on_sigterm() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devstack.moto_server"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert set(info) == {"url"}
+        assert requests.get(f"{info['url']}/moto-api/", timeout=5).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -11,10 +11,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import SecretStr
 
+from connectors.aws_secrets import AwsSecretsStore
 from connectors.errors import StoreConflictError, StoreError, StoreNotFoundError
 from connectors.keypair import KeyPair
 from connectors.store import FieldNames, RotationRecord, SecretLocation, SecretStore
+from connectors.vault import VaultStore
 from tests.fixtures.stores import StoreUnderTest
 
 HOST = "https://langfuse.example.test"
@@ -89,9 +92,7 @@ def test_seed_then_read_current(any_store: StoreUnderTest, loc: SecretLocation, 
     assert desc.kind == any_store.kind and desc.location == store.location_label(loc)
 
 
-def test_seed_repeated_with_same_pair_is_a_noop(
-    seeded: SecretStore, loc: SecretLocation, old: KeyPair
-) -> None:
+def test_seed_repeated_with_same_pair_is_a_noop(seeded: SecretStore, loc: SecretLocation, old: KeyPair) -> None:
     first = seeded.read_current(loc).version
     assert seeded.seed(loc, old, HOST) == first
     with pytest.raises(StoreConflictError):
@@ -136,9 +137,7 @@ def test_stage_repeated_with_same_rotation_is_a_noop(
     assert seeded.read_staged(loc) is not None
 
 
-def test_second_rotation_staged_is_a_conflict(
-    seeded: SecretStore, loc: SecretLocation, staged: RotationRecord
-) -> None:
+def test_second_rotation_staged_is_a_conflict(seeded: SecretStore, loc: SecretLocation, staged: RotationRecord) -> None:
     other = KeyPair.generate()
     with pytest.raises(StoreConflictError):
         seeded.stage(loc, new_record(seeded, loc, other), other, HOST)
@@ -228,9 +227,7 @@ def test_promote_fenced_against_a_concurrent_writer(
     assert current.public_key == other.public_key and current.version == written
 
 
-def test_promote_of_an_unstaged_rotation_is_a_conflict(
-    seeded: SecretStore, loc: SecretLocation, new: KeyPair
-) -> None:
+def test_promote_of_an_unstaged_rotation_is_a_conflict(seeded: SecretStore, loc: SecretLocation, new: KeyPair) -> None:
     record = new_record(seeded, loc, new)
     with pytest.raises(StoreConflictError):
         seeded.promote(loc, record)
@@ -324,9 +321,7 @@ def test_finish_clears_staging_and_records_facts(
     assert seeded.read_version(loc, staged.old_version).key_pair() == old
 
 
-def test_finish_before_promote_is_a_conflict(
-    seeded: SecretStore, loc: SecretLocation, staged: RotationRecord
-) -> None:
+def test_finish_before_promote_is_a_conflict(seeded: SecretStore, loc: SecretLocation, staged: RotationRecord) -> None:
     with pytest.raises(StoreConflictError):
         seeded.finish(loc, staged)
     assert seeded.describe(loc).pending == staged
@@ -482,3 +477,16 @@ def test_other_fields_survive_rotation_and_rollback(any_store: StoreUnderTest, s
     restored = any_store.external_read(loc)
     assert restored["LANGFUSE_PUBLIC_KEY"] == old.public_key and restored["OTHER_SETTING"] == "kept"
     assert set(restored) == {"LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "LANGFUSE_HOST", "OTHER_SETTING"}
+
+
+def test_a_store_built_from_config_sees_the_same_secret(
+    any_store: StoreUnderTest, seeded: SecretStore, loc: SecretLocation, old: KeyPair
+) -> None:
+    config = any_store.config()
+    other: SecretStore
+    if config["kind"] == "vault":
+        other = VaultStore(config["url"], token=SecretStr(config["token"]), mount=config["mount"])
+    else:  # credentials come from the environment the fixture set up
+        other = AwsSecretsStore(region=config["region"], endpoint_url=config["endpoint_url"])
+    assert other.read_current(loc).key_pair() == old
+    assert other.location_label(loc) == seeded.location_label(loc)

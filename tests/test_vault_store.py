@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 
 import hvac.exceptions
 import pytest
+import requests
 from pydantic import SecretStr
 
 from connectors.errors import (
@@ -55,9 +59,7 @@ def test_constructor_needs_exactly_one_auth_method(openbao: OpenBaoServer) -> No
         VaultStore(openbao.url, token=SecretStr("t"), approle_role_id="r", approle_secret_id=SecretStr("s"))
 
 
-def test_staging_layout_and_record(
-    openbao: OpenBaoServer, vault_store: VaultStore, loc: SecretLocation
-) -> None:
+def test_staging_layout_and_record(openbao: OpenBaoServer, vault_store: VaultStore, loc: SecretLocation) -> None:
     old, new = KeyPair.generate(), KeyPair.generate()
     vault_store.seed(loc, old, HOST)
     record = record_for(vault_store, loc, new)
@@ -105,9 +107,7 @@ def test_custom_metadata_holds_facts_and_no_secret(
         assert pair.secret_key.get_secret_value() not in blob
 
 
-def test_cas_conflict_on_seed_and_promote(
-    openbao: OpenBaoServer, vault_store: VaultStore, loc: SecretLocation
-) -> None:
+def test_cas_conflict_on_seed_and_promote(openbao: OpenBaoServer, vault_store: VaultStore, loc: SecretLocation) -> None:
     old, new = KeyPair.generate(), KeyPair.generate()
     vault_store.seed(loc, old, HOST)
     with pytest.raises(StoreConflictError, match="already exists"):
@@ -191,9 +191,7 @@ def test_bad_token_is_denied(openbao: OpenBaoServer, loc: SecretLocation) -> Non
     assert "s.not-a-real-token" not in caught.value.message
 
 
-def test_sealed_vault_is_unavailable(
-    openbao: OpenBaoServer, vault_store: VaultStore, loc: SecretLocation
-) -> None:
+def test_sealed_vault_is_unavailable(openbao: OpenBaoServer, vault_store: VaultStore, loc: SecretLocation) -> None:
     vault_store.seed(loc, KeyPair.generate(), HOST)
     openbao.seal()
     try:
@@ -230,3 +228,42 @@ def test_read_version_of_a_pruned_or_deleted_version(
     with pytest.raises(StoreNotFoundError):
         vault_store.read_current(loc)
     assert not vault_store.describe(loc).exists
+
+
+def test_crash_inside_rollback_is_reported_and_continued(
+    openbao: OpenBaoServer, vault_store: VaultStore, loc: SecretLocation
+) -> None:
+    """rollback() restores the old pair, then destroys staging; a crash between is resumable."""
+    old, new = KeyPair.generate(), KeyPair.generate()
+    vault_store.seed(loc, old, HOST)
+    record = record_for(vault_store, loc, new)
+    vault_store.stage(loc, record, new, HOST)
+    vault_store.promote(loc, record)
+    old_data = openbao.client().secrets.kv.v2.read_secret_version(
+        path=loc.path, version=1, raise_on_deleted_version=True
+    )["data"]["data"]
+    openbao.client().secrets.kv.v2.create_or_update_secret(path=loc.path, secret=old_data, cas=2)
+
+    desc = vault_store.describe(loc)
+    assert desc.pending == record and not desc.pending_promoted
+
+    assert vault_store.rollback(loc, record) == 3
+    assert vault_store.describe(loc).pending is None
+    assert vault_store.read_current(loc).key_pair() == old
+
+
+def test_module_entry_point_prints_url_and_token_and_stops_on_sigterm() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devstack.openbao"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert set(info) == {"url", "root_token"}
+        assert requests.get(f"{info['url']}/v1/sys/health", timeout=5).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
