@@ -293,10 +293,13 @@ class AwsSecretsStore:
                 self._tag(loc, label, _record_tags(record))
             return
         current = secret.holder(CURRENT)
+        other = _pending(secret)
+        if other is not None:  # one of ours, staged or already promoted but not finished
+            raise StoreConflictError(f"{label} already has rotation {other.rotation_id} staged")
         if pending_on is not None and pending_on != current:
-            other = _pending(secret)
-            who = f"rotation {other.rotation_id}" if other is not None else f"version {pending_on}"
-            raise StoreConflictError(f"{label} already has {who} pending (AWSPENDING)")
+            raise StoreConflictError(f"{label} already has version {pending_on} pending (AWSPENDING) from another tool")
+        # AWSPENDING on the current version without our record is how AWS marks a finished
+        # rotation; the put below moves the label.
         if current is None:
             raise StoreNotFoundError(f"no current version at {label} to rotate; seed it first")
         if record.old_version is None or str(record.old_version) != current:
@@ -545,6 +548,8 @@ def _translate_client_error(exc: botocore.exceptions.ClientError, action: str, l
         return StoreConflictError(f"{label}: {operation} conflicts with an existing secret or version")
     if code == "InvalidRequestException" and "delet" in message.lower():
         return StoreRefusedError(f"{label} is scheduled for deletion; restore it first")
+    if code == "ValidationException":  # may quote the offending parameter value
+        return StoreError(f"AWS rejected {operation} on {label} (ValidationException)")
     return StoreError(f"AWS rejected {operation} on {label} ({code}): {message}")
 
 

@@ -137,12 +137,19 @@ def test_stage_repeated_with_same_rotation_is_a_noop(
     assert seeded.read_staged(loc) is not None
 
 
-def test_second_rotation_staged_is_a_conflict(seeded: SecretStore, loc: SecretLocation, staged: RotationRecord) -> None:
+@pytest.mark.parametrize("promote_first", [False, True], ids=["staged", "promoted"])
+def test_second_rotation_staged_is_a_conflict(
+    seeded: SecretStore, loc: SecretLocation, staged: RotationRecord, promote_first: bool
+) -> None:
+    if promote_first:  # promoted but not finished is still in flight
+        seeded.promote(loc, staged)
     other = KeyPair.generate()
+    before = seeded.describe(loc)
     with pytest.raises(StoreConflictError):
         seeded.stage(loc, new_record(seeded, loc, other), other, HOST)
     found = seeded.read_staged(loc)
     assert found is not None and found[0] == staged
+    assert seeded.describe(loc) == before
 
 
 def test_stage_fenced_on_the_current_version(
