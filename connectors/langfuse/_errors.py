@@ -156,9 +156,7 @@ def error_for(
     status = response.status_code
     quoted = server_message(response, secrets)
     if status == 400:
-        return LangfuseBadRequestError(
-            f"Langfuse at {host} rejected the request to {action.doing} (400): {quoted}"
-        )
+        return LangfuseBadRequestError(f"Langfuse at {host} rejected the request to {action.doing} (400): {quoted}")
     if status == 401:
         return LangfuseAuthError(
             f"Langfuse at {host} rejected the {action.credential} (401: {quoted}); "

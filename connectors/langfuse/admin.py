@@ -125,9 +125,17 @@ class LangfuseAdminClient:
     # --- reads ----------------------------------------------------------------------------------
 
     def health(self) -> HealthStatus:
-        """``GET /api/public/health`` (unauthenticated). Raises ``LangfuseServerError`` if unhealthy."""
+        """``GET /api/public/health?failIfDatabaseUnavailable=true`` (unauthenticated).
+
+        Key administration needs the database, so an unreachable database counts as unhealthy:
+        raises ``LangfuseServerError`` quoting the server's status (e.g. "Database not available").
+        """
         response = self._core.call(
-            "GET", "/api/public/health", self._action("check health"), authenticated=False
+            "GET",
+            "/api/public/health",
+            self._action("check health"),
+            params={"failIfDatabaseUnavailable": "true"},
+            authenticated=False,
         )
         return parse_model(
             HealthStatus, parse_json(response, self.host, "health response"), self.host, "health response"
@@ -310,9 +318,7 @@ class LangfuseAdminClient:
         the earlier attempt is taken to have deleted it and ``True`` is returned.
         """
         path = f"{_keys_path(project_id)}/{quote(key_id, safe='')}"
-        action = self._action(
-            f"delete API key {key_id} of project {project_id}", missing=f"project {project_id}"
-        )
+        action = self._action(f"delete API key {key_id} of project {project_id}", missing=f"project {project_id}")
         backoff = self._core.backoff()
         maybe_landed = False
         while True:
