@@ -13,7 +13,7 @@ from typing import Any
 
 from devstack.langfuse_sim.model import ApiKey, Project, generate_key_pair, hash_secret, iso_ms
 from devstack.langfuse_sim.state import Scope, SimState
-from devstack.langfuse_sim.wire import BodyError, Request, Response, js_type
+from devstack.langfuse_sim.wire import BodyError, Request, Response, invalid_json, js_type
 
 ORG_KEY_REQUIRED = "Invalid API key. Organization-scoped API key required for this operation."
 NOT_ON_PLAN = "This feature is not available on your current plan."
@@ -85,9 +85,9 @@ def create_api_key(state: SimState, req: Request, params: dict[str, str]) -> Res
         return pro
     scope, project = pro
     try:
-        body = req.json()
+        body = req.next_body()
     except BodyError:
-        return Response(400, {"message": "Invalid request body", "details": {"_errors": ["Invalid JSON"]}})
+        return invalid_json()
     honour = state.config.honour_predefined_keys
     details = _create_body_errors(body, honour)
     if details is not None:
@@ -134,8 +134,7 @@ def _create_body_errors(body: Any, honour_predefined: bool) -> dict[str, Any] | 
     A server older than v3.121.0 only knows `note` and strips the other two (non-strict object).
     """
     if not isinstance(body, dict):
-        received = "undefined" if body is None else js_type(body)
-        return {"_errors": [f"Expected object, received {received}"] if body is not None else ["Required"]}
+        return {"_errors": [f"Expected object, received {js_type(body)}"]}
     names = ("note", "publicKey", "secretKey") if honour_predefined else ("note",)
     tree: dict[str, Any] = {"_errors": []}
     for name in names:
@@ -204,9 +203,9 @@ def create_project(state: SimState, req: Request, params: dict[str, str]) -> Res
 
 def _project_body(req: Request) -> tuple[str, dict[str, Any] | None, int | None] | Response:
     try:
-        body = req.json()
+        body = req.next_body()
     except BodyError:
-        body = None
+        return invalid_json()
     if not isinstance(body, dict):
         return Response(400, {"message": "Invalid request body"})
     name = body.get("name")
@@ -328,9 +327,9 @@ def admin_api_keys(state: SimState, req: Request, params: dict[str, str]) -> Res
     if denied is not None:
         return denied
     try:
-        body = req.json()
+        body = req.next_body()
     except BodyError:
-        body = None
+        return invalid_json()
     action = body.get("action") if isinstance(body, dict) else None
     if action == "invalidate-all":
         with state.lock:

@@ -23,7 +23,7 @@ from devstack.langfuse_sim.telemetry import (
     store_spans,
     ts_or_now,
 )
-from devstack.langfuse_sim.wire import BodyError, Request, Response, js_type
+from devstack.langfuse_sim.wire import BodyError, Request, Response, invalid_json, js_type
 
 EVENTS_ONLY_NOT_AVAILABLE = (
     "This endpoint is not available on deployments running in Langfuse v4 events_only mode. "
@@ -153,9 +153,9 @@ def ingestion(state: SimState, req: Request, params: dict[str, str]) -> Response
     if limited is not None:
         return limited
     try:
-        body = req.json()
+        body = req.next_body()
     except BodyError:
-        body = None
+        return invalid_json()
     batch = body.get("batch") if isinstance(body, dict) else None
     if not isinstance(batch, list):
         received = "undefined" if batch is None else js_type(batch)
@@ -335,9 +335,9 @@ def create_scores(state: SimState, req: Request, params: dict[str, str]) -> Resp
     if isinstance(scope, Response):
         return scope
     try:
-        body = req.json()
+        body = req.next_body()
     except BodyError:
-        body = None
+        return invalid_json()
     items = body if isinstance(body, list) else [body]
     if body is None or not items:
         return Response(400, {"message": "Invalid request data", "error": [{"message": "Required"}]})
