@@ -43,6 +43,7 @@ from connectors.errors import (
     StoreConflictError,
     StoreError,
     StoreNotFoundError,
+    StoreRefusedError,
     StoreUnavailableError,
 )
 from connectors.keypair import KeyPair
@@ -224,6 +225,7 @@ class VaultStore:
                 f"{label} is at version {current.version}, not {record.old_version} as rotation "
                 f"{record.rotation_id} expects"
             )
+        self._require_history(path, label)
         data = dict(current.data)
         data.update(_fields(loc, pair, host))
         data[RECORD_FIELD] = record.model_dump_json()
@@ -338,6 +340,28 @@ class VaultStore:
             raise StoreConflictError(f"{label} already has rotation {staged.record.rotation_id} staged")
         if staged.record.new_public_key != record.new_public_key:
             raise StoreConflictError(f"rotation {record.rotation_id} is staged at {label} with a different public key")
+
+    def _require_history(self, path: str, label: str) -> None:
+        """Refuse when only one version is kept: promotion would prune the old pair that rollback
+        and revocation checks need. Vault keeps the larger of the key's and the mount's limit
+        (0 = unset; both unset = 10). The mount's is read if the token may; if not, a key limit
+        of 1 is refused (conservatively)."""
+        key_limit = _dig(self._read_metadata(path, label), "max_versions")
+        try:
+            mount_config = self._call(
+                f"read config of {self._mount}",
+                label,
+                lambda: self._client.secrets.kv.v2.read_configuration(mount_point=self._mount),
+            )
+            mount_limit = _dig(mount_config, "data", "max_versions")
+        except StoreAccessDeniedError:
+            mount_limit = None
+        limits = [limit for limit in (key_limit, mount_limit) if isinstance(limit, int) and limit > 0]
+        if limits and max(limits) == 1:
+            raise StoreRefusedError(
+                f"{label} keeps only 1 version (max_versions), so promotion would destroy the old pair; "
+                "set max_versions to at least 2"
+            )
 
     def _read_staged(self, loc: SecretLocation, label: str) -> _Staged | None:
         return _parse_staged(self._read(_staging_path(_clean(loc.path)), None, label))

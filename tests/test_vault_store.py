@@ -18,6 +18,7 @@ from connectors.errors import (
     StoreAccessDeniedError,
     StoreConflictError,
     StoreNotFoundError,
+    StoreRefusedError,
     StoreUnavailableError,
 )
 from connectors.keypair import KeyPair
@@ -267,3 +268,21 @@ def test_module_entry_point_prints_url_and_token_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_refuses_a_secret_that_keeps_one_version(
+    openbao: OpenBaoServer, vault_store: VaultStore, loc: SecretLocation
+) -> None:
+    old, new = KeyPair.generate(), KeyPair.generate()
+    vault_store.seed(loc, old, HOST)
+    kv = openbao.client().secrets.kv.v2
+    kv.update_metadata(path=loc.path, max_versions=1)
+    record = record_for(vault_store, loc, new)
+    with pytest.raises(StoreRefusedError, match="max_versions"):
+        vault_store.stage(loc, record, new, HOST)
+    assert vault_store.read_staged(loc) is None
+
+    kv.update_metadata(path=loc.path, max_versions=2)
+    vault_store.stage(loc, record, new, HOST)
+    vault_store.promote(loc, record)
+    assert vault_store.read_version(loc, 1).key_pair() == old
