@@ -7,6 +7,7 @@ an injected sleep so storms of injected faults run in milliseconds; canary tests
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Iterator
 from typing import Any
@@ -443,6 +444,17 @@ def test_canary_timeout(sim: Any) -> None:
     assert caught.value.trace_id == trace_id
     assert trace_id in str(caught.value)
     assert 0.6 <= caught.value.waited_s < 2
+
+
+def test_rate_limited_canary_polling_stays_within_the_timeout(sim: Any) -> None:
+    sim.configure(otel_delay_s=60, rate_limits={"public-api": [1, 60]})
+    with project_client(sim, project_pair(sim.projects[0])) as client:
+        trace_id = client.send_canary()
+        started = time.monotonic()
+        with pytest.raises(LangfuseRateLimitedError) as caught:
+            client.wait_for_canary(trace_id, timeout_s=2, initial_poll_s=0.1)
+    assert time.monotonic() - started < 2
+    assert caught.value.retry_after_s is not None and caught.value.retry_after_s > 2
 
 
 def test_canary_with_revoked_key_is_an_auth_error(sim: Any, admin: LangfuseAdminClient) -> None:

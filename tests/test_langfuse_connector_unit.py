@@ -84,9 +84,7 @@ def admin(handler: Handler, clock: FakeClock, retry: RetryPolicy | None = None) 
 
 
 def project_client(handler: Handler, clock: FakeClock, pair: KeyPair) -> LangfuseProjectClient:
-    return LangfuseProjectClient(
-        HOST, pair, transport=httpx.MockTransport(handler), sleep=clock.sleep, clock=clock
-    )
+    return LangfuseProjectClient(HOST, pair, transport=httpx.MockTransport(handler), sleep=clock.sleep, clock=clock)
 
 
 def key_json(pair: KeyPair, key_id: str = "key-1", **extra: Any) -> dict[str, Any]:
@@ -405,9 +403,7 @@ def test_unreachable_real_socket_is_bounded() -> None:
 @pytest.mark.parametrize("status", [200, 201])
 def test_create_sends_exactly_note_and_pair_and_accepts_200_or_201(clock: FakeClock, status: int) -> None:
     pair = KeyPair.generate()
-    script = Script(
-        httpx.Response(status, json={**key_json(pair), "secretKey": pair.secret_key.get_secret_value()})
-    )
+    script = Script(httpx.Response(status, json={**key_json(pair), "secretKey": pair.secret_key.get_secret_value()}))
     with admin(script, clock) as client:
         created = client.create_api_key(PROJECT, pair, "rotation 2026-08")
     assert created.public_key == pair.public_key and created.id == "key-1"
@@ -597,9 +593,7 @@ def test_probe_sends_one_request_on_401(clock: FakeClock) -> None:
 
 def test_probe_accepted_reports_project(clock: FakeClock) -> None:
     pair = KeyPair.generate()
-    body = {
-        "data": [{"id": "p1", "name": "demo", "organization": {"id": "o1", "name": "org"}, "metadata": {}}]
-    }
+    body = {"data": [{"id": "p1", "name": "demo", "organization": {"id": "o1", "name": "org"}, "metadata": {}}]}
     with project_client(respond(200, body), clock, pair) as client:
         assert client.probe().model_dump() == {"accepted": True, "status_code": 200, "project_id": "p1"}
         info = client.auth_check()
@@ -682,3 +676,48 @@ def test_repr_and_logs_hold_no_secret(clock: FakeClock, caplog: pytest.LogCaptur
     assert len(posts.requests) == 2
     assert caplog.records  # the retry was logged
     assert secret not in caplog.text and ORG_SK.get_secret_value() not in caplog.text
+
+
+def test_wait_for_canary_retries_a_429_inside_its_budget(clock: FakeClock) -> None:
+    pair = KeyPair.generate()
+    trace = "ef" * 16
+    script = Script(
+        httpx.Response(429, json={"message": "Rate limit exceeded"}, headers={"Retry-After": "1"}),
+        httpx.Response(200, json={"data": [{"id": "s", "traceId": trace}]}),
+    )
+    with project_client(script, clock, pair) as client:
+        assert client.wait_for_canary(trace, timeout_s=5) == pytest.approx(1.0)
+
+
+def test_wait_for_canary_does_not_retry_past_its_timeout(clock: FakeClock) -> None:
+    pair = KeyPair.generate()
+    script = Script(httpx.Response(429, json={"message": "Rate limit exceeded"}, headers={"Retry-After": "9"}))
+    with project_client(script, clock, pair) as client, pytest.raises(LangfuseRateLimitedError):
+        client.wait_for_canary("ef" * 16, timeout_s=5)
+    assert clock.sleeps == []
+
+
+def test_canary_falls_back_to_traces_once_on_v2_404(clock: FakeClock) -> None:
+    pair = KeyPair.generate()
+    trace = "12" * 16
+    paths: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        if request.url.path == "/api/public/v2/observations":
+            return httpx.Response(404, json={"message": "The observations v2 API is only available in v4"})
+        if len(paths) < 3:
+            return httpx.Response(404, json={"message": f"Trace {trace} not found within authorized project"})
+        return httpx.Response(200, json={"id": trace})
+
+    with project_client(handler, clock, pair) as client:
+        assert client.canary_visible(trace) is False
+        assert client.canary_visible(trace) is True
+    assert paths == ["/api/public/v2/observations", f"/api/public/traces/{trace}", f"/api/public/traces/{trace}"]
+
+
+def test_canary_on_events_only_server_without_v2_is_unsupported(clock: FakeClock) -> None:
+    pair = KeyPair.generate()
+    body = {"message": "This endpoint is not available on deployments running in Langfuse v4 events_only mode."}
+    with project_client(respond(404, body), clock, pair) as client, pytest.raises(LangfuseUnsupportedServerError):
+        client.canary_visible("12" * 16)

@@ -134,8 +134,8 @@ class HttpCore:
     def close(self) -> None:
         self._client.close()
 
-    def backoff(self) -> Backoff:
-        return Backoff(self.retry, self.clock)
+    def backoff(self, policy: RetryPolicy | None = None) -> Backoff:
+        return Backoff(policy if policy is not None else self.retry, self.clock)
 
     def send_once(
         self,
@@ -173,12 +173,14 @@ class HttpCore:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         authenticated: bool = True,
+        policy: RetryPolicy | None = None,
     ) -> Outcome:
         """Send, retrying 429/5xx/transport failures within the policy when ``retry`` is set.
 
-        Only for calls that are safe to repeat. Returns the last outcome either way.
+        Only for calls that are safe to repeat; ``policy`` overrides the client's for this call.
+        Returns the last outcome either way.
         """
-        backoff = self.backoff()
+        backoff = self.backoff(policy)
         while True:
             outcome = self.send_once(
                 method,
@@ -237,6 +239,7 @@ class HttpCore:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         authenticated: bool = True,
+        policy: RetryPolicy | None = None,
     ) -> httpx.Response:
         """``exchange`` then raise for anything but a 2xx or a status listed in ``accept``."""
         outcome = self.exchange(
@@ -248,6 +251,7 @@ class HttpCore:
             params=params,
             headers=headers,
             authenticated=authenticated,
+            policy=policy,
         )
         if isinstance(outcome, httpx.Response) and (
             200 <= outcome.status_code < 300 or outcome.status_code in set(accept)

@@ -172,8 +172,14 @@ class LangfuseProjectClient:
         return trace
 
     def canary_visible(self, trace_id: str) -> bool:
-        """Is the trace readable yet? v2 observations API; on a v3 server, ``GET /traces/{id}``."""
-        trace = normalise_trace_id(trace_id)
+        """Is the trace readable yet? v2 observations API; on a v3 server, ``GET /traces/{id}``.
+
+        A 404 from the v2 API (a v3 server says it needs a v4 write mode) switches this client
+        to the deprecated traces API for good; a 404 there means "not yet".
+        """
+        return self._canary_visible(normalise_trace_id(trace_id), None)
+
+    def _canary_visible(self, trace: str, policy: RetryPolicy | None) -> bool:
         if self._read_path == "v2":
             response = self._core.call(
                 "GET",
@@ -181,6 +187,7 @@ class LangfuseProjectClient:
                 self._action(f"read canary trace {trace}"),
                 params={"traceId": trace},
                 accept=(404,),
+                policy=policy,
             )
             if response.status_code != 404:
                 page = parse_model(
@@ -198,6 +205,7 @@ class LangfuseProjectClient:
             f"/api/public/traces/{quote(trace, safe='')}",
             self._action(f"read canary trace {trace}"),
             accept=(404,),
+            policy=policy,
         )
         if response.status_code != 404:
             return True
@@ -220,13 +228,18 @@ class LangfuseProjectClient:
         """Poll ``canary_visible`` with doubling pauses; seconds until visible.
 
         Raises ``LangfuseCanaryTimeoutError`` once ``timeout_s`` has passed without the trace.
+        Retries of a poll (429 on the read API's rate limit, 5xx) also stay within ``timeout_s``;
+        if they cannot, the poll's own error (e.g. ``LangfuseRateLimitedError``) is raised.
         """
         trace = normalise_trace_id(trace_id)
         clock, sleep = self._core.clock, self._core.sleep
         start = clock()
         pause = max(initial_poll_s, 0.0)
         while True:
-            if self.canary_visible(trace):
+            budget = self._core.retry.model_copy(
+                update={"max_total_s": max(min(self._core.retry.max_total_s, timeout_s - (clock() - start)), 0.0)}
+            )
+            if self._canary_visible(trace, budget):
                 return clock() - start
             waited = clock() - start
             remaining = timeout_s - waited
