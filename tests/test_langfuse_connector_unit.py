@@ -721,3 +721,17 @@ def test_canary_on_events_only_server_without_v2_is_unsupported(clock: FakeClock
     body = {"message": "This endpoint is not available on deployments running in Langfuse v4 events_only mode."}
     with project_client(respond(404, body), clock, pair) as client, pytest.raises(LangfuseUnsupportedServerError):
         client.canary_visible("12" * 16)
+
+
+@pytest.mark.parametrize("display", ["sk-lf-...{tail}", "sk-l...{tail}", "hidden"])
+def test_recreate_tolerates_other_display_formats_of_the_same_secret(clock: FakeClock, display: str) -> None:
+    pair = KeyPair.generate()
+    shown = display.format(tail=pair.secret_key.get_secret_value()[-6:])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(409, json={"message": "exists"})
+        return httpx.Response(200, json={"apiKeys": [key_json(pair, displaySecretKey=shown)]})
+
+    with admin(handler, clock) as client:
+        assert client.create_api_key(PROJECT, pair, "n").public_key == pair.public_key

@@ -61,6 +61,19 @@ class _CreatedKey(_ApiModel):
     display_secret_key: str
 
 
+def _same_secret(display_secret_key: str, pair: KeyPair) -> bool:
+    """Could ``display_secret_key`` (``sk-lf-...abcd``) show ``pair``'s secret?
+
+    Only the part after ``...`` is compared, and an unfamiliar format is given the benefit of the
+    doubt, so a cosmetic server change cannot turn an idempotent re-create into a conflict.
+    """
+    head, sep, tail = display_secret_key.partition("...")
+    if not sep:
+        return True
+    secret = pair.secret_key.get_secret_value()
+    return secret.startswith(head) and secret.endswith(tail)
+
+
 def _keys_path(project_id: str) -> str:
     return f"/api/public/projects/{quote(project_id, safe='')}/apiKeys"
 
@@ -272,7 +285,7 @@ class LangfuseAdminClient:
     def _existing(self, project_id: str, pair: KeyPair) -> ApiKeySummary | None:
         """The key with ``pair``'s public key, checked to carry the same secret (by its display form)."""
         existing = self.find_api_key(project_id, pair.public_key)
-        if existing is not None and existing.display_secret_key != pair.display_secret_key:
+        if existing is not None and not _same_secret(existing.display_secret_key, pair):
             raise LangfuseConflictError(
                 f"Langfuse at {self.host} already has API key {pair.public_key} in project {project_id} "
                 f"with a different secret (shown as {existing.display_secret_key}); generate a new pair"
