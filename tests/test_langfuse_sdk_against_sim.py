@@ -34,7 +34,8 @@ def _predefined() -> tuple[str, str]:
 
 def _new_key(org_api: LangfuseAPI, project_id: str) -> ApiKeyResponse:
     public_key, secret_key = _predefined()
-    return org_api.projects.create_api_key(project_id, public_key=public_key, secret_key=secret_key)
+    created: ApiKeyResponse = org_api.projects.create_api_key(project_id, public_key=public_key, secret_key=secret_key)
+    return created
 
 
 def test_sdk_lists_organization_projects(sim: SimHandle, org_api: LangfuseAPI) -> None:

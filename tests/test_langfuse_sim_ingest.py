@@ -30,7 +30,7 @@ def _otlp_proto(spans: list[tuple[bytes, bytes]], name: str = "rotation-canary")
         span.start_time_unix_nano, span.end_time_unix_nano = now, now + 1_000_000
         trace_name = span.attributes.add()
         trace_name.key, trace_name.value.string_value = "langfuse.trace.name", name
-    return request.SerializeToString()
+    return bytes(request.SerializeToString())
 
 
 def _otlp_json(trace_id: str, span_id: str) -> dict[str, Any]:

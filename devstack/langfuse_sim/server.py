@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -113,8 +114,17 @@ def dispatch(state: SimState, req: Request) -> Response:
     if req.path.startswith("/_sim/"):
         if not _is_loopback(req.client_ip):
             return Response(404, {"message": "Not Found"})
-        return _match(CONTROL_ROUTES, state, req)
+        return _safe_match(CONTROL_ROUTES, state, req)
     return _dispatch_public(state, req)
+
+
+def _safe_match(routes: list[Route], state: SimState, req: Request) -> Response:
+    """Route; an unexpected exception becomes a 500 and one stderr line (type only, never values)."""
+    try:
+        return _match(routes, state, req)
+    except Exception as exc:
+        sys.stderr.write(f"langfuse-sim: {req.method} {req.path} failed with {type(exc).__name__}\n")
+        return Response(500, {"message": "Internal Server Error"})
 
 
 def _dispatch_public(state: SimState, req: Request) -> Response:
@@ -124,10 +134,7 @@ def _dispatch_public(state: SimState, req: Request) -> Response:
     if fault is not None and fault.replaces_response and not fault.after:
         response = DROP if fault.drop else fault.response()
     else:
-        try:
-            response = _match(ROUTES, state, req)
-        except Exception:
-            response = Response(500, {"message": "Internal Server Error"})
+        response = _safe_match(ROUTES, state, req)
         if fault is not None and fault.after and fault.replaces_response:
             response = DROP if fault.drop else fault.response()
     state.log_request(req.method, req.path, None if response is DROP else response.status, req.public_key)
@@ -152,7 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
                 if size == 0:
@@ -201,6 +208,12 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up (timeouts, dropped faults) are normal here; report anything else briefly."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, ConnectionError | TimeoutError):
+            sys.stderr.write(f"langfuse-sim: connection handler failed with {type(exc).__name__}\n")
+
 
 class Simulator:
     """An in-process simulator; also what `python -m devstack.langfuse_sim` runs.
@@ -230,7 +243,8 @@ class Simulator:
         if self._server is None:
             raise RuntimeError("simulator not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        host_text = host.decode() if isinstance(host, bytes) else str(host)
+        return f"http://{host_text}:{port}"
 
     @property
     def bootstrap(self) -> dict[str, Any]:

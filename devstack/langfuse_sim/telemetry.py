@@ -208,7 +208,7 @@ class TelemetryStore:
 # ---------------------------------------------------------------------------------------------
 def decode_otlp_protobuf(body: bytes) -> list[SpanIn]:
     """Decode an `ExportTraceServiceRequest`; raises `OtlpError` with the server's error strings."""
-    from google.protobuf.message import DecodeError
+    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
     request = trace_service_pb2.ExportTraceServiceRequest()
