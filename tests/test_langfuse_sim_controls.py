@@ -80,6 +80,15 @@ def test_delay_only_fault_still_answers_normally(sim: SimHandle) -> None:
     assert sim.http.get("/api/public/health").json()["status"] == "OK"
 
 
+def test_request_started_before_a_reset_is_not_logged_after_it(sim: SimHandle) -> None:
+    sim.inject_fault("/api/public/health", status=None, delay_s=0.4)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(f"{sim.url}/api/public/health", timeout=0.1)
+    sim.control.reset()
+    time.sleep(0.5)
+    assert sim.requests()["requests"] == []
+
+
 def test_clear_faults_removes_pending_faults(sim: SimHandle) -> None:
     sim.inject_fault("/api/public/health", status=500, count=5)
     assert len(sim.control.faults()) == 1

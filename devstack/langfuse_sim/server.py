@@ -128,6 +128,7 @@ def _safe_match(routes: list[Route], state: SimState, req: Request) -> Response:
 
 
 def _dispatch_public(state: SimState, req: Request) -> Response:
+    epoch = state.epoch
     fault = state.take_fault(req.method, req.path)
     if fault is not None and fault.delay_s:
         time.sleep(fault.delay_s)
@@ -137,7 +138,8 @@ def _dispatch_public(state: SimState, req: Request) -> Response:
         response = _safe_match(ROUTES, state, req)
         if fault is not None and fault.after and fault.replaces_response:
             response = DROP if fault.drop else fault.response()
-    state.log_request(req.method, req.path, None if response is DROP else response.status, req.public_key)
+    status = None if response is DROP else response.status
+    state.log_request(req.method, req.path, status, req.public_key, epoch)
     return response
 
 

@@ -63,6 +63,8 @@ class SimState:
         self.next_fault_id = 1
         self.requests: list[dict[str, Any]] = []
         self.seq = 0
+        #: Bumped by reset(); a request that started before a reset is not logged after it.
+        self.epoch = 0
 
     # -- persistence / reset ---------------------------------------------------------------------
     def persist(self) -> None:
@@ -80,11 +82,16 @@ class SimState:
             self.faults.clear()
             self.requests.clear()
             self.seq = 0
+            self.epoch += 1
             self.persist()
 
     # -- request log -----------------------------------------------------------------------------
-    def log_request(self, method: str, path: str, status: int | None, public_key: str | None) -> None:
+    def log_request(
+        self, method: str, path: str, status: int | None, public_key: str | None, epoch: int | None = None
+    ) -> None:
         with self.lock:
+            if epoch is not None and epoch != self.epoch:
+                return  # e.g. a delayed request from the previous test finishing after /_sim/reset
             self.seq += 1
             self.requests.append(
                 {"seq": self.seq, "method": method, "path": path, "status": status, "public_key": public_key}
