@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from connectors.errors import (
     LangfuseConflictError,
     LangfuseError,
+    LangfuseRateLimitedError,
     LangfuseUnsupportedServerError,
 )
 from connectors.keypair import KeyPair
@@ -59,6 +60,13 @@ class _CreatedKey(_ApiModel):
     note: str | None = None
     public_key: str
     display_secret_key: str
+
+
+def _reworded(error: LangfuseError, message: str) -> LangfuseError:
+    """The same kind of error (keeping a rate limit's ``retry_after_s``) with a fuller message."""
+    if isinstance(error, LangfuseRateLimitedError):
+        return LangfuseRateLimitedError(message, retry_after_s=error.retry_after_s)
+    return type(error)(message)
 
 
 def _same_secret(display_secret_key: str, pair: KeyPair) -> bool:
@@ -265,9 +273,10 @@ class LangfuseAdminClient:
         error = self._core.error(outcome, action)
         if not ambiguous:
             return error
-        return type(error)(
+        return _reworded(
+            error,
             f"{error}; key {pair.public_key} is not in project {project_id}, so calling "
-            "create_api_key again with the same pair is safe"
+            "create_api_key again with the same pair is safe",
         )
 
     def _existing_after_ambiguity(self, project_id: str, pair: KeyPair, what: str) -> ApiKeySummary | None:
@@ -276,10 +285,11 @@ class LangfuseAdminClient:
         except LangfuseConflictError:
             raise
         except LangfuseError as exc:
-            raise type(exc)(
+            raise _reworded(
+                exc,
                 f"creating API key {pair.public_key} in project {project_id} had an unknown outcome "
                 f"({what}) and listing the keys to check failed: {exc}; calling create_api_key again "
-                "with the same pair is safe"
+                "with the same pair is safe",
             ) from None
 
     def _existing(self, project_id: str, pair: KeyPair) -> ApiKeySummary | None:
