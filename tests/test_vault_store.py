@@ -254,20 +254,20 @@ def test_crash_inside_rollback_is_reported_and_continued(
 
 
 def test_module_entry_point_prints_url_and_token_and_stops_on_sigterm() -> None:
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "devstack.openbao"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        info = json.loads(proc.stdout.readline())
-        assert set(info) == {"url", "root_token"}
-        assert requests.get(f"{info['url']}/v1/sys/health", timeout=5).status_code == 200
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            info = json.loads(proc.stdout.readline())
+            assert set(info) == {"url", "root_token"}
+            assert requests.get(f"{info['url']}/v1/sys/health", timeout=5).status_code == 200
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_refuses_a_secret_that_keeps_one_version(
