@@ -289,7 +289,7 @@ class AwsSecretsStore:
                 raise StoreConflictError(
                     f"rotation {record.rotation_id} is staged at {label} with a different public key"
                 )
-            if _pending(secret) != record:
+            if _pending(secret) is None:  # tags lost (edited by hand): restore them
                 self._tag(loc, label, _record_tags(record))
             return
         current = secret.holder(CURRENT)
@@ -326,7 +326,7 @@ class AwsSecretsStore:
         after = self._describe(loc, label)
         if after is None or after.holder(PENDING) != version_id:
             raise StoreConflictError(f"another rotation was staged at {label} at the same time")
-        if _pending(after) != record:
+        if _pending(after) is None:  # a concurrent stager re-tagged before losing the label race
             self._tag(loc, label, _record_tags(record))
 
     def read_staged(self, loc: SecretLocation) -> tuple[RotationRecord, StoredPair] | None:
