@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 
 from flows.config import load_config
 from flows.execute import execute
@@ -55,5 +56,6 @@ def rotate_all(config_path: str | None = None) -> dict[str, str]:
     outcomes: dict[str, str] = {}
     for entry in config.projects:
         state = rotate(project=entry.name, config_path=config_path, return_state=True)
-        outcomes[entry.name] = state.name
+        assert isinstance(state, State)
+        outcomes[entry.name] = state.name or state.type.value
     return outcomes
