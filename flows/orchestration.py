@@ -78,25 +78,47 @@ class RotationApproval(RunInput):
 
 
 def pause_for_approval(timeout_s: float) -> Any:
+    """The approver for ``run_scheduled``: pause this flow run (``pause_flow_run``, never
+    ``suspend_flow_run``, which would re-run the flow from the top) until a person answers.
+
+    A timeout is a rejection. Prefect leaves the run Paused (and its pause-expiration service marks
+    it Failed) when nobody answers; the run is moved back to Running first so the rollback runs as
+    normal tasks and the run ends with the rotation's own state and message.
+    """
+    from prefect.exceptions import FlowPauseTimeout
+
+    seconds = max(int(timeout_s), 1)  # pause_flow_run needs an int
+
     def approve(plan: RotationPlan, record: RotationRecord) -> ApprovalDecision:
         description = (
             f"Approve promoting the new Langfuse key of **{plan.entry}** (project `{plan.project_id}`)?\n\n"
             f"- old public key: `{plan.old_public_key}`\n- new public key: `{record.new_public_key}`\n"
-            f"- store: {plan.store_name} `{plan.store_location}`\n- consumers: {', '.join(plan.consumers) or 'none'}\n\n"
+            f"- store: {plan.store_name} `{plan.store_location}`\n- consumers: {', '.join(plan.consumers) or 'none'}\n"
+            f"- rotation id: `{plan.rotation_id}`\n\n"
             "Approve continues (promote, wait for restarts, verify, revoke the old key). "
-            "Reject or timeout rolls back: the new key is deleted and the old pair stays current."
+            f"Reject, or no answer within {seconds} s, rolls back: the new key is deleted and the old pair "
+            "stays current."
         )
-        get_run_logger().info("waiting for approval of the rotation of %s", plan.entry)
+        get_run_logger().info("waiting up to %ss for approval of the rotation of %s", seconds, plan.entry)
         try:
             answer = pause_flow_run(
                 wait_for_input=RotationApproval.with_initial_data(
                     description=description, approve=False, approver="", reason=""
                 ),
-                timeout=int(timeout_s),
+                timeout=seconds,
                 poll_interval=2,
             )
-        except Exception as exc:  # FlowPauseTimeout and friends
-            return ApprovalDecision(approved=False, approver="timeout", reason=type(exc).__name__)
+        except FlowPauseTimeout:
+            _leave_pause(f"approval timed out after {seconds}s: rolling back")
+            return ApprovalDecision(approved=False, timed_out=True, reason=f"no answer within {seconds}s")
         return ApprovalDecision(approved=answer.approve, approver=answer.approver, reason=answer.reason)
 
     return approve
+
+
+def _leave_pause(message: str) -> None:
+    """Move this (still Paused, or already expired to Failed) flow run back to Running."""
+    from prefect.states import Running
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(runtime_flow_run.id, Running(message=message), force=True)

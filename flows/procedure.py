@@ -48,6 +48,7 @@ class ApprovalDecision(BaseModel):
     approved: bool
     approver: str = ""
     reason: str = ""
+    timed_out: bool = False
 
 
 Approver = Callable[[RotationPlan, RotationRecord], ApprovalDecision]
@@ -183,6 +184,9 @@ def _approval(run: _Run, approve: Approver, plan: RotationPlan, record: Rotation
     run.current_step = "approval"
     decision = approve(plan, record)
     who = decision.approver or "unknown"
+    if decision.timed_out:
+        run.record("approval", "failed", began, f"timed out: {decision.reason}")
+        raise StepFailed("approval", f"approval timed out: {decision.reason}")
     if not decision.approved:
         run.record("approval", "failed", began, f"rejected by {who}: {decision.reason}")
         raise StepFailed("approval", f"rotation not approved by {who}: {decision.reason or 'no reason given'}")
