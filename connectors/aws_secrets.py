@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import boto3
 import botocore.exceptions
 from botocore.config import Config
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
 from connectors.errors import (
     StoreAccessDeniedError,
@@ -66,6 +66,8 @@ from connectors.store import (
     StoreDescription,
     StoredPair,
     StoreVersion,
+    secret_fields,
+    stored_pair,
 )
 
 if TYPE_CHECKING:
@@ -230,7 +232,7 @@ class AwsSecretsStore:
         value = self._get(loc, label, stage=CURRENT)
         if value is None:
             raise StoreNotFoundError(f"no current secret at {label}")
-        return _pair(value[1], value[0], loc, label)
+        return stored_pair(value[1], value[0], loc, label)
 
     def read_version(self, loc: SecretLocation, version: StoreVersion) -> StoredPair:
         label = self.location_label(loc)
@@ -240,7 +242,7 @@ class AwsSecretsStore:
         value = self._get(loc, label, version_id=version_id)
         if value is None:
             raise StoreNotFoundError(f"{label} has no version {version_id}")
-        return _pair(value[1], value[0], loc, label)
+        return stored_pair(value[1], value[0], loc, label)
 
     def seed(self, loc: SecretLocation, pair: KeyPair, host: str) -> StoreVersion:
         """Create the secret. Repeating it with the same pair returns the current version."""
@@ -252,7 +254,7 @@ class AwsSecretsStore:
             if found[1].get(loc.fields.public_key) == pair.public_key:
                 return found[0]
             raise StoreConflictError(f"{label} already exists; not seeding over it")
-        value = json.dumps(_fields(loc, pair, host))
+        value = json.dumps(secret_fields(loc, pair, host))
         token = str(uuid.uuid5(_TOKEN_NAMESPACE, f"seed:{loc.path}:{pair.public_key}"))
         try:
             response = self._call(
@@ -310,7 +312,7 @@ class AwsSecretsStore:
         if found is None:
             raise StoreConflictError(f"{label} changed while staging rotation {record.rotation_id}")
         data = dict(found[1])
-        data.update(_fields(loc, pair, host))
+        data.update(secret_fields(loc, pair, host))
 
         self._tag(loc, label, _record_tags(record))
         self._call(
@@ -340,7 +342,7 @@ class AwsSecretsStore:
         found = self._get(loc, label, version_id=rotation_version_id(record.rotation_id), stage=PENDING)
         if found is None:
             return None
-        return record, _pair(found[1], found[0], loc, label)
+        return record, stored_pair(found[1], found[0], loc, label)
 
     def promote(self, loc: SecretLocation, record: RotationRecord) -> StoreVersion:
         """Move ``AWSCURRENT`` to the staged version, fenced on ``record.old_version``."""
@@ -595,28 +597,8 @@ def _refuse_unsafe(secret: _Secret, label: str) -> None:
 # --- values and tags ------------------------------------------------------------------------------
 
 
-def _fields(loc: SecretLocation, pair: KeyPair, host: str) -> dict[str, str]:
-    return {
-        loc.fields.public_key: pair.public_key,
-        loc.fields.secret_key: pair.secret_key.get_secret_value(),
-        loc.fields.host: host,
-    }
 
 
-def _pair(data: dict[str, Any], version: str, loc: SecretLocation, label: str) -> StoredPair:
-    public_key = data.get(loc.fields.public_key)
-    secret_key = data.get(loc.fields.secret_key)
-    if not isinstance(public_key, str) or not isinstance(secret_key, str):
-        raise StoreNotFoundError(
-            f"{label} version {version} lacks the fields '{loc.fields.public_key}' and '{loc.fields.secret_key}'"
-        )
-    host = data.get(loc.fields.host)
-    return StoredPair(
-        public_key=public_key,
-        secret_key=SecretStr(secret_key),
-        host=host if isinstance(host, str) else None,
-        version=version,
-    )
 
 
 def _record_tags(record: RotationRecord) -> dict[str, str]:

@@ -9,10 +9,11 @@ Langfuse. Every method is idempotent, so a rerun after a crash can call it again
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from connectors.errors import StoreNotFoundError
 from connectors.keypair import KeyPair
 
 StoreVersion = int | str
@@ -36,6 +37,32 @@ class SecretLocation(BaseModel):
 
     path: str
     fields: FieldNames = FieldNames()
+
+
+def secret_fields(loc: SecretLocation, pair: KeyPair, host: str) -> dict[str, str]:
+    """The secret's fields as consumers read them, under the location's field names."""
+    return {
+        loc.fields.public_key: pair.public_key,
+        loc.fields.secret_key: pair.secret_key.get_secret_value(),
+        loc.fields.host: host,
+    }
+
+
+def stored_pair(data: dict[str, Any], version: StoreVersion, loc: SecretLocation, label: str) -> StoredPair:
+    """Read a pair back from a secret's fields; a secret without them is treated as absent."""
+    public_key = data.get(loc.fields.public_key)
+    secret_key = data.get(loc.fields.secret_key)
+    if not isinstance(public_key, str) or not isinstance(secret_key, str):
+        raise StoreNotFoundError(
+            f"{label} version {version} lacks the fields '{loc.fields.public_key}' and '{loc.fields.secret_key}'"
+        )
+    host = data.get(loc.fields.host)
+    return StoredPair(
+        public_key=public_key,
+        secret_key=SecretStr(secret_key),
+        host=host if isinstance(host, str) else None,
+        version=version,
+    )
 
 
 class StoredPair(BaseModel):

@@ -53,6 +53,8 @@ from connectors.store import (
     StoreDescription,
     StoredPair,
     StoreVersion,
+    secret_fields,
+    stored_pair,
 )
 
 __all__ = ["PENDING_SUFFIX", "RECORD_FIELD", "VaultStore"]
@@ -166,7 +168,7 @@ class VaultStore:
         current = self._read(_clean(loc.path), None, label)
         if current is None or current.data is None:
             raise StoreNotFoundError(f"no current secret at {label}")
-        return _pair(current.data, current.version, loc, label)
+        return stored_pair(current.data, current.version, loc, label)
 
     def read_version(self, loc: SecretLocation, version: StoreVersion) -> StoredPair:
         label = self.location_label(loc)
@@ -174,13 +176,13 @@ class VaultStore:
         found = self._read(_clean(loc.path), number, label)
         if found is None or found.data is None:
             raise StoreNotFoundError(f"{label} has no readable version {number}")
-        return _pair(found.data, found.version, loc, label)
+        return stored_pair(found.data, found.version, loc, label)
 
     def seed(self, loc: SecretLocation, pair: KeyPair, host: str) -> StoreVersion:
         """Create the secret (``cas=0``). Repeating it with the same pair returns its version."""
         label = self.location_label(loc)
         path = _clean(loc.path)
-        data = _fields(loc, pair, host)
+        data = secret_fields(loc, pair, host)
         try:
             return self._write(path, data, 0, label)
         except StoreConflictError:
@@ -227,7 +229,7 @@ class VaultStore:
             )
         self._require_history(path, label)
         data = dict(current.data)
-        data.update(_fields(loc, pair, host))
+        data.update(secret_fields(loc, pair, host))
         data[RECORD_FIELD] = record.model_dump_json()
         staging_cas = existing.version if existing is not None else 0
         try:
@@ -246,7 +248,7 @@ class VaultStore:
         staged = self._read_staged(loc, label)
         if staged is None:
             return None
-        return staged.record, _pair(staged.data, staged.version, loc, label)
+        return staged.record, stored_pair(staged.data, staged.version, loc, label)
 
     def promote(self, loc: SecretLocation, record: RotationRecord) -> StoreVersion:
         """Write the staged pair as the main path's new version with ``cas=record.old_version``."""
@@ -552,28 +554,8 @@ def _as_version(version: StoreVersion, label: str) -> int:
     raise StoreError(f"{label}: '{version}' is not a Vault KV version number")
 
 
-def _fields(loc: SecretLocation, pair: KeyPair, host: str) -> dict[str, Any]:
-    return {
-        loc.fields.public_key: pair.public_key,
-        loc.fields.secret_key: pair.secret_key.get_secret_value(),
-        loc.fields.host: host,
-    }
 
 
-def _pair(data: dict[str, Any], version: int, loc: SecretLocation, label: str) -> StoredPair:
-    public_key = data.get(loc.fields.public_key)
-    secret_key = data.get(loc.fields.secret_key)
-    if not isinstance(public_key, str) or not isinstance(secret_key, str):
-        raise StoreNotFoundError(
-            f"{label} version {version} lacks the fields '{loc.fields.public_key}' and '{loc.fields.secret_key}'"
-        )
-    host = data.get(loc.fields.host)
-    return StoredPair(
-        public_key=public_key,
-        secret_key=SecretStr(secret_key),
-        host=host if isinstance(host, str) else None,
-        version=version,
-    )
 
 
 def _holds(found: _Version | None, loc: SecretLocation, public_key: str) -> bool:

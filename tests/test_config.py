@@ -1,0 +1,120 @@
+"""The configuration: one validated model; every error is one line naming file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.config import ConfigError, load_config, parse_config
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "deployments" / "rotation.example.yaml"
+
+MINIMAL = """\
+langfuse:
+  host: http://127.0.0.1:3000
+  org_public_key: ${ORG_PK}
+  org_secret_key: ${ORG_SK}
+stores:
+  main: {kind: vault, url: http://127.0.0.1:8200, token: ${VAULT_TOKEN}, mount: secret}
+projects:
+  - name: production-chatbot
+    project_id: p1
+    store: main
+    path: langfuse/production-chatbot
+notify:
+  urls: ["json://127.0.0.1:9002/hook"]
+"""
+
+
+@pytest.fixture(autouse=True)
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"ORG_PK": "pk-lf-org", "ORG_SK": "sk-lf-org-secret", "VAULT_TOKEN": "s.token"}.items():
+        monkeypatch.setenv(name, value)
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="rotation.yaml")
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_the_issue_example_with_env_references_in_flow_mappings_loads() -> None:
+    config = parse_config(MINIMAL)
+    assert config.stores["main"].kind == "vault"
+    assert config.langfuse.org_secret_key is not None
+    assert config.langfuse.org_secret_key.get_secret_value() == "sk-lf-org-secret"
+
+
+def test_the_shipped_example_configuration_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LANGFUSE_ORG_PUBLIC_KEY", "LANGFUSE_ORG_SECRET_KEY", "VAULT_TOKEN"):
+        monkeypatch.setenv(name, "pk-lf-x" if "PUBLIC" in name else "value")
+    config = load_config(EXAMPLE)
+    assert [p.name for p in config.projects] == ["production-chatbot", "batch-worker-prod"]
+
+
+def test_secrets_never_appear_in_the_models_repr() -> None:
+    assert "sk-lf-org-secret" not in repr(parse_config(MINIMAL))
+    assert "s.token" not in repr(parse_config(MINIMAL))
+
+
+def test_a_missing_env_var_names_the_line_field_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VAULT_TOKEN")
+    assert error_of(MINIMAL) == "rotation.yaml:6: stores.main.token: environment variable VAULT_TOKEN is not set"
+
+
+def test_an_env_default_applies_when_the_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VAULT_TOKEN")
+    config = parse_config(MINIMAL.replace("${VAULT_TOKEN}", "${VAULT_TOKEN:-s.fallback}"))
+    assert config.stores["main"].token.get_secret_value() == "s.fallback"  # type: ignore[union-attr]
+
+
+def test_an_unknown_key_is_rejected_with_its_line() -> None:
+    assert error_of(MINIMAL.replace("    project_id: p1", "    projectid: p1")) == (
+        "rotation.yaml:9: projects[0].projectid: unknown key"
+    )
+
+
+def test_a_bad_value_is_rejected_with_its_line() -> None:
+    text = MINIMAL.replace("    path: langfuse/production-chatbot\n", "    path: langfuse/production-chatbot\n    wait_timeout_s: -5\n")
+    assert error_of(text) == "rotation.yaml:12: projects[0].wait_timeout_s: Input should be greater than 0"
+
+
+def test_an_unknown_store_reference_is_rejected() -> None:
+    assert error_of(MINIMAL.replace("    store: main", "    store: other")) == (
+        "rotation.yaml:10: projects[0].store: unknown store 'other' (configured: main)"
+    )
+
+
+def test_a_duplicate_entry_name_is_rejected() -> None:
+    entry = MINIMAL.split("projects:\n")[1].split("notify:")[0]
+    text = MINIMAL.replace("notify:", entry + "notify:")
+    assert "'production-chatbot' appears twice" in error_of(text)
+
+
+def test_an_unknown_store_kind_is_rejected() -> None:
+    assert "stores.main" in error_of(MINIMAL.replace("kind: vault", "kind: consul"))
+
+
+def test_a_missing_org_key_is_rejected() -> None:
+    text = MINIMAL.replace("  org_public_key: ${ORG_PK}\n  org_secret_key: ${ORG_SK}\n", "")
+    assert "organization key is missing" in error_of(text)
+
+
+def test_vault_needs_exactly_one_auth_method() -> None:
+    assert "exactly one of token or approle" in error_of(MINIMAL.replace(", token: ${VAULT_TOKEN}", ""))
+
+
+def test_invalid_yaml_names_the_line() -> None:
+    assert error_of("langfuse: [unclosed\n").startswith("rotation.yaml:")
+
+
+def test_an_empty_file_is_rejected() -> None:
+    assert error_of("") == "rotation.yaml: the file is empty"
+
+
+def test_an_unknown_project_lists_the_configured_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown project 'nope' \(configured: production-chatbot\)"):
+        parse_config(MINIMAL).entry("nope")
