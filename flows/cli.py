@@ -203,12 +203,17 @@ def _prefect_reachable() -> bool:
 
 
 def _result_from_state(state: object, project: str) -> RotationResult:
-    from prefect.states import State
+    from prefect.client.schemas.objects import State
 
     assert isinstance(state, State)
     data = state.result(raise_on_failure=False)
     if isinstance(data, RotationResult):
         return data
+    from flows.config import ConfigError
+    from flows.procedure import BadInputError
+
+    if isinstance(data, ConfigError | BadInputError):
+        raise data  # bad input found inside the flow run: exit code 2, as without Prefect
     message = scrub(" ".join(str(data).split())) if data is not None else (state.message or state.name)
     return RotationResult(
         status="failed",

@@ -277,10 +277,9 @@ def _check_references(data: Any, lines: dict[tuple[str | int, ...], int], source
             raise ConfigError(f"{where}: projects[{i}].store: unknown store '{store}' (configured: {', '.join(known)})")
     langfuse = data.get("langfuse")
     org_key = langfuse.get("org_key") if isinstance(langfuse, dict) else None
-    if isinstance(org_key, dict) and isinstance(org_key.get("store"), str) and known:
-        if org_key["store"] not in known:
-            where = f"{source}:{lines.get(('langfuse', 'org_key', 'store'), 1)}"
-            raise ConfigError(f"{where}: langfuse.org_key.store: unknown store '{org_key['store']}'")
+    if isinstance(org_key, dict) and isinstance(org_key.get("store"), str) and known and org_key["store"] not in known:
+        where = f"{source}:{lines.get(('langfuse', 'org_key', 'store'), 1)}"
+        raise ConfigError(f"{where}: langfuse.org_key.store: unknown store '{org_key['store']}'")
 
 
 class _Interpolator:
@@ -320,7 +319,7 @@ def _to_python(
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(item, (*path, i), lines, interpolate) for i, item in enumerate(node.value)]
-    value = yaml.SafeLoader("").construct_object(node)  # type: ignore[no-untyped-call]
+    value = yaml.SafeLoader("").construct_object(node)
     if isinstance(value, str):
         return interpolate(value, path, lines[path])
     return value

@@ -34,6 +34,7 @@ from flows.steps import (
     finish_rotation,
     plan_rotation,
     promote_key,
+    recheck_revoked_key,
     reconcile_orphans,
     revoke_key,
     rollback_rotation,
@@ -268,7 +269,12 @@ def _revoke_and_finish(run: _Run, plan: RotationPlan, record: RotationRecord) ->
 def run_emergency(
     ctx: EntryContext, runner: StepRunner, *, compromised_public_key: str | None = None
 ) -> RotationResult:
-    """create → store → REVOKE NOW → prove rejected → restarts + wait (report) → verify → notify."""
+    """create → store → REVOKE NOW → prove rejected → restarts + wait (report) → verify → notify.
+
+    A key still accepted after the delete (Langfuse's API-key cache) is flushed at once with the
+    instance admin key; without one it must go idle for the cache TTL, which cannot happen while
+    consumers still use it, so that re-probe runs after the restarts, and the result says so.
+    """
     run = _Run(ctx, runner, "emergency")
     entry = ctx.entry
     plan: RotationPlan | None = None
@@ -296,29 +302,48 @@ def run_emergency(
             raise
         return result
     problems: list[str] = []
+    revoked: RevokeOutcome | None = None
     try:
-        revoked = run.step("revoke", revoke_key, ctx, target, plan.old_version)
+        # Revoke now, without waiting for anyone; if Langfuse's cache still accepts the key and no
+        # instance admin key can flush it, the idle re-probe waits until consumers were restarted.
+        revoked = run.step("revoke", revoke_key, ctx, target, plan.old_version, True)
         run.result.old_key_rejected = revoked.rejected
-        if revoked.rejected is not True:
-            problems.append(f"compromised key {target}: {revoked.detail}")
     except Exception as exc:
         problems.append(f"revoke failed: {_one_line(exc)}")
-    consumers = run.step(
-        "wait_for_restarts",
-        wait_for_consumers,
-        ctx,
-        record.new_public_key,
-        timeout_s=entry.wait_timeout_s + entry.grace_period_s + 60,
-    )
-    run.result.consumers = consumers.wait.last_seen
-    if not consumers.wait.all_switched:
-        run.result.lagging_consumers = consumers.wait.lagging
-        problems.append(_lagging_message(consumers, record.new_public_key, entry.wait_timeout_s))
+    try:
+        consumers = run.step(
+            "wait_for_restarts",
+            wait_for_consumers,
+            ctx,
+            record.new_public_key,
+            timeout_s=entry.wait_timeout_s + entry.grace_period_s + 60,
+        )
+        run.result.consumers = consumers.wait.last_seen
+        if not consumers.wait.all_switched:
+            run.result.lagging_consumers = consumers.wait.lagging
+            problems.append(_lagging_message(consumers, record.new_public_key, entry.wait_timeout_s))
+    except Exception as exc:
+        problems.append(f"wait for restarts failed: {_one_line(exc)}")
     try:
         run.step("verify", verify_key, ctx, record, timeout_s=entry.canary_timeout_s + 60)
         run.result.verified = True
     except Exception as exc:
         problems.append(f"verify failed: {_one_line(exc)}")
+    if revoked is not None and revoked.idle_recheck_due:
+        try:
+            revoked = run.step(
+                "recheck_revoked",
+                recheck_revoked_key,
+                ctx,
+                target,
+                plan.old_version,
+                timeout_s=entry.revoke_recheck_s + 60,
+            )
+            run.result.old_key_rejected = revoked.rejected
+        except Exception as exc:
+            problems.append(f"re-probe of the revoked key failed: {_one_line(exc)}")
+    if revoked is not None and revoked.rejected is not True:
+        problems.insert(0, f"compromised key {target}: {revoked.detail or 'not proven rejected'}")
     try:
         run.step("finish", finish_rotation, ctx, record)
     except Exception as exc:
@@ -331,7 +356,9 @@ def run_emergency(
         status,
         compromised_public_key=target,
         new_public_key=record.new_public_key,
+        old_key_rejected=result.old_key_rejected,
         lagging=result.lagging_consumers,
+        orchestrator=result.orchestrator,
     )
     _notify(ctx, result)
     return result
@@ -361,12 +388,24 @@ def _check_stray_key(ctx: EntryContext, target: str) -> None:
 def _contain_stray_key(run: _Run, target: str) -> RotationResult:
     """The compromised key is not the entry's current key: revoke it; the current key is untouched."""
     ctx = run.ctx
-    revoked = run.step("revoke", revoke_key, ctx, target, None)
-    run.result.old_key_rejected = revoked.rejected
-    status = "contained"
-    result = run.finish(status, None)
+    try:
+        revoked = run.step("revoke", revoke_key, ctx, target, None)
+    except Exception as exc:
+        result = run.finish("failed", f"revoke failed: {_one_line(exc)}")
+    else:
+        run.result.old_key_rejected = revoked.rejected
+        if revoked.rejected is True:
+            result = run.finish("contained", None)
+        else:
+            result = run.finish("needs_attention", f"compromised key {target}: {revoked.detail}")
     ctx.audit.record(
-        "emergency", f"entry:{ctx.entry.name}", status, compromised_public_key=target, detail=revoked.detail
+        "emergency",
+        f"entry:{ctx.entry.name}",
+        result.status,
+        compromised_public_key=target,
+        old_key_rejected=result.old_key_rejected,
+        orchestrator=result.orchestrator,
+        error=result.error,
     )
     _notify(ctx, result)
     return result

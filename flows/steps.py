@@ -11,6 +11,7 @@ The invariants they keep together:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -291,16 +292,25 @@ class RevokeOutcome(BaseModel):
     deleted_now: bool
     rejected: bool | None
     cache_action: str | None = None
+    idle_recheck_due: bool = False
     detail: str = ""
 
 
-def revoke_key(ctx: EntryContext, public_key: str, secret_version: StoreVersion | None) -> RevokeOutcome:
+def revoke_key(
+    ctx: EntryContext, public_key: str, secret_version: StoreVersion | None, defer_idle_recheck: bool = False
+) -> RevokeOutcome:
     """Delete ``public_key`` from Langfuse, then prove it is rejected.
 
     Probes once (a successful probe refreshes a stale cache entry on Langfuse <= 4.16, so never in
     a loop). If the revoked key is still accepted (§3.3 of the reference: the API-key cache race):
     with an instance admin key, invalidate the whole cache and probe again; otherwise keep the key
     idle for ``revoke_recheck_s`` (the cache TTL plus a margin) and probe once more.
+
+    ``defer_idle_recheck`` (emergency): return at once with ``idle_recheck_due`` set instead of
+    sleeping, so the caller can first move the consumers off the key (idle means nobody uses it)
+    and then call ``recheck_revoked_key``. Without the secret of ``public_key`` nothing can be
+    probed: with an instance admin key the cache is invalidated anyway (the row is gone, so that
+    makes the key rejected), otherwise ``rejected`` stays None.
     """
     step = "revoke"
     project = ctx.entry.project_id
@@ -314,12 +324,28 @@ def revoke_key(ctx: EntryContext, public_key: str, secret_version: StoreVersion 
     ctx.audit.record("langfuse.delete_key", _resource(ctx), "done", public_key=public_key, key_id=key_id)
     pair = _stored_pair(ctx, public_key, secret_version)
     if pair is None:
+        if ctx.instance_admin is None:
+            return RevokeOutcome(
+                public_key=public_key,
+                key_id=key_id,
+                deleted_now=deleted_now,
+                rejected=None,
+                detail="deleted; its secret is not in the store, so rejection could not be probed, and Langfuse "
+                "may accept it from its API-key cache until it has been idle for the cache TTL",
+            )
+        try:
+            ctx.instance_admin.invalidate_all_cached_keys()
+        except ConnectorError as exc:
+            raise _fail_on_connector_error(step, exc) from None
+        action = "invalidated Langfuse's API-key cache with the instance admin key"
+        ctx.audit.record("langfuse.invalidate_cache", _resource(ctx), "done", public_key=public_key)
         return RevokeOutcome(
             public_key=public_key,
             key_id=key_id,
             deleted_now=deleted_now,
-            rejected=None,
-            detail="deleted; its secret is not in the store, so rejection could not be probed",
+            rejected=True,
+            cache_action=action,
+            detail=f"deleted; its secret is not in the store, so it was not probed; {action}",
         )
     with LangfuseProjectClient(ctx.host, pair, timeout_s=ctx.config.langfuse.timeout_s) as client:
         try:
@@ -329,15 +355,55 @@ def revoke_key(ctx: EntryContext, public_key: str, secret_version: StoreVersion 
             if ctx.instance_admin is not None:
                 ctx.instance_admin.invalidate_all_cached_keys()
                 action = "invalidated Langfuse's API-key cache with the instance admin key"
+            elif defer_idle_recheck:
+                return RevokeOutcome(
+                    public_key=public_key,
+                    key_id=key_id,
+                    deleted_now=deleted_now,
+                    rejected=False,
+                    idle_recheck_due=True,
+                    detail="revoked key still accepted right after delete (Langfuse's API-key cache); no instance "
+                    f"admin key is configured: it will be kept idle for {ctx.entry.revoke_recheck_s:g}s and "
+                    "probed again once consumers have been restarted",
+                )
             else:
                 time.sleep(ctx.entry.revoke_recheck_s)
-                action = (
-                    f"kept the key idle for {ctx.entry.revoke_recheck_s:g}s (cache TTL) "
-                    "before probing again; no instance admin key is configured"
-                )
+                action = _idle_action(ctx)
             rejected = not client.probe().accepted
         except ConnectorError as exc:
             raise _fail_on_connector_error(step, exc) from None
+    return _after_cache_handling(public_key, key_id, deleted_now, rejected, action)
+
+
+def recheck_revoked_key(ctx: EntryContext, public_key: str, secret_version: StoreVersion | None) -> RevokeOutcome:
+    """The deferred half of ``revoke_key``: keep the deleted key idle for ``revoke_recheck_s``
+    (the cache TTL plus a margin), then probe it once more."""
+    pair = _stored_pair(ctx, public_key, secret_version)
+    if pair is None:
+        raise StepFailed("recheck_revoked", f"the secret of {public_key} is no longer in the store")
+    time.sleep(ctx.entry.revoke_recheck_s)
+    try:
+        with LangfuseProjectClient(ctx.host, pair, timeout_s=ctx.config.langfuse.timeout_s) as client:
+            rejected = not client.probe().accepted
+    except ConnectorError as exc:
+        raise _fail_on_connector_error("recheck_revoked", exc) from None
+    outcome = _after_cache_handling(public_key, None, False, rejected, _idle_action(ctx))
+    ctx.audit.record(
+        "langfuse.recheck_revoked_key", _resource(ctx), "done" if rejected else "attention", public_key=public_key
+    )
+    return outcome
+
+
+def _idle_action(ctx: EntryContext) -> str:
+    return (
+        f"kept the key idle for {ctx.entry.revoke_recheck_s:g}s (cache TTL) "
+        "before probing again; no instance admin key is configured"
+    )
+
+
+def _after_cache_handling(
+    public_key: str, key_id: str | None, deleted_now: bool, rejected: bool, action: str
+) -> RevokeOutcome:
     detail = "rejected after cache handling" if rejected else "STILL ACCEPTED: Langfuse keeps it cached"
     return RevokeOutcome(
         public_key=public_key,
@@ -448,10 +514,8 @@ def rollback_rotation(
 
 def _move_consumers_back(ctx: EntryContext, old_public_key: str, wait_s: float) -> list[str]:
     for consumer in ctx.consumers:
-        try:
+        with contextlib.suppress(ConsumerError):  # the wait below names whoever did not come back
             ctx.consumer_client.restart(consumer)
-        except ConsumerError:
-            pass  # the wait below names whoever did not come back
     outcome = ctx.consumer_client.wait_for_public_key(ctx.consumers, old_public_key, timeout_s=wait_s)
     if outcome.all_switched:
         return []
