@@ -78,7 +78,9 @@ def test_an_unknown_key_is_rejected_with_its_line() -> None:
 
 
 def test_a_bad_value_is_rejected_with_its_line() -> None:
-    text = MINIMAL.replace("    path: langfuse/production-chatbot\n", "    path: langfuse/production-chatbot\n    wait_timeout_s: -5\n")
+    text = MINIMAL.replace(
+        "    path: langfuse/production-chatbot\n", "    path: langfuse/production-chatbot\n    wait_timeout_s: -5\n"
+    )
     assert error_of(text) == "rotation.yaml:12: projects[0].wait_timeout_s: Input should be greater than 0"
 
 
