@@ -1,0 +1,201 @@
+"""Distributed mode as the README sets it up: a ``prefect server start``, a process work pool, the
+deployments from ``deployments/prefect.yaml``, and a ``prefect worker start`` subprocess whose
+environment holds the config path and every secret. Runs are triggered through the API
+(``run_deployment``), exactly as the schedule, the UI or an automation would.
+
+The worker runs from a directory that is not the repository, so the yaml's pull step
+(``set_working_directory`` to ``$LANGFUSE_ROTATE_HOME``) is what makes the entrypoints load.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from devstack.openbao import OpenBaoServer
+from devstack.prefect_server import PrefectServer
+from devstack.sinks import JsonSink
+from tests.fixtures.langfuse_sim import SimProcess
+from tests.fixtures.rotation import ENTRY, RotationEnv
+
+# One store kind keeps this suite short: the store contract is covered elsewhere for both.
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("any_store", ["vault"], indirect=True)]
+
+REPO = Path(__file__).resolve().parents[1]
+POOL = "langfuse-rotation"  # the work pool deployments/prefect.yaml names
+RUN_TIMEOUT_S = 240
+
+
+def _prefect() -> str:
+    return shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+
+
+@dataclass
+class Stack:
+    server: PrefectServer
+    config_path: Path
+    worker_log: Path
+
+    def write_config(self, env: RotationEnv) -> None:
+        """The worker's ``LANGFUSE_ROTATE_CONFIG``: the test's entry, with the Vault token taken from
+        the worker's environment (the file holds no secret)."""
+        config = env.config_dict()
+        config["stores"]["main"]["token"] = "${TEST_VAULT_TOKEN}"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def worker_output(self) -> str:
+        return self.worker_log.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    openbao: OpenBaoServer,
+    langfuse_sim_process: SimProcess,
+    json_sink_server: JsonSink,
+) -> Iterator[Stack]:
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+
+    home = tmp_path_factory.mktemp("distributed")
+    worker_dir = home / "worker-cwd"  # not the repository: the pull step must move there
+    worker_dir.mkdir()
+    config_path = home / "etc" / "rotation.yaml"
+    config_path.parent.mkdir()
+    worker_log = home / "worker.log"
+    with PrefectServer() as server:
+        cli_env = server.client_env()
+
+        def prefect(*args: str) -> None:
+            proc = subprocess.run(
+                [_prefect(), *args], env=cli_env, cwd=REPO, capture_output=True, text=True, timeout=180
+            )
+            assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+        prefect("work-pool", "create", POOL, "--type", "process")
+        prefect("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
+
+        bootstrap = langfuse_sim_process.bootstrap
+        worker_env = server.client_env(
+            {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "LANGFUSE_ROTATE_", "AWS_"))}
+        )
+        worker_env.update(
+            LANGFUSE_ROTATE_HOME=str(REPO),
+            LANGFUSE_ROTATE_CONFIG=str(config_path),
+            LANGFUSE_ROTATE_LOCK_DIR=str(home / "locks"),
+            LANGFUSE_ROTATE_NOTIFY_URLS=f"json://{json_sink_server.url.removeprefix('http://')}/hook",
+            TEST_LANGFUSE_ORG_PUBLIC_KEY=bootstrap["org_public_key"],
+            TEST_LANGFUSE_ORG_SECRET_KEY=bootstrap["org_secret_key"],
+            TEST_VAULT_TOKEN=openbao.root_token,
+            PREFECT_WORKER_QUERY_SECONDS="1",
+            PREFECT_WORKER_PREFETCH_SECONDS="1",
+        )
+        with worker_log.open("wb") as log:
+            worker = subprocess.Popen(
+                [_prefect(), "worker", "start", "--pool", POOL, "--type", "process"],
+                env=worker_env,
+                cwd=worker_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            with temporary_settings(
+                updates={PREFECT_API_URL: server.api_url, PREFECT_SERVER_ANALYTICS_ENABLED: False}
+            ):
+                yield Stack(server=server, config_path=config_path, worker_log=worker_log)
+        finally:
+            os.killpg(worker.pid, 15)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, 9)
+                worker.wait(10)
+
+
+def run_deployment_and_wait(stack: Stack, name: str, **parameters: Any) -> Any:
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(name, parameters=parameters, timeout=RUN_TIMEOUT_S, poll_interval=1)
+    assert run.state is not None and run.state.is_final(), f"{name} did not finish:\n{stack.worker_output()}"
+    return run
+
+
+def artifact_markdown(run: Any) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        only_this_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        artifacts = client.read_artifacts(artifact_filter=only_this_run)
+    assert len(artifacts) == 1, [a.key for a in artifacts]
+    text: str = str(artifacts[0].data)
+    return text
+
+
+def test_the_rotate_deployment_rotates_the_named_entry_on_a_process_worker(
+    stack: Stack, rotation_env: RotationEnv
+) -> None:
+    stack.write_config(rotation_env)
+    old = rotation_env.current()
+
+    run = run_deployment_and_wait(stack, "langfuse-key-rotation/rotate", project=ENTRY)
+
+    assert run.state.is_completed(), f"{run.state.message}\n{stack.worker_output()}"
+    assert run.work_pool_name == POOL
+    assert re.fullmatch(rf"rotate-{ENTRY}-\d{{8}}-\d{{4}}", run.name)
+    assert {f"project:{ENTRY}", "mode:scheduled", "store:main"} <= set(run.tags)
+    new = rotation_env.current()
+    assert new.public_key != old.public_key
+    assert rotation_env.works(new)
+    assert not rotation_env.works(old), "the old key is revoked"
+    markdown = artifact_markdown(run)
+    assert "| step | outcome | duration (s) | detail |" in markdown
+    assert re.search(r"^\| verify \| done \|", markdown, re.MULTILINE)
+    assert f"| new public key | `{new.public_key}` |" in markdown
+    assert new.secret_key.get_secret_value() not in markdown
+    assert old.secret_key.get_secret_value() not in markdown
+
+
+def test_the_emergency_deployment_contains_the_named_entry_on_a_process_worker(
+    stack: Stack, rotation_env: RotationEnv
+) -> None:
+    stack.write_config(rotation_env)
+    compromised = rotation_env.current()
+
+    run = run_deployment_and_wait(stack, "langfuse-key-emergency/emergency-rotation", project=ENTRY)
+
+    assert run.state.is_completed(), f"{run.state.message}\n{stack.worker_output()}"
+    assert re.fullmatch(rf"emergency-{ENTRY}-\d{{8}}-\d{{4}}", run.name)
+    assert {f"project:{ENTRY}", "mode:emergency", "store:main"} <= set(run.tags)
+    new = rotation_env.current()
+    assert new.public_key != compromised.public_key
+    assert rotation_env.works(new)
+    assert not rotation_env.works(compromised), "the compromised key is revoked"
+    markdown = artifact_markdown(run)
+    assert "(emergency)" in markdown
+    assert re.search(r"^\| revoke \| done \|", markdown, re.MULTILINE)
+
+
+def test_a_run_whose_config_is_missing_on_the_worker_fails_and_notifies(
+    stack: Stack, rotation_env: RotationEnv
+) -> None:
+    stack.config_path.unlink(missing_ok=True)
+
+    run = run_deployment_and_wait(stack, "langfuse-key-rotation/rotate", project=ENTRY)
+
+    assert run.state.is_failed()
+    assert "cannot read configuration" in (run.state.message or "")
+    notes = rotation_env.sink.wait_for(1, timeout_s=30)
+    assert notes[0].json["type"] == "failure"
+    assert run.name in notes[0].json["title"]
+    assert "cannot read configuration" in notes[0].json["message"]
