@@ -28,8 +28,9 @@ from devstack.sinks import JsonSink
 from tests.fixtures.langfuse_sim import SimProcess
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
+pytestmark = pytest.mark.slow
 # One store kind keeps this suite short: the store contract is covered elsewhere for both.
-pytestmark = [pytest.mark.slow, pytest.mark.parametrize("any_store", ["vault"], indirect=True)]
+vault_only = pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "langfuse-rotation"  # the work pool deployments/prefect.yaml names
@@ -142,6 +143,7 @@ def artifact_markdown(run: Any) -> str:
     return text
 
 
+@vault_only
 def test_the_rotate_deployment_rotates_the_named_entry_on_a_process_worker(
     stack: Stack, rotation_env: RotationEnv
 ) -> None:
@@ -166,6 +168,7 @@ def test_the_rotate_deployment_rotates_the_named_entry_on_a_process_worker(
     assert old.secret_key.get_secret_value() not in markdown
 
 
+@vault_only
 def test_the_emergency_deployment_contains_the_named_entry_on_a_process_worker(
     stack: Stack, rotation_env: RotationEnv
 ) -> None:
@@ -186,6 +189,7 @@ def test_the_emergency_deployment_contains_the_named_entry_on_a_process_worker(
     assert re.search(r"^\| revoke \| done \|", markdown, re.MULTILINE)
 
 
+@vault_only
 def test_a_run_whose_config_is_missing_on_the_worker_fails_and_notifies(
     stack: Stack, rotation_env: RotationEnv
 ) -> None:
@@ -199,3 +203,46 @@ def test_a_run_whose_config_is_missing_on_the_worker_fails_and_notifies(
     assert notes[0].json["type"] == "failure"
     assert run.name in notes[0].json["title"]
     assert "cannot read configuration" in notes[0].json["message"]
+
+
+@vault_only
+def test_the_quarterly_deployment_rotates_every_entry_as_its_own_run(stack: Stack, rotation_env: RotationEnv) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    stack.write_config(rotation_env)
+    old = rotation_env.current()
+
+    run = run_deployment_and_wait(stack, "langfuse-key-rotation-all/quarterly")
+
+    assert run.state.is_completed(), f"{run.state.message}\n{stack.worker_output()}"
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]))
+        )
+    assert [re.sub(r"\d{8}-\d{4}$", "*", c.name) for c in children] == [f"rotate-{ENTRY}-*"]
+    assert children[0].state is not None and children[0].state.is_completed()
+    assert {f"project:{ENTRY}", "mode:scheduled", "store:main"} <= set(children[0].tags)
+    assert rotation_env.current().public_key != old.public_key
+    assert "| step | outcome |" in artifact_markdown(children[0])
+
+
+def test_the_yaml_schedules_rotation_quarterly_and_reconcile_daily_and_leaves_emergency_unscheduled(
+    stack: Stack,
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployments = {d.name: d for d in client.read_deployments()}
+
+    assert set(deployments) == {"quarterly", "rotate", "emergency-rotation", "reconcile"}
+    schedules = {name: [s.schedule for s in d.schedules] for name, d in deployments.items()}
+    (quarterly,) = schedules["quarterly"]
+    assert (quarterly.cron, quarterly.timezone) == ("0 3 1 1,4,7,10 *", "Europe/Berlin")
+    (daily,) = schedules["reconcile"]
+    assert daily.cron.endswith("* * *") and daily.timezone == "Europe/Berlin"
+    assert schedules["rotate"] == schedules["emergency-rotation"] == []
+    assert all(d.work_pool_name == POOL for d in deployments.values())
+    # Parameters are names only: no deployment carries a default beyond the entry name.
+    assert all(not d.parameters for d in deployments.values())
+    assert "project" in deployments["emergency-rotation"].parameter_openapi_schema["required"]
