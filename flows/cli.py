@@ -172,7 +172,10 @@ def _reconcile(args: argparse.Namespace) -> int:
     path, config = _load(args)
     assert isinstance(config, RotationConfig)
     names = [args.project] if args.project else [e.name for e in config.projects]
-    results = [execute("reconcile", name, path, DirectRunner()) for name in names]
+    # Without Prefect, but under the same per-entry lock as rotations (Prefect's limit too, when a
+    # server answers): a reconcile rolls back what it finds staged, which must not be a live run.
+    lock_with_prefect = _prefect_reachable()
+    results = [execute("reconcile", name, path, DirectRunner(), lock_with_prefect=lock_with_prefect) for name in names]
     for result in results:
         _print_result(result, as_json=False)
     if args.json:

@@ -30,7 +30,11 @@ def execute(
     run_label: str | None = None,
     compromised_public_key: str | None = None,
     approve: Approver | None = None,
+    lock_with_prefect: bool | None = None,
 ) -> RotationResult:
+    """``lock_with_prefect``: also take the entry's Prefect concurrency limit (when a Prefect server
+    is configured); by default only runs on the Prefect runner do. A reconcile run without Prefect
+    passes True when the server answers: it changes the same state a rotation does."""
     install_redaction()
     config = load_config(config_path)
     entry = config.entry(project)
@@ -52,9 +56,8 @@ def execute(
         # An emergency waits a little for a scheduled run of the same key to let go; it never
         # barges in, because two writers would fight over the store.
         wait_s = max(config.lock.wait_s, 30.0) if kind == "emergency" else config.lock.wait_s
-        with entry_lock(
-            entry.name, wait_s=wait_s, lease_s=config.lock.lease_s, use_prefect=runner.orchestrator == "prefect"
-        ):
+        use_prefect = runner.orchestrator == "prefect" if lock_with_prefect is None else lock_with_prefect
+        with entry_lock(entry.name, wait_s=wait_s, lease_s=config.lock.lease_s, use_prefect=use_prefect):
             if kind == "rotate":
                 return run_scheduled(ctx, runner, approve=approve)
             if kind == "emergency":

@@ -7,12 +7,20 @@ Two layers, both released when their holder dies, so a crashed rotation never bl
   demand, with a lease) when a Prefect server is configured, so runs on different workers exclude
   each other and a crashed holder's slot comes back when its lease expires.
 The store's check-and-set fences every write again underneath.
+
+A holder killed on this host (SIGKILL, OOM) would block the next run of the entry here until its
+lease expires (60 s at the least). So the holder writes its lease id to ``<entry>.lease`` beside
+its lock file while it holds both, and removes it when it lets go. The next run takes the flock
+first: if it then finds a lease file, the process that wrote it no longer holds the flock, so it is
+gone, and its slot is stale: the run releases that lease before asking for a slot. A holder on
+another host is never touched: its lease file is on its own host, and its slot expires with its lease.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
 import time
@@ -83,24 +91,61 @@ def _ensure_limit(name: str) -> None:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
 
 
+def _lease_file(entry: str) -> Path:
+    return _lock_dir() / f"{lock_name(entry)}.lease"
+
+
+def release_stale_lease(entry: str) -> str | None:
+    """Release the Prefect slot a crashed holder on this host left behind; the caller must hold
+    the entry's flock (that is what proves the writer of the lease file is gone).
+    Returns the released lease id, or None if there was none."""
+    path = _lease_file(entry)
+    try:
+        lease_id = str(json.loads(path.read_text())["lease_id"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)  # unreadable: nothing we could release
+        return None
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.release_concurrency_slots_with_lease(UUID(lease_id))  # an expired or released lease is a no-op
+    path.unlink(missing_ok=True)
+    return lease_id
+
+
 @contextlib.contextmanager
 def prefect_lock(entry: str, *, wait_s: float, lease_s: int) -> Iterator[None]:
+    from prefect.concurrency.context import ConcurrencyContext
     from prefect.concurrency.sync import concurrency
 
     name = lock_name(entry)
     _ensure_limit(name)
-    try:
-        # A zero timeout would mean "do not even try once"; one short attempt is the intent.
-        slot = concurrency(name, occupy=1, strict=True, timeout_seconds=max(wait_s, 1.0), lease_duration=lease_s)
-        slot.__enter__()
-    except TimeoutError:
-        raise RotationInProgressError(
-            f"rotation already in progress for '{entry}' (Prefect concurrency limit {name} is taken)"
-        ) from None
-    try:
-        yield
-    finally:
-        slot.__exit__(None, None, None)
+    release_stale_lease(entry)
+    with contextlib.ExitStack() as stack:
+        # Prefect records every lease it grants in the active ConcurrencyContext (a flow run has
+        # one); that is where this holder learns its lease id for the lease file.
+        leases = ConcurrencyContext.get() or stack.enter_context(ConcurrencyContext())
+        before = set(leases.cleanup_lease_ids)
+        try:
+            # A zero timeout would mean "do not even try once"; one short attempt is the intent.
+            slot = concurrency(name, occupy=1, strict=True, timeout_seconds=max(wait_s, 1.0), lease_duration=lease_s)
+            slot.__enter__()
+        except TimeoutError:
+            raise RotationInProgressError(
+                f"rotation already in progress for '{entry}' (Prefect concurrency limit {name} is taken)"
+            ) from None
+        granted = [str(lease) for lease in leases.cleanup_lease_ids if lease not in before]
+        if granted:
+            _lease_file(entry).write_text(json.dumps({"lease_id": granted[0], "pid": os.getpid()}))
+        try:
+            yield
+        finally:
+            slot.__exit__(None, None, None)
+            _lease_file(entry).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
