@@ -5,7 +5,7 @@
 What is measured: from the moment the command is started (just before the subprocess is spawned)
 until BOTH the compromised key gets 401 from Langfuse AND the new pair is the current secret in
 the store. The benchmark watches both from its own process, polling every ``--poll-ms`` (a probe
-of the compromised key + a store read per poll). The simulator runs in its normal mode (no cache
+of the compromised key; once it is rejected, a store read). The simulator runs in its normal mode (no cache
 race), where probing a key before or after its deletion does not change when it is rejected.
 
 Modes (each run contains a fresh key of its own, seeded in the store just before the run):
@@ -61,6 +61,13 @@ from devstack.prefect_server import PrefectServer, free_port  # noqa: E402
 from devstack.sinks import JsonSink  # noqa: E402
 
 ENTRY = "bench-chatbot"
+
+
+def entry_name(location: SecretLocation) -> str:
+    """One entry per run, so a run never finds (and deletes) the keys an earlier run created."""
+    return f"bench-{location.path.rsplit('-', 1)[-1]}"
+
+
 TARGETS = {"server": 3.0, "no-prefect": 1.5, "cold": 15.0}
 LABELS = {
     "floor": "floor (direct HTTP calls)",
@@ -114,7 +121,7 @@ class Stack:
             "stores": {"main": {"kind": "vault", "url": self.bao.url, "token": "${BENCH_VAULT_TOKEN}"}},
             "projects": [
                 {
-                    "name": ENTRY,
+                    "name": entry_name(location),
                     "project_id": self.project_id,
                     "store": "main",
                     "path": location.path,
@@ -212,7 +219,8 @@ def command_run(stack: Stack, env: dict[str, str], poll_s: float, timeout_s: flo
     """Start ``langfuse-rotate emergency`` and watch for containment from outside."""
     old, location = stack.new_compromised_key()
     config = stack.write_config(location)
-    argv = [sys.executable, "-m", "flows.cli", "emergency", "--config", str(config), "--project", ENTRY, "--json"]
+    argv = [sys.executable, "-m", "flows.cli", "emergency", "--config", str(config), "--project", entry_name(location)]
+    argv.append("--json")
     with LangfuseProjectClient(stack.sim_url, old) as probe:
         started = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -223,9 +231,15 @@ def command_run(stack: Stack, env: dict[str, str], poll_s: float, timeout_s: flo
             if now > deadline:
                 proc.kill()
                 raise RuntimeError(f"not contained within {timeout_s}s")
+            # One request per poll while waiting (the store is promoted before the key is deleted, so
+            # it is read only once the key is rejected): the watcher must not starve the command.
             if rejected_at is None and not probe.probe().accepted:
                 rejected_at = time.perf_counter()
-            if stored_at is None and stack.store.describe(location).current_public_key != old.public_key:
+            if (
+                rejected_at is not None
+                and stored_at is None
+                and stack.store.describe(location).current_public_key != old.public_key
+            ):
                 stored_at = time.perf_counter()
             if rejected_at is None or stored_at is None:
                 time.sleep(poll_s)
@@ -267,7 +281,7 @@ def summarize(name: str, samples: list[Sample], floor: float | None) -> dict[str
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = (
-        f"{'mode':<38} {'runs':>4} {'median':>8} {'min–max':>15} {'IQR':>7} {'× floor':>8} "
+        f"{'mode':<38} {'runs':>4} {'median':>8} {'min-max':>15} {'IQR':>7} {'x floor':>8} "
         f"{'target':>7} {'met':>4} {'exit':>7}"
     )
     print(header)
@@ -279,18 +293,16 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         exit_text = f"{r['command_exit_median_s']:.2f}s" if r["command_exit_median_s"] is not None else "-"
         print(
             f"{r['label']:<38} {r['runs']:>4} {r['median_s']:>7.3f}s "
-            f"{r['min_s']:>6.3f}–{r['max_s']:<6.3f}s {r['iqr_s']:>6.3f}s {ratio:>8} {target:>7} {met:>4} {exit_text:>7}"
+            f"{r['min_s']:>6.3f}-{r['max_s']:<6.3f}s {r['iqr_s']:>6.3f}s {ratio:>8} {target:>7} {met:>4} {exit_text:>7}"
         )
     print(
-        "\nmedian/min–max/IQR: seconds from spawning the command to (compromised key 401 AND new pair current);"
+        "\nmedian/min-max/IQR: seconds from spawning the command to (compromised key 401 AND new pair current);"
         "\nexit: median seconds until the command exited (restarts, canary, notification and Prefect teardown"
         " come after containment)."
     )
 
 
-def measure(
-    name: str, runs: int, fn: Callable[[], Sample], warmup: Callable[[], Sample] | None = None
-) -> list[Sample]:
+def measure(name: str, runs: int, fn: Callable[[], Sample], warmup: Callable[[], Sample] | None = None) -> list[Sample]:
     if warmup is not None:
         print(f"{LABELS[name]}: untimed warm-up run ...", flush=True)
         warmup()
@@ -298,8 +310,10 @@ def measure(
     for i in range(runs):
         sample = fn()
         samples.append(sample)
-        print(f"{LABELS[name]}: run {i + 1}/{runs}: {sample.contained_s:.3f}s (exit {sample.exit_s or 0:.2f}s)",
-              flush=True)
+        print(
+            f"{LABELS[name]}: run {i + 1}/{runs}: {sample.contained_s:.3f}s (exit {sample.exit_s or 0:.2f}s)",
+            flush=True,
+        )
     return samples
 
 
@@ -309,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-runs", type=int, default=3, help="timed runs of the cold mode (default 3)")
     parser.add_argument("--modes", default="floor,server,no-prefect,cold", help="comma-separated subset")
     parser.add_argument("--cold-fresh-home", action="store_true", help="also one cold run on a fresh PREFECT_HOME")
-    parser.add_argument("--poll-ms", type=float, default=10.0, help="watcher poll interval (default 10 ms)")
+    parser.add_argument("--poll-ms", type=float, default=20.0, help="watcher poll interval (default 20 ms)")
     parser.add_argument("--json", type=Path, help="also write the table as JSON to this file")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -341,8 +355,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.cold_fresh_home:
                 home = workdir / "prefect-home-fresh"
                 env = dict(stack.base_env, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-                rows.append(summarize("cold-fresh", measure("cold-fresh", 1, lambda: command_run(stack, env, poll_s)),
-                                      floor_median))
+                rows.append(
+                    summarize(
+                        "cold-fresh", measure("cold-fresh", 1, lambda: command_run(stack, env, poll_s)), floor_median
+                    )
+                )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print()

@@ -26,11 +26,13 @@ import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import apprise
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+if TYPE_CHECKING:
+    import apprise
 
 __all__ = ["Notification", "Notifier", "NotifyResult", "NotifyTarget", "notification_tags"]
 
@@ -174,6 +176,8 @@ class NotifyTarget(BaseModel):
         if match is None:
             raise ValueError("not an apprise URL (expected scheme://...)")
         _FRAGMENTS.register(raw)
+        import apprise  # imported on first use: loading it costs ~0.1-0.4 s
+
         if apprise.Apprise.instantiate(raw) is None:
             raise ValueError(f"apprise cannot load this {match.group(1)}:// URL")
         return SecretStr(raw)
@@ -266,6 +270,8 @@ class Notifier:
         self._timeout_s = timeout_s
         self._clients: list[apprise.Apprise | None] = []
         self._load_errors: dict[int, str] = {}
+        import apprise
+
         for index, target in enumerate(self._targets, start=1):
             raw = target.url.get_secret_value()
             _FRAGMENTS.register(raw)

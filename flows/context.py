@@ -7,11 +7,12 @@ alone and is never recorded (task inputs are stored as references only, and cach
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import SecretStr
 
 from connectors.consumers import Consumer, ConsumerClient
 from connectors.langfuse import LangfuseAdminClient, LangfuseInstanceAdmin
-from connectors.notify import Notifier, NotifyTarget
 from connectors.store import SecretLocation, SecretStore
 from flows.audit import AuditLog
 from flows.config import (
@@ -23,6 +24,9 @@ from flows.config import (
     VaultStoreConfig,
 )
 from flows.redact import register_secret
+
+if TYPE_CHECKING:
+    from connectors.notify import Notifier
 
 
 def build_store(config: StoreConfig) -> SecretStore:
@@ -77,6 +81,7 @@ class EntryContext:
         *,
         flow_run_id: str | None = None,
         run_label: str | None = None,
+        eager_notifier: bool = True,
     ) -> None:
         self.config = config
         self.entry = entry
@@ -110,8 +115,21 @@ class EntryContext:
             )
             for c in entry.consumers
         ]
-        self.notifier = Notifier([NotifyTarget.parse(url) for url in config.notify.urls])
         self.audit = AuditLog(config.audit.path, run_id=flow_run_id)
+        self._notifier: Notifier | None = None
+        if eager_notifier:
+            self.notifier  # noqa: B018  (an invalid notify URL fails here, before anything changes)
+
+    @property
+    def notifier(self) -> Notifier:
+        """Built on first use when ``eager_notifier`` is off: apprise loads its plugins to check the
+        URLs (~0.3 s), which an emergency spends after the key is revoked, not before. Raises
+        ``ValueError`` for an invalid URL."""
+        if self._notifier is None:
+            from connectors.notify import Notifier, NotifyTarget
+
+            self._notifier = Notifier([NotifyTarget.parse(url) for url in self.config.notify.urls])
+        return self._notifier
 
     def _needed_stores(self) -> list[str]:
         org = self.config.langfuse.org_key

@@ -40,7 +40,10 @@ def execute(
     entry = config.entry(project)
     mode = "emergency" if kind == "emergency" else "scheduled"
     try:
-        ctx = EntryContext(config, entry, flow_run_id=flow_run_id, run_label=run_label)
+        # An emergency loads the notifier after containment (it costs ~0.3 s); other runs check it first.
+        ctx = EntryContext(
+            config, entry, flow_run_id=flow_run_id, run_label=run_label, eager_notifier=kind != "emergency"
+        )
     except ConnectorError as exc:
         return RotationResult(
             status="failed",

@@ -450,7 +450,8 @@ def notification_for(result: RotationResult) -> Notification:
 def _notify(ctx: EntryContext, result: RotationResult) -> None:
     try:
         outcome = ctx.notifier.send(notification_for(result))
-    except ConnectorError:
+    except (ConnectorError, ValueError) as exc:  # ValueError: an invalid notify URL (loaded lazily)
+        ctx.audit.record("notify", f"entry:{ctx.entry.name}", "failed", error=_one_line(exc))
         return
     ctx.audit.record("notify", f"entry:{ctx.entry.name}", outcome.status, delivered=outcome.delivered)
 
