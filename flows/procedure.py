@@ -146,29 +146,34 @@ def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | 
     plan: RotationPlan | None = None
     try:
         plan = _prepare(run, "scheduled")
-        created = run.step("create", create_key, ctx, plan)
-        record = created.record
-        plan = plan.model_copy(update={"new_public_key": record.new_public_key})
-        run.result.new_public_key = record.new_public_key
-        if approve is not None:
-            _approval(run, approve, plan, record)
-        promoted = run.step("store", promote_key, ctx, record)
-        run.result.store_version = promoted.version
-        consumers = run.step(
-            "wait_for_restarts",
-            wait_for_consumers,
-            ctx,
-            record.new_public_key,
-            timeout_s=entry.wait_timeout_s + entry.grace_period_s + 60,
-        )
-        run.result.consumers = consumers.wait.last_seen
-        if not consumers.wait.all_switched:
-            run.result.lagging_consumers = consumers.wait.lagging
-            raise StepFailed(
-                "wait_for_restarts", _lagging_message(consumers, record.new_public_key, entry.wait_timeout_s)
+        resumed = _resumed_after_delete(run, plan)
+        if resumed is not None:
+            record = resumed
+            plan = plan.model_copy(update={"new_public_key": record.new_public_key})
+        else:
+            created = run.step("create", create_key, ctx, plan)
+            record = created.record
+            plan = plan.model_copy(update={"new_public_key": record.new_public_key})
+            run.result.new_public_key = record.new_public_key
+            if approve is not None:
+                _approval(run, approve, plan, record)
+            promoted = run.step("store", promote_key, ctx, record)
+            run.result.store_version = promoted.version
+            consumers = run.step(
+                "wait_for_restarts",
+                wait_for_consumers,
+                ctx,
+                record.new_public_key,
+                timeout_s=entry.wait_timeout_s + entry.grace_period_s + 60,
             )
-        run.step("verify", verify_key, ctx, record, timeout_s=entry.canary_timeout_s + 60)
-        run.result.verified = True
+            run.result.consumers = consumers.wait.last_seen
+            if not consumers.wait.all_switched:
+                run.result.lagging_consumers = consumers.wait.lagging
+                raise StepFailed(
+                    "wait_for_restarts", _lagging_message(consumers, record.new_public_key, entry.wait_timeout_s)
+                )
+            run.step("verify", verify_key, ctx, record, timeout_s=entry.canary_timeout_s + 60)
+            run.result.verified = True
     except BaseException as exc:
         result = _roll_back(run, plan, exc)
         _notify(ctx, result)
@@ -178,6 +183,36 @@ def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | 
     # Point of no return: the new pair is stored, adopted and verified.
     assert plan is not None
     return _revoke_and_finish(run, plan, record)
+
+
+def _resumed_after_delete(run: _Run, plan: RotationPlan) -> RotationRecord | None:
+    """The resumed rotation's record if the run that was killed had already deleted its old key.
+
+    The checklist deletes the old key only after every consumer switched and the new pair was
+    verified, so such a rotation is past the point of no return and can only be finished: rolling
+    it back would make a pair current that Langfuse no longer accepts and delete the only live key.
+    """
+    ctx = run.ctx
+    if not plan.resumed or plan.old_public_key is None:
+        return None
+    began = time.monotonic()
+    desc = ctx.store.describe(ctx.location)
+    pending = desc.pending
+    if pending is None or pending.rotation_id != plan.rotation_id or not desc.pending_promoted:
+        return None
+    if ctx.admin.find_api_key(ctx.entry.project_id, plan.old_public_key) is not None:
+        return None
+    run.record(
+        "resume",
+        "already_done",
+        began,
+        f"old key {plan.old_public_key} already deleted after {pending.new_public_key} was adopted and verified; "
+        "finishing the rotation",
+    )
+    run.result.new_public_key = pending.new_public_key
+    run.result.store_version = desc.current_version
+    run.result.verified = True
+    return pending
 
 
 def _approval(run: _Run, approve: Approver, plan: RotationPlan, record: RotationRecord) -> None:

@@ -116,9 +116,21 @@ def reconcile_orphans(ctx: EntryContext, plan: RotationPlan) -> ReconcileOutcome
     if desc.pending is not None:
         keep |= {desc.pending.old_public_key, desc.pending.new_public_key}
     actions: list[str] = []
-    for key in keys:
-        owner = parse_note(key.note)
-        if owner is None or owner[0] != ctx.entry.name or key.public_key in keep:
+    orphans = [
+        (key, owner)
+        for key in keys
+        if (owner := parse_note(key.note)) is not None and owner[0] == ctx.entry.name and key.public_key not in keep
+    ]
+    # A rollback killed after restoring the store but before moving consumers back leaves them on a
+    # key that is an orphan now: move them to the current pair before that key is deleted.
+    in_use = _keys_in_use(ctx, {key.public_key for key, _ in orphans})
+    if in_use and desc.current_public_key is not None:
+        _move_consumers_back(ctx, desc.current_public_key, ctx.entry.wait_timeout_s)
+        in_use = _keys_in_use(ctx, {key.public_key for key, _ in orphans})
+    for key, owner in orphans:
+        if key.public_key in in_use:
+            users = ", ".join(in_use[key.public_key])
+            actions.append(f"kept orphan key {key.public_key} of rotation {owner[1]}: {users} still use it")
             continue
         try:
             ctx.admin.delete_api_key(ctx.entry.project_id, key.id)
@@ -473,6 +485,10 @@ def rollback_rotation(
                 record = desc.pending
                 new_public_key = record.new_public_key
                 was_promoted = desc.pending_promoted
+                if was_promoted and record.old_public_key is not None:
+                    refused = _refuse_restoring_a_dead_key(ctx, record)
+                    if refused is not None:
+                        return RollbackOutcome(store_restored=False, new_key_deleted=False, errors=[refused])
                 restored_version = ctx.store.rollback(ctx.location, record)
                 crash_point("after_store_rollback")
             else:
@@ -510,6 +526,38 @@ def rollback_rotation(
         old_pair_valid=_current_pair_works(ctx, plan.old_public_key) if store_restored else None,
         errors=[scrub(e) for e in errors],
     )
+
+
+def _refuse_restoring_a_dead_key(ctx: EntryContext, record: RotationRecord) -> str | None:
+    """Why the promoted ``record`` must not be rolled back, or None if it may.
+
+    Only a pair Langfuse still has may become current again; a run killed after deleting the old key
+    leaves a promoted rotation whose old key is gone, and restoring it would leave no working pair.
+    """
+    try:
+        alive = ctx.admin.find_api_key(ctx.entry.project_id, record.old_public_key or "") is not None
+    except ConnectorError as exc:
+        why = f"cannot be confirmed in Langfuse ({exc})"
+    else:
+        if alive:
+            return None
+        why = "is already deleted from Langfuse"
+    return scrub(
+        f"not rolled back: the old key {record.old_public_key} {why}; the new pair {record.new_public_key} "
+        "stays current; rerun the rotation or reconcile to finish it"
+    )
+
+
+def _keys_in_use(ctx: EntryContext, public_keys: set[str]) -> dict[str, list[str]]:
+    """Which of ``public_keys`` the consumers report now (public key to consumer names)."""
+    in_use: dict[str, list[str]] = {}
+    if not public_keys:
+        return in_use
+    for consumer in ctx.consumers:
+        seen = ctx.consumer_client.observe(consumer).public_key
+        if seen in public_keys:
+            in_use.setdefault(seen, []).append(consumer.name)
+    return in_use
 
 
 def _move_consumers_back(ctx: EntryContext, old_public_key: str, wait_s: float) -> list[str]:

@@ -1,0 +1,30 @@
+"""``python -m tests.direct_cli rotate|emergency|reconcile --config FILE --project NAME``.
+
+The command line's ``rotate`` always runs through Prefect (~10 s per process on the CI box); the
+crash matrix runs the same checklist with the in-process ``DirectRunner`` instead, in a child
+process that can be SIGKILLed, and prints the same output (the ``--json`` object last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flows.cli import _print_result
+from flows.execute import execute
+from flows.runner import DirectRunner
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="direct_cli")
+    parser.add_argument("kind", choices=["rotate", "emergency", "reconcile"])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--project", required=True)
+    args = parser.parse_args(argv)
+    result = execute(args.kind, args.project, args.config, DirectRunner())
+    _print_result(result, as_json=True)
+    return int(result.exit_code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
