@@ -36,7 +36,10 @@ from flows.runner import PrefectRunner
     on_crashed=[notify_unhandled_failure],
 )
 def emergency(project: str, config_path: str | None = None, public_key: str | None = None) -> Any:
-    """Contain a compromised key of one entry: the key is revoked without waiting for consumers."""
+    """Contain a compromised key of one entry: the key is revoked without waiting for consumers.
+
+    ``public_key`` "" means the key in the store, as None does (the automation in
+    ``flows.automation`` renders a missing ``payload.public_key`` as "")."""
     flow_run_id, label = current_flow_run()
     config = load_config(config_path)
     entry = config.entry(project)
@@ -48,7 +51,7 @@ def emergency(project: str, config_path: str | None = None, public_key: str | No
         PrefectRunner(),
         flow_run_id=flow_run_id,
         run_label=label,
-        compromised_public_key=public_key,
+        compromised_public_key=public_key or None,
     )
     publish_summary(result)
     return final_state(result)
