@@ -169,6 +169,7 @@ def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | 
             run.result.consumers = consumers.wait.last_seen
             if not consumers.wait.all_switched:
                 run.result.lagging_consumers = consumers.wait.lagging
+                run.result.steps[-1].outcome = "failed"  # the step ran to its end, but this is why the run fails
                 raise StepFailed(
                     "wait_for_restarts", _lagging_message(consumers, record.new_public_key, entry.wait_timeout_s)
                 )
