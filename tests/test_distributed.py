@@ -110,9 +110,7 @@ def stack(
                 start_new_session=True,
             )
         try:
-            with temporary_settings(
-                updates={PREFECT_API_URL: server.api_url, PREFECT_SERVER_ANALYTICS_ENABLED: False}
-            ):
+            with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
                 yield Stack(server=server, config_path=config_path, worker_log=worker_log)
         finally:
             os.killpg(worker.pid, 15)
@@ -129,6 +127,15 @@ def run_deployment_and_wait(stack: Stack, name: str, **parameters: Any) -> Any:
     run = run_deployment(name, parameters=parameters, timeout=RUN_TIMEOUT_S, poll_interval=1)
     assert run.state is not None and run.state.is_final(), f"{name} did not finish:\n{stack.worker_output()}"
     return run
+
+
+def read_run(run_id: str) -> Any:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(UUID(run_id))
 
 
 def artifact_markdown(run: Any) -> str:
@@ -175,9 +182,30 @@ def test_the_emergency_deployment_contains_the_named_entry_on_a_process_worker(
     stack.write_config(rotation_env)
     compromised = rotation_env.current()
 
-    run = run_deployment_and_wait(stack, "langfuse-key-emergency/emergency-rotation", project=ENTRY)
+    # Triggered with the README's command line rather than the Python API.
+    proc = subprocess.run(
+        [
+            _prefect(),
+            "deployment",
+            "run",
+            "langfuse-key-emergency/emergency-rotation",
+            "-p",
+            f"project={ENTRY}",
+            "--watch",
+            "--watch-interval",
+            "1",
+            "--watch-timeout",
+            str(RUN_TIMEOUT_S),
+        ],
+        env=stack.server.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S + 30,
+    )
 
-    assert run.state.is_completed(), f"{run.state.message}\n{stack.worker_output()}"
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{stack.worker_output()}"
+    run = read_run(re.search(r"UUID: ([0-9a-f-]{36})", proc.stdout).group(1))  # type: ignore[union-attr]
+    assert run.state.is_completed(), run.state.message
     assert re.fullmatch(rf"emergency-{ENTRY}-\d{{8}}-\d{{4}}", run.name)
     assert {f"project:{ENTRY}", "mode:emergency", "store:main"} <= set(run.tags)
     new = rotation_env.current()

@@ -126,8 +126,14 @@ def test_a_rotation_killed_by_sigterm_ends_crashed_and_the_crash_hook_notifies(e
     run = None
     with get_client(sync_client=True) as client:
         for _ in range(240):
-            run = next((r for r in client.read_flow_runs(flow_run_filter=paused)
-                        if r.parameters.get("config_path") == config_path), None)
+            run = next(
+                (
+                    r
+                    for r in client.read_flow_runs(flow_run_filter=paused)
+                    if r.parameters.get("config_path") == config_path
+                ),
+                None,
+            )
             if run is not None or proc.poll() is not None:
                 break
             time.sleep(0.5)
