@@ -25,7 +25,7 @@ def notify_unhandled_failure(flow: Any, flow_run: Any, state: Any) -> None:
     targets = _targets(parameters.get("config_path"))
     if not targets:
         return
-    project = parameters.get("project", "unknown")
+    project = parameters.get("project") or "all"
     title = f"Langfuse key rotation run {getattr(flow_run, 'name', '')} {getattr(state, 'name', 'failed')}"
     body = scrub(f"project: {project}\nflow run: {getattr(flow_run, 'id', '')}\nstate: {state.name}\n{message}")
     kind = "emergency" if "emergency" in str(getattr(flow, "name", "")) else "failure"

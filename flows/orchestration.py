@@ -24,8 +24,9 @@ logger = logging.getLogger("langfuse_rotate")
 
 
 def run_name(prefix: str) -> str:
-    """``<prefix>-<project>-<YYYYMMDD-HHMM>`` (UTC); the project is a name, never a secret."""
-    project = runtime_flow_run.parameters.get("project", "unknown")
+    """``<prefix>-<project>-<YYYYMMDD-HHMM>`` (UTC); the project is a name, never a secret.
+    Flows over every entry (no ``project``) are ``<prefix>-all-<YYYYMMDD-HHMM>``."""
+    project = runtime_flow_run.parameters.get("project") or "all"
     return f"{prefix}-{project}-{datetime.now(UTC):%Y%m%d-%H%M}"
 
 
@@ -35,6 +36,22 @@ def rotate_run_name() -> str:
 
 def emergency_run_name() -> str:
     return run_name("emergency")
+
+
+def reconcile_run_name() -> str:
+    return run_name("reconcile")
+
+
+def all_entries_state(outcomes: dict[str, State[Any]]) -> State[Any] | dict[str, str]:
+    """The final state of a flow that ran one subflow per entry: failed when any entry failed.
+    The message starts with a status, so the failure hook does not notify again what each
+    entry's own run already notified."""
+    names = {entry: state.name or state.type.value for entry, state in outcomes.items()}
+    failed = [entry for entry, state in outcomes.items() if not state.is_completed()]
+    if not failed:
+        return names
+    summary = ", ".join(f"{entry} {names[entry]}" for entry in failed)
+    return Failed(message=f"failed: {len(failed)} of {len(outcomes)} entries did not complete: {summary}", data=names)
 
 
 def current_flow_run() -> tuple[str, str]:

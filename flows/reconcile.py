@@ -6,11 +6,19 @@ from prefect import flow
 
 from flows.config import load_config
 from flows.execute import execute
-from flows.orchestration import current_flow_run, publish_summary
+from flows.hooks import notify_unhandled_failure
+from flows.orchestration import current_flow_run, publish_summary, reconcile_run_name
 from flows.runner import PrefectRunner
 
 
-@flow(name="langfuse-key-reconcile", persist_result=False, log_prints=False)
+@flow(
+    name="langfuse-key-reconcile",
+    flow_run_name=reconcile_run_name,
+    persist_result=False,
+    log_prints=False,
+    on_failure=[notify_unhandled_failure],
+    on_crashed=[notify_unhandled_failure],
+)
 def reconcile(config_path: str | None = None, project: str | None = None) -> dict[str, str]:
     flow_run_id, label = current_flow_run()
     config = load_config(config_path)

@@ -17,6 +17,7 @@ from flows.config import load_config
 from flows.execute import execute
 from flows.hooks import notify_unhandled_failure
 from flows.orchestration import (
+    all_entries_state,
     current_flow_run,
     final_state,
     pause_for_approval,
@@ -49,13 +50,20 @@ def rotate(project: str, config_path: str | None = None) -> Any:
     return final_state(result)
 
 
-@flow(name="langfuse-key-rotation-all", persist_result=False, log_prints=False)
-def rotate_all(config_path: str | None = None) -> dict[str, str]:
+@flow(
+    name="langfuse-key-rotation-all",
+    flow_run_name=rotate_run_name,
+    persist_result=False,
+    log_prints=False,
+    on_failure=[notify_unhandled_failure],
+    on_crashed=[notify_unhandled_failure],
+)
+def rotate_all(config_path: str | None = None) -> Any:
     """Rotate every configured entry, one after another (each as its own subflow run)."""
     config = load_config(config_path)
-    outcomes: dict[str, str] = {}
+    outcomes: dict[str, State[Any]] = {}
     for entry in config.projects:
         state = rotate(project=entry.name, config_path=config_path, return_state=True)
         assert isinstance(state, State)
-        outcomes[entry.name] = state.name or state.type.value
-    return outcomes
+        outcomes[entry.name] = state
+    return all_entries_state(outcomes)

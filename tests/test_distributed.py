@@ -234,25 +234,55 @@ def test_a_run_whose_config_is_missing_on_the_worker_fails_and_notifies(
 
 
 @vault_only
-def test_the_quarterly_deployment_rotates_every_entry_as_its_own_run(stack: Stack, rotation_env: RotationEnv) -> None:
+def test_the_quarterly_deployment_rotates_every_entry_as_its_own_run_and_fails_if_any_entry_fails(
+    stack: Stack, rotation_env: RotationEnv
+) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
+    rotation_env.extra_entries = [
+        {
+            "name": "no-secret-yet",
+            "project_id": rotation_env.project.id,
+            "store": "main",
+            "path": "langfuse/nothing-here",
+        }
+    ]
     stack.write_config(rotation_env)
     old = rotation_env.current()
 
     run = run_deployment_and_wait(stack, "langfuse-key-rotation-all/quarterly")
 
-    assert run.state.is_completed(), f"{run.state.message}\n{stack.worker_output()}"
+    assert re.fullmatch(r"rotate-all-\d{8}-\d{4}", run.name)
+    assert run.state.is_failed(), f"{run.state.message}\n{stack.worker_output()}"
+    assert run.state.message.startswith("failed: 1 of 2 entries did not complete: no-secret-yet")
     with get_client(sync_client=True) as client:
         children = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]))
         )
-    assert [re.sub(r"\d{8}-\d{4}$", "*", c.name) for c in children] == [f"rotate-{ENTRY}-*"]
-    assert children[0].state is not None and children[0].state.is_completed()
-    assert {f"project:{ENTRY}", "mode:scheduled", "store:main"} <= set(children[0].tags)
+    by_entry = {re.sub(r"^rotate-|-\d{8}-\d{4}$", "", c.name): c for c in children}
+    assert set(by_entry) == {ENTRY, "no-secret-yet"}
+    assert by_entry[ENTRY].state is not None and by_entry[ENTRY].state.is_completed()
+    assert {f"project:{ENTRY}", "mode:scheduled", "store:main"} <= set(by_entry[ENTRY].tags)
     assert rotation_env.current().public_key != old.public_key
-    assert "| step | outcome |" in artifact_markdown(children[0])
+    assert "| step | outcome |" in artifact_markdown(by_entry[ENTRY])
+    assert by_entry["no-secret-yet"].state is not None and by_entry["no-secret-yet"].state.is_failed()
+
+
+@vault_only
+def test_the_reconcile_deployment_leaves_a_named_run_with_a_summary_per_entry(
+    stack: Stack, rotation_env: RotationEnv
+) -> None:
+    stack.write_config(rotation_env)
+    old = rotation_env.current()
+
+    run = run_deployment_and_wait(stack, "langfuse-key-reconcile/reconcile")
+
+    assert run.state.is_completed(), f"{run.state.message}\n{stack.worker_output()}"
+    assert re.fullmatch(r"reconcile-all-\d{8}-\d{4}", run.name)
+    assert "mode:reconcile" in run.tags
+    assert "**Status:** `reconciled`" in artifact_markdown(run)
+    assert rotation_env.current().public_key == old.public_key, "reconcile never rotates"
 
 
 def test_the_yaml_schedules_rotation_quarterly_and_reconcile_daily_and_leaves_emergency_unscheduled(
