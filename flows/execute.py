@@ -6,6 +6,7 @@ server is reachable (with a ``DirectRunner``).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Literal
 
 from connectors.errors import ConnectorError
@@ -60,7 +61,11 @@ def execute(
         # barges in, because two writers would fight over the store.
         wait_s = max(config.lock.wait_s, 30.0) if kind == "emergency" else config.lock.wait_s
         use_prefect = runner.orchestrator == "prefect" if lock_with_prefect is None else lock_with_prefect
+        waiting_since = datetime.now(UTC)
+        seen = _current_public_key(ctx) if kind != "reconcile" else None
         with entry_lock(entry.name, wait_s=wait_s, lease_s=config.lock.lease_s, use_prefect=use_prefect):
+            if seen is not None:
+                _check_not_replaced_meanwhile(ctx, seen, waiting_since)
             if kind == "rotate":
                 return run_scheduled(ctx, runner, approve=approve)
             if kind == "emergency":
@@ -90,6 +95,34 @@ def execute(
         )
     finally:
         ctx.close()
+
+
+def _current_public_key(ctx: EntryContext) -> str | None:
+    """The entry's current public key, or None when the store cannot say (the run then fails in
+    its plan step, as it always did)."""
+    try:
+        return ctx.store.describe(ctx.location).current_public_key
+    except ConnectorError:
+        return None
+
+
+def _check_not_replaced_meanwhile(ctx: EntryContext, seen: str, waiting_since: datetime) -> None:
+    """Another run of this entry that held the lock while this one waited may have replaced the key:
+    going on would rotate the pair it just put in place (an emergency would revoke it at once, under
+    consumers that only just switched to it). Such a run is the one in progress; this one stops."""
+    try:
+        desc = ctx.store.describe(ctx.location)
+    except ConnectorError:
+        return  # the plan step reports it
+    finished = desc.last_rotated_at
+    if desc.current_public_key != seen or (
+        finished is not None and finished.tzinfo is not None and finished >= waiting_since
+    ):
+        raise RotationInProgressError(
+            f"rotation already in progress for '{ctx.entry.name}': another run replaced its key "
+            f"(now {desc.current_public_key}) while this one waited for the lock; nothing was changed "
+            "(run again if still needed)"
+        )
 
 
 def _orchestrator(runner: StepRunner) -> Literal["prefect", "none"]:
