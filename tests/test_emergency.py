@@ -325,6 +325,19 @@ def test_without_a_reachable_prefect_server_the_command_contains_in_process(rota
     assert final and final[-1]["outcome"] == "contained" and final[-1]["compromised_public_key"] == old.public_key
 
 
+def test_without_prefect_the_command_never_imports_prefect(rotation_env: RotationEnv) -> None:
+    """Containment does not depend on the orchestrator, not even on its package loading."""
+    proc = rotation_env.cli(
+        "emergency", "--config", str(rotation_env.write_config()), "--project", ENTRY, "--no-prefect",
+        env={"PYTHONPROFILEIMPORTTIME": "1"},
+    )
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "flows.procedure" in imported, "the import log was captured"
+    assert not [name for name in imported if name == "prefect" or name.startswith("prefect.")]
+
+
 def test_the_command_exits_4_when_consumers_lag(rotation_env: RotationEnv, health_stub: HealthStub) -> None:
     health_stub.set(mode="ok", public_key=rotation_env.current().public_key)
     rotation_env.consumers = [{"name": "billing-api", "health_url": health_stub.health_url}]
