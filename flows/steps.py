@@ -462,15 +462,19 @@ class RollbackOutcome(BaseModel):
 
 
 def rollback_rotation(
-    ctx: EntryContext, plan: RotationPlan, *, store_retry_s: float = 60.0, consumer_wait_s: float = 60.0
+    ctx: EntryContext, plan: RotationPlan, *, store_retry_s: float = 60.0, consumer_wait_s: float | None = None
 ) -> RollbackOutcome:
     """Return to the old pair: store first, then consumers, then delete the new key.
 
     The store is restored before the new key is deleted so a consumer that already adopted the new
     key is moved back before that key dies. The new key is never deleted while the store may still
-    serve it as current. Store calls are retried for ``store_retry_s`` (a sealed Vault is often
-    unsealed within minutes); what cannot be undone is reported, and ``reconcile`` finishes it.
+    serve it as current, nor while a consumer still reports it. Store calls are retried for
+    ``store_retry_s`` (a sealed Vault is often unsealed within minutes); consumers get
+    ``consumer_wait_s`` to come back (default: the entry's ``wait_timeout_s``, the time they get to
+    switch); what cannot be undone is reported, and ``reconcile`` finishes it.
     """
+    if consumer_wait_s is None:
+        consumer_wait_s = ctx.entry.wait_timeout_s
     errors: list[str] = []
     record: RotationRecord | None = None
     new_public_key = plan.new_public_key
@@ -508,7 +512,13 @@ def rollback_rotation(
         moved = _move_consumers_back(ctx, plan.old_public_key, consumer_wait_s)
         errors.extend(moved)
     new_key_deleted = False
-    if new_public_key is not None and store_restored and current_public_key != new_public_key:
+    still_used = _keys_in_use(ctx, {new_public_key}) if new_public_key is not None and was_promoted else {}
+    if new_public_key is not None and new_public_key in still_used:
+        errors.append(
+            f"new key {new_public_key} kept: {', '.join(still_used[new_public_key])} still use it; "
+            "run reconcile once they are back on the old key"
+        )
+    elif new_public_key is not None and store_restored and current_public_key != new_public_key:
         try:
             summary = ctx.admin.find_api_key(ctx.entry.project_id, new_public_key)
             if summary is not None:
