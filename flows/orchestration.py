@@ -14,6 +14,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
+from pydantic import Field
 
 from connectors.store import RotationRecord
 from flows.artifact import artifact_key, summary_markdown
@@ -88,10 +89,11 @@ def final_state(result: RotationResult) -> State[Any] | RotationResult:
 
 
 class RotationApproval(RunInput):
-    """What an approver fills in to let a rotation promote its new key."""
+    """What an approver fills in to let a rotation promote its new key. ``approver`` is required
+    (the audit log and the step table name who decided); ``approve`` starts unticked."""
 
     approve: bool
-    approver: str
+    approver: str = Field(min_length=1)
     reason: str = ""
 
 
@@ -120,9 +122,7 @@ def pause_for_approval(timeout_s: float) -> Any:
         get_run_logger().info("waiting up to %ss for approval of the rotation of %s", seconds, plan.entry)
         try:
             answer = pause_flow_run(
-                wait_for_input=RotationApproval.with_initial_data(
-                    description=description, approve=False, approver="", reason=""
-                ),
+                wait_for_input=RotationApproval.with_initial_data(description=description, approve=False),
                 timeout=seconds,
                 poll_interval=2,
             )

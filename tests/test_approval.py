@@ -153,6 +153,22 @@ def test_a_rotation_that_requires_approval_pauses_before_promoting_and_shows_the
     assert rotation.wait() == 1
 
 
+def test_an_answer_that_does_not_name_the_approver_is_refused_and_the_rotation_stays_paused(
+    env: RotationEnv, start_rotation: Any
+) -> None:
+    rotation = start_rotation()
+    run = rotation.paused_run()
+
+    with pytest.raises(RuntimeError, match="approver"):
+        resume(run.id, approve=True)
+    with pytest.raises(RuntimeError, match="approver"):
+        resume(run.id, approve=True, approver="")
+
+    assert read_run(run.id).state.type.value == "PAUSED"
+    resume(run.id, approve=False, approver="ci", reason="test over")
+    assert rotation.wait() == 1
+
+
 def test_approving_a_paused_rotation_promotes_the_new_key_and_finishes(env: RotationEnv, start_rotation: Any) -> None:
     old = env.current()
     rotation = start_rotation()

@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,8 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-OUTPUT = Path(__file__).resolve().parents[1] / "test-output" / "test_ui"
+REPO = Path(__file__).resolve().parents[1]
+OUTPUT = REPO / "test-output" / "test_ui"
 UI_TIMEOUT_MS = 60_000
 
 pytestmark = [
@@ -113,3 +117,64 @@ def _flow_run_name(flow_run_id: str) -> str:
         name: str = client.read_flow_run(UUID(flow_run_id)).name
     assert re.fullmatch(rf"rotate-{ENTRY}-\d{{8}}-\d{{4}}", name)
     return name
+
+
+def test_a_person_approves_a_paused_rotation_with_the_resume_form_in_the_prefect_ui(
+    rotation_env: RotationEnv, prefect_server: PrefectServer, browser_page: Any, screenshots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    rotation_env.prefect_env = prefect_server.client_env(rotation_env.env)
+    rotation_env.entry_overrides = {"approval": "required", "approval_timeout_s": 600}
+    config_path = str(rotation_env.write_config())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "rotate", "--config", config_path, "--project", ENTRY, "--json"],
+        env=rotation_env.prefect_env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run_id = _paused_run_id(config_path, proc)
+        new_public_key = rotation_env.store.store.describe(rotation_env.location).pending.new_public_key  # type: ignore[union-attr]
+        page = browser_page
+        page.goto(f"{prefect_server.ui_url}/runs/flow-run/{run_id}")
+
+        page.get_by_role("button", name="Resume").click()
+        form = page.get_by_role("dialog")
+        expect(form.get_by_text(new_public_key)).to_be_visible()  # the plan is shown above the form
+        expect(form.get_by_text(rotation_env.path)).to_be_visible()
+        form.get_by_role("switch").click()
+        form.locator(".schema-form-property").filter(has_text="Approver").locator("textarea").fill("ui-approver")
+        form.locator(".schema-form-property").filter(has_text="Reason").locator("textarea").fill("change 42")
+        page.screenshot(path=str(screenshots / "resume-form.png"), full_page=True)
+        form.get_by_role("button", name="Submit").click()
+
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out + err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["status"] == "rotated"
+    assert rotation_env.current().public_key == new_public_key
+    approval = next(s for s in result["steps"] if s["step"] == "approval")
+    assert approval["detail"] == "approved by ui-approver: change 42"
+
+
+def _paused_run_id(config_path: str, proc: subprocess.Popen[str]) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+    with get_client(sync_client=True) as client:
+        for _ in range(240):
+            for run in client.read_flow_runs(flow_run_filter=paused):
+                if run.parameters.get("config_path") == config_path:
+                    return str(run.id)
+            assert proc.poll() is None, "the rotation ended without pausing"
+            time.sleep(0.5)
+    raise AssertionError("the rotation did not pause")
