@@ -192,6 +192,7 @@ def test_a_rollback_killed_before_consumers_moved_back_does_not_revoke_the_key_t
 # --- reconcile alone ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("any_store", ["aws"], indirect=True)
 def test_reconcile_alone_rolls_back_a_rotation_killed_before_the_old_key_was_revoked(
     rotation_env: RotationEnv, consumer: ConsumerProcess
 ) -> None:
@@ -209,6 +210,7 @@ def test_reconcile_alone_rolls_back_a_rotation_killed_before_the_old_key_was_rev
     assert_consumer_never_rejected(env, consumer, old.public_key)
 
 
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 def test_reconcile_alone_finishes_a_rotation_killed_after_the_old_key_was_deleted(
     rotation_env: RotationEnv, consumer: ConsumerProcess
 ) -> None:
@@ -228,6 +230,7 @@ def test_reconcile_alone_finishes_a_rotation_killed_after_the_old_key_was_delete
     assert_consumer_never_rejected(env, consumer, new_key)
 
 
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 def test_reconcile_alone_deletes_the_key_a_rollback_killed_after_restoring_the_store_left_behind(
     rotation_env: RotationEnv,
 ) -> None:
@@ -271,6 +274,7 @@ def test_a_resumed_rotation_whose_old_key_is_gone_finishes_instead_of_rolling_ba
     assert_consumer_never_rejected(env, consumer, new_key)
 
 
+@pytest.mark.parametrize("any_store", ["aws"], indirect=True)
 def test_a_rollback_refuses_to_restore_an_old_pair_langfuse_no_longer_has(rotation_env: RotationEnv) -> None:
     from flows.config import load_config
     from flows.context import EntryContext
@@ -323,7 +327,9 @@ def active_slots(entry: str) -> int:
         return int(client.read_global_concurrency_limit_by_name(lock_name(entry)).active_slots)
 
 
-@pytest.mark.parametrize("point", ["after_promote", "after_delete"])
+@pytest.mark.parametrize(
+    ("any_store", "point"), [("vault", "after_promote"), ("aws", "after_delete")], indirect=["any_store"]
+)
 def test_a_rotation_killed_under_prefect_is_completed_by_the_next_cli_run_without_waiting_for_its_lease(
     prefect_env: RotationEnv, consumer: ConsumerProcess, point: str
 ) -> None:
