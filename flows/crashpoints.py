@@ -22,6 +22,8 @@ POINTS = (
     "after_revoke",  # old key proven rejected; staging not yet cleared
     "after_finish",  # rotation recorded; notification not yet sent
     "after_store_rollback",  # rollback restored the old pair; new key not yet deleted
+    "after_rollback_restarts",  # rollback moved consumers back to the old pair; new key not yet deleted
+    "after_orphan_delete",  # reconcile deleted one orphan key; others may remain
 )
 
 

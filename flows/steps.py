@@ -136,6 +136,7 @@ def reconcile_orphans(ctx: EntryContext, plan: RotationPlan) -> ReconcileOutcome
             ctx.admin.delete_api_key(ctx.entry.project_id, key.id)
         except ConnectorError as exc:
             raise _fail_on_connector_error("reconcile", exc) from None
+        crash_point("after_orphan_delete")
         actions.append(f"deleted orphan key {key.public_key} left by rotation {owner[1]}")
         ctx.audit.record(
             "reconcile.delete_orphan", _resource(ctx), "done", public_key=key.public_key, rotation_id=owner[1]
@@ -510,6 +511,7 @@ def rollback_rotation(
         ctx.audit.record("store.rollback", _resource(ctx), "done", store_version=restored_version)
     if store_restored and was_promoted and ctx.consumers and plan.old_public_key is not None:
         moved = _move_consumers_back(ctx, plan.old_public_key, consumer_wait_s)
+        crash_point("after_rollback_restarts")
         errors.extend(moved)
     new_key_deleted = False
     still_used = _keys_in_use(ctx, {new_public_key}) if new_public_key is not None and was_promoted else {}

@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from devstack.consumer import ConsumerProcess, start_consumer_process
 from devstack.prefect_server import PrefectServer
@@ -38,7 +40,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 OTEL_PATH = "/api/public/otel/v1/traces"
 KILLED = -9
-ROTATION_POINTS = tuple(p for p in POINTS if p != "after_store_rollback")
+ROLLBACK_POINTS = ("after_store_rollback", "after_rollback_restarts")
+ROTATION_POINTS = tuple(p for p in POINTS if p not in {*ROLLBACK_POINTS, "after_orphan_delete"})
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -92,9 +95,14 @@ def consumer_exports(env: RotationEnv) -> list[dict[str, Any]]:
 
 
 def assert_consumer_never_rejected(env: RotationEnv, consumer: ConsumerProcess, expected_key: str) -> None:
-    """The consumer never sent with a revoked key, and now uses ``expected_key``."""
-    exports = consumer_exports(env)
-    rejected = [r for r in exports if r["status"] != 200]
+    """The consumer never sent with a revoked key, and now uses ``expected_key``. It kept sending
+    after the last key was deleted, so a key deleted under it would have shown as a 401."""
+    deletes = [r["seq"] for r in env.sim.requests()["requests"] if r["method"] == "DELETE" and "/apiKeys/" in r["path"]]
+    deadline = time.monotonic() + 5
+    while deletes and not [r for r in consumer_exports(env) if r["seq"] > deletes[-1]]:
+        assert time.monotonic() < deadline, "the consumer stopped sending traces"
+        time.sleep(0.1)
+    rejected = [r for r in consumer_exports(env) if r["status"] != 200]
     assert rejected == [], f"a consumer export was rejected: the key it used was revoked under it: {rejected}"
     assert httpx.get(consumer.health_url, timeout=5).json()["langfuse_public_key"] == expected_key
 
@@ -147,15 +155,16 @@ def test_a_rotation_killed_at_any_point_is_completed_by_the_next_run(
 # --- killed during a rollback --------------------------------------------------------------------
 
 
-def test_a_rollback_killed_after_restoring_the_store_is_cleaned_up_by_the_next_run(
-    rotation_env: RotationEnv,
+@pytest.mark.parametrize("point", ROLLBACK_POINTS)
+def test_a_rollback_killed_before_deleting_the_new_key_is_cleaned_up_by_the_next_run(
+    rotation_env: RotationEnv, point: str
 ) -> None:
     env = rotation_env
     old = env.current()
     with start_consumer(env, ignore_restart=True) as stuck:  # never adopts the new key: the run rolls back
         env.entry_overrides = {"wait_timeout_s": 1.5}
 
-        killed(run_direct(env, "rotate", crash_at="after_store_rollback"), "after_store_rollback")
+        killed(run_direct(env, "rotate", crash_at=point), point)
         abandoned = [k["publicKey"] for k in env.project_keys() if k["publicKey"] != old.public_key]
         assert len(abandoned) == 1, "the killed rollback left its new key in Langfuse"
         rerun = run_direct(env, "rotate")
@@ -249,6 +258,33 @@ def test_reconcile_alone_deletes_the_key_a_rollback_killed_after_restoring_the_s
         assert any("deleted orphan key" in action for action in result["reconciled"]), result
         assert_clean(env, current_public_key=old.public_key)
         assert_consumer_never_rejected(env, stuck, old.public_key)
+
+
+@pytest.mark.parametrize("any_store", ["aws"], indirect=True)
+def test_a_reconcile_killed_between_deleting_orphan_keys_is_finished_by_the_next_one(
+    rotation_env: RotationEnv,
+) -> None:
+    from connectors.keypair import KeyPair
+    from connectors.langfuse import LangfuseAdminClient
+    from flows.steps import key_note
+
+    env = rotation_env
+    old = env.current()
+    # Two keys crashed runs of this entry created and nothing tracks any more.
+    with LangfuseAdminClient(env.sim.url, env.sim.org_public_key, SecretStr(env.sim.org_secret_key)) as admin:
+        for run in ("crashed-1", "crashed-2"):
+            admin.create_api_key(env.project.id, KeyPair.generate(), key_note(ENTRY, run, "local"))
+    assert len(env.project_keys()) == 3
+
+    killed(run_direct(env, "reconcile", crash_at="after_orphan_delete"), "after_orphan_delete")
+    assert len(env.project_keys()) == 2, "the killed reconcile deleted one orphan"
+    rerun = run_direct(env, "reconcile")
+
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr[-3000:]
+    result = last_json(rerun)
+    assert result["status"] == "reconciled"
+    assert len([a for a in result["reconciled"] if a.startswith("deleted orphan key")]) == 1
+    assert_clean(env, current_public_key=old.public_key)
 
 
 # --- resuming must never go back past the point of no return --------------------------------------
