@@ -155,7 +155,9 @@ def test_a_rotation_killed_at_any_point_is_completed_by_the_next_run(
 # --- killed during a rollback --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("point", ROLLBACK_POINTS)
+@pytest.mark.parametrize(
+    ("any_store", "point"), [("vault", ROLLBACK_POINTS[0]), ("aws", ROLLBACK_POINTS[1])], indirect=["any_store"]
+)
 def test_a_rollback_killed_before_deleting_the_new_key_is_cleaned_up_by_the_next_run(
     rotation_env: RotationEnv, point: str
 ) -> None:
@@ -176,6 +178,7 @@ def test_a_rollback_killed_before_deleting_the_new_key_is_cleaned_up_by_the_next
         assert_consumer_never_rejected(env, stuck, old.public_key)
 
 
+@pytest.mark.parametrize("any_store", ["aws"], indirect=True)
 def test_a_rollback_killed_before_consumers_moved_back_does_not_revoke_the_key_they_use(
     rotation_env: RotationEnv, consumer: ConsumerProcess
 ) -> None:
@@ -290,6 +293,7 @@ def test_a_reconcile_killed_between_deleting_orphan_keys_is_finished_by_the_next
 # --- resuming must never go back past the point of no return --------------------------------------
 
 
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 def test_a_resumed_rotation_whose_old_key_is_gone_finishes_instead_of_rolling_back(
     rotation_env: RotationEnv, consumer: ConsumerProcess
 ) -> None:

@@ -126,19 +126,9 @@ def wait_for_events_to_settle(api_url: str, timeout_s: float = 30) -> None:
             time.sleep(2)
 
 
-def test_no_secret_is_written_anywhere_by_rotations_rollbacks_failures_emergencies_and_crashes(
-    rotation_env: RotationEnv,
-    hygiene_server: PrefectServer,
-    health_stub: HealthStub,
-    json_sink: JsonSink,
-    request: pytest.FixtureRequest,
-) -> None:
-    env, sim = rotation_env, rotation_env.sim
-    env.top_overrides = {"langfuse": {**env.config_dict()["langfuse"], "admin_api_key": sim.admin_api_key}}
-    run = Runs(env, hygiene_server)
-
-    # success
-    assert run("rotate", expect=0)["status"] == "rotated"
+def all_outcomes(env: RotationEnv, run: Runs, health_stub: HealthStub) -> None:
+    """Rollback, a failure whose Langfuse error bodies echo secrets, and an emergency."""
+    sim = env.sim
     # rollback: a consumer that never switches
     health_stub.set(mode="ok", public_key=env.current().public_key)
     env.consumers = [{"name": "api", "health_url": health_stub.health_url, "restart_url": health_stub.restart_url}]
@@ -154,11 +144,27 @@ def test_no_secret_is_written_anywhere_by_rotations_rollbacks_failures_emergenci
     sim.control.clear_faults()
     # emergency through Prefect
     assert run("emergency", expect=0)["status"] == "contained"
+
+
+def test_no_secret_is_written_anywhere_by_rotations_rollbacks_failures_emergencies_and_crashes(
+    rotation_env: RotationEnv,
+    hygiene_server: PrefectServer,
+    health_stub: HealthStub,
+    json_sink: JsonSink,
+    request: pytest.FixtureRequest,
+) -> None:
+    env, sim = rotation_env, rotation_env.sim
+    env.top_overrides = {"langfuse": {**env.config_dict()["langfuse"], "admin_api_key": sim.admin_api_key}}
+    run = Runs(env, hygiene_server)
+
+    # success
+    assert run("rotate", expect=0)["status"] == "rotated"
+    if env.store.kind == "vault":  # what follows does not depend on the store: once is enough
+        all_outcomes(env, run, health_stub)
     # killed after promotion, then resumed
     run("rotate", expect=-9, crash_at="after_promote")
     resumed = run("rotate", expect=0)
     assert resumed["status"] == "rotated" and resumed["resumed"] is True
-
     known = {
         **{f"bootstrap secret key of project {p.name}": p.secret_key for p in sim.projects},
         "organization secret key": sim.org_secret_key,
@@ -167,7 +173,7 @@ def test_no_secret_is_written_anywhere_by_rotations_rollbacks_failures_emergenci
     }
     if env.store.kind == "vault":
         known["Vault token"] = env.store.config()["token"]
-    assert len([label for label in known if "version" in label]) >= 4, "the runs created new pairs"
+    assert len([label for label in known if "version" in label]) >= 3, "the runs created new pairs"
     wait_for_events_to_settle(hygiene_server.api_url)
     sources = [
         *run.outputs,
@@ -178,7 +184,7 @@ def test_no_secret_is_written_anywhere_by_rotations_rollbacks_failures_emergenci
         *collect_files(env.audit_path, label="audit log"),
         *collect_files(env.tmp / "locks", label="lock dir"),
     ]
-    assert len(collect_sink(json_sink)) >= 5, "every run notified"
+    assert len(collect_sink(json_sink)) >= 2, "the runs notified"
     # Positive control: the same search does reach into what the runs wrote.
     reached = scan({"public key": resumed["new_public_key"], "flow run": resumed["prefect_flow_run_id"]}, sources)
     for place in (
