@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,33 @@ import pytest
 from connectors.keypair import KeyPair
 from connectors.store import SecretLocation
 from devstack.prefect_server import PrefectServer
+from tests.fixtures.devstack import HealthStub
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 IN_PROGRESS = 3
-ROTATION_S = 8  # the winner's rotation lasts at least this long (grace period): the others overlap it
+
+
+def gate(env: RotationEnv, stub: HealthStub, name: str = "api") -> None:
+    """Make ``stub`` the entry's only consumer, reporting the old key: a rotation then holds its
+    lock in wait_for_restarts until ``open_gate`` - the test decides when the winner may finish."""
+    stub.set(mode="ok", public_key=env.current().public_key)
+    env.consumers = [{"name": name, "health_url": stub.health_url, "restart_url": stub.restart_url}]
+    env.entry_overrides = {"wait_timeout_s": 120}
+
+
+def open_gate(stub: HealthStub, store: Any, location: SecretLocation) -> None:
+    """The consumer reports the key the store now serves (the winner's new key)."""
+    stub.set(public_key=store.describe(location).current_public_key)
+
+
+def wait_until(predicate: Any, what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.1)
 
 
 def start(env: RotationEnv, *args: str, host: str, prefect: bool) -> subprocess.Popen[str]:
@@ -88,14 +107,18 @@ def prefect_env(rotation_env: RotationEnv, prefect_server: PrefectServer) -> Rot
 
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
-def test_three_rotations_started_at_once_on_two_hosts_rotate_the_key_once(prefect_env: RotationEnv) -> None:
+def test_three_rotations_started_at_once_on_two_hosts_rotate_the_key_once(
+    prefect_env: RotationEnv, health_stub: HealthStub
+) -> None:
     env = prefect_env
-    env.entry_overrides = {"grace_period_s": ROTATION_S}
+    gate(env, health_stub)
     before = env.store.store.describe(env.location)
     config = str(env.write_config())
     args = ("rotate", "--config", config, "--project", ENTRY)
 
     procs = [start(env, *args, host=h, prefect=True) for h in ("a", "a", "b")]
+    wait_until(lambda: sum(p.poll() is not None for p in procs) == 2, "two of the three gave up")
+    open_gate(health_stub, env.store.store, env.location)
     outcomes = [finish(p) for p in procs]
 
     winner = assert_one_winner(outcomes, "rotated")
@@ -106,38 +129,44 @@ def test_three_rotations_started_at_once_on_two_hosts_rotate_the_key_once(prefec
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 def test_reconcile_on_another_host_waits_for_a_live_rotation_instead_of_rolling_it_back(
-    prefect_env: RotationEnv,
+    prefect_env: RotationEnv, health_stub: HealthStub
 ) -> None:
     env = prefect_env
-    env.entry_overrides = {"grace_period_s": ROTATION_S}
+    gate(env, health_stub)
     before = env.store.store.describe(env.location)
     config = str(env.write_config())
     rotation = start(env, "rotate", "--config", config, "--project", ENTRY, host="a", prefect=True)
-    deadline = time.monotonic() + 90
-    while not env.store.store.describe(env.location).pending_promoted:
-        assert rotation.poll() is None and time.monotonic() < deadline, "the rotation never promoted"
-        time.sleep(0.1)
+    wait_until(lambda: env.store.store.describe(env.location).pending_promoted, "the rotation promoted")
 
     reconcile = start(env, "reconcile", "--config", config, "--project", ENTRY, host="b", prefect=True)
     code, result, output = finish(reconcile)
 
     assert code == IN_PROGRESS and result["status"] == "in_progress", output
     assert "rotation already in progress" in result["error"]
+    open_gate(health_stub, env.store.store, env.location)
     winner = finish(rotation)
     assert winner[0] == 0 and winner[1]["status"] == "rotated", winner[2]
     assert_rotated_once(env, before.current_public_key or "", before.current_version, winner[1])
 
 
-def test_two_emergencies_without_prefect_started_at_once_contain_the_key_once(rotation_env: RotationEnv) -> None:
+def test_two_emergencies_without_prefect_started_at_once_contain_the_key_once(
+    rotation_env: RotationEnv, health_stub: HealthStub
+) -> None:
     """The loser waits for the winner (emergencies wait up to 30 s for the lock) and must then not
     take the pair the winner just put in place for the compromised one."""
     env = rotation_env
-    env.entry_overrides = {"grace_period_s": 2}
+    gate(env, health_stub)
     before = env.store.store.describe(env.location)
     config = str(env.write_config())
     args = ("emergency", "--config", config, "--project", ENTRY, "--no-prefect")
 
     procs = [start(env, *args, host="a", prefect=False) for _ in range(2)]
+    wait_until(
+        lambda: env.store.store.describe(env.location).current_public_key != before.current_public_key,
+        "an emergency replaced the key",
+    )
+    time.sleep(5)  # the winner holds the lock (waiting for its consumer) while the other one queues behind it
+    open_gate(health_stub, env.store.store, env.location)
     outcomes = [finish(p) for p in procs]
 
     winner = assert_one_winner(outcomes, "contained")
@@ -146,7 +175,7 @@ def test_two_emergencies_without_prefect_started_at_once_contain_the_key_once(ro
 
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
-def test_rotations_of_two_different_entries_run_side_by_side(prefect_env: RotationEnv) -> None:
+def test_rotations_of_two_different_entries_run_side_by_side(prefect_env: RotationEnv, health_stub: HealthStub) -> None:
     env = prefect_env
     other = env.sim.projects[1]
     other_location = SecretLocation(path=f"{env.path}-search")
@@ -155,24 +184,39 @@ def test_rotations_of_two_different_entries_run_side_by_side(prefect_env: Rotati
         KeyPair.model_validate({"public_key": other.public_key, "secret_key": other.secret_key}),
         env.sim.url,
     )
-    env.entry_overrides = {"grace_period_s": ROTATION_S}
-    env.extra_entries = [
-        {**env.entry(), "name": "search-prod", "project_id": other.id, "path": other_location.path},
-    ]
-    config = str(env.write_config())
+    gate(env, health_stub)
+    other_stub = HealthStub().set(mode="ok", public_key=other.public_key)
+    try:
+        other_consumer = {"name": "search", "health_url": other_stub.health_url, "restart_url": other_stub.restart_url}
+        env.extra_entries = [
+            {
+                **env.entry(),
+                "name": "search-prod",
+                "project_id": other.id,
+                "path": other_location.path,
+                "consumers": [other_consumer],
+            },
+        ]
+        config = str(env.write_config())
 
-    procs = [
-        start(env, "rotate", "--config", config, "--project", name, host="a", prefect=True)
-        for name in (ENTRY, "search-prod")
-    ]
-    outcomes = [finish(p) for p in procs]
+        procs = [
+            start(env, "rotate", "--config", config, "--project", name, host="a", prefect=True)
+            for name in (ENTRY, "search-prod")
+        ]
+        wait_until(
+            lambda: (
+                env.store.store.describe(env.location).pending_promoted
+                and env.store.store.describe(other_location).pending_promoted
+            ),
+            "both rotations are in flight at once",
+        )
+        open_gate(health_stub, env.store.store, env.location)
+        open_gate(other_stub, env.store.store, other_location)
+        outcomes = [finish(p) for p in procs]
+    finally:
+        other_stub.stop()
 
     for code, result, output in outcomes:
         assert code == 0 and result["status"] == "rotated", output
-    (a_start, a_end), (b_start, b_end) = (
-        (began := datetime.fromisoformat(o[1]["started_at"]), began + timedelta(seconds=o[1]["duration_s"]))
-        for o in outcomes
-    )
-    assert a_start < b_end and b_start < a_end, "the two rotations overlapped in time"
-    assert env.store.store.describe(other_location).current_public_key == outcomes[1][1]["new_public_key"]
     assert env.current().public_key == outcomes[0][1]["new_public_key"]
+    assert env.store.store.describe(other_location).current_public_key == outcomes[1][1]["new_public_key"]

@@ -108,7 +108,6 @@ def test_an_unreachable_langfuse_fails_before_changing_anything(rotation_env: Ro
     env = rotation_env
     old = env.current().public_key
     env.top_overrides = {"langfuse": {**env.config_dict()["langfuse"], "host": f"http://127.0.0.1:{closed_port()}"}}
-    env.entry_overrides = {"host": env.sim.url}  # consumers' host: only the admin API is unreachable
 
     result = rotate(env)
 
