@@ -495,13 +495,28 @@ def _notify(ctx: EntryContext, result: RotationResult) -> None:
 # --- reconcile ----------------------------------------------------------------------------------
 
 
+def _finish_emergency(ctx: EntryContext, runner: StepRunner, pending: RotationRecord) -> RotationResult:
+    """An emergency a crashed run left unfinished is carried through, never rolled back: rolling it
+    back would make the compromised key current again. The containment resumes where it stopped
+    (the compromised key is the staged record's old key)."""
+    result = run_emergency(ctx, runner)
+    result.reconciled.insert(0, f"finished the emergency containment {pending.rotation_id} a crashed run left")
+    if result.status == "contained":
+        result.status = "reconciled"
+    ctx.audit.record("reconcile", f"entry:{ctx.entry.name}", result.status, actions=result.reconciled)
+    return result
+
+
 def run_reconcile(ctx: EntryContext, runner: StepRunner) -> RotationResult:
     """Return one entry to a clean state without rotating: finish a rotation that crashed after
-    revoking the old key, roll back one that crashed before, and delete orphan keys."""
+    revoking the old key, roll back one that crashed before, carry an unfinished emergency through
+    (its old key is compromised), and delete orphan keys."""
     run = _Run(ctx, runner, "scheduled")
     desc = ctx.store.describe(ctx.location)
     actions: list[str] = []
     pending = desc.pending
+    if pending is not None and pending.mode == "emergency":
+        return _finish_emergency(ctx, runner, pending)
     if pending is not None:
         plan = RotationPlan(
             rotation_id=pending.rotation_id,

@@ -290,6 +290,25 @@ def test_a_reconcile_killed_between_deleting_orphan_keys_is_finished_by_the_next
     assert_clean(env, current_public_key=old.public_key)
 
 
+@pytest.mark.parametrize("point", ["after_create", "after_promote"])
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_reconcile_finishes_an_emergency_killed_before_revoking_instead_of_restoring_the_compromised_key(
+    rotation_env: RotationEnv, point: str
+) -> None:
+    env = rotation_env
+    compromised = env.current()
+    killed(run_direct(env, "emergency", crash_at=point), point)
+
+    proc = env.cli("reconcile", "--config", str(env.write_config()), "--project", ENTRY, "--json")
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = last_json(proc)
+    assert result["status"] == "reconciled" and result["old_key_rejected"] is True, result
+    assert not env.works(compromised), "the compromised key must end up revoked, not current again"
+    assert_clean(env, current_public_key=env.current().public_key)
+    assert env.current().public_key != compromised.public_key
+
+
 # --- resuming must never go back past the point of no return --------------------------------------
 
 
