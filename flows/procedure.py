@@ -141,6 +141,10 @@ def _prepare(run: _Run, mode: Mode) -> RotationPlan:
 
 def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | None = None) -> RotationResult:
     """create → store → wait for restarts → verify → revoke → finish → notify."""
+    if _pending_mode(ctx) == "emergency":
+        # A killed emergency is carried through as one: this checklist could roll it back, which
+        # would make the compromised key current again.
+        return run_emergency(ctx, runner)
     run = _Run(ctx, runner, "scheduled")
     entry = ctx.entry
     plan: RotationPlan | None = None
@@ -184,6 +188,14 @@ def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | 
     # Point of no return: the new pair is stored, adopted and verified.
     assert plan is not None
     return _revoke_and_finish(run, plan, record)
+
+
+def _pending_mode(ctx: EntryContext) -> str | None:
+    try:
+        pending = ctx.store.describe(ctx.location).pending
+    except ConnectorError:
+        return None  # the plan step reports it
+    return pending.mode if pending is not None else None
 
 
 def _resumed_after_delete(run: _Run, plan: RotationPlan) -> RotationRecord | None:

@@ -309,6 +309,29 @@ def test_reconcile_finishes_an_emergency_killed_before_revoking_instead_of_resto
     assert env.current().public_key != compromised.public_key
 
 
+@pytest.mark.parametrize("any_store", ["aws"], indirect=True)
+def test_a_rotation_started_after_a_killed_emergency_never_restores_the_compromised_key(
+    rotation_env: RotationEnv,
+) -> None:
+    """The rerun's verification fails (slow canary): a scheduled rotation would roll back, making
+    the compromised key current again; the emergency is carried through and reports the problem."""
+    env = rotation_env
+    compromised = env.current()
+    killed(run_direct(env, "emergency", crash_at="after_promote"), "after_promote")
+    env.sim.configure(otel_delay_s=60)
+    env.entry_overrides = {"canary_timeout_s": 1}
+
+    rerun = run_direct(env, "rotate")
+
+    result = last_json(rerun)
+    assert rerun.returncode == 4 and result["status"] == "needs_attention", rerun.stdout
+    assert result["mode"] == "emergency" and result["resumed"] is True
+    assert "verify failed" in result["error"]
+    assert not env.works(compromised), "the compromised key is revoked"
+    assert env.current().public_key == result["new_public_key"] != compromised.public_key
+    assert [k["publicKey"] for k in env.project_keys()] == [result["new_public_key"]]
+
+
 # --- resuming must never go back past the point of no return --------------------------------------
 
 
