@@ -13,10 +13,11 @@ from connectors.errors import ConnectorError
 from flows.config import load_config
 from flows.context import EntryContext
 from flows.lock import RotationInProgressError, entry_lock
-from flows.models import RotationResult
+from flows.models import Mode, RotationResult, Status
 from flows.procedure import Approver, run_emergency, run_reconcile, run_scheduled
 from flows.redact import install_redaction
 from flows.runner import StepRunner
+from flows.steps import StepFailed
 
 Kind = Literal["rotate", "emergency", "reconcile"]
 
@@ -39,7 +40,7 @@ def execute(
     install_redaction()
     config = load_config(config_path)
     entry = config.entry(project)
-    mode = "emergency" if kind == "emergency" else "scheduled"
+    mode: Mode = "emergency" if kind == "emergency" else "scheduled"
     try:
         # An emergency loads the notifier after containment (it costs ~0.3 s); other runs check it first.
         ctx = EntryContext(
@@ -72,27 +73,9 @@ def execute(
                 return run_emergency(ctx, runner, compromised_public_key=compromised_public_key)
             return run_reconcile(ctx, runner)
     except RotationInProgressError as exc:
-        return RotationResult(
-            status="in_progress",
-            project=project,
-            mode=mode,
-            store=entry.store,
-            store_location=ctx.store_label,
-            prefect_flow_run_id=flow_run_id,
-            orchestrator=_orchestrator(runner),
-            error=str(exc),
-        )
-    except ConnectorError as exc:
-        return RotationResult(
-            status="failed",
-            project=project,
-            mode=mode,
-            store=entry.store,
-            store_location=ctx.store_label,
-            prefect_flow_run_id=flow_run_id,
-            orchestrator=_orchestrator(runner),
-            error=str(exc),
-        )
+        return _unstarted(ctx, runner, mode, "in_progress", str(exc))
+    except (ConnectorError, StepFailed) as exc:
+        return _unstarted(ctx, runner, mode, "failed", str(exc))
     finally:
         ctx.close()
 
@@ -123,6 +106,20 @@ def _check_not_replaced_meanwhile(ctx: EntryContext, seen: str, waiting_since: d
             f"(now {desc.current_public_key}) while this one waited for the lock; nothing was changed "
             "(run again if still needed)"
         )
+
+
+def _unstarted(ctx: EntryContext, runner: StepRunner, mode: Mode, status: Status, error: str) -> RotationResult:
+    """The result of a run that stopped before its checklist changed anything."""
+    return RotationResult(
+        status=status,
+        project=ctx.entry.name,
+        mode=mode,
+        store=ctx.store_name,
+        store_location=ctx.store_label,
+        prefect_flow_run_id=ctx.flow_run_id,
+        orchestrator=_orchestrator(runner),
+        error=error,
+    )
 
 
 def _orchestrator(runner: StepRunner) -> Literal["prefect", "none"]:
