@@ -264,6 +264,21 @@ def run_emergency(
         if target is None:
             raise StepFailed("plan", f"no compromised key given and none is stored at {ctx.store_label}")
         run.result.old_public_key = target
+        if plan.resumed and target == plan.new_public_key:
+            # Revoking it here would kill the pair the store may already serve as current.
+            raise BadInputError(
+                f"{target} is the new key of the unfinished rotation {plan.rotation_id}: run "
+                f"'langfuse-rotate reconcile --project {ctx.entry.name}' (rolls it back and deletes that key), "
+                "then contain the old key if it leaked too"
+            )
+        if plan.resumed:
+            run.record(
+                "resume",
+                "done",
+                time.monotonic(),
+                f"an unfinished rotation was in flight: containing its old key {target}; "
+                f"its new key {plan.new_public_key} replaces it (if that one leaked, run reconcile first)",
+            )
         if target != plan.old_public_key:
             _check_stray_key(ctx, target)
             return _contain_stray_key(run, target)
