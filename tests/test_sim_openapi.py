@@ -22,7 +22,9 @@ from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
 from tests.fixtures.langfuse_sim import SimHandle
 
-SPEC_PATH = Path("/work/shared/reference/langfuse-openapi.yml")
+# The real OpenAPI document of Langfuse v4.16.0 (web/public/generated/api/openapi.yml), kept with
+# the tests so they never depend on where the checkout sits; sha256 896774f9...b64b233.
+SPEC_PATH = Path(__file__).resolve().parent / "data" / "langfuse-openapi.yml"
 KEYS = "/api/public/projects/{projectId}/apiKeys"
 
 
