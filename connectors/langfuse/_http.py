@@ -11,7 +11,8 @@ import base64
 import logging
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import httpx
 from pydantic import SecretStr
@@ -258,3 +259,27 @@ class HttpCore:
         ):
             return outcome
         raise self.error(outcome, action)
+
+
+class ClientBase:
+    """What every Langfuse client shares: its host, and closing its connection pool."""
+
+    _core: HttpCore
+
+    @property
+    def host(self) -> str:
+        return self._core.host
+
+    def close(self) -> None:
+        self._core.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

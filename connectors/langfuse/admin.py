@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from types import TracebackType
-from typing import Self
 from urllib.parse import quote
 
 import httpx
@@ -26,7 +24,7 @@ from connectors.langfuse._errors import (
     parse_retry_after,
     server_message,
 )
-from connectors.langfuse._http import Clock, HttpCore, SecretBasicAuth, SecretBearerAuth, Sleep
+from connectors.langfuse._http import ClientBase, Clock, HttpCore, SecretBasicAuth, SecretBearerAuth, Sleep
 from connectors.langfuse.models import (
     ApiKeySummary,
     HealthStatus,
@@ -86,7 +84,7 @@ def _keys_path(project_id: str) -> str:
     return f"/api/public/projects/{quote(project_id, safe='')}/apiKeys"
 
 
-class LangfuseAdminClient:
+class LangfuseAdminClient(ClientBase):
     """Manage a project's API keys with an organization-scoped key.
 
     Reads and deletes are retried on 429, 5xx and connection failures within ``retry``.
@@ -119,26 +117,8 @@ class LangfuseAdminClient:
         )
         self._credential = f"organization key {public_key}"
 
-    @property
-    def host(self) -> str:
-        return self._core.host
-
     def __repr__(self) -> str:
         return f"LangfuseAdminClient(host={self.host!r}, public_key={self.public_key!r})"
-
-    def close(self) -> None:
-        self._core.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _action(self, doing: str, missing: str | None = None) -> Action:
         return Action(doing=doing, credential=self._credential, forbidden_hint=_ADMIN_HINT, missing=missing)
@@ -372,7 +352,7 @@ class LangfuseAdminClient:
             self._core.sleep(delay)
 
 
-class LangfuseInstanceAdmin:
+class LangfuseInstanceAdmin(ClientBase):
     """The self-hosted Instance Management API (``ADMIN_API_KEY``), used only to flush the key cache."""
 
     def __init__(
@@ -397,26 +377,8 @@ class LangfuseInstanceAdmin:
             clock=clock,
         )
 
-    @property
-    def host(self) -> str:
-        return self._core.host
-
     def __repr__(self) -> str:
         return f"LangfuseInstanceAdmin(host={self.host!r})"
-
-    def close(self) -> None:
-        self._core.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def invalidate_all_cached_keys(self) -> None:
         """Evict every cached API key (``{"action":"invalidate-all"}``); idempotent, so retried.

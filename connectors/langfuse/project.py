@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
@@ -13,7 +12,7 @@ import httpx
 from connectors.errors import LangfuseCanaryTimeoutError, LangfuseError, LangfuseUnsupportedServerError
 from connectors.keypair import KeyPair
 from connectors.langfuse._errors import Action, parse_json, parse_model, server_message
-from connectors.langfuse._http import Clock, HttpCore, SecretBasicAuth, Sleep
+from connectors.langfuse._http import ClientBase, Clock, HttpCore, SecretBasicAuth, Sleep
 from connectors.langfuse._otlp import canary_request, new_span_id, new_trace_id, normalise_trace_id
 from connectors.langfuse.models import ProbeResult, ProjectInfo, RetryPolicy, _ApiModel
 
@@ -42,7 +41,7 @@ class _Page(_ApiModel):
     data: list[dict[str, Any]]
 
 
-class LangfuseProjectClient:
+class LangfuseProjectClient(ClientBase):
     """A client authenticated with one project key pair.
 
     Reads are retried on 429, 5xx and connection failures within ``retry``; a 401 is never
@@ -73,26 +72,8 @@ class LangfuseProjectClient:
         )
         self._read_path: Literal["v2", "traces"] = "v2"
 
-    @property
-    def host(self) -> str:
-        return self._core.host
-
     def __repr__(self) -> str:
         return f"LangfuseProjectClient(host={self.host!r}, public_key={self.public_key!r})"
-
-    def close(self) -> None:
-        self._core.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _action(self, doing: str, missing: str | None = None) -> Action:
         return Action(
