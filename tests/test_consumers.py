@@ -10,6 +10,7 @@ import pytest
 from connectors.consumers import Consumer, ConsumerClient
 from connectors.errors import ConsumerError
 from devstack.sinks import free_port
+from tests.fakes import FakeClock
 from tests.fixtures.devstack import HealthStub
 
 OLD = "pk-lf-old-0000"
@@ -27,19 +28,6 @@ def consumer_for(stub: HealthStub, name: str = "api", **overrides: object) -> Co
     return Consumer.model_validate(fields)
 
 
-class FakeClock:
-    """A clock that only moves when the client sleeps, to test the wait loop exactly."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 # --- observe --------------------------------------------------------------------------------

@@ -36,21 +36,7 @@ from connectors.langfuse import (
     LangfuseProjectClient,
     RetryPolicy,
 )
-
-
-class FakeClock:
-    """A monotonic clock that advances only when the client sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests.fakes import FakeClock
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ from connectors.langfuse import (
 )
 from connectors.langfuse._errors import parse_retry_after, server_message
 from connectors.langfuse._http import Backoff
+from tests.fakes import FakeClock
 
 HOST = "http://langfuse.test"
 ORG_PK = "pk-lf-org-0000"
@@ -51,24 +52,11 @@ PROJECT = "proj-1"
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-class FakeClock:
-    """A monotonic clock that only moves when something sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(start=1000.0)
 
 
 def admin(handler: Handler, clock: FakeClock, retry: RetryPolicy | None = None) -> LangfuseAdminClient:
@@ -388,7 +376,7 @@ def test_unreachable_real_socket_is_bounded() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     client = LangfuseAdminClient(
         f"http://127.0.0.1:{port}", ORG_PK, ORG_SK, timeout_s=1, sleep=clock.sleep, clock=clock
     )
