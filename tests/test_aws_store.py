@@ -12,7 +12,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -29,27 +28,13 @@ from connectors.errors import (
     StoreUnavailableError,
 )
 from connectors.keypair import KeyPair
-from connectors.store import RotationRecord, SecretLocation
+from connectors.store import SecretLocation
 from devstack.moto_server import MotoServer
 from devstack.openbao import free_port
-from tests.fixtures.stores import AWS_REGION, AWS_TEST_CREDENTIALS
+from tests.fixtures.stores import AWS_REGION, AWS_TEST_CREDENTIALS, new_record
 
 HOST = "https://langfuse.example.test"
 
-
-def record_for(
-    store: AwsSecretsStore, loc: SecretLocation, new: KeyPair, rotation_id: str | None = None
-) -> RotationRecord:
-    desc = store.describe(loc)
-    return RotationRecord(
-        rotation_id=rotation_id or str(uuid.uuid4()),
-        entry="proj-a",
-        mode="scheduled",
-        old_public_key=desc.current_public_key,
-        new_public_key=new.public_key,
-        old_version=desc.current_version,
-        started_at=datetime.now(UTC),
-    )
 
 
 @pytest.fixture
@@ -89,7 +74,7 @@ def fresh_session() -> boto3.session.Session:
 
 def test_labels_follow_the_aws_protocol(seeded: AwsSecretsStore, sm: Any, loc: SecretLocation, old: KeyPair) -> None:
     new = KeyPair.generate()
-    record = record_for(seeded, loc, new)
+    record = new_record(seeded, loc, new)
     old_id = str(record.old_version)
     new_id = rotation_version_id(record.rotation_id)
     assert new_id == record.rotation_id  # a UUID rotation id is the version id itself
@@ -113,7 +98,7 @@ def test_labels_follow_the_aws_protocol(seeded: AwsSecretsStore, sm: Any, loc: S
 
 def test_rollback_after_promote_restores_labels(seeded: AwsSecretsStore, sm: Any, loc: SecretLocation) -> None:
     new = KeyPair.generate()
-    record = record_for(seeded, loc, new)
+    record = new_record(seeded, loc, new)
     seeded.stage(loc, record, new, HOST)
     seeded.promote(loc, record)
 
@@ -127,7 +112,7 @@ def test_rollback_after_promote_restores_labels(seeded: AwsSecretsStore, sm: Any
 
 def test_short_rotation_ids_get_a_derived_version_id(seeded: AwsSecretsStore, sm: Any, loc: SecretLocation) -> None:
     new = KeyPair.generate()
-    record = record_for(seeded, loc, new, rotation_id="rot-2024-q3")
+    record = new_record(seeded, loc, new, rotation_id="rot-2024-q3")
     version_id = rotation_version_id("rot-2024-q3")
     assert version_id != "rot-2024-q3" and version_id == rotation_version_id("rot-2024-q3")
 
@@ -139,7 +124,7 @@ def test_short_rotation_ids_get_a_derived_version_id(seeded: AwsSecretsStore, sm
 
 def test_tag_values_are_escaped_and_round_trip(seeded: AwsSecretsStore, sm: Any, loc: SecretLocation) -> None:
     new = KeyPair.generate()
-    record = record_for(seeded, loc, new).model_copy(update={"entry": "Projekt Ü {a=b}, #1"})
+    record = new_record(seeded, loc, new).model_copy(update={"entry": "Projekt Ü {a=b}, #1"})
     seeded.stage(loc, record, new, HOST)
 
     tags = {t["Key"]: t["Value"] for t in sm.describe_secret(SecretId=loc.path)["Tags"]}
@@ -152,7 +137,7 @@ def test_crash_between_tagging_and_put_leaves_nothing_staged(
     seeded: AwsSecretsStore, sm: Any, loc: SecretLocation
 ) -> None:
     new = KeyPair.generate()
-    record = record_for(seeded, loc, new)
+    record = new_record(seeded, loc, new)
     sm.tag_resource(
         SecretId=loc.path,
         Tags=[{"Key": f"{TAG_PREFIX}pending:rotation-id", "Value": record.rotation_id}],
@@ -173,7 +158,7 @@ def test_foreign_pending_version_blocks_staging(seeded: AwsSecretsStore, sm: Any
     new = KeyPair.generate()
     assert seeded.read_staged(loc) is None
     with pytest.raises(StoreConflictError, match="pending"):
-        seeded.stage(loc, record_for(seeded, loc, new), new, HOST)
+        seeded.stage(loc, new_record(seeded, loc, new), new, HOST)
 
 
 def test_leftover_pending_label_on_current_does_not_block(
@@ -183,7 +168,7 @@ def test_leftover_pending_label_on_current_does_not_block(
     current = seeded.describe(loc).current_version
     sm.update_secret_version_stage(SecretId=loc.path, VersionStage="AWSPENDING", MoveToVersionId=current)
     new = KeyPair.generate()
-    record = record_for(seeded, loc, new)
+    record = new_record(seeded, loc, new)
     seeded.stage(loc, record, new, HOST)
     assert seeded.describe(loc).pending == record
 
@@ -200,7 +185,7 @@ def test_secret_addressed_by_arn(seeded: AwsSecretsStore, sm: Any, loc: SecretLo
 
 def test_no_secret_in_tags_or_description(seeded: AwsSecretsStore, sm: Any, loc: SecretLocation, old: KeyPair) -> None:
     new = KeyPair.generate()
-    record = record_for(seeded, loc, new)
+    record = new_record(seeded, loc, new)
     seeded.stage(loc, record, new, HOST)
     seeded.promote(loc, record)
     blob = json.dumps(sm.describe_secret(SecretId=loc.path), default=str)
@@ -224,7 +209,7 @@ def test_every_read_names_a_stage_or_version(moto: MotoServer, loc: SecretLocati
     store = AwsSecretsStore(region=AWS_REGION, endpoint_url=moto.url, session=session)
     old, new = KeyPair.generate(), KeyPair.generate()
     store.seed(loc, old, HOST)
-    record = record_for(store, loc, new)
+    record = new_record(store, loc, new)
     store.stage(loc, record, new, HOST)
     store.read_staged(loc)
     store.promote(loc, record)
@@ -244,7 +229,7 @@ def test_every_read_names_a_stage_or_version(moto: MotoServer, loc: SecretLocati
 
 def test_refuses_a_secret_with_aws_managed_rotation(seeded: AwsSecretsStore, sm: Any, loc: SecretLocation) -> None:
     new = KeyPair.generate()
-    record = record_for(seeded, loc, new)
+    record = new_record(seeded, loc, new)
     seeded.stage(loc, record, new, HOST)
     # moto has no Lambda to run, but it turns rotation on before failing (test-infra §2.3 #5).
     with pytest.raises(botocore.exceptions.ClientError):
@@ -267,7 +252,7 @@ def test_refuses_a_secret_with_aws_managed_rotation(seeded: AwsSecretsStore, sm:
 
 def test_refuses_a_secret_scheduled_for_deletion(seeded: AwsSecretsStore, sm: Any, loc: SecretLocation) -> None:
     new = KeyPair.generate()
-    record = record_for(seeded, loc, new)
+    record = new_record(seeded, loc, new)
     seeded.stage(loc, record, new, HOST)
     sm.delete_secret(SecretId=loc.path, RecoveryWindowInDays=7)
 
@@ -429,7 +414,7 @@ def test_read_version_of_an_unknown_version(seeded: AwsSecretsStore, loc: Secret
 def test_crash_inside_finish_is_reported_and_continued(seeded: AwsSecretsStore, sm: Any, loc: SecretLocation) -> None:
     """finish() tags the facts, then drops AWSPENDING and the pending tags; a crash between is resumable."""
     new = KeyPair.generate()
-    record = record_for(seeded, loc, new)
+    record = new_record(seeded, loc, new)
     seeded.stage(loc, record, new, HOST)
     seeded.promote(loc, record)
     sm.tag_resource(SecretId=loc.path, Tags=[{"Key": f"{TAG_PREFIX}rotation-id", "Value": record.rotation_id}])
@@ -447,7 +432,7 @@ def test_crash_inside_rollback_is_reported_and_continued(
 ) -> None:
     """rollback() moves AWSCURRENT back, then drops AWSPENDING; a crash between is resumable."""
     new = KeyPair.generate()
-    record = record_for(seeded, loc, new)
+    record = new_record(seeded, loc, new)
     seeded.stage(loc, record, new, HOST)
     seeded.promote(loc, record)
     sm.update_secret_version_stage(

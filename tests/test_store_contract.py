@@ -18,26 +18,10 @@ from connectors.errors import StoreConflictError, StoreError, StoreNotFoundError
 from connectors.keypair import KeyPair
 from connectors.store import FieldNames, RotationRecord, SecretLocation, SecretStore
 from connectors.vault import VaultStore
-from tests.fixtures.stores import StoreUnderTest
+from tests.fixtures.stores import StoreUnderTest, new_record
 
 HOST = "https://langfuse.example.test"
 
-
-def new_record(
-    store: SecretStore, loc: SecretLocation, new: KeyPair, *, rotation_id: str | None = None
-) -> RotationRecord:
-    """The record a rotation would build from ``describe()`` before staging ``new``."""
-    desc = store.describe(loc)
-    return RotationRecord(
-        rotation_id=rotation_id or str(uuid.uuid4()),
-        entry="proj-a",
-        mode="scheduled",
-        old_public_key=desc.current_public_key,
-        new_public_key=new.public_key,
-        old_version=desc.current_version,
-        started_at=datetime.now(UTC),
-        flow_run_id=str(uuid.uuid4()),
-    )
 
 
 @pytest.fixture

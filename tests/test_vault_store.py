@@ -25,21 +25,10 @@ from connectors.keypair import KeyPair
 from connectors.store import RotationRecord, SecretLocation
 from connectors.vault import PENDING_SUFFIX, RECORD_FIELD, VaultStore
 from devstack.openbao import OpenBaoServer, free_port
+from tests.fixtures.stores import new_record
 
 HOST = "https://langfuse.example.test"
 
-
-def record_for(store: VaultStore, loc: SecretLocation, new: KeyPair) -> RotationRecord:
-    desc = store.describe(loc)
-    return RotationRecord(
-        rotation_id=str(uuid.uuid4()),
-        entry="proj-a",
-        mode="emergency",
-        old_public_key=desc.current_public_key,
-        new_public_key=new.public_key,
-        old_version=desc.current_version,
-        started_at=datetime.now(UTC),
-    )
 
 
 @pytest.fixture
@@ -63,7 +52,7 @@ def test_constructor_needs_exactly_one_auth_method(openbao: OpenBaoServer) -> No
 def test_staging_layout_and_record(openbao: OpenBaoServer, vault_store: VaultStore, loc: SecretLocation) -> None:
     old, new = KeyPair.generate(), KeyPair.generate()
     vault_store.seed(loc, old, HOST)
-    record = record_for(vault_store, loc, new)
+    record = new_record(vault_store, loc, new, mode="emergency")
     vault_store.stage(loc, record, new, HOST)
 
     kv = openbao.client().secrets.kv.v2
@@ -90,7 +79,7 @@ def test_custom_metadata_holds_facts_and_no_secret(
     kv.update_metadata(
         path=loc.path, max_versions=7, delete_version_after="768h0m0s", custom_metadata={"owner": "team-a"}
     )
-    record = record_for(vault_store, loc, new)
+    record = new_record(vault_store, loc, new, mode="emergency")
     vault_store.stage(loc, record, new, HOST)
     vault_store.promote(loc, record)
     vault_store.finish(loc, record)
@@ -114,7 +103,7 @@ def test_cas_conflict_on_seed_and_promote(openbao: OpenBaoServer, vault_store: V
     with pytest.raises(StoreConflictError, match="already exists"):
         vault_store.seed(loc, new, HOST)
 
-    record = record_for(vault_store, loc, new)
+    record = new_record(vault_store, loc, new, mode="emergency")
     vault_store.stage(loc, record, new, HOST)
     openbao.client().secrets.kv.v2.create_or_update_secret(path=loc.path, secret={"LANGFUSE_HOST": HOST})
     with pytest.raises(StoreConflictError, match="changed after rotation"):
@@ -127,7 +116,7 @@ def test_crash_inside_finish_is_reported_and_continued(
     """finish() writes the facts, then destroys staging; a crash between is visible and resumable."""
     old, new = KeyPair.generate(), KeyPair.generate()
     vault_store.seed(loc, old, HOST)
-    record = record_for(vault_store, loc, new)
+    record = new_record(vault_store, loc, new, mode="emergency")
     vault_store.stage(loc, record, new, HOST)
     vault_store.promote(loc, record)
     kv = openbao.client().secrets.kv.v2
@@ -153,7 +142,7 @@ def test_approle_login_and_denied_path(openbao: OpenBaoServer, store_path: str) 
 
     store = VaultStore(openbao.url, approle_role_id=creds.role_id, approle_secret_id=creds.secret_id)
     store.seed(allowed, old, HOST)
-    record = record_for(store, allowed, new)
+    record = new_record(store, allowed, new, mode="emergency")
     store.stage(allowed, record, new, HOST)
     store.promote(allowed, record)
     store.finish(allowed, record)
@@ -163,7 +152,7 @@ def test_approle_login_and_denied_path(openbao: OpenBaoServer, store_path: str) 
         store.read_current(denied)
     assert old.secret_key.get_secret_value() not in caught.value.message
     with pytest.raises(StoreAccessDeniedError):
-        store.stage(denied, record_for(root, denied, new), new, HOST)
+        store.stage(denied, new_record(root, denied, new, mode="emergency"), new, HOST)
 
 
 def test_approle_relogin_after_token_revoked(openbao: OpenBaoServer, store_path: str) -> None:
@@ -237,7 +226,7 @@ def test_crash_inside_rollback_is_reported_and_continued(
     """rollback() restores the old pair, then destroys staging; a crash between is resumable."""
     old, new = KeyPair.generate(), KeyPair.generate()
     vault_store.seed(loc, old, HOST)
-    record = record_for(vault_store, loc, new)
+    record = new_record(vault_store, loc, new, mode="emergency")
     vault_store.stage(loc, record, new, HOST)
     vault_store.promote(loc, record)
     old_data = openbao.client().secrets.kv.v2.read_secret_version(
@@ -277,7 +266,7 @@ def test_refuses_a_secret_that_keeps_one_version(
     vault_store.seed(loc, old, HOST)
     kv = openbao.client().secrets.kv.v2
     kv.update_metadata(path=loc.path, max_versions=1)
-    record = record_for(vault_store, loc, new)
+    record = new_record(vault_store, loc, new, mode="emergency")
     with pytest.raises(StoreRefusedError, match="max_versions"):
         vault_store.stage(loc, record, new, HOST)
     assert vault_store.read_staged(loc) is None
