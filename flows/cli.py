@@ -201,7 +201,8 @@ def _prefect_reachable() -> bool:
     try:
         return httpx.get(f"{url.rstrip('/')}/health", timeout=1.0).status_code == 200
     except httpx.HTTPError:
-        print(f"{PROG}: Prefect at {url} is not reachable: running without Prefect", file=sys.stderr)
+        shown = httpx.URL(url).copy_with(username=None, password=None)  # a URL may carry credentials
+        print(f"{PROG}: Prefect at {shown} is not reachable: running without Prefect", file=sys.stderr)
         return False
 
 
