@@ -597,10 +597,6 @@ def _refuse_unsafe(secret: _Secret, label: str) -> None:
 # --- values and tags ------------------------------------------------------------------------------
 
 
-
-
-
-
 def _record_tags(record: RotationRecord) -> dict[str, str]:
     values = json.loads(record.model_dump_json())
     return {

@@ -554,10 +554,6 @@ def _as_version(version: StoreVersion, label: str) -> int:
     raise StoreError(f"{label}: '{version}' is not a Vault KV version number")
 
 
-
-
-
-
 def _holds(found: _Version | None, loc: SecretLocation, public_key: str) -> bool:
     return found is not None and found.data is not None and found.data.get(loc.fields.public_key) == public_key
 

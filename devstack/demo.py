@@ -61,8 +61,9 @@ def _run(stack: contextlib.ExitStack, workdir: Path, store_kind: str, as_json: b
 
     say("starting the demo consumer: reads its key from the store at start, sends traces with the langfuse SDK")
     consumer = stack.enter_context(
-        start_consumer_process(name="api", path=SECRET_PATH, langfuse_host=sim.url, restart_delay_s=1.0,
-                               **consumer_args)
+        start_consumer_process(
+            name="api", path=SECRET_PATH, langfuse_host=sim.url, restart_delay_s=1.0, **consumer_args
+        )
     )
     say(f"  consumer 'api' reports {_consumer_key(consumer.health_url)} on {consumer.health_url}")
 
@@ -70,8 +71,9 @@ def _run(stack: contextlib.ExitStack, workdir: Path, store_kind: str, as_json: b
     os.environ["DEMO_LANGFUSE_ORG_SECRET_KEY"] = boot["org_secret_key"]
     os.environ.setdefault("LANGFUSE_ROTATE_LOCK_DIR", str(workdir / "locks"))
     config_path = workdir / "rotation.yaml"
-    config_path.write_text(yaml.safe_dump(_config(sim.url, project["id"], store_config, consumer, sink, workdir),
-                                          sort_keys=False))
+    config_path.write_text(
+        yaml.safe_dump(_config(sim.url, project["id"], store_config, consumer, sink, workdir), sort_keys=False)
+    )
     say(f"configuration: {config_path} (secrets come from environment variables, never the file)")
 
     where = os.environ.get("PREFECT_API_URL") or "the embedded Prefect server (first start migrates its database)"
@@ -107,14 +109,20 @@ def _start_store(stack: contextlib.ExitStack, kind: str) -> tuple[SecretStore, d
         from connectors.aws_secrets import AwsSecretsStore
         from devstack.moto_server import MotoServer
 
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
             os.environ[name] = value
         moto = stack.enter_context(MotoServer())
         say(f"started AWS Secrets Manager (moto server) at {moto.url}")
         store: SecretStore = AwsSecretsStore(region="us-east-1", endpoint_url=moto.url)
-        return (store, {"kind": "aws", "region": "us-east-1", "endpoint_url": moto.url},
-                {"store": "aws", "aws_endpoint_url": moto.url, "aws_region": "us-east-1"})
+        return (
+            store,
+            {"kind": "aws", "region": "us-east-1", "endpoint_url": moto.url},
+            {"store": "aws", "aws_endpoint_url": moto.url, "aws_region": "us-east-1"},
+        )
     from connectors.vault import VaultStore
     from devstack.openbao import OpenBaoServer
 
@@ -122,22 +130,42 @@ def _start_store(stack: contextlib.ExitStack, kind: str) -> tuple[SecretStore, d
     say(f"started an OpenBao (Vault API) dev server at {bao.url}")
     os.environ["DEMO_VAULT_TOKEN"] = bao.root_token
     store = VaultStore(bao.url, token=SecretStr(bao.root_token))
-    return (store, {"kind": "vault", "url": bao.url, "token": "${DEMO_VAULT_TOKEN}", "mount": "secret"},
-            {"store": "vault", "vault_url": bao.url, "vault_token": bao.root_token})
+    return (
+        store,
+        {"kind": "vault", "url": bao.url, "token": "${DEMO_VAULT_TOKEN}", "mount": "secret"},
+        {"store": "vault", "vault_url": bao.url, "vault_token": bao.root_token},
+    )
 
 
-def _config(host: str, project_id: str, store: dict[str, Any], consumer: Any, sink: Any, workdir: Path
-            ) -> dict[str, Any]:
+def _config(
+    host: str, project_id: str, store: dict[str, Any], consumer: Any, sink: Any, workdir: Path
+) -> dict[str, Any]:
     return {
-        "langfuse": {"host": host, "org_public_key": "${DEMO_LANGFUSE_ORG_PUBLIC_KEY}",
-                     "org_secret_key": "${DEMO_LANGFUSE_ORG_SECRET_KEY}"},
+        "langfuse": {
+            "host": host,
+            "org_public_key": "${DEMO_LANGFUSE_ORG_PUBLIC_KEY}",
+            "org_secret_key": "${DEMO_LANGFUSE_ORG_SECRET_KEY}",
+        },
         "stores": {"main": store},
-        "projects": [{
-            "name": ENTRY, "project_id": project_id, "store": "main", "path": SECRET_PATH,
-            "consumers": [{"name": "api", "health_url": consumer.health_url, "restart_url": consumer.restart_url,
-                           "public_key_field": "langfuse_public_key"}],
-            "wait_timeout_s": 60, "canary_timeout_s": 30, "revoke_recheck_s": 5,
-        }],
+        "projects": [
+            {
+                "name": ENTRY,
+                "project_id": project_id,
+                "store": "main",
+                "path": SECRET_PATH,
+                "consumers": [
+                    {
+                        "name": "api",
+                        "health_url": consumer.health_url,
+                        "restart_url": consumer.restart_url,
+                        "public_key_field": "langfuse_public_key",
+                    }
+                ],
+                "wait_timeout_s": 60,
+                "canary_timeout_s": 30,
+                "revoke_recheck_s": 5,
+            }
+        ],
         "notify": {"urls": [sink.apprise_url("/hook")]},
         "audit": {"path": str(workdir / "audit.jsonl")},
     }

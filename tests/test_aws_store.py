@@ -36,7 +36,6 @@ from tests.fixtures.stores import AWS_REGION, AWS_TEST_CREDENTIALS, new_record
 HOST = "https://langfuse.example.test"
 
 
-
 @pytest.fixture
 def sm(moto: MotoServer) -> Any:
     return moto.client("secretsmanager", region=AWS_REGION)

@@ -28,8 +28,6 @@ def consumer_for(stub: HealthStub, name: str = "api", **overrides: object) -> Co
     return Consumer.model_validate(fields)
 
 
-
-
 # --- observe --------------------------------------------------------------------------------
 
 

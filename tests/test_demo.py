@@ -18,7 +18,10 @@ def test_demo_rotates_and_stops_everything(store: str, prefect_server: PrefectSe
     env = prefect_server.client_env(dict(os.environ))
     proc = subprocess.run(
         [sys.executable, "-m", "flows.cli", "demo", "--store", store, "--json"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

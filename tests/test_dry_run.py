@@ -14,12 +14,14 @@ def test_a_clean_dry_run_prints_the_plan_and_changes_nothing(
     before = rotation_env.current()
     keys_before = rotation_env.project_keys()
     health_stub.set(mode="ok", public_key=before.public_key)
-    rotation_env.consumers = [{"name": "api", "health_url": health_stub.health_url,
-                               "restart_url": health_stub.restart_url}]
+    rotation_env.consumers = [
+        {"name": "api", "health_url": health_stub.health_url, "restart_url": health_stub.restart_url}
+    ]
     since = rotation_env.sim.requests()["next"]
 
-    proc = rotation_env.cli("rotate", "--config", str(rotation_env.write_config()), "--project", ENTRY,
-                            "--dry-run", "--json")
+    proc = rotation_env.cli(
+        "rotate", "--config", str(rotation_env.write_config()), "--project", ENTRY, "--dry-run", "--json"
+    )
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -40,8 +42,9 @@ def test_a_dry_run_that_cannot_reach_a_consumer_fails_and_says_which(
     health_stub.set(mode="garbage")
     rotation_env.consumers = [{"name": "api", "health_url": health_stub.health_url}]
 
-    proc = rotation_env.cli("rotate", "--config", str(rotation_env.write_config()), "--project", ENTRY,
-                            "--dry-run", "--json")
+    proc = rotation_env.cli(
+        "rotate", "--config", str(rotation_env.write_config()), "--project", ENTRY, "--dry-run", "--json"
+    )
 
     assert proc.returncode == 1
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -52,8 +55,9 @@ def test_a_dry_run_that_cannot_reach_a_consumer_fails_and_says_which(
 def test_a_dry_run_with_a_wrong_project_id_fails(rotation_env: RotationEnv) -> None:
     rotation_env.entry_overrides = {"project_id": rotation_env.sim.projects[1].id}
 
-    proc = rotation_env.cli("rotate", "--config", str(rotation_env.write_config()), "--project", ENTRY,
-                            "--dry-run", "--json")
+    proc = rotation_env.cli(
+        "rotate", "--config", str(rotation_env.write_config()), "--project", ENTRY, "--dry-run", "--json"
+    )
 
     assert proc.returncode == 1
     assert "not a key of project" in json.loads(proc.stdout.strip().splitlines()[-1])["error"]

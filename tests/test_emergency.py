@@ -178,8 +178,15 @@ def test_a_public_key_that_is_not_in_the_project_is_bad_input(rotation_env: Rota
     before = rotation_env.current()
     stranger = KeyPair.generate().public_key
     proc = rotation_env.cli(
-        "emergency", "--config", str(rotation_env.write_config()), "--project", ENTRY,
-        "--public-key", stranger, "--no-prefect", "--json",
+        "emergency",
+        "--config",
+        str(rotation_env.write_config()),
+        "--project",
+        ENTRY,
+        "--public-key",
+        stranger,
+        "--no-prefect",
+        "--json",
     )
 
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -310,7 +317,12 @@ def test_without_a_reachable_prefect_server_the_command_contains_in_process(rota
     closed = f"http://127.0.0.1:{free_port()}/api"
 
     proc = rotation_env.cli(
-        "emergency", "--config", str(rotation_env.write_config()), "--project", ENTRY, "--json",
+        "emergency",
+        "--config",
+        str(rotation_env.write_config()),
+        "--project",
+        ENTRY,
+        "--json",
         env={"PREFECT_API_URL": closed},
     )
 
@@ -328,7 +340,12 @@ def test_without_a_reachable_prefect_server_the_command_contains_in_process(rota
 def test_without_prefect_the_command_never_imports_prefect(rotation_env: RotationEnv) -> None:
     """Containment does not depend on the orchestrator, not even on its package loading."""
     proc = rotation_env.cli(
-        "emergency", "--config", str(rotation_env.write_config()), "--project", ENTRY, "--no-prefect",
+        "emergency",
+        "--config",
+        str(rotation_env.write_config()),
+        "--project",
+        ENTRY,
+        "--no-prefect",
         env={"PYTHONPROFILEIMPORTTIME": "1"},
     )
 

@@ -30,9 +30,7 @@ FLOW_NAME = "langfuse-key-emergency"
 
 
 @pytest.fixture
-def served_deployment(
-    rotation_env: RotationEnv, prefect_server: PrefectServer, tmp_path: Path
-) -> Iterator[str]:
+def served_deployment(rotation_env: RotationEnv, prefect_server: PrefectServer, tmp_path: Path) -> Iterator[str]:
     """The emergency flow served as a uniquely named deployment; yields "flow/deployment"."""
     name = f"emergency-rotation-{uuid.uuid4().hex[:8]}"
     env = prefect_server.client_env(dict(os.environ))

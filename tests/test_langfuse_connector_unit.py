@@ -52,8 +52,6 @@ PROJECT = "proj-1"
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(start=1000.0)

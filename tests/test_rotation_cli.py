@@ -12,8 +12,18 @@ from devstack.prefect_server import PrefectServer
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 CONTRACT_FIELDS = {
-    "status", "project", "old_public_key", "new_public_key", "store", "store_version", "verified",
-    "old_key_rejected", "consumers", "duration_s", "prefect_flow_run_id", "error",
+    "status",
+    "project",
+    "old_public_key",
+    "new_public_key",
+    "store",
+    "store_version",
+    "verified",
+    "old_key_rejected",
+    "consumers",
+    "duration_s",
+    "prefect_flow_run_id",
+    "error",
 }
 
 

@@ -107,9 +107,11 @@ def test_a_concurrent_writer_makes_promotion_fail_and_roll_back(
             time.sleep(0.05)
         rotation_env.store.external_write(
             rotation_env.location,
-            {"LANGFUSE_PUBLIC_KEY": old_pair.public_key,
-             "LANGFUSE_SECRET_KEY": old_pair.secret_key.get_secret_value(),
-             "LANGFUSE_HOST": rotation_env.sim.url},
+            {
+                "LANGFUSE_PUBLIC_KEY": old_pair.public_key,
+                "LANGFUSE_SECRET_KEY": old_pair.secret_key.get_secret_value(),
+                "LANGFUSE_HOST": rotation_env.sim.url,
+            },
         )
 
     in_background(rewrite_while_langfuse_creates)

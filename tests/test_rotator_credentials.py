@@ -45,9 +45,7 @@ def test_a_missing_org_key_in_the_store_fails_cleanly_and_changes_nothing(rotati
     assert rotation_env.current().version == before.version
 
 
-def test_vault_approle_with_a_secret_id_file_rotates(
-    rotation_env: RotationEnv, request: pytest.FixtureRequest
-) -> None:
+def test_vault_approle_with_a_secret_id_file_rotates(rotation_env: RotationEnv, request: pytest.FixtureRequest) -> None:
     if rotation_env.store.kind != "vault":
         pytest.skip("AppRole is a Vault auth method")
     openbao = request.getfixturevalue("openbao")

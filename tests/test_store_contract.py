@@ -23,7 +23,6 @@ from tests.fixtures.stores import StoreUnderTest, new_record
 HOST = "https://langfuse.example.test"
 
 
-
 @pytest.fixture
 def loc(any_store: StoreUnderTest, store_path: str) -> SecretLocation:
     return any_store.location(f"{store_path}/proj-a")

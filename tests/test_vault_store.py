@@ -30,7 +30,6 @@ from tests.fixtures.stores import new_record
 HOST = "https://langfuse.example.test"
 
 
-
 @pytest.fixture
 def loc(store_path: str) -> SecretLocation:
     return SecretLocation(path=f"{store_path}/proj-a")
