@@ -53,13 +53,21 @@ class PrefectServer:
         self.home = home or Path(tempfile.mkdtemp(prefix="langfuse-rotate-prefect-"))
         self.database = database
         self.db_name: str | None = None
+        # Set when PostgreSQL was wanted but not reachable, so callers can say what they ran on.
+        self.fallback_reason: str | None = None
         self.startup_timeout_s = startup_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.home / "server.log"
 
     def _connection_url(self) -> str:
-        if self.database == "sqlite" or not postgres_available():
+        if self.database != "sqlite" and not postgres_available():
+            if os.environ.get("LANGFUSE_ROTATE_REQUIRE_POSTGRES") == "1":
+                raise RuntimeError(
+                    f"PostgreSQL is not reachable at {PG_ADMIN_DSN} (LANGFUSE_ROTATE_REQUIRE_POSTGRES=1)"
+                )
+            self.fallback_reason = f"PostgreSQL not reachable at {PG_ADMIN_DSN}: running on SQLite"
             self.database = "sqlite"
+        if self.database == "sqlite":
             return f"sqlite+aiosqlite:///{self.home / 'prefect.db'}"
         self.db_name = f"langfuse_rotate_{uuid.uuid4().hex[:10]}"
         _psql(f"CREATE DATABASE {self.db_name}")

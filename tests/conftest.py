@@ -3,6 +3,10 @@
 Fixture modules (one per part of the local stack) live in tests/fixtures/ and are loaded here.
 """
 
+import pytest
+
+from devstack.prefect_server import PG_ADMIN_DSN, postgres_available
+
 pytest_plugins = [
     "tests.fixtures.langfuse_sim",
     "tests.fixtures.stores",
@@ -10,3 +14,11 @@ pytest_plugins = [
     "tests.fixtures.prefect",
     "tests.fixtures.rotation",
 ]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say up front what the Prefect-server tests run on: PostgreSQL as in production, or SQLite
+    when PostgreSQL is not reachable (``LANGFUSE_ROTATE_REQUIRE_POSTGRES=1`` makes that an error)."""
+    if postgres_available():
+        return f"prefect server tests: PostgreSQL ({PG_ADMIN_DSN})"
+    return f"prefect server tests: SQLite FALLBACK (PostgreSQL not reachable at {PG_ADMIN_DSN})"
