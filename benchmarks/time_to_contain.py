@@ -56,8 +56,9 @@ from connectors.keypair import KeyPair  # noqa: E402
 from connectors.langfuse import LangfuseAdminClient, LangfuseProjectClient  # noqa: E402
 from connectors.store import RotationRecord, SecretLocation  # noqa: E402
 from connectors.vault import VaultStore  # noqa: E402
+from devstack.net import free_port  # noqa: E402
 from devstack.openbao import OpenBaoServer  # noqa: E402
-from devstack.prefect_server import PrefectServer, free_port  # noqa: E402
+from devstack.prefect_server import PrefectServer  # noqa: E402
 from devstack.sinks import JsonSink  # noqa: E402
 
 ENTRY = "bench-chatbot"

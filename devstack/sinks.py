@@ -20,7 +20,6 @@ import email
 import email.policy
 import json
 import signal
-import socket
 import sys
 import threading
 import time
@@ -30,14 +29,9 @@ from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Generic, TypeVar
 
-__all__ = ["JsonSink", "Recorded", "RecordedMail", "SmtpSink", "free_port"]
+from devstack.net import free_port
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (for servers that cannot bind port 0 themselves)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+__all__ = ["JsonSink", "Recorded", "RecordedMail", "SmtpSink"]
 
 
 _T = TypeVar("_T")

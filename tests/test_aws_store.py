@@ -30,7 +30,7 @@ from connectors.errors import (
 from connectors.keypair import KeyPair
 from connectors.store import SecretLocation
 from devstack.moto_server import MotoServer
-from devstack.openbao import free_port
+from devstack.net import free_port
 from tests.fixtures.stores import AWS_REGION, AWS_TEST_CREDENTIALS, new_record
 
 HOST = "https://langfuse.example.test"
@@ -299,13 +299,6 @@ def test_access_denied_by_iam(
     )
     with pytest.raises(StoreAccessDeniedError):
         stranger.describe(loc)
-
-
-def test_access_denied_for_one_secret_only() -> None:
-    pytest.skip(
-        "moto authorises Secrets Manager calls against resource '*' (test-infra §2.4): a policy "
-        "cannot allow one secret and deny another; only action-level denial is testable here"
-    )
 
 
 def _inject(session: boto3.session.Session, code: str, times: int, operation: str = "GetSecretValue") -> list[int]:

@@ -9,7 +9,7 @@ import pytest
 
 from connectors.consumers import Consumer, ConsumerClient
 from connectors.errors import ConsumerError
-from devstack.sinks import free_port
+from devstack.net import free_port
 from tests.fakes import FakeClock
 from tests.fixtures.devstack import HealthStub
 

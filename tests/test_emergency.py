@@ -22,7 +22,8 @@ from connectors.keypair import KeyPair
 from connectors.langfuse import LangfuseAdminClient
 from connectors.store import SecretLocation
 from devstack.consumer import ConsumerProcess, start_consumer_process
-from devstack.prefect_server import PrefectServer, free_port
+from devstack.net import free_port
+from devstack.prefect_server import PrefectServer
 from flows.execute import execute
 from flows.models import RotationResult
 from flows.runner import DirectRunner

@@ -7,7 +7,8 @@ import logging
 import pytest
 
 from connectors.notify import Notification, Notifier, NotifyTarget
-from devstack.sinks import JsonSink, SmtpSink, free_port
+from devstack.net import free_port
+from devstack.sinks import JsonSink, SmtpSink
 
 SUCCESS = Notification(title="Key rotated", body="project proj-a rotated to pk-lf-new", kind="success")
 FAILURE = Notification(title="Rotation failed", body="rolled back", kind="failure")

@@ -24,7 +24,8 @@ from connectors.errors import (
 from connectors.keypair import KeyPair
 from connectors.store import RotationRecord, SecretLocation
 from connectors.vault import PENDING_SUFFIX, RECORD_FIELD, VaultStore
-from devstack.openbao import OpenBaoServer, free_port
+from devstack.net import free_port
+from devstack.openbao import OpenBaoServer
 from tests.fixtures.stores import new_record
 
 HOST = "https://langfuse.example.test"
