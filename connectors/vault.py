@@ -56,6 +56,7 @@ from connectors.store import (
     secret_fields,
     stored_pair,
 )
+from connectors.vault_auth import AppRoleAuth, TokenAuth, TokenKeeper, VaultAuth
 
 __all__ = ["PENDING_SUFFIX", "RECORD_FIELD", "VaultStore"]
 
@@ -100,37 +101,32 @@ class VaultStore:
         approle_role_id: str | None = None,
         approle_secret_id: SecretStr | None = None,
         approle_mount: str = "approle",
+        auth: VaultAuth | None = None,
         mount: str = "secret",
         namespace: str | None = None,
         timeout_s: float = 10.0,
         verify_tls: bool | str = True,
+        ca_cert: str | None = None,
     ) -> None:
-        use_approle = approle_role_id is not None or approle_secret_id is not None
-        if use_approle and (approle_role_id is None or approle_secret_id is None):
-            raise ValueError("Vault AppRole auth needs both approle_role_id and approle_secret_id")
-        if token is None and not use_approle:
-            raise ValueError("Vault needs a token or an AppRole role_id and secret_id")
-        if token is not None and use_approle:
-            raise ValueError("Vault takes either a token or AppRole credentials, not both")
-        raw_token = token.get_secret_value().strip() if token is not None else None
-        if raw_token is not None and not raw_token:
-            raise ValueError("Vault token is empty")
+        self._auth = _choose_auth(token, approle_role_id, approle_secret_id, approle_mount, auth)
+        if ca_cert is not None and verify_tls is False:
+            raise ValueError("Vault ca_cert is given but verify_tls is off")
         self._url = url.rstrip("/")
         self._mount = mount.strip("/")
-        self._approle_mount = approle_mount.strip("/")
-        self._role_id = approle_role_id
-        self._secret_id = approle_secret_id
         self._client = hvac.Client(
             url=self._url,
-            token=raw_token,
             namespace=namespace,
             timeout=timeout_s,
-            verify=verify_tls,
+            verify=ca_cert if ca_cert is not None else verify_tls,
         )
-        self._logged_in = raw_token is not None
+        self._keeper = TokenKeeper(self._client, self._auth)
+
+    def close(self) -> None:
+        """Stop renewing the token in the background (also done when the store is collected)."""
+        self._keeper.close()
 
     def __repr__(self) -> str:
-        return f"VaultStore(url={self._url!r}, mount={self._mount!r})"
+        return f"VaultStore(url={self._url!r}, mount={self._mount!r}, auth={self._auth.method!r})"
 
     # --- SecretStore --------------------------------------------------------------------------
 
@@ -452,38 +448,16 @@ class VaultStore:
             lambda: self._client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point=self._mount),
         )
 
-    def _login(self) -> None:
-        assert self._role_id is not None and self._secret_id is not None
-        try:
-            self._client.auth.approle.login(
-                role_id=self._role_id,
-                secret_id=self._secret_id.get_secret_value(),
-                mount_point=self._approle_mount,
-            )
-        except (
-            hvac.exceptions.InvalidRequest,
-            hvac.exceptions.Forbidden,
-            hvac.exceptions.Unauthorized,
-            hvac.exceptions.InvalidPath,
-        ):
-            raise StoreAccessDeniedError(
-                f"Vault AppRole login at {self._url} (auth/{self._approle_mount}) failed: invalid role or secret ID"
-            ) from None
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
-            raise _translate(exc, f"log in to {self._url}", self._url, self._url) from None
-        self._logged_in = True
-
     def _call(self, action: str, label: str, fn: Callable[[], _T]) -> _T:
-        """Run one request; map errors; with AppRole, re-login once on 403 and retry."""
-        if not self._logged_in:
-            self._login()
+        """Run one request with a valid token; map errors. After a 403, get a fresh token once
+        (log in again, or re-read the token file) and repeat the request."""
         try:
+            self._keeper.ensure()
             try:
                 return fn()
             except hvac.exceptions.Forbidden:
-                if self._role_id is None:
+                if not self._keeper.recover():
                     raise
-                self._login()
                 return fn()
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
             raise _translate(exc, action, label, self._url) from None
@@ -525,6 +499,29 @@ def _translate(exc: Exception, action: str, label: str, url: str) -> StoreError:
     if isinstance(exc, requests.exceptions.ConnectionError):
         return StoreUnavailableError(f"Vault at {url} is unreachable")
     return StoreError(f"Vault error during {action}: {type(exc).__name__}")
+
+
+def _choose_auth(
+    token: SecretStr | None,
+    role_id: str | None,
+    secret_id: SecretStr | None,
+    approle_mount: str,
+    auth: VaultAuth | None,
+) -> VaultAuth:
+    use_approle = role_id is not None or secret_id is not None
+    if use_approle and (role_id is None or secret_id is None):
+        raise ValueError("Vault AppRole auth needs both approle_role_id and approle_secret_id")
+    given = [token is not None, use_approle, auth is not None]
+    if sum(given) == 0:
+        raise ValueError("Vault needs a token, AppRole credentials or another auth method")
+    if sum(given) > 1:
+        raise ValueError("Vault takes exactly one auth method (token, AppRole or auth)")
+    if token is not None:
+        return TokenAuth(token)
+    if role_id is not None and secret_id is not None:
+        return AppRoleAuth(role_id, secret_id, approle_mount)
+    assert auth is not None
+    return auth
 
 
 def _clean(path: str) -> str:

@@ -65,8 +65,9 @@ class OpenBaoServer:
     Use as a context manager, or call ``start()``/``stop()``.
     """
 
-    def __init__(self, *, port: int | None = None, root_token: str | None = None) -> None:
+    def __init__(self, *, port: int | None = None, root_token: str | None = None, tls: bool = False) -> None:
         self._fixed_port = port
+        self.tls = tls
         self.root_token = root_token or f"root-{secrets.token_urlsafe(18)}"
         self.port = 0
         self.unseal_key: str | None = None
@@ -77,11 +78,19 @@ class OpenBaoServer:
     def url(self) -> str:
         if self._proc is None:
             raise RuntimeError("OpenBao server is not running")
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_cert(self) -> str:
+        """With ``tls=True``: the PEM file of the CA that signed the server's certificate."""
+        if not self.tls or self._tmp is None:
+            raise RuntimeError("OpenBao server is not running with TLS")
+        return str(Path(self._tmp.name) / "tls" / "vault-ca.pem")
 
     def client(self, token: str | None = None) -> hvac.Client:
         """An hvac client for this server (root token unless another is given)."""
-        return hvac.Client(url=self.url, token=token or self.root_token, timeout=10)
+        verify: str | bool = self.ca_cert if self.tls else True
+        return hvac.Client(url=self.url, token=token or self.root_token, timeout=10, verify=verify)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -101,6 +110,8 @@ class OpenBaoServer:
     def _start_once(self, timeout_s: float) -> None:
         self.port = self._fixed_port or free_port()
         self._tmp = tempfile.TemporaryDirectory(prefix="openbao-")
+        if self.tls:
+            (Path(self._tmp.name) / "tls").mkdir(mode=0o700)
         log_path = Path(self._tmp.name) / "server.log"
         # The log holds the root token and unseal key: keep it private, delete it on stop.
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -113,6 +124,7 @@ class OpenBaoServer:
                     f"-dev-root-token-id={self.root_token}",
                     f"-dev-listen-address=127.0.0.1:{self.port}",
                     "-dev-no-store-token",
+                    *([f"-dev-tls-cert-dir={Path(self._tmp.name) / 'tls'}", "-dev-tls"] if self.tls else []),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -142,8 +154,11 @@ class OpenBaoServer:
         return last[0][:200]
 
     def _healthy(self) -> bool:
+        scheme, verify = ("https", self.ca_cert) if self.tls else ("http", True)
+        if self.tls and not os.path.exists(self.ca_cert):
+            return False
         try:
-            response = requests.get(f"http://127.0.0.1:{self.port}/v1/sys/health", timeout=1)
+            response = requests.get(f"{scheme}://127.0.0.1:{self.port}/v1/sys/health", timeout=1, verify=verify)
         except requests.exceptions.RequestException:
             return False
         return response.status_code == 200
@@ -178,7 +193,7 @@ class OpenBaoServer:
     # --- sealing ------------------------------------------------------------------------------
 
     def is_sealed(self) -> bool:
-        response = requests.get(f"{self.url}/v1/sys/health", timeout=5)
+        response = requests.get(f"{self.url}/v1/sys/health", timeout=5, verify=self.ca_cert if self.tls else True)
         return response.status_code == 503
 
     def seal(self) -> None:
@@ -207,25 +222,18 @@ class OpenBaoServer:
         *,
         kv_mount: str = "secret",
         approle_mount: str = "approle",
+        token_ttl: str = "15m",
     ) -> AppRoleCredentials:
         """An AppRole whose policy allows the rotation's KV v2 operations on paths starting with
         ``path_prefix`` (the secret and its ``/rotation-pending``), and nothing else."""
         client = self.client()
         with contextlib.suppress(hvac.exceptions.InvalidRequest):  # already enabled
             client.sys.enable_auth_method(method_type="approle", path=approle_mount)
-        prefix = path_prefix.strip("/")
-        policy_name = f"kv-{role_name}"
-        policy = "\n".join(
-            [
-                f'path "{kv_mount}/data/{prefix}*" {{ capabilities = ["create", "read", "update"] }}',
-                f'path "{kv_mount}/metadata/{prefix}*" {{ capabilities = ["read", "update", "delete", "list"] }}',
-            ]
-        )
-        client.sys.create_or_update_policy(name=policy_name, policy=policy)
+        policy_name = self.kv_policy(f"kv-{role_name}", path_prefix, kv_mount=kv_mount)
         client.auth.approle.create_or_update_approle(
             role_name=role_name,
             token_policies=[policy_name],
-            token_ttl="15m",
+            token_ttl=token_ttl,
             token_max_ttl="1h",
             secret_id_ttl="1h",
             mount_point=approle_mount,
@@ -239,6 +247,58 @@ class OpenBaoServer:
             policy=policy_name,
             mount=approle_mount,
         )
+
+    def kv_policy(self, name: str, path_prefix: str, *, kv_mount: str = "secret") -> str:
+        """Write a policy allowing the rotation's KV v2 operations under ``path_prefix``; its name."""
+        prefix = path_prefix.strip("/")
+        policy = "\n".join(
+            [
+                f'path "{kv_mount}/data/{prefix}*" {{ capabilities = ["create", "read", "update"] }}',
+                f'path "{kv_mount}/metadata/{prefix}*" {{ capabilities = ["read", "update", "delete", "list"] }}',
+            ]
+        )
+        self.client().sys.create_or_update_policy(name=name, policy=policy)
+        return name
+
+    def create_token(self, policies: list[str], *, ttl: str = "1h", explicit_max_ttl: str = "24h") -> SecretStr:
+        """A renewable child token of the root token (``default`` policy included)."""
+        response = self.client().auth.token.create(
+            policies=policies, ttl=ttl, explicit_max_ttl=explicit_max_ttl, renewable=True
+        )
+        return SecretStr(response["auth"]["client_token"])
+
+    # --- JWT ----------------------------------------------------------------------------------
+
+    def enable_jwt(
+        self,
+        role_name: str,
+        path_prefix: str,
+        *,
+        public_key_pem: str,
+        audience: str,
+        kv_mount: str = "secret",
+        jwt_mount: str = "jwt",
+        token_ttl: str = "15m",
+    ) -> str:
+        """Vault's JWT auth method trusting ``public_key_pem``, with a role for tokens whose ``aud``
+        is ``audience``; the role's policy is the one ``enable_approle`` gives. Returns the role name."""
+        client = self.client()
+        with contextlib.suppress(hvac.exceptions.InvalidRequest):  # already enabled
+            client.sys.enable_auth_method(method_type="jwt", path=jwt_mount)
+        client.auth.jwt.configure(jwt_validation_pubkeys=[public_key_pem], path=jwt_mount)
+        policy_name = self.kv_policy(f"kv-{role_name}", path_prefix, kv_mount=kv_mount)
+        client.auth.jwt.create_role(
+            name=role_name,
+            role_type="jwt",
+            bound_audiences=[audience],
+            user_claim="sub",
+            token_policies=[policy_name],
+            token_ttl=token_ttl,
+            token_max_ttl="1h",
+            allowed_redirect_uris=[],
+            path=jwt_mount,
+        )
+        return role_name
 
 
 class _PortTaken(Exception):

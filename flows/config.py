@@ -61,21 +61,84 @@ class AppRoleConfig(_Strict):
             raise ConfigError(f"cannot read approle secret_id_file {self.secret_id_file}: {exc.strerror}") from None
 
 
+class JwtAuthConfig(_Strict):
+    """Vault's JWT auth method: a Kubernetes service-account token or a CI OIDC token in a file."""
+
+    method: Literal["jwt"]
+    role: str = Field(min_length=1)
+    jwt_file: Path
+    mount: str = "jwt"
+
+    @field_validator("jwt_file")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+
 class VaultStoreConfig(_Strict):
+    """A Vault (or OpenBao) KV v2 store. Left out, ``url``, ``namespace`` and ``ca_cert`` come from
+    ``VAULT_ADDR``, ``VAULT_NAMESPACE`` and ``VAULT_CACERT``; with no auth method given the token
+    is ``VAULT_TOKEN``, else the file ``~/.vault-token`` (as the ``vault`` CLI does)."""
+
     kind: Literal["vault"]
     url: str
     token: SecretStr | None = None
+    token_file: Path | None = None
     approle: AppRoleConfig | None = None
+    auth: JwtAuthConfig | None = None
     mount: str = "secret"
     namespace: str | None = None
     timeout_s: float = Field(default=10.0, gt=0)
     verify_tls: bool = True
+    ca_cert: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vault_environment(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key, variable in (("url", "VAULT_ADDR"), ("namespace", "VAULT_NAMESPACE"), ("ca_cert", "VAULT_CACERT")):
+            if data.get(key) is None and os.environ.get(variable):
+                data[key] = os.environ[variable]
+        if data.get("url") is None:
+            raise ValueError("no Vault address: set url or VAULT_ADDR")
+        if all(data.get(key) is None for key in _VAULT_AUTH_KEYS):
+            if os.environ.get("VAULT_TOKEN"):
+                data["token"] = os.environ["VAULT_TOKEN"]
+            elif (home_token := Path.home() / ".vault-token").is_file():
+                data["token_file"] = home_token
+            else:
+                raise ValueError(
+                    "no Vault credentials: set token, token_file, approle or auth (or VAULT_TOKEN, ~/.vault-token)"
+                )
+        return data
+
+    @field_validator("token_file", "ca_cert")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @field_validator("url")
+    @classmethod
+    def _vault_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _one_auth_method(self) -> VaultStoreConfig:
-        if (self.token is None) == (self.approle is None):
-            raise ValueError("give exactly one of token or approle")
+        given = [key for key in _VAULT_AUTH_KEYS if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give exactly one of token, token_file, approle or auth (got {', '.join(given)})")
+        if self.ca_cert is not None and not self.verify_tls:
+            raise ValueError("ca_cert is set but verify_tls is false")
+        if self.ca_cert is not None and not self.ca_cert.exists():
+            raise ValueError(f"ca_cert {self.ca_cert} does not exist")
         return self
+
+
+_VAULT_AUTH_KEYS = ("token", "token_file", "approle", "auth")
 
 
 class AwsStoreConfig(_Strict):

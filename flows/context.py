@@ -27,25 +27,21 @@ from flows.redact import register_secret
 
 if TYPE_CHECKING:
     from connectors.notify import Notifier
+    from connectors.vault_auth import VaultAuth
 
 
 def build_store(config: StoreConfig) -> SecretStore:
     if isinstance(config, VaultStoreConfig):
         from connectors.vault import VaultStore
 
-        register_secret(config.token)
-        secret_id = config.approle.resolved_secret_id() if config.approle else None
-        register_secret(secret_id)
         return VaultStore(
             config.url,
-            token=config.token,
-            approle_role_id=config.approle.role_id if config.approle else None,
-            approle_secret_id=secret_id,
-            approle_mount=config.approle.mount if config.approle else "approle",
+            auth=_vault_auth(config),
             mount=config.mount,
             namespace=config.namespace,
             timeout_s=config.timeout_s,
             verify_tls=config.verify_tls,
+            ca_cert=str(config.ca_cert) if config.ca_cert is not None else None,
         )
     if isinstance(config, AwsStoreConfig):
         from connectors.aws_secrets import AwsSecretsStore
@@ -57,6 +53,22 @@ def build_store(config: StoreConfig) -> SecretStore:
             timeout_s=config.timeout_s,
         )
     raise ConfigError(f"unsupported store kind {config!r}")
+
+
+def _vault_auth(config: VaultStoreConfig) -> VaultAuth:
+    from connectors.vault_auth import AppRoleAuth, JwtAuth, TokenAuth, TokenFileAuth
+
+    if config.token is not None:
+        register_secret(config.token)
+        return TokenAuth(config.token)
+    if config.token_file is not None:
+        return TokenFileAuth(config.token_file)
+    if config.approle is not None:
+        secret_id = config.approle.resolved_secret_id()
+        register_secret(secret_id)
+        return AppRoleAuth(config.approle.role_id, secret_id, config.approle.mount)
+    assert config.auth is not None
+    return JwtAuth(config.auth.role, config.auth.jwt_file, config.auth.mount)
 
 
 def org_key(config: RotationConfig, stores: dict[str, SecretStore]) -> tuple[str, SecretStr]:

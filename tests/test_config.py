@@ -106,7 +106,8 @@ def test_a_missing_org_key_is_rejected() -> None:
 
 
 def test_vault_needs_exactly_one_auth_method() -> None:
-    assert "exactly one of token or approle" in error_of(MINIMAL.replace(", token: ${VAULT_TOKEN}", ""))
+    both = MINIMAL.replace(", token: ${VAULT_TOKEN}", ", token: ${VAULT_TOKEN}, approle: {role_id: r, secret_id: s}")
+    assert "exactly one of token, token_file, approle or auth" in error_of(both)
 
 
 def test_invalid_yaml_names_the_line() -> None:
