@@ -37,9 +37,7 @@ rotation enabled, or scheduled for deletion, are refused.
 from __future__ import annotations
 
 import json
-import random
 import re
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +49,7 @@ import botocore.exceptions
 from botocore.config import Config
 from pydantic import ValidationError
 
+from connectors.aws_session import DEFAULT_ROLE_SESSION_NAME, aws_session
 from connectors.errors import (
     StoreAccessDeniedError,
     StoreConflictError,
@@ -158,39 +157,46 @@ class AwsSecretsStore:
 
     kind = "aws"
 
-    throttle_retries = 3
-    """Own attempts after botocore's standard retries gave up on throttling."""
-    throttle_backoff_s = 0.5
-    """First pause of the own throttling retry; doubles each time (with jitter), capped at 8 s."""
-
     def __init__(
         self,
         *,
-        region: str,
+        region: str | None = None,
         endpoint_url: str | None = None,
         profile: str | None = None,
+        role_arn: str | None = None,
+        external_id: str | None = None,
+        role_session_name: str = DEFAULT_ROLE_SESSION_NAME,
         timeout_s: float = 10.0,
         max_attempts: int = 5,
         session: boto3.session.Session | None = None,
     ) -> None:
+        """Region and credentials as in ``connectors.aws_session``. Retries are botocore's own
+        ``adaptive`` mode (backoff with jitter, plus client-side rate limiting after throttling),
+        ``max_attempts`` attempts in all; there is no second retry layer on top."""
+        session, region = aws_session(
+            region=region,
+            profile=profile,
+            role_arn=role_arn,
+            external_id=external_id,
+            role_session_name=role_session_name,
+            session=session,
+        )
         self._region = region
         self._endpoint = endpoint_url or f"https://secretsmanager.{region}.amazonaws.com"
-        try:
-            session = session or boto3.session.Session(profile_name=profile, region_name=region)
-        except botocore.exceptions.ProfileNotFound:
-            raise StoreAccessDeniedError(f"AWS profile '{profile}' not found") from None
+        self._role_arn = role_arn
         config = Config(
             region_name=region,
             connect_timeout=timeout_s,
             read_timeout=timeout_s,
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "adaptive", "max_attempts": max_attempts},
         )
         self._client: SecretsManagerClient = session.client(
             "secretsmanager", region_name=region, endpoint_url=endpoint_url, config=config
         )
 
     def __repr__(self) -> str:
-        return f"AwsSecretsStore(region={self._region!r}, endpoint={self._endpoint!r})"
+        role = f", role_arn={self._role_arn!r}" if self._role_arn else ""
+        return f"AwsSecretsStore(region={self._region!r}, endpoint={self._endpoint!r}{role})"
 
     # --- SecretStore --------------------------------------------------------------------------
 
@@ -505,22 +511,13 @@ class AwsSecretsStore:
         self._call("untag", label, lambda: self._client.untag_resource(SecretId=loc.path, TagKeys=keys))
 
     def _call(self, action: str, label: str, fn: Callable[[], _T]) -> _T:
-        """One API call: botocore's standard retries, plus a bounded own retry on throttling."""
-        delay = self.throttle_backoff_s
-        attempt = 0
-        while True:
-            try:
-                return fn()
-            except botocore.exceptions.ClientError as exc:
-                code = _code(exc)
-                if code in _THROTTLING and attempt < self.throttle_retries:
-                    attempt += 1
-                    time.sleep(delay * random.uniform(0.5, 1.0))
-                    delay = min(delay * 2, 8.0)
-                    continue
-                raise _translate_client_error(exc, action, label, attempt + 1) from None
-            except botocore.exceptions.BotoCoreError as exc:
-                raise _translate_botocore_error(exc, action, label, self._endpoint) from None
+        """One API call (botocore retries it); errors become one-line ``StoreError``s."""
+        try:
+            return fn()
+        except botocore.exceptions.ClientError as exc:
+            raise _translate_client_error(exc, action, label) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise _translate_botocore_error(exc, action, label, self._endpoint) from None
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -530,9 +527,14 @@ def _code(exc: botocore.exceptions.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _translate_client_error(exc: botocore.exceptions.ClientError, action: str, label: str, attempts: int) -> StoreError:
+def _translate_client_error(exc: botocore.exceptions.ClientError, action: str, label: str) -> StoreError:
     code = _code(exc)
     operation = exc.operation_name
+    attempts = int(exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)) + 1
+    if operation == "AssumeRole":  # getting the role's credentials, before the secret is touched
+        if code in _DENIED or code == "403":
+            return StoreAccessDeniedError(f"AWS denied sts:AssumeRole for {label} ({code})")
+        return StoreUnavailableError(f"AWS STS failed sts:AssumeRole for {label} ({code})")
     message = " ".join(str(exc.response.get("Error", {}).get("Message", "")).split())[:200]
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     if code == "ResourceNotFoundException":

@@ -1,4 +1,4 @@
-"""An in-process moto server (AWS Secrets Manager, IAM, ...) for tests and the demo.
+"""An in-process moto server (AWS Secrets Manager, IAM, STS, ...) for tests and the demo.
 
 ``python -m devstack.moto_server`` starts one, prints ``{"url": ...}`` as one JSON line and serves
 until SIGTERM or SIGINT. Use the credentials ``testing``/``testing`` and region ``us-east-1``.
@@ -30,6 +30,11 @@ class IamUser:
     name: str
     access_key_id: str
     secret_access_key: SecretStr
+    account_id: str = "123456789012"
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:iam::{self.account_id}:user/{self.name}"
 
     def session(self, region: str = "us-east-1") -> boto3.session.Session:
         return boto3.session.Session(
@@ -117,6 +122,33 @@ class MotoServer:
             access_key_id=key["AccessKeyId"],
             secret_access_key=SecretStr(key["SecretAccessKey"]),
         )
+
+    def create_role(
+        self, name: str, allowed_actions: list[str], *, trusted: str, external_id: str | None = None
+    ) -> str:
+        """An IAM role allowed ``allowed_actions`` on every resource, assumable by the principal ARN
+        ``trusted`` (with ``external_id`` required by its trust policy when given; moto checks
+        both under IAM enforcement). Returns the role's ARN."""
+        iam = self.client("iam")
+        condition = {"StringEquals": {"sts:ExternalId": external_id}} if external_id else {}
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": trusted},
+                    "Action": "sts:AssumeRole",
+                    **({"Condition": condition} if condition else {}),
+                }
+            ],
+        }
+        arn: str = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": allowed_actions, "Resource": "*"}],
+        }
+        iam.put_role_policy(RoleName=name, PolicyName=f"{name}-policy", PolicyDocument=json.dumps(policy))
+        return arn
 
     def client(self, service: str, region: str = "us-east-1") -> Any:
         """A boto3 client for this server with the ``testing`` credentials."""

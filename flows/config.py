@@ -142,11 +142,39 @@ _VAULT_AUTH_KEYS = ("token", "token_file", "approle", "auth")
 
 
 class AwsStoreConfig(_Strict):
+    """An AWS Secrets Manager store. ``region`` left out: ``AWS_REGION``, ``AWS_DEFAULT_REGION`` or
+    the profile's region, as the AWS CLI does. ``role_arn`` (with ``external_id`` if the role's
+    trust policy asks for one) is assumed with the credentials of the standard chain."""
+
     kind: Literal["aws"]
-    region: str
+    region: str | None = None
     endpoint_url: str | None = None
     profile: str | None = None
+    role_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+    external_id: str | None = Field(default=None, min_length=2, max_length=1224)
+    role_session_name: str = Field(default="langfuse-rotate", pattern=r"^[\w+=,.@-]{2,64}$")
     timeout_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _external_id_needs_a_role(self) -> AwsStoreConfig:
+        if self.external_id is not None and self.role_arn is None:
+            raise ValueError("external_id is only used with role_arn")
+        if self.region is None and not os.environ.get("AWS_REGION"):
+            _require_aws_region(self.profile)
+        return self
+
+
+def _require_aws_region(profile: str | None) -> None:
+    """Refuse at load, with the line, what the AWS chain cannot supply (same rule as the store)."""
+    import boto3
+    import botocore.exceptions
+
+    try:
+        region = boto3.session.Session(profile_name=profile).region_name
+    except botocore.exceptions.ProfileNotFound:
+        raise ValueError(f"AWS profile '{profile}' not found") from None
+    if not region:
+        raise ValueError("no AWS region: set region, AWS_REGION or AWS_DEFAULT_REGION, or a region in the AWS profile")
 
 
 StoreConfig = Annotated[VaultStoreConfig | AwsStoreConfig, Field(discriminator="kind")]

@@ -46,12 +46,18 @@ def build_store(config: StoreConfig) -> SecretStore:
     if isinstance(config, AwsStoreConfig):
         from connectors.aws_secrets import AwsSecretsStore
 
-        return AwsSecretsStore(
-            region=config.region,
-            endpoint_url=config.endpoint_url,
-            profile=config.profile,
-            timeout_s=config.timeout_s,
-        )
+        try:
+            return AwsSecretsStore(
+                region=config.region,
+                endpoint_url=config.endpoint_url,
+                profile=config.profile,
+                role_arn=config.role_arn,
+                external_id=config.external_id,
+                role_session_name=config.role_session_name,
+                timeout_s=config.timeout_s,
+            )
+        except ValueError as exc:  # no region anywhere in the AWS chain
+            raise ConfigError(str(exc)) from None
     raise ConfigError(f"unsupported store kind {config!r}")
 
 

@@ -31,7 +31,7 @@ from connectors.keypair import KeyPair
 from connectors.store import SecretLocation
 from devstack.moto_server import MotoServer
 from devstack.net import free_port
-from tests.fixtures.stores import AWS_REGION, AWS_TEST_CREDENTIALS, new_record
+from tests.fixtures.stores import AWS_REGION, AWS_TEST_CREDENTIALS, new_record, throttle_on_the_wire
 
 HOST = "https://langfuse.example.test"
 
@@ -317,30 +317,29 @@ def _inject(session: boto3.session.Session, code: str, times: int, operation: st
     return calls
 
 
-def test_throttling_is_retried_then_succeeds(moto: MotoServer, loc: SecretLocation) -> None:
+def test_throttling_is_ridden_out_by_botocores_adaptive_retries(moto: MotoServer, loc: SecretLocation) -> None:
     moto.reset()
     session = fresh_session()
-    calls = _inject(session, "ThrottlingException", times=2)
+    calls = throttle_on_the_wire(session.events, "GetSecretValue", times=1)
     store = AwsSecretsStore(region=AWS_REGION, endpoint_url=moto.url, session=session)
-    store.throttle_backoff_s = 0.0
     old = KeyPair.generate()
     store.seed(loc, old, HOST)
 
     assert store.read_current(loc).key_pair() == old
-    assert len(calls) == 3
+    assert len(calls) == 2
+    assert store._client.meta.config.retries["mode"] == "adaptive"
 
 
-def test_a_throttling_storm_is_unavailable(moto: MotoServer, loc: SecretLocation) -> None:
+def test_a_throttling_storm_is_unavailable_after_botocores_attempts_only(moto: MotoServer, loc: SecretLocation) -> None:
     moto.reset()
     session = fresh_session()
-    calls = _inject(session, "ThrottlingException", times=1000)
-    store = AwsSecretsStore(region=AWS_REGION, endpoint_url=moto.url, session=session)
-    store.throttle_backoff_s = 0.0
+    calls = throttle_on_the_wire(session.events, "GetSecretValue", times=1000)
+    store = AwsSecretsStore(region=AWS_REGION, endpoint_url=moto.url, session=session, max_attempts=1)
     store.seed(loc, KeyPair.generate(), HOST)
 
-    with pytest.raises(StoreUnavailableError, match="throttled"):
+    with pytest.raises(StoreUnavailableError, match=r"throttled GetSecretValue .* after 2 attempts"):
         store.read_current(loc)
-    assert len(calls) == store.throttle_retries + 1
+    assert len(calls) == 2  # one retry layer: botocore's, no second loop on top
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from flows.models import RotationResult
 from flows.runner import DirectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.rotation import ENTRY, RotationEnv
+from tests.fixtures.stores import throttle_on_the_wire
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS_PATH = "/api/public/projects/{}/apiKeys"
@@ -221,8 +222,10 @@ def test_aws_access_denied_on_write_fails_at_staging(
 
 
 def throttle(operation: str, times: int) -> Any:
-    """A botocore hook answering ``operation`` with ThrottlingException ``times`` times (moto never
-    throttles, so this is the one place a response is faked)."""
+    """Answer ``operation`` with ThrottlingException ``times`` times (moto never throttles, so this
+    is the one place a response is faked). Above 100 the answer comes before botocore's retries
+    (``before-call``: a storm, without waiting out the backoff); otherwise it is the HTTP response
+    itself, which botocore's adaptive retry mode retries as it would a real one."""
     left = {"n": times}
 
     def hook(**_: Any) -> Any:
@@ -237,7 +240,10 @@ def throttle(operation: str, times: int) -> Any:
 
     def client(self: boto3.session.Session, *args: Any, **kwargs: Any) -> Any:
         made = real_client(self, *args, **kwargs)
-        made.meta.events.register(f"before-call.secrets-manager.{operation}", hook)
+        if times > 100:
+            made.meta.events.register(f"before-call.secrets-manager.{operation}", hook)
+        else:
+            throttle_on_the_wire(made.meta.events, operation, times)
         return made
 
     return client
