@@ -5,6 +5,12 @@ the public key it currently uses on a health endpoint (``{"langfuse_public_key":
 or a nested field named by a dotted path). The rotation restarts each consumer through its
 optional restart hook, then waits until every one reports the new public key.
 
+A restart hook is either a URL (``POST``) or a command (``restart_command``: an argv list run
+without a shell, e.g. ``kubectl rollout restart deployment/api``): exit code 0 is a restart, any
+other exit code or the timeout a failed one. The command's output goes to the log only, redacted
+(header values, anything shaped like a secret key or bearer token) and cut to its last lines.
+Requests to a consumer can carry ``headers`` (e.g. ``Authorization``): secrets, never logged.
+
 Consumers are other teams' services, so every answer is treated as untrusted: bodies are never
 quoted in messages (a misbehaving consumer could echo its secret), only facts such as
 ``HTTP 500``, ``invalid JSON`` or ``field X missing``. ``observe`` and ``wait_for_public_key``
@@ -13,20 +19,37 @@ never raise; ``restart`` raises ``ConsumerError`` with a one-line message.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import re
+import signal
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.errors import ConsumerError
 
 __all__ = ["Consumer", "ConsumerClient", "ConsumerObservation", "WaitOutcome"]
 
 _MAX_PARALLEL_OBSERVATIONS = 16
+_COMMAND_TIMEOUT_S = 60.0
+_OUTPUT_TAIL_BYTES = 4096
+_OUTPUT_LOG_CHARS = 500
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_SECRET_SHAPES = re.compile(
+    r"(sk-lf-[A-Za-z0-9_-]{4,}"
+    r"|(?i:bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"
+    r"|(?i:token|secret|password|passwd|api[_-]?key)\s*[=:]\s*\S+)"
+)
+_log = logging.getLogger("langfuse_rotate.consumers")
 
 
 class Consumer(BaseModel):
@@ -40,7 +63,64 @@ class Consumer(BaseModel):
     """Field of the health JSON holding the public key; a dotted path reaches into objects."""
     restart_url: str | None = None
     """Optional hook that restarts the service (``POST``); without it the rotation only waits."""
+    restart_command: tuple[str, ...] | None = None
+    """Or a command that restarts it: an argv list, run without a shell."""
+    restart_timeout_s: float | None = Field(default=None, gt=0)
+    """Deadline of the restart hook; default ``timeout_s`` for a URL, 60 s for a command."""
+    headers: dict[str, SecretStr] = {}
+    """Sent with the restart and health requests (e.g. ``Authorization``); secrets."""
     timeout_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("restart_command", mode="before")
+    @classmethod
+    def _argv_not_shell(cls, value: Any) -> Any:
+        return check_not_shell_string(value)
+
+    @field_validator("restart_command")
+    @classmethod
+    def _argv_not_empty(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return check_argv(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _valid_headers(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        return check_headers(value)
+
+    @model_validator(mode="after")
+    def _one_restart_hook(self) -> Consumer:
+        if self.restart_url is not None and self.restart_command is not None:
+            raise ValueError("give restart_url or restart_command, not both")
+        return self
+
+    def request_headers(self) -> dict[str, str]:
+        return {name: secret.get_secret_value() for name, secret in self.headers.items()}
+
+
+def check_not_shell_string(value: Any) -> Any:
+    """``restart_command`` is an argv list: a string would need a shell to split it."""
+    if isinstance(value, str):
+        raise ValueError("must be a list of arguments (argv), not a shell string")
+    return value
+
+
+_Argv = TypeVar("_Argv", bound=Sequence[str] | None)
+
+
+def check_argv(value: _Argv) -> _Argv:
+    if value is not None and (not value or not value[0].strip()):
+        raise ValueError("must name the program to run as its first item")
+    if value is not None and any("\0" in part for part in value):
+        raise ValueError("arguments cannot contain NUL characters")
+    return value
+
+
+def check_headers(value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+    for name, secret in value.items():
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"{name!r} is not a valid HTTP header name")
+        if any(char in secret.get_secret_value() for char in "\r\n\0"):
+            raise ValueError(f"header {name} has a line break or NUL in its value")
+    return value
 
 
 class ConsumerObservation(BaseModel):
@@ -84,6 +164,31 @@ def _describe_transport_error(exc: httpx.HTTPError, timeout_s: float) -> str:
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
         return "invalid URL"
     return f"request failed ({type(exc).__name__})"
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _tail(output: Any, consumer: Consumer) -> str:
+    """The end of a command's output as one redacted line of at most ``_OUTPUT_LOG_CHARS``."""
+    output.seek(0, os.SEEK_END)
+    size = output.tell()
+    output.seek(max(0, size - _OUTPUT_TAIL_BYTES))
+    text = output.read().decode("utf-8", errors="replace")
+    for secret in consumer.headers.values():
+        raw = secret.get_secret_value()
+        if raw:
+            text = text.replace(raw, "***")
+    text = _SECRET_SHAPES.sub("***", text)
+    line = " | ".join(part.strip() for part in text.splitlines() if part.strip())
+    if not line:
+        return "(none)"
+    if len(line) > _OUTPUT_LOG_CHARS or size > _OUTPUT_TAIL_BYTES:
+        line = "..." + line[-_OUTPUT_LOG_CHARS:]
+    return line
 
 
 def _extract_field(document: Any, dotted_path: str) -> tuple[Any, str | None]:
@@ -131,19 +236,57 @@ class ConsumerClient:
     # --- restart --------------------------------------------------------------------------------
 
     def restart(self, consumer: Consumer) -> None:
-        """Ask the consumer to restart (``POST restart_url``); a no-op without a restart hook.
+        """Restart the consumer through its hook (``POST restart_url`` or ``restart_command``);
+        a no-op without one.
 
-        Raises ``ConsumerError`` on a transport failure, a timeout or a non-2xx answer.
+        Raises ``ConsumerError`` on a transport failure, a timeout, a non-2xx answer, or a
+        command that cannot start or exits non-zero.
         """
+        if consumer.restart_command is not None:
+            self._run_restart_command(consumer, consumer.restart_command)
+            return
         if consumer.restart_url is None:
             return
+        timeout_s = consumer.restart_timeout_s or consumer.timeout_s
         try:
-            response = self._http.post(consumer.restart_url, timeout=consumer.timeout_s)
+            response = self._http.post(consumer.restart_url, timeout=timeout_s, headers=consumer.request_headers())
         except httpx.HTTPError as exc:
-            detail = _describe_transport_error(exc, consumer.timeout_s)
+            detail = _describe_transport_error(exc, timeout_s)
             raise ConsumerError(f"consumer {consumer.name!r}: restart hook {detail}") from None
         if not response.is_success:
             raise ConsumerError(f"consumer {consumer.name!r}: restart hook answered HTTP {response.status_code}")
+
+    def _run_restart_command(self, consumer: Consumer, argv: tuple[str, ...]) -> None:
+        """Run ``argv`` (no shell) in its own process group; the whole group is killed at the
+        deadline. Output goes to a temporary file (never a pipe that could fill up) and only its
+        tail is read back, for the log."""
+        timeout_s = consumer.restart_timeout_s or _COMMAND_TIMEOUT_S
+        program = os.path.basename(argv[0])
+        prefix = f"consumer {consumer.name!r}: restart command {program!r}"
+        with tempfile.TemporaryFile() as output:
+            try:
+                process = subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except FileNotFoundError:
+                raise ConsumerError(f"{prefix} not found") from None
+            except OSError as exc:
+                raise ConsumerError(f"{prefix} could not start ({exc.strerror or type(exc).__name__})") from None
+            try:
+                code = process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                limit = _format_seconds(timeout_s)
+                _log.warning("%s timed out after %s; output: %s", prefix, limit, _tail(output, consumer))
+                raise ConsumerError(f"{prefix} timed out after {limit}") from None
+            if code != 0:
+                _log.warning("%s exited with code %d; output: %s", prefix, code, _tail(output, consumer))
+                raise ConsumerError(f"{prefix} exited with code {code}")
+            _log.info("%s succeeded; output: %s", prefix, _tail(output, consumer))
 
     # --- observe --------------------------------------------------------------------------------
 
@@ -166,7 +309,7 @@ class ConsumerClient:
             response = self._http.get(
                 consumer.health_url,
                 timeout=consumer.timeout_s,
-                headers={"Accept": "application/json"},
+                headers={"Accept": "application/json", **consumer.request_headers()},
             )
         except httpx.HTTPError as exc:
             return None, f"health check {_describe_transport_error(exc, consumer.timeout_s)}"

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from connectors.consumers import check_argv, check_headers, check_not_shell_string
 from connectors.store import FieldNames, SecretLocation
 
 CONFIG_ENV_VAR = "LANGFUSE_ROTATE_CONFIG"
@@ -225,7 +226,22 @@ class ConsumerConfig(_Strict):
     health_url: str
     public_key_field: str = "langfuse_public_key"
     restart_url: str | None = None
+    restart_command: list[str] | None = None
+    """argv, run without a shell (README, "Restart hooks")."""
+    restart_timeout_s: float | None = Field(default=None, gt=0)
+    headers: dict[str, SecretStr] = {}
+    """Sent with restart and health requests; values usually ``${ENV_VAR}``; secrets."""
     timeout_s: float = Field(default=5.0, gt=0)
+
+    _not_shell = field_validator("restart_command", mode="before")(check_not_shell_string)
+    _argv = field_validator("restart_command")(check_argv)
+    _headers = field_validator("headers")(check_headers)
+
+    @model_validator(mode="after")
+    def _one_restart_hook(self) -> ConsumerConfig:
+        if self.restart_url is not None and self.restart_command is not None:
+            raise ValueError("give restart_url or restart_command, not both")
+        return self
 
 
 class ProjectEntry(_Strict):

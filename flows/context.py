@@ -129,10 +129,16 @@ class EntryContext:
                 health_url=c.health_url,
                 public_key_field=c.public_key_field,
                 restart_url=c.restart_url,
+                restart_command=tuple(c.restart_command) if c.restart_command is not None else None,
+                restart_timeout_s=c.restart_timeout_s,
+                headers=c.headers,
                 timeout_s=c.timeout_s,
             )
             for c in entry.consumers
         ]
+        for consumer in entry.consumers:
+            for value in consumer.headers.values():
+                register_secret(value)
         self.audit = AuditLog(config.audit.path, run_id=flow_run_id)
         self._notifier: Notifier | None = None
         if eager_notifier:
