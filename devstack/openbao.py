@@ -267,6 +267,13 @@ class OpenBaoServer:
         )
         return SecretStr(response["auth"]["client_token"])
 
+    def create_namespace(self, name: str, *, kv_mount: str = "secret") -> None:
+        """A namespace with its own KV v2 mount (OpenBao has namespaces, like Vault Enterprise)."""
+        self.client().adapter.post(f"/v1/sys/namespaces/{name}")
+        verify: str | bool = self.ca_cert if self.tls else True
+        inside = hvac.Client(url=self.url, token=self.root_token, namespace=name, timeout=10, verify=verify)
+        inside.sys.enable_secrets_engine("kv", path=kv_mount, options={"version": "2"})
+
     # --- JWT ----------------------------------------------------------------------------------
 
     def enable_jwt(

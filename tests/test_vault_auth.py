@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import hvac
 import hvac.exceptions
 import pytest
 from pydantic import SecretStr
@@ -320,3 +321,20 @@ def test_vault_cacert_is_used_when_ca_cert_is_not_set(
     store = build_store(vault_config("{kind: vault}"))
     store.seed(loc, KeyPair.generate(), HOST)
     assert store.read_current(loc).version == 1
+
+
+def test_vault_namespace_selects_the_namespace(
+    no_vault_env: Path, monkeypatch: pytest.MonkeyPatch, openbao: OpenBaoServer, loc: SecretLocation
+) -> None:
+    namespace = f"team-{uuid.uuid4().hex[:6]}"
+    openbao.create_namespace(namespace)
+    monkeypatch.setenv("VAULT_ADDR", openbao.url)
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    monkeypatch.setenv("VAULT_NAMESPACE", namespace)
+    store = build_store(vault_config("{kind: vault}"))
+    store.seed(loc, KeyPair.generate(), HOST)
+
+    inside = hvac.Client(url=openbao.url, token=openbao.root_token, namespace=namespace)
+    assert inside.secrets.kv.v2.read_secret_version(path=loc.path, raise_on_deleted_version=True)
+    with pytest.raises(hvac.exceptions.InvalidPath):  # not in the root namespace
+        openbao.client().secrets.kv.v2.read_secret_version(path=loc.path, raise_on_deleted_version=True)
