@@ -49,7 +49,7 @@ def test_the_issue_example_with_env_references_in_flow_mappings_loads() -> None:
 
 
 def test_the_shipped_example_configuration_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("LANGFUSE_ORG_PUBLIC_KEY", "LANGFUSE_ORG_SECRET_KEY", "VAULT_TOKEN"):
+    for name in ("LANGFUSE_ORG_PUBLIC_KEY", "LANGFUSE_ORG_SECRET_KEY", "VAULT_TOKEN", "API_RESTART_TOKEN"):
         monkeypatch.setenv(name, "pk-lf-x" if "PUBLIC" in name else "value")
     config = load_config(EXAMPLE)
     assert [p.name for p in config.projects] == ["production-chatbot", "batch-worker-prod"]
