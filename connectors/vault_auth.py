@@ -262,6 +262,10 @@ class TokenKeeper:
         """Renew the token's lease; when it cannot be extended any more, stop trying."""
         try:
             response = self._client.auth.token.renew_self()
+        except hvac.exceptions.Forbidden:
+            _log.warning("Vault token renewal was refused: the token was revoked or has expired")
+            self._refresh_at = None  # nothing left to renew; requests will report the denial
+            return
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
             _log.warning("Vault token renewal failed (%s); retrying later", type(exc).__name__)
             if self._lease is not None:

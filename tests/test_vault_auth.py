@@ -338,3 +338,22 @@ def test_vault_namespace_selects_the_namespace(
     assert inside.secrets.kv.v2.read_secret_version(path=loc.path, raise_on_deleted_version=True)
     with pytest.raises(hvac.exceptions.InvalidPath):  # not in the root namespace
         openbao.client().secrets.kv.v2.read_secret_version(path=loc.path, raise_on_deleted_version=True)
+
+
+def test_renewal_stops_once_the_token_is_revoked(openbao: OpenBaoServer, store_path: str, loc: SecretLocation) -> None:
+    token = openbao.create_token(["default", openbao.kv_policy(f"kv-{uuid.uuid4().hex[:8]}", store_path)], ttl="2s")
+    store = VaultStore(openbao.url, token=token)
+    store.seed(loc, KeyPair.generate(), HOST)
+    renewer = store._keeper._renewer
+    assert renewer is not None and renewer.is_alive()
+    openbao.client().auth.token.revoke(token.get_secret_value())
+
+    renewer.join(timeout=5)
+    assert not renewer.is_alive()
+    with pytest.raises(StoreAccessDeniedError):
+        store.read_current(loc)
+
+
+def test_a_root_token_needs_no_renewal(vault_store: VaultStore, loc: SecretLocation) -> None:
+    vault_store.seed(loc, KeyPair.generate(), HOST)
+    assert vault_store._keeper._renewer is None
