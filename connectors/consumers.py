@@ -180,8 +180,9 @@ def _tail(output: Any, consumer: Consumer) -> str:
     text = output.read().decode("utf-8", errors="replace")
     for secret in consumer.headers.values():
         raw = secret.get_secret_value()
-        if raw:
-            text = text.replace(raw, "***")
+        for part in sorted({raw, *raw.split()}, key=len, reverse=True):  # "Bearer <token>": the token too
+            if len(part) >= 8:
+                text = text.replace(part, "***")
     text = _SECRET_SHAPES.sub("***", text)
     line = " | ".join(part.strip() for part in text.splitlines() if part.strip())
     if not line:

@@ -138,7 +138,9 @@ class EntryContext:
         ]
         for consumer in entry.consumers:
             for value in consumer.headers.values():
-                register_secret(value)
+                raw = value.get_secret_value()
+                for part in (raw, *raw.split()):  # "Bearer <token>": the token alone too
+                    register_secret(part)
         self.audit = AuditLog(config.audit.path, run_id=flow_run_id)
         self._notifier: Notifier | None = None
         if eager_notifier:

@@ -112,7 +112,7 @@ def test_command_output_is_logged_redacted_and_cut_short(caplog: pytest.LogCaptu
         "print('error: deployments.apps \"api\" not found', file=sys.stderr)\n"
         "sys.exit(1)\n"
     )
-    consumer = command_consumer(script(code), headers={"X-Restart-Token": TOKEN})
+    consumer = command_consumer(script(code), headers={"Authorization": f"Bearer {TOKEN}"})
     with caplog.at_level(logging.INFO, logger="langfuse_rotate.consumers"), pytest.raises(ConsumerError) as caught:
         ConsumerClient().restart(consumer)
     logged = "\n".join(record.getMessage() for record in caplog.records)
