@@ -107,7 +107,10 @@ class VaultStore:
         timeout_s: float = 10.0,
         verify_tls: bool | str = True,
         ca_cert: str | None = None,
+        on_token: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_token`` is told each token the store starts using (a login's, a token file's),
+        e.g. to register it for log redaction; never called with anything else."""
         self._auth = _choose_auth(token, approle_role_id, approle_secret_id, approle_mount, auth)
         if ca_cert is not None and verify_tls is False:
             raise ValueError("Vault ca_cert is given but verify_tls is off")
@@ -119,7 +122,7 @@ class VaultStore:
             timeout=timeout_s,
             verify=ca_cert if ca_cert is not None else verify_tls,
         )
-        self._keeper = TokenKeeper(self._client, self._auth)
+        self._keeper = TokenKeeper(self._client, self._auth, on_token=on_token)
 
     def close(self) -> None:
         """Stop renewing the token in the background (also done when the store is collected)."""

@@ -25,6 +25,7 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,9 +195,19 @@ class TokenKeeper:
     renew_fraction = 2 / 3
     """Renew (or log in again) once this share of the token's TTL has passed."""
 
-    def __init__(self, client: hvac.Client, auth: VaultAuth, *, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self,
+        client: hvac.Client,
+        auth: VaultAuth,
+        *,
+        on_token: Callable[[str], None] | None = None,
+        clock: Any = time.monotonic,
+    ) -> None:
+        """``on_token`` is told every new token (e.g. to register it for log redaction)."""
         self._client = client
         self.auth = auth
+        self._on_token = on_token
+        self._announced: str | None = None
         self._clock = clock
         self._lock = threading.RLock()
         self._logged_in = False
@@ -210,10 +221,11 @@ class TokenKeeper:
         with self._lock:
             if not self._logged_in:
                 self._login()
-                return
-            self.auth.refresh_if_changed(self._client)
-            if self._refresh_at is not None and self._clock() >= self._refresh_at:
-                self._refresh()
+            else:
+                self.auth.refresh_if_changed(self._client)
+                if self._refresh_at is not None and self._clock() >= self._refresh_at:
+                    self._refresh()
+            self._announce()
 
     def recover(self) -> bool:
         """After a 403: True when a new token was obtained and the request is worth repeating."""
@@ -221,9 +233,11 @@ class TokenKeeper:
             before = self._client.token
             if self.auth.can_login_again:
                 self._login()
+                self._announce()
                 return True
             if isinstance(self.auth, TokenFileAuth):
                 self.auth.login(self._client)
+                self._announce()
                 return bool(self._client.token != before)
             return False
 
@@ -231,6 +245,12 @@ class TokenKeeper:
         self._stop.set()
 
     # --- internals ----------------------------------------------------------------------------
+
+    def _announce(self) -> None:
+        token = self._client.token
+        if self._on_token is not None and isinstance(token, str) and token and token != self._announced:
+            self._on_token(token)
+            self._announced = token
 
     def _login(self) -> None:
         self._set_lease(self.auth.login(self._client))

@@ -42,6 +42,7 @@ def build_store(config: StoreConfig) -> SecretStore:
             timeout_s=config.timeout_s,
             verify_tls=config.verify_tls,
             ca_cert=str(config.ca_cert) if config.ca_cert is not None else None,
+            on_token=register_secret,
         )
     if isinstance(config, AwsStoreConfig):
         from connectors.aws_secrets import AwsSecretsStore

@@ -21,6 +21,7 @@ from connectors.vault_auth import JwtAuth, TokenFileAuth
 from devstack.openbao import OpenBaoServer
 from flows.config import ConfigError, VaultStoreConfig, parse_config
 from flows.context import build_store
+from flows.redact import scrub
 from tests.fixtures.jwt_signer import JwtIssuer
 
 HOST = "https://langfuse.example.test"
@@ -204,6 +205,8 @@ def test_jwt_login_with_a_locally_signed_token(
 
     with pytest.raises(StoreAccessDeniedError):  # the role's policy covers its prefix only
         store.read_current(SecretLocation(path="elsewhere/proj-a"))
+    assert isinstance(store, VaultStore)
+    assert scrub(f"token {store._client.token} leaked") == "token *** leaked"  # the login's token is redacted
 
 
 def test_a_rejected_jwt_is_denied_without_quoting_it(
