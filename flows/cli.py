@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import NoReturn
 
+from flows import inventory_cli
 from flows.models import ExitCode, RotationResult
 from flows.redact import scrub
 
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--store", choices=["vault", "aws"], default="vault", help="secret store to use")
     demo.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    inventory_cli.add_commands(commands)
     return parser
 
 
@@ -86,6 +88,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in inventory_cli.COMMANDS:
+        return inventory_cli.run_command(args)  # read-only; no Prefect
     _defaults_for_prefect()
     from flows.config import ConfigError
     from flows.procedure import BadInputError

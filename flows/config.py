@@ -280,6 +280,42 @@ class LockConfig(_Strict):
     lease_s: int = Field(default=300, ge=60)
 
 
+Role = Literal["OWNER", "ADMIN", "MEMBER", "VIEWER", "NONE"]
+
+
+class AccessLists(_Strict):
+    """Who may hold a role above ``default_role`` (emails; a higher listing allows the lower roles)."""
+
+    owners: list[str] = []
+    admins: list[str] = []
+    members: list[str] = []
+    max_owners: int | None = Field(default=None, ge=1)
+
+
+class AccessPolicy(AccessLists):
+    """``policy.access``: checked against organization and project memberships (README, report)."""
+
+    default_role: Role = "VIEWER"
+    projects: dict[str, AccessLists] = {}
+    """Per Langfuse project (id or name): further people allowed there only, and its own owner cap."""
+
+
+class PolicyConfig(_Strict):
+    """``policy``: the thresholds of ``langfuse-rotate report`` (README, compliance report)."""
+
+    max_key_age_days: int = Field(default=90, gt=0)
+    warn_days: int = Field(default=14, ge=0)
+    max_pending_hours: float = Field(default=24.0, gt=0)
+    access: AccessPolicy | None = None
+    """Unset: memberships are not checked."""
+
+    @model_validator(mode="after")
+    def _warning_before_overdue(self) -> PolicyConfig:
+        if self.warn_days >= self.max_key_age_days:
+            raise ValueError("warn_days must be smaller than max_key_age_days")
+        return self
+
+
 class RotationConfig(_Strict):
     langfuse: LangfuseConfig
     stores: dict[str, StoreConfig]
@@ -287,6 +323,7 @@ class RotationConfig(_Strict):
     notify: NotifyConfig = NotifyConfig()
     audit: AuditConfig = AuditConfig()
     lock: LockConfig = LockConfig()
+    policy: PolicyConfig = PolicyConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> RotationConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from connectors.errors import ConnectorError
 from connectors.notify import Notification
 from flows.context import EntryContext
+from flows.events import emit_rotation_event
 from flows.models import RotationResult
 from flows.redact import scrub
 from flows.tracking import one_line
@@ -48,6 +49,7 @@ def notification_for(result: RotationResult) -> Notification:
 
 def notify(ctx: EntryContext, result: RotationResult) -> None:
     """Send the run's notification; a delivery problem is audited, never fatal."""
+    emit_rotation_event(result, ctx.entry.project_id)  # the run's Prefect event (best effort, never raises)
     try:
         outcome = ctx.notifier.send(notification_for(result))
     except (ConnectorError, ValueError) as exc:  # ValueError: an invalid notify URL (loaded lazily)

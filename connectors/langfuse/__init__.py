@@ -11,6 +11,7 @@ No Prefect import: usable from a plain script.
 """
 
 from connectors.langfuse.admin import LangfuseAdminClient, LangfuseInstanceAdmin
+from connectors.langfuse.memberships import LangfuseMemberships, Membership
 from connectors.langfuse.models import (
     ApiKeySummary,
     HealthStatus,
@@ -26,7 +27,9 @@ __all__ = [
     "HealthStatus",
     "LangfuseAdminClient",
     "LangfuseInstanceAdmin",
+    "LangfuseMemberships",
     "LangfuseProjectClient",
+    "Membership",
     "OrganizationProject",
     "ProbeResult",
     "ProjectInfo",

@@ -33,6 +33,7 @@ class SimConfig:
     rate_limits: dict[str, list[float]] | None = None
     events_only: bool = False
     admin_api_entitlement: bool = True
+    project_roles_entitlement: bool = True
     strict_public_key: bool = False
     honour_predefined_keys: bool = True
     health: str = "ok"
@@ -70,6 +71,7 @@ def _validate(name: str, value: Any) -> Any:
         "stale_after_delete",
         "events_only",
         "admin_api_entitlement",
+        "project_roles_entitlement",
         "strict_public_key",
         "honour_predefined_keys",
     ):

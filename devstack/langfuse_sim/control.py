@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -21,6 +22,18 @@ class SimulatorControl:
     def keys(self) -> list[dict[str, Any]]:
         """Every key row (project and org), without secrets."""
         return list(self._call("GET", "/_sim/keys")["keys"])
+
+    def backdate_key(self, key: str, created_at: datetime) -> dict[str, Any]:
+        """Set the `createdAt` of the key with this id or public key (an aware datetime)."""
+        iso = created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return dict(self._call("PATCH", f"/_sim/keys/{key}", json={"createdAt": iso}))
+
+    def add_user(self, email: str, name: str = "") -> dict[str, Any]:
+        """Create a user (`{id, email, name}`), who can then be given memberships."""
+        return dict(self._call("POST", "/_sim/users", json={"email": email, "name": name}))
+
+    def users(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/_sim/users")["users"])
 
     def requests(self, since: int = 0) -> dict[str, Any]:
         """`{"requests": [{seq, method, path, status, public_key}], "next": M}`; pass `next` as `since`."""

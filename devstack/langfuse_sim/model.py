@@ -123,3 +123,19 @@ class Project:
 class Organization:
     id: str
     name: str
+
+
+ROLES = ("OWNER", "ADMIN", "MEMBER", "VIEWER", "NONE")
+"""Prisma's `Role` enum, which the membership routes validate against (the OpenAPI doc omits `NONE`)."""
+
+
+@dataclass
+class User:
+    """A Langfuse user (created through the UI or SCIM on a real server; `/_sim/users` here)."""
+
+    id: str
+    email: str
+    name: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

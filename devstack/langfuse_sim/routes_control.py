@@ -6,6 +6,7 @@ from typing import Any
 
 from devstack.langfuse_sim.config import ConfigError
 from devstack.langfuse_sim.faults import FaultError, parse_fault
+from devstack.langfuse_sim.model import iso_to_ts
 from devstack.langfuse_sim.state import SimState
 from devstack.langfuse_sim.wire import BodyError, Request, Response
 
@@ -21,6 +22,52 @@ def keys(state: SimState, req: Request, params: dict[str, str]) -> Response:
     with state.lock:
         rows = sorted(state.store.keys.values(), key=lambda k: k.created_at)
         return Response(200, {"keys": [k.control_view() for k in rows]})
+
+
+def patch_key(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    """Backdate a key: `{"createdAt": "<ISO 8601>"}`; the key is named by its id or public key."""
+    try:
+        body = _json_body(req)
+        created = body.get("createdAt") if isinstance(body, dict) else None
+        if not isinstance(created, str):
+            raise ConfigError('body must be {"createdAt": "<ISO 8601 time>"}')
+        try:
+            when = iso_to_ts(created)
+        except ValueError:
+            raise ConfigError(f"createdAt is not an ISO 8601 time: {created!r}") from None
+    except ConfigError as exc:
+        return Response(400, {"error": str(exc)})
+    with state.lock:
+        store = state.store
+        key = store.keys.get(params["key"]) or store.key_by_public(params["key"])
+        if key is None:
+            return Response(404, {"error": f"no key {params['key']}"})
+        key.created_at = when
+        state.persist()
+        return Response(200, key.control_view())
+
+
+def users(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    with state.lock:
+        return Response(200, {"users": [u.to_json() for u in state.store.users.values()]})
+
+
+def add_user(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    """Create a user (`{"email", "name"}`); on a real server users sign up or come through SCIM."""
+    try:
+        body = _json_body(req)
+    except ConfigError as exc:
+        return Response(400, {"error": str(exc)})
+    email = body.get("email") if isinstance(body, dict) else None
+    name = body.get("name", "") if isinstance(body, dict) else None
+    if not isinstance(email, str) or "@" not in email or not isinstance(name, str):
+        return Response(400, {"error": 'body must be {"email": "a@b", "name": "..."}'})
+    with state.lock:
+        if any(u.email == email for u in state.store.users.values()):
+            return Response(409, {"error": f"a user with email {email} exists"})
+        user = state.store.add_user(email, name)
+        state.persist()
+        return Response(201, user.to_json())
 
 
 def requests(state: SimState, req: Request, params: dict[str, str]) -> Response:

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from devstack.langfuse_sim import routes_admin as admin
 from devstack.langfuse_sim import routes_control as control
 from devstack.langfuse_sim import routes_data as data
+from devstack.langfuse_sim import routes_members as members
 from devstack.langfuse_sim.state import SimState
 from devstack.langfuse_sim.store import load_or_create
 from devstack.langfuse_sim.wire import Request, Response
@@ -27,6 +28,7 @@ from devstack.langfuse_sim.wire import Request, Response
 Handler = Callable[[SimState, Request, dict[str, str]], Response]
 
 _PROJECT_405 = {"message": "Method Not Allowed"}
+_MEMBERSHIP_405 = {"error": "Method not allowed"}
 _MIDDLEWARE_405 = {"message": "Method not allowed", "error": "MethodNotAllowedError"}
 
 
@@ -61,6 +63,24 @@ ROUTES: list[Route] = [
     ),
     _route("/api/public/organizations/projects", {"GET": admin.get_org_projects}, {"error": "Method Not Allowed"}),
     _route("/api/public/organizations/apiKeys", {"GET": admin.get_org_api_keys}, {"error": "Method Not Allowed"}),
+    _route(
+        "/api/public/organizations/memberships",
+        {
+            "GET": members.get_org_memberships,
+            "PUT": members.put_org_membership,
+            "DELETE": members.delete_org_membership,
+        },
+        _MEMBERSHIP_405,
+    ),
+    _route(
+        f"/api/public/projects/{_SEG.format('project_id')}/memberships",
+        {
+            "GET": members.get_project_memberships,
+            "PUT": members.put_project_membership,
+            "DELETE": members.delete_project_membership,
+        },
+        _MEMBERSHIP_405,
+    ),
     _route("/api/admin/api-keys", {"POST": admin.admin_api_keys}, {"error": "Method Not Allowed"}),
     _route(
         "/api/public/ingestion",
@@ -77,6 +97,8 @@ ROUTES: list[Route] = [
 ]
 CONTROL_ROUTES: list[Route] = [
     _route("/_sim/keys", {"GET": control.keys}, {"error": "Method Not Allowed"}),
+    _route(f"/_sim/keys/{_SEG.format('key')}", {"PATCH": control.patch_key}, {"error": "Method Not Allowed"}),
+    _route("/_sim/users", {"GET": control.users, "POST": control.add_user}, {"error": "Method Not Allowed"}),
     _route("/_sim/requests", {"GET": control.requests}, {"error": "Method Not Allowed"}),
     _route(
         "/_sim/faults",

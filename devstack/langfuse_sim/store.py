@@ -22,6 +22,7 @@ from devstack.langfuse_sim.model import (
     ApiKey,
     Organization,
     Project,
+    User,
     display_secret,
     generate_key_pair,
     hash_secret,
@@ -35,6 +36,11 @@ class Store:
     salt: str
     projects: dict[str, Project] = field(default_factory=dict)
     keys: dict[str, ApiKey] = field(default_factory=dict)
+    users: dict[str, User] = field(default_factory=dict)
+    #: user id -> role in the organization
+    org_members: dict[str, str] = field(default_factory=dict)
+    #: project id -> user id -> role in that project (only org members may have one)
+    project_members: dict[str, dict[str, str]] = field(default_factory=dict)
 
     # -- lookups ---------------------------------------------------------------------------------
     def key_by_hash(self, secret_hash: str) -> ApiKey | None:
@@ -96,6 +102,17 @@ class Store:
         self.projects[project.id] = project
         return project
 
+    def add_user(self, email: str, name: str) -> User:
+        user = User(id=new_cuid(), email=email, name=name)
+        self.users[user.id] = user
+        return user
+
+    def remove_org_member(self, user_id: str) -> None:
+        """Prisma cascades: a user's project memberships go with the organization membership."""
+        self.org_members.pop(user_id, None)
+        for members in self.project_members.values():
+            members.pop(user_id, None)
+
     # -- serialisation -----------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +120,9 @@ class Store:
             "salt": self.salt,
             "projects": [p.to_json() for p in self.projects.values()],
             "keys": [k.to_json() for k in self.keys.values()],
+            "users": [u.to_json() for u in self.users.values()],
+            "org_members": dict(self.org_members),
+            "project_members": {pid: dict(members) for pid, members in self.project_members.items()},
         }
 
     @classmethod
@@ -114,6 +134,11 @@ class Store:
         for raw in data["keys"]:
             key = ApiKey.from_json(raw)
             store.keys[key.id] = key
+        for raw in data.get("users", []):  # state files written before memberships have none
+            user = User(**raw)
+            store.users[user.id] = user
+        store.org_members = dict(data.get("org_members", {}))
+        store.project_members = {pid: dict(m) for pid, m in data.get("project_members", {}).items()}
         return store
 
     def clone(self) -> Store:

@@ -1,0 +1,461 @@
+"""``langfuse-rotate report``: the access-control checklist as findings.
+
+Rules (README, compliance report): ``key-overdue``, ``key-due-soon``, ``stray-key``,
+``shared-key``, ``wrong-scope``, ``rotation-stuck``, ``consumer-drift``, ``access``. Each finding
+names its rule, a severity, the entry (or the Langfuse project) and the public key involved;
+never a secret. ``collect_report`` reads (in parallel, read-only), ``evaluate`` is the rules
+over what was read, so the rules are plain functions of facts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from connectors.errors import ConnectorError, LangfuseForbiddenError
+from connectors.langfuse import ApiKeySummary, LangfuseMemberships, Membership, OrganizationProject
+from connectors.langfuse.memberships import ROLE_RANK
+from flows.config import AccessLists, AccessPolicy, PolicyConfig, RotationConfig
+from flows.inventory import Connections, EntryStatus, Inventory, collect_inventory, parallel
+from flows.models import ExitCode
+from flows.redact import scrub
+
+Severity = Literal["high", "medium", "low"]
+RULES = (
+    "key-overdue",
+    "key-due-soon",
+    "stray-key",
+    "shared-key",
+    "wrong-scope",
+    "rotation-stuck",
+    "consumer-drift",
+    "access",
+)
+_SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2}
+
+
+class Finding(BaseModel):
+    """One breach of the checklist. ``subject`` (who or what, beyond entry and key) only tells
+    findings apart when comparing two reports; it is not part of the output."""
+
+    rule: str
+    severity: Severity
+    entry: str | None = None
+    project: str | None = None
+    public_key: str | None = None
+    detail: str
+    subject: str | None = Field(default=None, exclude=True)
+
+    def identity(self) -> str:
+        """Stable across days: what changes daily (ages, hours) lives only in ``detail``."""
+        return "|".join(
+            [self.rule, self.severity, self.entry or "", self.project or "", self.public_key or "", self.subject or ""]
+        )
+
+    def contract_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "entry": self.entry,
+            "project": self.project,
+            "public_key": self.public_key,
+            "detail": scrub(self.detail),
+        }
+
+
+class Report(BaseModel):
+    findings: list[Finding]
+    checked_at: datetime
+    errors: list[str] = []
+    """What could not be read (the report is then incomplete: exit 1)."""
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.errors:
+            return ExitCode.FAILED
+        return ExitCode.NEEDS_ATTENTION if self.findings else ExitCode.OK
+
+    def fingerprint(self) -> str:
+        """Changes exactly when a finding appears or disappears (not when an age ticks on)."""
+        identities = sorted({f.identity() for f in self.findings})
+        return hashlib.sha256(json.dumps(identities).encode()).hexdigest()
+
+    def highest(self) -> Severity | None:
+        return min((f.severity for f in self.findings), key=_SEVERITY_ORDER.__getitem__, default=None)
+
+    def contract_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "findings": [f.contract_dict() for f in self.findings],
+            "checked_at": self.checked_at.astimezone(UTC).isoformat(),
+        }
+        if self.errors:
+            data["error"] = scrub("; ".join(self.errors))
+        return data
+
+
+class OrgFacts(BaseModel):
+    """What the report reads about the organization beyond the entries."""
+
+    projects: list[OrganizationProject] = []
+    other_project_keys: dict[str, list[ApiKeySummary]] = {}
+    """Keys of organization projects no entry covers (project id -> keys)."""
+    org_memberships: list[Membership] | None = None
+    project_memberships: dict[str, list[Membership]] = {}
+    access_unavailable: str | None = None
+    """Why memberships could not be checked (the instance lacks the entitlement), if so."""
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def collect_report(config: RotationConfig, *, now: datetime | None = None) -> Report:
+    """Read everything the rules need (read-only, in parallel) and evaluate them."""
+    now = now or datetime.now(UTC)
+    conns = Connections(config)
+    try:
+        inventory = collect_inventory(config, connections=conns, now=now)
+        errors = list(inventory.errors)
+        org = OrgFacts()
+        if not any(e.startswith("the organization key") for e in errors):
+            org = _read_org(conns, config, inventory, errors)
+    finally:
+        conns.close()
+    findings = evaluate(config.policy, inventory, org, now)
+    return Report(findings=findings, checked_at=now, errors=errors)
+
+
+def _read_org(conns: Connections, config: RotationConfig, inventory: Inventory, errors: list[str]) -> OrgFacts:
+    org = OrgFacts()
+    try:
+        org.projects = conns.admin.list_projects()
+    except ConnectorError as exc:
+        errors.append(f"the organization's projects: {_line(exc)}")
+        return org
+    covered = {e.project_id for e in config.projects}
+    others = [p for p in org.projects if p.id not in covered]
+
+    def keys_of(project: OrganizationProject) -> tuple[str, list[ApiKeySummary] | str]:
+        try:
+            return project.id, conns.admin.list_api_keys(project.id)
+        except ConnectorError as exc:
+            return project.id, f"Langfuse keys of project {project.id}: {_line(exc)}"
+
+    for project_id, found in parallel(keys_of, others):
+        if isinstance(found, str):
+            errors.append(found)
+        else:
+            org.other_project_keys[project_id] = found
+    if config.policy.access is not None:
+        _read_memberships(conns, org, errors)
+    return org
+
+
+def _read_memberships(conns: Connections, org: OrgFacts, errors: list[str]) -> None:
+    members = LangfuseMemberships(conns.admin)
+    try:
+        org.org_memberships = members.organization()
+    except LangfuseForbiddenError as exc:
+        org.access_unavailable = _line(exc)
+        return
+    except ConnectorError as exc:
+        errors.append(f"the organization's memberships: {_line(exc)}")
+        return
+
+    def of(project: OrganizationProject) -> tuple[str, list[Membership] | ConnectorError]:
+        try:
+            return project.id, members.project(project.id)
+        except ConnectorError as exc:
+            return project.id, exc
+
+    for project_id, found in parallel(of, org.projects):
+        if isinstance(found, LangfuseForbiddenError):
+            org.access_unavailable = org.access_unavailable or _line(found)  # e.g. no project-roles entitlement
+        elif isinstance(found, ConnectorError):
+            errors.append(f"the memberships of project {project_id}: {_line(found)}")
+        else:
+            org.project_memberships[project_id] = found
+
+
+# --- the rules ----------------------------------------------------------------------------------
+
+
+def evaluate(policy: PolicyConfig, inventory: Inventory, org: OrgFacts, now: datetime) -> list[Finding]:
+    findings = [
+        *_key_age(policy, inventory.entries),
+        *_stray_keys(inventory, org),
+        *_shared_keys(inventory.entries),
+        *_wrong_scope(inventory.entries),
+        *_rotation_stuck(policy, inventory.entries),
+        *_consumer_drift(inventory.entries),
+        *_access(policy.access, org),
+    ]
+    return sorted(
+        findings, key=lambda f: (_SEVERITY_ORDER[f.severity], RULES.index(f.rule), f.entry or "", f.project or "")
+    )
+
+
+def _key_age(policy: PolicyConfig, entries: Iterable[EntryStatus]) -> Iterable[Finding]:
+    for e in entries:
+        if e.age_days is None or e.public_key is None:
+            continue
+        source = "last rotated" if e.age_source == "rotation" else "created in Langfuse"
+        if e.age_days > policy.max_key_age_days:
+            yield Finding(
+                rule="key-overdue",
+                severity="high",
+                entry=e.project,
+                public_key=e.public_key,
+                detail=f"key is {e.age_days} days old ({source}), over the {policy.max_key_age_days}-day limit: "
+                f"langfuse-rotate rotate --project {e.project}",
+            )
+        elif e.age_days > policy.max_key_age_days - policy.warn_days:
+            left = policy.max_key_age_days - e.age_days
+            yield Finding(
+                rule="key-due-soon",
+                severity="low",
+                entry=e.project,
+                public_key=e.public_key,
+                detail=f"key is {e.age_days} days old ({source}); due for rotation within {left} days",
+            )
+
+
+def _stray_keys(inventory: Inventory, org: OrgFacts) -> Iterable[Finding]:
+    tracked: dict[str, set[str]] = defaultdict(set)
+    owners: dict[str, list[str]] = defaultdict(list)
+    for e in inventory.entries:
+        owners[e.project_id].append(e.project)
+        pending = [e.pending.new_public_key, e.pending.old_public_key] if e.pending else []
+        tracked[e.project_id].update(k for k in [e.public_key, *pending] if k)
+    now = inventory.checked_at
+    for project_id, keys in inventory.project_keys.items():
+        for key in keys:
+            if key.public_key in tracked[project_id]:
+                continue
+            entries = owners[project_id]
+            yield Finding(
+                rule="stray-key",
+                severity="medium",
+                entry=entries[0] if len(entries) == 1 else None,
+                project=project_id,
+                public_key=key.public_key,
+                subject=key.id,
+                detail=f"key in project {project_id} is no entry's current or staged key "
+                f"({_age(key, now)}, note {key.note!r}); delete it if nothing uses it",
+            )
+    names = {p.id: p.name for p in org.projects}
+    for project_id, keys in org.other_project_keys.items():
+        for key in keys:
+            yield Finding(
+                rule="stray-key",
+                severity="low",
+                project=project_id,
+                public_key=key.public_key,
+                subject=key.id,
+                detail=f"key in project {names.get(project_id, project_id)!r} ({project_id}), which no entry covers "
+                f"({_age(key, now)}, note {key.note!r}); add an entry for it or delete it",
+            )
+
+
+def _age(key: ApiKeySummary, now: datetime) -> str:
+    created = key.created_at if key.created_at.tzinfo else key.created_at.replace(tzinfo=UTC)
+    return f"{max((now - created) // timedelta(days=1), 0)} days old"
+
+
+def _shared_keys(entries: list[EntryStatus]) -> Iterable[Finding]:
+    users: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for e in entries:
+        if e.public_key:
+            users[e.public_key][e.project].append("stored")
+        for consumer, key in e.consumers.items():
+            if key:
+                users[key][e.project].append(f"consumer {consumer}")
+    for key, by_entry in users.items():
+        if len(by_entry) < 2:
+            continue
+        how = "; ".join(f"{name}: {', '.join(uses)}" for name, uses in sorted(by_entry.items()))
+        for name in sorted(by_entry):
+            yield Finding(
+                rule="shared-key",
+                severity="high",
+                entry=name,
+                public_key=key,
+                detail=f"one key for {len(by_entry)} entries ({how}); give each service and environment its own key",
+            )
+
+
+def _wrong_scope(entries: Iterable[EntryStatus]) -> Iterable[Finding]:
+    for e in entries:
+        if e.authenticates is False:
+            yield Finding(
+                rule="wrong-scope",
+                severity="high",
+                entry=e.project,
+                public_key=e.public_key,
+                detail=f"the stored pair does not authenticate (401) on Langfuse; consumers reading "
+                f"{e.store_location or e.path} cannot send traces",
+            )
+        elif e.authenticates and e.authenticated_project_id and e.authenticated_project_id != e.project_id:
+            yield Finding(
+                rule="wrong-scope",
+                severity="high",
+                entry=e.project,
+                public_key=e.public_key,
+                detail=f"the stored pair authenticates to project {e.authenticated_project_id}, "
+                f"not the entry's project {e.project_id}",
+            )
+
+
+def _rotation_stuck(policy: PolicyConfig, entries: Iterable[EntryStatus]) -> Iterable[Finding]:
+    for e in entries:
+        p = e.pending
+        if p is None or p.hours <= policy.max_pending_hours:
+            continue
+        yield Finding(
+            rule="rotation-stuck",
+            severity="medium",
+            entry=e.project,
+            public_key=p.new_public_key,
+            subject=p.rotation_id,
+            detail=f"{p.mode} rotation {p.rotation_id} staged {p.hours:g} h ago (limit "
+            f"{policy.max_pending_hours:g} h){', promoted' if p.promoted else ''}: "
+            f"langfuse-rotate reconcile --project {e.project}",
+        )
+
+
+def _consumer_drift(entries: Iterable[EntryStatus]) -> Iterable[Finding]:
+    for e in entries:
+        if not e.public_key:
+            continue
+        for consumer, key in e.consumers.items():
+            if key and key != e.public_key:
+                yield Finding(
+                    rule="consumer-drift",
+                    severity="medium",
+                    entry=e.project,
+                    public_key=key,
+                    subject=consumer,
+                    detail=f"consumer {consumer} reports {key}, not the entry's current key {e.public_key}; restart it",
+                )
+
+
+def _access(policy: AccessPolicy | None, org: OrgFacts) -> Iterable[Finding]:
+    if policy is None:
+        return
+    if org.access_unavailable is not None:
+        yield Finding(
+            rule="access",
+            severity="low",
+            detail=f"memberships could not be checked: {org.access_unavailable}",
+            subject="unavailable",
+        )
+        return
+    if org.org_memberships is None:
+        return
+    yield from _check_members(policy, policy, org.org_memberships, where="organization", project=None)
+    names = {p.id: p.name for p in org.projects}
+    for project_id, members in org.project_memberships.items():
+        extra = policy.projects.get(project_id) or policy.projects.get(names.get(project_id, ""))
+        lists = _merged(policy, extra)
+        label = f"project {names.get(project_id, project_id)!r}"
+        yield from _check_members(policy, lists, members, where=label, project=project_id)
+
+
+def _merged(base: AccessLists, extra: AccessLists | None) -> AccessLists:
+    if extra is None:
+        return base
+    return AccessLists(
+        owners=[*base.owners, *extra.owners],
+        admins=[*base.admins, *extra.admins],
+        members=[*base.members, *extra.members],
+        max_owners=extra.max_owners if extra.max_owners is not None else base.max_owners,
+    )
+
+
+def _allowed_rank(lists: AccessLists, default_role: str, email: str) -> int:
+    email = email.lower()
+    for role, people in (("OWNER", lists.owners), ("ADMIN", lists.admins), ("MEMBER", lists.members)):
+        if email in {p.lower() for p in people}:
+            return max(ROLE_RANK[role], ROLE_RANK[default_role])
+    return ROLE_RANK[default_role]
+
+
+def _check_members(
+    policy: AccessPolicy, lists: AccessLists, members: list[Membership], *, where: str, project: str | None
+) -> Iterable[Finding]:
+    for m in members:
+        who = m.email or m.user_id
+        held = ROLE_RANK.get(m.role, max(ROLE_RANK.values()))
+        if held > _allowed_rank(lists, policy.default_role, who):
+            yield Finding(
+                rule="access",
+                severity="high" if held >= ROLE_RANK["ADMIN"] else "medium",
+                project=project,
+                subject=f"{who}:{m.role}",
+                detail=f"{who} is {m.role} in the {where} but is not listed for it in policy.access "
+                f"(default role {policy.default_role})",
+            )
+    owners = [m.email or m.user_id for m in members if m.role == "OWNER"]
+    if lists.max_owners is not None and len(owners) > lists.max_owners:
+        yield Finding(
+            rule="access",
+            severity="medium",
+            project=project,
+            subject="max-owners",
+            detail=f"the {where} has {len(owners)} owners ({', '.join(owners)}), more than policy.access "
+            f"max_owners {lists.max_owners}",
+        )
+
+
+def _line(exc: BaseException) -> str:
+    return scrub(" ".join((str(exc) or type(exc).__name__).split()))
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+def report_lines(report: Report) -> list[str]:
+    if not report.findings:
+        lines = ["no findings"]
+    else:
+        lines = [f"{len(report.findings)} finding(s):"]
+        for f in report.findings:
+            where = f.entry or (f"project {f.project}" if f.project else "organization")
+            lines.append(f"  {f.severity:<6} {f.rule:<15} {where}: {scrub(f.detail)}")
+    lines += [f"error: could not read {e}" for e in report.errors]
+    return lines
+
+
+def report_markdown(report: Report) -> str:
+    counts: dict[str, int] = defaultdict(int)
+    for f in report.findings:
+        counts[f.severity] += 1
+    summary = ", ".join(f"{counts[s]} {s}" for s in ("high", "medium", "low") if counts[s]) or "none"
+    lines = [
+        "# Langfuse key compliance report",
+        "",
+        f"Checked at {report.checked_at.astimezone(UTC).isoformat(timespec='seconds')}; findings: {summary}.",
+        "",
+    ]
+    if report.findings:
+        lines += ["| severity | rule | entry / project | public key | detail |", "|---|---|---|---|---|"]
+        for f in report.findings:
+            where = f.entry or (f"project `{f.project}`" if f.project else "organization")
+            key = f"`{f.public_key}`" if f.public_key else ""
+            detail = f.detail.replace("|", "\\|")
+            lines.append(f"| {f.severity} | {f.rule} | {where} | {key} | {detail} |")
+    else:
+        lines.append("No findings: every rule of the checklist holds.")
+    if report.errors:
+        lines += ["", "## Could not read", "", *[f"- {e}" for e in report.errors]]
+    return scrub("\n".join(lines))
+
+
+def report_table(report: Report) -> list[dict[str, Any]]:
+    """The table artifact's rows (the ``--json`` findings)."""
+    return [f.contract_dict() for f in report.findings]
