@@ -226,16 +226,18 @@ def _key_age(policy: PolicyConfig, entries: Iterable[EntryStatus]) -> Iterable[F
 
 
 def _stray_keys(inventory: Inventory, org: OrgFacts) -> Iterable[Finding]:
-    tracked: dict[str, set[str]] = defaultdict(set)
+    # A key any entry stores or stages is tracked, whatever its project (a key in the wrong
+    # project is wrong-scope's finding, not a stray one).
+    tracked: set[str] = set()
     owners: dict[str, list[str]] = defaultdict(list)
     for e in inventory.entries:
         owners[e.project_id].append(e.project)
         pending = [e.pending.new_public_key, e.pending.old_public_key] if e.pending else []
-        tracked[e.project_id].update(k for k in [e.public_key, *pending] if k)
+        tracked.update(k for k in [e.public_key, *pending] if k)
     now = inventory.checked_at
     for project_id, keys in inventory.project_keys.items():
         for key in keys:
-            if key.public_key in tracked[project_id]:
+            if key.public_key in tracked:
                 continue
             entries = owners[project_id]
             yield Finding(
@@ -251,6 +253,8 @@ def _stray_keys(inventory: Inventory, org: OrgFacts) -> Iterable[Finding]:
     names = {p.id: p.name for p in org.projects}
     for project_id, keys in org.other_project_keys.items():
         for key in keys:
+            if key.public_key in tracked:
+                continue
             yield Finding(
                 rule="stray-key",
                 severity="low",

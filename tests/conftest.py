@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.devstack",
     "tests.fixtures.prefect",
     "tests.fixtures.rotation",
+    "tests.fixtures.inventory",
 ]
 
 
