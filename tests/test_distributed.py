@@ -293,14 +293,35 @@ def test_the_yaml_schedules_rotation_quarterly_and_reconcile_daily_and_leaves_em
     with get_client(sync_client=True) as client:
         deployments = {d.name: d for d in client.read_deployments()}
 
-    assert set(deployments) == {"quarterly", "rotate", "emergency-rotation", "reconcile"}
+    assert set(deployments) == {"quarterly", "rotate", "emergency-rotation", "reconcile", "compliance"}
     schedules = {name: [s.schedule for s in d.schedules] for name, d in deployments.items()}
     (quarterly,) = schedules["quarterly"]
     assert (quarterly.cron, quarterly.timezone) == ("0 3 1 1,4,7,10 *", "Europe/Berlin")
     (daily,) = schedules["reconcile"]
     assert daily.cron.endswith("* * *") and daily.timezone == "Europe/Berlin"
+    (report,) = schedules["compliance"]
+    assert report.cron.endswith("* * *") and report.timezone == "Europe/Berlin"
     assert schedules["rotate"] == schedules["emergency-rotation"] == []
     assert all(d.work_pool_name == POOL for d in deployments.values())
     # Parameters are names only: no deployment carries a default beyond the entry name.
     assert all(not d.parameters for d in deployments.values())
     assert "project" in deployments["emergency-rotation"].parameter_openapi_schema["required"]
+
+
+@vault_only
+def test_the_compliance_deployment_publishes_the_report_on_a_process_worker(
+    stack: Stack, rotation_env: RotationEnv
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    stack.write_config(rotation_env)  # one entry: the simulator's second project is uncovered
+    run = run_deployment_and_wait(stack, "langfuse-compliance-report/compliance")
+    assert run.state.is_completed(), f"{run.state.message}\n{stack.worker_output()}"
+    assert re.fullmatch(r"compliance-all-\d{8}-\d{4}", run.name)
+    with get_client(sync_client=True) as client:
+        only_this_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        artifacts = {a.key: a for a in client.read_artifacts(artifact_filter=only_this_run)}
+    assert set(artifacts) == {"langfuse-compliance-report", "langfuse-compliance-findings"}
+    assert "stray-key" in str(artifacts["langfuse-compliance-report"].data)
+    assert artifacts["langfuse-compliance-findings"].type == "table"
