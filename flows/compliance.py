@@ -295,7 +295,14 @@ def _shared_keys(entries: list[EntryStatus]) -> Iterable[Finding]:
 
 def _wrong_scope(entries: Iterable[EntryStatus]) -> Iterable[Finding]:
     for e in entries:
-        if e.authenticates is False:
+        if e.public_key is None and e.error is None:
+            yield Finding(
+                rule="wrong-scope",
+                severity="high",
+                entry=e.project,
+                detail=f"no pair is stored at {e.store_location or e.path}: consumers have no key to read",
+            )
+        elif e.authenticates is False:
             yield Finding(
                 rule="wrong-scope",
                 severity="high",

@@ -167,6 +167,16 @@ def test_a_stored_pair_that_does_not_authenticate_is_wrong_scope(inventory_env: 
     assert "does not authenticate" in finding["detail"]
 
 
+@vault_only
+def test_an_entry_with_nothing_stored_is_wrong_scope(inventory_env: InventoryEnv) -> None:
+    inventory_env.extra_entries.append(
+        {"name": "empty", "project_id": inventory_env.project.id, "store": "main", "path": f"{inventory_env.path}-x"}
+    )
+    [finding] = inventory_env.report()[1]["findings"]
+    assert (finding["rule"], finding["entry"], finding["public_key"]) == ("wrong-scope", "empty", None)
+    assert "no pair is stored" in finding["detail"]
+
+
 def test_a_rotation_staged_too_long_is_stuck_and_names_reconcile(inventory_env: InventoryEnv) -> None:
     store, loc = inventory_env.store.store, inventory_env.location
     new = _pair()

@@ -115,6 +115,18 @@ def test_a_pair_that_no_longer_authenticates_is_shown(inventory_env: InventoryEn
 
 
 @vault_only
+def test_without_json_status_prints_one_block_per_entry(
+    inventory_env: InventoryEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+
+    assert main(["status", "--config", str(inventory_env.write_config())]) == 0
+    out = capsys.readouterr().out
+    assert f"{ENTRY}: {inventory_env.project.public_key}  age 0 d (langfuse)  authenticates yes" in out
+    assert f"{SECOND}: " in out and "last rotated never by this tool" in out
+
+
+@vault_only
 def test_status_only_reads(inventory_env: InventoryEnv) -> None:
     before = inventory_env.store.store.describe(inventory_env.location)
     since = inventory_env.sim.requests()["next"]
