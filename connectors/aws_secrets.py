@@ -231,6 +231,7 @@ class AwsSecretsStore:
             pending_promoted=pending is not None and secret.holder(CURRENT) == rotation_version_id(pending.rotation_id),
             last_rotation_id=secret.tags.get(f"{TAG_PREFIX}rotation-id") or None,
             last_rotated_at=_parse_time(secret.tags.get(f"{TAG_PREFIX}rotated-at")),
+            last_mode=secret.tags.get(f"{TAG_PREFIX}mode") or None,
         )
 
     def read_current(self, loc: SecretLocation) -> StoredPair:

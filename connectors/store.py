@@ -113,6 +113,8 @@ class StoreDescription(BaseModel):
     pending_promoted: bool = False
     last_rotation_id: str | None = None
     last_rotated_at: datetime | None = None
+    last_mode: str | None = None
+    """``scheduled`` or ``emergency``: how the last finished rotation ran."""
 
 
 @runtime_checkable

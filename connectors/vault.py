@@ -160,6 +160,7 @@ class VaultStore:
             and current_pk == staged.record.new_public_key,
             last_rotation_id=custom.get("rotation_id") or None,
             last_rotated_at=_parse_time(custom.get("rotated_at")),
+            last_mode=custom.get("mode") or None,
         )
 
     def read_current(self, loc: SecretLocation) -> StoredPair:

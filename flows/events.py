@@ -54,6 +54,7 @@ EVENT_FOR_STATUS = {
     "needs_attention": NEEDS_ATTENTION,
 }
 TIMEOUT_S = 3.0
+CONNECT_TIMEOUT_S = 1.0
 OVERDUE_AUTOMATION_NAME = "langfuse-key-not-rotated-in-95-days"
 
 
@@ -210,7 +211,12 @@ def send(events: list[dict[str, Any]]) -> bool:
     import httpx
 
     try:
-        response = httpx.post(f"{url.rstrip('/')}/events", json=events, headers=_headers(), timeout=TIMEOUT_S)
+        response = httpx.post(
+            f"{url.rstrip('/')}/events",
+            json=events,
+            headers=_headers(),
+            timeout=httpx.Timeout(TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+        )
     except httpx.HTTPError as exc:
         logger.debug("Prefect events API not reachable: %s", type(exc).__name__)
         return False

@@ -218,7 +218,7 @@ def _add_store_facts(status: EntryStatus, desc: StoreDescription, now: datetime)
     status.public_key = desc.current_public_key
     status.last_rotated_at = desc.last_rotated_at
     if desc.last_rotated_at is not None:
-        status.last_outcome = "rotated"
+        status.last_outcome = "contained" if desc.last_mode == "emergency" else "rotated"
     if desc.pending is not None:
         since = desc.pending.started_at
         status.pending = PendingRotation(

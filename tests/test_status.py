@@ -68,6 +68,13 @@ def test_age_comes_from_langfuse_created_at_until_the_tool_rotates(inventory_env
     assert (entry["langfuse_keys"], entry["authenticates"]) == (1, True)
 
 
+@vault_only
+def test_after_an_emergency_the_last_outcome_is_contained(inventory_env: InventoryEnv) -> None:
+    assert execute("emergency", ENTRY, str(inventory_env.write_config()), DirectRunner()).status == "contained"
+    [entry] = inventory_env.run("status", "--project", ENTRY)[1]["entries"]
+    assert (entry["last_outcome"], entry["age_source"], entry["authenticates"]) == ("contained", "rotation", True)
+
+
 def test_a_rotation_in_flight_is_shown_with_its_start(inventory_env: InventoryEnv) -> None:
     store, loc = inventory_env.store.store, inventory_env.location
     new = KeyPair(public_key=f"pk-lf-{uuid.uuid4()}", secret_key=SecretStr(f"sk-lf-{uuid.uuid4()}"))

@@ -307,6 +307,7 @@ def test_finish_clears_staging_and_records_facts(
     assert desc.last_rotation_id == staged.rotation_id
     assert desc.last_rotated_at is not None
     assert abs((desc.last_rotated_at - before).total_seconds()) < 60
+    assert desc.last_mode == staged.mode
     assert staged.old_version is not None
     assert seeded.read_version(loc, staged.old_version).key_pair() == old
 
