@@ -69,6 +69,23 @@ def test_a_rotation_emits_rotated_with_public_facts(inventory_env: InventoryEnv,
 
 
 @vault_only
+def test_a_rotation_flow_run_relates_its_event_to_the_run(
+    inventory_env: InventoryEnv, prefect_server: PrefectServer
+) -> None:
+    from flows.rotate import rotate
+
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    state = rotate(project=ENTRY, config_path=str(inventory_env.write_config()), return_state=True)
+    assert state.is_completed(), state.message
+    [event] = _events(prefect_server, events.ROTATED, f"langfuse.project.{ENTRY}", since)
+    run_id = str(state.state_details.flow_run_id)
+    assert event["payload"]["orchestrator"] == "prefect"
+    assert {"prefect.resource.id": f"prefect.flow-run.{run_id}", "prefect.resource.role": "flow-run"} in event[
+        "related"
+    ]
+
+
+@vault_only
 def test_a_rolled_back_rotation_emits_rotation_failed(
     inventory_env: InventoryEnv, prefect_server: PrefectServer, health_stub: HealthStub
 ) -> None:
