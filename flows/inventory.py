@@ -24,7 +24,7 @@ from connectors.consumers import Consumer, ConsumerClient
 from connectors.errors import ConnectorError, LangfuseAuthError
 from connectors.langfuse import ApiKeySummary, LangfuseAdminClient, LangfuseProjectClient
 from connectors.store import SecretStore, StoreDescription
-from flows.config import ProjectEntry, RotationConfig
+from flows.config import ConfigError, ProjectEntry, RotationConfig
 from flows.context import build_store, org_key
 from flows.redact import install_redaction, scrub
 
@@ -160,7 +160,7 @@ def collect_inventory(
     try:
         try:
             conns.admin  # noqa: B018  (the organization key is needed for every project)
-        except ConnectorError as exc:
+        except (ConnectorError, ConfigError) as exc:
             errors.append(f"the organization key could not be read: {_line(exc)}")
         with ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="inventory") as pool:
             key_lists: dict[str, Future[list[ApiKeySummary]]] = {}
@@ -199,10 +199,12 @@ def _read_entry(conns: Connections, entry: ProjectEntry, now: datetime) -> Entry
         _add_store_facts(status, desc, now)
         if desc.exists:
             _check_authentication(status, store, entry, conns)
-    except ConnectorError as exc:
+    except (ConnectorError, ConfigError) as exc:
         problems.append(f"store '{entry.store}': {_line(exc)}")
     except _AuthCheckFailed as exc:
         problems.append(str(exc))
+    except Exception as exc:  # one entry's surprise must not hide the others' rows
+        problems.append(f"unexpected {type(exc).__name__}: {_line(exc)}")
     seen = consumers()
     status.consumers = {name: key for name, (key, _) in seen.items()}
     status.consumer_errors = {name: error for name, (_, error) in seen.items() if error}

@@ -160,6 +160,16 @@ def test_an_unreachable_store_exits_1_and_names_it(inventory_env: InventoryEnv) 
 
 
 @vault_only
+def test_an_unreadable_store_credential_exits_1_and_names_it(inventory_env: InventoryEnv) -> None:
+    config = {k: v for k, v in inventory_env.store.config().items() if k != "token"}
+    approle = {"role_id": "r", "secret_id_file": "/nonexistent/secret-id"}
+    inventory_env.top_overrides["stores"] = {"main": {**config, "approle": approle}}
+    code, data, _ = inventory_env.run("status")
+    assert code == 1
+    assert "cannot read approle secret_id_file /nonexistent/secret-id" in data["error"]
+
+
+@vault_only
 def test_status_works_without_prefect(inventory_env: InventoryEnv) -> None:
     """No Prefect server (the configured one does not answer) and Prefect never imported."""
     path = inventory_env.write_config()
