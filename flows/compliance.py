@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from connectors.errors import ConnectorError, LangfuseForbiddenError
 from connectors.langfuse import ApiKeySummary, LangfuseMemberships, Membership, OrganizationProject
 from connectors.langfuse.memberships import ROLE_RANK
-from flows.config import AccessLists, AccessPolicy, PolicyConfig, RotationConfig
+from flows.config import AccessLists, AccessPolicy, ConfigError, PolicyConfig, RotationConfig
 from flows.inventory import Connections, EntryStatus, Inventory, collect_inventory, parallel
 from flows.models import ExitCode
 from flows.redact import scrub
@@ -121,13 +121,20 @@ def collect_report(config: RotationConfig, *, now: datetime | None = None) -> Re
     try:
         inventory = collect_inventory(config, connections=conns, now=now)
         errors = list(inventory.errors)
-        org = OrgFacts()
-        if not any(e.startswith("the organization key") for e in errors):
-            org = _read_org(conns, config, inventory, errors)
+        org = _read_org(conns, config, inventory, errors) if _admin_available(conns) else OrgFacts()
     finally:
         conns.close()
     findings = evaluate(config.policy, inventory, org, now)
     return Report(findings=findings, checked_at=now, errors=errors)
+
+
+def _admin_available(conns: Connections) -> bool:
+    """Whether the organization key could be read (the inventory already named it if not)."""
+    try:
+        conns.admin  # noqa: B018
+    except (ConnectorError, ConfigError):
+        return False
+    return True
 
 
 def _read_org(conns: Connections, config: RotationConfig, inventory: Inventory, errors: list[str]) -> OrgFacts:
@@ -359,16 +366,15 @@ def _access(policy: AccessPolicy | None, org: OrgFacts) -> Iterable[Finding]:
     if policy is None:
         return
     if org.access_unavailable is not None:
+        what = "project memberships" if org.org_memberships is not None else "memberships"
         yield Finding(
             rule="access",
             severity="low",
-            detail=f"memberships could not be checked: {org.access_unavailable}",
+            detail=f"{what} could not be checked: {org.access_unavailable}",
             subject="unavailable",
         )
-        return
-    if org.org_memberships is None:
-        return
-    yield from _check_members(policy, policy, org.org_memberships, where="organization", project=None)
+    if org.org_memberships is not None:
+        yield from _check_members(policy, policy, org.org_memberships, where="organization", project=None)
     names = {p.id: p.name for p in org.projects}
     for project_id, members in org.project_memberships.items():
         extra = policy.projects.get(project_id) or policy.projects.get(names.get(project_id, ""))

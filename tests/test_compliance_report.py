@@ -252,13 +252,28 @@ def test_more_owners_than_allowed_is_an_access_finding(inventory_env: InventoryE
 
 
 @vault_only
-def test_without_the_membership_entitlement_the_report_says_so(inventory_env: InventoryEnv) -> None:
+def test_without_the_admin_api_entitlement_the_report_says_so(inventory_env: InventoryEnv) -> None:
+    """The whole admin API is gone then, keys included: the report cannot read what it needs."""
+    inventory_env.sim.configure(admin_api_entitlement=False)
+    code, data, _ = inventory_env.run("report")
+    assert code == 1 and "not available on your current plan" in data["error"]
+
+
+@vault_only
+def test_without_the_project_roles_entitlement_organization_roles_are_still_checked(
+    inventory_env: InventoryEnv,
+) -> None:
     inventory_env.sim.configure(project_roles_entitlement=False)
+    user = inventory_env.sim.control.add_user("intern@acme.test", "Intern")
+    with _admin(inventory_env) as admin:
+        LangfuseMemberships(admin).set_organization_role(user["id"], "OWNER")
     code, data = inventory_env.report()
     assert code == 4
-    [finding] = data["findings"]
-    assert (finding["rule"], finding["severity"]) == ("access", "low")
-    assert "could not be checked" in finding["detail"] and "project role management" in finding["detail"]
+    by_severity = {f["severity"]: f for f in data["findings"]}
+    assert set(by_severity) == {"high", "low"}
+    assert "intern@acme.test is OWNER in the organization" in by_severity["high"]["detail"]
+    low = by_severity["low"]["detail"]
+    assert low.startswith("project memberships could not be checked") and "project role management" in low
 
 
 @vault_only
