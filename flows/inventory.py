@@ -140,6 +140,10 @@ class Connections:
         self.project_transport.shutdown()
         if self._admin is not None:
             self._admin.close()
+        for store in self._stores.values():
+            close = getattr(store, "close", None)  # e.g. a Vault store's token renewal
+            if callable(close):
+                close()
 
 
 def collect_inventory(
