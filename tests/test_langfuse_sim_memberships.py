@@ -8,11 +8,14 @@ bodies and check order follow the server (langfuse-api.md §7, error key ``error
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.fixtures.langfuse_sim import SimHandle
+from devstack.langfuse_sim.control import SimulatorControl
+from tests.fixtures.langfuse_sim import SimHandle, start_sim_process, stop_sim_process
 from tests.test_sim_openapi import _response_for, spec  # noqa: F401  (the spec fixture)
 
 ORG = "/api/public/organizations/memberships"
@@ -144,3 +147,21 @@ def test_backdating_a_key_changes_its_created_at(sim: SimHandle) -> None:
     keys = sim.http.get(f"/api/public/projects/{sim.projects[0].id}/apiKeys", auth=sim.org_auth).json()["apiKeys"]
     created = datetime.fromisoformat(keys[0]["createdAt"].replace("Z", "+00:00"))
     assert abs((created - when).total_seconds()) < 0.01
+
+
+def test_users_and_memberships_survive_a_restart_with_a_state_file(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    first = start_sim_process("--state", str(state))
+    auth = (str(first.bootstrap["org_public_key"]), str(first.bootstrap["org_secret_key"]))
+    try:
+        with SimulatorControl(first.url) as control:
+            user = control.add_user("kept@acme.test", "Kept")
+        assert httpx.put(f"{first.url}{ORG}", json={"userId": user["id"], "role": "OWNER"}, auth=auth).is_success
+    finally:
+        stop_sim_process(first.proc)
+    second = start_sim_process("--state", str(state))
+    try:
+        listed = httpx.get(f"{second.url}{ORG}", auth=auth).json()["memberships"]
+        assert [(m["email"], m["role"]) for m in listed] == [("kept@acme.test", "OWNER")]
+    finally:
+        stop_sim_process(second.proc)
