@@ -229,15 +229,16 @@ def send(events: list[dict[str, Any]]) -> bool:
 # --- the proactive automation the README shows --------------------------------------------------
 
 
-def overdue_rotation_automation(block_document_id: uuid.UUID, days: int = 95) -> Any:
+def overdue_rotation_automation(block_document_id: uuid.UUID, within: timedelta = timedelta(days=95)) -> Any:
     """An automation that sends a notification (through a Prefect notification block) for each
-    entry that had a ``langfuse.key.rotated`` event and no further one within ``days``."""
+    entry that had a ``langfuse.key.rotated`` event and no further one ``within`` (95 days)."""
     from prefect.events.actions import SendNotification
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
+    span = f"{within.days} days" if within >= timedelta(days=1) else f"{within.total_seconds():g} s"
     return AutomationCore(
         name=OVERDUE_AUTOMATION_NAME,
-        description=f"An entry's key was not rotated for {days} days (no {ROTATED} event).",
+        description=f"An entry's key was not rotated for {span} (no {ROTATED} event).",
         trigger=EventTrigger(
             after={ROTATED},
             expect={ROTATED},
@@ -245,12 +246,12 @@ def overdue_rotation_automation(block_document_id: uuid.UUID, days: int = 95) ->
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(days=days),
+            within=within,
         ),
         actions=[
             SendNotification(
                 block_document_id=block_document_id,
-                subject="Langfuse key of {{ event.resource['langfuse.project'] }} not rotated in " + f"{days} days",
+                subject="Langfuse key of {{ event.resource['langfuse.project'] }} not rotated in " + span,
                 body="No langfuse.key.rotated event for {{ event.resource['langfuse.project'] }} since "
                 "{{ event.occurred }}: run langfuse-rotate rotate --project {{ event.resource['langfuse.project'] }}.",
             )

@@ -151,6 +151,33 @@ def test_the_overdue_automation_the_readme_shows_is_accepted_by_the_server(prefe
     assert stored.trigger.expect == {events.ROTATED}  # type: ignore[union-attr]
 
 
+def test_the_overdue_automation_fires_for_an_entry_without_a_further_rotated_event(
+    prefect_server: PrefectServer, json_sink: Any
+) -> None:
+    """The README's automation with a 10 s window (Prefect's minimum) instead of 95 days."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.client.orchestration import get_client
+
+    entry = f"overdue-{uuid.uuid4().hex[:8]}"
+    block = CustomWebhookNotificationBlock(
+        name="sink", url=f"{json_sink.url}/overdue", json_data={"subject": "{{subject}}", "body": "{{body}}"}
+    )
+    block_id = block.save(f"langfuse-overdue-{uuid.uuid4().hex[:8]}", overwrite=True)
+    with get_client(sync_client=True) as client:
+        automation_id = client.create_automation(events.overdue_rotation_automation(block_id, timedelta(seconds=10)))
+    try:
+        time.sleep(3)  # the triggers service loads the new automation
+        rotated = events.build_event(events.ROTATED, events.project_resource(entry), {"status": "rotated"})
+        assert events.send([rotated])
+        [note] = json_sink.wait_for(1, timeout_s=60)
+        assert note.path == "/overdue"
+        assert note.json["subject"] == f"Langfuse key of {entry} not rotated in 10 s"
+        assert f"langfuse-rotate rotate --project {entry}" in note.json["body"]
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_automation(automation_id)
+
+
 # --- the compliance flow ------------------------------------------------------------------------
 
 
