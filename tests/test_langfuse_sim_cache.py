@@ -41,10 +41,12 @@ def _delete_in_background(sim: SimHandle, key: dict[str, str]) -> threading.Thre
 
 
 def test_request_inside_race_window_recaches_the_deleted_key(sim: SimHandle) -> None:
-    sim.configure(race_window_s=0.6)
+    # A wide window, so a loaded machine still lands the probe inside it: the background DELETE
+    # gets 1 s to start and evict, and the row is dropped only 3 s after that.
+    sim.configure(race_window_s=3.0)
     key = _create(sim)
     deleting = _delete_in_background(sim, key)
-    time.sleep(0.2)  # the DELETE has evicted the cache entry but not yet dropped the row
+    time.sleep(1.0)  # the DELETE has evicted the cache entry but not yet dropped the row
     assert _probe(sim, key) == 200
     deleting.join()
     remaining = sim.control.keys()
