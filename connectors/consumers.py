@@ -30,12 +30,13 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.errors import ConsumerError
+from connectors.urls import RedactedUrl
 
 __all__ = ["Consumer", "ConsumerClient", "ConsumerObservation", "WaitOutcome"]
 
@@ -58,10 +59,11 @@ class Consumer(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    health_url: str
+    health_url: Annotated[str, AfterValidator(RedactedUrl)]
+    """May carry credentials (user-info, a query token): ``repr`` hides them, messages never name URLs."""
     public_key_field: str = "langfuse_public_key"
     """Field of the health JSON holding the public key; a dotted path reaches into objects."""
-    restart_url: str | None = None
+    restart_url: Annotated[str, AfterValidator(RedactedUrl)] | None = None
     """Optional hook that restarts the service (``POST``); without it the rotation only waits."""
     restart_command: tuple[str, ...] | None = None
     """Or a command that restarts it: an argv list, run without a shell."""

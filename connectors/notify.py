@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 if TYPE_CHECKING:
     import apprise
 
-__all__ = ["Notification", "Notifier", "NotifyResult", "NotifyTarget", "notification_tags"]
+__all__ = ["Notification", "Notifier", "NotifyResult", "NotifyTarget", "notification_tags", "secret_fragments"]
 
 _log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class _Fragments:
         self._pattern: re.Pattern[str] | None = None
 
     def register(self, url: str) -> None:
-        fragments = _secret_fragments(url)
+        fragments = secret_fragments(url)
         with self._lock:
             if fragments <= self._known:
                 return
@@ -96,7 +96,7 @@ def _looks_secret(value: str) -> bool:
     return (len(value) >= 6 and has_digit and has_alpha) or len(value) >= 20
 
 
-def _secret_fragments(url: str) -> set[str]:
+def secret_fragments(url: str) -> set[str]:
     """The URL itself, its password, and every user/host/path/query piece that looks like a token."""
     fragments: set[str] = {url}
     candidates: list[str | None]
@@ -157,6 +157,18 @@ def _install_filters() -> None:
 _install_filters()
 
 
+def _enables_redirects(url: str) -> bool:
+    """apprise's per-URL ``redirect=`` switch overrides the asset-wide refusal (see ``Notifier``)."""
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return False
+    return any(
+        key.lower() == "redirect" and value.strip().lower() not in ("no", "n", "false", "f", "0", "off")
+        for key, value in parse_qsl(query, keep_blank_values=True)
+    )
+
+
 # --- models -------------------------------------------------------------------------------------
 
 
@@ -180,6 +192,10 @@ class NotifyTarget(BaseModel):
 
         if apprise.Apprise.instantiate(raw) is None:
             raise ValueError(f"apprise cannot load this {match.group(1)}:// URL")
+        if _enables_redirects(raw):
+            raise ValueError(
+                "a notify URL must not enable redirects (redirect=yes): they would carry its credentials elsewhere"
+            )
         return SecretStr(raw)
 
     @field_validator("tags", mode="before")
@@ -272,10 +288,13 @@ class Notifier:
         self._load_errors: dict[int, str] = {}
         import apprise
 
+        # A followed redirect re-sends the body and custom headers (``+Header=value``, often a
+        # token) to whatever host the 3xx names: no target follows one.
+        asset = apprise.AppriseAsset(http_redirects=False)
         for index, target in enumerate(self._targets, start=1):
             raw = target.url.get_secret_value()
             _FRAGMENTS.register(raw)
-            client = apprise.Apprise()
+            client = apprise.Apprise(asset=asset)
             try:
                 loaded = bool(client.add(raw))
             except Exception as exc:

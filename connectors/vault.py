@@ -84,6 +84,29 @@ class _Staged:
     version: int
 
 
+class VaultRedirectError(requests.exceptions.RequestException):
+    """Vault answered with a redirect, which is never followed."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+def _refuse_redirects(response: requests.Response, *_: Any, **__: Any) -> None:
+    if response.is_redirect or response.is_permanent_redirect or 300 <= response.status_code < 400:
+        raise VaultRedirectError(response.status_code)
+
+
+def _no_redirect_session() -> requests.Session:
+    """A session that never follows a redirect: hvac sends ``X-Vault-Token`` (and the secret being
+    written, or an AppRole secret ID) with every request, and a followed 307 re-sends them to
+    whatever host its ``Location`` names. Any 3xx answer fails the call instead."""
+    session = requests.Session()
+    session.max_redirects = 0
+    session.hooks["response"].append(_refuse_redirects)
+    return session
+
+
 class VaultStore:
     """A ``SecretStore`` on a Vault or OpenBao KV v2 mount.
 
@@ -121,6 +144,8 @@ class VaultStore:
             namespace=namespace,
             timeout=timeout_s,
             verify=ca_cert if ca_cert is not None else verify_tls,
+            allow_redirects=False,
+            session=_no_redirect_session(),
         )
         self._keeper = TokenKeeper(self._client, self._auth, on_token=on_token)
 
@@ -496,6 +521,11 @@ def _translate(exc: Exception, action: str, label: str, url: str) -> StoreError:
         | hvac.exceptions.VaultNotInitialized,
     ):
         return StoreUnavailableError(f"Vault at {url} failed during {action}: {type(exc).__name__}")
+    if isinstance(exc, VaultRedirectError):
+        return StoreError(
+            f"Vault at {url} answered {action} with a redirect (HTTP {exc.status}); redirects are never "
+            "followed because they would carry the token elsewhere: configure the address Vault serves on"
+        )
     if isinstance(exc, requests.exceptions.SSLError):
         return StoreUnavailableError(f"Vault at {url}: TLS handshake failed")
     if isinstance(exc, requests.exceptions.Timeout):

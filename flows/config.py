@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,12 +25,17 @@ from pydantic import (
 
 from connectors.consumers import check_argv, check_headers, check_not_shell_string
 from connectors.store import FieldNames, SecretLocation
+from connectors.urls import RedactedUrl, SecretUrl
 
 CONFIG_ENV_VAR = "LANGFUSE_ROTATE_CONFIG"
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PLACEHOLDER_PREFIX = "__langfuse_rotate_env_"
 _PLACEHOLDER_PATTERN = re.compile(re.escape(_PLACEHOLDER_PREFIX) + r"(\d+)__")
 _NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+Url = Annotated[str, AfterValidator(RedactedUrl)]
+"""A URL that may carry credentials (user-info, query token): its ``repr`` hides them."""
 
 
 class ConfigError(Exception):
@@ -82,7 +88,7 @@ class VaultStoreConfig(_Strict):
     is ``VAULT_TOKEN``, else the file ``~/.vault-token`` (as the ``vault`` CLI does)."""
 
     kind: Literal["vault"]
-    url: str
+    url: Url
     token: SecretStr | None = None
     token_file: Path | None = None
     approle: AppRoleConfig | None = None
@@ -149,7 +155,7 @@ class AwsStoreConfig(_Strict):
 
     kind: Literal["aws"]
     region: str | None = None
-    endpoint_url: str | None = None
+    endpoint_url: Url | None = None
     profile: str | None = None
     role_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
     external_id: str | None = Field(default=None, min_length=2, max_length=1224)
@@ -193,7 +199,7 @@ class StoreRef(_Strict):
 
 
 class LangfuseConfig(_Strict):
-    host: str
+    host: Url
     org_public_key: str | None = None
     org_secret_key: SecretStr | None = None
     org_key: StoreRef | None = None
@@ -205,7 +211,7 @@ class LangfuseConfig(_Strict):
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return RedactedUrl(value.rstrip("/"))
 
     @model_validator(mode="after")
     def _one_org_key_source(self) -> LangfuseConfig:
@@ -223,9 +229,9 @@ class LangfuseConfig(_Strict):
 
 class ConsumerConfig(_Strict):
     name: str
-    health_url: str
+    health_url: Url
     public_key_field: str = "langfuse_public_key"
-    restart_url: str | None = None
+    restart_url: Url | None = None
     restart_command: list[str] | None = None
     """argv, run without a shell (README, "Restart hooks")."""
     restart_timeout_s: float | None = Field(default=None, gt=0)
@@ -252,7 +258,7 @@ class ProjectEntry(_Strict):
     store: str
     path: str = Field(min_length=1)
     fields: FieldNames = FieldNames()
-    host: str | None = None
+    host: Url | None = None
     consumers: list[ConsumerConfig] = []
     wait_timeout_s: float = Field(default=600.0, gt=0)
     grace_period_s: float = Field(default=30.0, ge=0)
@@ -268,6 +274,18 @@ class ProjectEntry(_Strict):
 
 class NotifyConfig(_Strict):
     urls: list[str | dict[str, Any]] = []
+    """apprise URLs (or ``{url, tags}``): secrets as a whole, so their ``repr`` shows only the scheme."""
+
+    @field_validator("urls", mode="after")
+    @classmethod
+    def _secret_urls(cls, urls: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+        hidden: list[str | dict[str, Any]] = []
+        for url in urls:
+            if isinstance(url, str):
+                hidden.append(SecretUrl(url))
+            else:
+                hidden.append({k: SecretUrl(v) if k == "url" and isinstance(v, str) else v for k, v in url.items()})
+        return hidden
 
 
 class AuditConfig(_Strict):
@@ -337,7 +355,29 @@ class RotationConfig(_Strict):
         org_key = self.langfuse.org_key
         if org_key is not None and org_key.store not in self.stores:
             raise ValueError(f"langfuse.org_key uses unknown store '{org_key.store}'")
+        self._register_url_credentials()
         return self
+
+    def _register_url_credentials(self) -> None:
+        """Every credential embedded in a configured URL is a secret for log redaction from now on."""
+        from connectors.notify import secret_fragments
+        from flows.redact import register_secret, register_url
+
+        urls: list[str | None] = [self.langfuse.host]
+        for store in self.stores.values():
+            urls.append(store.url if isinstance(store, VaultStoreConfig) else store.endpoint_url)
+        for entry in self.projects:
+            urls.append(entry.host)
+            for consumer in entry.consumers:
+                urls += [consumer.health_url, consumer.restart_url]
+        for url in urls:
+            register_url(url)
+        for target in self.notify.urls:
+            raw = target.get("url") if isinstance(target, dict) else target
+            if isinstance(raw, str):
+                register_url(raw)
+                for fragment in secret_fragments(raw):
+                    register_secret(fragment)
 
     def entry(self, name: str) -> ProjectEntry:
         for entry in self.projects:

@@ -1,8 +1,14 @@
 """Defence in depth: scrub secrets from every log record, whatever wrote it.
 
 The code never logs a secret on purpose; this filter catches mistakes (ours or a library's).
-It masks every value registered with ``register_secret`` and anything shaped like a Langfuse
-secret key, in messages, arguments and formatted tracebacks.
+It masks every value registered with ``register_secret`` (and ``register_url``: the credentials
+in a URL) and anything shaped like a Langfuse secret key, in messages, arguments and formatted
+tracebacks.
+
+``install_redaction`` scrubs each record where it is made (a wrapped ``logging`` record factory),
+so every logger is covered in every mode: library loggers (hvac, botocore, urllib3) that reach
+Python's last-resort handler with no Prefect configured, handlers added later, loggers that do
+not propagate. The filter also sits on the handlers known at install time.
 """
 
 from __future__ import annotations
@@ -10,8 +16,11 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from typing import Any
 
 from pydantic import SecretStr
+
+from connectors.urls import credential_parts
 
 _SECRET_KEY_SHAPE = re.compile(r"sk-lf-[A-Za-z0-9_-]{4,}")
 _lock = threading.Lock()
@@ -26,6 +35,12 @@ def register_secret(value: SecretStr | str | None) -> None:
             _known.add(raw)
 
 
+def register_url(url: str | None) -> None:
+    """Remember the credentials in ``url`` (user-info, query values, the URL itself), if any."""
+    for part in credential_parts(url or ""):
+        register_secret(part)
+
+
 def scrub(text: str) -> str:
     """``text`` with every known secret and every ``sk-lf-...`` value masked."""
     with _lock:
@@ -38,7 +53,11 @@ def scrub(text: str) -> str:
 
 class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # bad arguments: never let logging's error report print them
+            message = f"{record.msg} (log arguments could not be formatted)"
+            record.args = None
         cleaned = scrub(message)
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
@@ -47,6 +66,8 @@ class RedactSecrets(logging.Filter):
             record.exc_text, record.exc_info = scrub(text), None
         elif record.exc_text:
             record.exc_text = scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
         return True
 
 
@@ -54,8 +75,34 @@ _FILTER = RedactSecrets()
 _LOGGER_NAMES = ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "langfuse_rotate", "httpx", "apprise")
 
 
+class _ScrubbingFactory:
+    """Wraps the record factory in place: every record is scrubbed as it is made."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record: logging.LogRecord = self.inner(*args, **kwargs)
+        try:
+            _FILTER.filter(record)
+        except Exception:  # logging must never fail the caller
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "(log record dropped by redaction)",
+                None,
+                None,
+                None,
+            )
+        return record
+
+
 def install_redaction() -> None:
-    """Attach the filter to every handler of the loggers that could see a secret (idempotent)."""
+    """Scrub every log record of every logger from now on (idempotent)."""
+    current = logging.getLogRecordFactory()
+    if not isinstance(current, _ScrubbingFactory):
+        logging.setLogRecordFactory(_ScrubbingFactory(current))
+    last_resort = logging.lastResort
+    if last_resort is not None and _FILTER not in last_resort.filters:
+        last_resort.addFilter(_FILTER)
     for name in _LOGGER_NAMES:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:

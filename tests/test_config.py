@@ -60,6 +60,39 @@ def test_secrets_never_appear_in_the_models_repr() -> None:
     assert "s.token" not in repr(parse_config(MINIMAL))
 
 
+WITH_URL_CREDENTIALS = MINIMAL.replace(
+    "    path: langfuse/production-chatbot\n",
+    "    path: langfuse/production-chatbot\n"
+    "    consumers:\n"
+    "      - name: api\n"
+    "        health_url: http://probe:basic-pass-0008@127.0.0.1:9001/health?token=health-token-0009\n"
+    "        restart_url: http://127.0.0.1:9001/restart?token=restart-token-0010\n",
+).replace(
+    'urls: ["json://127.0.0.1:9002/hook"]',
+    'urls: ["json://hook-user:hook-pass-0011@127.0.0.1:9002/hook",'
+    ' {url: "json://127.0.0.1:9002/h?+X-Token=hdr-token-0012", tags: [failure]}]',
+)
+URL_SECRETS = ("basic-pass-0008", "health-token-0009", "restart-token-0010", "hook-pass-0011", "hdr-token-0012")
+
+
+def test_urls_with_credentials_never_appear_in_the_models_repr() -> None:
+    config = parse_config(WITH_URL_CREDENTIALS)
+    shown = repr(config) + str(config)
+    for secret in URL_SECRETS:
+        assert secret not in shown
+    assert "127.0.0.1:9001/health" in shown  # the rest of a consumer URL stays readable
+    assert config.projects[0].consumers[0].health_url.endswith("?token=health-token-0009")  # usable as is
+
+
+def test_urls_with_credentials_are_masked_in_every_log_record() -> None:
+    from flows.redact import scrub
+
+    parse_config(WITH_URL_CREDENTIALS)
+    logged = scrub(" ".join(f"GET x?token={s}" for s in URL_SECRETS))
+    for secret in URL_SECRETS:
+        assert secret not in logged
+
+
 def test_a_missing_env_var_names_the_line_field_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VAULT_TOKEN")
     assert error_of(MINIMAL) == "rotation.yaml:6: stores.main.token: environment variable VAULT_TOKEN is not set"

@@ -201,3 +201,14 @@ def test_wait_with_a_hanging_consumer_does_not_delay_the_others(health_stub: Hea
         "stuck-2": "health check timed out after 1s",
     }
     assert outcome.last_seen["fast"] == NEW
+
+
+def test_a_consumers_repr_hides_the_credentials_in_its_urls() -> None:
+    consumer = Consumer(
+        name="api",
+        health_url="http://probe:basic-pass-0013@127.0.0.1:9/health?token=health-token-0014",
+        restart_url="http://127.0.0.1:9/restart?token=restart-token-0015",
+    )
+    shown = repr(consumer)
+    assert "basic-pass-0013" not in shown and "health-token-0014" not in shown and "restart-token-0015" not in shown
+    assert "127.0.0.1:9/health" in shown

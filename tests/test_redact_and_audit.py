@@ -52,3 +52,39 @@ def test_the_audit_log_never_holds_a_secret_even_if_one_is_passed(tmp_path: Path
     log = AuditLog(tmp_path / "audit.jsonl", actor="ci")
     log.record("oops", "entry:x", "done", detail="sk-lf-1c2d3e4f-aaaa-bbbb-cccc-1234567890ab")
     assert "1c2d3e4f" not in (tmp_path / "audit.jsonl").read_text()
+
+
+_LIBRARY_LOGGERS_SCRIPT = """
+import logging, sys
+from flows.redact import install_redaction, register_secret
+install_redaction()
+register_secret("s.vault-token-for-redaction-0007")
+# No handler anywhere: Python's last-resort handler prints WARNING and above to stderr.
+logging.getLogger("hvac.adapters").warning("X-Vault-Token: s.vault-token-for-redaction-0007")
+logging.getLogger("botocore.endpoint").error("signed with s.vault-token-for-redaction-0007")
+logging.getLogger("some.library.made.later").warning("%s", "s.vault-token-for-redaction-0007")
+try:
+    raise RuntimeError("s.vault-token-for-redaction-0007")
+except RuntimeError:
+    logging.getLogger("urllib3").exception("failed")
+# A handler added after installation, on a logger of its own (propagation off).
+own = logging.getLogger("requests.own")
+own.propagate = False
+handler = logging.StreamHandler(sys.stderr)
+own.addHandler(handler)
+own.warning("token=s.vault-token-for-redaction-0007")
+logging.basicConfig(level=logging.DEBUG)
+logging.getLogger("urllib3.connectionpool").debug("GET /v1?token=s.vault-token-for-redaction-0007")
+"""
+
+
+def test_library_loggers_without_prefect_are_redacted_on_every_handler() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _LIBRARY_LOGGERS_SCRIPT], capture_output=True, text=True, timeout=60, check=True
+    )
+    output = proc.stdout + proc.stderr
+    assert "s.vault-token-for-redaction-0007" not in output
+    assert output.count("***") >= 6
