@@ -15,11 +15,16 @@ Consumers are other teams' services, so every answer is treated as untrusted: bo
 quoted in messages (a misbehaving consumer could echo its secret), only facts such as
 ``HTTP 500``, ``invalid JSON`` or ``field X missing``. ``observe`` and ``wait_for_public_key``
 never raise; ``restart`` raises ``ConsumerError`` with a one-line message.
+
+Every request to a consumer (health check or restart hook) ends within the consumer's
+``timeout_s`` as a whole, however slowly the consumer answers (``connectors.http_limits``), and
+reads at most 64 KiB of body; no redirect is followed, no proxy from the environment is used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -36,6 +41,7 @@ import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.errors import ConsumerError
+from connectors.http_limits import BodyTooLargeError, deadline, deadline_transport, read_capped
 from connectors.urls import RedactedUrl
 
 __all__ = ["Consumer", "ConsumerClient", "ConsumerObservation", "WaitOutcome"]
@@ -51,6 +57,8 @@ _SECRET_SHAPES = re.compile(
     r"|(?i:token|secret|password|passwd|api[_-]?key)\s*[=:]\s*\S+)"
 )
 _log = logging.getLogger("langfuse_rotate.consumers")
+MAX_BODY_BYTES = 64 * 1024
+"""A health answer is a small JSON document; anything larger is refused unread."""
 
 
 class Consumer(BaseModel):
@@ -223,7 +231,11 @@ class ConsumerClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._http = httpx.Client(transport=transport, follow_redirects=False)
+        self._http = httpx.Client(
+            transport=transport if transport is not None else deadline_transport(),
+            follow_redirects=False,
+            trust_env=False,
+        )
         self._sleep = sleep
         self._clock = clock
 
@@ -252,7 +264,17 @@ class ConsumerClient:
             return
         timeout_s = consumer.restart_timeout_s or consumer.timeout_s
         try:
-            response = self._http.post(consumer.restart_url, timeout=timeout_s, headers=consumer.request_headers())
+            with deadline(timeout_s):
+                request = self._http.build_request(
+                    "POST", consumer.restart_url, timeout=timeout_s, headers=consumer.request_headers()
+                )
+                response = self._http.send(request, stream=True)
+                try:
+                    read_capped(response, MAX_BODY_BYTES)
+                except BodyTooLargeError:
+                    pass  # the status is the answer; the body is not read further
+                finally:
+                    response.close()
         except httpx.HTTPError as exc:
             detail = _describe_transport_error(exc, timeout_s)
             raise ConsumerError(f"consumer {consumer.name!r}: restart hook {detail}") from None
@@ -309,17 +331,26 @@ class ConsumerClient:
 
     def _read_public_key(self, consumer: Consumer) -> tuple[str | None, str | None]:
         try:
-            response = self._http.get(
-                consumer.health_url,
-                timeout=consumer.timeout_s,
-                headers={"Accept": "application/json", **consumer.request_headers()},
-            )
+            with deadline(consumer.timeout_s):
+                request = self._http.build_request(
+                    "GET",
+                    consumer.health_url,
+                    timeout=consumer.timeout_s,
+                    headers={"Accept": "application/json", "Accept-Encoding": "identity", **consumer.request_headers()},
+                )
+                response = self._http.send(request, stream=True)
+                try:
+                    if not response.is_success:
+                        return None, f"health check answered HTTP {response.status_code}"
+                    body = read_capped(response, MAX_BODY_BYTES)
+                finally:
+                    response.close()
         except httpx.HTTPError as exc:
             return None, f"health check {_describe_transport_error(exc, consumer.timeout_s)}"
-        if not response.is_success:
-            return None, f"health check answered HTTP {response.status_code}"
+        except BodyTooLargeError:
+            return None, f"health check answered more than {MAX_BODY_BYTES // 1024} KiB"
         try:
-            document = response.json()
+            document = json.loads(body)
         except ValueError:  # json.JSONDecodeError and UnicodeDecodeError both subclass it
             return None, "health check answered invalid JSON"
         value, error = _extract_field(document, consumer.public_key_field)
@@ -347,7 +378,9 @@ class ConsumerClient:
         Consumers are polled in parallel; once a consumer reports the expected key it counts as
         switched and is not polled again. Between rounds the delay doubles from
         ``initial_poll_s`` up to ``max_poll_s`` and never sleeps past the deadline; a final round
-        runs at the deadline. Never raises.
+        runs at the deadline. Each probe ends within its consumer's ``timeout_s`` however slowly the
+        consumer answers, so the wait ends at the latest one probe timeout after ``timeout_s``.
+        Never raises.
         """
         start = self._clock()
         last_seen: dict[str, str | None] = {c.name: None for c in consumers}

@@ -3,6 +3,7 @@
 - ``Recorder``: answers 200 ``{}`` to everything and keeps every request (method, path, headers, body).
 - ``Redirector``: answers every request with a redirect (307 by default) to ``target``.
 - ``Trickler``: answers 200 with a long body, one byte every ``interval_s`` (headers at once).
+- ``HeaderTrickler``: sends its headers one byte every ``interval_s``, forever.
 - ``HugeBody``: answers 200 with ``size`` bytes of JSON-ish filler, streamed, with or without
   ``Content-Length``.
 
@@ -117,7 +118,7 @@ class Trickler(_Server):
     def handle(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
         request.send_response(200)
         request.send_header("Content-Type", "application/json")
-        request.send_header("Content-Length", "1000000")
+        request.send_header("Content-Length", "10000")  # under any body cap: only time can stop it
         request.end_headers()
         request.wfile.flush()
         try:
@@ -129,6 +130,28 @@ class Trickler(_Server):
             pass  # the client gave up: that is the point
 
     def __enter__(self) -> Trickler:
+        return self
+
+
+class HeaderTrickler(_Server):
+    """Sends the status line, then one header byte every ``interval_s``: the headers never end."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        super().__init__()
+
+    def handle(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
+        try:
+            request.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            request.wfile.flush()
+            while not self.stopping.is_set():
+                request.wfile.write(b"a")
+                request.wfile.flush()
+                time.sleep(self.interval_s)
+        except OSError:
+            pass
+
+    def __enter__(self) -> HeaderTrickler:
         return self
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -12,6 +17,9 @@ from connectors.errors import ConsumerError
 from devstack.net import free_port
 from tests.fakes import FakeClock
 from tests.fixtures.devstack import HealthStub
+from tests.hostile_http import HeaderTrickler, HugeBody, Trickler
+
+T = TypeVar("T")
 
 OLD = "pk-lf-old-0000"
 NEW = "pk-lf-new-1111"
@@ -212,3 +220,85 @@ def test_a_consumers_repr_hides_the_credentials_in_its_urls() -> None:
     shown = repr(consumer)
     assert "basic-pass-0013" not in shown and "health-token-0014" not in shown and "restart-token-0015" not in shown
     assert "127.0.0.1:9/health" in shown
+
+
+# --- deadlines and body caps (README "What a rotation does", step 3) ----------------------------
+
+
+def _within(seconds: float, call: Callable[[], T]) -> tuple[T, float]:
+    """Run ``call`` in a daemon thread; fail if it has not returned after ``seconds``."""
+    box: list[T] = []
+    started = time.monotonic()
+    worker = threading.Thread(target=lambda: box.append(call()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds}s"
+    return box[0], time.monotonic() - started
+
+
+@pytest.mark.parametrize("server_kind", [Trickler, HeaderTrickler])
+def test_a_trickling_health_endpoint_cannot_hold_a_probe_past_its_timeout(server_kind: type[Trickler]) -> None:
+    with server_kind(interval_s=0.2) as server, ConsumerClient() as client:
+        consumer = Consumer(name="api", health_url=f"{server.url}/health", timeout_s=1.0)
+        observation, elapsed = _within(10, lambda: client.observe(consumer))
+    assert elapsed < 2.0
+    assert observation.public_key is None
+    assert observation.error == "health check timed out after 1s"
+
+
+def test_a_trickling_health_endpoint_cannot_keep_the_wait_past_its_deadline() -> None:
+    with Trickler(interval_s=0.5) as server, ConsumerClient() as client:
+        consumer = Consumer(name="api", health_url=f"{server.url}/health", timeout_s=1.0)
+        outcome, elapsed = _within(
+            15, lambda: client.wait_for_public_key([consumer], NEW, timeout_s=2.0, initial_poll_s=0.2)
+        )
+    assert elapsed < 2.0 + 1.0 + 1.0  # the wait's deadline plus at most one probe's timeout
+    assert outcome.lagging == ["api"]
+    assert outcome.errors["api"] == "health check timed out after 1s"
+
+
+def test_a_trickling_restart_hook_cannot_hold_the_restart_past_its_timeout() -> None:
+    with Trickler(interval_s=0.2) as server, ConsumerClient() as client:
+        consumer = Consumer(name="api", health_url=f"{server.url}/health", restart_url=f"{server.url}/r", timeout_s=1.0)
+
+        def restart() -> str:
+            try:
+                client.restart(consumer)
+            except ConsumerError as exc:
+                return str(exc)
+            return "no error"
+
+        message, elapsed = _within(10, restart)
+    assert elapsed < 2.0
+    assert message == "consumer 'api': restart hook timed out after 1s"
+
+
+@pytest.mark.parametrize("content_length", [True, False], ids=["content-length", "streamed"])
+def test_a_huge_health_body_is_cut_off_at_64_kib_without_taking_memory(content_length: bool) -> None:
+    with HugeBody(300 * 1024 * 1024, content_length=content_length) as server, ConsumerClient() as client:
+        consumer = Consumer(name="api", health_url=f"{server.url}/health", timeout_s=5.0)
+        tracemalloc.start()
+        try:
+            observation, _ = _within(20, lambda: client.observe(consumer))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert observation.public_key is None
+    assert observation.error == "health check answered more than 64 KiB"
+    assert peak < 8 * 1024 * 1024
+    assert server.sent < 64 * 1024 * 1024  # the client stopped reading long before the end
+
+
+def test_a_health_body_just_under_the_cap_is_read() -> None:
+    class Padded(HugeBody):
+        def handle(self, request: Any, body: bytes) -> None:
+            document = json.dumps({"langfuse_public_key": NEW, "pad": "x" * (60 * 1024)}).encode()
+            request.send_response(200)
+            request.send_header("Content-Type", "application/json")
+            request.send_header("Content-Length", str(len(document)))
+            request.end_headers()
+            request.wfile.write(document)
+
+    with Padded() as server, ConsumerClient() as client:
+        observation = client.observe(Consumer(name="api", health_url=f"{server.url}/health"))
+    assert (observation.public_key, observation.error) == (NEW, None)

@@ -499,3 +499,31 @@ def test_no_secret_in_any_exception_repr_or_log(
     for secret in secrets:
         assert secret not in blob
     assert "sk-lf-" not in caplog.text.replace("sk-lf-...", "")
+
+
+def test_a_langfuse_answer_that_trickles_or_never_ends_is_cut_off_at_the_timeout() -> None:
+    import threading
+    import time
+
+    from connectors.errors import LangfuseError
+    from tests.hostile_http import Trickler
+
+    with Trickler(interval_s=0.2) as server:
+        client = LangfuseAdminClient(
+            server.url, "pk-lf-org", SecretStr("sk-lf-org-trickle"), timeout_s=1.0, retry=RetryPolicy(max_attempts=1)
+        )
+        outcome: list[object] = []
+
+        def call() -> None:
+            try:
+                client.list_api_keys("project-1")
+            except LangfuseError as exc:
+                outcome.append(exc)
+
+        started = time.monotonic()
+        worker = threading.Thread(target=call, daemon=True)
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive()
+    assert time.monotonic() - started < 2.5
+    assert outcome and "no response within 1s" in str(outcome[0])

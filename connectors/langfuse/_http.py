@@ -18,6 +18,7 @@ import httpx
 from pydantic import SecretStr
 
 from connectors.errors import LangfuseError
+from connectors.http_limits import BodyTooLargeError, deadline, deadline_transport, read_capped
 from connectors.langfuse._errors import Action, Failure, error_for, failure_of, parse_retry_after, unreachable
 from connectors.langfuse.models import RetryPolicy
 
@@ -28,6 +29,8 @@ Clock = Callable[[], float]
 Outcome = httpx.Response | Failure
 
 USER_AGENT = "langfuse-key-rotation"
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""Larger than any key or project list an organization has; a bigger answer is refused unread."""
 
 
 class SecretBasicAuth(httpx.Auth):
@@ -124,11 +127,13 @@ class HttpCore:
         self.sleep: Sleep = sleep if sleep is not None else time.sleep
         self.clock: Clock = clock if clock is not None else time.monotonic
         self._auth = auth
+        # Each request ends within timeout_s as a whole (connectors.http_limits), reads at most
+        # MAX_BODY_BYTES, and never follows a redirect (it would re-send the key elsewhere).
         self._client = httpx.Client(
             base_url=self.host,
             timeout=timeout_s,
-            transport=transport,
-            headers={"User-Agent": USER_AGENT},
+            transport=transport if transport is not None else deadline_transport(),
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             follow_redirects=False,
         )
 
@@ -151,17 +156,28 @@ class HttpCore:
     ) -> Outcome:
         """Exactly one request. Transport errors come back as a ``Failure`` value, never raised."""
         try:
-            return self._client.request(
-                method,
-                path,
-                json=json,
-                content=content,
-                params=params,
-                headers=headers,
-                auth=self._auth if authenticated else None,
-            )
+            with deadline(self.timeout_s):
+                request = self._client.build_request(
+                    method, path, json=json, content=content, params=params, headers=headers
+                )
+                streamed = self._client.send(request, auth=self._auth if authenticated else None, stream=True)
+                try:
+                    body = read_capped(streamed, MAX_BODY_BYTES)
+                finally:
+                    streamed.close()
         except httpx.TransportError as exc:
             return failure_of(exc, self.timeout_s)
+        except BodyTooLargeError:
+            return Failure(
+                f"answer larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB", maybe_sent=True, retryable=False
+            )
+        return httpx.Response(
+            streamed.status_code,
+            headers=streamed.headers,
+            content=body,
+            request=streamed.request,
+            extensions=streamed.extensions,
+        )
 
     def exchange(
         self,
