@@ -42,6 +42,40 @@ class ConfigError(Exception):
     """Invalid configuration: one line naming the file, line and field."""
 
 
+_RESERVED_LAST_SEGMENT = "rotation-pending"  # a rotation stages at <path>/rotation-pending
+
+
+def _store_path(value: str, *, what: str = "path", reserved_suffix: bool = True) -> str:
+    """A store path or mount reaches exactly one place: no ``..``/``.``/empty segments, no leading
+    ``/``, no ``%`` (percent-decoding could smuggle any of those in), no ``?``/``#`` (they would end
+    the URL path), no whitespace or control characters."""
+    if not value:
+        raise ValueError(f"the {what} is empty")
+    if value.startswith("/"):
+        raise ValueError(f"the {what} must not start with '/'")
+    for bad in ("%", "?", "#", "\\"):
+        if bad in value:
+            raise ValueError(f"the {what} must not contain {bad!r}")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"the {what} must not contain whitespace or control characters")
+    segments = value.split("/")
+    if "" in segments:
+        raise ValueError(f"the {what} must not contain empty segments ('//' or a trailing '/')")
+    if any(segment in (".", "..") for segment in segments):
+        raise ValueError(f"the {what} must not contain '.' or '..' segments")
+    if reserved_suffix and segments[-1] == _RESERVED_LAST_SEGMENT:
+        raise ValueError(f"the {what} must not end in '/{_RESERVED_LAST_SEGMENT}' (the staging place of another path)")
+    return value
+
+
+def _mount(value: str) -> str:
+    return _store_path(value, what="mount", reserved_suffix=False)
+
+
+StorePath = Annotated[str, AfterValidator(_store_path)]
+Mount = Annotated[str, AfterValidator(_mount)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
@@ -50,7 +84,7 @@ class AppRoleConfig(_Strict):
     role_id: str
     secret_id: SecretStr | None = None
     secret_id_file: Path | None = None
-    mount: str = "approle"
+    mount: Mount = "approle"
 
     @model_validator(mode="after")
     def _one_secret_id_source(self) -> AppRoleConfig:
@@ -74,7 +108,7 @@ class JwtAuthConfig(_Strict):
     method: Literal["jwt"]
     role: str = Field(min_length=1)
     jwt_file: Path
-    mount: str = "jwt"
+    mount: Mount = "jwt"
 
     @field_validator("jwt_file")
     @classmethod
@@ -93,7 +127,7 @@ class VaultStoreConfig(_Strict):
     token_file: Path | None = None
     approle: AppRoleConfig | None = None
     auth: JwtAuthConfig | None = None
-    mount: str = "secret"
+    mount: Mount = "secret"
     namespace: str | None = None
     timeout_s: float = Field(default=10.0, gt=0)
     verify_tls: bool = True
@@ -191,7 +225,7 @@ class StoreRef(_Strict):
     """A secret held in one of the configured stores (e.g. the organization key)."""
 
     store: str
-    path: str
+    path: StorePath
     fields: FieldNames = FieldNames()
 
     def location(self) -> SecretLocation:
@@ -256,7 +290,7 @@ class ProjectEntry(_Strict):
     name: str = Field(pattern=_NAME_PATTERN)
     project_id: str = Field(min_length=1)
     store: str
-    path: str = Field(min_length=1)
+    path: StorePath
     fields: FieldNames = FieldNames()
     host: Url | None = None
     consumers: list[ConsumerConfig] = []
@@ -421,7 +455,10 @@ def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:
 
     text = _ENV_PATTERN.sub(placeholder, text)
     try:
+        _check_depth(text, source)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise ConfigError(f"{source}: the YAML is nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -430,13 +467,26 @@ def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:
     if root is None:
         raise ConfigError(f"{source}: the file is empty")
     lines: dict[tuple[str | int, ...], int] = {}
-    data = _to_python(root, (), lines, _Interpolator(references, source))
+    data = _to_python(root, (), lines, _Interpolator(references, source), _Budget(), ())
     _check_references(data, lines, source)
     try:
         config = RotationConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc, lines, source)) from None
     return config
+
+
+def _check_depth(text: str, source: str) -> None:
+    """Refuse deep nesting from the event stream, before PyYAML's recursive composer meets it."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > _MAX_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark is not None else 1
+                raise ConfigError(f"{source}:{line}: nested more than {_MAX_DEPTH} levels deep")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 def _check_references(data: Any, lines: dict[tuple[str | int, ...], int], source: str) -> None:
@@ -485,13 +535,36 @@ class _Interpolator:
         return _PLACEHOLDER_PATTERN.sub(substitute, value)
 
 
+_MAX_NODES = 10_000
+_MAX_DEPTH = 50
+
+
+class _Budget:
+    """How many values the document may expand to: YAML aliases share nodes, so a few lines can
+    stand for billions of values (an "alias bomb"); a real configuration has a few hundred."""
+
+    def __init__(self) -> None:
+        self.left = _MAX_NODES
+        self.scalars = yaml.SafeLoader("")  # one constructor per document, not one per value
+
+
 def _to_python(
     node: yaml.Node,
     path: tuple[str | int, ...],
     lines: dict[tuple[str | int, ...], int],
     interpolate: _Interpolator,
+    budget: _Budget,
+    parents: tuple[int, ...],
 ) -> Any:
     lines[path] = node.start_mark.line + 1
+    budget.left -= 1
+    if budget.left < 0:
+        where = f"{interpolate.source}:{lines[path]}"
+        raise ConfigError(f"{where}: {_dotted(path)}: YAML aliases expand to more than {_MAX_NODES} values")
+    if isinstance(node, yaml.CollectionNode):
+        if id(node) in parents:
+            raise ConfigError(f"{interpolate.source}:{lines[path]}: {_dotted(path)}: recursive YAML alias")
+        parents = (*parents, id(node))
     if isinstance(node, yaml.MappingNode):
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
@@ -499,11 +572,11 @@ def _to_python(
             if key in result:
                 where = f"{interpolate.source}:{key_node.start_mark.line + 1}"
                 raise ConfigError(f"{where}: {_dotted((*path, key))}: duplicate key")
-            result[key] = _to_python(value_node, (*path, key), lines, interpolate)
+            result[key] = _to_python(value_node, (*path, key), lines, interpolate, budget, parents)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, (*path, i), lines, interpolate) for i, item in enumerate(node.value)]
-    value = yaml.SafeLoader("").construct_object(node)
+        return [_to_python(item, (*path, i), lines, interpolate, budget, parents) for i, item in enumerate(node.value)]
+    value = budget.scalars.construct_object(node)
     if isinstance(value, str):
         return interpolate(value, path, lines[path])
     return value

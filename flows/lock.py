@@ -14,6 +14,12 @@ its lock file while it holds both, and removes it when it lets go. The next run 
 first: if it then finds a lease file, the process that wrote it no longer holds the flock, so it is
 gone, and its slot is stale: the run releases that lease before asking for a slot. A holder on
 another host is never touched: its lease file is on its own host, and its slot expires with its lease.
+
+The lock directory (``LANGFUSE_ROTATE_LOCK_DIR``, default ``~/.local/state/langfuse-rotate/locks``,
+never the shared temporary directory) is private: created 0700, refused unless it belongs to this
+user and nobody else can write to it, and neither it nor a lock or lease file is opened through a
+symbolic link. Another local user can then neither pre-create it, hold its lock files, nor plant
+symlinks that would make a rotation write elsewhere. A refusal is a ``ConfigError`` (exit 2).
 """
 
 from __future__ import annotations
@@ -22,13 +28,20 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from flows.config import ConfigError
+
 LOCK_DIR_ENV_VAR = "LANGFUSE_ROTATE_LOCK_DIR"
 _POLL_S = 0.2
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class LockDirError(ConfigError):
+    """The lock directory or a file in it is not private to this user."""
 
 
 class RotationInProgressError(Exception):
@@ -39,18 +52,68 @@ def lock_name(entry: str) -> str:
     return f"langfuse-rotate-{entry}"
 
 
+def default_lock_dir() -> Path:
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):
+        raise LockDirError(
+            f"no home directory for the lock files: set {LOCK_DIR_ENV_VAR} to a private directory"
+        ) from None
+    return home / ".local" / "state" / "langfuse-rotate" / "locks"
+
+
 def _lock_dir() -> Path:
     configured = os.environ.get(LOCK_DIR_ENV_VAR)
-    path = Path(configured) if configured else Path(tempfile.gettempdir()) / "langfuse-rotate-locks"
-    path.mkdir(parents=True, exist_ok=True)
+    path = Path(configured) if configured else default_lock_dir()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise LockDirError(f"cannot create the lock directory {path}: {exc.strerror}") from None
+    _check_private(path)
     return path
+
+
+def _check_private(path: Path) -> None:
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise LockDirError(f"the lock directory {path} is a symbolic link; point {LOCK_DIR_ENV_VAR} at the real one")
+    if not stat.S_ISDIR(info.st_mode):
+        raise LockDirError(f"the lock directory {path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise LockDirError(
+            f"the lock directory {path} is owned by uid {info.st_uid}, not by this user (uid {os.geteuid()}); "
+            f"use a directory of your own ({LOCK_DIR_ENV_VAR})"
+        )
+    if info.st_mode & 0o022:
+        raise LockDirError(
+            f"the lock directory {path} is writable by other users (mode {stat.S_IMODE(info.st_mode):o}); "
+            f"chmod 700 it or use a private directory ({LOCK_DIR_ENV_VAR})"
+        )
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """Open a file in the lock directory, never through a symlink, only if it is ours."""
+    try:
+        fd = os.open(path, flags | _NOFOLLOW, 0o600)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise LockDirError(f"{path} is a symbolic link; refusing to follow it (remove it)") from None
+        raise LockDirError(f"cannot open {path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        os.close(fd)
+        raise LockDirError(f"{path} is not a regular file of this user; remove it")
+    return fd
 
 
 @contextlib.contextmanager
 def local_lock(entry: str, *, wait_s: float) -> Iterator[None]:
     """An exclusive ``flock`` on a per-entry file; waits up to ``wait_s`` seconds."""
     path = _lock_dir() / f"{lock_name(entry)}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _open_private(path, os.O_RDWR | os.O_CREAT)
     try:
         deadline = time.monotonic() + wait_s
         while True:
@@ -100,11 +163,14 @@ def release_stale_lease(entry: str) -> str | None:
     the entry's flock (that is what proves the writer of the lease file is gone).
     Returns the released lease id, or None if there was none."""
     path = _lease_file(entry)
+    if not path.exists() and not path.is_symlink():
+        return None
     try:
-        lease_id = str(json.loads(path.read_text())["lease_id"])
+        with os.fdopen(_open_private(path, os.O_RDONLY)) as file:
+            lease_id = str(json.loads(file.read())["lease_id"])
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (LockDirError, OSError, ValueError, KeyError, TypeError):
         path.unlink(missing_ok=True)  # unreadable: nothing we could release
         return None
     from uuid import UUID
@@ -139,9 +205,11 @@ def prefect_lock(entry: str, *, wait_s: float, lease_s: int) -> Iterator[None]:
                 f"rotation already in progress for '{entry}' (Prefect concurrency limit {name} is taken)"
             ) from None
         granted = [str(lease) for lease in leases.cleanup_lease_ids if lease not in before]
-        if granted:
-            _lease_file(entry).write_text(json.dumps({"lease_id": granted[0], "pid": os.getpid()}))
         try:
+            if granted:
+                fd = _open_private(_lease_file(entry), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                with os.fdopen(fd, "w") as file:
+                    file.write(json.dumps({"lease_id": granted[0], "pid": os.getpid()}))
             yield
         finally:
             slot.__exit__(None, None, None)

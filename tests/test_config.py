@@ -154,3 +154,89 @@ def test_an_empty_file_is_rejected() -> None:
 def test_an_unknown_project_lists_the_configured_ones() -> None:
     with pytest.raises(ConfigError, match=r"unknown project 'nope' \(configured: production-chatbot\)"):
         parse_config(MINIMAL).entry("nope")
+
+
+# --- store paths and mounts reach only their own place (README "Configuration") ----------------
+
+BAD_PATHS = [
+    "team-a/../team-b/key",
+    "../../other-mount/langfuse/x",
+    "..",
+    "langfuse//x",
+    "langfuse/x/",
+    "/langfuse/x",
+    "langfuse/%2e%2e/x",
+    "langfuse/./x",
+    "langfuse/x/rotation-pending",
+]
+
+
+@pytest.mark.parametrize("path", BAD_PATHS)
+def test_a_store_path_that_could_reach_another_secret_is_rejected_naming_line_and_field(path: str) -> None:
+    message = error_of(MINIMAL.replace("path: langfuse/production-chatbot", f"path: '{path}'"))
+    assert message.startswith("rotation.yaml:11: projects[0].path: ")
+
+
+@pytest.mark.parametrize("mount", ["secret/../other", "/secret", "sec%72et", "secret//x", "", "..", "secret/"])
+def test_a_vault_mount_that_could_reach_another_mount_is_rejected(mount: str) -> None:
+    message = error_of(MINIMAL.replace("mount: secret}", f"mount: '{mount}'}}"))
+    assert message.startswith("rotation.yaml:6: stores.main.mount: ")
+
+
+def test_the_organization_keys_store_path_is_checked_too() -> None:
+    text = MINIMAL.replace(
+        "  org_public_key: ${ORG_PK}\n  org_secret_key: ${ORG_SK}\n",
+        "  org_key: {store: main, path: 'langfuse/../team-b/org'}\n",
+    )
+    assert error_of(text).startswith("rotation.yaml:3: langfuse.org_key.path: ")
+
+
+def test_ordinary_nested_paths_and_aws_names_still_load() -> None:
+    text = MINIMAL.replace("path: langfuse/production-chatbot", "path: team-a/langfuse/prod_chat-bot.v2")
+    assert parse_config(text).projects[0].path == "team-a/langfuse/prod_chat-bot.v2"
+
+
+# --- YAML aliases: bounded, never a traceback ---------------------------------------------------
+
+ALIAS_BOMB = (
+    "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8))
+    + "langfuse: *i\n"
+)
+
+
+def test_a_yaml_alias_bomb_is_rejected_quickly_naming_the_line() -> None:
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        message = error_of(ALIAS_BOMB)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - started < 2.0
+    assert peak < 50 * 1024 * 1024
+    assert message.startswith("rotation.yaml:") and "alias" in message
+
+
+def test_a_recursive_yaml_alias_is_rejected_without_a_traceback() -> None:
+    message = error_of("langfuse: &a\n  host: *a\n")
+    assert message.startswith("rotation.yaml:") and "alias" in message
+
+
+def test_deeply_nested_yaml_is_rejected_without_a_traceback() -> None:
+    message = error_of("langfuse: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert message.startswith("rotation.yaml")
+
+
+def test_a_small_alias_reused_a_few_times_still_loads() -> None:
+    text = MINIMAL.replace(
+        "    path: langfuse/production-chatbot\n",
+        "    path: langfuse/production-chatbot\n"
+        "    consumers: &shared [{name: api, health_url: 'http://127.0.0.1:9001/health'}]\n"
+        "  - name: second\n    project_id: p2\n    store: main\n    path: langfuse/second\n    consumers: *shared\n",
+    )
+    config = parse_config(text)
+    assert [c.name for c in config.projects[1].consumers] == ["api"]

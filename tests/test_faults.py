@@ -361,6 +361,8 @@ def broken(env: RotationEnv, how: str) -> Path:
         config["projects"][0]["wait_timeout_s"] = "soon"
     elif how == "unknown key":
         config["projects"][0]["consumer"] = []
+    elif how == "path into another entry":
+        config["projects"][0]["path"] = f"{config['projects'][0]['path']}/../other-entry"
     path = env.tmp / "broken.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -372,6 +374,7 @@ def broken(env: RotationEnv, how: str) -> Path:
         ("missing project_id", r"broken.yaml:\d+: projects\[0\].project_id: required field is missing"),
         ("wrong type", r"broken.yaml:\d+: projects\[0\].wait_timeout_s: "),
         ("unknown key", r"broken.yaml:\d+: projects\[0\].consumer: unknown key"),
+        ("path into another entry", r"broken.yaml:\d+: projects\[0\].path: the path must not contain '.' or '..'"),
     ],
 )
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
@@ -402,3 +405,31 @@ def test_a_config_that_is_not_yaml_exits_2_naming_the_line(rotation_env: Rotatio
 
     assert proc.returncode == 2
     assert re.fullmatch(r"langfuse-rotate: error: \S+broken.yaml:\d+: .+", proc.stderr.strip())
+
+
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+@pytest.mark.parametrize("command", ["rotate", "emergency"])
+def test_a_lock_directory_other_users_can_write_exits_2_and_changes_nothing(
+    rotation_env: RotationEnv, command: str
+) -> None:
+    env = rotation_env
+    shared = env.tmp / "shared-locks"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    before = env.store.store.describe(env.location)
+    seq = env.sim.requests()["next"]
+
+    extra = ["--no-prefect"] if command == "emergency" else []
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", command, "--config", str(env.write_config()), "--project", ENTRY, *extra],
+        env={**env.env, "LANGFUSE_ROTATE_LOCK_DIR": str(shared)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "writable by other users" in line], proc.stderr
+    assert env.store.store.describe(env.location) == before
+    assert [r for r in env.sim.requests(seq)["requests"] if r["method"] != "GET"] == []

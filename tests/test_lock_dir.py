@@ -1,0 +1,92 @@
+"""The host-local lock directory is private (README "Deployments and distributed mode").
+
+Another local user must not be able to pre-create it, fill it with symlinks, or hold the lock
+files: the directory is created 0700, must belong to the user running the rotation, must not be
+writable by anyone else, and neither it nor a lock file is ever followed through a symlink. By
+default it lives in the user's home, not in the shared temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from flows.config import ConfigError
+from flows.lock import LOCK_DIR_ENV_VAR, LockDirError, local_lock, lock_name
+
+
+def _take(entry: str = "chatbot-prod") -> None:
+    with local_lock(entry, wait_s=0):
+        pass
+
+
+def test_the_default_lock_directory_is_private_in_the_users_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(LOCK_DIR_ENV_VAR, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    _take()
+    expected = tmp_path / "home" / ".local" / "state" / "langfuse-rotate" / "locks"
+    assert (expected / f"{lock_name('chatbot-prod')}.lock").is_file()
+    assert stat.S_IMODE(expected.stat().st_mode) == 0o700
+
+
+def test_a_configured_lock_directory_is_created_0700(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(LOCK_DIR_ENV_VAR, str(tmp_path / "locks"))
+    old_umask = os.umask(0)
+    try:
+        _take()
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE((tmp_path / "locks").stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o770])
+def test_a_lock_directory_others_can_write_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    monkeypatch.setenv(LOCK_DIR_ENV_VAR, str(shared))
+    with pytest.raises(LockDirError, match="writable by other users") as raised:
+        _take()
+    assert isinstance(raised.value, ConfigError)  # the command line exits 2 with this one line
+    assert list(shared.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory to another user")
+def test_a_lock_directory_owned_by_another_user_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    monkeypatch.setenv(LOCK_DIR_ENV_VAR, str(theirs))
+    with pytest.raises(LockDirError, match="owned by"):
+        _take()
+
+
+def test_a_symlinked_lock_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.setenv(LOCK_DIR_ENV_VAR, str(tmp_path / "link"))
+    with pytest.raises(LockDirError, match="symbolic link"):
+        _take()
+    assert list(real.iterdir()) == []
+
+
+def test_a_lock_file_planted_as_a_symlink_is_not_followed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    locks = tmp_path / "locks"
+    locks.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o644)
+    (locks / f"{lock_name('chatbot-prod')}.lock").symlink_to(victim)
+    monkeypatch.setenv(LOCK_DIR_ENV_VAR, str(locks))
+    with pytest.raises(LockDirError, match="symbolic link"):
+        _take()
+    assert victim.read_text() == "precious\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
