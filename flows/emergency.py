@@ -25,6 +25,7 @@ from flows.orchestration import (
     tag_flow_run,
 )
 from flows.runner import PrefectRunner
+from flows.trust import refuse_job_overrides
 
 
 @flow(
@@ -40,6 +41,7 @@ def emergency(project: str, config_path: str | None = None, public_key: str | No
 
     ``public_key`` "" means the key in the store, as None does (the automation in
     ``flows.automation`` renders a missing ``payload.public_key`` as "")."""
+    refuse_job_overrides()
     flow_run_id, label = current_flow_run()
     config = load_config(config_path)
     entry = config.entry(project)

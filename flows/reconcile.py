@@ -9,6 +9,7 @@ from flows.execute import execute
 from flows.hooks import notify_unhandled_failure
 from flows.orchestration import current_flow_run, publish_summary, reconcile_run_name
 from flows.runner import PrefectRunner
+from flows.trust import refuse_job_overrides
 
 
 @flow(
@@ -20,6 +21,7 @@ from flows.runner import PrefectRunner
     on_crashed=[notify_unhandled_failure],
 )
 def reconcile(config_path: str | None = None, project: str | None = None) -> dict[str, str]:
+    refuse_job_overrides()
     flow_run_id, label = current_flow_run()
     config = load_config(config_path)
     names = [project] if project else [e.name for e in config.projects]

@@ -26,6 +26,7 @@ from flows.orchestration import (
     tag_flow_run,
 )
 from flows.runner import PrefectRunner
+from flows.trust import refuse_job_overrides
 
 
 @flow(
@@ -38,6 +39,7 @@ from flows.runner import PrefectRunner
 )
 def rotate(project: str, config_path: str | None = None) -> Any:
     """Rotate one configured Langfuse key (``project`` names the entry in the config file)."""
+    refuse_job_overrides()
     flow_run_id, label = current_flow_run()
     config = load_config(config_path)
     entry = config.entry(project)
@@ -60,6 +62,7 @@ def rotate(project: str, config_path: str | None = None) -> Any:
 )
 def rotate_all(config_path: str | None = None) -> Any:
     """Rotate every configured entry, one after another (each as its own subflow run)."""
+    refuse_job_overrides()
     config = load_config(config_path)
     outcomes: dict[str, State[Any]] = {}
     for entry in config.projects:

@@ -82,7 +82,10 @@ def stack(
             )
             assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
-        prefect("work-pool", "create", POOL, "--type", "process")
+        # The locked template the README's trust boundary section asks for (job variables cannot
+        # change the command, environment or working directory).
+        template = "deployments/process-work-pool-template.json"
+        prefect("work-pool", "create", POOL, "--type", "process", "--base-job-template", template)
         prefect("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
 
         bootstrap = langfuse_sim_process.bootstrap
