@@ -97,11 +97,12 @@ def _refuse_redirects(response: requests.Response, *_: Any, **__: Any) -> None:
         raise VaultRedirectError(response.status_code)
 
 
-def _no_redirect_session() -> requests.Session:
+def _no_redirect_session(*, verify: bool | str) -> requests.Session:
     """A session that never follows a redirect: hvac sends ``X-Vault-Token`` (and the secret being
     written, or an AppRole secret ID) with every request, and a followed 307 re-sends them to
     whatever host its ``Location`` names. Any 3xx answer fails the call instead."""
     session = requests.Session()
+    session.verify = verify  # hvac takes a given session's verify over its own argument
     session.max_redirects = 0
     session.hooks["response"].append(_refuse_redirects)
     return session
@@ -145,7 +146,7 @@ class VaultStore:
             timeout=timeout_s,
             verify=ca_cert if ca_cert is not None else verify_tls,
             allow_redirects=False,
-            session=_no_redirect_session(),
+            session=_no_redirect_session(verify=ca_cert if ca_cert is not None else verify_tls),
         )
         self._keeper = TokenKeeper(self._client, self._auth, on_token=on_token)
 
