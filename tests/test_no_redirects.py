@@ -91,6 +91,7 @@ def test_consumer_probes_and_restart_hooks_never_follow_a_redirect(redirector: R
         name="api",
         health_url=f"{redirector.url}/health?token=consumer-token-0004",
         restart_url=f"{redirector.url}/restart?token=consumer-token-0004",
+        headers={"Authorization": SecretStr("Bearer consumer-header-token-0016")},
         timeout_s=2.0,
     )
     with ConsumerClient() as client:
