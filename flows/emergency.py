@@ -21,13 +21,14 @@ from prefect import flow
 from prefect.states import Completed
 
 from connectors.notify import Notification
-from flows.audit import AuditLog, audit_path_for, resource_id
+from flows.audit import AuditLog, audit_path_for, audit_result, resource_id
 from flows.config import load_config
 from flows.execute import execute
 from flows.hooks import notify_unhandled_failure
 from flows.initiator import flow_run_audit
 from flows.lock import prefect_server_configured
-from flows.notification import send_to
+from flows.models import RotationResult
+from flows.notification import notification_for, send_to
 from flows.orchestration import (
     current_flow_run,
     emergency_run_name,
@@ -68,8 +69,22 @@ def emergency(
         config = load_config(config_path)
         entry = config.entry(project)
         tag_flow_run(flow_run_id, project=project, mode="emergency", store=entry.store)
-        with _one_run_per_entry(project, config):
-            return _contain(project, config_path, public_key or None, flow_run_id, label)
+        try:
+            with _one_run_per_entry(project, config):
+                return _contain(project, config_path, public_key or None, flow_run_id, label)
+        except EventRefused as busy:  # another emergency of this entry is still running: exit 3
+            result = RotationResult(
+                status="in_progress",
+                project=project,
+                mode="emergency",
+                store=entry.store,
+                prefect_flow_run_id=flow_run_id,
+                error=str(busy),
+            )
+            audit_result("emergency", result, path=config.audit.path)
+            send_to(config_path, notification_for(result))
+            publish_summary(result)
+            return final_state(result)
 
 
 def _contain(project: str, config_path: str | None, public_key: str | None, flow_run_id: str, label: str) -> Any:
