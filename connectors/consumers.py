@@ -372,6 +372,7 @@ class ConsumerClient:
         timeout_s: float,
         initial_poll_s: float = 0.5,
         max_poll_s: float = 10.0,
+        on_round: Callable[[dict[str, str | None], list[str], float], None] | None = None,
     ) -> WaitOutcome:
         """Poll every consumer until each has reported ``expected_public_key`` or time runs out.
 
@@ -400,6 +401,8 @@ class ConsumerClient:
                         errors.pop(consumer.name, None)
                 pending = [c for c in pending if last_seen[c.name] != expected_public_key]
                 remaining = deadline - self._clock()
+                if on_round is not None:  # progress: who switched, who is awaited, time left
+                    on_round(dict(last_seen), [c.name for c in pending], remaining)
                 if not pending or remaining <= 0:
                     break
                 self._sleep(min(delay, remaining))

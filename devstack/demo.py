@@ -29,11 +29,26 @@ ENTRY = "demo-chatbot"
 SECRET_PATH = "langfuse/demo-chatbot"
 
 
+_human = [sys.stdout]
+
+
 def say(message: str) -> None:
-    print(f"[demo] {message}", flush=True)
+    print(f"[demo] {message}", file=_human[0], flush=True)
+
+
+def first_start_of_embedded_server() -> bool:
+    """True when the embedded Prefect server has no database yet (its first start migrates one)."""
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    url = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL") or os.environ.get(
+        "PREFECT_API_DATABASE_CONNECTION_URL"
+    )
+    if url and not url.startswith("sqlite"):
+        return False
+    return not (home / "prefect.db").exists()
 
 
 def run_demo(*, store: Literal["vault", "aws"] = "vault", as_json: bool = False) -> int:
+    _human[0] = sys.stderr if as_json else sys.stdout  # with --json, stdout holds only the result
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="langfuse-rotate-demo-")))
         return _run(stack, workdir, store, as_json)
@@ -76,14 +91,24 @@ def _run(stack: contextlib.ExitStack, workdir: Path, store_kind: str, as_json: b
     )
     say(f"configuration: {config_path} (secrets come from environment variables, never the file)")
 
-    where = os.environ.get("PREFECT_API_URL") or "the embedded Prefect server (first start migrates its database)"
+    from flows.cli import _print_result, _result_from_state, prefect_api_url
+
+    api = prefect_api_url()
+    if api:
+        where = api
+    elif first_start_of_embedded_server():
+        where = "the embedded Prefect server (its first start migrates its database: 20 s or more)"
+    else:
+        where = "the embedded Prefect server"
     say(f"rotating '{ENTRY}' through Prefect on {where} ...")
-    from flows.cli import _print_result, _result_from_state
     from flows.rotate import rotate
 
+    started = time.monotonic()
     state = rotate(project=ENTRY, config_path=str(config_path), return_state=True)
     result = _result_from_state(state, ENTRY)
-    _print_result(result, as_json=False)
+    if not result.duration_s:
+        result.duration_s = round(time.monotonic() - started, 3)
+    _print_result(result, command="rotate", file=_human[0])
 
     new_key = _consumer_key(consumer.health_url)
     say(f"consumer 'api' now reports {new_key}")
@@ -184,7 +209,7 @@ def _first_actions(lines: list[str]) -> str:
     actions = []
     for line in lines[:6]:
         with contextlib.suppress(json.JSONDecodeError):
-            actions.append(json.loads(line).get("action", "?"))
+            actions.append(json.loads(line).get("event", {}).get("action", "?"))
     return ", ".join(actions)
 
 

@@ -1,5 +1,10 @@
-"""The event-driven emergency: a Prefect automation that runs the ``emergency-rotation``
-deployment when a ``langfuse.key.compromised`` event naming a configured entry arrives.
+"""The event-driven emergency: the ``emergency-rotation`` deployment's trigger runs it when a
+``langfuse.key.compromised`` event naming a configured entry arrives.
+
+The trigger lives in ``deployments/prefect.yaml`` (``triggers:`` of the emergency deployment;
+``prefect deploy`` creates the automation); ``EMERGENCY_TRIGGER`` here is the same specification
+(a test keeps the two equal), for ``flow.serve(triggers=[deployment_trigger()])`` and for
+``ensure_emergency_automation`` on servers deployed another way.
 
 Whoever detects a leak (a secret scanner, an alert rule, a person with ``curl``) POSTs one event
 to the Prefect server's events API, ``POST {PREFECT_API_URL}/events`` with a JSON list;
@@ -10,16 +15,8 @@ to the Prefect server's events API, ``POST {PREFECT_API_URL}/events`` with a JSO
       "payload": {"public_key": "pk-lf-...", "source": "secret-scanner"}}]
 
 ``<entry>`` is a configured entry name (``--project`` of the command line); ``payload.public_key``
-is optional (default: the key currently in the entry's store). Never put a secret in an event:
-events are stored and shown in the UI. Anyone who can POST to the events API can start an
-emergency rotation, so protect the server (``PREFECT_SERVER_API_AUTH_STRING``).
-
-Create (or replace) the automation once per Prefect server, after deploying::
-
-    PREFECT_API_URL=http://prefect:4200/api python -m flows.automation \\
-        [--deployment langfuse-key-emergency/emergency-rotation]
-
-or from Python: ``ensure_emergency_automation("langfuse-key-emergency/emergency-rotation")``.
+is required: the run checks the event before it changes anything (``flows.trigger``). Never put a
+secret in an event: events are stored and shown in the UI.
 """
 
 from __future__ import annotations
@@ -41,11 +38,29 @@ DEFAULT_DEPLOYMENT = "langfuse-key-emergency/emergency-rotation"
 _PUBLIC_KEY = re.compile(r"^pk-lf-[A-Za-z0-9_-]+$")
 
 # The deployment's parameters, rendered by the server from the triggering event. A payload
-# without public_key renders as "" and the flow treats "" as "the key in the store".
+# without public_key renders as "", which an event-started run refuses.
 RUN_PARAMETERS: dict[str, Any] = {
     "project": "{{ event.resource['" + PROJECT_LABEL + "'] }}",
     "public_key": "{{ event.payload.get('public_key', '') }}",
+    "event_id": "{{ event.id | string }}",
+    "event_source": "{{ event.payload.get('source', '') }}",
 }
+
+EMERGENCY_TRIGGER: dict[str, Any] = {
+    "type": "event",
+    "name": AUTOMATION_NAME,
+    "description": f"Runs the emergency rotation of the entry named by a {EVENT} event (checked by the run).",
+    "enabled": True,
+    "match": {"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
+    "expect": [EVENT],
+    "for_each": ["prefect.resource.id"],
+    "posture": "Reactive",
+    "threshold": 1,
+    "within": 0,
+    "parameters": RUN_PARAMETERS,
+}
+"""Every event runs the deployment once; the run decides (one containment per key per hour, at most
+``emergency.max_per_hour`` per entry, one run per entry at a time)."""
 
 
 def compromised_event(
@@ -71,32 +86,25 @@ def compromised_event(
     }
 
 
-def emergency_automation(deployment_id: UUID) -> Any:
-    """The automation: each ``langfuse.key.compromised`` event on a ``langfuse.project.*``
-    resource runs the emergency deployment once for the project it names."""
-    from prefect.events.actions import RunDeployment
-    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+def deployment_trigger() -> Any:
+    """``EMERGENCY_TRIGGER`` as Prefect's deployment trigger (for ``flow.serve(triggers=...)``)."""
+    from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
 
-    return AutomationCore(
-        name=AUTOMATION_NAME,
-        description=(
-            f"Runs the emergency rotation of the entry named by a {EVENT} event "
-            "(resource label langfuse.project; optional payload.public_key)."
-        ),
-        trigger=EventTrigger(
-            expect={EVENT},
-            match={"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
-            for_each={"prefect.resource.id"},
-            posture=Posture.Reactive,
-            threshold=1,
-        ),
-        actions=[RunDeployment(source="selected", deployment_id=deployment_id, parameters=dict(RUN_PARAMETERS))],
-    )
+    return TypeAdapter(DeploymentTriggerTypes).validate_python(dict(EMERGENCY_TRIGGER))
+
+
+def emergency_automation(deployment_id: UUID) -> Any:
+    """The automation ``prefect deploy`` creates from the trigger, for ``deployment_id``."""
+    trigger = deployment_trigger()
+    trigger.set_deployment_id(deployment_id)
+    return trigger.as_automation()
 
 
 def ensure_emergency_automation(deployment: str | UUID = DEFAULT_DEPLOYMENT) -> UUID:
     """Create the automation for ``deployment`` ("flow-name/deployment-name" or an id) on the
-    configured Prefect server, replacing any earlier automation of the same name."""
+    configured Prefect server, replacing any earlier automation of the same name. Not needed after
+    ``prefect deploy`` of ``deployments/prefect.yaml``, which creates it from the trigger."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
@@ -112,7 +120,8 @@ def ensure_emergency_automation(deployment: str | UUID = DEFAULT_DEPLOYMENT) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.automation",
-        description=f"Create the Prefect automation that runs the emergency deployment on {EVENT} events.",
+        description=f"Create the Prefect automation that runs the emergency deployment on {EVENT} events "
+        "(prefect deploy of deployments/prefect.yaml already does).",
     )
     parser.add_argument("--deployment", default=DEFAULT_DEPLOYMENT, help=f"default: {DEFAULT_DEPLOYMENT}")
     args = parser.parse_args(argv)

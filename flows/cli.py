@@ -1,7 +1,12 @@
 """``langfuse-rotate``: the command line (CONTRACTS.md pins commands, exit codes and ``--json``).
 
+Each subcommand is one ``Command`` in ``COMMANDS``: its arguments and the function that runs it.
 Prefect is imported only by the commands that use it, so an emergency run without a reachable
 Prefect server starts in well under a second.
+
+Output: the tool's own human lines go to stdout, or to stderr with ``--json`` (stdout then holds
+only the one JSON object, so ``| jq`` works). Every run writes exactly one final audit line,
+bad input included (``flows.audit``).
 """
 
 from __future__ import annotations
@@ -10,8 +15,9 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, TextIO
 
 from flows import inventory_cli
 from flows.models import ExitCode, RotationResult
@@ -19,156 +25,136 @@ from flows.redact import scrub
 
 PROG = "langfuse-rotate"
 
+EXIT_CODES = """exit codes:
+  0  done: rotated, contained, reconciled, or a clean dry run
+  1  failed; everything was rolled back and the old pair is still current and valid
+  2  bad input (usage, configuration, unknown project); nothing was changed
+  3  another rotation of the same key is in progress; nothing was changed
+  4  done but needs a person (revoked key still accepted, consumers that did not switch after an
+     emergency, a dry run that finds the rotation cannot proceed; nothing was changed by a dry run)
+"""
 
-def _defaults_for_prefect() -> None:
+
+def _defaults_for_prefect(*, quiet: bool = True) -> None:
     # The embedded server migrates its database on first start (20 s+ on 2 cores): the default
     # 20 s start-up timeout is too tight. An offline machine should not try to send telemetry.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if quiet:
+        # Prefect's console lines (server start-up, flow and task run states) belong in the run's
+        # logs (they still go there through Prefect's API handler), not between the tool's lines.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors are one line (and exit code 2, as argparse already does)."""
+    """Usage errors are one line (and exit code 2, as argparse already does), and are audited."""
 
     def error(self, message: str) -> NoReturn:
+        from flows.audit import audit_failure
+
+        audit_failure(self.prog.removeprefix(f"{PROG} ") or "usage", None, message, outcome="bad_input")
         self.exit(int(ExitCode.BAD_INPUT), f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Rotate Langfuse API keys safely (Prefect, Vault, AWS).")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help, its arguments and what runs it (returns the exit code)."""
 
-    rotate = commands.add_parser(
-        "rotate",
-        help="scheduled-style rotation of one configured key",
-        description="Rotate one configured key: create, store, wait, verify, revoke.",
-    )
-    _common(rotate)
-    rotate.add_argument("--project", required=True, help="the configured entry (one key) to rotate")
-    rotate.add_argument("--dry-run", action="store_true", help="check everything and print the plan; change nothing")
+    name: str
+    help: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, Output], int]
 
-    emergency = commands.add_parser(
-        "emergency",
-        help="contain a compromised key now",
-        description="Revoke a compromised key immediately and put a new pair in place.",
-    )
-    _common(emergency)
-    emergency.add_argument("--project", required=True, help="the configured entry whose key leaked")
-    emergency.add_argument("--public-key", help="the compromised public key (default: the key in the store)")
-    emergency.add_argument(
+
+class Output:
+    """Where the tool's human lines go: stdout, or stderr when ``--json`` keeps stdout for JSON."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.human: TextIO = sys.stderr if as_json else sys.stdout
+        self.started = time.monotonic()
+
+    def say(self, line: str) -> None:
+        print(line, file=self.human, flush=True)
+
+    def json(self, line: str) -> None:
+        print(line, file=sys.stdout, flush=True)
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def _rotate_arguments(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--project", required=True, help="the configured entry (one key) to rotate")
+    parser.add_argument("--dry-run", action="store_true", help="check everything and print the plan; change nothing")
+
+
+def _emergency_arguments(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--project", required=True, help="the configured entry whose key leaked")
+    parser.add_argument("--public-key", help="the compromised public key (default: the key in the store)")
+    parser.add_argument(
         "--no-prefect",
         action="store_true",
-        help="run in-process without Prefect (automatic when PREFECT_API_URL does not answer)",
+        help="run in-process without Prefect (automatic when the configured Prefect server does not answer)",
     )
 
-    reconcile = commands.add_parser(
-        "reconcile",
-        help="finish or clean up what crashed runs left",
-        description="Roll back or finish unfinished rotations and delete orphan keys.",
-    )
-    _common(reconcile)
-    reconcile.add_argument("--project", help="one configured entry (default: all)")
 
-    demo = commands.add_parser(
-        "demo",
-        help="the whole thing on the embedded local stack",
-        description="Start a Langfuse simulator, a secret store, a demo consumer and a "
-        "notification sink on 127.0.0.1, rotate once through Prefect, stop all.",
-    )
-    demo.add_argument("--store", choices=["vault", "aws"], default="vault", help="secret store to use")
-    demo.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    inventory_cli.add_commands(commands)
-    return parser
+def _reconcile_arguments(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--project", help="one configured entry (default: all)")
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", choices=["vault", "aws"], default="vault", help="secret store to use")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="configuration file (default: $LANGFUSE_ROTATE_CONFIG)")
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+    parser.add_argument(
+        "--json", action="store_true", help="print only the result as one JSON object on stdout (the rest on stderr)"
+    )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command in inventory_cli.COMMANDS:
-        return inventory_cli.run_command(args)  # read-only; no Prefect
-    _defaults_for_prefect()
-    from flows.config import ConfigError
-    from flows.procedure import BadInputError
-
-    started = time.monotonic()
-    try:
-        if args.command == "demo":
-            from devstack.demo import run_demo
-
-            return run_demo(store=args.store, as_json=args.json)
-        if args.command == "reconcile":
-            return _reconcile(args)
-        result = _rotate(args) if args.command == "rotate" else _emergency(args)
-    except (ConfigError, BadInputError) as exc:
-        return _bad_input(args, str(exc), started)
-    _print_result(result, as_json=args.json)
-    return int(result.exit_code)
-
-
-def _bad_input(args: argparse.Namespace, message: str, started: float) -> int:
-    print(f"{PROG}: error: {scrub(message)}", file=sys.stderr)
-    if getattr(args, "json", False):
-        project = getattr(args, "project", None) or ""
-        result = RotationResult(
-            status="failed",
-            project=project,
-            error=scrub(message),
-            duration_s=round(time.monotonic() - started, 3),
-            prefect_flow_run_id=None,
-        )
-        print(result.to_json_line())
-    return int(ExitCode.BAD_INPUT)
-
-
-def _load(args: argparse.Namespace) -> tuple[str, object]:
-    from flows.config import load_config, resolve_config_path
-
-    path = str(resolve_config_path(args.config).resolve())
-    config = load_config(path)
-    if getattr(args, "project", None):
-        config.entry(args.project)
-    return path, config
-
-
-def _rotate(args: argparse.Namespace) -> RotationResult:
+def _run_rotate(args: argparse.Namespace, out: Output) -> int:
     path, config = _load(args)
     if args.dry_run:
-        from flows.config import RotationConfig
-        from flows.context import EntryContext
-        from flows.dryrun import dry_run
-        from flows.redact import install_redaction
-
-        install_redaction()
-        assert isinstance(config, RotationConfig)
-        ctx = EntryContext(config, config.entry(args.project), run_label="dry-run")
-        try:
-            return dry_run(ctx)
-        finally:
-            ctx.close()
+        return _print_and_exit(_dry_run(args, config), "rotate --dry-run", out)
+    if not _prefect_usable(out, fallback=None):
+        return _prefect_down(args, out)
     from flows.rotate import rotate
 
-    state = rotate(project=args.project, config_path=path, return_state=True)
-    return _result_from_state(state, args.project)
+    try:
+        state = rotate(project=args.project, config_path=path, return_state=True)
+    except RuntimeError as exc:  # the server went away during the run
+        return _prefect_failed(args, out, exc)
+    return _print_and_exit(_result_from_state(state, args.project), "rotate", out)
 
 
-def _emergency(args: argparse.Namespace) -> RotationResult:
+def _run_emergency(args: argparse.Namespace, out: Output) -> int:
     path, _ = _load(args)
-    if args.no_prefect or not _prefect_reachable():
+    if args.no_prefect or not _prefect_usable(out, fallback="running without Prefect"):
         from flows.execute import execute
         from flows.runner import DirectRunner
 
-        return execute("emergency", args.project, path, DirectRunner(), compromised_public_key=args.public_key)
+        result = execute("emergency", args.project, path, DirectRunner(), compromised_public_key=args.public_key)
+        return _print_and_exit(result, "emergency", out)
     from flows.emergency import emergency
 
-    state = emergency(project=args.project, config_path=path, public_key=args.public_key, return_state=True)
-    return _result_from_state(state, args.project)
+    try:
+        state = emergency(project=args.project, config_path=path, public_key=args.public_key, return_state=True)
+    except RuntimeError as exc:
+        return _prefect_failed(args, out, exc)
+    return _print_and_exit(_result_from_state(state, args.project), "emergency", out)
 
 
-def _reconcile(args: argparse.Namespace) -> int:
+def _run_reconcile(args: argparse.Namespace, out: Output) -> int:
     from flows.config import RotationConfig
     from flows.execute import execute
     from flows.runner import DirectRunner
@@ -178,13 +164,180 @@ def _reconcile(args: argparse.Namespace) -> int:
     names = [args.project] if args.project else [e.name for e in config.projects]
     # Without Prefect, but under the same per-entry lock as rotations (Prefect's limit too, when a
     # server answers): a reconcile rolls back what it finds staged, which must not be a live run.
-    lock_with_prefect = _prefect_reachable()
+    lock_with_prefect = _prefect_usable(out, fallback="reconciling without Prefect's lock")
     results = [execute("reconcile", name, path, DirectRunner(), lock_with_prefect=lock_with_prefect) for name in names]
     for result in results:
-        _print_result(result, as_json=False)
-    if args.json:
-        print(results[0].to_json_line() if len(results) == 1 else _json_many(results))
+        _fill_duration(result, out)
+        _print_result(result, command="reconcile", file=out.human)
+    if out.as_json:
+        out.json(results[0].to_json_line() if len(results) == 1 else _json_many(results))
     return max(int(r.exit_code) for r in results)
+
+
+def _run_demo(args: argparse.Namespace, out: Output) -> int:
+    from devstack.demo import run_demo
+
+    return run_demo(store=args.store, as_json=args.json)
+
+
+COMMANDS: list[Command] = [
+    Command(
+        "rotate",
+        "scheduled-style rotation of one configured key",
+        "Rotate one configured key: create, store, wait, verify, revoke.",
+        _rotate_arguments,
+        _run_rotate,
+    ),
+    Command(
+        "emergency",
+        "contain a compromised key now",
+        "Revoke a compromised key immediately and put a new pair in place.",
+        _emergency_arguments,
+        _run_emergency,
+    ),
+    Command(
+        "reconcile",
+        "finish or clean up what crashed runs left",
+        "Roll back or finish unfinished rotations and delete orphan keys.",
+        _reconcile_arguments,
+        _run_reconcile,
+    ),
+    Command(
+        "demo",
+        "the whole thing on the embedded local stack",
+        "Start a Langfuse simulator, a secret store, a demo consumer and a notification sink on 127.0.0.1, "
+        "rotate once through Prefect, stop all.",
+        _demo_arguments,
+        _run_demo,
+    ),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Rotate Langfuse API keys safely (Prefect, Vault, AWS).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        sub = commands.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_arguments(sub)
+    inventory_cli.add_commands(commands)  # status, report (read-only)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("langfuse-key-rotation")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return int(ExitCode.BAD_INPUT)
+    if args.command in inventory_cli.COMMANDS:
+        return _read_only(args)
+    _defaults_for_prefect()
+    from flows.audit import cli_initiator, run_context, send_stdout_lines_to
+    from flows.config import ConfigError
+    from flows.procedure import BadInputError
+    from flows.progress import print_progress_with
+
+    out = Output(bool(getattr(args, "json", False)))
+    print_progress_with(out.say)  # steps and consumer poll rounds, as they happen
+    if out.as_json:
+        send_stdout_lines_to(sys.stderr)  # audit.path "-" must not mix with the JSON object
+    command = next(c for c in COMMANDS if c.name == args.command)
+    with run_context(args.command, initiator=cli_initiator()):
+        try:
+            return command.run(args, out)
+        except (ConfigError, BadInputError) as exc:
+            return _bad_input(args, exc, out)
+
+
+def _read_only(args: argparse.Namespace) -> int:
+    """``status`` and ``report``: no Prefect; one final audit line like every other command."""
+    from flows.audit import AuditLog, audit_path_for, cli_initiator, run_context
+
+    with run_context(args.command, initiator=cli_initiator()):
+        code = inventory_cli.run_command(args)
+        outcome = {0: "done", 2: "bad_input", 4: "needs_attention"}.get(code, "failed")
+        entry = getattr(args, "project", None)
+        AuditLog(audit_path_for(args.config)).final(args.command, entry, outcome, exit_code=code)
+    return code
+
+
+def _bad_input(args: argparse.Namespace, exc: Exception, out: Output) -> int:
+    from flows.audit import audit_failure
+
+    message = scrub(" ".join(str(exc).split()))
+    audit_failure(args.command, getattr(args, "project", None), exc, config_path=getattr(args, "config", None))
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    if out.as_json:
+        result = RotationResult(
+            status="failed",
+            project=getattr(args, "project", None) or "",
+            error=message,
+            duration_s=out.elapsed(),
+            prefect_flow_run_id=None,
+        )
+        out.json(result.to_json_line())
+    return int(ExitCode.BAD_INPUT)
+
+
+def _load(args: argparse.Namespace) -> tuple[str, Any]:
+    from flows.config import load_config, resolve_config_path
+
+    path = str(resolve_config_path(args.config).resolve())
+    config = load_config(path)
+    if getattr(args, "project", None):
+        config.entry(args.project)
+    return path, config
+
+
+def _dry_run(args: argparse.Namespace, config: Any) -> RotationResult:
+    from flows.audit import audit_result
+    from flows.context import EntryContext
+    from flows.dryrun import dry_run
+    from flows.redact import install_redaction
+
+    install_redaction()
+    ctx = EntryContext(config, config.entry(args.project), run_label="dry-run")
+    try:
+        result = dry_run(ctx)
+    finally:
+        ctx.close()
+    audit_result("rotate", result, path=config.audit.path, dry_run=True)
+    return result
+
+
+def _print_and_exit(result: RotationResult, command: str, out: Output) -> int:
+    _fill_duration(result, out)
+    _print_result(result, command=command, file=out.human)
+    if out.as_json:
+        out.json(result.to_json_line())
+    return int(result.exit_code)
+
+
+def _fill_duration(result: RotationResult, out: Output) -> None:
+    """A run that stopped before its checklist timed itself still took time: report it."""
+    if not result.duration_s:
+        result.duration_s = out.elapsed()
 
 
 def _json_many(results: list[RotationResult]) -> str:
@@ -195,19 +348,87 @@ def _json_many(results: list[RotationResult]) -> str:
     return json.dumps(payload)
 
 
-def _prefect_reachable() -> bool:
-    """True when Prefect is usable: a configured server answers, or none is configured (embedded)."""
-    url = os.environ.get("PREFECT_API_URL")
+# --- Prefect reachability -----------------------------------------------------------------------
+
+
+def prefect_api_url() -> str | None:
+    """The API URL Prefect itself would use: ``PREFECT_API_URL`` from the environment, else
+    ``prefect.toml`` in the working directory, else the active profile (``PREFECT_PROFILE`` or the
+    profiles file's ``active``) in ``PREFECT_PROFILES_PATH`` (default ``$PREFECT_HOME/profiles.toml``,
+    ``~/.prefect``). Read without importing Prefect, which costs seconds. None: the embedded server."""
+    import tomllib
+    from pathlib import Path
+
+    if "PREFECT_API_URL" in os.environ:
+        return os.environ["PREFECT_API_URL"] or None
+    try:
+        local = tomllib.loads(Path("prefect.toml").read_text())
+        url = local.get("api", {}).get("url")
+        if isinstance(url, str) and url:
+            return url
+    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        pass
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    profiles_path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        profiles = tomllib.loads(profiles_path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    profile = profiles.get("profiles", {}).get(active, {})
+    url = profile.get("PREFECT_API_URL") if isinstance(profile, dict) else None
+    return url if isinstance(url, str) and url else None
+
+
+def _shown(url: str) -> str:
+    import httpx
+
+    return str(httpx.URL(url).copy_with(username=None, password=None))  # a URL may carry credentials
+
+
+def _prefect_usable(out: Output, *, fallback: str | None) -> bool:
+    """True when Prefect is usable: the configured server answers, or none is configured
+    (the embedded server). ``fallback`` says what the command does instead when it does not."""
+    url = prefect_api_url()
     if not url:
         return True
     import httpx
 
     try:
-        return httpx.get(f"{url.rstrip('/')}/health", timeout=1.0).status_code == 200
+        if httpx.get(f"{url.rstrip('/')}/health", timeout=2.0).status_code == 200:
+            return True
     except httpx.HTTPError:
-        shown = httpx.URL(url).copy_with(username=None, password=None)  # a URL may carry credentials
-        print(f"{PROG}: Prefect at {shown} is not reachable: running without Prefect", file=sys.stderr)
-        return False
+        pass
+    if fallback:
+        out.say(f"{PROG}: Prefect at {_shown(url)} is not reachable: {fallback}")
+    return False
+
+
+def _prefect_down(args: argparse.Namespace, out: Output) -> int:
+    url = prefect_api_url() or ""
+    message = (
+        f"Prefect at {_shown(url)} is not reachable: start it, or point PREFECT_API_URL (or the active "
+        "Prefect profile) at a server that answers; nothing was changed"
+    )
+    return _failed_outside_the_run(args, message, out)
+
+
+def _prefect_failed(args: argparse.Namespace, out: Output, exc: Exception) -> int:
+    message = f"Prefect failed during the run: {' '.join(str(exc).split())[:300]}"
+    return _failed_outside_the_run(args, message, out)
+
+
+def _failed_outside_the_run(args: argparse.Namespace, message: str, out: Output) -> int:
+    """One line (no traceback), one audit line, exit 1."""
+    from flows.audit import audit_failure
+
+    message = scrub(message)
+    audit_failure(args.command, args.project, message, config_path=args.config, outcome="failed")
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    if out.as_json:
+        result = RotationResult(status="failed", project=args.project, error=message, duration_s=out.elapsed())
+        out.json(result.to_json_line())
+    return int(ExitCode.FAILED)
 
 
 def _result_from_state(state: object, project: str) -> RotationResult:
@@ -231,22 +452,29 @@ def _result_from_state(state: object, project: str) -> RotationResult:
     )
 
 
-def _print_result(result: RotationResult, *, as_json: bool) -> None:
+def _print_result(
+    result: RotationResult, *, as_json: bool = False, command: str | None = None, file: TextIO | None = None
+) -> None:
+    """The human summary (``as_json`` also prints the JSON object, last, on stdout)."""
+    out = file or sys.stdout
+    name = command or ("emergency" if result.mode == "emergency" else "rotate")
     print(
-        f"{PROG} {result.mode} {result.project}: {result.status} in {result.duration_s:.2f}s"
-        + (" (without Prefect)" if result.orchestrator == "none" else "")
+        f"{PROG} {name} {result.project}: {result.status} in {result.duration_s:.2f}s"
+        + (" (without Prefect)" if result.orchestrator == "none" else ""),
+        file=out,
     )
     for step in result.steps:
-        print(f"  {step.step:<18} {step.outcome:<12} {step.duration_s:7.2f}s  {step.detail}")
+        print(f"  {step.step:<18} {step.outcome:<12} {step.duration_s:7.2f}s  {step.detail}", file=out)
     if result.old_public_key or result.new_public_key:
         print(
             f"  old {result.old_public_key} -> new {result.new_public_key}; "
-            f"store {result.store} {result.store_location} version {result.store_version}"
+            f"store {result.store} {result.store_location} version {result.store_version}",
+            file=out,
         )
     if result.lagging_consumers:
-        print(f"  still on the old key: {', '.join(result.lagging_consumers)}")
+        print(f"  still on the old key: {', '.join(result.lagging_consumers)}", file=out)
     if result.error:
-        print(f"  error: {result.error}")
+        print(f"  error: {result.error}", file=out)
     if as_json:
         print(result.to_json_line())
 

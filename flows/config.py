@@ -26,6 +26,7 @@ from pydantic import (
 from connectors.consumers import check_argv, check_headers, check_not_shell_string
 from connectors.store import FieldNames, SecretLocation
 from connectors.urls import RedactedUrl, SecretUrl
+from flows.audit import default_audit_path
 
 CONFIG_ENV_VAR = "LANGFUSE_ROTATE_CONFIG"
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -323,7 +324,14 @@ class NotifyConfig(_Strict):
 
 
 class AuditConfig(_Strict):
-    path: Path = Path("langfuse-rotate-audit.jsonl")
+    path: Path = Field(default_factory=default_audit_path)
+    """Where the audit lines go: a file (appended, fsynced) or "-" for stdout (README "Audit log")."""
+
+
+class EmergencyConfig(_Strict):
+    max_per_hour: int = Field(default=3, ge=0)
+    """At most this many event-started containments per entry per hour; past that a person must run
+    ``langfuse-rotate emergency`` (README "Emergency trigger")."""
 
 
 class LockConfig(_Strict):
@@ -376,6 +384,7 @@ class RotationConfig(_Strict):
     audit: AuditConfig = AuditConfig()
     lock: LockConfig = LockConfig()
     policy: PolicyConfig = PolicyConfig()
+    emergency: EmergencyConfig = EmergencyConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> RotationConfig:
@@ -460,14 +469,13 @@ def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:
     except RecursionError:
         raise ConfigError(f"{source}: the YAML is nested too deeply") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{where}: {problem}") from None
+        raise ConfigError(_yaml_error(exc, source)) from None
     if root is None:
         raise ConfigError(f"{source}: the file is empty")
     lines: dict[tuple[str | int, ...], int] = {}
-    data = _to_python(root, (), lines, _Interpolator(references, source), _Budget(), ())
+    interpolate = _Interpolator(references, source)
+    data = _to_python(root, (), lines, interpolate, _Budget(), ())
+    interpolate.raise_missing()
     _check_references(data, lines, source)
     try:
         config = RotationConfig.model_validate(data)
@@ -520,6 +528,17 @@ class _Interpolator:
     def __init__(self, references: list[re.Match[str]], source: str) -> None:
         self.references = references
         self.source = source
+        self.missing: list[str] = []
+
+    def raise_missing(self) -> None:
+        """Every unset variable at once, so one run of the command names them all."""
+        if len(self.missing) == 1:
+            raise ConfigError(self.missing[0])
+        if self.missing:
+            raise ConfigError(
+                f"{self.source}: {len(self.missing)} environment variables are not set: "
+                + "; ".join(m.removeprefix(f"{self.source}:") for m in self.missing)
+            )
 
     def __call__(self, value: str, path: tuple[str | int, ...], line: int) -> str:
         def substitute(match: re.Match[str]) -> str:
@@ -530,7 +549,8 @@ class _Interpolator:
                 return found
             if default is not None:
                 return default
-            raise ConfigError(f"{self.source}:{line}: {_dotted(path)}: environment variable {name} is not set")
+            self.missing.append(f"{self.source}:{line}: {_dotted(path)}: environment variable {name} is not set")
+            return ""
 
         return _PLACEHOLDER_PATTERN.sub(substitute, value)
 
@@ -573,6 +593,8 @@ def _to_python(
                 where = f"{interpolate.source}:{key_node.start_mark.line + 1}"
                 raise ConfigError(f"{where}: {_dotted((*path, key))}: duplicate key")
             result[key] = _to_python(value_node, (*path, key), lines, interpolate, budget, parents)
+            # Errors about a key point at the key's own line, also when its value starts below it.
+            lines[(*path, key)] = key_node.start_mark.line + 1
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(item, (*path, i), lines, interpolate, budget, parents) for i, item in enumerate(node.value)]
@@ -596,16 +618,72 @@ def _first_error(exc: ValidationError, lines: dict[tuple[str | int, ...], int], 
     loc = tuple(error["loc"])
     if len(loc) > 2 and loc[0] == "stores" and loc[2] in {"vault", "aws"}:
         loc = loc[:2] + loc[3:]  # drop the discriminated union's tag
+    if error["type"] == "union_tag_invalid":
+        loc = (*loc, "kind")
     line = _nearest_line(loc, lines)
     field = _dotted(loc)
     if error["type"] == "extra_forbidden":
-        message = "unknown key"
+        message = "unknown key" + _did_you_mean(loc)
+    elif error["type"] == "union_tag_invalid":
+        tag = (error.get("ctx") or {}).get("tag", "?")
+        message = f"unknown store kind '{tag}' (expected vault or aws)"
     elif error["type"] == "missing":
         message = "required field is missing"
     else:
         message = str(error["msg"]).removeprefix("Value error, ")
     where = f"{source}:{line}" if line else source
     return f"{where}: {field}: {message}"
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str) -> str:
+    """A YAML syntax error at the line of the construct that is broken (where it starts), with the
+    line where the parser noticed it when that is another one."""
+    problem = getattr(exc, "problem", None) or "invalid YAML"
+    mark = getattr(exc, "problem_mark", None)
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if context_mark is not None and context:
+        noticed = f" (noticed at line {mark.line + 1})" if mark is not None and mark.line != context_mark.line else ""
+        return f"{source}:{context_mark.line + 1}: {context}: {problem}{noticed}"
+    return f"{source}:{mark.line + 1}: {problem}" if mark is not None else f"{source}: {problem}"
+
+
+def _did_you_mean(loc: tuple[str | int, ...]) -> str:
+    """`` (did you mean `wait_timeout_s`?)`` for an unknown key close to a known one."""
+    import difflib
+
+    if not loc or not isinstance(loc[-1], str):
+        return ""
+    known = _known_keys(loc[:-1])
+    close = difflib.get_close_matches(loc[-1], sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _known_keys(loc: tuple[str | int, ...]) -> set[str]:
+    """The field names valid at ``loc`` (a path into the configuration)."""
+    models: list[type[BaseModel]] = [RotationConfig]
+    for part in loc:
+        if isinstance(part, int):
+            continue  # a list item: the same models
+        if any(part in model.model_fields for model in models):
+            models = [m for model in models if part in model.model_fields for m in _fields_models(model, part)]
+        # else: a mapping key (a store's name): the same models one level down
+    return {name for model in models for name in model.model_fields}
+
+
+def _fields_models(model: type[BaseModel], field: str) -> list[type[BaseModel]]:
+    return _models_in(model.model_fields[field].annotation)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        found += _models_in(arg)
+    return found
 
 
 def _nearest_line(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:

@@ -81,7 +81,8 @@ def dry_run(ctx: EntryContext) -> RotationResult:
     check("consumers", consumers)
     result.steps.append(StepRecord(step="plan", outcome="done", duration_s=0.0, detail=plan_text(ctx)))
     failed = [s for s in result.steps if s.outcome == "failed"]
-    result.status = "failed" if failed else "planned"
+    # "Cannot proceed" is a finding for a person, not a failed-and-rolled-back run: exit 4 (README).
+    result.status = "needs_attention" if failed else "planned"
     result.error = "; ".join(f"{s.step}: {s.detail}" for s in failed) or None
     result.duration_s = round(time.monotonic() - started, 3)
     return result

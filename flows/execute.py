@@ -10,10 +10,12 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from connectors.errors import ConnectorError
+from flows.audit import audited_run
 from flows.config import load_config
 from flows.context import EntryContext
 from flows.lock import RotationInProgressError, entry_lock
 from flows.models import Mode, RotationResult, Status
+from flows.notification import notified_run
 from flows.procedure import Approver, run_emergency, run_reconcile, run_scheduled
 from flows.redact import install_redaction
 from flows.runner import StepRunner
@@ -22,6 +24,8 @@ from flows.steps import StepFailed
 Kind = Literal["rotate", "emergency", "reconcile"]
 
 
+@audited_run
+@notified_run
 def execute(
     kind: Kind,
     project: str,

@@ -1,4 +1,9 @@
-"""Flow state hooks: a run that fails or crashes outside the checklist still notifies."""
+"""Flow state hooks: a run that fails, crashes or is cancelled outside the checklist still notifies.
+
+The checklists notify every outcome they reach themselves and ``flows.notification.notified_run``
+notifies results nobody did; their flow states' messages start with the status, so the hook skips
+them. Anything else (a bad config on a worker, a crash, a cancellation) is reported here, once.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import os
 from typing import Any
 
 from connectors.notify import Notification, Notifier, NotifyTarget
+from flows.audit import resource_id
 from flows.config import ConfigError, load_config
 from flows.models import STATUS_EXIT
 from flows.redact import scrub
@@ -14,31 +20,46 @@ NOTIFY_URLS_ENV_VAR = "LANGFUSE_ROTATE_NOTIFY_URLS"
 """Whitespace-separated apprise URLs for failures that happen before any configuration could be
 read (e.g. the config file is missing on the worker)."""
 
+HANDLED_PREFIXES = {*STATUS_EXIT, "refused"}
+
 
 def notify_unhandled_failure(flow: Any, flow_run: Any, state: Any) -> None:
-    """The procedure notifies every outcome it reaches itself (its state messages start with the
-    status); anything else (a bad config on a worker, a crash, a cancellation) is reported here."""
     message = str(getattr(state, "message", "") or "")
-    if message.split(":", 1)[0] in STATUS_EXIT:
+    if message.split(":", 1)[0] in HANDLED_PREFIXES:
         return
     parameters = dict(getattr(flow_run, "parameters", {}) or {})
-    targets = _targets(parameters.get("config_path"))
+    targets = targets_for(parameters.get("config_path"))
     if not targets:
         return
     project = parameters.get("project") or "all"
-    title = f"Langfuse key rotation run {getattr(flow_run, 'name', '')} {getattr(state, 'name', 'failed')}"
-    body = scrub(f"project: {project}\nflow run: {getattr(flow_run, 'id', '')}\nstate: {state.name}\n{message}")
-    kind = "emergency" if "emergency" in str(getattr(flow, "name", "")) else "failure"
-    Notifier(targets).send(Notification(title=title, body=body, kind=kind))
+    state_name = getattr(state, "name", "failed")
+    title = f"Langfuse key rotation run {getattr(flow_run, 'name', '')} {state_name}"
+    lines = [
+        f"project: {project}",
+        f"resource: {resource_id(project) if project != 'all' else 'all entries'}",
+        f"flow run: {getattr(flow_run, 'id', '')}",
+    ]
+    from flows.notification import flow_run_ui_url
+
+    link = flow_run_ui_url(str(getattr(flow_run, "id", "") or ""))
+    if link:
+        lines.append(f"run in the Prefect UI: {link}")
+    lines += [f"state: {state_name}", message]
+    body = scrub("\n".join(lines))
+    # A run started by an event pages people only once the event was checked: a failure before that
+    # (e.g. an event naming an unknown entry) is a warning, not an emergency.
+    event_started = bool(parameters.get("event_id"))
+    emergency = "emergency" in str(getattr(flow, "name", "")) and not event_started
+    Notifier(targets).send(Notification(title=title, body=body, kind="emergency" if emergency else "failure"))
 
 
-def _targets(config_path: str | None) -> list[NotifyTarget]:
+def targets_for(config_path: str | None) -> list[NotifyTarget]:
     """Where to report: the run's config, else the worker's ``LANGFUSE_ROTATE_CONFIG``, else
     ``LANGFUSE_ROTATE_NOTIFY_URLS``."""
     for path in [config_path, None] if config_path else [None]:
         try:
             return [NotifyTarget.parse(u) for u in load_config(path).notify.urls]
-        except ConfigError:
+        except (ConfigError, ValueError):
             continue
     targets = []
     for url in os.environ.get(NOTIFY_URLS_ENV_VAR, "").split():

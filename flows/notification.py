@@ -1,9 +1,20 @@
-"""The apprise notification of a run's outcome: public facts only, scrubbed once more."""
+"""The apprise notification of a run's outcome: public facts only, scrubbed once more.
+
+Every failed run notifies, once: the checklists notify the outcomes they reach themselves
+(``notify``); ``notified_run`` (around ``flows.execute.execute``) notifies a failed or refused
+result nobody notified yet (a setup failure, a run refused because another holds the key).
+"""
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from connectors.errors import ConnectorError
-from connectors.notify import Notification
+from connectors.notify import Notification, NotificationKind
+from flows.audit import current_run, resource_id
 from flows.context import EntryContext
 from flows.events import emit_rotation_event
 from flows.models import RotationResult
@@ -16,17 +27,34 @@ _VERBS = {
     "needs_attention": "needs attention",
     "rolled_back": "rolled back",
     "failed": "FAILED",
+    "in_progress": "refused (another run holds the key)",
 }
+_OK = {"rotated", "contained", "reconciled", "planned"}
+
+
+def flow_run_ui_url(flow_run_id: str | None) -> str | None:
+    """The run's page in the Prefect UI, when the UI's address is known (``PREFECT_UI_URL``, or
+    derived by Prefect from ``PREFECT_API_URL``). Prefect is only asked when already loaded."""
+    if not flow_run_id or "prefect" not in sys.modules:
+        return None
+    try:
+        from prefect.settings import get_current_settings
+
+        ui = get_current_settings().ui_url
+    except Exception:
+        return None
+    return f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
 
 
 def notification_for(result: RotationResult) -> Notification:
     emergency = result.mode == "emergency"
-    ok = result.status in {"rotated", "contained"}
+    ok = result.status in _OK
     title = (
         f"{'EMERGENCY ' if emergency else ''}Langfuse key {_VERBS.get(result.status, result.status)}: {result.project}"
     )
     lines = [
         f"project: {result.project} ({result.mode})",
+        f"resource: {resource_id(result.project)}",
         f"status: {result.status}",
         f"old public key: {result.old_public_key}",
         f"new public key: {result.new_public_key}",
@@ -41,18 +69,66 @@ def notification_for(result: RotationResult) -> Notification:
     lines.append(f"duration: {result.duration_s:.2f}s; rotation id {result.rotation_id}")
     if result.prefect_flow_run_id:
         lines.append(f"prefect flow run: {result.prefect_flow_run_id}")
+        link = flow_run_ui_url(result.prefect_flow_run_id)
+        if link:
+            lines.append(f"run in the Prefect UI: {link}")
+    run = current_run()
+    if run is not None:
+        lines.append(f"run id: {run.run_id}; started by: {run.user}")
     if result.error:
         lines.append(f"error: {result.error}")
-    kind = "emergency" if emergency else ("success" if ok else "failure")
+    kind: NotificationKind = "emergency" if emergency else ("success" if ok else "failure")
     return Notification(title=title, body=scrub("\n".join(lines)), kind=kind)
+
+
+def _mark_notified() -> None:
+    run = current_run()
+    while run is not None:
+        run.notified = True
+        run = run.parent
 
 
 def notify(ctx: EntryContext, result: RotationResult) -> None:
     """Send the run's notification; a delivery problem is audited, never fatal."""
     emit_rotation_event(result, ctx.entry.project_id)  # the run's Prefect event (best effort, never raises)
+    _mark_notified()
     try:
         outcome = ctx.notifier.send(notification_for(result))
     except (ConnectorError, ValueError) as exc:  # ValueError: an invalid notify URL (loaded lazily)
         ctx.audit.record("notify", f"entry:{ctx.entry.name}", "failed", error=one_line(exc))
         return
     ctx.audit.record("notify", f"entry:{ctx.entry.name}", outcome.status, delivered=outcome.delivered)
+
+
+def notify_targets(config_path: str | None) -> list[Any]:
+    from flows.hooks import targets_for
+
+    return targets_for(config_path)
+
+
+def send_to(config_path: str | None, notification: Notification) -> None:
+    """Send outside a run's context (no entry context could be built); never raises."""
+    from connectors.notify import Notifier
+
+    targets = notify_targets(config_path)
+    if targets:
+        _mark_notified()
+        Notifier(targets).send(notification)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def notified_run(fn: F) -> F:
+    """For ``execute``: a result that is not a success and that nobody notified is notified here,
+    so a setup failure or a refused run is heard of (exactly once)."""
+
+    @functools.wraps(fn)
+    def wrapper(kind: str, project: str, config_path: str | None, *args: Any, **kwargs: Any) -> Any:
+        result = fn(kind, project, config_path, *args, **kwargs)
+        run = current_run()
+        if isinstance(result, RotationResult) and result.status not in _OK and not (run and run.notified):
+            send_to(config_path, notification_for(result))
+        return result
+
+    return wrapper  # type: ignore[return-value]

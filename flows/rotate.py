@@ -13,9 +13,11 @@ from typing import Any
 from prefect import flow
 from prefect.client.schemas.objects import State
 
+from flows.audit import AuditLog
 from flows.config import load_config
 from flows.execute import execute
 from flows.hooks import notify_unhandled_failure
+from flows.initiator import flow_run_audit
 from flows.orchestration import (
     all_entries_state,
     current_flow_run,
@@ -36,18 +38,20 @@ from flows.trust import refuse_job_overrides
     log_prints=False,
     on_failure=[notify_unhandled_failure],
     on_crashed=[notify_unhandled_failure],
+    on_cancellation=[notify_unhandled_failure],
 )
 def rotate(project: str, config_path: str | None = None) -> Any:
     """Rotate one configured Langfuse key (``project`` names the entry in the config file)."""
     refuse_job_overrides()
     flow_run_id, label = current_flow_run()
-    config = load_config(config_path)
-    entry = config.entry(project)
-    tag_flow_run(flow_run_id, project=project, mode="scheduled", store=entry.store)
-    approve = pause_for_approval(entry.approval_timeout_s) if entry.approval == "required" else None
-    result = execute(
-        "rotate", project, config_path, PrefectRunner(), flow_run_id=flow_run_id, run_label=label, approve=approve
-    )
+    with flow_run_audit("rotate", project, config_path, flow_run_id):
+        config = load_config(config_path)
+        entry = config.entry(project)
+        tag_flow_run(flow_run_id, project=project, mode="scheduled", store=entry.store)
+        approve = pause_for_approval(entry.approval_timeout_s) if entry.approval == "required" else None
+        result = execute(
+            "rotate", project, config_path, PrefectRunner(), flow_run_id=flow_run_id, run_label=label, approve=approve
+        )
     publish_summary(result)
     return final_state(result)
 
@@ -59,14 +63,28 @@ def rotate(project: str, config_path: str | None = None) -> Any:
     log_prints=False,
     on_failure=[notify_unhandled_failure],
     on_crashed=[notify_unhandled_failure],
+    on_cancellation=[notify_unhandled_failure],
 )
 def rotate_all(config_path: str | None = None) -> Any:
     """Rotate every configured entry, one after another (each as its own subflow run)."""
     refuse_job_overrides()
-    config = load_config(config_path)
+    flow_run_id, _ = current_flow_run()
+    with flow_run_audit("rotate", None, config_path, flow_run_id):
+        config = load_config(config_path)
     outcomes: dict[str, State[Any]] = {}
     for entry in config.projects:
         state = rotate(project=entry.name, config_path=config_path, return_state=True)
         assert isinstance(state, State)
         outcomes[entry.name] = state
-    return all_entries_state(outcomes)
+    final = all_entries_state(outcomes)
+    # This run's own final audit line (each entry's run wrote its own).
+    failed = sorted(name for name, state in outcomes.items() if not state.is_completed())
+    with flow_run_audit("rotate-all", None, config_path, flow_run_id):
+        AuditLog(config.audit.path).final(
+            "rotate-all",
+            None,
+            "failed" if failed else "rotated",
+            entries=len(outcomes),
+            failed_entries=failed or None,
+        )
+    return final

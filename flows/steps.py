@@ -28,6 +28,7 @@ from connectors.store import RotationRecord, StoreVersion
 from flows.context import EntryContext
 from flows.crashpoints import crash_point
 from flows.models import Mode, RotationPlan
+from flows.progress import consumer_round
 from flows.redact import register_secret, scrub
 
 NOTE_PREFIX = "langfuse-rotate"
@@ -258,7 +259,9 @@ def wait_for_consumers(ctx: EntryContext, public_key: str, *, trigger_restarts: 
             except ConsumerError as exc:
                 restart_errors[consumer.name] = str(exc)
         crash_point("after_restarts")
-    outcome = ctx.consumer_client.wait_for_public_key(ctx.consumers, public_key, timeout_s=ctx.entry.wait_timeout_s)
+    outcome = ctx.consumer_client.wait_for_public_key(
+        ctx.consumers, public_key, timeout_s=ctx.entry.wait_timeout_s, on_round=consumer_round(public_key)
+    )
     return ConsumerOutcome(wait=outcome, restart_errors=restart_errors)
 
 

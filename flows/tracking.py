@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from flows.context import EntryContext
 from flows.models import Mode, RotationResult, StepRecord
+from flows.progress import progress
 from flows.redact import scrub
 from flows.runner import StepRunner
 from flows.steps import (
@@ -44,13 +45,19 @@ class RunTracker:
 
     def step(self, name: str, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
         self.current_step = name
+        if self.result.rotation_id:
+            self.ctx.audit.rotation_id = self.result.rotation_id  # every audit line names its rotation
         began = time.monotonic()
+        progress(f"{name}: started")
         try:
             value = self.runner.run(name, fn, *args, timeout_s=timeout_s)
         except BaseException as exc:
             self.record(name, "failed", began, one_line(exc))
+            progress(f"{name}: failed after {time.monotonic() - began:.2f}s: {one_line(exc)}")
             raise
         self.record(name, "done", began, describe(value))
+        detail = self.result.steps[-1].detail
+        progress(f"{name}: done in {time.monotonic() - began:.2f}s" + (f": {detail}" if detail else ""))
         return value
 
     def record(self, name: str, outcome: Any, began: float, detail: str = "") -> None:

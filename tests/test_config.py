@@ -106,7 +106,7 @@ def test_an_env_default_applies_when_the_variable_is_unset(monkeypatch: pytest.M
 
 def test_an_unknown_key_is_rejected_with_its_line() -> None:
     assert error_of(MINIMAL.replace("    project_id: p1", "    projectid: p1")) == (
-        "rotation.yaml:9: projects[0].projectid: unknown key"
+        "rotation.yaml:9: projects[0].projectid: unknown key (did you mean `project_id`?)"
     )
 
 
@@ -240,3 +240,47 @@ def test_a_small_alias_reused_a_few_times_still_loads() -> None:
     )
     config = parse_config(text)
     assert [c.name for c in config.projects[1].consumers] == ["api"]
+
+
+# --- errors in the tool's words, at the key's own line (issue 13) -------------------------------
+
+
+def test_a_misspelled_key_suggests_the_nearest_known_one() -> None:
+    text = MINIMAL.replace("    path: langfuse/production-chatbot\n", "    path: x\n    wait_timout_s: 5\n")
+    assert error_of(text) == (
+        "rotation.yaml:12: projects[0].wait_timout_s: unknown key (did you mean `wait_timeout_s`?)"
+    )
+
+
+def test_a_misspelled_key_whose_value_is_a_mapping_is_reported_at_the_keys_own_line() -> None:
+    text = MINIMAL.replace("notify:\n  urls:", "notfy:\n  urls:")
+    message = error_of(text)
+    assert message.startswith("rotation.yaml:12: notfy: unknown key (did you mean `notify`?)"), message
+
+
+def test_a_misspelled_store_field_suggests_the_stores_field() -> None:
+    text = MINIMAL.replace("token: ${VAULT_TOKEN}", "tokn: ${VAULT_TOKEN}")
+    assert "stores.main.tokn: unknown key (did you mean `token`?)" in error_of(text)
+
+
+def test_an_unknown_store_kind_is_named_in_the_tools_words() -> None:
+    text = MINIMAL.replace("kind: vault", "kind: vaultt")
+    assert error_of(text) == "rotation.yaml:6: stores.main.kind: unknown store kind 'vaultt' (expected vault or aws)"
+
+
+def test_every_missing_environment_variable_is_named_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ORG_PK")
+    monkeypatch.delenv("VAULT_TOKEN")
+    message = error_of(MINIMAL)
+    assert message.startswith("rotation.yaml: 2 environment variables are not set:")
+    assert "3: langfuse.org_public_key: environment variable ORG_PK is not set" in message
+    assert "6: stores.main.token: environment variable VAULT_TOKEN is not set" in message
+
+
+def test_a_yaml_syntax_error_points_at_the_line_that_is_broken() -> None:
+    text = MINIMAL.replace(
+        "  main: {kind: vault, url: http://127.0.0.1:8200, token: ${VAULT_TOKEN}, mount: secret}",
+        "  main: {kind: vault, url: http://127.0.0.1:8200, token: ${VAULT_TOKEN}, mount: secret",
+    )
+    message = error_of(text)
+    assert message.startswith("rotation.yaml:6: while parsing a flow mapping"), message

@@ -28,6 +28,7 @@ def test_demo_rotates_and_stops_everything(store: str, prefect_server: PrefectSe
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["status"] == "rotated"
     assert result["verified"] is True and result["old_key_rejected"] is True
-    assert "consumer 'api' now reports " + result["new_public_key"] in proc.stdout
-    assert "notification received: [success]" in proc.stdout
-    assert "sk-lf-" not in proc.stdout.replace("sk-lf-...", "")
+    assert proc.stdout.count("\n") == 1, "with --json, stdout holds only the JSON object"
+    assert "consumer 'api' now reports " + result["new_public_key"] in proc.stderr
+    assert "notification received: [success]" in proc.stderr
+    assert "sk-lf-" not in proc.stderr.replace("sk-lf-...", "")

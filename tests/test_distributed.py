@@ -3,12 +3,13 @@ deployments from ``deployments/prefect.yaml``, and a ``prefect worker start`` su
 environment holds the config path and every secret. Runs are triggered through the API
 (``run_deployment``), exactly as the schedule, the UI or an automation would.
 
-The worker runs from a directory that is not the repository, so the yaml's pull step
-(``set_working_directory`` to ``$LANGFUSE_ROTATE_HOME``) is what makes the entrypoints load.
+The worker runs from a directory that is not the repository and knows nothing of the checkout:
+the yaml's entrypoints are modules of the package installed in the worker's Python.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -68,7 +69,7 @@ def stack(
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
     home = tmp_path_factory.mktemp("distributed")
-    worker_dir = home / "worker-cwd"  # not the repository: the pull step must move there
+    worker_dir = home / "worker-cwd"  # not the repository: the entrypoints must load from the package
     worker_dir.mkdir()
     config_path = home / "etc" / "rotation.yaml"
     config_path.parent.mkdir()
@@ -93,7 +94,6 @@ def stack(
             {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "LANGFUSE_ROTATE_", "AWS_"))}
         )
         worker_env.update(
-            LANGFUSE_ROTATE_HOME=str(REPO),
             LANGFUSE_ROTATE_CONFIG=str(config_path),
             LANGFUSE_ROTATE_LOCK_DIR=str(home / "locks"),
             LANGFUSE_ROTATE_NOTIFY_URLS=f"json://{json_sink_server.url.removeprefix('http://')}/hook",
@@ -102,6 +102,7 @@ def stack(
             TEST_VAULT_TOKEN=openbao.root_token,
             PREFECT_WORKER_QUERY_SECONDS="1",
             PREFECT_WORKER_PREFETCH_SECONDS="1",
+            PYTHONPATH="",
         )
         with worker_log.open("wb") as log:
             worker = subprocess.Popen(
@@ -270,6 +271,61 @@ def test_the_quarterly_deployment_rotates_every_entry_as_its_own_run_and_fails_i
     assert rotation_env.current().public_key != old.public_key
     assert "| step | outcome |" in artifact_markdown(by_entry[ENTRY])
     assert by_entry["no-secret-yet"].state is not None and by_entry["no-secret-yet"].state.is_failed()
+    lines = [json.loads(line) for line in rotation_env.audit_path.read_text().splitlines()]
+    finals = {(e["event"]["action"], e["labels"]["run_id"]): e for e in lines if e["langfuse_rotate"]["final"]}
+    assert set(finals) == {("rotate", str(c.id)) for c in children} | {("rotate-all", str(run.id))}
+    assert finals[("rotate-all", str(run.id))]["langfuse_rotate"]["failed_entries"] == ["no-secret-yet"]
+    initiator = finals[("rotate-all", str(run.id))]["langfuse_rotate"]["initiator"]
+    assert initiator["type"] == "prefect-deployment" and initiator["deployment"].endswith("/quarterly")
+
+
+@vault_only
+def test_a_compromised_key_event_runs_the_emergency_deployment_through_the_trigger_prefect_deploy_created(
+    stack: Stack, rotation_env: RotationEnv
+) -> None:
+    import httpx
+
+    from flows.automation import compromised_event
+
+    stack.write_config(rotation_env)
+    compromised = rotation_env.current()
+    event = compromised_event(ENTRY, compromised.public_key, source="distributed test")
+
+    assert httpx.post(f"{stack.server.api_url}/events", json=[event], timeout=10).status_code == 204
+    run = _run_with_parameter("event_id", event["id"], timeout_s=RUN_TIMEOUT_S)
+
+    assert run.state.is_completed() and run.state.name != "Refused", f"{run.state.message}\n{stack.worker_output()}"
+    assert not rotation_env.works(compromised)
+
+
+def _run_with_parameter(name: str, value: str, *, timeout_s: float) -> Any:
+    import time
+
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = [r for r in client.read_flow_runs() if (r.parameters or {}).get(name) == value]
+            if runs and runs[0].state is not None and runs[0].state.is_final():
+                return runs[0]
+            time.sleep(1)
+    raise AssertionError(f"no finished run with {name}={value} within {timeout_s}s")
+
+
+@vault_only
+def test_the_reconcile_deployment_fails_when_an_entry_could_not_be_reconciled(
+    stack: Stack, rotation_env: RotationEnv
+) -> None:
+    rotation_env.extra_entries = [
+        {"name": "no-secret-yet", "project_id": rotation_env.project.id, "store": "main", "path": "langfuse/nothing"}
+    ]
+    stack.write_config(rotation_env)
+
+    run = run_deployment_and_wait(stack, "langfuse-key-reconcile/reconcile")
+
+    assert run.state.is_failed(), run.state.message
+    assert run.state.message.startswith("failed: 1 of 2 entries not reconciled: no-secret-yet")
 
 
 @vault_only
@@ -309,6 +365,9 @@ def test_the_yaml_schedules_rotation_quarterly_and_reconcile_daily_and_leaves_em
     # Parameters are names only: no deployment carries a default beyond the entry name.
     assert all(not d.parameters for d in deployments.values())
     assert "project" in deployments["emergency-rotation"].parameter_openapi_schema["required"]
+    with get_client(sync_client=True) as client:
+        owned = client.read_resource_related_automations(f"prefect.deployment.{deployments['emergency-rotation'].id}")
+    assert [a.name for a in owned] == ["langfuse-emergency-rotation-on-compromise"]
 
 
 @vault_only

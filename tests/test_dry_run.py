@@ -28,7 +28,7 @@ def test_a_clean_dry_run_prints_the_plan_and_changes_nothing(
     assert result["status"] == "planned"
     assert result["old_public_key"] == before.public_key
     assert result["consumers"] == {"api": before.public_key}
-    assert "create a new pair" in proc.stdout
+    assert "create a new pair" in proc.stderr
     assert rotation_env.current().version == before.version
     assert rotation_env.project_keys() == keys_before
     assert health_stub.restarts == 0
@@ -46,9 +46,9 @@ def test_a_dry_run_that_cannot_reach_a_consumer_fails_and_says_which(
         "rotate", "--config", str(rotation_env.write_config()), "--project", ENTRY, "--dry-run", "--json"
     )
 
-    assert proc.returncode == 1
+    assert proc.returncode == 4, "cannot proceed: needs a person, not 'failed and rolled back'"
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["status"] == "failed"
+    assert result["status"] == "needs_attention"
     assert "api" in result["error"]
 
 
@@ -59,7 +59,7 @@ def test_a_dry_run_with_a_wrong_project_id_fails(rotation_env: RotationEnv) -> N
         "rotate", "--config", str(rotation_env.write_config()), "--project", ENTRY, "--dry-run", "--json"
     )
 
-    assert proc.returncode == 1
+    assert proc.returncode == 4
     assert "not a key of project" in json.loads(proc.stdout.strip().splitlines()[-1])["error"]
 
 

@@ -331,11 +331,14 @@ def test_without_a_reachable_prefect_server_the_command_contains_in_process(rota
     result = last_json(proc.stdout)
     assert result["status"] == "contained"
     assert result["orchestrator"] == "none" and result["prefect_flow_run_id"] is None
-    assert "(without Prefect)" in proc.stdout and "running without Prefect" in proc.stderr
+    assert "(without Prefect)" in proc.stderr and "running without Prefect" in proc.stderr
+    assert proc.stdout.count("\n") == 1, "with --json, stdout holds only the JSON object"
     assert result["new_public_key"] == rotation_env.current().public_key
     assert not rotation_env.works(old)
-    final = [e for e in audit_entries(rotation_env) if e["action"] == "emergency"]
-    assert final and final[-1]["outcome"] == "contained" and final[-1]["compromised_public_key"] == old.public_key
+    (final,) = [e for e in audit_entries(rotation_env) if e["langfuse_rotate"]["final"]]
+    assert final["event"]["action"] == "emergency" and final["event"]["outcome"] == "success"
+    assert final["langfuse_rotate"]["outcome"] == "contained"
+    assert final["langfuse_rotate"]["old_public_key"] == old.public_key
 
 
 def test_without_prefect_the_command_never_imports_prefect(rotation_env: RotationEnv) -> None:
@@ -368,7 +371,7 @@ def test_the_command_exits_4_when_consumers_lag(rotation_env: RotationEnv, healt
     assert proc.returncode == 4, proc.stdout + proc.stderr
     result = last_json(proc.stdout)
     assert result["status"] == "needs_attention" and result["lagging_consumers"] == ["billing-api"]
-    assert "still on the old key: billing-api" in proc.stdout
+    assert "still on the old key: billing-api" in proc.stderr
 
 
 @pytest.mark.slow
@@ -390,5 +393,6 @@ def test_with_a_prefect_server_the_command_runs_the_emergency_flow(
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(run_id)
     assert {f"project:{ENTRY}", "mode:emergency"} <= set(run.tags)
-    final = [e for e in audit_entries(rotation_env) if e["action"] == "emergency"]
-    assert final[-1]["run_id"] == str(run_id)
+    final = [e for e in audit_entries(rotation_env) if e["langfuse_rotate"]["final"]]
+    assert len(final) == 1 and final[0]["event"]["action"] == "emergency"
+    assert {e["labels"]["run_id"] for e in audit_entries(rotation_env)} == {str(run_id)}

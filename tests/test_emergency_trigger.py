@@ -1,9 +1,11 @@
-"""The event-driven emergency: a ``langfuse.key.compromised`` event POSTed to a real Prefect
-server's events API starts the emergency deployment for the project it names (flows.automation).
+"""The event-driven emergency (issue 10 item 4): a ``langfuse.key.compromised`` event POSTed to a
+real Prefect server's events API starts the emergency deployment for the entry it names, and the
+run checks the event before it changes anything (flows.trigger).
 
-The deployment is served by ``flow.serve`` in a subprocess (a worker-less deployment); the
-automation is created with ``ensure_emergency_automation``; the event is posted with plain HTTP,
-as a secret scanner without the Prefect SDK would.
+The end-to-end test serves the deployment with ``flow.serve`` in a subprocess, with the trigger
+``deployments/prefect.yaml`` declares; the event is posted with plain HTTP, as a secret scanner
+without the Prefect SDK would. The checks themselves run the emergency flow in-process against the
+same Prefect server, as the deployment would run it for an event (``event_id`` set).
 """
 
 from __future__ import annotations
@@ -20,9 +22,14 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
+from pydantic import SecretStr
 
+from connectors.keypair import KeyPair
+from connectors.langfuse import LangfuseAdminClient
+from connectors.store import SecretLocation
 from devstack.prefect_server import PrefectServer
-from flows.automation import AUTOMATION_NAME, compromised_event, ensure_emergency_automation
+from flows.automation import EMERGENCY_TRIGGER, compromised_event
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,8 +47,10 @@ def served_deployment(rotation_env: RotationEnv, prefect_server: PrefectServer, 
         PYTHONPATH=str(REPO),
     )
     code = (
+        "from flows.automation import deployment_trigger\n"
         "from flows.emergency import emergency\n"
-        f"emergency.serve(name={name!r}, pause_on_shutdown=False, print_starting_message=False)\n"
+        f"emergency.serve(name={name!r}, triggers=[deployment_trigger()], pause_on_shutdown=False,"
+        " print_starting_message=False)\n"
     )
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
@@ -63,13 +72,20 @@ def served_deployment(rotation_env: RotationEnv, prefect_server: PrefectServer, 
 
 @pytest.fixture
 def automation(served_deployment: str) -> Iterator[str]:
-    ensure_emergency_automation(served_deployment)
-    yield served_deployment
+    """The served deployment, once the automation its trigger creates is on the server."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        for existing in client.read_automations_by_name(AUTOMATION_NAME):
-            client.delete_automation(existing.id)
+        deployment_id = client.read_deployment_by_name(served_deployment).id
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            owned = client.read_resource_related_automations(f"prefect.deployment.{deployment_id}")
+            if owned:
+                break
+            time.sleep(0.5)
+        assert owned, "serve(triggers=...) created no automation"
+    time.sleep(2)  # the trigger service loads new automations periodically
+    yield served_deployment
 
 
 def _wait_for_deployment(deployment: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 90) -> None:
@@ -120,9 +136,200 @@ def test_a_compromised_key_event_runs_the_emergency_deployment_for_that_project(
     run = _finished_run_of(automation)
     assert run.state.is_completed(), run.state.message
     assert run.parameters["project"] == ENTRY and run.parameters["public_key"] == old.public_key
-    assert {f"project:{ENTRY}", "mode:emergency"} <= set(run.tags)
+    assert run.parameters["event_id"] == event["id"]
+    assert {f"project:{ENTRY}", "mode:emergency", "trigger:event-containment"} <= set(run.tags)
     assert not rotation_env.works(old)
     assert rotation_env.current().public_key != old.public_key
-    final = [json.loads(line) for line in rotation_env.audit_path.read_text().splitlines()]
-    contained = [e for e in final if e["action"] == "emergency"]
-    assert contained and contained[-1]["outcome"] == "contained" and contained[-1]["run_id"] == str(run.id)
+    lines = [json.loads(line) for line in rotation_env.audit_path.read_text().splitlines()]
+    (final,) = [e for e in lines if e["langfuse_rotate"]["final"]]
+    assert final["langfuse_rotate"]["outcome"] == "contained" and final["labels"]["run_id"] == str(run.id)
+    initiator = final["langfuse_rotate"]["initiator"]
+    assert initiator["type"] == "prefect-automation" and initiator["automation"]
+    assert initiator["event_id"] == event["id"] and initiator["event_source"] == "test secret scanner"
+    assert initiator["deployment"] == automation
+    assert final["user"]["name"] == f"automation:{initiator['automation']}"
+
+
+def test_the_trigger_in_prefect_yaml_is_the_one_the_code_serves() -> None:
+    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
+    (emergency_deployment,) = [d for d in spec["deployments"] if d["name"] == "emergency-rotation"]
+
+    assert emergency_deployment["triggers"] == [EMERGENCY_TRIGGER]
+    assert emergency_deployment["entrypoint"] == "flows.emergency:emergency"
+
+
+# --- the run checks the event before it changes anything ----------------------------------------
+
+
+@pytest.fixture
+def trigger_env(rotation_env: RotationEnv, prefect_server: PrefectServer) -> RotationEnv:
+    """A uniquely named entry (per-entry counts on the shared server stay per test), with an
+    untagged notification URL and one tagged ``emergency`` (the pager)."""
+    rotation_env.entry_overrides = {"name": f"trig-{uuid.uuid4().hex[:8]}"}
+    config = rotation_env.config_dict()
+    rotation_env.top_overrides = {
+        "notify": {
+            "urls": [
+                rotation_env.sink.apprise_url("/hook"),
+                {"url": rotation_env.sink.apprise_url("/page"), "tags": ["emergency"]},
+            ]
+        },
+        "langfuse": config["langfuse"],
+    }
+    return rotation_env
+
+
+def entry_name(env: RotationEnv) -> str:
+    return str(env.entry_overrides["name"])
+
+
+def event_run(env: RotationEnv, public_key: str | None, *, project: str | None = None) -> Any:
+    """The emergency flow as the deployment runs it for one event."""
+    from flows.emergency import emergency
+
+    return emergency(
+        project=project or entry_name(env),
+        config_path=str(env.write_config()),
+        public_key=public_key or "",
+        event_id=str(uuid.uuid4()),
+        event_source="test scanner",
+        return_state=True,
+    )
+
+
+def stray_key(env: RotationEnv) -> KeyPair:
+    """A live key of the entry's project that no entry stores (e.g. made by hand and leaked)."""
+    pair = KeyPair.generate()
+    with LangfuseAdminClient(env.sim.url, env.sim.org_public_key, SecretStr(env.sim.org_secret_key)) as admin:
+        admin.create_api_key(env.project.id, pair, "made by hand")
+    return pair
+
+
+def final_audit(env: RotationEnv) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in env.audit_path.read_text().splitlines()]
+    return [e for e in lines if e["langfuse_rotate"]["final"]]
+
+
+def assert_refused_with_a_warning(env: RotationEnv, state: Any, reason: str) -> None:
+    assert state.is_completed() and state.name == "Refused", state.message
+    assert reason in (state.message or "")
+    final = final_audit(env)[-1]
+    assert final["langfuse_rotate"]["outcome"] == "refused" and final["event"]["outcome"] == "failure"
+    assert reason in final["langfuse_rotate"]["reason"]
+    notes = env.sink.wait_for(1, timeout_s=10)
+    time.sleep(0.5)
+    assert [n.path for n in env.sink.received()] == ["/hook"], "a warning never goes to the pager"
+    assert notes[0].json["type"] == "failure" and "EMERGENCY" not in notes[0].json["title"]
+    assert reason in notes[0].json["message"]
+
+
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_an_event_without_a_public_key_changes_nothing_and_warns(trigger_env: RotationEnv) -> None:
+    before = trigger_env.current()
+
+    state = event_run(trigger_env, None)
+
+    assert_refused_with_a_warning(trigger_env, state, "names no payload.public_key")
+    assert trigger_env.current().public_key == before.public_key and trigger_env.works(before)
+
+
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_an_event_naming_a_key_that_is_not_live_in_the_project_changes_nothing(trigger_env: RotationEnv) -> None:
+    before = trigger_env.current()
+
+    state = event_run(trigger_env, KeyPair.generate().public_key)
+
+    assert_refused_with_a_warning(trigger_env, state, "is not a live key of Langfuse project")
+    assert trigger_env.current().public_key == before.public_key and trigger_env.works(before)
+
+
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_an_event_naming_another_entrys_key_in_another_store_changes_nothing(trigger_env: RotationEnv) -> None:
+    """Entry b lives behind another store name (the same Vault): its key is b's, not a's."""
+    other = stray_key(trigger_env)
+    trigger_env.store.store.seed(SecretLocation(path=f"{trigger_env.path}-b"), other, trigger_env.sim.url)
+    trigger_env.top_overrides["stores"] = {"main": trigger_env.store.config(), "second": trigger_env.store.config()}
+    trigger_env.extra_entries = [
+        {"name": "entry-b", "project_id": trigger_env.project.id, "store": "second", "path": f"{trigger_env.path}-b"}
+    ]
+
+    state = event_run(trigger_env, other.public_key)
+
+    assert_refused_with_a_warning(trigger_env, state, "is a key of entry 'entry-b'")
+    assert trigger_env.works(other)
+
+
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_an_event_for_an_unknown_entry_warns_without_paging(trigger_env: RotationEnv) -> None:
+    state = event_run(trigger_env, trigger_env.current().public_key, project="no-such-entry")
+
+    assert_refused_with_a_warning(trigger_env, state, "unknown project 'no-such-entry'")
+
+
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_repeated_events_for_one_key_contain_it_once(trigger_env: RotationEnv) -> None:
+    leaked = stray_key(trigger_env)
+
+    first = event_run(trigger_env, leaked.public_key)
+    trigger_env.sink.clear()
+    second = event_run(trigger_env, leaked.public_key)
+
+    assert first.is_completed() and first.name != "Refused", first.message
+    assert not trigger_env.works(leaked)
+    assert_refused_with_a_warning(trigger_env, second, "was already contained by run")
+    # A stray key's secret is not in the store, so its rejection cannot be probed: needs_attention.
+    outcomes = [f["langfuse_rotate"]["outcome"] for f in final_audit(trigger_env)]
+    assert outcomes[0] in {"contained", "needs_attention"} and outcomes[1:] == ["refused"]
+
+
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_past_max_per_hour_event_started_containments_a_person_must_run_the_command(
+    trigger_env: RotationEnv,
+) -> None:
+    trigger_env.top_overrides["emergency"] = {"max_per_hour": 1}
+    first, second = stray_key(trigger_env), stray_key(trigger_env)
+
+    contained = event_run(trigger_env, first.public_key)
+    trigger_env.sink.clear()
+    refused = event_run(trigger_env, second.public_key)
+
+    assert contained.is_completed() and contained.name != "Refused", contained.message
+    assert_refused_with_a_warning(trigger_env, refused, "a person must run 'langfuse-rotate emergency")
+    assert trigger_env.works(second), "past the limit nothing is changed"
+
+
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_an_emergency_run_by_hand_still_contains_the_stored_key_without_naming_it(
+    trigger_env: RotationEnv,
+) -> None:
+    from flows.emergency import emergency
+
+    old = trigger_env.current()
+    state = emergency(project=entry_name(trigger_env), config_path=str(trigger_env.write_config()), return_state=True)
+
+    assert state.is_completed() and state.name != "Refused", state.message
+    assert not trigger_env.works(old)
+
+
+def test_the_emergency_deployment_runs_one_run_per_entry_at_a_time(prefect_server: PrefectServer) -> None:
+    import threading
+
+    from flows.trigger import EventRefused, emergency_slot
+
+    entry = f"slot-{uuid.uuid4().hex[:8]}"
+    outcome: list[str] = []
+
+    def second_run() -> None:
+        try:
+            with emergency_slot(entry, wait_s=1, lease_s=60):
+                outcome.append("ran")
+        except EventRefused as exc:
+            outcome.append(str(exc))
+
+    with emergency_slot(entry, wait_s=5, lease_s=60):
+        thread = threading.Thread(target=second_run)
+        thread.start()
+        thread.join(30)
+    assert outcome == [f"another emergency run of '{entry}' is still running after 1s"]
+    with emergency_slot(entry, wait_s=5, lease_s=60):
+        pass  # free again once the first let go

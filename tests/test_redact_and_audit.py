@@ -43,9 +43,55 @@ def test_the_audit_log_appends_one_json_object_per_line(tmp_path: Path) -> None:
     log.record("langfuse.delete_key", "entry:x", "done", public_key="pk-lf-1")
 
     lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert [e["action"] for e in lines] == ["store.promote", "langfuse.delete_key"]
-    assert {"time", "actor", "action", "resource", "outcome"} <= lines[0].keys()
-    assert lines[0]["actor"] == "ci@test"
+    assert [e["event"]["action"] for e in lines] == ["store.promote", "langfuse.delete_key"]
+    assert lines[0]["user"]["name"] == "ci@test"
+
+
+def test_audit_lines_use_ecs_field_names_a_siem_maps_without_work(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl", actor="alice", run_id="run-1")
+    log.rotation_id = "rot-1"
+    log.record("store.promote", "entry:chatbot-prod", "done", store_version=3)
+    log.final("rotate", "chatbot-prod", "rolled_back", error="wait_for_restarts: consumers did not switch")
+    log.final("rotate", "chatbot-prod", "needs_attention")
+
+    step, failed, attention = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert step["@timestamp"].endswith("Z") and step["ecs"]["version"]
+    assert step["event"].items() >= {"action": "store.promote", "outcome": "success", "kind": "event"}.items()
+    assert step["user"]["name"] == "alice" and step["host"]["name"]
+    assert step["labels"] == {"entry": "chatbot-prod", "rotation_id": "rot-1", "run_id": "run-1"}
+    assert step["langfuse_rotate"]["schema_version"] == 1
+    assert step["langfuse_rotate"]["resource"] == "langfuse.project.chatbot-prod"
+    assert step["langfuse_rotate"]["final"] is False and step["langfuse_rotate"]["store_version"] == 3
+    assert (failed["event"]["outcome"], failed["langfuse_rotate"]["outcome"]) == ("failure", "rolled_back")
+    assert failed["langfuse_rotate"]["final"] is True
+    assert attention["event"]["outcome"] == "unknown"
+
+
+def test_audit_lines_go_to_stdout_when_the_path_is_a_dash(capsys: pytest.CaptureFixture[str]) -> None:
+    AuditLog("-", actor="ci", run_id="run-1").record("store.promote", "entry:x", "done")
+
+    line = json.loads(capsys.readouterr().out)
+    assert line["event"]["action"] == "store.promote" and line["labels"]["run_id"] == "run-1"
+
+
+def test_every_line_carries_a_run_id_even_without_prefect(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.record("stage", "entry:x", "done")
+
+    (line,) = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert line["labels"]["run_id"]
+
+
+def test_the_default_audit_path_is_absolute_under_the_users_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.audit import default_audit_path
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert default_audit_path() == tmp_path / "langfuse-rotate" / "audit.jsonl"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert default_audit_path().is_absolute()
+    assert default_audit_path().parts[-3:] == ("state", "langfuse-rotate", "audit.jsonl")
 
 
 def test_the_audit_log_never_holds_a_secret_even_if_one_is_passed(tmp_path: Path) -> None:
