@@ -51,7 +51,7 @@ def _no_secret(inv: InventoryEnv, text: str) -> None:
 
 @vault_only
 def test_a_rotation_emits_rotated_with_public_facts(inventory_env: InventoryEnv, prefect_server: PrefectServer) -> None:
-    since = datetime.now(UTC) - timedelta(seconds=5)
+    since = datetime.now(UTC)  # only this test's events: earlier tests emit on the same resource
     result = execute("rotate", ENTRY, str(inventory_env.write_config()), DirectRunner())
     assert result.status == "rotated"
     [event] = _events(prefect_server, events.ROTATED, f"langfuse.project.{ENTRY}", since)
@@ -74,7 +74,7 @@ def test_a_rotation_flow_run_relates_its_event_to_the_run(
 ) -> None:
     from flows.rotate import rotate
 
-    since = datetime.now(UTC) - timedelta(seconds=5)
+    since = datetime.now(UTC)  # only this test's events: earlier tests emit on the same resource
     state = rotate(project=ENTRY, config_path=str(inventory_env.write_config()), return_state=True)
     assert state.is_completed(), state.message
     [event] = _events(prefect_server, events.ROTATED, f"langfuse.project.{ENTRY}", since)
@@ -92,7 +92,7 @@ def test_a_rolled_back_rotation_emits_rotation_failed(
     health_stub.set(public_key=inventory_env.project.public_key)  # never switches
     inventory_env.consumers.append({"name": "api", "health_url": health_stub.health_url})
     inventory_env.entry_overrides["wait_timeout_s"] = 1
-    since = datetime.now(UTC) - timedelta(seconds=5)
+    since = datetime.now(UTC)  # only this test's events: earlier tests emit on the same resource
     result = execute("rotate", ENTRY, str(inventory_env.write_config()), DirectRunner())
     assert result.status == "rolled_back"
     [event] = _events(prefect_server, events.ROTATION_FAILED, f"langfuse.project.{ENTRY}", since)
@@ -101,7 +101,7 @@ def test_a_rolled_back_rotation_emits_rotation_failed(
 
 @vault_only
 def test_an_emergency_emits_contained(inventory_env: InventoryEnv, prefect_server: PrefectServer) -> None:
-    since = datetime.now(UTC) - timedelta(seconds=5)
+    since = datetime.now(UTC)  # only this test's events: earlier tests emit on the same resource
     result = execute("emergency", ENTRY, str(inventory_env.write_config()), DirectRunner())
     assert result.status == "contained"
     [event] = _events(prefect_server, events.CONTAINED, f"langfuse.project.{ENTRY}", since)
@@ -126,7 +126,7 @@ def test_a_report_emits_findings_per_entry_and_for_the_organization(
     inventory_env: InventoryEnv, prefect_server: PrefectServer
 ) -> None:
     inventory_env.sim.control.backdate_key(inventory_env.project.public_key, datetime.now(UTC) - timedelta(days=100))
-    since = datetime.now(UTC) - timedelta(seconds=5)
+    since = datetime.now(UTC)  # only this test's events: earlier tests emit on the same resource
     assert inventory_env.report()[0] == 4
     [mine] = _events(prefect_server, events.COMPLIANCE_FINDINGS, f"langfuse.project.{ENTRY}", since)
     assert mine["payload"]["count"] == 1 and mine["payload"]["findings"][0]["rule"] == "key-overdue"
