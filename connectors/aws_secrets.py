@@ -49,6 +49,7 @@ import botocore.exceptions
 from botocore.config import Config
 from pydantic import ValidationError
 
+from connectors import pacing
 from connectors.aws_session import DEFAULT_ROLE_SESSION_NAME, aws_session
 from connectors.errors import (
     StoreAccessDeniedError,
@@ -97,6 +98,9 @@ _TOKEN = re.compile(r"^[A-Za-z0-9-]{32,64}$")
 _TOKEN_NAMESPACE = uuid.UUID("5b7e0c1e-3f7a-4d0e-9a53-6c1f2b8d4e71")
 _TAG_SAFE = re.compile(r"[A-Za-z0-9 _.:/+\-@]")
 _TAG_ESCAPE = re.compile(r"=([0-9A-F]{2})")
+
+_PACED_WRITES = {"PutSecretValue", "UpdateSecret", "UpdateSecretVersionStage"}
+"""The calls AWS limits together at 50 per second per account and region."""
 
 _THROTTLING = {
     "ThrottlingException",
@@ -193,6 +197,9 @@ class AwsSecretsStore:
         self._client: SecretsManagerClient = session.client(
             "secretsmanager", region_name=region, endpoint_url=endpoint_url, config=config
         )
+        self._pace_key = pacing.aws_key(region, endpoint_url)
+        self._client.meta.events.register("before-call.secrets-manager", self._before_call)
+        self._client.meta.events.register("needs-retry.secrets-manager", self._on_attempt)
 
     def __repr__(self) -> str:
         role = f", role_arn={self._role_arn!r}" if self._role_arn else ""
@@ -510,6 +517,18 @@ class AwsSecretsStore:
 
     def _untag(self, loc: SecretLocation, label: str, keys: list[str]) -> None:
         self._call("untag", label, lambda: self._client.untag_resource(SecretId=loc.path, TagKeys=keys))
+
+    def _before_call(self, model: Any, **_: Any) -> None:
+        """Every API call is counted; the writes AWS limits together (50/s per account and region)
+        wait on a fleet run's write gate (``connectors.pacing``)."""
+        pacing.before_request(self._pace_key, paced=getattr(model, "name", "") in _PACED_WRITES)
+
+    def _on_attempt(self, response: Any = None, **_: Any) -> None:
+        """A throttled attempt (botocore retries it) slows every write of a fleet run down."""
+        parsed = response[1] if isinstance(response, tuple) and len(response) == 2 else None
+        code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+        if code in _THROTTLING:
+            pacing.rate_limited(self._pace_key, 1.0)
 
     def _call(self, action: str, label: str, fn: Callable[[], _T]) -> _T:
         """One API call (botocore retries it); errors become one-line ``StoreError``s."""

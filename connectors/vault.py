@@ -38,6 +38,7 @@ import hvac.exceptions
 import requests
 from pydantic import SecretStr, ValidationError
 
+from connectors import pacing
 from connectors.errors import (
     StoreAccessDeniedError,
     StoreConflictError,
@@ -149,6 +150,7 @@ class VaultStore:
             session=_no_redirect_session(verify=ca_cert if ca_cert is not None else verify_tls),
         )
         self._keeper = TokenKeeper(self._client, self._auth, on_token=on_token)
+        self._pace_key = pacing.vault_key(self._url)
 
     def close(self) -> None:
         """Stop renewing the token in the background (also done when the store is collected)."""
@@ -480,7 +482,9 @@ class VaultStore:
 
     def _call(self, action: str, label: str, fn: Callable[[], _T]) -> _T:
         """Run one request with a valid token; map errors. After a 403, get a fresh token once
-        (log in again, or re-read the token file) and repeat the request."""
+        (log in again, or re-read the token file) and repeat the request. Writes wait on a fleet
+        run's write gate (``connectors.pacing``)."""
+        pacing.before_request(self._pace_key, paced=action.startswith(_WRITE_ACTIONS))
         try:
             self._keeper.ensure()
             try:
@@ -494,6 +498,8 @@ class VaultStore:
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+_WRITE_ACTIONS = ("write ", "update metadata ", "remove staging ")
 
 
 def _translate(exc: Exception, action: str, label: str, url: str) -> StoreError:

@@ -133,6 +133,8 @@ class VaultStoreConfig(_Strict):
     timeout_s: float = Field(default=10.0, gt=0)
     verify_tls: bool = True
     ca_cert: Path | None = None
+    max_writes_per_s: float | None = Field(default=None, gt=0)
+    """Fleet runs pace this store's writes (README "Fleet rotation"); unset: no limit."""
 
     @model_validator(mode="before")
     @classmethod
@@ -196,6 +198,8 @@ class AwsStoreConfig(_Strict):
     external_id: str | None = Field(default=None, min_length=2, max_length=1224)
     role_session_name: str = Field(default="langfuse-rotate", pattern=r"^[\w+=,.@-]{2,64}$")
     timeout_s: float = Field(default=10.0, gt=0)
+    max_writes_per_s: float | None = Field(default=40.0, gt=0)
+    """AWS allows 50 PutSecretValue + UpdateSecret + UpdateSecretVersionStage per second and region."""
 
     @model_validator(mode="after")
     def _external_id_needs_a_role(self) -> AwsStoreConfig:
@@ -240,6 +244,8 @@ class LangfuseConfig(_Strict):
     org_key: StoreRef | None = None
     admin_api_key: SecretStr | None = None
     timeout_s: float = Field(default=10.0, gt=0)
+    max_requests_per_min: int | None = Field(default=None, gt=0)
+    """Fleet runs pace every Langfuse request below this (Langfuse Cloud: per organization); unset: no limit."""
 
     @field_validator("host")
     @classmethod
@@ -376,10 +382,59 @@ class PolicyConfig(_Strict):
         return self
 
 
+class ProjectTemplate(_Strict):
+    """Entries generated from the organization's project list (README "Entry templates"):
+    ``{project_name}`` and ``{project_id}`` are replaced in ``name``, ``path`` and consumer URLs."""
+
+    include: list[str] = ["*"]
+    exclude: list[str] = []
+    name: str = "{project_name}"
+    store: str
+    path: str = Field(min_length=1)
+    fields: FieldNames = FieldNames()
+    consumers: list[ConsumerConfig] = []
+    wait_timeout_s: float = Field(default=600.0, gt=0)
+    grace_period_s: float = Field(default=30.0, ge=0)
+    canary_timeout_s: float = Field(default=60.0, gt=0)
+    revoke_recheck_s: float = Field(default=310.0, ge=0)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*$")
+
+
+class FleetConfig(_Strict):
+    """``rotate --all`` and the ``quarterly`` deployment (README "Fleet rotation")."""
+
+    concurrency: int = Field(default=16, ge=1, le=512)
+    skip_if_rotated_within: str | float = "30d"
+    """Entries rotated this recently are ``skipped`` (a number is days; ``"12h"``, ``"0"`` turns it off)."""
+
+    @field_validator("skip_if_rotated_within")
+    @classmethod
+    def _duration(cls, value: str | float) -> str | float:
+        if isinstance(value, str) and not _DURATION.match(value):
+            raise ValueError("must be a number of days or a duration like '30d', '12h', '90m'")
+        if isinstance(value, float | int) and value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    @property
+    def skip_window_s(self) -> float:
+        value = self.skip_if_rotated_within
+        if not isinstance(value, str):
+            return float(value) * 86400
+        match = _DURATION.match(value)
+        assert match is not None
+        unit = {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 86400}[match.group(2)]
+        return float(match.group(1)) * unit
+
+
 class RotationConfig(_Strict):
     langfuse: LangfuseConfig
     stores: dict[str, StoreConfig]
-    projects: list[ProjectEntry]
+    projects: list[ProjectEntry] = []
+    project_template: ProjectTemplate | None = None
+    fleet: FleetConfig = FleetConfig()
     notify: NotifyConfig = NotifyConfig()
     audit: AuditConfig = AuditConfig()
     lock: LockConfig = LockConfig()
@@ -395,6 +450,8 @@ class RotationConfig(_Strict):
             seen.add(entry.name)
             if entry.store not in self.stores:
                 raise ValueError(f"project '{entry.name}' uses unknown store '{entry.store}'")
+        if self.project_template is not None and self.project_template.store not in self.stores:
+            raise ValueError(f"project_template uses unknown store '{self.project_template.store}'")
         org_key = self.langfuse.org_key
         if org_key is not None and org_key.store not in self.stores:
             raise ValueError(f"langfuse.org_key uses unknown store '{org_key.store}'")

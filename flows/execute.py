@@ -11,7 +11,7 @@ from typing import Literal
 
 from connectors.errors import ConnectorError
 from flows.audit import audited_run
-from flows.config import load_config
+from flows.config import RotationConfig, load_config
 from flows.context import EntryContext
 from flows.lock import RotationInProgressError, entry_lock
 from flows.models import Mode, RotationResult, Status
@@ -37,12 +37,14 @@ def execute(
     compromised_public_key: str | None = None,
     approve: Approver | None = None,
     lock_with_prefect: bool | None = None,
+    config: RotationConfig | None = None,
 ) -> RotationResult:
     """``lock_with_prefect``: also take the entry's Prefect concurrency limit (when a Prefect server
     is configured); by default only runs on the Prefect runner do. A reconcile run without Prefect
-    passes True when the server answers: it changes the same state a rotation does."""
+    passes True when the server answers: it changes the same state a rotation does. ``config``:
+    already loaded (a fleet run, whose entries may come from a template) instead of ``config_path``."""
     install_redaction()
-    config = load_config(config_path)
+    config = config if config is not None else load_config(config_path)
     entry = config.entry(project)
     mode: Mode = "emergency" if kind == "emergency" else "scheduled"
     try:

@@ -17,7 +17,15 @@ from connectors.store import StoreVersion
 
 Mode = Literal["scheduled", "emergency"]
 Status = Literal[
-    "rotated", "contained", "planned", "reconciled", "rolled_back", "failed", "in_progress", "needs_attention"
+    "rotated",
+    "contained",
+    "planned",
+    "reconciled",
+    "rolled_back",
+    "failed",
+    "in_progress",
+    "needs_attention",
+    "skipped",  # a fleet run's entry rotated within fleet.skip_if_rotated_within
 ]
 
 
@@ -40,6 +48,7 @@ STATUS_EXIT: dict[str, ExitCode] = {
     "failed": ExitCode.FAILED,
     "in_progress": ExitCode.IN_PROGRESS,
     "needs_attention": ExitCode.NEEDS_ATTENTION,
+    "skipped": ExitCode.OK,
 }
 
 

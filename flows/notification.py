@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from connectors.errors import ConnectorError
@@ -88,10 +89,20 @@ def _mark_notified() -> None:
         run = run.parent
 
 
+held_for_summary: ContextVar[list[RotationResult] | None] = ContextVar("held_for_summary", default=None)
+"""Set by a fleet run (``flows.fleet``): entries' notifications are collected for its one summary."""
+
+
 def notify(ctx: EntryContext, result: RotationResult) -> None:
-    """Send the run's notification; a delivery problem is audited, never fatal."""
+    """Send the run's notification; a delivery problem is audited, never fatal. Inside a fleet run
+    the result is held for the fleet's one summary notification instead (its event still goes out)."""
     emit_rotation_event(result, ctx.entry.project_id)  # the run's Prefect event (best effort, never raises)
     _mark_notified()
+    held = held_for_summary.get()
+    if held is not None:
+        held.append(result)
+        ctx.audit.record("notify", f"entry:{ctx.entry.name}", "held for the fleet summary")
+        return
     try:
         outcome = ctx.notifier.send(notification_for(result))
     except (ConnectorError, ValueError) as exc:  # ValueError: an invalid notify URL (loaded lazily)

@@ -11,15 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from prefect.client.schemas.objects import State
 
-from flows.audit import AuditLog
 from flows.config import load_config
 from flows.execute import execute
 from flows.hooks import notify_unhandled_failure
 from flows.initiator import flow_run_audit
 from flows.orchestration import (
-    all_entries_state,
     current_flow_run,
     final_state,
     pause_for_approval,
@@ -65,26 +62,20 @@ def rotate(project: str, config_path: str | None = None) -> Any:
     on_crashed=[notify_unhandled_failure],
     on_cancellation=[notify_unhandled_failure],
 )
-def rotate_all(config_path: str | None = None) -> Any:
-    """Rotate every configured entry, one after another (each as its own subflow run)."""
+def rotate_all(
+    config_path: str | None = None,
+    entries: list[str] | None = None,
+    concurrency: int | None = None,
+    show_progress: bool = False,
+) -> Any:
+    """Rotate every configured entry concurrently (README "Fleet rotation"); ``entries`` limits the
+    run to some of them. Each entry is recorded as its own flow run."""
+    from flows.fleet_prefect import run_fleet_flow
+
     refuse_job_overrides()
     flow_run_id, _ = current_flow_run()
     with flow_run_audit("rotate", None, config_path, flow_run_id):
-        config = load_config(config_path)
-    outcomes: dict[str, State[Any]] = {}
-    for entry in config.projects:
-        state = rotate(project=entry.name, config_path=config_path, return_state=True)
-        assert isinstance(state, State)
-        outcomes[entry.name] = state
-    final = all_entries_state(outcomes)
-    # This run's own final audit line (each entry's run wrote its own).
-    failed = sorted(name for name, state in outcomes.items() if not state.is_completed())
-    with flow_run_audit("rotate-all", None, config_path, flow_run_id):
-        AuditLog(config.audit.path).final(
-            "rotate-all",
-            None,
-            "failed" if failed else "rotated",
-            entries=len(outcomes),
-            failed_entries=failed or None,
-        )
-    return final
+        load_config(config_path)  # a bad config is audited and fails here, as for one entry
+    return run_fleet_flow(
+        flow_run_id, config_path=config_path, entries=entries, concurrency=concurrency, show_progress=show_progress
+    )

@@ -17,6 +17,7 @@ from typing import Any, Self
 import httpx
 from pydantic import SecretStr
 
+from connectors import pacing
 from connectors.errors import LangfuseError
 from connectors.http_limits import BodyTooLargeError, deadline, deadline_transport, read_capped
 from connectors.langfuse._errors import Action, Failure, error_for, failure_of, parse_retry_after, unreachable
@@ -154,7 +155,10 @@ class HttpCore:
         headers: Mapping[str, str] | None = None,
         authenticated: bool = True,
     ) -> Outcome:
-        """Exactly one request. Transport errors come back as a ``Failure`` value, never raised."""
+        """Exactly one request. Transport errors come back as a ``Failure`` value, never raised.
+        A fleet run paces it (``connectors.pacing``); a 429 pauses the whole fleet."""
+        pace_key = pacing.langfuse_key(self.host)
+        pacing.before_request(pace_key)
         try:
             with deadline(self.timeout_s):
                 request = self._client.build_request(
@@ -171,13 +175,16 @@ class HttpCore:
             return Failure(
                 f"answer larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB", maybe_sent=True, retryable=False
             )
-        return httpx.Response(
+        response = httpx.Response(
             streamed.status_code,
             headers=streamed.headers,
             content=body,
             request=streamed.request,
             extensions=streamed.extensions,
         )
+        if response.status_code == 429:
+            pacing.rate_limited(pace_key, parse_retry_after(response.headers.get("retry-after")))
+        return response
 
     def exchange(
         self,

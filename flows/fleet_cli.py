@@ -1,0 +1,83 @@
+"""``langfuse-rotate rotate --all``: the fleet run from the command line (README "Fleet rotation")."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the parser imports this module: nothing heavy at import time
+    from flows.fleet import FleetResult
+
+
+def concurrency_arg(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if not 1 <= number <= 512:
+        raise argparse.ArgumentTypeError("must be between 1 and 512")
+    return number
+
+
+def rotate_all_command(args: argparse.Namespace, prog: str) -> int:
+    from flows.config import load_config, resolve_config_path
+    from flows.fleet import ProgressSink, run_fleet, terminal_progress_sink
+
+    path = str(resolve_config_path(args.config).resolve())
+    config = load_config(path)
+    sinks: list[ProgressSink] = [terminal_progress_sink()] if sys.stderr.isatty() else []
+    if args.dry_run:
+        result = run_fleet(config, config_path=path, concurrency=args.concurrency, dry_run=True, progress_sinks=sinks)
+    else:
+        result = _under_prefect(path, args.concurrency, show_progress=bool(sinks))
+    print_fleet(result, prog)
+    if args.json:
+        print(result.to_json_line())
+    return int(result.exit_code)
+
+
+def _under_prefect(path: str, concurrency: int | None, *, show_progress: bool) -> FleetResult:
+    from prefect.client.schemas.objects import State
+
+    from flows.config import ConfigError
+    from flows.fleet import FleetResult
+    from flows.procedure import BadInputError
+    from flows.redact import scrub
+    from flows.rotate import rotate_all
+
+    started = time.monotonic()
+    state = rotate_all(config_path=path, concurrency=concurrency, show_progress=show_progress, return_state=True)
+    assert isinstance(state, State)
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, FleetResult):
+        return data
+    if isinstance(data, ConfigError | BadInputError):
+        raise data
+    message = scrub(" ".join(str(data).split())) if data is not None else (state.message or state.name)
+    return FleetResult(
+        status="failed",
+        total=0,
+        counts={},
+        entries=[],
+        duration_s=round(time.monotonic() - started, 3),
+        prefect_flow_run_id=str(state.state_details.flow_run_id or "") or None,
+        error=message or "the fleet run failed",
+    )
+
+
+def print_fleet(result: FleetResult, prog: str) -> None:
+    if result.template is not None:
+        print("project_template expands to:")
+        for row in result.template:
+            target = f"entry {row['entry']}" if row["entry"] else f"no entry: {row['problem']}"
+            print(f"  {row['project']:<32} {row['project_id']:<28} {target}")
+    for entry in result.entries:
+        detail = entry.error or (entry.steps[-1].detail if entry.status == "skipped" and entry.steps else "")
+        keys = f"{entry.old_public_key} -> {entry.new_public_key}" if entry.new_public_key else ""
+        print(f"  {entry.project:<32} {entry.status:<16} {entry.duration_s:7.2f}s  {keys or detail}")
+    counts = ", ".join(f"{n} {status}" for status, n in result.counts.items()) or "no entries"
+    print(f"{prog} rotate --all: {result.status}: {counts} in {result.duration_s:.2f}s")
+    if result.error:
+        print(f"  error: {result.error}")

@@ -1,0 +1,255 @@
+"""The fleet run under Prefect: one flow run for the fleet, one per entry, artifacts, batches.
+
+Each entry's checklist runs directly in the fleet run's process (a flow run and eight task runs
+per entry would cost the fleet more than the work itself: README "Fleet rotation"), and is
+recorded as its own flow run as it goes: ``rotate-<entry>-<YYYYMMDD-HHMM>``, tagged like a single
+rotation plus ``fleet:<fleet run id>``, a child of the fleet run, Running while it works and then
+Completed or Failed with the same state message, with the step-table artifact
+``langfuse-rotation-<entry>``. The fleet run itself publishes ``langfuse-fleet-progress`` (a
+progress artifact updated as entries finish) and ``langfuse-fleet-summary`` (one row per entry).
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from flows.artifact import artifact_key, summary_markdown
+from flows.config import ProjectEntry, RotationConfig
+from flows.fleet import FleetProgress, FleetResult, ProgressSink
+from flows.models import RotationResult
+from flows.orchestration import final_state
+
+ENTRY_FLOW_NAME = "langfuse-key-rotation"
+PROGRESS_KEY = "langfuse-fleet-progress"
+SUMMARY_KEY = "langfuse-fleet-summary"
+
+
+class PrefectEntryRecorder:
+    """Records each entry of a fleet run as a child flow run of it (a few API calls per entry)."""
+
+    orchestrator = "prefect"
+
+    def __init__(self, fleet_run_id: str) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import FlowCreate
+
+        self.fleet_run_id = fleet_run_id
+        self._local = threading.local()
+        with get_client(sync_client=True) as client:
+            response = client.request("POST", "/flows/", json=FlowCreate(name=ENTRY_FLOW_NAME).model_dump(mode="json"))
+            self._flow_id = UUID(response.json()["id"])
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            from prefect.client.orchestration import get_client
+
+            client = get_client(sync_client=True)
+            client.__enter__()
+            self._local.client = client
+            with _OPEN_LOCK:
+                _OPEN.append(client)
+        return client
+
+    def started(self, entry: ProjectEntry) -> tuple[str | None, str | None]:
+        from prefect.client.schemas.actions import FlowRunCreate, TaskRunCreate
+        from prefect.states import Running, to_state_create
+
+        client = self._client()
+        name = f"rotate-{entry.name}-{datetime.now(UTC):%Y%m%d-%H%M}"
+        task_run = TaskRunCreate(
+            id=uuid4(),
+            flow_run_id=UUID(self.fleet_run_id),
+            task_key=f"fleet-entry-{entry.name}",
+            dynamic_key=entry.name,
+            name=name,
+            state=to_state_create(Running()),
+        )
+        client.request("POST", "/task_runs/", json=task_run.model_dump(mode="json", exclude_unset=True))
+        run = FlowRunCreate(
+            flow_id=self._flow_id,
+            name=name,
+            parameters={"project": entry.name},
+            tags=sorted(
+                {
+                    "langfuse-key-rotation",
+                    f"project:{entry.name}",
+                    "mode:scheduled",
+                    f"store:{entry.store}",
+                    f"fleet:{self.fleet_run_id}",
+                }
+            ),
+            parent_task_run_id=task_run.id,
+            state=to_state_create(Running()),
+        )
+        response = client.request("POST", "/flow_runs/", json=run.model_dump(mode="json", exclude_unset=True))
+        self._local.task_runs = {**getattr(self._local, "task_runs", {}), response.json()["id"]: task_run.id}
+        return str(response.json()["id"]), name
+
+    def finished(self, entry: ProjectEntry, run_id: str | None, result: RotationResult) -> None:
+        from prefect.client.schemas.actions import ArtifactCreate
+        from prefect.client.schemas.objects import State
+        from prefect.states import Completed, to_state_create
+
+        if run_id is None:
+            return
+        client = self._client()
+        client.request(
+            "POST",
+            "/artifacts/",
+            json=ArtifactCreate(
+                key=artifact_key(result),
+                type="markdown",
+                data=summary_markdown(result),
+                description=f"Langfuse key rotation of {result.project}: {result.status}",
+                flow_run_id=UUID(run_id),
+            ).model_dump(mode="json", exclude_unset=True),
+        )
+        state = final_state(result)
+        final: State[Any] = state if isinstance(state, State) else Completed()
+        body = {"state": to_state_create(final).model_dump(mode="json"), "force": True}
+        client.request("POST", f"/flow_runs/{run_id}/set_state", json=body)
+        task_run_id = getattr(self._local, "task_runs", {}).pop(run_id, None)
+        if task_run_id is not None:
+            client.request("POST", f"/task_runs/{task_run_id}/set_state", json=body)
+
+    def close(self) -> None:
+        with _OPEN_LOCK:
+            while _OPEN:
+                _OPEN.pop().__exit__(None, None, None)
+
+
+_OPEN: list[Any] = []
+_OPEN_LOCK = threading.Lock()
+
+
+def progress_artifact_sink(fleet_run_id: str) -> ProgressSink:
+    """A progress artifact on the fleet run, updated as entries finish."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
+
+    state: dict[str, Any] = {"id": None, "done": -1}
+
+    def sink(progress: FleetProgress, final: bool) -> None:
+        snap = progress.snapshot()
+        if snap["done"] == state["done"] and not final:
+            return
+        state["done"] = snap["done"]
+        percent = round(100.0 * snap["done"] / snap["total"], 1) if snap["total"] else 100.0
+        with get_client(sync_client=True) as client:
+            if state["id"] is None:
+                artifact = client.create_artifact(
+                    ArtifactCreate(
+                        key=PROGRESS_KEY,
+                        type="progress",
+                        data=percent,
+                        description=progress.line(),
+                        flow_run_id=UUID(fleet_run_id),
+                    )
+                )
+                state["id"] = artifact.id
+            else:
+                client.update_artifact(state["id"], ArtifactUpdate(data=percent, description=progress.line()))
+
+    return sink
+
+
+def publish_fleet_summary(result: FleetResult) -> None:
+    from prefect.artifacts import create_table_artifact
+
+    rows = [
+        {
+            "entry": e.project,
+            "status": e.status,
+            "old public key": e.old_public_key or "",
+            "new public key": e.new_public_key or "",
+            "store version": "" if e.store_version is None else str(e.store_version),
+            "duration (s)": round(e.duration_s, 2),
+            "failed step": e.failed_step or "",
+        }
+        for e in result.entries
+    ]
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts.items()) or "no entries"
+    create_table_artifact(
+        key=SUMMARY_KEY,
+        table=rows,
+        description=f"Langfuse fleet rotation: {result.status} ({counts}) in {result.duration_s:.1f}s",
+    )
+
+
+def fleet_final_state(result: FleetResult) -> Any:
+    """Completed when every entry is fine; a failed fleet's message starts with a status, so the
+    failure hook does not notify what the summary already did."""
+    from prefect.states import Completed, Failed
+
+    if result.status in {"rotated", "planned"}:
+        return result
+    bad = [e for e in result.entries if e.status not in {"rotated", "skipped", "planned"}]
+    named = ", ".join(f"{e.project} {e.status}" for e in bad[:20]) + (" ..." if len(bad) > 20 else "")
+    detail = result.error or f"{len(bad)} of {result.total} entries: {named}"
+    if result.status == "needs_attention":
+        return Completed(
+            message=f"needs_attention: fleet {result.status}: {detail}", name="NeedsAttention", data=result
+        )
+    return Failed(message=f"failed: fleet {result.status}: {detail}", data=result)
+
+
+def approval_runner(config_path: str | None) -> Any:
+    """Entries with ``approval: required`` run as their own ``rotate`` flow run, which can pause."""
+
+    def run(entry: ProjectEntry) -> RotationResult:
+        from prefect.client.schemas.objects import State
+
+        from flows.rotate import rotate
+
+        state = rotate(project=entry.name, config_path=config_path, return_state=True)
+        assert isinstance(state, State)
+        data = state.result(raise_on_failure=False)
+        if isinstance(data, RotationResult):
+            return data
+        return RotationResult(status="failed", project=entry.name, store=entry.store, error=state.message or "failed")
+
+    return run
+
+
+def run_fleet_flow(
+    flow_run_id: str,
+    *,
+    config_path: str | None,
+    entries: list[str] | None,
+    concurrency: int | None,
+    show_progress: bool,
+) -> Any:
+    """The body of the ``langfuse-key-rotation-all`` flow."""
+    from flows.config import load_config
+    from flows.fleet import run_fleet, terminal_progress_sink
+    from flows.lock import prefect_server_configured
+    from flows.orchestration import tag_flow_run
+
+    config: RotationConfig = load_config(config_path)
+    tag_flow_run(flow_run_id, project="all", mode="scheduled", store="all")
+    recorder = PrefectEntryRecorder(flow_run_id)
+    sinks: list[ProgressSink] = [progress_artifact_sink(flow_run_id)]
+    if show_progress:
+        sinks.append(terminal_progress_sink())
+    server = prefect_server_configured()
+    try:
+        result = run_fleet(
+            config,
+            config_path=config_path,
+            concurrency=concurrency,
+            only=entries,
+            recorder=recorder,
+            progress_sinks=sinks,
+            shared_pacing=server,
+            lock_with_prefect=server,
+            approval_runner=approval_runner(config_path),
+            fleet_run_id=flow_run_id,
+        )
+    finally:
+        recorder.close()
+    publish_fleet_summary(result)
+    return fleet_final_state(result)

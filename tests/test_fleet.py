@@ -1,0 +1,402 @@
+"""Fleet rotation (``rotate --all``): every entry concurrently, paced, one summary, partial failure.
+
+A small fleet (a dozen keys of one simulator project, each in its own store path, each with a
+consumer in ``devstack.fleet_consumers``) checks behaviour, not speed: the speed figures come from
+``benchmarks/fleet.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from connectors import pacing
+from connectors.keypair import KeyPair
+from connectors.langfuse import LangfuseAdminClient
+from connectors.store import SecretLocation
+from devstack.fleet_consumers import FleetConsumers
+from devstack.prefect_server import PrefectServer
+from flows.config import parse_config
+from flows.fleet import FleetResult, fleet_exit_code, run_fleet
+from flows.models import ExitCode, RotationResult
+from tests.fixtures.rotation import RotationEnv
+
+REPO = Path(__file__).resolve().parents[1]
+vault_only = pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+aws_only = pytest.mark.parametrize("any_store", ["aws"], indirect=True)
+
+
+@dataclass
+class Fleet:
+    env: RotationEnv
+    consumers: FleetConsumers
+    paths: dict[str, str]
+    originals: dict[str, str]
+
+    def config_dict(self, **top: Any) -> dict[str, Any]:
+        config = self.env.config_dict()
+        config["projects"] = [self.entry(name) for name in self.paths]
+        config.update(top)
+        return config
+
+    def entry(self, name: str) -> dict[str, Any]:
+        path = self.paths[name]
+        return {
+            "name": name,
+            "project_id": self.env.project.id,
+            "store": "main",
+            "path": path,
+            "consumers": [
+                {
+                    "name": "app",
+                    "health_url": self.consumers.health_url(path),
+                    "restart_url": self.consumers.restart_url(path),
+                }
+            ],
+            "wait_timeout_s": 4,
+            "grace_period_s": 0,
+            "canary_timeout_s": 5,
+            "revoke_recheck_s": 1,
+        }
+
+    def write_config(self, **top: Any) -> Path:
+        path = self.env.tmp / "fleet.yaml"
+        path.write_text(yaml.safe_dump(self.config_dict(**top), sort_keys=False))
+        return path
+
+    def config(self, **top: Any) -> Any:
+        return parse_config(yaml.safe_dump(self.config_dict(**top), sort_keys=False))
+
+    def current(self, name: str) -> str | None:
+        return self.env.store.store.describe(SecretLocation(path=self.paths[name])).current_public_key
+
+
+def _seed(env: RotationEnv, count: int, consumers: FleetConsumers) -> Fleet:
+    paths: dict[str, str] = {}
+    originals: dict[str, str] = {}
+    with LangfuseAdminClient(env.sim.url, env.sim.org_public_key, SecretStr(env.sim.org_secret_key)) as admin:
+        for i in range(count):
+            name = f"svc-{i:02d}"
+            pair = KeyPair.generate()
+            admin.create_api_key(env.project.id, pair, note=f"seed {name}")
+            path = f"{env.path}/{name}"
+            env.store.store.seed(SecretLocation(path=path), pair, env.sim.url)
+            paths[name] = path
+            originals[name] = pair.public_key
+            assert consumers.key_of(path) == pair.public_key  # the consumer starts on the seeded key
+    return Fleet(env=env, consumers=consumers, paths=paths, originals=originals)
+
+
+@pytest.fixture
+def fleet_factory(rotation_env: RotationEnv) -> Iterator[Any]:
+    started: list[FleetConsumers] = []
+
+    def make(count: int, *, restart_delay_s: float = 0.0) -> Fleet:
+        consumers = FleetConsumers(rotation_env.store.store, restart_delay_s=restart_delay_s).start()
+        started.append(consumers)
+        return _seed(rotation_env, count, consumers)
+
+    yield make
+    for consumers in started:
+        consumers.stop()
+
+
+# --- behaviour ----------------------------------------------------------------------------------
+
+
+@vault_only
+def test_every_entry_is_rotated_concurrently_and_the_waits_for_consumers_overlap(fleet_factory: Any) -> None:
+    fleet = fleet_factory(10, restart_delay_s=2.0)
+
+    result = run_fleet(fleet.config(), config_path=None, concurrency=10)
+
+    assert result.status == "rotated", [(e.project, e.status, e.error) for e in result.entries]
+    assert result.counts == {"rotated": 10}
+    assert result.exit_code == ExitCode.OK
+    for name in fleet.paths:
+        assert fleet.current(name) not in (None, fleet.originals[name])
+    # one after another the consumers alone would take 10 x 2 s
+    assert result.duration_s < 12, result.duration_s
+    waits = [s.duration_s for e in result.entries for s in e.steps if s.step == "wait_for_restarts"]
+    assert len(waits) == 10 and min(waits) >= 1.5
+
+
+@vault_only
+def test_one_failing_entry_rolls_back_alone_and_the_fleet_sends_one_summary(fleet_factory: Any) -> None:
+    fleet = fleet_factory(6)
+    fleet.consumers.configure(stuck=[fleet.paths["svc-03"]])
+
+    result = run_fleet(fleet.config(), config_path=None, concurrency=3)
+
+    by_name = {e.project: e for e in result.entries}
+    assert by_name["svc-03"].status == "rolled_back"
+    assert fleet.current("svc-03") == fleet.originals["svc-03"], "the failed entry keeps its old pair"
+    assert all(by_name[n].status == "rotated" for n in fleet.paths if n != "svc-03")
+    assert result.status == "partial"
+    assert result.counts == {"rolled_back": 1, "rotated": 5}
+    assert result.exit_code == ExitCode.FAILED
+    notes = fleet.env.sink.wait_for(1, timeout_s=10)
+    time.sleep(0.5)
+    notes = fleet.env.sink.received()
+    assert len(notes) == 1, [n.json["title"] for n in notes]
+    body = notes[0].json["message"]
+    assert "svc-03 (rolled_back)" in body
+    assert "rotated 5" in body
+    assert "svc-00" not in body, "successes are counted, not listed"
+
+
+def _result(status: str) -> RotationResult:
+    return RotationResult(status=status, project=status)  # type: ignore[arg-type]
+
+
+def test_the_exit_code_puts_a_person_first_then_failures_then_refusals() -> None:
+    assert fleet_exit_code([_result("rotated"), _result("skipped")]) == ExitCode.OK
+    assert fleet_exit_code([_result("rotated"), _result("in_progress")]) == ExitCode.IN_PROGRESS
+    assert fleet_exit_code([_result("in_progress"), _result("rolled_back")]) == ExitCode.FAILED
+    assert fleet_exit_code([_result("failed"), _result("needs_attention"), _result("in_progress")]) == (
+        ExitCode.NEEDS_ATTENTION
+    )
+
+
+@vault_only
+def test_a_429_storm_slows_the_whole_fleet_and_no_entry_fails(fleet_factory: Any) -> None:
+    fleet = fleet_factory(5)
+    fleet.env.sim.configure(rate_limits={"public-api": [12, 3]})
+    since = fleet.env.sim.requests()["next"]
+
+    result = run_fleet(fleet.config(), config_path=None, concurrency=5)
+
+    assert result.counts == {"rotated": 5}, [(e.project, e.error) for e in result.entries]
+    statuses = [r["status"] for r in fleet.env.sim.requests(since)["requests"]]
+    assert 429 in statuses, "the simulator's limit was reached"
+
+
+@vault_only
+def test_with_max_requests_per_min_below_the_servers_limit_no_request_is_refused(fleet_factory: Any) -> None:
+    fleet = fleet_factory(4)
+    fleet.env.sim.configure(rate_limits={"public-api": [20, 5], "ingestion": [20, 5]})
+    config = fleet.config_dict()
+    config["langfuse"]["max_requests_per_min"] = 200  # 16.7 per 5 s window, below 20
+    since = fleet.env.sim.requests()["next"]
+
+    result = run_fleet(parse_config(yaml.safe_dump(config)), config_path=None, concurrency=4)
+
+    assert result.counts == {"rotated": 4}
+    statuses = [r["status"] for r in fleet.env.sim.requests(since)["requests"]]
+    assert 429 not in statuses
+    assert len(statuses) >= 4 * 7
+
+
+@aws_only
+def test_aws_writes_are_paced_to_max_writes_per_s(fleet_factory: Any) -> None:
+    fleet = fleet_factory(4)
+    config = fleet.config_dict()
+    config["stores"]["main"]["max_writes_per_s"] = 4
+    key = pacing.aws_key(config["stores"]["main"]["region"], config["stores"]["main"].get("endpoint_url"))
+    before = pacing.requests[f"{key} paced"]
+
+    started = time.monotonic()
+    result = run_fleet(parse_config(yaml.safe_dump(config)), config_path=None, concurrency=4)
+    elapsed = time.monotonic() - started
+
+    assert result.counts == {"rotated": 4}
+    writes = pacing.requests[f"{key} paced"] - before
+    assert writes >= 8  # PutSecretValue + UpdateSecretVersionStage per entry at the least
+    assert elapsed >= (writes - 1) / 4
+
+
+def test_the_aws_store_paces_writes_at_40_per_second_unless_configured() -> None:
+    text = """
+langfuse: {host: http://127.0.0.1:1, org_public_key: pk-lf-x, org_secret_key: sk-lf-y}
+stores:
+  a: {kind: aws, region: us-east-1}
+  v: {kind: vault, url: http://127.0.0.1:8200, token: t}
+projects: []
+"""
+    config = parse_config(text)
+    assert config.stores["a"].max_writes_per_s == 40
+    assert config.stores["v"].max_writes_per_s is None
+    assert config.langfuse.max_requests_per_min is None
+    assert config.fleet.concurrency == 16 and config.fleet.skip_window_s == 30 * 86400
+
+
+@vault_only
+def test_entries_rotated_within_the_window_are_skipped(fleet_factory: Any) -> None:
+    fleet = fleet_factory(3)
+    first = run_fleet(fleet.config(), config_path=None, concurrency=3)
+    rotated = {n: fleet.current(n) for n in fleet.paths}
+
+    again = run_fleet(fleet.config(), config_path=None, concurrency=3)
+
+    assert first.counts == {"rotated": 3}
+    assert again.counts == {"skipped": 3} and again.status == "rotated" and again.exit_code == ExitCode.OK
+    assert {n: fleet.current(n) for n in fleet.paths} == rotated, "no key rotated twice"
+    off = run_fleet(fleet.config(fleet={"skip_if_rotated_within": 0}), config_path=None, concurrency=3)
+    assert off.counts == {"rotated": 3}
+
+
+# --- templates ----------------------------------------------------------------------------------
+
+
+@vault_only
+def test_the_template_generates_an_entry_per_matching_project_and_dry_run_lists_them(
+    fleet_factory: Any, rotation_env: RotationEnv
+) -> None:
+    fleet = fleet_factory(0)
+    sim = rotation_env.sim
+    names = [p.name for p in sim.projects]
+    for project in sim.projects:
+        pair = KeyPair(public_key=project.public_key, secret_key=SecretStr(project.secret_key))
+        rotation_env.store.store.seed(SecretLocation(path=f"{rotation_env.path}/{project.name}"), pair, sim.url)
+    config = fleet.config_dict()
+    config["projects"] = []
+    config["project_template"] = {
+        "include": ["sim-project-*"],
+        "exclude": [names[1]],
+        "name": "{project_name}",
+        "store": "main",
+        "path": f"{rotation_env.path}/{{project_name}}",
+        "consumers": [
+            {"name": "app", "health_url": fleet.consumers.health_url(f"{rotation_env.path}/{{project_name}}")}
+        ],
+        "grace_period_s": 0,
+    }
+    path = rotation_env.tmp / "template.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    proc = rotation_env.cli("rotate", "--config", str(path), "--all", "--dry-run", "--json")
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["status"] == "planned" and out["total"] == 1
+    assert [e["project"] for e in out["entries"]] == [names[0]]
+    assert out["template"] == [
+        {"project": names[0], "project_id": sim.projects[0].id, "entry": names[0], "problem": None}
+    ]
+    assert f"{names[0]}" in proc.stdout.split("\n")[1]
+
+
+# --- the command line under Prefect -------------------------------------------------------------
+
+
+@pytest.fixture
+def prefect_fleet(fleet_factory: Any, rotation_env: RotationEnv, prefect_server: PrefectServer) -> Any:
+    rotation_env.prefect_env = prefect_server.client_env(rotation_env.env)
+    return fleet_factory
+
+
+@vault_only
+def test_rotate_all_json_is_one_object_and_each_entry_is_its_own_flow_run(prefect_fleet: Any) -> None:
+    fleet = prefect_fleet(3)
+    fleet.consumers.configure(stuck=[fleet.paths["svc-01"]])
+    path = fleet.write_config()
+
+    proc = fleet.env.cli("rotate", "--config", str(path), "--all", "--concurrency", "3", "--json")
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(out) == {"status", "total", "counts", "entries", "duration_s", "prefect_flow_run_id"}
+    assert out["status"] == "partial" and out["total"] == 3
+    assert out["counts"] == {"rolled_back": 1, "rotated": 2}
+    assert {e["project"]: e["status"] for e in out["entries"]}["svc-01"] == "rolled_back"
+    assert all(e["prefect_flow_run_id"] for e in out["entries"])
+    _check_runs_in_prefect(out)
+
+
+def _check_runs_in_prefect(out: dict[str, Any]) -> None:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        parent = client.read_flow_run(UUID(out["prefect_flow_run_id"]))
+        assert parent.state is not None and parent.state.is_failed()
+        assert parent.state.message.startswith("failed: fleet partial")
+        for entry in out["entries"]:
+            run = client.read_flow_run(UUID(entry["prefect_flow_run_id"]))
+            assert run.name.startswith(f"rotate-{entry['project']}-")
+            assert {f"project:{entry['project']}", "mode:scheduled", f"fleet:{parent.id}"} <= set(run.tags)
+            assert run.state is not None
+            assert run.state.is_completed() == (entry["status"] == "rotated")
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
+            assert any("| step | outcome |" in str(a.data) for a in artifacts)
+        fleet_artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[parent.id]))
+        )
+        kinds = {a.key: a.type for a in fleet_artifacts}
+        assert kinds.get("langfuse-fleet-summary") == "table"
+        assert kinds.get("langfuse-fleet-progress") == "progress"
+        progress = next(a for a in fleet_artifacts if a.key == "langfuse-fleet-progress")
+        assert progress.data == 100.0
+
+
+@vault_only
+def test_a_killed_fleet_rerun_resumes_unfinished_entries_and_skips_rotated_ones(prefect_fleet: Any) -> None:
+    fleet = prefect_fleet(6, restart_delay_s=1.5)
+    path = fleet.write_config()
+    env = dict(fleet.env.prefect_env or fleet.env.env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "rotate", "--config", str(path), "--all", "--concurrency", "2"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        changed = [n for n in fleet.paths if fleet.current(n) != fleet.originals[n]]
+        if len(changed) >= 3:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    after_kill = {n: fleet.current(n) for n in fleet.paths}
+    changed = [n for n in fleet.paths if after_kill[n] != fleet.originals[n]]
+    assert 3 <= len(changed) < 6, "killed mid-fleet"
+
+    rerun = fleet.env.cli("rotate", "--config", str(path), "--all", "--concurrency", "3", "--json")
+
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    out = json.loads(rerun.stdout.strip().splitlines()[-1])
+    statuses = {e["project"]: e["status"] for e in out["entries"]}
+    assert set(statuses.values()) <= {"skipped", "rotated"}
+    assert statuses.values() and "skipped" in statuses.values()
+    for name in fleet.paths:
+        assert fleet.current(name) != fleet.originals[name]
+        if statuses[name] == "skipped":
+            assert fleet.current(name) == after_kill[name], "a skipped entry is not rotated again"
+    keys = [k for k in fleet.env.sim.keys() if k.get("projectId") == fleet.env.project.id]  # noqa: SIM118
+    ours = [k["publicKey"] for k in keys]
+    for name in fleet.paths:
+        assert fleet.originals[name] not in ours, f"{name}: its old key is revoked"
+        assert fleet.current(name) in ours
+
+
+def test_fleet_result_json_has_the_contract_keys() -> None:
+    result = FleetResult(status="rotated", total=0, counts={}, entries=[], duration_s=0.0)
+    assert set(json.loads(result.to_json_line())) == {
+        "status",
+        "total",
+        "counts",
+        "entries",
+        "duration_s",
+        "prefect_flow_run_id",
+    }
