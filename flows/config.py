@@ -406,6 +406,9 @@ class FleetConfig(_Strict):
     """``rotate --all`` and the ``quarterly`` deployment (README "Fleet rotation")."""
 
     concurrency: int = Field(default=16, ge=1, le=512)
+    batch_size: int | None = Field(default=None, ge=1)
+    """Set: the fleet run hands batches of this many entries to ``batch_deployment`` on the work pool."""
+    batch_deployment: str = "langfuse-key-rotation-all/fleet-batch"
     skip_if_rotated_within: str | float = "30d"
     """Entries rotated this recently are ``skipped`` (a number is days; ``"12h"``, ``"0"`` turns it off)."""
 

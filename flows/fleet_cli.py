@@ -32,10 +32,24 @@ def rotate_all_command(args: argparse.Namespace, prog: str) -> int:
         result = run_fleet(config, config_path=path, concurrency=args.concurrency, dry_run=True, progress_sinks=sinks)
     else:
         result = _under_prefect(path, args.concurrency, show_progress=bool(sinks))
+    _write_request_counts()
     print_fleet(result, prog)
     if args.json:
         print(result.to_json_line())
     return int(result.exit_code)
+
+
+def _write_request_counts() -> None:
+    """For ``benchmarks/fleet.py``: the requests this process made, by connector (no secrets)."""
+    import json
+    import os
+
+    target = os.environ.get("LANGFUSE_ROTATE_REQUEST_COUNTS")
+    if target:
+        from connectors import pacing
+
+        with open(target, "w") as file:
+            json.dump(dict(pacing.requests), file)
 
 
 def _under_prefect(path: str, concurrency: int | None, *, show_progress: bool) -> FleetResult:

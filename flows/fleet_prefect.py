@@ -169,6 +169,8 @@ def publish_fleet_summary(result: FleetResult) -> None:
             "store version": "" if e.store_version is None else str(e.store_version),
             "duration (s)": round(e.duration_s, 2),
             "failed step": e.failed_step or "",
+            "error": e.error or "",
+            "flow run": e.prefect_flow_run_id or "",
         }
         for e in result.entries
     ]
@@ -222,8 +224,10 @@ def run_fleet_flow(
     entries: list[str] | None,
     concurrency: int | None,
     show_progress: bool,
+    summary: bool = True,
 ) -> Any:
-    """The body of the ``langfuse-key-rotation-all`` flow."""
+    """The body of the ``langfuse-key-rotation-all`` flow: the whole fleet here, or (``fleet.batch_size``
+    with a Prefect server) handed out in batches to the work pool."""
     from flows.config import load_config
     from flows.fleet import run_fleet, terminal_progress_sink
     from flows.lock import prefect_server_configured
@@ -236,6 +240,12 @@ def run_fleet_flow(
     if show_progress:
         sinks.append(terminal_progress_sink())
     server = prefect_server_configured()
+    if entries is None and config.fleet.batch_size and server:
+        from flows.fleet_batches import run_in_batches
+
+        result = run_in_batches(config, config_path=config_path, concurrency=concurrency, fleet_run_id=flow_run_id)
+        publish_fleet_summary(result)
+        return fleet_final_state(result)
     try:
         result = run_fleet(
             config,
@@ -248,6 +258,7 @@ def run_fleet_flow(
             lock_with_prefect=server,
             approval_runner=approval_runner(config_path),
             fleet_run_id=flow_run_id,
+            notify_summary=summary,
         )
     finally:
         recorder.close()

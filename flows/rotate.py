@@ -67,9 +67,11 @@ def rotate_all(
     entries: list[str] | None = None,
     concurrency: int | None = None,
     show_progress: bool = False,
+    summary: bool = True,
 ) -> Any:
     """Rotate every configured entry concurrently (README "Fleet rotation"); ``entries`` limits the
-    run to some of them. Each entry is recorded as its own flow run."""
+    run to some of them (a batch: ``summary`` off, the fleet run that started it notifies). Each
+    entry is recorded as its own flow run."""
     from flows.fleet_prefect import run_fleet_flow
 
     refuse_job_overrides()
@@ -77,5 +79,10 @@ def rotate_all(
     with flow_run_audit("rotate", None, config_path, flow_run_id):
         load_config(config_path)  # a bad config is audited and fails here, as for one entry
     return run_fleet_flow(
-        flow_run_id, config_path=config_path, entries=entries, concurrency=concurrency, show_progress=show_progress
+        flow_run_id,
+        config_path=config_path,
+        entries=entries,
+        concurrency=concurrency,
+        show_progress=show_progress,
+        summary=summary,
     )

@@ -47,6 +47,7 @@ class Stack:
     server: PrefectServer
     config_path: Path
     worker_log: Path
+    second_worker_log: Path
 
     def write_config(self, env: RotationEnv) -> None:
         """The worker's ``LANGFUSE_ROTATE_CONFIG``: the test's entry, with the Vault token taken from
@@ -56,7 +57,7 @@ class Stack:
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def worker_output(self) -> str:
-        return self.worker_log.read_text(errors="replace")[-4000:]
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in (self.worker_log, self.second_worker_log))
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,7 @@ def stack(
     config_path = home / "etc" / "rotation.yaml"
     config_path.parent.mkdir()
     worker_log = home / "worker.log"
+    second_worker_log = home / "worker-b.log"
     with PrefectServer() as server:
         cli_env = server.client_env()
 
@@ -104,25 +106,34 @@ def stack(
             PREFECT_WORKER_PREFETCH_SECONDS="1",
             PYTHONPATH="",
         )
-        with worker_log.open("wb") as log:
-            worker = subprocess.Popen(
-                [_prefect(), "worker", "start", "--pool", POOL, "--type", "process"],
-                env=worker_env,
-                cwd=worker_dir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        workers = []
+        # Two process workers on the one pool: fleet batches spread over them (Prefect schedules).
+        for name, log_path in (("worker-a", worker_log), ("worker-b", second_worker_log)):
+            with log_path.open("wb") as log:
+                workers.append(
+                    subprocess.Popen(
+                        [_prefect(), "worker", "start", "--pool", POOL, "--type", "process", "--name", name],
+                        env=worker_env,
+                        cwd=worker_dir,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
         try:
             with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-                yield Stack(server=server, config_path=config_path, worker_log=worker_log)
+                yield Stack(
+                    server=server, config_path=config_path, worker_log=worker_log, second_worker_log=second_worker_log
+                )
         finally:
-            os.killpg(worker.pid, 15)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, 9)
-                worker.wait(10)
+            for worker in workers:
+                os.killpg(worker.pid, 15)
+            for worker in workers:
+                try:
+                    worker.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(worker.pid, 9)
+                    worker.wait(10)
 
 
 def run_deployment_and_wait(stack: Stack, name: str, **parameters: Any) -> Any:
@@ -259,7 +270,7 @@ def test_the_quarterly_deployment_rotates_every_entry_as_its_own_run_and_fails_i
 
     assert re.fullmatch(r"rotate-all-\d{8}-\d{4}", run.name)
     assert run.state.is_failed(), f"{run.state.message}\n{stack.worker_output()}"
-    assert run.state.message.startswith("failed: 1 of 2 entries did not complete: no-secret-yet")
+    assert run.state.message.startswith("failed: fleet partial: 1 of 2 entries: no-secret-yet failed")
     with get_client(sync_client=True) as client:
         children = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]))
@@ -329,6 +340,69 @@ def test_the_reconcile_deployment_fails_when_an_entry_could_not_be_reconciled(
 
 
 @vault_only
+def test_a_fleet_with_batch_size_hands_batches_to_the_pool_and_reports_every_entry(
+    stack: Stack, rotation_env: RotationEnv
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from pydantic import SecretStr
+
+    from connectors.keypair import KeyPair
+    from connectors.langfuse import LangfuseAdminClient
+    from connectors.store import SecretLocation
+
+    sim = rotation_env.sim
+    with LangfuseAdminClient(sim.url, sim.org_public_key, SecretStr(sim.org_secret_key)) as admin:
+        for i in range(3):
+            pair = KeyPair.generate()
+            admin.create_api_key(rotation_env.project.id, pair, note="seed")
+            path = f"{rotation_env.path}/svc-{i}"
+            rotation_env.store.store.seed(SecretLocation(path=path), pair, sim.url)
+            rotation_env.extra_entries.append(
+                {
+                    "name": f"svc-{i}",
+                    "project_id": rotation_env.project.id,
+                    "store": "main",
+                    "path": path,
+                    "grace_period_s": 0,
+                    "canary_timeout_s": 5,
+                }
+            )
+    rotation_env.top_overrides = {"fleet": {"batch_size": 2}}
+    stack.write_config(rotation_env)
+
+    run = run_deployment_and_wait(stack, "langfuse-key-rotation-all/quarterly")
+
+    assert run.state.is_completed(), f"{run.state.message}\n{stack.worker_output()}"
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]))
+        )
+        deployments = {d.id: d.name for d in client.read_deployments()}
+    batches = [c for c in children if deployments.get(c.deployment_id) == "fleet-batch"]
+    assert len(batches) == 2 and all(b.state is not None and b.state.is_completed() for b in batches)
+    assert all(b.work_pool_name == POOL for b in batches)
+    summary = [a for a in _artifacts(run) if a.key == "langfuse-fleet-summary"]
+    rows = summary[0].data if isinstance(summary[0].data, list) else json.loads(summary[0].data)
+    assert sorted(r["entry"] for r in rows) == sorted([ENTRY, "svc-0", "svc-1", "svc-2"])
+    assert {r["status"] for r in rows} == {"rotated"}
+    notes = rotation_env.sink.wait_for(1, timeout_s=30)
+    assert len(notes) == 1 and "4 rotated" in notes[0].json["title"], [n.json["title"] for n in notes]
+    ran_on = {p.name: p.read_text(errors="replace") for p in (stack.worker_log, stack.second_worker_log)}
+    print({name: sum(str(b.id) in log for b in batches) for name, log in ran_on.items()})
+
+
+def _artifacts(run: Any) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return list(
+            client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+        )
+
+
+@vault_only
 def test_the_reconcile_deployment_leaves_a_named_run_with_a_summary_per_entry(
     stack: Stack, rotation_env: RotationEnv
 ) -> None:
@@ -352,7 +426,7 @@ def test_the_yaml_schedules_rotation_quarterly_and_reconcile_daily_and_leaves_em
     with get_client(sync_client=True) as client:
         deployments = {d.name: d for d in client.read_deployments()}
 
-    assert set(deployments) == {"quarterly", "rotate", "emergency-rotation", "reconcile", "compliance"}
+    assert set(deployments) == {"quarterly", "fleet-batch", "rotate", "emergency-rotation", "reconcile", "compliance"}
     schedules = {name: [s.schedule for s in d.schedules] for name, d in deployments.items()}
     (quarterly,) = schedules["quarterly"]
     assert (quarterly.cron, quarterly.timezone) == ("0 3 1 1,4,7,10 *", "Europe/Berlin")
@@ -360,7 +434,7 @@ def test_the_yaml_schedules_rotation_quarterly_and_reconcile_daily_and_leaves_em
     assert daily.cron.endswith("* * *") and daily.timezone == "Europe/Berlin"
     (report,) = schedules["compliance"]
     assert report.cron.endswith("* * *") and report.timezone == "Europe/Berlin"
-    assert schedules["rotate"] == schedules["emergency-rotation"] == []
+    assert schedules["rotate"] == schedules["emergency-rotation"] == schedules["fleet-batch"] == []
     assert all(d.work_pool_name == POOL for d in deployments.values())
     # Parameters are names only: no deployment carries a default beyond the entry name.
     assert all(not d.parameters for d in deployments.values())

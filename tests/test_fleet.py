@@ -400,3 +400,46 @@ def test_fleet_result_json_has_the_contract_keys() -> None:
         "duration_s",
         "prefect_flow_run_id",
     }
+
+
+_WORKER = """
+import json, sys, time
+from flows.pacing import Pacer, SharedBudget
+name, rate, count = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+pacer = Pacer(rate, shared=SharedBudget(name, rate))
+stamps = []
+for _ in range(count):
+    pacer.acquire()
+    stamps.append(time.time())
+print(json.dumps(stamps))
+"""
+
+
+def test_two_workers_share_one_budget_through_a_prefect_global_concurrency_limit(
+    prefect_server: PrefectServer,
+) -> None:
+    from flows.pacing import SharedBudget
+
+    rate, count = 10.0, 25
+    budget = SharedBudget(f"langfuse-rotate-pace-test-{os.getpid()}-{time.monotonic_ns()}", rate)
+    budget.ensure()
+    env = prefect_server.client_env()
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, budget.name, str(rate), str(count)],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    stamps = sorted(t for w in workers for t in json.loads(w.communicate(timeout=120)[0]))
+
+    # Alone, each worker would take (count - 1) / rate = 2.4 s; sharing the budget, both together
+    # get `rate` permits per second (plus one batch each at the start).
+    assert len(stamps) == 2 * count
+    assert stamps[-1] - stamps[0] >= (2 * count - 2 * budget.batch) / rate - 0.5
+    for i, start in enumerate(stamps):
+        in_one_second = sum(1 for t in stamps[i:] if t < start + 1.0)
+        assert in_one_second <= rate + 2 * budget.batch

@@ -1,0 +1,331 @@
+"""Fleet rotation on the local stack: ``rotate --all`` for 100, 1,000 and 2,000 entries.
+
+    .venv/bin/python benchmarks/fleet.py [--sizes 100,1000,2000] [--concurrency 16] [--paced 100]
+                                         [--store vault|aws] [--json FILE]
+
+The stack: the Langfuse simulator (one subprocess, ``--projects 100``, entries spread over the
+projects as several keys each), OpenBao (or moto with ``--store aws``), a Prefect server on
+PostgreSQL (SQLite when PostgreSQL is not reachable), and ``devstack.fleet_consumers`` (one
+subprocess standing for every entry's consumer, switching at once on restart); no grace period,
+canaries visible after 0.1 s. Each size is seeded fresh (keys created in Langfuse, pairs stored),
+then ``langfuse-rotate rotate --all --json`` runs as a subprocess against the Prefect server.
+
+Figures per size: wall time of the command, time per entry, peak RSS of the command's process
+tree (sampled every 0.1 s), Langfuse requests per entry by endpoint (the simulator's request log),
+store requests per entry (the rotator's own count, ``connectors.pacing``, written by the command
+when ``LANGFUSE_ROTATE_REQUEST_COUNTS`` names a file), 429s, and the 2,000/1,000 ratio. The
+``--paced`` run rotates that many entries with the simulator limiting the ``public-api`` and
+``ingestion`` buckets to 1,200/min and ``langfuse.max_requests_per_min: 1000``: it must see zero 429s.
+
+Targets (issue 11): 1,000 entries <= 120 s, peak RSS <= 600 MB, <= 8 Langfuse requests per
+entry (canary and revocation probe included), zero 429s when paced below the server's limit,
+2,000-entry time <= 2.1 x the 1,000-entry time. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+import yaml  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
+
+from connectors.keypair import KeyPair  # noqa: E402
+from connectors.langfuse import LangfuseAdminClient  # noqa: E402
+from connectors.store import SecretLocation, SecretStore  # noqa: E402
+from devstack.langfuse_sim.control import SimulatorControl  # noqa: E402
+from devstack.openbao import OpenBaoServer  # noqa: E402
+from devstack.prefect_server import PrefectServer  # noqa: E402
+
+PROJECTS = 100
+_ID = re.compile(r"/(c[a-z0-9]{20,}|[0-9a-f-]{32,36}|pk-lf-[0-9a-f-]+)")
+
+
+def endpoint(method: str, path: str) -> str:
+    return f"{method} {_ID.sub('/{id}', path.split('?')[0])}"
+
+
+@contextlib.contextmanager
+def process(
+    cmd: list[str], env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    try:
+        yield proc, json.loads(line)
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants, in MB."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        todo += children.get(current, [])
+    return total / 1024
+
+
+def seed(count: int, sim: dict[str, Any], store: SecretStore, tag: str) -> dict[str, str]:
+    """``count`` keys spread over the simulator's projects, each stored at its own path."""
+    projects = sim["projects"]
+    paths: dict[str, str] = {}
+    lock = threading.Lock()
+
+    def one(i: int, admin: LangfuseAdminClient) -> None:
+        project = projects[i % len(projects)]
+        pair = KeyPair.generate()
+        admin.create_api_key(project["id"], pair, note=f"bench seed {i}")
+        path = f"bench/{tag}/svc-{i:04d}"
+        store.seed(SecretLocation(path=path), pair, sim["url"])
+        with lock:
+            paths[f"svc-{i:04d}|{project['id']}"] = path
+
+    def worker(indices: list[int]) -> None:
+        with LangfuseAdminClient(sim["url"], sim["org_public_key"], SecretStr(sim["org_secret_key"])) as admin:
+            for i in indices:
+                one(i, admin)
+
+    threads = [threading.Thread(target=worker, args=(list(range(k, count, 8)),)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return paths
+
+
+def config_for(
+    sim: dict[str, Any],
+    store_config: dict[str, Any],
+    paths: dict[str, str],
+    consumers_url: str,
+    tmp: Path,
+    **langfuse: Any,
+) -> Path:
+    entries = []
+    for key, path in sorted(paths.items()):
+        name, project_id = key.split("|")
+        entries.append(
+            {
+                "name": name,
+                "project_id": project_id,
+                "store": "main",
+                "path": path,
+                "consumers": [
+                    {
+                        "name": "app",
+                        "health_url": f"{consumers_url}/health?path={path}",
+                        "restart_url": f"{consumers_url}/restart?path={path}",
+                    }
+                ],
+                "wait_timeout_s": 60,
+                "grace_period_s": 0,
+                "canary_timeout_s": 30,
+                "revoke_recheck_s": 1,
+            }
+        )
+    config = {
+        "langfuse": {
+            "host": sim["url"],
+            "org_public_key": sim["org_public_key"],
+            "org_secret_key": "${BENCH_ORG_SECRET_KEY}",
+            "timeout_s": 30,
+            **langfuse,
+        },
+        "stores": {"main": store_config},
+        "projects": entries,
+        "audit": {"path": str(tmp / "audit.jsonl")},
+        "fleet": {"skip_if_rotated_within": 0},
+    }
+    path = tmp / f"fleet-{len(entries)}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_fleet(config: Path, env: dict[str, str], concurrency: int, tmp: Path) -> dict[str, Any]:
+    counts_file = tmp / f"counts-{time.monotonic_ns()}.json"
+    env = {**env, "LANGFUSE_ROTATE_REQUEST_COUNTS": str(counts_file)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "rotate",
+        "--all",
+        "--config",
+        str(config),
+        "--json",
+        "--concurrency",
+        str(concurrency),
+    ]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_mb(proc.pid))
+        time.sleep(0.1)
+    wall = time.monotonic() - started
+    out, err = proc.communicate()
+    lines = out.strip().splitlines()
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise SystemExit(
+            f"rotate --all printed no JSON (exit {proc.returncode}):\n{out[-2000:]}\n{err[-3000:]}"
+        ) from None
+    counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
+    return {"wall_s": wall, "peak_rss_mb": peak, "exit": proc.returncode, "result": result, "store_counts": counts}
+
+
+def measure(size: int, args: argparse.Namespace, stack: dict[str, Any], paced: bool = False) -> dict[str, Any]:
+    sim, control, store, store_config = stack["sim"], stack["control"], stack["store"], stack["store_config"]
+    control.reset()
+    control.configure(ingestion_delay_s=0.1, otel_delay_s=0.1, cache_mode="off")
+    tag = f"{size}-{time.monotonic_ns()}"
+    began = time.monotonic()
+    paths = seed(size, sim, store, tag)
+    seeded = time.monotonic() - began
+    langfuse: dict[str, Any] = {}
+    if paced:
+        control.configure(rate_limits={"public-api": [1200, 60], "ingestion": [1200, 60]})
+        langfuse["max_requests_per_min"] = 1000
+    config = config_for(sim, store_config, paths, stack["consumers_url"], stack["tmp"], **langfuse)
+    mark = control.requests(0)["next"]
+    figures = run_fleet(config, stack["env"], args.concurrency, stack["tmp"])
+    log = _requests_since(control, mark)
+    by_endpoint = Counter(endpoint(r["method"], r["path"]) for r in log)
+    result = figures["result"]
+    store_requests = sum(
+        v for k, v in figures["store_counts"].items() if k.startswith("store ") and not k.endswith((" paced", " 429"))
+    )
+    row = {
+        "entries": size,
+        "paced": paced,
+        "seed_s": round(seeded, 1),
+        "wall_s": round(figures["wall_s"], 1),
+        "per_entry_ms": round(1000 * figures["wall_s"] / size, 1),
+        "peak_rss_mb": round(figures["peak_rss_mb"]),
+        "status": result["status"],
+        "counts": result["counts"],
+        "exit": figures["exit"],
+        "langfuse_per_entry": round(len(log) / size, 2),
+        "langfuse_by_endpoint": {k: round(v / size, 2) for k, v in sorted(by_endpoint.items())},
+        "store_per_entry": round(store_requests / size, 2),
+        "store_writes_per_entry": round(
+            sum(v for k, v in figures["store_counts"].items() if k.endswith(" paced") and k.startswith("store")) / size,
+            2,
+        ),
+        "http_429": sum(1 for r in log if r["status"] == 429),
+    }
+    print(json.dumps(row), flush=True)
+    control.configure(rate_limits=None)
+    return row
+
+
+def _requests_since(control: SimulatorControl, mark: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    while True:
+        page = control.requests(mark)
+        out += page["requests"]
+        if not page["requests"] or page["next"] == mark:
+            return out
+        mark = page["next"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100,1000,2000")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--paced", type=int, default=100, help="entries in the paced run (0: skip it)")
+    parser.add_argument("--store", choices=["vault", "aws"], default="vault")
+    parser.add_argument("--json", help="write the rows to this file")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="langfuse-rotate-fleet-bench-"))
+    rows: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        _, sim = stack.enter_context(
+            process([sys.executable, "-m", "devstack.langfuse_sim", "--port", "0", "--projects", str(PROJECTS)])
+        )
+        control = SimulatorControl(sim["url"])
+        if args.store == "vault":
+            from connectors.vault import VaultStore
+
+            bao = stack.enter_context(OpenBaoServer())
+            store: SecretStore = VaultStore(bao.url, token=SecretStr(bao.root_token), mount="secret", timeout_s=30)
+            store_config: dict[str, Any] = {"kind": "vault", "url": bao.url, "token": bao.root_token, "timeout_s": 30}
+            consumer_args = ["--store", "vault", "--vault-url", bao.url, "--vault-token", bao.root_token]
+        else:
+            from connectors.aws_secrets import AwsSecretsStore
+            from devstack.moto_server import MotoServer
+
+            os.environ.update(
+                AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
+            )
+            moto = stack.enter_context(MotoServer())
+            store = AwsSecretsStore(region="us-east-1", endpoint_url=moto.url, timeout_s=30)
+            store_config = {"kind": "aws", "region": "us-east-1", "endpoint_url": moto.url, "timeout_s": 30}
+            consumer_args = ["--store", "aws", "--aws-endpoint-url", moto.url]
+        _, consumers = stack.enter_context(process([sys.executable, "-m", "devstack.fleet_consumers", *consumer_args]))
+        server = stack.enter_context(PrefectServer())
+        env = server.client_env()
+        env.update(
+            BENCH_ORG_SECRET_KEY=sim["org_secret_key"],
+            PREFECT_LOGGING_LEVEL="WARNING",
+            LANGFUSE_ROTATE_LOCK_DIR=str(tmp / "locks"),
+        )
+        bench = {
+            "sim": sim,
+            "control": control,
+            "store": store,
+            "store_config": store_config,
+            "tmp": tmp,
+            "consumers_url": consumers["url"],
+            "env": env,
+        }
+        httpx.get(f"{consumers['url']}/health?path=warmup", timeout=5)
+        for size in [int(s) for s in args.sizes.split(",") if s]:
+            rows.append(measure(size, args, bench))
+        if args.paced:
+            rows.append(measure(args.paced, args, bench, paced=True))
+    by_size = {r["entries"]: r for r in rows if not r["paced"]}
+    if 1000 in by_size and 2000 in by_size:
+        print(f"2,000/1,000 ratio: {by_size[2000]['wall_s'] / by_size[1000]['wall_s']:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
