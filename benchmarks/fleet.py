@@ -191,13 +191,17 @@ def run_fleet(config: Path, env: dict[str, str], concurrency: int, tmp: Path) ->
         str(concurrency),
     ]
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr_path = tmp / f"stderr-{time.monotonic_ns()}.log"
+    stdout_path = tmp / f"stdout-{time.monotonic_ns()}.log"
+    with stderr_path.open("w") as stderr, stdout_path.open("w") as stdout:  # files: a full pipe would block it
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=stdout, stderr=stderr, text=True)
     peak = 0.0
     while proc.poll() is None:
         peak = max(peak, tree_rss_mb(proc.pid))
         time.sleep(0.1)
     wall = time.monotonic() - started
-    out, err = proc.communicate()
+    proc.wait()
+    out, err = stdout_path.read_text(errors="replace"), stderr_path.read_text(errors="replace")
     lines = out.strip().splitlines()
     try:
         result = json.loads(lines[-1])

@@ -42,6 +42,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, fi
 
 from connectors.errors import ConsumerError
 from connectors.http_limits import BodyTooLargeError, deadline, deadline_transport, read_capped
+from connectors.tls import shared_ssl_context
 from connectors.urls import RedactedUrl
 
 __all__ = ["Consumer", "ConsumerClient", "ConsumerObservation", "WaitOutcome"]
@@ -232,7 +233,7 @@ class ConsumerClient:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._http = httpx.Client(
-            transport=transport if transport is not None else deadline_transport(),
+            transport=transport if transport is not None else deadline_transport(verify=shared_ssl_context()),
             follow_redirects=False,
             trust_env=False,
         )

@@ -2,19 +2,20 @@
 
 Each entry's checklist runs directly in the fleet run's process (a flow run and eight task runs
 per entry would cost the fleet more than the work itself: README "Fleet rotation"), and is
-recorded as its own flow run as it goes: ``rotate-<entry>-<YYYYMMDD-HHMM>``, tagged like a single
-rotation plus ``fleet:<fleet run id>``, a child of the fleet run, Running while it works and then
-Completed or Failed with the same state message, with the step-table artifact
-``langfuse-rotation-<entry>``. The fleet run itself publishes ``langfuse-fleet-progress`` (a
+recorded as its own flow run when it finishes: ``rotate-<entry>-<YYYYMMDD-HHMM>``, tagged like a
+single rotation plus ``fleet:<fleet run id>``, Completed or Failed with the same state message as a
+single rotation, with the step-table artifact ``langfuse-rotation-<entry>``.
+The fleet run itself publishes ``langfuse-fleet-progress`` (a
 progress artifact updated as entries finish) and ``langfuse-fleet-summary`` (one row per entry).
 """
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from flows.artifact import artifact_key, summary_markdown
 from flows.config import ProjectEntry, RotationConfig
@@ -28,9 +29,15 @@ SUMMARY_KEY = "langfuse-fleet-summary"
 
 
 class PrefectEntryRecorder:
-    """Records each entry of a fleet run as a child flow run of it (a few API calls per entry)."""
+    """Records each finished entry of a fleet run as its own flow run, in the background.
+
+    Two API calls per entry (the flow run, created in its final state, and its artifact): the
+    Prefect server's throughput, not the rotations, bounds a large fleet (README "Fleet rotation").
+    ``close`` waits until every record is written; each entry's result then carries its run's id.
+    """
 
     orchestrator = "prefect"
+    writers = 4
 
     def __init__(self, fleet_run_id: str) -> None:
         from prefect.client.orchestration import get_client
@@ -38,6 +45,9 @@ class PrefectEntryRecorder:
 
         self.fleet_run_id = fleet_run_id
         self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="fleet-record")
+        self._pending: list[Future[None]] = []
+        self.failures = 0
         with get_client(sync_client=True) as client:
             response = client.request("POST", "/flows/", json=FlowCreate(name=ENTRY_FLOW_NAME).model_dump(mode="json"))
             self._flow_id = UUID(response.json()["id"])
@@ -55,20 +65,22 @@ class PrefectEntryRecorder:
         return client
 
     def started(self, entry: ProjectEntry) -> tuple[str | None, str | None]:
-        from prefect.client.schemas.actions import FlowRunCreate, TaskRunCreate
-        from prefect.states import Running, to_state_create
+        """The fleet run is the run of record while the entry works (audit log, staged record)."""
+        return self.fleet_run_id, f"rotate-{entry.name}-{datetime.now(UTC):%Y%m%d-%H%M}"
+
+    def finished(self, entry: ProjectEntry, run_id: str | None, result: RotationResult) -> None:
+        name = f"rotate-{entry.name}-{(result.started_at or datetime.now(UTC)):%Y%m%d-%H%M}"
+        self._pending.append(self._pool.submit(self._record, entry, name, result))
+
+    def _record(self, entry: ProjectEntry, name: str, result: RotationResult) -> None:
+        from prefect.client.schemas.actions import ArtifactCreate, FlowRunCreate
+        from prefect.client.schemas.objects import State
+        from prefect.states import Completed, to_state_create
 
         client = self._client()
-        name = f"rotate-{entry.name}-{datetime.now(UTC):%Y%m%d-%H%M}"
-        task_run = TaskRunCreate(
-            id=uuid4(),
-            flow_run_id=UUID(self.fleet_run_id),
-            task_key=f"fleet-entry-{entry.name}",
-            dynamic_key=entry.name,
-            name=name,
-            state=to_state_create(Running()),
-        )
-        client.request("POST", "/task_runs/", json=task_run.model_dump(mode="json", exclude_unset=True))
+        state = final_state(result)
+        final: State[Any] = state if isinstance(state, State) else Completed()
+        final.data = None
         run = FlowRunCreate(
             flow_id=self._flow_id,
             name=name,
@@ -82,41 +94,30 @@ class PrefectEntryRecorder:
                     f"fleet:{self.fleet_run_id}",
                 }
             ),
-            parent_task_run_id=task_run.id,
-            state=to_state_create(Running()),
+            state=to_state_create(final),
         )
-        response = client.request("POST", "/flow_runs/", json=run.model_dump(mode="json", exclude_unset=True))
-        self._local.task_runs = {**getattr(self._local, "task_runs", {}), response.json()["id"]: task_run.id}
-        return str(response.json()["id"]), name
-
-    def finished(self, entry: ProjectEntry, run_id: str | None, result: RotationResult) -> None:
-        from prefect.client.schemas.actions import ArtifactCreate
-        from prefect.client.schemas.objects import State
-        from prefect.states import Completed, to_state_create
-
-        if run_id is None:
-            return
-        client = self._client()
-        client.request(
-            "POST",
-            "/artifacts/",
-            json=ArtifactCreate(
-                key=artifact_key(result),
-                type="markdown",
-                data=summary_markdown(result),
-                description=f"Langfuse key rotation of {result.project}: {result.status}",
-                flow_run_id=UUID(run_id),
-            ).model_dump(mode="json", exclude_unset=True),
-        )
-        state = final_state(result)
-        final: State[Any] = state if isinstance(state, State) else Completed()
-        body = {"state": to_state_create(final).model_dump(mode="json"), "force": True}
-        client.request("POST", f"/flow_runs/{run_id}/set_state", json=body)
-        task_run_id = getattr(self._local, "task_runs", {}).pop(run_id, None)
-        if task_run_id is not None:
-            client.request("POST", f"/task_runs/{task_run_id}/set_state", json=body)
+        try:
+            response = client.request("POST", "/flow_runs/", json=run.model_dump(mode="json", exclude_unset=True))
+            run_id = str(response.json()["id"])
+            result.prefect_flow_run_id = run_id
+            client.request(
+                "POST",
+                "/artifacts/",
+                json=ArtifactCreate(
+                    key=artifact_key(result),
+                    type="markdown",
+                    data=summary_markdown(result),
+                    description=f"Langfuse key rotation of {result.project}: {result.status}",
+                    flow_run_id=UUID(run_id),
+                ).model_dump(mode="json", exclude_unset=True),
+            )
+        except Exception:  # a record that cannot be written never changes the rotation's outcome
+            self.failures += 1
 
     def close(self) -> None:
+        for future in self._pending:
+            future.result()
+        self._pool.shutdown()
         with _OPEN_LOCK:
             while _OPEN:
                 _OPEN.pop().__exit__(None, None, None)
@@ -240,6 +241,12 @@ def run_fleet_flow(
     if show_progress:
         sinks.append(terminal_progress_sink())
     server = prefect_server_configured()
+    if server:
+        from flows.lock import _rest_api
+
+        rest = _rest_api()
+        if rest is not None:
+            rest.preload_limits()  # one listing instead of one create-or-exists per entry
     if entries is None and config.fleet.batch_size and server:
         from flows.fleet_batches import run_in_batches
 

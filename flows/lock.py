@@ -32,6 +32,10 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flows.prefect_rest import PrefectRest
 
 from flows.config import ConfigError
 
@@ -219,8 +223,30 @@ def prefect_lock(entry: str, *, wait_s: float, lease_s: int) -> Iterator[None]:
 @contextlib.contextmanager
 def entry_lock(entry: str, *, wait_s: float, lease_s: int, use_prefect: bool) -> Iterator[None]:
     with local_lock(entry, wait_s=wait_s):
-        if use_prefect and prefect_server_configured():
+        rest = _rest_api() if use_prefect else None
+        if rest is not None:
+            # PREFECT_API_URL in the environment: the same limit and lease file over plain HTTP
+            # (flows.prefect_rest: no ``import prefect``, no queueing behind other entries).
+            from flows.prefect_rest import rest_prefect_lock
+
+            with rest_prefect_lock(rest, entry, wait_s=wait_s, lease_s=lease_s):
+                yield
+        elif use_prefect and prefect_server_configured():
             with prefect_lock(entry, wait_s=wait_s, lease_s=lease_s):
                 yield
         else:
             yield
+
+
+_rest: list[PrefectRest | None] = []
+
+
+def _rest_api() -> PrefectRest | None:
+    """One ``PrefectRest`` per process when ``PREFECT_API_URL`` is set in the environment."""
+    if not os.environ.get("PREFECT_API_URL"):
+        return None
+    if not _rest:
+        from flows.prefect_rest import PrefectRest
+
+        _rest.append(PrefectRest.from_env())
+    return _rest[0]

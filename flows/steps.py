@@ -189,7 +189,8 @@ def create_key(ctx: EntryContext, plan: RotationPlan) -> CreateOutcome:
             crash_point("after_stage")
         register_secret(pair.secret_key)
         ctx.audit.record("stage", _resource(ctx), "done", public_key=pair.public_key, rotation_id=plan.rotation_id)
-        existing = ctx.admin.find_api_key(ctx.entry.project_id, pair.public_key)
+        # A pair generated just now cannot be in Langfuse yet: only a resumed one is looked up.
+        existing = None if staged_now else ctx.admin.find_api_key(ctx.entry.project_id, pair.public_key)
         if existing is not None:
             return CreateOutcome(
                 record=record,
@@ -292,7 +293,9 @@ def verify_key(ctx: EntryContext, record: RotationRecord) -> VerifyOutcome:
             trace_id = client.send_canary(
                 attributes={"langfuse_rotate.entry": ctx.entry.name, "langfuse_rotate.rotation_id": record.rotation_id}
             )
-            seconds = client.wait_for_canary(trace_id, timeout_s=ctx.entry.canary_timeout_s)
+            seconds = client.wait_for_canary(
+                trace_id, timeout_s=ctx.entry.canary_timeout_s, first_poll_after_s=min(0.25, ctx.entry.canary_timeout_s)
+            )
         crash_point("after_verify")
     except ConnectorError as exc:
         raise _fail_on_connector_error(step, exc) from None

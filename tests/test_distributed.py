@@ -249,11 +249,11 @@ def test_a_run_whose_config_is_missing_on_the_worker_fails_and_notifies(
 
 
 @vault_only
-def test_the_quarterly_deployment_rotates_every_entry_as_its_own_run_and_fails_if_any_entry_fails(
+def test_the_quarterly_deployment_records_every_entry_as_its_own_run_and_fails_if_any_entry_fails(
     stack: Stack, rotation_env: RotationEnv
 ) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
     rotation_env.extra_entries = [
         {
@@ -273,7 +273,7 @@ def test_the_quarterly_deployment_rotates_every_entry_as_its_own_run_and_fails_i
     assert run.state.message.startswith("failed: fleet partial: 1 of 2 entries: no-secret-yet failed")
     with get_client(sync_client=True) as client:
         children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]))
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"fleet:{run.id}"]))
         )
     by_entry = {re.sub(r"^rotate-|-\d{8}-\d{4}$", "", c.name): c for c in children}
     assert set(by_entry) == {ENTRY, "no-secret-yet"}

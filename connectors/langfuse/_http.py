@@ -22,6 +22,7 @@ from connectors.errors import LangfuseError
 from connectors.http_limits import BodyTooLargeError, deadline, deadline_transport, read_capped
 from connectors.langfuse._errors import Action, Failure, error_for, failure_of, parse_retry_after, unreachable
 from connectors.langfuse.models import RetryPolicy
+from connectors.tls import shared_ssl_context
 
 logger = logging.getLogger("connectors.langfuse")
 
@@ -133,9 +134,10 @@ class HttpCore:
         self._client = httpx.Client(
             base_url=self.host,
             timeout=timeout_s,
-            transport=transport if transport is not None else deadline_transport(),
+            transport=transport if transport is not None else deadline_transport(verify=shared_ssl_context()),
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             follow_redirects=False,
+            verify=shared_ssl_context(),
         )
 
     def close(self) -> None:

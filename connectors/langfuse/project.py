@@ -205,8 +205,10 @@ class LangfuseProjectClient(ClientBase):
         timeout_s: float,
         initial_poll_s: float = 0.2,
         max_poll_s: float = 2.0,
+        first_poll_after_s: float = 0.0,
     ) -> float:
-        """Poll ``canary_visible`` with doubling pauses; seconds until visible.
+        """Poll ``canary_visible`` with doubling pauses; seconds until visible. ``first_poll_after_s``:
+        wait that long before the first poll (a trace is never readable at once; saves a request).
 
         Raises ``LangfuseCanaryTimeoutError`` once ``timeout_s`` has passed without the trace.
         Retries of a poll (429 on the read API's rate limit, 5xx) also stay within ``timeout_s``;
@@ -216,6 +218,8 @@ class LangfuseProjectClient(ClientBase):
         clock, sleep = self._core.clock, self._core.sleep
         start = clock()
         pause = max(initial_poll_s, 0.0)
+        if first_poll_after_s > 0:
+            sleep(min(first_poll_after_s, timeout_s))
         while True:
             budget = self._core.retry.model_copy(
                 update={"max_total_s": max(min(self._core.retry.max_total_s, timeout_s - (clock() - start)), 0.0)}

@@ -1,0 +1,157 @@
+"""The per-entry Prefect lock over Prefect's REST API, without importing ``prefect``.
+
+The same global concurrency limit ``langfuse-rotate-<entry>`` (limit 1, leased) and the same lease
+file as ``flows.lock.prefect_lock``, so both kinds of holder exclude each other. Two reasons to
+talk to the API directly:
+
+- ``import prefect`` costs ~2 s of CPU; an emergency must not spend it before containing a key
+  (README "Emergency containment");
+- Prefect's client queues slot acquisitions through one service, so dozens of concurrent fleet
+  entries each asking for their own limit time out behind each other.
+
+Uses ``PREFECT_API_URL`` (and ``PREFECT_API_AUTH_STRING`` or ``PREFECT_API_KEY``) from the
+environment, as the command line does to decide whether a server is configured.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+
+from connectors.tls import shared_ssl_context
+from flows.lock import RotationInProgressError, lock_name
+
+_LOCKED = 423
+
+
+class PrefectApiError(Exception):
+    """The Prefect API answered something unexpected (status and path only)."""
+
+
+class PrefectRest:
+    """A small, thread-safe client for the v2 concurrency-limit endpoints."""
+
+    def __init__(self, api_url: str, *, auth_string: str | None = None, api_key: str | None = None) -> None:
+        headers = {}
+        if auth_string:
+            headers["Authorization"] = "Basic " + base64.b64encode(auth_string.encode()).decode()
+        elif api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._http = httpx.Client(
+            base_url=api_url.rstrip("/") + "/", headers=headers, timeout=15.0, verify=shared_ssl_context()
+        )
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> PrefectRest | None:
+        url = os.environ.get("PREFECT_API_URL")
+        if not url:
+            return None
+        auth, key = os.environ.get("PREFECT_API_AUTH_STRING"), os.environ.get("PREFECT_API_KEY")
+        return cls(url, auth_string=auth, api_key=key)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _post(self, path: str, body: object) -> httpx.Response:
+        response = self._http.post(path, json=body)
+        if response.status_code >= 400 and response.status_code not in (_LOCKED, 409):
+            raise PrefectApiError(f"Prefect API POST /{path}: HTTP {response.status_code}")
+        return response
+
+    def preload_limits(self) -> None:
+        """Learn every existing limit's name in a few pages, so ``ensure_limit`` creates only new ones."""
+        offset = 0
+        while True:
+            page = self._post("v2/concurrency_limits/filter", {"limit": 200, "offset": offset}).json()
+            with self._lock:
+                self._known.update(str(limit["name"]) for limit in page)
+            if len(page) < 200:
+                return
+            offset += len(page)
+
+    def ensure_limit(self, name: str, limit: int = 1) -> None:
+        with self._lock:
+            if name in self._known:
+                return
+        self._post("v2/concurrency_limits/", {"name": name, "limit": limit})  # 409: it exists already
+        with self._lock:
+            self._known.add(name)
+
+    def acquire(self, name: str, *, lease_s: float, timeout_s: float) -> str | None:
+        """A lease on one slot of ``name``, or None when it stays taken for ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        body = {"names": [name], "slots": 1, "mode": "concurrency", "lease_duration": lease_s}
+        while True:
+            response = self._post("v2/concurrency_limits/increment-with-lease", body)
+            if response.status_code != _LOCKED:
+                data = response.json()
+                if not data.get("limits"):
+                    raise PrefectApiError(f"Prefect concurrency limit {name} does not exist")
+                return str(data["lease_id"])
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            retry_after = float(response.headers.get("Retry-After") or 0.5)
+            time.sleep(max(0.05, min(retry_after, left, 2.0)))
+
+    def renew(self, lease_id: str, lease_s: float) -> None:
+        self._post(f"v2/concurrency_limits/leases/{lease_id}/renew", {"lease_duration": lease_s})
+
+    def release(self, lease_id: str) -> None:
+        response = self._http.post("v2/concurrency_limits/decrement-with-lease", json={"lease_id": lease_id})
+        if response.status_code >= 400 and response.status_code != 404:  # 404: expired or released
+            raise PrefectApiError(f"Prefect API release of a lease: HTTP {response.status_code}")
+
+
+def _lease_file(entry: str) -> str:
+    from flows.lock import _lock_dir
+
+    return str(_lock_dir() / f"{lock_name(entry)}.lease")
+
+
+@contextlib.contextmanager
+def rest_prefect_lock(api: PrefectRest, entry: str, *, wait_s: float, lease_s: int) -> Iterator[None]:
+    """``flows.lock.prefect_lock`` over REST: the caller holds the entry's flock (so a lease file
+    found here was left by a holder on this host that is gone: its slot is released first)."""
+    name = lock_name(entry)
+    api.ensure_limit(name)
+    path = _lease_file(entry)
+    with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError, OSError):
+        with open(path) as file:
+            stale = str(json.load(file)["lease_id"])
+        api.release(stale)
+        os.unlink(path)
+    lease_id = api.acquire(name, lease_s=lease_s, timeout_s=max(wait_s, 1.0))
+    if lease_id is None:
+        raise RotationInProgressError(
+            f"rotation already in progress for '{entry}' (Prefect concurrency limit {name} is taken)"
+        )
+    with open(path, "w") as file:
+        json.dump({"lease_id": lease_id, "pid": os.getpid()}, file)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(lease_s / 3):
+            with contextlib.suppress(httpx.HTTPError, PrefectApiError):
+                api.renew(lease_id, lease_s)
+
+    renewer = threading.Thread(target=renew, name=f"lease-{entry}", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join(5)
+        with contextlib.suppress(httpx.HTTPError, PrefectApiError):
+            api.release(lease_id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
