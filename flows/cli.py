@@ -138,13 +138,24 @@ def _run_rotate(args: argparse.Namespace, out: Output) -> int:
 
 
 def _run_emergency(args: argparse.Namespace, out: Output) -> int:
-    path, _ = _load(args)
+    path, config = _load(args)
     if args.no_prefect or not _prefect_usable(out, fallback="running without Prefect"):
         from flows.execute import execute
         from flows.runner import DirectRunner
 
         result = execute("emergency", args.project, path, DirectRunner(), compromised_public_key=args.public_key)
         return _print_and_exit(result, "emergency", out)
+    url = prefect_api_url()
+    if url:
+        # A server answered: contain in this process now, recorded as a flow run over REST
+        # (flows.recorded); importing prefect first would cost ~2 s before anything is contained.
+        from flows.prefect_rest import PrefectRest
+        from flows.recorded import emergency_recorded
+
+        auth, key = os.environ.get("PREFECT_API_AUTH_STRING"), os.environ.get("PREFECT_API_KEY")
+        api = PrefectRest(url, auth_string=auth, api_key=key)
+        recorded = emergency_recorded(api, config, args.project, path, args.public_key)
+        return _print_and_exit(recorded, "emergency", out)
     from flows.emergency import emergency
 
     try:

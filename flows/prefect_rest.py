@@ -111,6 +111,24 @@ class PrefectRest:
         if response.status_code >= 400 and response.status_code != 404:  # 404: expired or released
             raise PrefectApiError(f"Prefect API release of a lease: HTTP {response.status_code}")
 
+    # --- run records (``flows.recorded``) ---------------------------------------------------------
+
+    def flow_id(self, flow_name: str) -> str:
+        return str(self._post("flows/", {"name": flow_name}).json()["id"])
+
+    def create_flow_run(
+        self, flow_id: str, *, name: str, tags: list[str], parameters: dict[str, object], state: dict[str, object]
+    ) -> str:
+        body = {"flow_id": flow_id, "name": name, "tags": tags, "parameters": parameters, "state": state}
+        return str(self._post("flow_runs/", body).json()["id"])
+
+    def set_flow_run_state(self, run_id: str, state: dict[str, object]) -> None:
+        self._post(f"flow_runs/{run_id}/set_state", {"state": state, "force": True})
+
+    def create_artifact(self, run_id: str, *, key: str, markdown: str, description: str) -> None:
+        body = {"key": key, "type": "markdown", "data": markdown, "description": description, "flow_run_id": run_id}
+        self._post("artifacts/", body)
+
 
 def _lease_file(entry: str) -> str:
     from flows.lock import _lock_dir

@@ -396,3 +396,43 @@ def test_with_a_prefect_server_the_command_runs_the_emergency_flow(
     final = [e for e in audit_entries(rotation_env) if e["langfuse_rotate"]["final"]]
     assert len(final) == 1 and final[0]["event"]["action"] == "emergency"
     assert {e["labels"]["run_id"] for e in audit_entries(rotation_env)} == {str(run_id)}
+
+
+@pytest.mark.slow
+def test_with_a_prefect_server_containment_never_waits_for_importing_prefect_and_is_recorded(
+    rotation_env: RotationEnv, prefect_server: PrefectServer
+) -> None:
+    """The run is recorded over the server's REST API: named, tagged, finished, with its step table."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    rotation_env.prefect_env = prefect_server.client_env(rotation_env.env)
+    old = rotation_env.current()
+
+    proc = rotation_env.cli(
+        "emergency",
+        "--config",
+        str(rotation_env.write_config()),
+        "--project",
+        ENTRY,
+        "--json",
+        env={"PYTHONPROFILEIMPORTTIME": "1"},
+    )
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert not [name for name in imported if name == "prefect" or name.startswith("prefect.")]
+    result = last_json(proc.stdout)
+    assert result["status"] == "contained" and result["orchestrator"] == "prefect"
+    assert not rotation_env.works(old)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(result["prefect_flow_run_id"]))
+        flow = client.read_flow(run.flow_id)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
+    assert flow.name == "langfuse-key-emergency"
+    assert run.name.startswith(f"emergency-{ENTRY}-")
+    assert {f"project:{ENTRY}", "mode:emergency", "store:main"} <= set(run.tags)
+    assert run.state is not None and run.state.is_completed()
+    assert any("| revoke | done |" in str(a.data) for a in artifacts)
