@@ -241,12 +241,6 @@ def run_fleet_flow(
     if show_progress:
         sinks.append(terminal_progress_sink())
     server = prefect_server_configured()
-    if server:
-        from flows.lock import _rest_api
-
-        rest = _rest_api()
-        if rest is not None:
-            rest.preload_limits()  # one listing instead of one create-or-exists per entry
     if entries is None and config.fleet.batch_size and server:
         from flows.fleet_batches import run_in_batches
 

@@ -67,25 +67,6 @@ class PrefectRest:
             raise PrefectApiError(f"Prefect API POST /{path}: HTTP {response.status_code}")
         return response
 
-    def preload_limits(self) -> None:
-        """Learn every existing limit's name in a few pages, so ``ensure_limit`` creates only new ones."""
-        offset = 0
-        while True:
-            page = self._post("v2/concurrency_limits/filter", {"limit": 200, "offset": offset}).json()
-            with self._lock:
-                self._known.update(str(limit["name"]) for limit in page)
-            if len(page) < 200:
-                return
-            offset += len(page)
-
-    def ensure_limit(self, name: str, limit: int = 1) -> None:
-        with self._lock:
-            if name in self._known:
-                return
-        self._post("v2/concurrency_limits/", {"name": name, "limit": limit})  # 409: it exists already
-        with self._lock:
-            self._known.add(name)
-
     def acquire(self, name: str, *, lease_s: float, timeout_s: float) -> str | None:
         """A lease on one slot of ``name``, or None when it stays taken for ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
@@ -94,8 +75,13 @@ class PrefectRest:
             response = self._post("v2/concurrency_limits/increment-with-lease", body)
             if response.status_code != _LOCKED:
                 data = response.json()
-                if not data.get("limits"):
-                    raise PrefectApiError(f"Prefect concurrency limit {name} does not exist")
+                if not data.get("limits"):  # created on demand: one call per entry in the usual case
+                    if name in self._known:
+                        raise PrefectApiError(f"Prefect concurrency limit {name} does not exist")
+                    self._post("v2/concurrency_limits/", {"name": name, "limit": 1})
+                    with self._lock:
+                        self._known.add(name)
+                    continue
                 return str(data["lease_id"])
             left = deadline - time.monotonic()
             if left <= 0:
@@ -141,7 +127,6 @@ def rest_prefect_lock(api: PrefectRest, entry: str, *, wait_s: float, lease_s: i
     """``flows.lock.prefect_lock`` over REST: the caller holds the entry's flock (so a lease file
     found here was left by a holder on this host that is gone: its slot is released first)."""
     name = lock_name(entry)
-    api.ensure_limit(name)
     path = _lease_file(entry)
     with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError, OSError):
         with open(path) as file:
