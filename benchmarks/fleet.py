@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -276,6 +277,7 @@ def main() -> int:
     parser.add_argument("--store", choices=["vault", "aws"], default="vault")
     parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stack on the way out
     tmp = Path(tempfile.mkdtemp(prefix="langfuse-rotate-fleet-bench-"))
     rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
