@@ -39,6 +39,15 @@ def rotate_all_command(args: argparse.Namespace, prog: str) -> int:
     return int(result.exit_code)
 
 
+def bad_input_json(message: str, duration_s: float) -> str:
+    """``--json`` of ``rotate --all`` when nothing could start (exit 2): the fleet object, no entries."""
+    from flows.fleet import FleetResult
+
+    return FleetResult(
+        status="failed", total=0, counts={}, entries=[], duration_s=duration_s, error=message
+    ).to_json_line()
+
+
 def _write_request_counts() -> None:
     """For ``benchmarks/fleet.py``: the requests this process made, by connector (no secrets)."""
     import json

@@ -443,3 +443,44 @@ def test_two_workers_share_one_budget_through_a_prefect_global_concurrency_limit
     for i, start in enumerate(stamps):
         in_one_second = sum(1 for t in stamps[i:] if t < start + 1.0)
         assert in_one_second <= rate + 2 * budget.batch
+
+
+def test_bad_input_with_all_exits_2_with_one_fleet_object(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "rotate", "--all", "--config", str(missing), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["status"] == "failed" and out["total"] == 0 and out["entries"] == []
+    assert "cannot read configuration" in out["error"]
+
+
+def test_concurrency_without_all_is_a_usage_error() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "rotate", "--project", "x", "--concurrency", "4"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "--concurrency goes with --all" in proc.stderr
+
+
+def test_the_progress_line_counts_done_failed_waiting_and_remaining() -> None:
+    from flows.fleet import FleetProgress
+
+    progress = FleetProgress(4)
+    for name in "abcd":
+        progress.start(name)
+    progress.wait("c", True)
+    progress.finish("a", "rotated")
+    progress.finish("b", "rolled_back")
+
+    line = progress.line(width=8)
+
+    assert line.startswith("[####....] 2/4 done, 1 failed, 1 waiting on consumers, 2 remaining, 0:0")
