@@ -45,7 +45,7 @@ class PrefectRest:
         elif api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self._http = httpx.Client(
-            base_url=api_url.rstrip("/") + "/", headers=headers, timeout=15.0, verify=shared_ssl_context()
+            base_url=api_url.rstrip("/") + "/", headers=headers, timeout=30.0, verify=shared_ssl_context()
         )
         self._known: set[str] = set()
         self._lock = threading.Lock()
@@ -62,7 +62,14 @@ class PrefectRest:
         self._http.close()
 
     def _post(self, path: str, body: object) -> httpx.Response:
-        response = self._http.post(path, json=body)
+        for attempt in range(3):  # only a request that never reached the server is sent again
+            try:
+                response = self._http.post(path, json=body)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
         if response.status_code >= 400 and response.status_code not in (_LOCKED, 409):
             raise PrefectApiError(f"Prefect API POST /{path}: HTTP {response.status_code}")
         return response

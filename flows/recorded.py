@@ -62,17 +62,32 @@ def emergency_recorded(
         )
     result: RotationResult | None = None
     try:
-        result = execute(
-            "emergency",
-            project,
-            config_path,
-            _RecordedRunner() if run_id else DirectRunner(),
-            flow_run_id=run_id,
-            run_label=name,
-            compromised_public_key=public_key,
-            lock_with_prefect=True,
-            config=config,
-        )
+        try:
+            result = execute(
+                "emergency",
+                project,
+                config_path,
+                _RecordedRunner() if run_id else DirectRunner(),
+                flow_run_id=run_id,
+                run_label=name,
+                compromised_public_key=public_key,
+                lock_with_prefect=True,
+                config=config,
+            )
+        except (httpx.HTTPError, PrefectApiError):
+            # The server stopped answering before the Prefect lock was taken (nothing changed yet):
+            # contain under the host lock alone, as without a server.
+            result = execute(
+                "emergency",
+                project,
+                config_path,
+                DirectRunner(),
+                flow_run_id=run_id,
+                run_label=name,
+                compromised_public_key=public_key,
+                lock_with_prefect=False,
+                config=config,
+            )
         return result
     finally:
         if run_id is not None:
