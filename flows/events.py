@@ -210,12 +210,15 @@ def send(events: list[dict[str, Any]]) -> bool:
         return False
     import httpx
 
+    from connectors.tls import shared_ssl_context
+
     try:
         response = httpx.post(
             f"{url.rstrip('/')}/events",
             json=events,
             headers=_headers(),
             timeout=httpx.Timeout(TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            verify=shared_ssl_context(),  # building a TLS context costs ~0.1 s of CPU per event otherwise
         )
     except httpx.HTTPError as exc:
         logger.debug("Prefect events API not reachable: %s", type(exc).__name__)

@@ -127,7 +127,17 @@ def store_gate_key(config: RotationConfig, name: str) -> str:
     if isinstance(store, VaultStoreConfig):
         return pacing.vault_key(store.url)
     assert isinstance(store, AwsStoreConfig)
-    return pacing.aws_key(store.region, store.endpoint_url)
+    region = store.region
+    if region is None:  # resolved as the connector resolves it (environment, then the profile)
+        import boto3
+
+        from connectors.aws_session import resolve_region
+
+        try:
+            region = resolve_region(None, boto3.session.Session(profile_name=store.profile))
+        except Exception:  # the store itself reports a missing region or profile
+            region = ""
+    return pacing.aws_key(region, store.endpoint_url)
 
 
 @contextlib.contextmanager
