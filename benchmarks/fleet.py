@@ -197,9 +197,13 @@ def run_fleet(config: Path, env: dict[str, str], concurrency: int, tmp: Path) ->
     with stderr_path.open("w") as stderr, stdout_path.open("w") as stdout:  # files: a full pipe would block it
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=stdout, stderr=stderr, text=True)
     peak = 0.0
-    while proc.poll() is None:
-        peak = max(peak, tree_rss_mb(proc.pid))
-        time.sleep(0.1)
+    try:
+        while proc.poll() is None:
+            peak = max(peak, tree_rss_mb(proc.pid))
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:  # the benchmark was stopped
+            proc.kill()
     wall = time.monotonic() - started
     proc.wait()
     out, err = stdout_path.read_text(errors="replace"), stderr_path.read_text(errors="replace")
