@@ -345,10 +345,13 @@ def _check_runs_in_prefect(out: dict[str, Any]) -> None:
         assert progress.data == 100.0
 
 
+@pytest.mark.slow
 @vault_only
 def test_a_killed_fleet_rerun_resumes_unfinished_entries_and_skips_rotated_ones(prefect_fleet: Any) -> None:
     fleet = prefect_fleet(6, restart_delay_s=1.5)
-    path = fleet.write_config()
+    # An entry killed while its Prefect slot was being granted leaves a slot no lease file names:
+    # the rerun waits for that lease to expire (60 s at the least) instead of refusing the entry.
+    path = fleet.write_config(lock={"lease_s": 60, "wait_s": 90})
     env = dict(fleet.env.prefect_env or fleet.env.env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "rotate", "--config", str(path), "--all", "--concurrency", "2"],
