@@ -89,9 +89,16 @@ class Output:
 
 
 def _rotate_arguments(parser: argparse.ArgumentParser) -> None:
+    from flows.fleet_cli import concurrency_arg
+
     _common(parser)
-    parser.add_argument("--project", required=True, help="the configured entry (one key) to rotate")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--project", help="the configured entry (one key) to rotate")
+    target.add_argument("--all", action="store_true", help="every entry, concurrently (README: Fleet rotation)")
     parser.add_argument("--dry-run", action="store_true", help="check everything and print the plan; change nothing")
+    parser.add_argument(
+        "--concurrency", type=concurrency_arg, help="with --all: entries in flight at once (default fleet.concurrency)"
+    )
 
 
 def _emergency_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +130,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_rotate(args: argparse.Namespace, out: Output) -> int:
+    if args.all:
+        from flows.fleet_cli import rotate_all_command
+
+        return rotate_all_command(args, PROG, say=out.say, emit_json=out.json)
     path, config = _load(args)
     if args.dry_run:
         return _print_and_exit(_dry_run(args, config), "rotate --dry-run", out)
@@ -261,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return int(ExitCode.BAD_INPUT)
+    if getattr(args, "concurrency", None) is not None and not getattr(args, "all", False):
+        parser.error("--concurrency goes with --all")
     if args.command in inventory_cli.COMMANDS:
         return _read_only(args)
     _defaults_for_prefect()
@@ -270,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flows.progress import print_progress_with
 
     out = Output(bool(getattr(args, "json", False)))
-    print_progress_with(out.say)  # steps and consumer poll rounds, as they happen
+    fleet = args.command == "rotate" and getattr(args, "all", False)
+    print_progress_with(None if fleet else out.say)  # steps and consumer poll rounds (a fleet has its bar)
     if out.as_json:
         send_stdout_lines_to(sys.stderr)  # audit.path "-" must not mix with the JSON object
     command = next(c for c in COMMANDS if c.name == args.command)
@@ -299,7 +313,11 @@ def _bad_input(args: argparse.Namespace, exc: Exception, out: Output) -> int:
     message = scrub(" ".join(str(exc).split()))
     audit_failure(args.command, getattr(args, "project", None), exc, config_path=getattr(args, "config", None))
     print(f"{PROG}: error: {message}", file=sys.stderr)
-    if out.as_json:
+    if out.as_json and getattr(args, "all", False):
+        from flows.fleet_cli import bad_input_json
+
+        out.json(bad_input_json(message, out.elapsed()))
+    elif out.as_json:
         result = RotationResult(
             status="failed",
             project=getattr(args, "project", None) or "",
@@ -436,7 +454,11 @@ def _failed_outside_the_run(args: argparse.Namespace, message: str, out: Output)
     message = scrub(message)
     audit_failure(args.command, args.project, message, config_path=args.config, outcome="failed")
     print(f"{PROG}: error: {message}", file=sys.stderr)
-    if out.as_json:
+    if out.as_json and getattr(args, "all", False):
+        from flows.fleet_cli import bad_input_json
+
+        out.json(bad_input_json(message, out.elapsed()))
+    elif out.as_json:
         result = RotationResult(status="failed", project=args.project, error=message, duration_s=out.elapsed())
         out.json(result.to_json_line())
     return int(ExitCode.FAILED)

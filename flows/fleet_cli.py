@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the parser imports this module: nothing heavy at import time
@@ -21,7 +22,9 @@ def concurrency_arg(value: str) -> int:
     return number
 
 
-def rotate_all_command(args: argparse.Namespace, prog: str) -> int:
+def rotate_all_command(
+    args: argparse.Namespace, prog: str, *, say: Callable[[str], None] = print, emit_json: Callable[[str], None] = print
+) -> int:
     from flows.config import load_config, resolve_config_path
     from flows.fleet import ProgressSink, run_fleet, terminal_progress_sink
 
@@ -33,9 +36,9 @@ def rotate_all_command(args: argparse.Namespace, prog: str) -> int:
     else:
         result = _under_prefect(path, args.concurrency, show_progress=bool(sinks))
     _write_request_counts()
-    print_fleet(result, prog)
+    print_fleet(result, prog, say)
     if args.json:
-        print(result.to_json_line())
+        emit_json(result.to_json_line())
     return int(result.exit_code)
 
 
@@ -90,17 +93,17 @@ def _under_prefect(path: str, concurrency: int | None, *, show_progress: bool) -
     )
 
 
-def print_fleet(result: FleetResult, prog: str) -> None:
+def print_fleet(result: FleetResult, prog: str, say: Callable[[str], None] = print) -> None:
     if result.template is not None:
-        print("project_template expands to:")
+        say("project_template expands to:")
         for row in result.template:
             target = f"entry {row['entry']}" if row["entry"] else f"no entry: {row['problem']}"
-            print(f"  {row['project']:<32} {row['project_id']:<28} {target}")
+            say(f"  {row['project']:<32} {row['project_id']:<28} {target}")
     for entry in result.entries:
         detail = entry.error or (entry.steps[-1].detail if entry.status == "skipped" and entry.steps else "")
         keys = f"{entry.old_public_key} -> {entry.new_public_key}" if entry.new_public_key else ""
-        print(f"  {entry.project:<32} {entry.status:<16} {entry.duration_s:7.2f}s  {keys or detail}")
+        say(f"  {entry.project:<32} {entry.status:<16} {entry.duration_s:7.2f}s  {keys or detail}")
     counts = ", ".join(f"{n} {status}" for status, n in result.counts.items()) or "no entries"
-    print(f"{prog} rotate --all: {result.status}: {counts} in {result.duration_s:.2f}s")
+    say(f"{prog} rotate --all: {result.status}: {counts} in {result.duration_s:.2f}s")
     if result.error:
-        print(f"  error: {result.error}")
+        say(f"  error: {result.error}")

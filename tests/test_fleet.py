@@ -285,7 +285,7 @@ def test_the_template_generates_an_entry_per_matching_project_and_dry_run_lists_
     assert out["template"] == [
         {"project": names[0], "project_id": sim.projects[0].id, "entry": names[0], "problem": None}
     ]
-    assert f"{names[0]}" in proc.stdout.split("\n")[1]
+    assert "project_template expands to:" in proc.stderr and names[0] in proc.stderr
 
 
 # --- the command line under Prefect -------------------------------------------------------------
