@@ -319,8 +319,14 @@ def run_fleet(
         template=[_generated_row(g) for g in generated] if config.project_template is not None else None,
     )
     if not dry_run:
-        AuditLog(config.audit.path, run_id=fleet_run_id).record(
-            "fleet", "fleet", result.status, total=result.total, counts=result.counts
+        failed = sorted(e.project for e in results if e.status not in _GOOD)
+        AuditLog(config.audit.path, run_id=fleet_run_id).final(
+            "rotate-all",
+            None,
+            "failed" if failed else "rotated",
+            entries=len(results),
+            failed_entries=failed or None,
+            counts=result.counts,
         )
         if notify_summary:
             send_summary(config, result)

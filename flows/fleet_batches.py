@@ -68,8 +68,9 @@ def run_in_batches(
         duration_s=round(time.monotonic() - started, 3),
         prefect_flow_run_id=fleet_run_id,
     )
-    AuditLog(config.audit.path, run_id=fleet_run_id).record(
-        "fleet", "fleet", result.status, total=result.total, counts=result.counts, batches=len(batches)
+    failed = sorted(e.project for e in entries if e.status not in {"rotated", "skipped"})
+    AuditLog(config.audit.path, run_id=fleet_run_id).final(
+        "rotate-all", None, "failed" if failed else "rotated", entries=len(entries), failed_entries=failed or None
     )
     send_summary(config, result)
     return result

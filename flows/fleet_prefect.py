@@ -29,12 +29,10 @@ SUMMARY_KEY = "langfuse-fleet-summary"
 
 
 class PrefectEntryRecorder:
-    """Records each finished entry of a fleet run as its own flow run, in the background.
-
-    Two API calls per entry (the flow run, created in its final state, and its artifact): the
-    Prefect server's throughput, not the rotations, bounds a large fleet (README "Fleet rotation").
-    ``close`` waits until every record is written; each entry's result then carries its run's id.
-    """
+    """Records each entry of a fleet run as its own flow run: created Running when the entry
+    starts, its artifact and final state written in the background when it ends (three API calls
+    per entry: the Prefect server's throughput, not the rotations, bounds a large fleet; README
+    "Fleet rotation"). ``close`` waits until every record is written."""
 
     orchestrator = "prefect"
     writers = 4
@@ -65,22 +63,12 @@ class PrefectEntryRecorder:
         return client
 
     def started(self, entry: ProjectEntry) -> tuple[str | None, str | None]:
-        """The fleet run is the run of record while the entry works (audit log, staged record)."""
-        return self.fleet_run_id, f"rotate-{entry.name}-{datetime.now(UTC):%Y%m%d-%H%M}"
+        """Create the entry's flow run (Running) before anything changes, so the audit log and the
+        staged record name it; the fleet run stands in if the server does not answer."""
+        from prefect.client.schemas.actions import FlowRunCreate
+        from prefect.states import Running, to_state_create
 
-    def finished(self, entry: ProjectEntry, run_id: str | None, result: RotationResult) -> None:
-        name = f"rotate-{entry.name}-{(result.started_at or datetime.now(UTC)):%Y%m%d-%H%M}"
-        self._pending.append(self._pool.submit(self._record, entry, name, result))
-
-    def _record(self, entry: ProjectEntry, name: str, result: RotationResult) -> None:
-        from prefect.client.schemas.actions import ArtifactCreate, FlowRunCreate
-        from prefect.client.schemas.objects import State
-        from prefect.states import Completed, to_state_create
-
-        client = self._client()
-        state = final_state(result)
-        final: State[Any] = state if isinstance(state, State) else Completed()
-        final.data = None
+        name = f"rotate-{entry.name}-{datetime.now(UTC):%Y%m%d-%H%M}"
         run = FlowRunCreate(
             flow_id=self._flow_id,
             name=name,
@@ -94,12 +82,32 @@ class PrefectEntryRecorder:
                     f"fleet:{self.fleet_run_id}",
                 }
             ),
-            state=to_state_create(final),
+            state=to_state_create(Running()),
         )
         try:
-            response = client.request("POST", "/flow_runs/", json=run.model_dump(mode="json", exclude_unset=True))
-            run_id = str(response.json()["id"])
-            result.prefect_flow_run_id = run_id
+            response = self._client().request(
+                "POST", "/flow_runs/", json=run.model_dump(mode="json", exclude_unset=True)
+            )
+            return str(response.json()["id"]), name
+        except Exception:  # a record that cannot be written never stops the rotation
+            self.failures += 1
+            return self.fleet_run_id, name
+
+    def finished(self, entry: ProjectEntry, run_id: str | None, result: RotationResult) -> None:
+        if run_id is None or run_id == self.fleet_run_id:
+            return
+        self._pending.append(self._pool.submit(self._record, run_id, result))
+
+    def _record(self, run_id: str, result: RotationResult) -> None:
+        from prefect.client.schemas.actions import ArtifactCreate
+        from prefect.client.schemas.objects import State
+        from prefect.states import Completed, to_state_create
+
+        client = self._client()
+        state = final_state(result)
+        final: State[Any] = state if isinstance(state, State) else Completed()
+        final.data = None
+        try:
             client.request(
                 "POST",
                 "/artifacts/",
@@ -111,6 +119,8 @@ class PrefectEntryRecorder:
                     flow_run_id=UUID(run_id),
                 ).model_dump(mode="json", exclude_unset=True),
             )
+            body = {"state": to_state_create(final).model_dump(mode="json"), "force": True}
+            client.request("POST", f"/flow_runs/{run_id}/set_state", json=body)
         except Exception:  # a record that cannot be written never changes the rotation's outcome
             self.failures += 1
 
