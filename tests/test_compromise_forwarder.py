@@ -1,0 +1,364 @@
+"""The compromise forwarder (README "Trust boundary", point 4): the narrow path for secret scanners.
+
+It runs as its own process (``python -m flows.compromise_forwarder``) against a real Prefect server;
+events are read back through ``POST /api/events/filter``. A valid report becomes exactly one
+``langfuse.key.compromised`` event in the shape the emergency trigger expects; everything else is
+refused with a 4xx and a one-line JSON error and posts nothing; no token is ever in its output.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack.prefect_server import PrefectServer
+from flows.automation import EVENT
+from flows.compromise_forwarder import RateLimit, Refused, SetupError, entry_names, parse_report
+
+SUFFIX = uuid.uuid4().hex[:8]
+ALPHA, BETA, SENTINEL = f"fw-alpha-{SUFFIX}", f"fw-beta-{SUFFIX}", f"fw-sentinel-{SUFFIX}"
+TOKEN = "scanner-token-" + uuid.uuid4().hex
+WRONG_TOKEN = "scanner-token-" + uuid.uuid4().hex
+PREFECT_KEY = "pnu_forwarder_only_" + uuid.uuid4().hex
+KEY = "pk-lf-" + uuid.uuid4().hex
+
+CONFIG = f"""\
+langfuse:
+  host: http://127.0.0.1:3000
+  org_public_key: ${{ORG_PK_NOT_SET_HERE}}
+  org_secret_key: ${{ORG_SK_NOT_SET_HERE}}
+stores:
+  main: {{kind: vault, url: http://127.0.0.1:8200, token: ${{VAULT_TOKEN_NOT_SET_HERE}}, mount: secret}}
+projects:
+  - {{name: {ALPHA}, project_id: p1, store: main, path: langfuse/alpha}}
+  - {{name: {BETA}, project_id: p2, store: main, path: langfuse/beta}}
+  - {{name: {SENTINEL}, project_id: p3, store: main, path: langfuse/sentinel}}
+"""
+
+
+@dataclass
+class Running:
+    url: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def report(
+        self, body: Any, *, token: str | None = TOKEN, path: str = "/compromised", scheme: str = "Bearer"
+    ) -> httpx.Response:
+        headers = {"Authorization": f"{scheme} {token}"} if token is not None else {}
+        return httpx.post(f"{self.url}{path}", json=body, headers=headers, timeout=10)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def _start(tmp: Path, server: PrefectServer, *extra: str) -> Running:
+    config = tmp / "rotation.yaml"
+    config.write_text(CONFIG)
+    token_file = tmp / "scanner-token"
+    token_file.write_text(TOKEN + "\n")
+    log = tmp / "forwarder.log"
+    env = server.client_env()
+    env["PREFECT_API_KEY"] = PREFECT_KEY  # an unauthenticated test server ignores it; it must never be shown
+    argv = ["--config", str(config), "--listen", "127.0.0.1:0", "--token-file", str(token_file), *extra]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flows.compromise_forwarder", *argv], env=env, stdout=out, stderr=out
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        if "listening on http://" in text:
+            url = text.split("listening on ", 1)[1].split("/compromised", 1)[0]
+            return Running(url=url, log=log, process=process)
+        if process.poll() is not None:
+            raise RuntimeError(f"forwarder exited: {text}")
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("forwarder did not start")
+
+
+def _stop(running: Running) -> None:
+    running.process.terminate()
+    running.process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def forwarder(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    running = _start(tmp_path_factory.mktemp("forwarder"), prefect_server, "--per-minute", "100")
+    yield running
+    _stop(running)
+
+
+def _events(server: PrefectServer, entry: str, since: datetime) -> list[dict[str, Any]]:
+    body = {
+        "filter": {
+            "event": {"name": [EVENT]},
+            "resource": {"id": [f"langfuse.project.{entry}"]},
+            "occurred": {"since": since.isoformat(), "until": (datetime.now(UTC) + timedelta(hours=1)).isoformat()},
+        },
+        "limit": 50,
+    }
+    found: list[dict[str, Any]] = httpx.post(f"{server.api_url}/events/filter", json=body, timeout=10).json()["events"]
+    return found
+
+
+def _wait_for_event(server: PrefectServer, entry: str, since: datetime, event_id: str) -> list[dict[str, Any]]:
+    """All events of ``entry`` since ``since``, once the one with ``event_id`` is stored (20 s at most)."""
+    deadline = time.monotonic() + 20
+    while True:
+        found = _events(server, entry, since)
+        if any(e["id"] == event_id for e in found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.3)
+
+
+def _assert_posts_nothing(forwarder: Running, server: PrefectServer, entry: str, since: datetime) -> None:
+    """No event for ``entry``: checked once a later valid report (the sentinel) is stored."""
+    sentinel = forwarder.report({"project": SENTINEL, "public_key": KEY})
+    assert sentinel.status_code == 202
+    _wait_for_event(server, SENTINEL, since, sentinel.json()["event_id"])
+    assert _events(server, entry, since) == []
+
+
+def _one_line_error(response: httpx.Response) -> str:
+    assert response.text.count("\n") == 1 and response.text.endswith("\n")
+    body = response.json()
+    assert set(body) == {"error"}
+    error: str = body["error"]
+    return error
+
+
+@pytest.mark.slow  # events reach the store every few seconds
+def test_a_valid_report_becomes_exactly_one_event_in_the_triggers_shape(
+    forwarder: Running, prefect_server: PrefectServer
+) -> None:
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    response = forwarder.report({"project": ALPHA, "public_key": KEY, "source": "gitleaks"})
+    assert response.status_code == 202
+    answer = response.json()
+    assert answer["status"] == "forwarded" and answer["project"] == ALPHA and answer["public_key"] == KEY
+    [event] = _wait_for_event(prefect_server, ALPHA, since, answer["event_id"])
+    assert event["id"] == answer["event_id"]
+    assert event["event"] == "langfuse.key.compromised"
+    assert event["resource"] == {"prefect.resource.id": f"langfuse.project.{ALPHA}", "langfuse.project": ALPHA}
+    assert event["payload"] == {"public_key": KEY, "source": "gitleaks"}
+
+
+@pytest.mark.slow  # events reach the store every few seconds
+def test_each_report_gets_a_fresh_event_id_and_a_default_source(
+    forwarder: Running, prefect_server: PrefectServer
+) -> None:
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    first = forwarder.report({"project": BETA, "public_key": KEY}).json()["event_id"]
+    second = forwarder.report({"project": BETA, "public_key": KEY}).json()["event_id"]
+    assert first != second
+    found = _wait_for_event(prefect_server, BETA, since, second)
+    assert {e["id"] for e in found} >= {first, second}
+    assert all(e["payload"]["source"] == "secret-scanner" for e in found)
+
+
+@pytest.mark.slow  # events reach the store every few seconds
+@pytest.mark.parametrize(
+    ("token", "scheme"),
+    [(None, "Bearer"), (WRONG_TOKEN, "Bearer"), (TOKEN[:-1], "Bearer"), (TOKEN + "x", "Bearer"), (TOKEN, "Basic")],
+    ids=["no-token", "wrong-token", "token-prefix", "token-longer", "not-bearer"],
+)
+def test_a_report_without_the_right_token_is_refused_and_posts_nothing(
+    forwarder: Running, prefect_server: PrefectServer, token: str | None, scheme: str
+) -> None:
+    since = datetime.now(UTC)
+    response = forwarder.report({"project": ALPHA, "public_key": KEY}, token=token, scheme=scheme)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert _one_line_error(response) == "missing or wrong bearer token"
+    _assert_posts_nothing(forwarder, prefect_server, ALPHA, since)
+
+
+@pytest.mark.slow  # events reach the store every few seconds
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        ({"project": "not-configured", "public_key": KEY}, 422, "project is not a configured entry"),
+        ({"project": ALPHA, "public_key": "sk-lf-" + "s" * 32}, 422, "public_key must be"),
+        ({"project": ALPHA, "public_key": "pk-lf-"}, 422, "public_key must be"),
+        ({"project": ALPHA, "public_key": "pk-lf-a b"}, 422, "public_key must be"),
+        ({"project": ALPHA}, 422, "public_key must be"),
+        ({"project": ALPHA, "public_key": KEY, "source": "x" * 65}, 422, "source must be"),
+        ({"project": ALPHA, "public_key": KEY, "deployment": "other"}, 422, "unexpected field"),
+        ([{"project": ALPHA, "public_key": KEY}], 400, "the body must be a JSON object"),
+    ],
+    ids=["unknown-entry", "secret-key", "empty-key", "key-with-space", "no-key", "long-source", "extra", "list"],
+)
+def test_a_report_that_fails_its_checks_is_refused_and_posts_nothing(
+    forwarder: Running, prefect_server: PrefectServer, body: Any, status: int, error: str
+) -> None:
+    since = datetime.now(UTC)
+    response = forwarder.report(body)
+    assert response.status_code == status
+    assert _one_line_error(response).startswith(error)
+    assert "sk-lf-" not in response.text and "not-configured" not in response.text
+    _assert_posts_nothing(forwarder, prefect_server, ALPHA, since)
+    if body.__class__ is dict and body.get("project") == "not-configured":
+        assert _events(prefect_server, "not-configured", since) == []
+
+
+@pytest.mark.slow  # events reach the store every few seconds
+def test_a_body_that_is_not_json_is_refused(forwarder: Running, prefect_server: PrefectServer) -> None:
+    since = datetime.now(UTC)
+    response = httpx.post(
+        f"{forwarder.url}/compromised",
+        content=b'{"project": "' + ALPHA.encode() + b'", ',
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    assert response.status_code == 400
+    assert _one_line_error(response) == "the body is not JSON"
+    _assert_posts_nothing(forwarder, prefect_server, ALPHA, since)
+
+
+@pytest.mark.slow  # events reach the store every few seconds
+def test_an_oversized_body_is_refused_unread(forwarder: Running, prefect_server: PrefectServer) -> None:
+    since = datetime.now(UTC)
+    body = json.dumps({"project": ALPHA, "public_key": KEY, "source": "a", "pad": "x" * 5000}).encode()
+    response = httpx.post(
+        f"{forwarder.url}/compromised", content=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+    )
+    assert response.status_code == 413
+    assert _one_line_error(response).startswith("the body is larger than")
+    _assert_posts_nothing(forwarder, prefect_server, ALPHA, since)
+
+
+@pytest.mark.slow  # events reach the store every few seconds
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/events", 404),
+        ("POST", "/compromised/", 404),
+        ("POST", "/compromised?project=x", 404),
+        ("GET", "/compromised", 405),
+        ("PUT", "/compromised", 405),
+        ("DELETE", "/compromised", 405),
+        ("PROPFIND", "/compromised", 405),
+        ("GET", "/", 404),
+    ],
+)
+def test_any_other_path_or_method_is_refused_and_posts_nothing(
+    forwarder: Running, prefect_server: PrefectServer, method: str, path: str, status: int
+) -> None:
+    since = datetime.now(UTC)
+    response = httpx.request(
+        method,
+        f"{forwarder.url}{path}",
+        json={"project": ALPHA, "public_key": KEY},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    assert response.status_code == status
+    assert "only POST /compromised" in _one_line_error(response)
+    _assert_posts_nothing(forwarder, prefect_server, ALPHA, since)
+
+
+@pytest.mark.slow  # events reach the store every few seconds
+def test_no_token_or_prefect_credential_ever_appears_in_answers_or_output(forwarder: Running) -> None:
+    answers = [
+        forwarder.report({"project": ALPHA, "public_key": KEY}, token=WRONG_TOKEN),
+        forwarder.report({"project": TOKEN, "public_key": KEY}),
+        forwarder.report({"project": ALPHA, "public_key": f"pk-lf-{TOKEN}!", "source": TOKEN}),
+        forwarder.report({"project": ALPHA, "public_key": KEY}, path=f"/compromised?token={TOKEN}"),
+        forwarder.report({"project": ALPHA, "public_key": KEY}),
+    ]
+    assert [a.status_code for a in answers] == [401, 422, 422, 404, 202]
+    output = forwarder.output()
+    assert "status=202" in output and "status=401" in output
+    for text in [output, *(a.text for a in answers), *(str(a.headers) for a in answers)]:
+        assert TOKEN not in text and WRONG_TOKEN not in text and PREFECT_KEY not in text
+
+
+@pytest.mark.slow  # events reach the store every few seconds
+def test_each_request_is_logged_in_one_line_with_what_was_checked(forwarder: Running) -> None:
+    before = forwarder.output().count("\n")
+    forwarder.report({"project": ALPHA, "public_key": KEY, "source": "trufflehog"})
+    forwarder.report({"project": "elsewhere", "public_key": KEY})
+    deadline = time.monotonic() + 5
+    while forwarder.output().count("\n") < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    forwarded, refused = forwarder.output().splitlines()[before : before + 2]
+    assert "status=202" in forwarded and f"project={ALPHA}" in forwarded and f"public_key={KEY}" in forwarded
+    assert "source=trufflehog" in forwarded and "event_id=" in forwarded
+    assert "status=422" in refused and "elsewhere" not in refused
+
+
+@pytest.mark.slow  # events reach the store every few seconds
+def test_reports_past_the_rate_of_an_entry_are_refused(prefect_server: PrefectServer, tmp_path: Path) -> None:
+    running = _start(tmp_path, prefect_server, "--per-minute", "2")
+    try:
+        since = datetime.now(UTC)  # the events' time is the forwarder's clock: this machine's
+        answers = [running.report({"project": ALPHA, "public_key": KEY}) for _ in range(3)]
+        other = running.report({"project": BETA, "public_key": KEY})
+    finally:
+        _stop(running)
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    assert _one_line_error(answers[2]).startswith("more than 2 reports for this entry")
+    assert other.status_code == 202
+    found = _wait_for_event(prefect_server, BETA, since, other.json()["event_id"])
+    assert len(found) == 1
+    assert {e["id"] for e in _events(prefect_server, ALPHA, since)} == {a.json()["event_id"] for a in answers[:2]}
+
+
+def test_it_refuses_to_start_without_a_token_and_says_so_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "rotation.yaml"
+    config.write_text(CONFIG)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.compromise_forwarder", "--config", str(config), "--token-env", "NO_SUCH_VAR"],
+        env={"PATH": "/usr/bin:/bin", "PREFECT_API_URL": "http://127.0.0.1:9/api"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: environment variable NO_SUCH_VAR: the token is missing or shorter than 16 characters"
+    ]
+
+
+# --- the checks on their own ------------------------------------------------------------------
+
+
+def test_only_the_entry_names_are_read_and_no_referenced_variable_is_needed(tmp_path: Path) -> None:
+    config = tmp_path / "rotation.yaml"
+    config.write_text(CONFIG)
+    assert entry_names(config) == {ALPHA, BETA, SENTINEL}
+
+
+def test_a_configuration_without_literal_entry_names_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "rotation.yaml"
+    config.write_text("projects:\n  - name: ${ENTRY}\n")
+    with pytest.raises(SetupError, match=r"projects\[0\]\.name"):
+        entry_names(config)
+
+
+def test_a_report_is_parsed_only_when_every_field_checks() -> None:
+    report = parse_report(json.dumps({"project": ALPHA, "public_key": KEY}).encode(), frozenset({ALPHA}))
+    assert (report.project, report.public_key, report.source) == (ALPHA, KEY, "secret-scanner")
+    with pytest.raises(Refused) as refused:
+        parse_report(b"\xff", frozenset({ALPHA}))
+    assert refused.value.status == 400
+
+
+def test_the_rate_limit_is_a_sliding_minute_per_entry() -> None:
+    limit = RateLimit(2)
+    assert [limit.allow("a", now=t) for t in (0, 1, 2)] == [True, True, False]
+    assert limit.allow("b", now=2)
+    assert limit.allow("a", now=60.5)
