@@ -152,7 +152,7 @@ def entry_names(path: str | os.PathLike[str]) -> frozenset[str]:
     except OSError as exc:
         raise SetupError(f"{file}: cannot read configuration: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(_ENV_REFERENCE.sub("env-reference", text))
+        data = yaml.safe_load(_ENV_REFERENCE.sub("__env_reference__", text))
     except (yaml.YAMLError, RecursionError):
         raise SetupError(f"{file}: invalid YAML (langfuse-rotate validate --config {file} says where)") from None
     projects = data.get("projects") if isinstance(data, dict) else None
