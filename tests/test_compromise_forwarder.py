@@ -25,6 +25,8 @@ import pytest
 from devstack.prefect_server import PrefectServer
 from flows.automation import EVENT
 from flows.compromise_forwarder import RateLimit, Refused, SetupError, entry_names, parse_report
+from tests.fixtures.rotation import ENTRY, RotationEnv
+from tests.test_emergency_trigger import _finished_run_of, automation, served_deployment  # noqa: F401 (fixtures)
 
 SUFFIX = uuid.uuid4().hex[:8]
 ALPHA, BETA, SENTINEL = f"fw-alpha-{SUFFIX}", f"fw-beta-{SUFFIX}", f"fw-sentinel-{SUFFIX}"
@@ -63,9 +65,10 @@ class Running:
         return self.log.read_text()
 
 
-def _start(tmp: Path, server: PrefectServer, *extra: str) -> Running:
-    config = tmp / "rotation.yaml"
-    config.write_text(CONFIG)
+def _start(tmp: Path, server: PrefectServer, *extra: str, config: Path | None = None) -> Running:
+    if config is None:
+        config = tmp / "rotation.yaml"
+        config.write_text(CONFIG)
     token_file = tmp / "scanner-token"
     token_file.write_text(TOKEN + "\n")
     log = tmp / "forwarder.log"
@@ -331,6 +334,28 @@ def test_it_refuses_to_start_without_a_token_and_says_so_in_one_line(tmp_path: P
     assert done.stderr.strip().splitlines() == [
         "error: environment variable NO_SUCH_VAR: the token is missing or shorter than 16 characters"
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_a_report_through_the_forwarder_makes_the_emergency_trigger_contain_the_key(
+    rotation_env: RotationEnv,
+    prefect_server: PrefectServer,
+    automation: str,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    old = rotation_env.current()
+    running = _start(tmp_path, prefect_server, config=rotation_env.write_config())
+    try:
+        response = running.report({"project": ENTRY, "public_key": old.public_key, "source": "gitleaks"})
+        assert response.status_code == 202
+        run = _finished_run_of(automation)
+    finally:
+        _stop(running)
+    assert run.state.is_completed(), run.state.message
+    assert run.parameters["project"] == ENTRY and run.parameters["public_key"] == old.public_key
+    assert run.parameters["event_id"] == response.json()["event_id"] and run.parameters["event_source"] == "gitleaks"
+    assert not rotation_env.works(old)
 
 
 # --- the checks on their own ------------------------------------------------------------------
