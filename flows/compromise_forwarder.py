@@ -321,6 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
         *,
         log: dict[str, str] | None = None,
     ) -> None:
+        self._log_line(status, body, log or {})  # before the answer: a client that has it finds the line
         data = (json.dumps(body) + "\n").encode()
         try:
             self.send_response(status)
@@ -334,9 +335,8 @@ class _Handler(BaseHTTPRequestHandler):
             if getattr(self, "command", None) != "HEAD":
                 self.wfile.write(data)
         except OSError:
-            pass  # the client went away; the log line still says what it was told
+            pass  # the client went away; the log line says what it was told
         self.close_connection = True
-        self._log_line(status, body, log or {})
 
     def _log_line(self, status: int, body: dict[str, str], details: dict[str, str]) -> None:
         """One line per request: who, what, the answer; only values the forwarder checked or made."""
