@@ -162,6 +162,10 @@ class EntryContext:
         org = self.config.langfuse.org_key
         return [org.store] if org is not None else []
 
+    def store_for(self, name: str) -> SecretStore:
+        """The configured store ``name`` (connected on first use), e.g. another entry's store."""
+        return self._store(name)
+
     def _store(self, name: str) -> SecretStore:
         if name not in self._stores:
             self._stores[name] = build_store(self.config.stores[name])

@@ -255,6 +255,8 @@ def run_emergency(
     instance admin key; without one it must go idle for the cache TTL, which cannot happen while
     consumers still use it, so that re-probe runs after the restarts, and the result says so.
     """
+    if compromised_public_key is not None:
+        _check_named_key(ctx, compromised_public_key)  # before anything changes, reconcile included
     run = RunTracker(ctx, runner, "emergency")
     entry = ctx.entry
     plan: RotationPlan | None = None
@@ -280,7 +282,6 @@ def run_emergency(
                 f"its new key {plan.new_public_key} replaces it (if that one leaked, run reconcile first)",
             )
         if target != plan.old_public_key:
-            _check_stray_key(ctx, target)
             return _contain_stray_key(run, target)
         created = run.step("create", create_key, ctx, plan)
         record = created.record
@@ -355,21 +356,44 @@ class BadInputError(Exception):
     """The request cannot be carried out as given; nothing was changed (exit code 2)."""
 
 
-def _check_stray_key(ctx: EntryContext, target: str) -> None:
-    """A compromised key that is not this entry's current key must be a key of the project that
-    no other configured entry currently uses (that entry must be contained by its own name)."""
+def _check_named_key(ctx: EntryContext, target: str) -> None:
+    """A compromised key named on the command line that is not one of this entry's own keys must
+    be a key of the entry's project that no other configured entry holds as its current or staged
+    key, whatever store that entry lives in (two store names may even point at the same server):
+    deleting it would cut that entry's services off. That entry must be contained by its own name."""
+    try:
+        desc = ctx.store.describe(ctx.location)
+    except ConnectorError:
+        return  # the plan step reports it
+    own = {desc.current_public_key}
+    if desc.pending is not None:
+        own |= {desc.pending.old_public_key, desc.pending.new_public_key}
+    if target in own:
+        return
     keys = ctx.admin.list_api_keys(ctx.entry.project_id)
     if not any(k.public_key == target for k in keys):
         raise BadInputError(f"{target} is not a key of Langfuse project {ctx.entry.project_id} (already deleted?)")
     for other in ctx.config.projects:
-        if other.name == ctx.entry.name or other.project_id != ctx.entry.project_id:
+        if other.name == ctx.entry.name:
             continue
-        if other.store == ctx.entry.store:
-            current = ctx.store.describe(other.location()).current_public_key
-            if current == target:
-                raise BadInputError(
-                    f"{target} is the current key of entry '{other.name}': run emergency --project {other.name}"
-                )
+        try:
+            theirs = ctx.store_for(other.store).describe(other.location())
+        except (ConnectorError, ValueError) as exc:
+            if other.project_id != ctx.entry.project_id:
+                continue  # a key of this project cannot be the working key of another project's entry
+            raise BadInputError(
+                f"{target} may be a key of entry '{other.name}', whose store '{other.store}' cannot be read "
+                f"({one_line(exc)}); nothing was changed: check that entry, or run emergency --project {other.name}"
+            ) from None
+        held = {theirs.current_public_key: "current"}
+        if theirs.pending is not None:
+            held.setdefault(theirs.pending.new_public_key, "staged")
+            held.setdefault(theirs.pending.old_public_key, "current")
+        if target in held:
+            raise BadInputError(
+                f"{target} is the {held[target]} key of entry '{other.name}' (store '{other.store}'), not a stray "
+                f"key of '{ctx.entry.name}'; nothing was changed: run emergency --project {other.name}"
+            )
 
 
 def _contain_stray_key(run: RunTracker, target: str) -> RotationResult:
