@@ -71,38 +71,46 @@ def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | 
         # would make the compromised key current again.
         return run_emergency(ctx, runner)
     run = RunTracker(ctx, runner, "scheduled")
-    entry = ctx.entry
     plan: RotationPlan | None = None
+    resumed: RotationRecord | None = None
     try:
         plan = _prepare(run, "scheduled")
         resumed = _resumed_after_delete(run, plan)
-        if resumed is not None:
-            record = resumed
-            plan = plan.model_copy(update={"new_public_key": record.new_public_key})
-        else:
-            created = run.step("create", create_key, ctx, plan)
-            record = created.record
-            plan = plan.model_copy(update={"new_public_key": record.new_public_key})
-            run.result.new_public_key = record.new_public_key
-            if approve is not None:
-                _approval(run, approve, plan, record)
-            promoted = run.step("store", promote_key, ctx, record)
-            run.result.store_version = promoted.version
-            lagging = _wait_for_restarts(run, record)
-            if lagging is not None:
-                run.result.steps[-1].outcome = "failed"  # the step ran to its end, but this is why the run fails
-                raise StepFailed("wait_for_restarts", lagging)
-            run.step("verify", verify_key, ctx, record, timeout_s=entry.canary_timeout_s + 60)
-            run.result.verified = True
+        if resumed is None:
+            record = _until_verified(run, plan, approve)
     except BaseException as exc:
+        if plan is not None and run.result.new_public_key is not None:
+            plan = plan.model_copy(update={"new_public_key": run.result.new_public_key})
         result = _roll_back(run, plan, exc)
         notify(ctx, result)
         if not isinstance(exc, Exception):
             raise
         return result
-    # Point of no return: the new pair is stored, adopted and verified.
     assert plan is not None
-    return _revoke_and_finish(run, plan, record)
+    if resumed is not None:
+        return _go_forward(run, plan.model_copy(update={"new_public_key": resumed.new_public_key}), resumed)
+    # Point of no return: the new pair is stored, adopted and verified.
+    return _revoke_and_finish(run, plan.model_copy(update={"new_public_key": record.new_public_key}), record)
+
+
+def _until_verified(run: RunTracker, plan: RotationPlan, approve: Approver | None) -> RotationRecord:
+    """Steps 1-4 of a scheduled rotation; any exception means: roll back."""
+    ctx = run.ctx
+    created = run.step("create", create_key, ctx, plan)
+    record = created.record
+    plan = plan.model_copy(update={"new_public_key": record.new_public_key})
+    run.result.new_public_key = record.new_public_key
+    if approve is not None:
+        _approval(run, approve, plan, record)
+    promoted = run.step("store", promote_key, ctx, record)
+    run.result.store_version = promoted.version
+    lagging = _wait_for_restarts(run, record)
+    if lagging is not None:
+        run.result.steps[-1].outcome = "failed"  # the step ran to its end, but this is why the run fails
+        raise StepFailed("wait_for_restarts", lagging)
+    run.step("verify", verify_key, ctx, record, timeout_s=ctx.entry.canary_timeout_s + 60)
+    run.result.verified = True
+    return record
 
 
 def _pending_mode(ctx: EntryContext) -> str | None:
@@ -114,11 +122,13 @@ def _pending_mode(ctx: EntryContext) -> str | None:
 
 
 def _resumed_after_delete(run: RunTracker, plan: RotationPlan) -> RotationRecord | None:
-    """The resumed rotation's record if the run that was killed had already deleted its old key.
+    """The resumed rotation's record if its old key is already deleted from Langfuse (by the run
+    that was killed, or by someone else) while its new pair is current.
 
-    The checklist deletes the old key only after every consumer switched and the new pair was
-    verified, so such a rotation is past the point of no return and can only be finished: rolling
-    it back would make a pair current that Langfuse no longer accepts and delete the only live key.
+    Such a rotation is past the point of no return and can only go forward: rolling it back would
+    make a pair current that Langfuse no longer accepts and delete the only live key. Going forward
+    still means waiting for consumers and verifying (``_go_forward``): whoever deleted the old key
+    may have done so before anyone switched.
     """
     ctx = run.ctx
     if not plan.resumed or plan.old_public_key is None:
@@ -134,13 +144,38 @@ def _resumed_after_delete(run: RunTracker, plan: RotationPlan) -> RotationRecord
         "resume",
         "already_done",
         began,
-        f"old key {plan.old_public_key} already deleted after {pending.new_public_key} was adopted and verified; "
-        "finishing the rotation",
+        f"old key {plan.old_public_key} is already deleted and {pending.new_public_key} is current: the rotation "
+        "can only go forward; waiting for consumers and verifying before finishing it",
     )
     run.result.new_public_key = pending.new_public_key
     run.result.store_version = desc.current_version
-    run.result.verified = True
     return pending
+
+
+def _go_forward(run: RunTracker, plan: RotationPlan, record: RotationRecord) -> RotationResult:
+    """Finish a rotation that cannot be rolled back, but report success only once every consumer
+    switched and the new pair verified; otherwise the result needs a person (exit 4), the new pair
+    stays current and the rotation stays staged, so a rerun checks again."""
+    entry = run.ctx.entry
+    problems: list[str] = []
+    try:
+        lagging = _wait_for_restarts(run, record)
+        if lagging is not None:
+            run.result.steps[-1].outcome = "failed"
+            problems.append(lagging)
+    except Exception as exc:
+        problems.append(f"wait for restarts failed: {one_line(exc)}")
+    try:
+        run.step("verify", verify_key, run.ctx, record, timeout_s=entry.canary_timeout_s + 60)
+        run.result.verified = True
+    except Exception as exc:
+        problems.append(f"verify failed: {one_line(exc)}")
+    if problems:
+        problems.append(
+            f"the old key {plan.old_public_key} is already deleted, so nothing was rolled back: "
+            f"{record.new_public_key} stays current; fix the above and rerun to finish"
+        )
+    return _revoke_and_finish(run, plan, record, problems)
 
 
 def _approval(run: RunTracker, approve: Approver, plan: RotationPlan, record: RotationRecord) -> None:
@@ -212,9 +247,12 @@ def _roll_back(run: RunTracker, plan: RotationPlan | None, exc: BaseException) -
     return run.finish("failed", f"{reason}; rollback incomplete: {detail}")
 
 
-def _revoke_and_finish(run: RunTracker, plan: RotationPlan, record: RotationRecord) -> RotationResult:
+def _revoke_and_finish(
+    run: RunTracker, plan: RotationPlan, record: RotationRecord, problems: list[str] | None = None
+) -> RotationResult:
+    """Revoke the old key and finish; ``problems`` found before (the rotation is then not finished)."""
     ctx = run.ctx
-    problems: list[str] = []
+    problems = list(problems or [])
     if plan.old_public_key is not None:
         try:
             revoked = run.step("revoke", revoke_key, ctx, plan.old_public_key, plan.old_version)
