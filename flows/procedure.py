@@ -233,17 +233,25 @@ def _roll_back(run: RunTracker, plan: RotationPlan | None, exc: BaseException) -
         run.record("rollback", "failed", began, one_line(rollback_exc))
         return run.finish("failed", f"{reason}; rollback failed: {one_line(rollback_exc)}")
     clean = outcome.store_restored and outcome.new_key_deleted and not outcome.errors
-    detail = (
-        f"old pair {plan.old_public_key} current again (version {outcome.restored_version}); new key deleted"
-        if clean
-        else "; ".join(outcome.errors)
-    )
-    run.record("rollback", "rolled_back" if clean else "failed", began, detail)
-    ctx.audit.record("rotation", f"entry:{ctx.entry.name}", "rolled_back" if clean else "failed", error=reason)
+    kept = outcome.new_key_kept if outcome.store_restored else None
     if clean:
+        detail = f"old pair {plan.old_public_key} current again (version {outcome.restored_version}); new key deleted"
+    elif kept is not None:
+        restored = f"old pair {plan.old_public_key} current again (version {outcome.restored_version})"
+        detail = "; ".join([restored, *outcome.errors])
+    else:
+        detail = "; ".join(outcome.errors)
+    outcome_name = "rolled_back" if clean else ("needs_attention" if kept is not None else "failed")
+    run.record("rollback", "rolled_back" if clean else ("attention" if kept is not None else "failed"), began, detail)
+    ctx.audit.record("rotation", f"entry:{ctx.entry.name}", outcome_name, error=reason)
+    if clean or kept is not None:
         run.result.new_public_key = plan.new_public_key
         run.result.store_version = outcome.restored_version
+    if clean:
         return run.finish("rolled_back", f"{reason}; rolled back, old pair {plan.old_public_key} is current")
+    if kept is not None:
+        # The store is back on the old pair, but a key some consumer may run on is alive: a person decides.
+        return run.finish("needs_attention", f"{reason}; rolled back the store, {detail}")
     return run.finish("failed", f"{reason}; rollback incomplete: {detail}")
 
 
@@ -484,6 +492,7 @@ def run_reconcile(ctx: EntryContext, runner: StepRunner) -> RotationResult:
     if not desc.exists:
         return run.finish("failed", f"no secret at {ctx.store_label}: nothing to reconcile")
     actions: list[str] = []
+    kept: list[str] = []
     pending = desc.pending
     if pending is not None and pending.mode == "emergency":
         return _finish_emergency(ctx, runner, pending)
@@ -498,21 +507,26 @@ def run_reconcile(ctx: EntryContext, runner: StepRunner) -> RotationResult:
             actions.append(f"finished rotation {pending.rotation_id}: its old key was already revoked")
         else:
             outcome = run.step("rollback", rollback_rotation, ctx, plan)
-            if outcome.errors:
+            if outcome.errors and outcome.new_key_kept is None:
                 result = run.finish("failed", "; ".join(outcome.errors))
                 notify(ctx, result)
                 return result
             actions.append(
                 f"rolled back unfinished rotation {pending.rotation_id}: {pending.old_public_key} is current"
             )
+            if outcome.new_key_kept is not None:
+                kept.append(outcome.new_key_kept)
+                actions.append(outcome.new_key_kept)
     current = ctx.store.describe(ctx.location)
     orphans = run.step("reconcile", reconcile_orphans, ctx, plan_rotation(ctx, "scheduled"))
     actions += orphans.actions
+    kept += orphans.kept
     run.result.reconciled = actions
     run.result.old_public_key = current.current_public_key
     run.result.store_version = current.current_version
-    result = run.finish("reconciled")
-    ctx.audit.record("reconcile", f"entry:{ctx.entry.name}", "done", actions=actions)
+    # A key kept because a consumer uses it, or cannot be proven not to, needs a person (exit 4).
+    result = run.finish("needs_attention", "; ".join(kept)) if kept else run.finish("reconciled")
+    ctx.audit.record("reconcile", f"entry:{ctx.entry.name}", "done" if not kept else result.status, actions=actions)
     if actions:
         notify(ctx, result)
     return result
