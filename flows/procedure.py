@@ -18,7 +18,7 @@ from flows.context import EntryContext
 from flows.crashpoints import crash_point
 from flows.models import Mode, RotationPlan, RotationResult
 from flows.notification import notify
-from flows.runner import StepRunner
+from flows.runner import StepRunner, step_timeout_s
 from flows.steps import (
     ConsumerOutcome,
     RevokeOutcome,
@@ -108,7 +108,7 @@ def _until_verified(run: RunTracker, plan: RotationPlan, approve: Approver | Non
     if lagging is not None:
         run.result.steps[-1].outcome = "failed"  # the step ran to its end, but this is why the run fails
         raise StepFailed("wait_for_restarts", lagging)
-    run.step("verify", verify_key, ctx, record, timeout_s=ctx.entry.canary_timeout_s + 60)
+    run.step("verify", verify_key, ctx, record)
     run.result.verified = True
     return record
 
@@ -156,7 +156,6 @@ def _go_forward(run: RunTracker, plan: RotationPlan, record: RotationRecord) -> 
     """Finish a rotation that cannot be rolled back, but report success only once every consumer
     switched and the new pair verified; otherwise the result needs a person (exit 4), the new pair
     stays current and the rotation stays staged, so a rerun checks again."""
-    entry = run.ctx.entry
     problems: list[str] = []
     try:
         lagging = _wait_for_restarts(run, record)
@@ -166,7 +165,7 @@ def _go_forward(run: RunTracker, plan: RotationPlan, record: RotationRecord) -> 
     except Exception as exc:
         problems.append(f"wait for restarts failed: {one_line(exc)}")
     try:
-        run.step("verify", verify_key, run.ctx, record, timeout_s=entry.canary_timeout_s + 60)
+        run.step("verify", verify_key, run.ctx, record)
         run.result.verified = True
     except Exception as exc:
         problems.append(f"verify failed: {one_line(exc)}")
@@ -196,13 +195,7 @@ def _approval(run: RunTracker, approve: Approver, plan: RotationPlan, record: Ro
 def _wait_for_restarts(run: RunTracker, record: RotationRecord) -> str | None:
     """Step 3: restart hooks, then wait for every consumer; returns who lags (None: all switched)."""
     entry = run.ctx.entry
-    consumers = run.step(
-        "wait_for_restarts",
-        wait_for_consumers,
-        run.ctx,
-        record.new_public_key,
-        timeout_s=entry.wait_timeout_s + entry.grace_period_s + 60,
-    )
+    consumers = run.step("wait_for_restarts", wait_for_consumers, run.ctx, record.new_public_key)
     run.result.consumers = consumers.wait.last_seen
     if consumers.wait.all_switched:
         return None
@@ -228,7 +221,9 @@ def _roll_back(run: RunTracker, plan: RotationPlan | None, exc: BaseException) -
         return run.finish("failed", reason)
     began = time.monotonic()
     try:
-        outcome = run.runner.run("rollback", rollback_rotation, ctx, plan)
+        outcome = run.runner.run(
+            "rollback", rollback_rotation, ctx, plan, timeout_s=step_timeout_s("rollback", ctx.entry)
+        )
     except Exception as rollback_exc:
         run.record("rollback", "failed", began, one_line(rollback_exc))
         return run.finish("failed", f"{reason}; rollback failed: {one_line(rollback_exc)}")
@@ -359,20 +354,13 @@ def run_emergency(
     except Exception as exc:
         problems.append(f"wait for restarts failed: {one_line(exc)}")
     try:
-        run.step("verify", verify_key, ctx, record, timeout_s=entry.canary_timeout_s + 60)
+        run.step("verify", verify_key, ctx, record)
         run.result.verified = True
     except Exception as exc:
         problems.append(f"verify failed: {one_line(exc)}")
     if revoked is not None and revoked.idle_recheck_due:
         try:
-            revoked = run.step(
-                "recheck_revoked",
-                recheck_revoked_key,
-                ctx,
-                target,
-                plan.old_version,
-                timeout_s=entry.revoke_recheck_s + 60,
-            )
+            revoked = run.step("recheck_revoked", recheck_revoked_key, ctx, target, plan.old_version)
             run.result.old_key_rejected = revoked.rejected
         except Exception as exc:
             problems.append(f"re-probe of the revoked key failed: {one_line(exc)}")
