@@ -23,6 +23,7 @@ from flows.config import (
     StoreConfig,
     VaultStoreConfig,
 )
+from flows.handover import HandoverWatch
 from flows.redact import register_secret
 
 if TYPE_CHECKING:
@@ -123,7 +124,9 @@ class EntryContext:
             if admin_api_key is not None
             else None
         )
-        self.consumer_client = ConsumerClient()
+        self.handover = HandoverWatch(self.store, self.location)
+        # Waits between consumer polls notice an emergency's handover request (flows.handover).
+        self.consumer_client = ConsumerClient(sleep=self.handover.sleep)
         self.consumers = [
             Consumer(
                 name=c.name,

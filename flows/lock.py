@@ -30,8 +30,10 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flows.config import ConfigError
 
@@ -110,8 +112,9 @@ def _open_private(path: Path, flags: int) -> int:
 
 
 @contextlib.contextmanager
-def local_lock(entry: str, *, wait_s: float) -> Iterator[None]:
-    """An exclusive ``flock`` on a per-entry file; waits up to ``wait_s`` seconds."""
+def local_lock(entry: str, *, wait_s: float, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """An exclusive ``flock`` on a per-entry file; waits up to ``wait_s`` seconds, calling
+    ``on_wait`` between attempts (an emergency refreshes its handover request there)."""
     path = _lock_dir() / f"{lock_name(entry)}.lock"
     fd = _open_private(path, os.O_RDWR | os.O_CREAT)
     try:
@@ -125,6 +128,8 @@ def local_lock(entry: str, *, wait_s: float) -> Iterator[None]:
                     raise RotationInProgressError(
                         f"rotation already in progress for '{entry}' (held by another process on this host)"
                     ) from None
+                if on_wait is not None:
+                    on_wait()
                 time.sleep(_POLL_S)
         try:
             yield
@@ -183,44 +188,96 @@ def release_stale_lease(entry: str) -> str | None:
     return lease_id
 
 
+@dataclass
+class LockHeld:
+    """How the entry's lock is held. ``taken_over``: the Prefect slot stayed taken by a run on
+    another host that did not hand over (dead, its lease not yet expired); an emergency then goes
+    ahead without the slot (see ``entry_lock``)."""
+
+    taken_over: str | None = None
+
+
 @contextlib.contextmanager
-def prefect_lock(entry: str, *, wait_s: float, lease_s: int) -> Iterator[None]:
+def prefect_lock(
+    entry: str,
+    *,
+    wait_s: float,
+    lease_s: int,
+    on_wait: Callable[[], None] | None = None,
+    take_over_after_s: float | None = None,
+) -> Iterator[LockHeld]:
     from prefect.concurrency.context import ConcurrencyContext
     from prefect.concurrency.sync import concurrency
 
     name = lock_name(entry)
     _ensure_limit(name)
     release_stale_lease(entry)
+    held = LockHeld()
     with contextlib.ExitStack() as stack:
         # Prefect records every lease it grants in the active ConcurrencyContext (a flow run has
         # one); that is where this holder learns its lease id for the lease file.
         leases = ConcurrencyContext.get() or stack.enter_context(ConcurrencyContext())
         before = set(leases.cleanup_lease_ids)
-        try:
-            # A zero timeout would mean "do not even try once"; one short attempt is the intent.
-            slot = concurrency(name, occupy=1, strict=True, timeout_seconds=max(wait_s, 1.0), lease_duration=lease_s)
-            slot.__enter__()
-        except TimeoutError:
-            raise RotationInProgressError(
-                f"rotation already in progress for '{entry}' (Prefect concurrency limit {name} is taken)"
-            ) from None
+        slot: Any = None
+        budget = wait_s if take_over_after_s is None else take_over_after_s
+        deadline = time.monotonic() + budget
+        while slot is None:
+            # Short attempts when someone waits actively (``on_wait``), one long one otherwise. A zero
+            # timeout would mean "do not even try once"; one short attempt is the intent.
+            attempt_s = 1.0 if on_wait is not None else max(budget, 1.0)
+            try:
+                candidate = concurrency(name, occupy=1, strict=True, timeout_seconds=attempt_s, lease_duration=lease_s)
+                candidate.__enter__()
+                slot = candidate
+            except TimeoutError:
+                if time.monotonic() < deadline:
+                    if on_wait is not None:
+                        on_wait()
+                    continue
+                if take_over_after_s is None:
+                    raise RotationInProgressError(
+                        f"rotation already in progress for '{entry}' (Prefect concurrency limit {name} is taken)"
+                    ) from None
+                held.taken_over = (
+                    f"Prefect concurrency limit {name} stayed taken for {take_over_after_s:g}s by a run that did not "
+                    "hand over (on another host, dead or stuck): went ahead without it"
+                )
+                break
         granted = [str(lease) for lease in leases.cleanup_lease_ids if lease not in before]
         try:
-            if granted:
+            if slot is not None and granted:
                 fd = _open_private(_lease_file(entry), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
                 with os.fdopen(fd, "w") as file:
                     file.write(json.dumps({"lease_id": granted[0], "pid": os.getpid()}))
-            yield
+            yield held
         finally:
-            slot.__exit__(None, None, None)
-            _lease_file(entry).unlink(missing_ok=True)
+            if slot is not None:
+                slot.__exit__(None, None, None)
+                _lease_file(entry).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def entry_lock(entry: str, *, wait_s: float, lease_s: int, use_prefect: bool) -> Iterator[None]:
-    with local_lock(entry, wait_s=wait_s):
+def entry_lock(
+    entry: str,
+    *,
+    wait_s: float,
+    lease_s: int,
+    use_prefect: bool,
+    on_wait: Callable[[], None] | None = None,
+    take_over_after_s: float | None = None,
+) -> Iterator[LockHeld]:
+    """The entry's lock: the local flock, then the Prefect slot when a server is configured.
+
+    ``take_over_after_s`` (an emergency): a Prefect slot still taken after that long belongs to a
+    run that did not hand over although asked to: dead on another host (its lease has not expired
+    yet) or stuck in a step. The emergency goes ahead without it; a live holder stops at its next
+    check, and the store's check-and-set fences every write. The local flock is never taken over:
+    the kernel frees it when its holder dies."""
+    with local_lock(entry, wait_s=wait_s, on_wait=on_wait):
         if use_prefect and prefect_server_configured():
-            with prefect_lock(entry, wait_s=wait_s, lease_s=lease_s):
-                yield
+            with prefect_lock(
+                entry, wait_s=wait_s, lease_s=lease_s, on_wait=on_wait, take_over_after_s=take_over_after_s
+            ) as held:
+                yield held
         else:
-            yield
+            yield LockHeld()

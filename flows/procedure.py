@@ -16,6 +16,7 @@ from connectors.errors import ConnectorError
 from connectors.store import RotationRecord
 from flows.context import EntryContext
 from flows.crashpoints import crash_point
+from flows.handover import Superseded
 from flows.models import Mode, RotationPlan, RotationResult
 from flows.notification import notify
 from flows.runner import StepRunner, step_timeout_s
@@ -44,7 +45,11 @@ class ApprovalDecision(BaseModel):
     timed_out: bool = False
 
 
-Approver = Callable[[RotationPlan, RotationRecord], ApprovalDecision]
+HandoverProbe = Callable[[], "str | None"]
+"""Returns the emergency run that asked for the entry (``flows.handover``), or None."""
+
+Approver = Callable[[RotationPlan, RotationRecord, HandoverProbe], ApprovalDecision]
+"""Asks a person; gives up early (any decision) once the probe names an emergency."""
 
 
 def _prepare(run: RunTracker, mode: Mode) -> RotationPlan:
@@ -65,12 +70,23 @@ def _prepare(run: RunTracker, mode: Mode) -> RotationPlan:
 
 
 def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | None = None) -> RotationResult:
-    """create → store → wait for restarts → verify → revoke → finish → notify."""
+    """create → store → wait for restarts → verify → revoke → finish → notify.
+
+    An emergency of the same entry that asks for it (``flows.handover``) stops this run where it
+    is, without rolling back: the emergency carries the staged rotation through."""
     if _pending_mode(ctx) == "emergency":
         # A killed emergency is carried through as one: this checklist could roll it back, which
         # would make the compromised key current again.
         return run_emergency(ctx, runner)
     run = RunTracker(ctx, runner, "scheduled")
+    try:
+        return _scheduled(run, approve)
+    except Superseded as handed:
+        return _handed_over(run, handed)
+
+
+def _scheduled(run: RunTracker, approve: Approver | None) -> RotationResult:
+    ctx = run.ctx
     plan: RotationPlan | None = None
     resumed: RotationRecord | None = None
     try:
@@ -78,6 +94,8 @@ def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | 
         resumed = _resumed_after_delete(run, plan)
         if resumed is None:
             record = _until_verified(run, plan, approve)
+    except Superseded:
+        raise
     except BaseException as exc:
         if plan is not None and run.result.new_public_key is not None:
             plan = plan.model_copy(update={"new_public_key": run.result.new_public_key})
@@ -91,6 +109,23 @@ def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | 
         return _go_forward(run, plan.model_copy(update={"new_public_key": resumed.new_public_key}), resumed)
     # Point of no return: the new pair is stored, adopted and verified.
     return _revoke_and_finish(run, plan.model_copy(update={"new_public_key": record.new_public_key}), record)
+
+
+def _handed_over(run: RunTracker, handed: Superseded) -> RotationResult:
+    """This rotation stopped for an emergency: nothing rolled back, the lock is let go."""
+    ctx = run.ctx
+    staged = run.result.rotation_id
+    detail = (
+        f"superseded by emergency {handed.emergency_run}: stopped in {run.current_step} without rolling back; "
+        f"the emergency carries rotation {staged} through"
+    )
+    run.record("handover", "done", time.monotonic(), detail)
+    result = run.finish("in_progress", detail)
+    ctx.audit.record(
+        "rotation", f"entry:{ctx.entry.name}", "superseded", emergency_run=handed.emergency_run, rotation_id=staged
+    )
+    notify(ctx, result)
+    return result
 
 
 def _until_verified(run: RunTracker, plan: RotationPlan, approve: Approver | None) -> RotationRecord:
@@ -114,11 +149,17 @@ def _until_verified(run: RunTracker, plan: RotationPlan, approve: Approver | Non
 
 
 def _pending_mode(ctx: EntryContext) -> str | None:
+    """The staged rotation's mode; "emergency" also for a scheduled one an emergency took over."""
     try:
-        pending = ctx.store.describe(ctx.location).pending
+        desc = ctx.store.describe(ctx.location)
     except ConnectorError:
         return None  # the plan step reports it
-    return pending.mode if pending is not None else None
+    pending = desc.pending
+    if pending is None:
+        return None
+    if desc.handover is not None and desc.handover.rotation_id == pending.rotation_id:
+        return "emergency"
+    return pending.mode
 
 
 def _resumed_after_delete(run: RunTracker, plan: RotationPlan) -> RotationRecord | None:
@@ -180,7 +221,8 @@ def _go_forward(run: RunTracker, plan: RotationPlan, record: RotationRecord) -> 
 def _approval(run: RunTracker, approve: Approver, plan: RotationPlan, record: RotationRecord) -> None:
     began = time.monotonic()
     run.current_step = "approval"
-    decision = approve(plan, record)
+    decision = approve(plan, record, run.ctx.handover.requested_by)
+    run.ctx.handover.check()  # an emergency ended the wait: hand over, neither approved nor rejected
     who = decision.approver or "unknown"
     if decision.timed_out:
         run.record("approval", "failed", began, f"timed out: {decision.reason}")
@@ -219,6 +261,9 @@ def _roll_back(run: RunTracker, plan: RotationPlan | None, exc: BaseException) -
     reason = f"{failed_step}: {one_line(exc)}"
     if plan is None:  # nothing changed yet
         return run.finish("failed", reason)
+    # An emergency asked for the entry: it carries the rotation through; rolling back now would
+    # make the compromised key current again under it.
+    ctx.handover.check()
     began = time.monotonic()
     try:
         outcome = run.runner.run(

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 if TYPE_CHECKING:
     from flows.config import ProjectEntry
@@ -156,7 +157,7 @@ class PrefectRunner:
 
             options = STEP_OPTIONS.get(step, StepOptions())
             self._tasks[step] = Task(
-                fn=fn,
+                fn=_handing_over(fn),
                 name=step,
                 cache_policy=NO_CACHE,
                 persist_result=False,
@@ -172,8 +173,32 @@ class PrefectRunner:
         task = self._task(step, fn)
         if timeout_s is not None:
             task = task.with_options(timeout_seconds=timeout_s)
-        result: T = task(*args)
-        return result
+        result = task(*args)
+        if isinstance(result, _HandedOver):
+            from flows.handover import Superseded
+
+            raise Superseded(result.emergency_run)
+        return cast(T, result)
+
+
+@dataclass(frozen=True)
+class _HandedOver:
+    emergency_run: str
+
+
+def _handing_over(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The step as a task body: a step stopped for an emergency (``Superseded``, a BaseException
+    that Prefect would record as a crash) ends the task normally; ``run`` raises it again."""
+    from flows.handover import Superseded
+
+    @functools.wraps(fn)
+    def body(*args: Any, **kwargs: Any) -> Any:  # Prefect passes the step's parameters by name
+        try:
+            return fn(*args, **kwargs)
+        except Superseded as handed:
+            return _HandedOver(handed.emergency_run)
+
+    return body
 
 
 def _retry_condition(task: Any, task_run: Any, state: Any) -> bool:

@@ -259,7 +259,7 @@ def wait_for_consumers(ctx: EntryContext, public_key: str, *, trigger_restarts: 
     With no consumers listed, waits the configured grace period instead.
     """
     if not ctx.consumers:
-        time.sleep(ctx.entry.grace_period_s)
+        ctx.handover.sleep(ctx.entry.grace_period_s)
         empty = WaitOutcome(all_switched=True, last_seen={}, errors={}, elapsed_s=ctx.entry.grace_period_s, lagging=[])
         return ConsumerOutcome(wait=empty, grace_period_s=ctx.entry.grace_period_s)
     restart_errors: dict[str, str] = {}
@@ -394,7 +394,7 @@ def revoke_key(
                     "probed again once consumers have been restarted",
                 )
             else:
-                time.sleep(ctx.entry.revoke_recheck_s)
+                ctx.handover.sleep(ctx.entry.revoke_recheck_s)
                 action = _idle_action(ctx)
             rejected = not client.probe().accepted
         except ConnectorError as exc:
@@ -408,7 +408,7 @@ def recheck_revoked_key(ctx: EntryContext, public_key: str, secret_version: Stor
     pair = _stored_pair(ctx, public_key, secret_version)
     if pair is None:
         raise StepFailed("recheck_revoked", f"the secret of {public_key} is no longer in the store")
-    time.sleep(ctx.entry.revoke_recheck_s)
+    ctx.handover.sleep(ctx.entry.revoke_recheck_s)
     try:
         with LangfuseProjectClient(ctx.host, pair, timeout_s=ctx.config.langfuse.timeout_s) as client:
             rejected = not client.probe().accepted

@@ -48,6 +48,7 @@ class RunTracker:
         self.current_step = name
         if self.result.rotation_id:
             self.ctx.audit.rotation_id = self.result.rotation_id  # every audit line names its rotation
+        self.ctx.handover.check()  # an emergency asked for the entry: stop before the next step
         began = time.monotonic()
         progress(f"{name}: started")
         try:
