@@ -14,16 +14,17 @@ from typing import Literal
 from connectors.errors import ConnectorError
 from connectors.store import RotationRecord
 from flows.audit import audited_run
-from flows.config import load_config
+from flows.config import ConfigError, load_config
 from flows.context import EntryContext
 from flows.handover import HandoverRequester
 from flows.lock import RotationInProgressError, entry_lock
 from flows.models import Mode, RotationResult, Status
 from flows.notification import notified_run
-from flows.procedure import Approver, run_emergency, run_reconcile, run_scheduled
+from flows.procedure import Approver, BadInputError, run_emergency, run_reconcile, run_scheduled
 from flows.redact import install_redaction
 from flows.runner import StepRunner
 from flows.steps import StepFailed
+from flows.tracking import one_line
 
 Kind = Literal["rotate", "emergency", "reconcile"]
 
@@ -101,6 +102,12 @@ def execute(
         result = _unstarted(ctx, runner, mode, "in_progress", str(exc))
     except (ConnectorError, StepFailed) as exc:
         result = _unstarted(ctx, runner, mode, "failed", str(exc))
+    except Exception as exc:
+        if kind != "emergency" or isinstance(exc, BadInputError | ConfigError):
+            raise
+        # Whatever went wrong, an emergency that did not contain pages (``notified_run``) instead of
+        # only leaving a traceback.
+        result = _unstarted(ctx, runner, mode, "failed", f"unexpected error: {one_line(exc)}")
     finally:
         if requester is not None:
             requester.withdraw()

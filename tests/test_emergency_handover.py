@@ -18,7 +18,9 @@ import pytest
 
 from devstack.prefect_server import PrefectServer
 from flows.crashpoints import CRASH_ENV_VAR
+from flows.execute import execute
 from flows.lock import lock_name
+from flows.runner import DirectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.rotation import ENTRY, RotationEnv
 from tests.test_concurrency import created_keys, finish, gate, start, wait_until
@@ -177,3 +179,39 @@ def test_an_emergency_that_cannot_get_the_entry_notifies_as_an_emergency(rotatio
     notes = env.sink.wait_for(1)
     assert notes[-1].json["type"] == "failure" and notes[-1].json["title"].startswith("EMERGENCY"), notes[-1].json
     assert "in_progress" in notes[-1].json["message"]
+
+
+def test_an_emergency_that_cannot_even_connect_notifies_as_an_emergency(rotation_env: RotationEnv) -> None:
+    """The organization key lives in a store that does not answer: the run cannot be set up."""
+    from devstack.prefect_server import free_port
+
+    env = rotation_env
+    dead = {"kind": "vault", "url": f"http://127.0.0.1:{free_port()}", "token": "t", "timeout_s": 1}
+    langfuse = {k: v for k, v in env.config_dict()["langfuse"].items() if not k.startswith("org_")}
+    env.top_overrides = {
+        "stores": {"main": env.store.config(), "keys": dead},
+        "langfuse": langfuse | {"org_key": {"store": "keys", "path": "langfuse/org"}},
+    }
+
+    result = execute("emergency", ENTRY, str(env.write_config()), DirectRunner())
+
+    assert result.status == "failed" and result.failed_step == "setup", result
+    note = env.sink.wait_for(1)[-1].json
+    assert note["type"] == "failure" and note["title"].startswith("EMERGENCY"), note
+
+
+def test_an_emergency_that_fails_unexpectedly_notifies_as_an_emergency(
+    rotation_env: RotationEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.execute
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("something nobody foresaw")
+
+    monkeypatch.setattr(flows.execute, "run_emergency", broken)
+
+    result = execute("emergency", ENTRY, str(rotation_env.write_config()), DirectRunner())
+
+    assert result.status == "failed" and "something nobody foresaw" in (result.error or "")
+    note = rotation_env.sink.wait_for(1)[-1].json
+    assert note["type"] == "failure" and note["title"].startswith("EMERGENCY"), note
