@@ -61,6 +61,7 @@ from connectors.errors import (
 )
 from connectors.keypair import KeyPair
 from connectors.store import (
+    HandoverRequest,
     RotationRecord,
     SecretLocation,
     StoreDescription,
@@ -82,6 +83,7 @@ PREVIOUS = "AWSPREVIOUS"
 
 TAG_PREFIX = "langfuse-rotate:"
 _PENDING_TAG = f"{TAG_PREFIX}pending:"
+_HANDOVER_TAG = f"{TAG_PREFIX}handover:"
 _FACT_TAGS = ("rotation-id", "public-key", "rotated-at", "state", "mode")
 _RECORD_TAGS = {
     "rotation_id": "rotation-id",
@@ -239,6 +241,7 @@ class AwsSecretsStore:
             last_rotation_id=secret.tags.get(f"{TAG_PREFIX}rotation-id") or None,
             last_rotated_at=_parse_time(secret.tags.get(f"{TAG_PREFIX}rotated-at")),
             last_mode=secret.tags.get(f"{TAG_PREFIX}mode") or None,
+            handover=_handover(secret),
         )
 
     def read_current(self, loc: SecretLocation) -> StoredPair:
@@ -449,6 +452,23 @@ class AwsSecretsStore:
             self._remove_label(loc, label, PENDING, version_id)
         if _tagged_rotation(secret) == record.rotation_id:
             self._untag(loc, label, _record_tag_keys())
+
+    def request_handover(self, loc: SecretLocation, request: HandoverRequest) -> None:
+        """Put the request in ``langfuse-rotate:handover:*`` tags (an absent field as an empty value)."""
+        label = self.location_label(loc)
+        values = json.loads(request.model_dump_json())
+        self._tag(
+            loc,
+            label,
+            {f"{_HANDOVER_TAG}{field}": "" if values[field] is None else str(values[field]) for field in values},
+        )
+
+    def clear_handover(self, loc: SecretLocation, emergency_run: str) -> None:
+        label = self.location_label(loc)
+        secret = self._describe(loc, label)
+        if secret is None or secret.tags.get(f"{_HANDOVER_TAG}emergency_run") != emergency_run:
+            return
+        self._untag(loc, label, [f"{_HANDOVER_TAG}{field}" for field in HandoverRequest.model_fields])
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -681,4 +701,18 @@ def _parse_time(value: str | None) -> datetime | None:
     try:
         return datetime.fromisoformat(value)
     except ValueError:
+        return None
+
+
+def _handover(secret: _Secret) -> HandoverRequest | None:
+    values = {
+        key.removeprefix(_HANDOVER_TAG): value or None
+        for key, value in secret.tags.items()
+        if key.startswith(_HANDOVER_TAG)
+    }
+    if not values:
+        return None
+    try:
+        return HandoverRequest.model_validate(values)
+    except ValidationError:
         return None

@@ -98,6 +98,24 @@ class RotationRecord(BaseModel):
     flow_run_id: str | None = None
 
 
+class HandoverRequest(BaseModel):
+    """An emergency asking whoever holds the entry's lock to hand the entry over to it.
+
+    Kept in the store (Vault ``custom_metadata``, AWS tags) so a run on any host sees it. The
+    waiting emergency rewrites it with a fresh ``nonce`` about once a second; a scheduled rotation
+    that sees a nonce it did not see when it started stops at once and lets go. ``rotation_id``
+    names the staged rotation the emergency took over (it is then carried through as an emergency,
+    even by a rerun). The emergency removes the request when it ends.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    emergency_run: str
+    nonce: str
+    requested_at: datetime
+    rotation_id: str | None = None
+
+
 class StoreDescription(BaseModel):
     """What a store says about one location, without secrets."""
 
@@ -115,6 +133,7 @@ class StoreDescription(BaseModel):
     last_rotated_at: datetime | None = None
     last_mode: str | None = None
     """``scheduled`` or ``emergency``: how the last finished rotation ran."""
+    handover: HandoverRequest | None = None
 
 
 @runtime_checkable
@@ -172,4 +191,12 @@ class SecretStore(Protocol):
     def finish(self, loc: SecretLocation, record: RotationRecord) -> None:
         """Clear the staging and record the completed rotation's facts (rotation id, public key,
         rotated-at) as non-secret metadata on the current secret."""
+        ...
+
+    def request_handover(self, loc: SecretLocation, request: HandoverRequest) -> None:
+        """Write (or refresh) the handover request on the secret's metadata; ``describe`` returns it."""
+        ...
+
+    def clear_handover(self, loc: SecretLocation, emergency_run: str) -> None:
+        """Remove the handover request if it is ``emergency_run``'s (another one's is left alone)."""
         ...

@@ -50,6 +50,7 @@ from connectors.errors import (
 )
 from connectors.keypair import KeyPair
 from connectors.store import (
+    HandoverRequest,
     RotationRecord,
     SecretLocation,
     StoreDescription,
@@ -67,6 +68,9 @@ PENDING_SUFFIX = "rotation-pending"
 
 RECORD_FIELD = "_langfuse_rotate_record"
 """Field of the staging secret that holds the ``RotationRecord`` as JSON."""
+
+_HANDOVER = "handover_"
+"""Prefix of the handover request's keys in the main path's ``custom_metadata``."""
 
 _T = TypeVar("_T")
 
@@ -192,6 +196,7 @@ class VaultStore:
             last_rotation_id=custom.get("rotation_id") or None,
             last_rotated_at=_parse_time(custom.get("rotated_at")),
             last_mode=custom.get("mode") or None,
+            handover=_handover(custom),
         )
 
     def read_current(self, loc: SecretLocation) -> StoredPair:
@@ -365,6 +370,29 @@ class VaultStore:
         staged = self._read_staged(loc, label)
         if staged is not None and staged.record.rotation_id == record.rotation_id:
             self._destroy(_staging_path(path), label)
+
+    def request_handover(self, loc: SecretLocation, request: HandoverRequest) -> None:
+        """Put the request in the main path's ``custom_metadata`` (``handover_*`` keys); the
+        other keys and the version settings are kept."""
+        label = self.location_label(loc)
+        path = _clean(loc.path)
+        meta = self._read_metadata(path, label)
+        if meta is None:
+            raise StoreNotFoundError(f"no secret at {label}")
+        custom = {k: v for k, v in _custom_metadata(meta).items() if not k.startswith(_HANDOVER)}
+        values = json.loads(request.model_dump_json())
+        custom.update({f"{_HANDOVER}{k}": str(v)[:512] for k, v in values.items() if v not in (None, "")})
+        self._write_custom_metadata(path, meta, custom, label)
+
+    def clear_handover(self, loc: SecretLocation, emergency_run: str) -> None:
+        label = self.location_label(loc)
+        path = _clean(loc.path)
+        meta = self._read_metadata(path, label)
+        custom = _custom_metadata(meta)
+        if meta is None or custom.get(f"{_HANDOVER}emergency_run") != emergency_run[:512]:
+            return
+        kept = {k: v for k, v in custom.items() if not k.startswith(_HANDOVER)}
+        self._write_custom_metadata(path, meta, kept, label)
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -667,4 +695,14 @@ def _parse_time(value: str | None) -> datetime | None:
     try:
         return datetime.fromisoformat(value)
     except ValueError:
+        return None
+
+
+def _handover(custom: dict[str, str]) -> HandoverRequest | None:
+    values = {k.removeprefix(_HANDOVER): v for k, v in custom.items() if k.startswith(_HANDOVER)}
+    if not values:
+        return None
+    try:
+        return HandoverRequest.model_validate(values)
+    except ValidationError:
         return None

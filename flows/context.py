@@ -23,6 +23,7 @@ from flows.config import (
     StoreConfig,
     VaultStoreConfig,
 )
+from flows.handover import HandoverWatch
 from flows.redact import register_secret
 
 if TYPE_CHECKING:
@@ -123,7 +124,9 @@ class EntryContext:
             if admin_api_key is not None
             else None
         )
-        self.consumer_client = ConsumerClient()
+        self.handover = HandoverWatch(self.store, self.location)
+        # Waits between consumer polls notice an emergency's handover request (flows.handover).
+        self.consumer_client = ConsumerClient(sleep=self.handover.sleep)
         self.consumers = [
             Consumer(
                 name=c.name,
@@ -161,6 +164,10 @@ class EntryContext:
     def _needed_stores(self) -> list[str]:
         org = self.config.langfuse.org_key
         return [org.store] if org is not None else []
+
+    def store_for(self, name: str) -> SecretStore:
+        """The configured store ``name`` (connected on first use), e.g. another entry's store."""
+        return self._store(name)
 
     def _store(self, name: str) -> SecretStore:
         if name not in self._stores:

@@ -6,20 +6,25 @@ server is reachable (with a ``DirectRunner``).
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import UTC, datetime
 from typing import Literal
 
 from connectors.errors import ConnectorError
+from connectors.store import RotationRecord
 from flows.audit import audited_run
-from flows.config import RotationConfig, load_config
+from flows.config import ConfigError, RotationConfig, load_config
 from flows.context import EntryContext
+from flows.handover import HandoverRequester
 from flows.lock import RotationInProgressError, entry_lock
 from flows.models import Mode, RotationResult, Status
 from flows.notification import notified_run
-from flows.procedure import Approver, run_emergency, run_reconcile, run_scheduled
+from flows.procedure import Approver, BadInputError, run_emergency, run_reconcile, run_scheduled
 from flows.redact import install_redaction
 from flows.runner import StepRunner
 from flows.steps import StepFailed
+from flows.tracking import one_line
 
 Kind = Literal["rotate", "emergency", "reconcile"]
 
@@ -63,27 +68,76 @@ def execute(
             error=f"setup: {exc}",
             failed_step="setup",
         )
+    requester = _requester(ctx) if kind == "emergency" else None
     try:
-        # An emergency waits a little for a scheduled run of the same key to let go; it never
-        # barges in, because two writers would fight over the store.
+        # An emergency asks a run that holds the entry to hand over (flows.handover) and waits for
+        # it to let go, refreshing its request; it never waits behind a scheduled rotation.
         wait_s = max(config.lock.wait_s, 30.0) if kind == "emergency" else config.lock.wait_s
         use_prefect = runner.orchestrator == "prefect" if lock_with_prefect is None else lock_with_prefect
         waiting_since = datetime.now(UTC)
         seen = _current_public_key(ctx) if kind != "reconcile" else None
-        with entry_lock(entry.name, wait_s=wait_s, lease_s=config.lock.lease_s, use_prefect=use_prefect):
+        if requester is not None:
+            requester.request()
+        with entry_lock(
+            entry.name,
+            wait_s=wait_s,
+            lease_s=config.lock.lease_s,
+            use_prefect=use_prefect,
+            on_wait=requester.refresh if requester is not None else None,
+            take_over_after_s=TAKE_OVER_AFTER_S if requester is not None else None,
+        ) as held:
+            if requester is not None:
+                pending = _take_over(ctx, requester)
+                if seen is not None and pending is None:
+                    _check_not_replaced_meanwhile(ctx, seen, waiting_since)
+                result = run_emergency(ctx, runner, compromised_public_key=compromised_public_key)
+                if held.taken_over:
+                    result.reconciled.insert(0, held.taken_over)
+                return result
             if seen is not None:
                 _check_not_replaced_meanwhile(ctx, seen, waiting_since)
             if kind == "rotate":
+                ctx.handover.arm()
                 return run_scheduled(ctx, runner, approve=approve)
-            if kind == "emergency":
-                return run_emergency(ctx, runner, compromised_public_key=compromised_public_key)
             return run_reconcile(ctx, runner)
     except RotationInProgressError as exc:
-        return _unstarted(ctx, runner, mode, "in_progress", str(exc))
+        result = _unstarted(ctx, runner, mode, "in_progress", str(exc))
     except (ConnectorError, StepFailed) as exc:
-        return _unstarted(ctx, runner, mode, "failed", str(exc))
+        result = _unstarted(ctx, runner, mode, "failed", str(exc))
+    except Exception as exc:
+        if kind != "emergency" or isinstance(exc, BadInputError | ConfigError):
+            raise
+        # Whatever went wrong, an emergency that did not contain pages (``notified_run``) instead of
+        # only leaving a traceback.
+        result = _unstarted(ctx, runner, mode, "failed", f"unexpected error: {one_line(exc)}")
     finally:
+        if requester is not None:
+            requester.withdraw()
         ctx.close()
+    # A result nobody notified yet (a refused or failed start) is notified by ``notified_run``: an
+    # emergency's with kind emergency, like one that could not contain.
+    return result
+
+
+TAKE_OVER_AFTER_S = 5.0
+"""How long an emergency waits for a Prefect slot whose holder does not hand over (dead on another
+host, its lease not expired yet) before it goes ahead without it."""
+
+
+def _requester(ctx: EntryContext) -> HandoverRequester:
+    who = ctx.flow_run_id or f"{socket.gethostname()}:{os.getpid()}"
+    return HandoverRequester(ctx.store, ctx.location, f"{ctx.run_label} ({who})" if ctx.flow_run_id else who)
+
+
+def _take_over(ctx: EntryContext, requester: HandoverRequester) -> RotationRecord | None:
+    """Holding the lock: note in the store which staged rotation this emergency carries through
+    (a rerun after a crash then carries it on as an emergency too); returns it."""
+    try:
+        pending = ctx.store.describe(ctx.location).pending
+    except ConnectorError:
+        return None  # the plan step reports it
+    requester.take_over(pending.rotation_id if pending is not None else None)
+    return pending
 
 
 def _current_public_key(ctx: EntryContext) -> str | None:

@@ -30,9 +30,10 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flows.prefect_rest import PrefectRest
@@ -114,8 +115,9 @@ def _open_private(path: Path, flags: int) -> int:
 
 
 @contextlib.contextmanager
-def local_lock(entry: str, *, wait_s: float) -> Iterator[None]:
-    """An exclusive ``flock`` on a per-entry file; waits up to ``wait_s`` seconds."""
+def local_lock(entry: str, *, wait_s: float, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """An exclusive ``flock`` on a per-entry file; waits up to ``wait_s`` seconds, calling
+    ``on_wait`` between attempts (an emergency refreshes its handover request there)."""
     path = _lock_dir() / f"{lock_name(entry)}.lock"
     fd = _open_private(path, os.O_RDWR | os.O_CREAT)
     try:
@@ -129,6 +131,8 @@ def local_lock(entry: str, *, wait_s: float) -> Iterator[None]:
                     raise RotationInProgressError(
                         f"rotation already in progress for '{entry}' (held by another process on this host)"
                     ) from None
+                if on_wait is not None:
+                    on_wait()
                 time.sleep(_POLL_S)
         try:
             yield
@@ -166,16 +170,8 @@ def release_stale_lease(entry: str) -> str | None:
     """Release the Prefect slot a crashed holder on this host left behind; the caller must hold
     the entry's flock (that is what proves the writer of the lease file is gone).
     Returns the released lease id, or None if there was none."""
-    path = _lease_file(entry)
-    if not path.exists() and not path.is_symlink():
-        return None
-    try:
-        with os.fdopen(_open_private(path, os.O_RDONLY)) as file:
-            lease_id = str(json.loads(file.read())["lease_id"])
-    except FileNotFoundError:
-        return None
-    except (LockDirError, OSError, ValueError, KeyError, TypeError):
-        path.unlink(missing_ok=True)  # unreadable: nothing we could release
+    lease_id = read_lease(entry)
+    if lease_id is None:
         return None
     from uuid import UUID
 
@@ -183,59 +179,150 @@ def release_stale_lease(entry: str) -> str | None:
 
     with get_client(sync_client=True) as client:
         client.release_concurrency_slots_with_lease(UUID(lease_id))  # an expired or released lease is a no-op
-    path.unlink(missing_ok=True)
+    clear_lease(entry)
     return lease_id
 
 
+def read_lease(entry: str) -> str | None:
+    """The lease id a holder on this host left in its lease file (None: no readable file; an
+    unreadable one is removed, there is nothing it could release)."""
+    path = _lease_file(entry)
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        with os.fdopen(_open_private(path, os.O_RDONLY)) as file:
+            return str(json.loads(file.read())["lease_id"])
+    except FileNotFoundError:
+        return None
+    except (LockDirError, OSError, ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+
+
+def write_lease(entry: str, lease_id: str) -> None:
+    """Record the lease this holder was granted (private file, never through a symlink)."""
+    fd = _open_private(_lease_file(entry), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "w") as file:
+        file.write(json.dumps({"lease_id": lease_id, "pid": os.getpid()}))
+
+
+def clear_lease(entry: str) -> None:
+    _lease_file(entry).unlink(missing_ok=True)
+
+
+def slot_wait_budget(wait_s: float, take_over_after_s: float | None) -> float:
+    """How long to ask for the Prefect slot: an emergency asks only until it takes over."""
+    return wait_s if take_over_after_s is None else take_over_after_s
+
+
+def slot_taken(entry: str, take_over_after_s: float | None) -> str:
+    """What happens when the slot stayed taken: a refusal (``RotationInProgressError``), or for an
+    emergency the take-over message for ``LockHeld.taken_over``."""
+    name = lock_name(entry)
+    if take_over_after_s is None:
+        raise RotationInProgressError(
+            f"rotation already in progress for '{entry}' (Prefect concurrency limit {name} is taken)"
+        )
+    return (
+        f"Prefect concurrency limit {name} stayed taken for {take_over_after_s:g}s by a run that did not "
+        "hand over (on another host, dead or stuck): went ahead without it"
+    )
+
+
+@dataclass
+class LockHeld:
+    """How the entry's lock is held. ``taken_over``: the Prefect slot stayed taken by a run on
+    another host that did not hand over (dead, its lease not yet expired); an emergency then goes
+    ahead without the slot (see ``entry_lock``)."""
+
+    taken_over: str | None = None
+
+
 @contextlib.contextmanager
-def prefect_lock(entry: str, *, wait_s: float, lease_s: int) -> Iterator[None]:
+def prefect_lock(
+    entry: str,
+    *,
+    wait_s: float,
+    lease_s: int,
+    on_wait: Callable[[], None] | None = None,
+    take_over_after_s: float | None = None,
+) -> Iterator[LockHeld]:
     from prefect.concurrency.context import ConcurrencyContext
     from prefect.concurrency.sync import concurrency
 
     name = lock_name(entry)
     _ensure_limit(name)
     release_stale_lease(entry)
+    held = LockHeld()
     with contextlib.ExitStack() as stack:
         # Prefect records every lease it grants in the active ConcurrencyContext (a flow run has
         # one); that is where this holder learns its lease id for the lease file.
         leases = ConcurrencyContext.get() or stack.enter_context(ConcurrencyContext())
         before = set(leases.cleanup_lease_ids)
-        try:
-            # A zero timeout would mean "do not even try once"; one short attempt is the intent.
-            slot = concurrency(name, occupy=1, strict=True, timeout_seconds=max(wait_s, 1.0), lease_duration=lease_s)
-            slot.__enter__()
-        except TimeoutError:
-            raise RotationInProgressError(
-                f"rotation already in progress for '{entry}' (Prefect concurrency limit {name} is taken)"
-            ) from None
+        slot: Any = None
+        budget = slot_wait_budget(wait_s, take_over_after_s)
+        deadline = time.monotonic() + budget
+        while slot is None:
+            # Short attempts when someone waits actively (``on_wait``), one long one otherwise. A zero
+            # timeout would mean "do not even try once"; one short attempt is the intent.
+            attempt_s = 1.0 if on_wait is not None else max(budget, 1.0)
+            try:
+                candidate = concurrency(name, occupy=1, strict=True, timeout_seconds=attempt_s, lease_duration=lease_s)
+                candidate.__enter__()
+                slot = candidate
+            except TimeoutError:
+                if time.monotonic() < deadline:
+                    if on_wait is not None:
+                        on_wait()
+                    continue
+                held.taken_over = slot_taken(entry, take_over_after_s)
+                break
         granted = [str(lease) for lease in leases.cleanup_lease_ids if lease not in before]
         try:
-            if granted:
-                fd = _open_private(_lease_file(entry), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-                with os.fdopen(fd, "w") as file:
-                    file.write(json.dumps({"lease_id": granted[0], "pid": os.getpid()}))
-            yield
+            if slot is not None and granted:
+                write_lease(entry, granted[0])
+            yield held
         finally:
-            slot.__exit__(None, None, None)
-            _lease_file(entry).unlink(missing_ok=True)
+            if slot is not None:
+                slot.__exit__(None, None, None)
+                clear_lease(entry)
 
 
 @contextlib.contextmanager
-def entry_lock(entry: str, *, wait_s: float, lease_s: int, use_prefect: bool) -> Iterator[None]:
-    with local_lock(entry, wait_s=wait_s):
+def entry_lock(
+    entry: str,
+    *,
+    wait_s: float,
+    lease_s: int,
+    use_prefect: bool,
+    on_wait: Callable[[], None] | None = None,
+    take_over_after_s: float | None = None,
+) -> Iterator[LockHeld]:
+    """The entry's lock: the local flock, then the Prefect slot when a server is configured.
+
+    ``take_over_after_s`` (an emergency): a Prefect slot still taken after that long belongs to a
+    run that did not hand over although asked to: dead on another host (its lease has not expired
+    yet) or stuck in a step. The emergency goes ahead without it; a live holder stops at its next
+    check, and the store's check-and-set fences every write. The local flock is never taken over:
+    the kernel frees it when its holder dies."""
+    with local_lock(entry, wait_s=wait_s, on_wait=on_wait):
         rest = _rest_api() if use_prefect else None
         if rest is not None:
             # PREFECT_API_URL in the environment: the same limit and lease file over plain HTTP
             # (flows.prefect_rest: no ``import prefect``, no queueing behind other entries).
             from flows.prefect_rest import rest_prefect_lock
 
-            with rest_prefect_lock(rest, entry, wait_s=wait_s, lease_s=lease_s):
-                yield
+            with rest_prefect_lock(
+                rest, entry, wait_s=wait_s, lease_s=lease_s, on_wait=on_wait, take_over_after_s=take_over_after_s
+            ) as held:
+                yield held
         elif use_prefect and prefect_server_configured():
-            with prefect_lock(entry, wait_s=wait_s, lease_s=lease_s):
-                yield
+            with prefect_lock(
+                entry, wait_s=wait_s, lease_s=lease_s, on_wait=on_wait, take_over_after_s=take_over_after_s
+            ) as held:
+                yield held
         else:
-            yield
+            yield LockHeld()
 
 
 _rest: list[PrefectRest | None] = []

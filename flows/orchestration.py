@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,8 +19,9 @@ from pydantic import Field
 
 from connectors.store import RotationRecord
 from flows.artifact import artifact_key, summary_markdown
+from flows.handover import POLL_S
 from flows.models import RotationPlan, RotationResult
-from flows.procedure import ApprovalDecision
+from flows.procedure import ApprovalDecision, HandoverProbe
 
 logger = logging.getLogger("langfuse_rotate")
 
@@ -109,7 +111,7 @@ def pause_for_approval(timeout_s: float) -> Any:
 
     seconds = max(int(timeout_s), 1)  # pause_flow_run needs an int
 
-    def approve(plan: RotationPlan, record: RotationRecord) -> ApprovalDecision:
+    def approve(plan: RotationPlan, record: RotationRecord, handover: HandoverProbe) -> ApprovalDecision:
         description = (
             f"Approve promoting the new Langfuse key of **{plan.entry}** (project `{plan.project_id}`)?\n\n"
             f"- old public key: `{plan.old_public_key}`\n- new public key: `{record.new_public_key}`\n"
@@ -120,18 +122,54 @@ def pause_for_approval(timeout_s: float) -> Any:
             "stays current."
         )
         get_run_logger().info("waiting up to %ss for approval of the rotation of %s", seconds, plan.entry)
+        watcher = _EmergencyWatcher(runtime_flow_run.id, handover)
+        watcher.start()
         try:
             answer = pause_flow_run(
                 wait_for_input=RotationApproval.with_initial_data(description=description, approve=False),
                 timeout=seconds,
-                poll_interval=2,
+                poll_interval=1,
             )
         except FlowPauseTimeout:
             _leave_pause(f"approval timed out after {seconds}s: rolling back")
             return ApprovalDecision(approved=False, timed_out=True, reason=f"no answer within {seconds}s")
+        finally:
+            watcher.stop()
         return ApprovalDecision(approved=answer.approve, approver=answer.approver, reason=answer.reason)
 
     return approve
+
+
+class _EmergencyWatcher(threading.Thread):
+    """While the run is paused for approval: looks for an emergency's handover request about once
+    a second and, when one comes, ends the pause itself (the answer names no approver decision:
+    the procedure hands the entry over, neither approving nor rolling back)."""
+
+    def __init__(self, flow_run_id: Any, handover: HandoverProbe) -> None:
+        super().__init__(name="approval-handover-watch", daemon=True)
+        self._flow_run_id = flow_run_id
+        self._handover = handover
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        from prefect.flow_runs import resume_flow_run
+
+        while not self._done.wait(POLL_S):
+            emergency = self._handover()
+            if emergency is None:
+                continue
+            answer = {"approve": False, "approver": "langfuse-rotate", "reason": f"superseded by emergency {emergency}"}
+            for _ in range(10):  # the pause may not be recorded yet right after it began
+                try:
+                    resume_flow_run(self._flow_run_id, run_input=answer)
+                    return
+                except Exception:
+                    if self._done.wait(POLL_S):
+                        return
+            return
+
+    def stop(self) -> None:
+        self._done.set()
 
 
 def _leave_pause(message: str) -> None:

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 
 from connectors.tls import shared_ssl_context
-from flows.lock import RotationInProgressError, lock_name
+from flows.lock import LockHeld, clear_lease, lock_name, read_lease, slot_taken, slot_wait_budget, write_lease
 
 _LOCKED = 423
 
@@ -123,30 +122,44 @@ class PrefectRest:
         self._post("artifacts/", body)
 
 
-def _lease_file(entry: str) -> str:
-    from flows.lock import _lock_dir
-
-    return str(_lock_dir() / f"{lock_name(entry)}.lease")
-
-
 @contextlib.contextmanager
-def rest_prefect_lock(api: PrefectRest, entry: str, *, wait_s: float, lease_s: int) -> Iterator[None]:
-    """``flows.lock.prefect_lock`` over REST: the caller holds the entry's flock (so a lease file
-    found here was left by a holder on this host that is gone: its slot is released first)."""
+def rest_prefect_lock(
+    api: PrefectRest,
+    entry: str,
+    *,
+    wait_s: float,
+    lease_s: int,
+    on_wait: Callable[[], None] | None = None,
+    take_over_after_s: float | None = None,
+) -> Iterator[LockHeld]:
+    """``flows.lock.prefect_lock`` over REST, with the same waiting, take-over and lease file: the
+    caller holds the entry's flock (so a lease file found here was left by a holder on this host
+    that is gone: its slot is released first)."""
     name = lock_name(entry)
-    path = _lease_file(entry)
-    with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError, OSError):
-        with open(path) as file:
-            stale = str(json.load(file)["lease_id"])
-        api.release(stale)
-        os.unlink(path)
-    lease_id = api.acquire(name, lease_s=lease_s, timeout_s=max(wait_s, 1.0))
-    if lease_id is None:
-        raise RotationInProgressError(
-            f"rotation already in progress for '{entry}' (Prefect concurrency limit {name} is taken)"
-        )
-    with open(path, "w") as file:
-        json.dump({"lease_id": lease_id, "pid": os.getpid()}, file)
+    stale = read_lease(entry)
+    if stale is not None:
+        with contextlib.suppress(httpx.HTTPError, PrefectApiError):
+            api.release(stale)
+        clear_lease(entry)
+    held = LockHeld()
+    budget = slot_wait_budget(wait_s, take_over_after_s)
+    deadline = time.monotonic() + budget
+    lease_id: str | None = None
+    while lease_id is None:
+        # Short attempts when someone waits actively (``on_wait``: an emergency refreshing its
+        # handover request), one long one otherwise.
+        attempt_s = 1.0 if on_wait is not None else max(budget, 1.0)
+        lease_id = api.acquire(name, lease_s=lease_s, timeout_s=attempt_s)
+        if lease_id is not None:
+            break
+        if time.monotonic() < deadline:
+            if on_wait is not None:
+                on_wait()
+            continue
+        held.taken_over = slot_taken(entry, take_over_after_s)
+        yield held
+        return
+    write_lease(entry, lease_id)
     stop = threading.Event()
 
     def renew() -> None:
@@ -157,11 +170,10 @@ def rest_prefect_lock(api: PrefectRest, entry: str, *, wait_s: float, lease_s: i
     renewer = threading.Thread(target=renew, name=f"lease-{entry}", daemon=True)
     renewer.start()
     try:
-        yield
+        yield held
     finally:
         stop.set()
         renewer.join(5)
         with contextlib.suppress(httpx.HTTPError, PrefectApiError):
             api.release(lease_id)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        clear_lease(entry)

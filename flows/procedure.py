@@ -16,9 +16,10 @@ from connectors.errors import ConnectorError
 from connectors.store import RotationRecord
 from flows.context import EntryContext
 from flows.crashpoints import crash_point
+from flows.handover import Superseded
 from flows.models import Mode, RotationPlan, RotationResult
 from flows.notification import notify
-from flows.runner import StepRunner
+from flows.runner import StepRunner, step_timeout_s
 from flows.steps import (
     ConsumerOutcome,
     RevokeOutcome,
@@ -44,7 +45,11 @@ class ApprovalDecision(BaseModel):
     timed_out: bool = False
 
 
-Approver = Callable[[RotationPlan, RotationRecord], ApprovalDecision]
+HandoverProbe = Callable[[], "str | None"]
+"""Returns the emergency run that asked for the entry (``flows.handover``), or None."""
+
+Approver = Callable[[RotationPlan, RotationRecord, HandoverProbe], ApprovalDecision]
+"""Asks a person; gives up early (any decision) once the probe names an emergency."""
 
 
 def _prepare(run: RunTracker, mode: Mode) -> RotationPlan:
@@ -65,60 +70,106 @@ def _prepare(run: RunTracker, mode: Mode) -> RotationPlan:
 
 
 def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | None = None) -> RotationResult:
-    """create → store → wait for restarts → verify → revoke → finish → notify."""
+    """create → store → wait for restarts → verify → revoke → finish → notify.
+
+    An emergency of the same entry that asks for it (``flows.handover``) stops this run where it
+    is, without rolling back: the emergency carries the staged rotation through."""
     if _pending_mode(ctx) == "emergency":
         # A killed emergency is carried through as one: this checklist could roll it back, which
         # would make the compromised key current again.
         return run_emergency(ctx, runner)
     run = RunTracker(ctx, runner, "scheduled")
-    entry = ctx.entry
+    try:
+        return _scheduled(run, approve)
+    except Superseded as handed:
+        return _handed_over(run, handed)
+
+
+def _scheduled(run: RunTracker, approve: Approver | None) -> RotationResult:
+    ctx = run.ctx
     plan: RotationPlan | None = None
+    resumed: RotationRecord | None = None
     try:
         plan = _prepare(run, "scheduled")
         resumed = _resumed_after_delete(run, plan)
-        if resumed is not None:
-            record = resumed
-            plan = plan.model_copy(update={"new_public_key": record.new_public_key})
-        else:
-            created = run.step("create", create_key, ctx, plan)
-            record = created.record
-            plan = plan.model_copy(update={"new_public_key": record.new_public_key})
-            run.result.new_public_key = record.new_public_key
-            if approve is not None:
-                _approval(run, approve, plan, record)
-            promoted = run.step("store", promote_key, ctx, record)
-            run.result.store_version = promoted.version
-            lagging = _wait_for_restarts(run, record)
-            if lagging is not None:
-                run.result.steps[-1].outcome = "failed"  # the step ran to its end, but this is why the run fails
-                raise StepFailed("wait_for_restarts", lagging)
-            run.step("verify", verify_key, ctx, record, timeout_s=entry.canary_timeout_s + 60)
-            run.result.verified = True
+        if resumed is None:
+            record = _until_verified(run, plan, approve)
+    except Superseded:
+        raise
     except BaseException as exc:
+        if plan is not None and run.result.new_public_key is not None:
+            plan = plan.model_copy(update={"new_public_key": run.result.new_public_key})
         result = _roll_back(run, plan, exc)
         notify(ctx, result)
         if not isinstance(exc, Exception):
             raise
         return result
-    # Point of no return: the new pair is stored, adopted and verified.
     assert plan is not None
-    return _revoke_and_finish(run, plan, record)
+    if resumed is not None:
+        return _go_forward(run, plan.model_copy(update={"new_public_key": resumed.new_public_key}), resumed)
+    # Point of no return: the new pair is stored, adopted and verified.
+    return _revoke_and_finish(run, plan.model_copy(update={"new_public_key": record.new_public_key}), record)
+
+
+def _handed_over(run: RunTracker, handed: Superseded) -> RotationResult:
+    """This rotation stopped for an emergency: nothing rolled back, the lock is let go."""
+    ctx = run.ctx
+    staged = run.result.rotation_id
+    detail = (
+        f"superseded by emergency {handed.emergency_run}: stopped in {run.current_step} without rolling back; "
+        f"the emergency carries rotation {staged} through"
+    )
+    run.record("handover", "done", time.monotonic(), detail)
+    result = run.finish("in_progress", detail)
+    ctx.audit.record(
+        "rotation", f"entry:{ctx.entry.name}", "superseded", emergency_run=handed.emergency_run, rotation_id=staged
+    )
+    notify(ctx, result)
+    return result
+
+
+def _until_verified(run: RunTracker, plan: RotationPlan, approve: Approver | None) -> RotationRecord:
+    """Steps 1-4 of a scheduled rotation; any exception means: roll back."""
+    ctx = run.ctx
+    created = run.step("create", create_key, ctx, plan)
+    record = created.record
+    plan = plan.model_copy(update={"new_public_key": record.new_public_key})
+    run.result.new_public_key = record.new_public_key
+    if approve is not None:
+        _approval(run, approve, plan, record)
+    promoted = run.step("store", promote_key, ctx, record)
+    run.result.store_version = promoted.version
+    lagging = _wait_for_restarts(run, record)
+    if lagging is not None:
+        run.result.steps[-1].outcome = "failed"  # the step ran to its end, but this is why the run fails
+        raise StepFailed("wait_for_restarts", lagging)
+    run.step("verify", verify_key, ctx, record)
+    run.result.verified = True
+    return record
 
 
 def _pending_mode(ctx: EntryContext) -> str | None:
+    """The staged rotation's mode; "emergency" also for a scheduled one an emergency took over."""
     try:
-        pending = ctx.store.describe(ctx.location).pending
+        desc = ctx.store.describe(ctx.location)
     except ConnectorError:
         return None  # the plan step reports it
-    return pending.mode if pending is not None else None
+    pending = desc.pending
+    if pending is None:
+        return None
+    if desc.handover is not None and desc.handover.rotation_id == pending.rotation_id:
+        return "emergency"
+    return pending.mode
 
 
 def _resumed_after_delete(run: RunTracker, plan: RotationPlan) -> RotationRecord | None:
-    """The resumed rotation's record if the run that was killed had already deleted its old key.
+    """The resumed rotation's record if its old key is already deleted from Langfuse (by the run
+    that was killed, or by someone else) while its new pair is current.
 
-    The checklist deletes the old key only after every consumer switched and the new pair was
-    verified, so such a rotation is past the point of no return and can only be finished: rolling
-    it back would make a pair current that Langfuse no longer accepts and delete the only live key.
+    Such a rotation is past the point of no return and can only go forward: rolling it back would
+    make a pair current that Langfuse no longer accepts and delete the only live key. Going forward
+    still means waiting for consumers and verifying (``_go_forward``): whoever deleted the old key
+    may have done so before anyone switched.
     """
     ctx = run.ctx
     if not plan.resumed or plan.old_public_key is None:
@@ -134,19 +185,44 @@ def _resumed_after_delete(run: RunTracker, plan: RotationPlan) -> RotationRecord
         "resume",
         "already_done",
         began,
-        f"old key {plan.old_public_key} already deleted after {pending.new_public_key} was adopted and verified; "
-        "finishing the rotation",
+        f"old key {plan.old_public_key} is already deleted and {pending.new_public_key} is current: the rotation "
+        "can only go forward; waiting for consumers and verifying before finishing it",
     )
     run.result.new_public_key = pending.new_public_key
     run.result.store_version = desc.current_version
-    run.result.verified = True
     return pending
+
+
+def _go_forward(run: RunTracker, plan: RotationPlan, record: RotationRecord) -> RotationResult:
+    """Finish a rotation that cannot be rolled back, but report success only once every consumer
+    switched and the new pair verified; otherwise the result needs a person (exit 4), the new pair
+    stays current and the rotation stays staged, so a rerun checks again."""
+    problems: list[str] = []
+    try:
+        lagging = _wait_for_restarts(run, record)
+        if lagging is not None:
+            run.result.steps[-1].outcome = "failed"
+            problems.append(lagging)
+    except Exception as exc:
+        problems.append(f"wait for restarts failed: {one_line(exc)}")
+    try:
+        run.step("verify", verify_key, run.ctx, record)
+        run.result.verified = True
+    except Exception as exc:
+        problems.append(f"verify failed: {one_line(exc)}")
+    if problems:
+        problems.append(
+            f"the old key {plan.old_public_key} is already deleted, so nothing was rolled back: "
+            f"{record.new_public_key} stays current; fix the above and rerun to finish"
+        )
+    return _revoke_and_finish(run, plan, record, problems)
 
 
 def _approval(run: RunTracker, approve: Approver, plan: RotationPlan, record: RotationRecord) -> None:
     began = time.monotonic()
     run.current_step = "approval"
-    decision = approve(plan, record)
+    decision = approve(plan, record, run.ctx.handover.requested_by)
+    run.ctx.handover.check()  # an emergency ended the wait: hand over, neither approved nor rejected
     who = decision.approver or "unknown"
     if decision.timed_out:
         run.record("approval", "failed", began, f"timed out: {decision.reason}")
@@ -161,13 +237,7 @@ def _approval(run: RunTracker, approve: Approver, plan: RotationPlan, record: Ro
 def _wait_for_restarts(run: RunTracker, record: RotationRecord) -> str | None:
     """Step 3: restart hooks, then wait for every consumer; returns who lags (None: all switched)."""
     entry = run.ctx.entry
-    consumers = run.step(
-        "wait_for_restarts",
-        wait_for_consumers,
-        run.ctx,
-        record.new_public_key,
-        timeout_s=entry.wait_timeout_s + entry.grace_period_s + 60,
-    )
+    consumers = run.step("wait_for_restarts", wait_for_consumers, run.ctx, record.new_public_key)
     run.result.consumers = consumers.wait.last_seen
     if consumers.wait.all_switched:
         return None
@@ -191,30 +261,46 @@ def _roll_back(run: RunTracker, plan: RotationPlan | None, exc: BaseException) -
     reason = f"{failed_step}: {one_line(exc)}"
     if plan is None:  # nothing changed yet
         return run.finish("failed", reason)
+    # An emergency asked for the entry: it carries the rotation through; rolling back now would
+    # make the compromised key current again under it.
+    ctx.handover.check()
     began = time.monotonic()
     try:
-        outcome = run.runner.run("rollback", rollback_rotation, ctx, plan)
+        outcome = run.runner.run(
+            "rollback", rollback_rotation, ctx, plan, timeout_s=step_timeout_s("rollback", ctx.entry)
+        )
     except Exception as rollback_exc:
         run.record("rollback", "failed", began, one_line(rollback_exc))
         return run.finish("failed", f"{reason}; rollback failed: {one_line(rollback_exc)}")
     clean = outcome.store_restored and outcome.new_key_deleted and not outcome.errors
-    detail = (
-        f"old pair {plan.old_public_key} current again (version {outcome.restored_version}); new key deleted"
-        if clean
-        else "; ".join(outcome.errors)
-    )
-    run.record("rollback", "rolled_back" if clean else "failed", began, detail)
-    ctx.audit.record("rotation", f"entry:{ctx.entry.name}", "rolled_back" if clean else "failed", error=reason)
+    kept = outcome.new_key_kept if outcome.store_restored else None
     if clean:
+        detail = f"old pair {plan.old_public_key} current again (version {outcome.restored_version}); new key deleted"
+    elif kept is not None:
+        restored = f"old pair {plan.old_public_key} current again (version {outcome.restored_version})"
+        detail = "; ".join([restored, *outcome.errors])
+    else:
+        detail = "; ".join(outcome.errors)
+    outcome_name = "rolled_back" if clean else ("needs_attention" if kept is not None else "failed")
+    run.record("rollback", "rolled_back" if clean else ("attention" if kept is not None else "failed"), began, detail)
+    ctx.audit.record("rotation", f"entry:{ctx.entry.name}", outcome_name, error=reason)
+    if clean or kept is not None:
         run.result.new_public_key = plan.new_public_key
         run.result.store_version = outcome.restored_version
+    if clean:
         return run.finish("rolled_back", f"{reason}; rolled back, old pair {plan.old_public_key} is current")
+    if kept is not None:
+        # The store is back on the old pair, but a key some consumer may run on is alive: a person decides.
+        return run.finish("needs_attention", f"{reason}; rolled back the store, {detail}")
     return run.finish("failed", f"{reason}; rollback incomplete: {detail}")
 
 
-def _revoke_and_finish(run: RunTracker, plan: RotationPlan, record: RotationRecord) -> RotationResult:
+def _revoke_and_finish(
+    run: RunTracker, plan: RotationPlan, record: RotationRecord, problems: list[str] | None = None
+) -> RotationResult:
+    """Revoke the old key and finish; ``problems`` found before (the rotation is then not finished)."""
     ctx = run.ctx
-    problems: list[str] = []
+    problems = list(problems or [])
     if plan.old_public_key is not None:
         try:
             revoked = run.step("revoke", revoke_key, ctx, plan.old_public_key, plan.old_version)
@@ -255,6 +341,8 @@ def run_emergency(
     instance admin key; without one it must go idle for the cache TTL, which cannot happen while
     consumers still use it, so that re-probe runs after the restarts, and the result says so.
     """
+    if compromised_public_key is not None:
+        _check_named_key(ctx, compromised_public_key)  # before anything changes, reconcile included
     run = RunTracker(ctx, runner, "emergency")
     entry = ctx.entry
     plan: RotationPlan | None = None
@@ -280,7 +368,6 @@ def run_emergency(
                 f"its new key {plan.new_public_key} replaces it (if that one leaked, run reconcile first)",
             )
         if target != plan.old_public_key:
-            _check_stray_key(ctx, target)
             return _contain_stray_key(run, target)
         created = run.step("create", create_key, ctx, plan)
         record = created.record
@@ -312,20 +399,13 @@ def run_emergency(
     except Exception as exc:
         problems.append(f"wait for restarts failed: {one_line(exc)}")
     try:
-        run.step("verify", verify_key, ctx, record, timeout_s=entry.canary_timeout_s + 60)
+        run.step("verify", verify_key, ctx, record)
         run.result.verified = True
     except Exception as exc:
         problems.append(f"verify failed: {one_line(exc)}")
     if revoked is not None and revoked.idle_recheck_due:
         try:
-            revoked = run.step(
-                "recheck_revoked",
-                recheck_revoked_key,
-                ctx,
-                target,
-                plan.old_version,
-                timeout_s=entry.revoke_recheck_s + 60,
-            )
+            revoked = run.step("recheck_revoked", recheck_revoked_key, ctx, target, plan.old_version)
             run.result.old_key_rejected = revoked.rejected
         except Exception as exc:
             problems.append(f"re-probe of the revoked key failed: {one_line(exc)}")
@@ -355,21 +435,44 @@ class BadInputError(Exception):
     """The request cannot be carried out as given; nothing was changed (exit code 2)."""
 
 
-def _check_stray_key(ctx: EntryContext, target: str) -> None:
-    """A compromised key that is not this entry's current key must be a key of the project that
-    no other configured entry currently uses (that entry must be contained by its own name)."""
+def _check_named_key(ctx: EntryContext, target: str) -> None:
+    """A compromised key named on the command line that is not one of this entry's own keys must
+    be a key of the entry's project that no other configured entry holds as its current or staged
+    key, whatever store that entry lives in (two store names may even point at the same server):
+    deleting it would cut that entry's services off. That entry must be contained by its own name."""
+    try:
+        desc = ctx.store.describe(ctx.location)
+    except ConnectorError:
+        return  # the plan step reports it
+    own = {desc.current_public_key}
+    if desc.pending is not None:
+        own |= {desc.pending.old_public_key, desc.pending.new_public_key}
+    if target in own:
+        return
     keys = ctx.admin.list_api_keys(ctx.entry.project_id)
     if not any(k.public_key == target for k in keys):
         raise BadInputError(f"{target} is not a key of Langfuse project {ctx.entry.project_id} (already deleted?)")
     for other in ctx.config.projects:
-        if other.name == ctx.entry.name or other.project_id != ctx.entry.project_id:
+        if other.name == ctx.entry.name:
             continue
-        if other.store == ctx.entry.store:
-            current = ctx.store.describe(other.location()).current_public_key
-            if current == target:
-                raise BadInputError(
-                    f"{target} is the current key of entry '{other.name}': run emergency --project {other.name}"
-                )
+        try:
+            theirs = ctx.store_for(other.store).describe(other.location())
+        except (ConnectorError, ValueError) as exc:
+            if other.project_id != ctx.entry.project_id:
+                continue  # a key of this project cannot be the working key of another project's entry
+            raise BadInputError(
+                f"{target} may be a key of entry '{other.name}', whose store '{other.store}' cannot be read "
+                f"({one_line(exc)}); nothing was changed: check that entry, or run emergency --project {other.name}"
+            ) from None
+        held = {theirs.current_public_key: "current"}
+        if theirs.pending is not None:
+            held.setdefault(theirs.pending.new_public_key, "staged")
+            held.setdefault(theirs.pending.old_public_key, "current")
+        if target in held:
+            raise BadInputError(
+                f"{target} is the {held[target]} key of entry '{other.name}' (store '{other.store}'), not a stray "
+                f"key of '{ctx.entry.name}'; nothing was changed: run emergency --project {other.name}"
+            )
 
 
 def _contain_stray_key(run: RunTracker, target: str) -> RotationResult:
@@ -422,6 +525,7 @@ def run_reconcile(ctx: EntryContext, runner: StepRunner) -> RotationResult:
     if not desc.exists:
         return run.finish("failed", f"no secret at {ctx.store_label}: nothing to reconcile")
     actions: list[str] = []
+    kept: list[str] = []
     pending = desc.pending
     if pending is not None and pending.mode == "emergency":
         return _finish_emergency(ctx, runner, pending)
@@ -436,21 +540,26 @@ def run_reconcile(ctx: EntryContext, runner: StepRunner) -> RotationResult:
             actions.append(f"finished rotation {pending.rotation_id}: its old key was already revoked")
         else:
             outcome = run.step("rollback", rollback_rotation, ctx, plan)
-            if outcome.errors:
+            if outcome.errors and outcome.new_key_kept is None:
                 result = run.finish("failed", "; ".join(outcome.errors))
                 notify(ctx, result)
                 return result
             actions.append(
                 f"rolled back unfinished rotation {pending.rotation_id}: {pending.old_public_key} is current"
             )
+            if outcome.new_key_kept is not None:
+                kept.append(outcome.new_key_kept)
+                actions.append(outcome.new_key_kept)
     current = ctx.store.describe(ctx.location)
     orphans = run.step("reconcile", reconcile_orphans, ctx, plan_rotation(ctx, "scheduled"))
     actions += orphans.actions
+    kept += orphans.kept
     run.result.reconciled = actions
     run.result.old_public_key = current.current_public_key
     run.result.store_version = current.current_version
-    result = run.finish("reconciled")
-    ctx.audit.record("reconcile", f"entry:{ctx.entry.name}", "done", actions=actions)
+    # A key kept because a consumer uses it, or cannot be proven not to, needs a person (exit 4).
+    result = run.finish("needs_attention", "; ".join(kept)) if kept else run.finish("reconciled")
+    ctx.audit.record("reconcile", f"entry:{ctx.entry.name}", "done" if not kept else result.status, actions=actions)
     if actions:
         notify(ctx, result)
     return result

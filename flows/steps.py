@@ -99,6 +99,8 @@ def plan_rotation(ctx: EntryContext, mode: Mode) -> RotationPlan:
 
 class ReconcileOutcome(BaseModel):
     actions: list[str] = []
+    kept: list[str] = []
+    """Orphan keys kept because a consumer uses them or cannot be proven not to (also in ``actions``)."""
 
 
 def reconcile_orphans(ctx: EntryContext, plan: RotationPlan) -> ReconcileOutcome:
@@ -106,7 +108,9 @@ def reconcile_orphans(ctx: EntryContext, plan: RotationPlan) -> ReconcileOutcome
 
     A key is ours if its note names this entry. It is kept if it is the store's current key, or
     the old or new key of the rotation in flight; anything else is a leftover of a crashed run
-    (e.g. a rollback that restored the store but died before deleting the new key).
+    (e.g. a rollback that restored the store but died before deleting the new key). A leftover is
+    deleted only when every consumer is proven (by its health endpoint) not to use it: one that
+    reports it, or whose health check fails, keeps it alive.
     """
     try:
         desc = ctx.store.describe(ctx.location)
@@ -124,14 +128,21 @@ def reconcile_orphans(ctx: EntryContext, plan: RotationPlan) -> ReconcileOutcome
     ]
     # A rollback killed after restoring the store but before moving consumers back leaves them on a
     # key that is an orphan now: move them to the current pair before that key is deleted.
-    in_use = _keys_in_use(ctx, {key.public_key for key, _ in orphans})
+    kept: list[str] = []
+    in_use, unknown = _keys_in_use(ctx, {key.public_key for key, _ in orphans})
     if in_use and desc.current_public_key is not None:
         _move_consumers_back(ctx, desc.current_public_key, ctx.entry.wait_timeout_s)
-        in_use = _keys_in_use(ctx, {key.public_key for key, _ in orphans})
+        in_use, unknown = _keys_in_use(ctx, {key.public_key for key, _ in orphans})
     for key, owner in orphans:
-        if key.public_key in in_use:
-            users = ", ".join(in_use[key.public_key])
-            actions.append(f"kept orphan key {key.public_key} of rotation {owner[1]}: {users} still use it")
+        if key.public_key in in_use or unknown:
+            why = (
+                f"{', '.join(in_use[key.public_key])} still use it"
+                if key.public_key in in_use
+                else "cannot prove no consumer uses it: "
+                + ", ".join(f"{name} ({error})" for name, error in unknown.items())
+            )
+            kept.append(scrub(f"kept orphan key {key.public_key} of rotation {owner[1]}: {why}"))
+            actions.append(kept[-1])
             continue
         try:
             ctx.admin.delete_api_key(ctx.entry.project_id, key.id)
@@ -142,7 +153,7 @@ def reconcile_orphans(ctx: EntryContext, plan: RotationPlan) -> ReconcileOutcome
         ctx.audit.record(
             "reconcile.delete_orphan", _resource(ctx), "done", public_key=key.public_key, rotation_id=owner[1]
         )
-    return ReconcileOutcome(actions=actions)
+    return ReconcileOutcome(actions=actions, kept=kept)
 
 
 # --- 1. create ----------------------------------------------------------------------------------
@@ -249,7 +260,7 @@ def wait_for_consumers(ctx: EntryContext, public_key: str, *, trigger_restarts: 
     With no consumers listed, waits the configured grace period instead.
     """
     if not ctx.consumers:
-        time.sleep(ctx.entry.grace_period_s)
+        ctx.handover.sleep(ctx.entry.grace_period_s)
         empty = WaitOutcome(all_switched=True, last_seen={}, errors={}, elapsed_s=ctx.entry.grace_period_s, lagging=[])
         return ConsumerOutcome(wait=empty, grace_period_s=ctx.entry.grace_period_s)
     restart_errors: dict[str, str] = {}
@@ -386,7 +397,7 @@ def revoke_key(
                     "probed again once consumers have been restarted",
                 )
             else:
-                time.sleep(ctx.entry.revoke_recheck_s)
+                ctx.handover.sleep(ctx.entry.revoke_recheck_s)
                 action = _idle_action(ctx)
             rejected = not client.probe().accepted
         except ConnectorError as exc:
@@ -400,7 +411,7 @@ def recheck_revoked_key(ctx: EntryContext, public_key: str, secret_version: Stor
     pair = _stored_pair(ctx, public_key, secret_version)
     if pair is None:
         raise StepFailed("recheck_revoked", f"the secret of {public_key} is no longer in the store")
-    time.sleep(ctx.entry.revoke_recheck_s)
+    ctx.handover.sleep(ctx.entry.revoke_recheck_s)
     try:
         with LangfuseProjectClient(ctx.host, pair, timeout_s=ctx.config.langfuse.timeout_s) as client:
             rejected = not client.probe().accepted
@@ -466,6 +477,9 @@ class RollbackOutcome(BaseModel):
     new_key_deleted: bool
     old_pair_valid: bool | None = None
     errors: list[str] = []
+    new_key_kept: str | None = None
+    """Why the new key was kept although the store was restored: a consumer is not proven back on
+    the old key (set only in that case; the run then needs a person, not a retry)."""
 
 
 def rollback_rotation(
@@ -475,7 +489,9 @@ def rollback_rotation(
 
     The store is restored before the new key is deleted so a consumer that already adopted the new
     key is moved back before that key dies. The new key is never deleted while the store may still
-    serve it as current, nor while a consumer still reports it. Store calls are retried for
+    serve it as current, nor unless every consumer is proven (by its health endpoint) back on the
+    old key once the new pair had been promoted: a consumer whose health check fails may be running
+    on the new key, so the key is kept and ``new_key_kept`` says why. Store calls are retried for
     ``store_retry_s`` (a sealed Vault is often unsealed within minutes); consumers get
     ``consumer_wait_s`` to come back (default: the entry's ``wait_timeout_s``, the time they get to
     switch); what cannot be undone is reported, and ``reconcile`` finishes it.
@@ -515,17 +531,19 @@ def rollback_rotation(
             time.sleep(2.0)
     if store_restored:
         ctx.audit.record("store.rollback", _resource(ctx), "done", store_version=restored_version)
+    not_back: dict[str, str] = {}
     if store_restored and was_promoted and ctx.consumers and plan.old_public_key is not None:
-        moved = _move_consumers_back(ctx, plan.old_public_key, consumer_wait_s)
+        not_back = _move_consumers_back(ctx, plan.old_public_key, consumer_wait_s)
         crash_point("after_rollback_restarts")
-        errors.extend(moved)
     new_key_deleted = False
-    still_used = _keys_in_use(ctx, {new_public_key}) if new_public_key is not None and was_promoted else {}
-    if new_public_key is not None and new_public_key in still_used:
-        errors.append(
-            f"new key {new_public_key} kept: {', '.join(still_used[new_public_key])} still use it; "
-            "run reconcile once they are back on the old key"
+    kept: str | None = None
+    if new_public_key is not None and not_back:
+        kept = scrub(
+            f"new key {new_public_key} kept: not every consumer is proven back on the old key "
+            f"{plan.old_public_key}: {', '.join(f'{name} ({why})' for name, why in not_back.items())}; "
+            "run reconcile once they report the old key"
         )
+        errors.append(kept)
     elif new_public_key is not None and store_restored and current_public_key != new_public_key:
         try:
             summary = ctx.admin.find_api_key(ctx.entry.project_id, new_public_key)
@@ -543,6 +561,7 @@ def rollback_rotation(
         new_key_deleted=new_key_deleted or new_public_key is None,
         old_pair_valid=_current_pair_works(ctx, plan.old_public_key) if store_restored else None,
         errors=[scrub(e) for e in errors],
+        new_key_kept=kept if store_restored else None,
     )
 
 
@@ -566,26 +585,33 @@ def _refuse_restoring_a_dead_key(ctx: EntryContext, record: RotationRecord) -> s
     )
 
 
-def _keys_in_use(ctx: EntryContext, public_keys: set[str]) -> dict[str, list[str]]:
-    """Which of ``public_keys`` the consumers report now (public key to consumer names)."""
+def _keys_in_use(ctx: EntryContext, public_keys: set[str]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Which of ``public_keys`` the consumers report now (public key to consumer names), and the
+    consumers whose health endpoint says no key at all (name to what went wrong)."""
     in_use: dict[str, list[str]] = {}
+    unknown: dict[str, str] = {}
     if not public_keys:
-        return in_use
+        return in_use, unknown
     for consumer in ctx.consumers:
-        seen = ctx.consumer_client.observe(consumer).public_key
-        if seen in public_keys:
-            in_use.setdefault(seen, []).append(consumer.name)
-    return in_use
+        observed = ctx.consumer_client.observe(consumer)
+        if observed.public_key is None:
+            unknown[consumer.name] = observed.error or "no key reported"
+        elif observed.public_key in public_keys:
+            in_use.setdefault(observed.public_key, []).append(consumer.name)
+    return in_use, unknown
 
 
-def _move_consumers_back(ctx: EntryContext, old_public_key: str, wait_s: float) -> list[str]:
+def _move_consumers_back(ctx: EntryContext, old_public_key: str, wait_s: float) -> dict[str, str]:
+    """Restart every consumer and wait until each reports ``old_public_key``; returns the ones not
+    proven back, each with what its health endpoint said last (empty: all are back)."""
     for consumer in ctx.consumers:
         with contextlib.suppress(ConsumerError):  # the wait below names whoever did not come back
             ctx.consumer_client.restart(consumer)
     outcome = ctx.consumer_client.wait_for_public_key(ctx.consumers, old_public_key, timeout_s=wait_s)
-    if outcome.all_switched:
-        return []
-    return [f"consumers not back on the old key yet: {', '.join(outcome.lagging)}"]
+    return {
+        name: outcome.errors.get(name) or f"reports {outcome.last_seen.get(name) or 'no key'}"
+        for name in outcome.lagging
+    }
 
 
 def _current_pair_works(ctx: EntryContext, expected_public_key: str | None) -> bool | None:

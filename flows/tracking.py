@@ -11,7 +11,7 @@ from flows.context import EntryContext
 from flows.models import Mode, RotationResult, StepRecord
 from flows.progress import progress
 from flows.redact import scrub
-from flows.runner import StepRunner
+from flows.runner import StepRunner, step_timeout_s
 from flows.steps import (
     ConsumerOutcome,
     CreateOutcome,
@@ -43,14 +43,16 @@ class RunTracker:
         )
         self.current_step = "plan"
 
-    def step(self, name: str, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
+    def step(self, name: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run one step with its deadline (``step_timeout_s``) and record its outcome."""
         self.current_step = name
         if self.result.rotation_id:
             self.ctx.audit.rotation_id = self.result.rotation_id  # every audit line names its rotation
+        self.ctx.handover.check()  # an emergency asked for the entry: stop before the next step
         began = time.monotonic()
         progress(f"{name}: started")
         try:
-            value = self.runner.run(name, fn, *args, timeout_s=timeout_s)
+            value = self.runner.run(name, fn, *args, timeout_s=step_timeout_s(name, self.ctx.entry))
         except BaseException as exc:
             self.record(name, "failed", began, one_line(exc))
             progress(f"{name}: failed after {time.monotonic() - began:.2f}s: {one_line(exc)}")

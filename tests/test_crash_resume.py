@@ -340,7 +340,9 @@ def test_a_resumed_rotation_whose_old_key_is_gone_finishes_instead_of_rolling_ba
     rotation_env: RotationEnv, consumer: ConsumerProcess
 ) -> None:
     """Killed after deleting the old key; on the rerun the canary is slow. Rolling back now would
-    restore a pair Langfuse no longer accepts and delete the only live key."""
+    restore a pair Langfuse no longer accepts and delete the only live key; claiming success would
+    report a verification that failed. The rerun needs a person; once the canary is readable again,
+    the next one finishes."""
     env = rotation_env
     killed(run_direct(env, "rotate", crash_at="after_delete"), "after_delete")
     new_key = env.current().public_key
@@ -350,8 +352,16 @@ def test_a_resumed_rotation_whose_old_key_is_gone_finishes_instead_of_rolling_ba
     rerun = run_direct(env, "rotate")
 
     result = last_json(rerun)
-    assert rerun.returncode == 0 and result["status"] == "rotated", rerun.stdout
-    assert result["new_public_key"] == new_key
+    assert rerun.returncode == 4 and result["status"] == "needs_attention", rerun.stdout
+    assert result["new_public_key"] == new_key and result["verified"] is False
+    assert "verify failed" in result["error"] and "nothing was rolled back" in result["error"]
+    assert env.current().public_key == new_key and env.works(env.current())
+
+    env.sim.configure(otel_delay_s=0)
+    again = run_direct(env, "rotate")
+
+    assert again.returncode == 0 and last_json(again)["status"] == "rotated", again.stdout
+    assert last_json(again)["verified"] is True
     assert_clean(env, current_public_key=new_key)
     assert_consumer_never_rejected(env, consumer, new_key)
 
