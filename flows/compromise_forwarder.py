@@ -44,7 +44,7 @@ import yaml
 from pydantic import SecretStr
 
 from flows.automation import compromised_event
-from flows.config import _NAME_PATTERN, CONFIG_ENV_VAR
+from flows.config import CONFIG_ENV_VAR, ENTRY_NAME_PATTERN
 from flows.redact import install_redaction, register_secret, register_url
 
 logger = logging.getLogger("langfuse_rotate.forwarder")
@@ -58,7 +58,7 @@ POST_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 5.0
 _PUBLIC_KEY = re.compile(r"pk-lf-[A-Za-z0-9_-]{1,200}")
 _SOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-_ENTRY_NAME = re.compile(_NAME_PATTERN)
+_ENTRY_NAME = re.compile(ENTRY_NAME_PATTERN)
 _ENV_REFERENCE = re.compile(r"\$\{[^}]*\}")
 _FIELDS = {"project", "public_key", "source"}
 

@@ -32,7 +32,7 @@ CONFIG_ENV_VAR = "LANGFUSE_ROTATE_CONFIG"
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PLACEHOLDER_PREFIX = "__langfuse_rotate_env_"
 _PLACEHOLDER_PATTERN = re.compile(re.escape(_PLACEHOLDER_PREFIX) + r"(\d+)__")
-_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+ENTRY_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
 
 Url = Annotated[str, AfterValidator(RedactedUrl)]
@@ -294,7 +294,7 @@ class ConsumerConfig(_Strict):
 class ProjectEntry(_Strict):
     """One configured key: a Langfuse project, where its pair is stored, and who uses it."""
 
-    name: str = Field(pattern=_NAME_PATTERN)
+    name: str = Field(pattern=ENTRY_NAME_PATTERN)
     project_id: str = Field(min_length=1)
     store: str
     path: StorePath
