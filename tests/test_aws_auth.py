@@ -15,22 +15,11 @@ from connectors.errors import StoreAccessDeniedError
 from connectors.keypair import KeyPair
 from connectors.store import SecretLocation
 from devstack.moto_server import IamUser, MotoServer
-from flows.config import AwsStoreConfig, ConfigError, parse_config
+from flows.config import AwsStoreConfig
 from flows.context import build_store
-from tests.fixtures.stores import AWS_TEST_CREDENTIALS
+from tests.fixtures.stores import AWS_TEST_CREDENTIALS, parse_store_config, store_config_error
 
 HOST = "https://langfuse.example.test"
-
-CONFIG = """\
-langfuse:
-  host: http://127.0.0.1:3000
-  org_public_key: pk-lf-org
-  org_secret_key: sk-lf-org-secret
-stores:
-  main: {STORE}
-projects:
-  - {name: chatbot, project_id: p1, store: main, path: langfuse/chatbot}
-"""
 
 
 @pytest.fixture
@@ -54,15 +43,12 @@ def loc(store_path: str) -> SecretLocation:
 
 
 def aws_config(store: str) -> AwsStoreConfig:
-    config = parse_config(CONFIG.replace("{STORE}", store), source="rotation.yaml").stores["main"]
+    config = parse_store_config(store)
     assert isinstance(config, AwsStoreConfig)
     return config
 
 
-def config_error(store: str) -> str:
-    with pytest.raises(ConfigError) as caught:
-        parse_config(CONFIG.replace("{STORE}", store), source="rotation.yaml")
-    return str(caught.value)
+config_error = store_config_error
 
 
 def seeded_in(moto: MotoServer, region: str, loc: SecretLocation, store: Any) -> bool:

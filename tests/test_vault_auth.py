@@ -19,24 +19,14 @@ from connectors.store import SecretLocation
 from connectors.vault import VaultStore
 from connectors.vault_auth import JwtAuth, TokenFileAuth
 from devstack.openbao import OpenBaoServer
-from flows.config import ConfigError, VaultStoreConfig, parse_config
+from flows.config import VaultStoreConfig
 from flows.context import build_store
 from flows.redact import scrub
 from tests.fixtures.jwt_signer import JwtIssuer
+from tests.fixtures.stores import parse_store_config, store_config_error
 
 HOST = "https://langfuse.example.test"
 AUDIENCE = "langfuse-rotate"
-
-CONFIG = """\
-langfuse:
-  host: http://127.0.0.1:3000
-  org_public_key: pk-lf-org
-  org_secret_key: sk-lf-org-secret
-stores:
-  main: {STORE}
-projects:
-  - {name: chatbot, project_id: p1, store: main, path: langfuse/chatbot}
-"""
 
 
 @pytest.fixture
@@ -54,15 +44,12 @@ def no_vault_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def vault_config(store: str) -> VaultStoreConfig:
-    config = parse_config(CONFIG.replace("{STORE}", store), source="rotation.yaml").stores["main"]
+    config = parse_store_config(store)
     assert isinstance(config, VaultStoreConfig)
     return config
 
 
-def config_error(store: str) -> str:
-    with pytest.raises(ConfigError) as caught:
-        parse_config(CONFIG.replace("{STORE}", store), source="rotation.yaml")
-    return str(caught.value)
+config_error = store_config_error
 
 
 # --- defaults from the environment, as the vault CLI takes them -----------------------------------
