@@ -8,9 +8,16 @@ request or response object reaches a traceback.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class ConnectorError(Exception):
-    """Base class: a one-line, secret-free message."""
+    """Base class: a one-line, secret-free message.
+
+    ``retryable``: the failure is transient (unreachable, overloaded, throttled), so calling again
+    later may succeed; every other failure states a fact that a retry would meet again."""
+
+    retryable: ClassVar[bool] = False
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))
@@ -29,6 +36,8 @@ class LangfuseError(ConnectorError):
 
 class LangfuseUnreachableError(LangfuseError):
     """Connection refused, DNS failure or timeout."""
+
+    retryable = True
 
 
 class LangfuseAuthError(LangfuseError):
@@ -54,6 +63,8 @@ class LangfuseBadRequestError(LangfuseError):
 class LangfuseRateLimitedError(LangfuseError):
     """429 after retries were exhausted."""
 
+    retryable = True
+
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
@@ -61,6 +72,8 @@ class LangfuseRateLimitedError(LangfuseError):
 
 class LangfuseServerError(LangfuseError):
     """5xx after retries were exhausted, or an ambiguous failure of a non-idempotent call."""
+
+    retryable = True
 
 
 class LangfuseUnsupportedServerError(LangfuseError):
@@ -85,6 +98,8 @@ class StoreError(ConnectorError):
 
 class StoreUnavailableError(StoreError):
     """Unreachable, sealed, or throttled beyond retries."""
+
+    retryable = True
 
 
 class StoreAccessDeniedError(StoreError):

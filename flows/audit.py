@@ -256,7 +256,8 @@ def _version() -> str:
 
 def audit_path_for(config_path: str | os.PathLike[str] | None) -> Path:
     """The configured audit path, or the default one when the configuration cannot be read."""
-    from flows.config import ConfigError, load_config
+    from flows.config import load_config
+    from flows.errors import ConfigError
 
     try:
         return load_config(config_path).audit.path
@@ -282,7 +283,7 @@ def audit_failure(
     tool). Written once: a run whose final line is already written is left alone."""
     if final_line_written() or getattr(error, "audited", False):
         return
-    from flows.config import ConfigError
+    from flows.errors import ConfigError
 
     if outcome is None:
         bad_input = isinstance(error, ConfigError) or type(error).__name__ == "BadInputError"

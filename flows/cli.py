@@ -278,8 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _read_only(args)
     _defaults_for_prefect()
     from flows.audit import cli_initiator, run_context, send_stdout_lines_to
-    from flows.config import ConfigError
-    from flows.procedure import BadInputError
+    from flows.errors import BadInputError, ConfigError
     from flows.progress import print_progress_with
 
     out = Output(bool(getattr(args, "json", False)))
@@ -309,6 +308,7 @@ def _read_only(args: argparse.Namespace) -> int:
 
 def _bad_input(args: argparse.Namespace, exc: Exception, out: Output) -> int:
     from flows.audit import audit_failure
+    from flows.errors import exit_code_of
 
     message = scrub(" ".join(str(exc).split()))
     audit_failure(args.command, getattr(args, "project", None), exc, config_path=getattr(args, "config", None))
@@ -326,7 +326,7 @@ def _bad_input(args: argparse.Namespace, exc: Exception, out: Output) -> int:
             prefect_flow_run_id=None,
         )
         out.json(result.to_json_line())
-    return int(ExitCode.BAD_INPUT)
+    return int(exit_code_of(exc))
 
 
 def _load(args: argparse.Namespace) -> tuple[str, Any]:
@@ -471,8 +471,7 @@ def _result_from_state(state: object, project: str) -> RotationResult:
     data = state.result(raise_on_failure=False)
     if isinstance(data, RotationResult):
         return data
-    from flows.config import ConfigError
-    from flows.procedure import BadInputError
+    from flows.errors import BadInputError, ConfigError
 
     if isinstance(data, ConfigError | BadInputError):
         raise data  # bad input found inside the flow run: exit code 2, as without Prefect

@@ -21,7 +21,8 @@ from pydantic import BaseModel, Field
 from connectors.errors import ConnectorError, LangfuseForbiddenError
 from connectors.langfuse import ApiKeySummary, LangfuseMemberships, Membership, OrganizationProject
 from connectors.langfuse.memberships import ROLE_RANK
-from flows.config import AccessLists, AccessPolicy, ConfigError, PolicyConfig, RotationConfig
+from flows.config import AccessLists, AccessPolicy, PolicyConfig, RotationConfig
+from flows.errors import ConfigError
 from flows.inventory import Connections, EntryStatus, Inventory, collect_inventory, parallel
 from flows.models import ExitCode
 from flows.redact import scrub

@@ -27,6 +27,7 @@ from connectors.consumers import check_argv, check_headers, check_not_shell_stri
 from connectors.store import FieldNames, SecretLocation
 from connectors.urls import RedactedUrl, SecretUrl
 from flows.audit import default_audit_path
+from flows.errors import ConfigError
 
 CONFIG_ENV_VAR = "LANGFUSE_ROTATE_CONFIG"
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -37,10 +38,6 @@ ENTRY_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
 Url = Annotated[str, AfterValidator(RedactedUrl)]
 """A URL that may carry credentials (user-info, query token): its ``repr`` hides them."""
-
-
-class ConfigError(Exception):
-    """Invalid configuration: one line naming the file, line and field."""
 
 
 _RESERVED_LAST_SEGMENT = "rotation-pending"  # a rotation stages at <path>/rotation-pending

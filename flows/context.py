@@ -17,12 +17,12 @@ from connectors.store import SecretLocation, SecretStore
 from flows.audit import AuditLog
 from flows.config import (
     AwsStoreConfig,
-    ConfigError,
     ProjectEntry,
     RotationConfig,
     StoreConfig,
     VaultStoreConfig,
 )
+from flows.errors import ConfigError
 from flows.handover import HandoverWatch
 from flows.redact import register_secret
 

@@ -14,16 +14,16 @@ from typing import Literal
 from connectors.errors import ConnectorError
 from connectors.store import RotationRecord
 from flows.audit import audited_run
-from flows.config import ConfigError, RotationConfig, load_config
+from flows.config import RotationConfig, load_config
 from flows.context import EntryContext
+from flows.errors import BadInputError, ConfigError, RotationInProgressError, StepFailed
 from flows.handover import HandoverRequester
-from flows.lock import RotationInProgressError, entry_lock
+from flows.lock import entry_lock
 from flows.models import Mode, RotationResult, Status
 from flows.notification import notified_run
-from flows.procedure import Approver, BadInputError, run_emergency, run_reconcile, run_scheduled
+from flows.procedure import Approver, run_emergency, run_reconcile, run_scheduled
 from flows.redact import install_redaction
 from flows.runner import StepRunner
-from flows.steps import StepFailed
 from flows.tracking import one_line
 
 Kind = Literal["rotate", "emergency", "reconcile"]

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from connectors.errors import ConnectorError
 from connectors.notify import Notification, Notifier, NotifyTarget
 from connectors.store import SecretStore
+from flows import steps
 from flows.audit import AuditLog
 from flows.config import ProjectEntry, RotationConfig
 from flows.context import build_store
@@ -227,12 +228,12 @@ class _ProgressRunner:
         self._name = name
         self.orchestrator = orchestrator
 
-    def run(self, step: str, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
-        if step != "wait_for_restarts":
-            return self._inner.run(step, fn, *args, timeout_s=timeout_s)
+    def run(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None, **kwargs: Any) -> T:
+        if fn is not steps.wait_for_restarts:
+            return self._inner.run(fn, *args, timeout_s=timeout_s, **kwargs)
         self._progress.wait(self._name, True)
         try:
-            return self._inner.run(step, fn, *args, timeout_s=timeout_s)
+            return self._inner.run(fn, *args, timeout_s=timeout_s, **kwargs)
         finally:
             self._progress.wait(self._name, False)
 

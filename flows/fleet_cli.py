@@ -67,9 +67,8 @@ def _write_request_counts() -> None:
 def _under_prefect(path: str, concurrency: int | None, *, show_progress: bool) -> FleetResult:
     from prefect.client.schemas.objects import State
 
-    from flows.config import ConfigError
+    from flows.errors import BadInputError, ConfigError
     from flows.fleet import FleetResult
-    from flows.procedure import BadInputError
     from flows.redact import scrub
     from flows.rotate import rotate_all
 

@@ -17,20 +17,10 @@ from datetime import UTC, datetime
 
 from connectors.errors import ConnectorError
 from connectors.store import HandoverRequest, SecretLocation, SecretStore
+from flows.errors import Superseded
 
 POLL_S = 1.0
 """How often a waiting rotation looks for a handover request, and an emergency refreshes its own."""
-
-
-class Superseded(BaseException):
-    """An emergency asked for this entry: stop now, roll nothing back, let go of the lock.
-
-    A BaseException so no ``except Exception`` on the way (a step's own error handling, a consumer
-    wait that reports instead of raising) turns it into an ordinary failure that would roll back."""
-
-    def __init__(self, emergency_run: str) -> None:
-        self.emergency_run = emergency_run
-        super().__init__(f"superseded by emergency {emergency_run}")
 
 
 class HandoverWatch:

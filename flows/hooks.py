@@ -12,7 +12,8 @@ from typing import Any
 
 from connectors.notify import Notification, Notifier, NotifyTarget
 from flows.audit import resource_id
-from flows.config import ConfigError, load_config
+from flows.config import load_config
+from flows.errors import ConfigError
 from flows.models import STATUS_EXIT
 from flows.redact import scrub
 

@@ -24,8 +24,9 @@ from connectors.consumers import Consumer, ConsumerClient
 from connectors.errors import ConnectorError, LangfuseAuthError
 from connectors.langfuse import ApiKeySummary, LangfuseAdminClient, LangfuseProjectClient
 from connectors.store import SecretStore, StoreDescription
-from flows.config import ConfigError, ProjectEntry, RotationConfig
+from flows.config import ProjectEntry, RotationConfig
 from flows.context import build_store, org_key
+from flows.errors import ConfigError
 from flows.redact import install_redaction, scrub
 
 T = TypeVar("T")

@@ -43,7 +43,8 @@ def add_commands(commands: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from flows.config import ConfigError, load_config
+    from flows.config import load_config
+    from flows.errors import ConfigError
 
     try:
         config = load_config(args.config)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flows.prefect_rest import PrefectRest
 
-from flows.config import ConfigError
+from flows.errors import ConfigError, RotationInProgressError
 
 LOCK_DIR_ENV_VAR = "LANGFUSE_ROTATE_LOCK_DIR"
 _POLL_S = 0.2
@@ -47,10 +47,6 @@ _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 class LockDirError(ConfigError):
     """The lock directory or a file in it is not private to this user."""
-
-
-class RotationInProgressError(Exception):
-    """Another rotation of the same key holds the lock."""
 
 
 def lock_name(entry: str) -> str:

@@ -14,27 +14,15 @@ from pydantic import BaseModel
 
 from connectors.errors import ConnectorError
 from connectors.store import RotationRecord
+from flows import steps
 from flows.context import EntryContext
+from flows.contract import contract_of
 from flows.crashpoints import crash_point
-from flows.handover import Superseded
+from flows.errors import BadInputError, StepFailed, Superseded
 from flows.models import Mode, RotationPlan, RotationResult
 from flows.notification import notify
-from flows.runner import StepRunner, step_timeout_s
-from flows.steps import (
-    ConsumerOutcome,
-    RevokeOutcome,
-    StepFailed,
-    create_key,
-    finish_rotation,
-    plan_rotation,
-    promote_key,
-    recheck_revoked_key,
-    reconcile_orphans,
-    revoke_key,
-    rollback_rotation,
-    verify_key,
-    wait_for_consumers,
-)
+from flows.runner import StepRunner
+from flows.steps import ConsumerOutcome, RevokeOutcome, plan_rotation
 from flows.tracking import RunTracker, one_line
 
 
@@ -61,7 +49,7 @@ def _prepare(run: RunTracker, mode: Mode) -> RotationPlan:
     run.result.resumed = plan.resumed
     run.result.old_public_key = plan.old_public_key
     run.result.new_public_key = plan.new_public_key
-    reconciled = run.step("reconcile", reconcile_orphans, ctx, plan)
+    reconciled = run.step(steps.reconcile, ctx, plan)
     run.result.reconciled = reconciled.actions
     return plan
 
@@ -131,19 +119,19 @@ def _handed_over(run: RunTracker, handed: Superseded) -> RotationResult:
 def _until_verified(run: RunTracker, plan: RotationPlan, approve: Approver | None) -> RotationRecord:
     """Steps 1-4 of a scheduled rotation; any exception means: roll back."""
     ctx = run.ctx
-    created = run.step("create", create_key, ctx, plan)
+    created = run.step(steps.create, ctx, plan)
     record = created.record
     plan = plan.model_copy(update={"new_public_key": record.new_public_key})
     run.result.new_public_key = record.new_public_key
     if approve is not None:
         _approval(run, approve, plan, record)
-    promoted = run.step("store", promote_key, ctx, record)
+    promoted = run.step(steps.store, ctx, record)
     run.result.store_version = promoted.version
     lagging = _wait_for_restarts(run, record)
     if lagging is not None:
         run.result.steps[-1].outcome = "failed"  # the step ran to its end, but this is why the run fails
         raise StepFailed("wait_for_restarts", lagging)
-    run.step("verify", verify_key, ctx, record)
+    run.step(steps.verify, ctx, record)
     run.result.verified = True
     return record
 
@@ -206,7 +194,7 @@ def _go_forward(run: RunTracker, plan: RotationPlan, record: RotationRecord) -> 
     except Exception as exc:
         problems.append(f"wait for restarts failed: {one_line(exc)}")
     try:
-        run.step("verify", verify_key, run.ctx, record)
+        run.step(steps.verify, run.ctx, record)
         run.result.verified = True
     except Exception as exc:
         problems.append(f"verify failed: {one_line(exc)}")
@@ -237,7 +225,7 @@ def _approval(run: RunTracker, approve: Approver, plan: RotationPlan, record: Ro
 def _wait_for_restarts(run: RunTracker, record: RotationRecord) -> str | None:
     """Step 3: restart hooks, then wait for every consumer; returns who lags (None: all switched)."""
     entry = run.ctx.entry
-    consumers = run.step("wait_for_restarts", wait_for_consumers, run.ctx, record.new_public_key)
+    consumers = run.step(steps.wait_for_restarts, run.ctx, record.new_public_key)
     run.result.consumers = consumers.wait.last_seen
     if consumers.wait.all_switched:
         return None
@@ -266,9 +254,7 @@ def _roll_back(run: RunTracker, plan: RotationPlan | None, exc: BaseException) -
     ctx.handover.check()
     began = time.monotonic()
     try:
-        outcome = run.runner.run(
-            "rollback", rollback_rotation, ctx, plan, timeout_s=step_timeout_s("rollback", ctx.entry)
-        )
+        outcome = run.runner.run(steps.rollback, ctx, plan, timeout_s=contract_of(steps.rollback).deadline_s(ctx.entry))
     except Exception as rollback_exc:
         run.record("rollback", "failed", began, one_line(rollback_exc))
         return run.finish("failed", f"{reason}; rollback failed: {one_line(rollback_exc)}")
@@ -303,7 +289,7 @@ def _revoke_and_finish(
     problems = list(problems or [])
     if plan.old_public_key is not None:
         try:
-            revoked = run.step("revoke", revoke_key, ctx, plan.old_public_key, plan.old_version)
+            revoked = run.step(steps.revoke, ctx, plan.old_public_key, plan.old_version)
             crash_point("after_revoke")
             run.result.old_key_rejected = revoked.rejected
             if revoked.rejected is not True:
@@ -312,7 +298,7 @@ def _revoke_and_finish(
             problems.append(f"revoke failed: {one_line(exc)}; the new pair is current and verified, rerun to finish")
     if not problems:
         try:
-            run.step("finish", finish_rotation, ctx, record)
+            run.step(steps.finish, ctx, record)
         except Exception as exc:
             problems.append(f"finish failed: {one_line(exc)}; rerun to finish")
     status = "needs_attention" if problems else "rotated"
@@ -369,11 +355,11 @@ def run_emergency(
             )
         if target != plan.old_public_key:
             return _contain_stray_key(run, target)
-        created = run.step("create", create_key, ctx, plan)
+        created = run.step(steps.create, ctx, plan)
         record = created.record
         plan = plan.model_copy(update={"new_public_key": record.new_public_key})
         run.result.new_public_key = record.new_public_key
-        promoted = run.step("store", promote_key, ctx, record)
+        promoted = run.step(steps.store, ctx, record)
         run.result.store_version = promoted.version
     except BadInputError:
         raise
@@ -388,7 +374,7 @@ def run_emergency(
     try:
         # Revoke now, without waiting for anyone; if Langfuse's cache still accepts the key and no
         # instance admin key can flush it, the idle re-probe waits until consumers were restarted.
-        revoked = run.step("revoke", revoke_key, ctx, target, plan.old_version, True)
+        revoked = run.step(steps.revoke, ctx, target, plan.old_version, True)
         run.result.old_key_rejected = revoked.rejected
     except Exception as exc:
         problems.append(f"revoke failed: {one_line(exc)}")
@@ -399,20 +385,20 @@ def run_emergency(
     except Exception as exc:
         problems.append(f"wait for restarts failed: {one_line(exc)}")
     try:
-        run.step("verify", verify_key, ctx, record)
+        run.step(steps.verify, ctx, record)
         run.result.verified = True
     except Exception as exc:
         problems.append(f"verify failed: {one_line(exc)}")
     if revoked is not None and revoked.idle_recheck_due:
         try:
-            revoked = run.step("recheck_revoked", recheck_revoked_key, ctx, target, plan.old_version)
+            revoked = run.step(steps.recheck_revoked, ctx, target, plan.old_version)
             run.result.old_key_rejected = revoked.rejected
         except Exception as exc:
             problems.append(f"re-probe of the revoked key failed: {one_line(exc)}")
     if revoked is not None and revoked.rejected is not True:
         problems.insert(0, f"compromised key {target}: {revoked.detail or 'not proven rejected'}")
     try:
-        run.step("finish", finish_rotation, ctx, record)
+        run.step(steps.finish, ctx, record)
     except Exception as exc:
         problems.append(f"finish failed: {one_line(exc)}")
     status = "needs_attention" if problems else "contained"
@@ -429,10 +415,6 @@ def run_emergency(
     )
     notify(ctx, result)
     return result
-
-
-class BadInputError(Exception):
-    """The request cannot be carried out as given; nothing was changed (exit code 2)."""
 
 
 def _check_named_key(ctx: EntryContext, target: str) -> None:
@@ -479,7 +461,7 @@ def _contain_stray_key(run: RunTracker, target: str) -> RotationResult:
     """The compromised key is not the entry's current key: revoke it; the current key is untouched."""
     ctx = run.ctx
     try:
-        revoked = run.step("revoke", revoke_key, ctx, target, None)
+        revoked = run.step(steps.revoke, ctx, target, None)
     except Exception as exc:
         result = run.finish("failed", f"revoke failed: {one_line(exc)}")
     else:
@@ -536,10 +518,10 @@ def run_reconcile(ctx: EntryContext, runner: StepRunner) -> RotationResult:
             ctx.admin.find_api_key(ctx.entry.project_id, pending.old_public_key) is not None
         )
         if desc.pending_promoted and not old_alive:
-            run.step("finish", finish_rotation, ctx, pending)
+            run.step(steps.finish, ctx, pending)
             actions.append(f"finished rotation {pending.rotation_id}: its old key was already revoked")
         else:
-            outcome = run.step("rollback", rollback_rotation, ctx, plan)
+            outcome = run.step(steps.rollback, ctx, plan)
             if outcome.errors and outcome.new_key_kept is None:
                 result = run.finish("failed", "; ".join(outcome.errors))
                 notify(ctx, result)
@@ -551,7 +533,7 @@ def run_reconcile(ctx: EntryContext, runner: StepRunner) -> RotationResult:
                 kept.append(outcome.new_key_kept)
                 actions.append(outcome.new_key_kept)
     current = ctx.store.describe(ctx.location)
-    orphans = run.step("reconcile", reconcile_orphans, ctx, plan_rotation(ctx, "scheduled"))
+    orphans = run.step(steps.reconcile, ctx, plan_rotation(ctx, "scheduled"))
     actions += orphans.actions
     kept += orphans.kept
     run.result.reconciled = actions

@@ -1,7 +1,8 @@
 """How a step is executed: as a Prefect task, or directly when no Prefect is reachable.
 
-Retries and timeouts are declared here once per step and apply in both modes. Every task
-touches secrets (or could), so none caches and none persists its result.
+Both runners read the step's own contract (``flows.contract.step``: name, retries, timeout) and
+retry only failures that say they are retryable. Every task touches secrets (or could), so none
+caches and none persists its result.
 """
 
 from __future__ import annotations
@@ -14,54 +15,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
-if TYPE_CHECKING:
-    from flows.config import ProjectEntry
+from flows.contract import contract_of
+from flows.errors import StepFailed, StepTimeout, Superseded
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class StepOptions:
-    retries: int = 0
-    retry_delay_s: float = 1.0
-    timeout_s: float = 120.0
-    """The step's own work; ``step_timeout_s`` adds the waits the entry configures."""
-
-
-STEP_OPTIONS: dict[str, StepOptions] = {
-    "reconcile": StepOptions(retries=1, timeout_s=120),  # + wait_timeout_s: may move consumers back
-    "create": StepOptions(retries=0, timeout_s=180),  # the connector retries safely inside
-    "store": StepOptions(retries=2, timeout_s=120),
-    "wait_for_restarts": StepOptions(retries=0, timeout_s=60),  # + wait_timeout_s + grace_period_s
-    "verify": StepOptions(retries=1, timeout_s=60),  # + canary_timeout_s
-    "revoke": StepOptions(retries=2, timeout_s=120),  # + revoke_recheck_s (idle re-probe)
-    "recheck_revoked": StepOptions(retries=0, timeout_s=60),  # + revoke_recheck_s
-    "finish": StepOptions(retries=2, timeout_s=120),
-    "rollback": StepOptions(retries=1, timeout_s=180),  # + wait_timeout_s (store retries 60 s inside)
-    "notify": StepOptions(retries=0, timeout_s=60),
-}
-
-
-def step_timeout_s(step: str, entry: ProjectEntry) -> float:
-    """The deadline of one attempt of ``step`` for ``entry``: the step's own budget plus the waits
-    the entry configures for it. Every step, rollback included, has one in both modes."""
-    waits = {
-        "reconcile": entry.wait_timeout_s,
-        "wait_for_restarts": entry.wait_timeout_s + entry.grace_period_s,
-        "verify": entry.canary_timeout_s,
-        "revoke": entry.revoke_recheck_s,
-        "recheck_revoked": entry.revoke_recheck_s,
-        "rollback": entry.wait_timeout_s,
-    }
-    return STEP_OPTIONS.get(step, StepOptions()).timeout_s + waits.get(step, 0.0)
-
-
-class StepTimeout(BaseException):
-    """Raised inside a step run by ``DirectRunner`` when its deadline passes. A BaseException so
-    that no ``except Exception`` inside the step swallows it; the runner turns it into a
-    ``StepFailed`` at once."""
 
 
 @contextlib.contextmanager
@@ -101,20 +60,15 @@ def deadline(seconds: float) -> Iterator[None]:
 class StepRunner(Protocol):
     orchestrator: str
 
-    def run(self, step: str, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T: ...
+    def run(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None, **kwargs: Any) -> T:
+        """Run the step ``fn`` (declared with ``@step``) with its contract; ``timeout_s`` replaces the
+        contract's own deadline (the caller adds the entry's configured waits)."""
+        ...
 
 
-def _retryable(exc: BaseException) -> bool:
-    from flows.steps import StepFailed
-
-    # Only connector-level failures are worth a retry; a StepFailed that states a fact
-    # (wrong project, another rotation staged) would fail the same way again.
-    return isinstance(exc, StepFailed) and exc.facts.get("error_type") in {
-        "LangfuseServerError",
-        "LangfuseUnreachableError",
-        "LangfuseRateLimitedError",
-        "StoreUnavailableError",
-    }
+def retryable(exc: BaseException) -> bool:
+    """Whether a step's failure is worth another attempt: only a transient connector failure is."""
+    return isinstance(exc, StepFailed) and exc.retryable
 
 
 class DirectRunner:
@@ -122,61 +76,60 @@ class DirectRunner:
 
     orchestrator = "none"
 
-    def run(self, step: str, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
-        from flows.steps import StepFailed
-
-        options = STEP_OPTIONS.get(step, StepOptions())
-        limit = timeout_s if timeout_s is not None else options.timeout_s
+    def run(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None, **kwargs: Any) -> T:
+        contract = contract_of(fn)
+        limit = timeout_s if timeout_s is not None else contract.timeout_s
         attempt = 0
         while True:
             try:
                 try:
                     with deadline(limit):
-                        return fn(*args)
+                        return fn(*args, **kwargs)
                 except StepTimeout:
-                    raise StepFailed(step, f"{step} timed out after {limit:g}s", error_type="StepTimeout") from None
+                    raise StepFailed(
+                        contract.name, f"{contract.name} timed out after {limit:g}s", error_type="StepTimeout"
+                    ) from None
             except Exception as exc:
-                if attempt >= options.retries or not _retryable(exc):
+                if attempt >= contract.retries or not retryable(exc):
                     raise
                 attempt += 1
-                time.sleep(options.retry_delay_s)
+                time.sleep(contract.retry_delay_s)
 
 
 class PrefectRunner:
-    """Runs each step as a Prefect task: visible in the UI, with declared retries and timeouts."""
+    """Runs each step as a Prefect task named after its contract, with its retries and timeout.
+    Tasks are keyed by the step function itself (two steps may never share a task)."""
 
     orchestrator = "prefect"
 
     def __init__(self) -> None:
-        self._tasks: dict[str, Any] = {}
+        self._tasks: dict[Callable[..., Any], Any] = {}
 
-    def _task(self, step: str, fn: Callable[..., Any]) -> Any:
-        if step not in self._tasks:
+    def _task(self, fn: Callable[..., Any]) -> Any:
+        if fn not in self._tasks:
             from prefect import Task
             from prefect.cache_policies import NO_CACHE
 
-            options = STEP_OPTIONS.get(step, StepOptions())
-            self._tasks[step] = Task(
+            contract = contract_of(fn)
+            self._tasks[fn] = Task(
                 fn=_handing_over(fn),
-                name=step,
+                name=contract.name,
                 cache_policy=NO_CACHE,
                 persist_result=False,
-                retries=options.retries,
-                retry_delay_seconds=options.retry_delay_s,
+                retries=contract.retries,
+                retry_delay_seconds=contract.retry_delay_s,
                 retry_condition_fn=_retry_condition,
-                timeout_seconds=options.timeout_s,
+                timeout_seconds=contract.timeout_s,
                 log_prints=False,
             )
-        return self._tasks[step]
+        return self._tasks[fn]
 
-    def run(self, step: str, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
-        task = self._task(step, fn)
+    def run(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None, **kwargs: Any) -> T:
+        task = self._task(fn)
         if timeout_s is not None:
             task = task.with_options(timeout_seconds=timeout_s)
-        result = task(*args)
+        result = task(*args, **kwargs)
         if isinstance(result, _HandedOver):
-            from flows.handover import Superseded
-
             raise Superseded(result.emergency_run)
         return cast(T, result)
 
@@ -189,7 +142,6 @@ class _HandedOver:
 def _handing_over(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The step as a task body: a step stopped for an emergency (``Superseded``, a BaseException
     that Prefect would record as a crash) ends the task normally; ``run`` raises it again."""
-    from flows.handover import Superseded
 
     @functools.wraps(fn)
     def body(*args: Any, **kwargs: Any) -> Any:  # Prefect passes the step's parameters by name
@@ -205,5 +157,5 @@ def _retry_condition(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
     except Exception as exc:
-        return _retryable(exc)
+        return retryable(exc)
     return False

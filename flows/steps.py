@@ -1,7 +1,8 @@
 """The rotation's steps, as plain functions: one job each, and each starts with "already done?".
 
-Prefect wraps each of them in a task (``flows.runner``); a run without Prefect calls them directly.
-The invariants they keep together:
+Each declares its contract where it is defined (``@step``: the task name users see, retries,
+timeout); ``flows.runner`` runs it as a Prefect task, or in-process when no Prefect is reachable,
+by that contract. The invariants they keep together:
 - A new pair is written ahead to the store's staging place *before* it exists in Langfuse, so
   every key this tool creates has its secret recoverable and is tracked by a durable record.
 - Secrets live only inside a step's frame: steps read them from the store when they need them and
@@ -26,22 +27,15 @@ from connectors.keypair import KeyPair
 from connectors.langfuse import LangfuseProjectClient
 from connectors.store import RotationRecord, StoreVersion
 from flows.context import EntryContext
+from flows.contract import step
 from flows.crashpoints import crash_point
+from flows.errors import StepFailed
 from flows.models import Mode, RotationPlan
 from flows.progress import consumer_round
 from flows.redact import register_secret, scrub
 
 NOTE_PREFIX = "langfuse-rotate"
 _NOTE_PATTERN = re.compile(rf"^{NOTE_PREFIX} entry=(?P<entry>\S+) rotation=(?P<rotation>\S+)")
-
-
-class StepFailed(Exception):
-    """A step could not do its job. The message is one secret-free line; ``facts`` are public."""
-
-    def __init__(self, step: str, message: str, **facts: Any) -> None:
-        self.step = step
-        self.facts = facts
-        super().__init__(scrub(" ".join(message.split())))
 
 
 def key_note(entry: str, rotation_id: str, run_label: str) -> str:
@@ -55,8 +49,9 @@ def parse_note(note: str | None) -> tuple[str, str] | None:
     return (match.group("entry"), match.group("rotation")) if match else None
 
 
-def _fail_on_connector_error(step: str, exc: ConnectorError) -> StepFailed:
-    return StepFailed(step, str(exc), error_type=type(exc).__name__)
+def connector_failure(step_name: str, exc: ConnectorError) -> StepFailed:
+    """The step's failure, keeping whether the connector's failure is transient (worth a retry)."""
+    return StepFailed(step_name, str(exc), retryable=exc.retryable, error_type=type(exc).__name__)
 
 
 # --- plan & reconcile ---------------------------------------------------------------------------
@@ -67,7 +62,7 @@ def plan_rotation(ctx: EntryContext, mode: Mode) -> RotationPlan:
     try:
         desc = ctx.store.describe(ctx.location)
     except StoreError as exc:
-        raise _fail_on_connector_error("plan", exc) from None
+        raise connector_failure("plan", exc) from None
     if not desc.exists:
         raise StepFailed("plan", f"no secret at {ctx.store_label}: store the entry's current key there first")
     common: dict[str, Any] = {
@@ -103,7 +98,8 @@ class ReconcileOutcome(BaseModel):
     """Orphan keys kept because a consumer uses them or cannot be proven not to (also in ``actions``)."""
 
 
-def reconcile_orphans(ctx: EntryContext, plan: RotationPlan) -> ReconcileOutcome:
+@step("reconcile", retries=1, timeout_s=120, plus=("wait_timeout_s",))  # may move consumers back first
+def reconcile(ctx: EntryContext, plan: RotationPlan) -> ReconcileOutcome:
     """Delete keys this tool created for this entry that nothing tracks any more.
 
     A key is ours if its note names this entry. It is kept if it is the store's current key, or
@@ -116,7 +112,7 @@ def reconcile_orphans(ctx: EntryContext, plan: RotationPlan) -> ReconcileOutcome
         desc = ctx.store.describe(ctx.location)
         keys = ctx.admin.list_api_keys(ctx.entry.project_id)
     except ConnectorError as exc:
-        raise _fail_on_connector_error("reconcile", exc) from None
+        raise connector_failure("reconcile", exc) from None
     keep = {desc.current_public_key, plan.old_public_key, plan.new_public_key}
     if desc.pending is not None:
         keep |= {desc.pending.old_public_key, desc.pending.new_public_key}
@@ -147,7 +143,7 @@ def reconcile_orphans(ctx: EntryContext, plan: RotationPlan) -> ReconcileOutcome
         try:
             ctx.admin.delete_api_key(ctx.entry.project_id, key.id)
         except ConnectorError as exc:
-            raise _fail_on_connector_error("reconcile", exc) from None
+            raise connector_failure("reconcile", exc) from None
         crash_point("after_orphan_delete")
         actions.append(f"deleted orphan key {key.public_key} left by rotation {owner[1]}")
         ctx.audit.record(
@@ -167,19 +163,20 @@ class CreateOutcome(BaseModel):
     created_now: bool
 
 
-def create_key(ctx: EntryContext, plan: RotationPlan) -> CreateOutcome:
+@step("create", retries=0, timeout_s=180)  # the Langfuse connector retries safely inside
+def create(ctx: EntryContext, plan: RotationPlan) -> CreateOutcome:
     """Generate the pair, write it ahead to the store's staging place, then create it in Langfuse.
 
     Already done? A staged pair of this rotation is reused; a key already in Langfuse is not
     created again (the predefined pair makes creation idempotent).
     """
-    step = "create"
+    name = "create"
     try:
         staged = ctx.store.read_staged(ctx.location)
         if staged is not None:
             record, stored = staged
             if record.rotation_id != plan.rotation_id:
-                raise StepFailed(step, f"another rotation ({record.rotation_id}) is staged at {ctx.store_label}")
+                raise StepFailed(name, f"another rotation ({record.rotation_id}) is staged at {ctx.store_label}")
             pair = stored.key_pair()
             staged_now = False
         else:
@@ -214,8 +211,8 @@ def create_key(ctx: EntryContext, plan: RotationPlan) -> CreateOutcome:
         summary = ctx.admin.create_api_key(ctx.entry.project_id, pair, note)
         crash_point("after_create")
     except ConnectorError as exc:
-        raise _fail_on_connector_error(step, exc) from None
-    ctx.audit.record("langfuse.create_key", _resource(ctx), "done", public_key=pair.public_key, key_id=summary.id)
+        raise connector_failure(name, exc) from None
+    ctx.audit.record("langfuse.create", _resource(ctx), "done", public_key=pair.public_key, key_id=summary.id)
     return CreateOutcome(
         record=record,
         key_id=summary.id,
@@ -233,13 +230,14 @@ class PromoteOutcome(BaseModel):
     previous_version: StoreVersion | None
 
 
-def promote_key(ctx: EntryContext, record: RotationRecord) -> PromoteOutcome:
+@step("store", retries=2, timeout_s=120)
+def store(ctx: EntryContext, record: RotationRecord) -> PromoteOutcome:
     """Make the staged pair the current secret (fenced by check-and-set; idempotent)."""
     try:
         version = ctx.store.promote(ctx.location, record)
         crash_point("after_promote")
     except StoreError as exc:
-        raise _fail_on_connector_error("store", exc) from None
+        raise connector_failure("store", exc) from None
     ctx.audit.record("store.promote", _resource(ctx), "done", public_key=record.new_public_key, store_version=version)
     return PromoteOutcome(version=version, previous_version=record.old_version)
 
@@ -253,7 +251,8 @@ class ConsumerOutcome(BaseModel):
     grace_period_s: float | None = None
 
 
-def wait_for_consumers(ctx: EntryContext, public_key: str, *, trigger_restarts: bool = True) -> ConsumerOutcome:
+@step("wait_for_restarts", retries=0, timeout_s=60, plus=("wait_timeout_s", "grace_period_s"))
+def wait_for_restarts(ctx: EntryContext, public_key: str, *, trigger_restarts: bool = True) -> ConsumerOutcome:
     """Fire restart hooks, then wait until every consumer reports ``public_key``.
 
     Never raises: the caller decides what a lagging consumer means (roll back, or report).
@@ -286,20 +285,21 @@ class VerifyOutcome(BaseModel):
     canary_seconds: float
 
 
-def verify_key(ctx: EntryContext, record: RotationRecord) -> VerifyOutcome:
+@step("verify", retries=1, timeout_s=60, plus=("canary_timeout_s",))
+def verify(ctx: EntryContext, record: RotationRecord) -> VerifyOutcome:
     """The current stored pair is the new one, authenticates to the expected project, and a
     canary trace sent with it is readable within the configured time."""
-    step = "verify"
+    name = "verify"
     try:
         current = ctx.store.read_current(ctx.location)
         register_secret(current.secret_key)
         if current.public_key != record.new_public_key:
-            raise StepFailed(step, f"the store's current key is {current.public_key}, not the new key")
+            raise StepFailed(name, f"the store's current key is {current.public_key}, not the new key")
         with LangfuseProjectClient(ctx.host, current.key_pair(), timeout_s=ctx.config.langfuse.timeout_s) as client:
             info = client.auth_check()
             if info.id != ctx.entry.project_id:
                 raise StepFailed(
-                    step, f"the new key authenticates to project {info.id}, expected {ctx.entry.project_id}"
+                    name, f"the new key authenticates to project {info.id}, expected {ctx.entry.project_id}"
                 )
             trace_id = client.send_canary(
                 attributes={"langfuse_rotate.entry": ctx.entry.name, "langfuse_rotate.rotation_id": record.rotation_id}
@@ -309,7 +309,7 @@ def verify_key(ctx: EntryContext, record: RotationRecord) -> VerifyOutcome:
             )
         crash_point("after_verify")
     except ConnectorError as exc:
-        raise _fail_on_connector_error(step, exc) from None
+        raise connector_failure(name, exc) from None
     return VerifyOutcome(project_id=info.id, canary_trace_id=trace_id, canary_seconds=round(seconds, 3))
 
 
@@ -326,7 +326,8 @@ class RevokeOutcome(BaseModel):
     detail: str = ""
 
 
-def revoke_key(
+@step("revoke", retries=2, timeout_s=120, plus=("revoke_recheck_s",))  # the idle re-probe waits revoke_recheck_s
+def revoke(
     ctx: EntryContext, public_key: str, secret_version: StoreVersion | None, defer_idle_recheck: bool = False
 ) -> RevokeOutcome:
     """Delete ``public_key`` from Langfuse, then prove it is rejected.
@@ -338,17 +339,17 @@ def revoke_key(
 
     ``defer_idle_recheck`` (emergency): return at once with ``idle_recheck_due`` set instead of
     sleeping, so the caller can first move the consumers off the key (idle means nobody uses it)
-    and then call ``recheck_revoked_key``. Without the secret of ``public_key`` nothing can be
+    and then call ``recheck_revoked``. Without the secret of ``public_key`` nothing can be
     probed: with an instance admin key the cache is invalidated anyway (the row is gone, so that
     makes the key rejected), otherwise ``rejected`` stays None.
     """
-    step = "revoke"
+    name = "revoke"
     project = ctx.entry.project_id
     try:
         summary = ctx.admin.find_api_key(project, public_key)
         deleted_now = ctx.admin.delete_api_key(project, summary.id) if summary is not None else False
     except ConnectorError as exc:
-        raise _fail_on_connector_error(step, exc) from None
+        raise connector_failure(name, exc) from None
     key_id = summary.id if summary is not None else None
     crash_point("after_delete")
     ctx.audit.record("langfuse.delete_key", _resource(ctx), "done", public_key=public_key, key_id=key_id)
@@ -366,7 +367,7 @@ def revoke_key(
         try:
             ctx.instance_admin.invalidate_all_cached_keys()
         except ConnectorError as exc:
-            raise _fail_on_connector_error(step, exc) from None
+            raise connector_failure(name, exc) from None
         action = "invalidated Langfuse's API-key cache with the instance admin key"
         ctx.audit.record("langfuse.invalidate_cache", _resource(ctx), "done", public_key=public_key)
         return RevokeOutcome(
@@ -401,12 +402,13 @@ def revoke_key(
                 action = _idle_action(ctx)
             rejected = not client.probe().accepted
         except ConnectorError as exc:
-            raise _fail_on_connector_error(step, exc) from None
+            raise connector_failure(name, exc) from None
     return _after_cache_handling(public_key, key_id, deleted_now, rejected, action)
 
 
-def recheck_revoked_key(ctx: EntryContext, public_key: str, secret_version: StoreVersion | None) -> RevokeOutcome:
-    """The deferred half of ``revoke_key``: keep the deleted key idle for ``revoke_recheck_s``
+@step("recheck_revoked", retries=0, timeout_s=60, plus=("revoke_recheck_s",))
+def recheck_revoked(ctx: EntryContext, public_key: str, secret_version: StoreVersion | None) -> RevokeOutcome:
+    """The deferred half of ``revoke``: keep the deleted key idle for ``revoke_recheck_s``
     (the cache TTL plus a margin), then probe it once more."""
     pair = _stored_pair(ctx, public_key, secret_version)
     if pair is None:
@@ -416,10 +418,10 @@ def recheck_revoked_key(ctx: EntryContext, public_key: str, secret_version: Stor
         with LangfuseProjectClient(ctx.host, pair, timeout_s=ctx.config.langfuse.timeout_s) as client:
             rejected = not client.probe().accepted
     except ConnectorError as exc:
-        raise _fail_on_connector_error("recheck_revoked", exc) from None
+        raise connector_failure("recheck_revoked", exc) from None
     outcome = _after_cache_handling(public_key, None, False, rejected, _idle_action(ctx))
     ctx.audit.record(
-        "langfuse.recheck_revoked_key", _resource(ctx), "done" if rejected else "attention", public_key=public_key
+        "langfuse.recheck_revoked", _resource(ctx), "done" if rejected else "attention", public_key=public_key
     )
     return outcome
 
@@ -461,13 +463,14 @@ def _stored_pair(ctx: EntryContext, public_key: str, version: StoreVersion | Non
 # --- finish & rollback --------------------------------------------------------------------------
 
 
-def finish_rotation(ctx: EntryContext, record: RotationRecord) -> None:
+@step("finish", retries=2, timeout_s=120)
+def finish(ctx: EntryContext, record: RotationRecord) -> None:
     """Clear the staging and record the rotation's public facts on the current secret."""
     try:
         ctx.store.finish(ctx.location, record)
         crash_point("after_finish")
     except StoreError as exc:
-        raise _fail_on_connector_error("finish", exc) from None
+        raise connector_failure("finish", exc) from None
     ctx.audit.record("store.finish", _resource(ctx), "done", rotation_id=record.rotation_id)
 
 
@@ -482,7 +485,8 @@ class RollbackOutcome(BaseModel):
     the old key (set only in that case; the run then needs a person, not a retry)."""
 
 
-def rollback_rotation(
+@step("rollback", retries=1, timeout_s=180, plus=("wait_timeout_s",))  # its store calls retry 60 s inside
+def rollback(
     ctx: EntryContext, plan: RotationPlan, *, store_retry_s: float = 60.0, consumer_wait_s: float | None = None
 ) -> RollbackOutcome:
     """Return to the old pair: store first, then consumers, then delete the new key.

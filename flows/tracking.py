@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from flows.context import EntryContext
+from flows.contract import contract_of
 from flows.models import Mode, RotationResult, StepRecord
 from flows.progress import progress
 from flows.redact import scrub
-from flows.runner import StepRunner, step_timeout_s
+from flows.runner import StepRunner
 from flows.steps import (
     ConsumerOutcome,
     CreateOutcome,
@@ -43,16 +44,17 @@ class RunTracker:
         )
         self.current_step = "plan"
 
-    def step(self, name: str, fn: Callable[..., T], *args: Any) -> T:
-        """Run one step with its deadline (``step_timeout_s``) and record its outcome."""
-        self.current_step = name
+    def step(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run the step ``fn`` by its contract, with its deadline for this entry, and record its outcome."""
+        contract = contract_of(fn)
+        name = self.current_step = contract.name
         if self.result.rotation_id:
             self.ctx.audit.rotation_id = self.result.rotation_id  # every audit line names its rotation
         self.ctx.handover.check()  # an emergency asked for the entry: stop before the next step
         began = time.monotonic()
         progress(f"{name}: started")
         try:
-            value = self.runner.run(name, fn, *args, timeout_s=step_timeout_s(name, self.ctx.entry))
+            value = self.runner.run(fn, *args, timeout_s=contract.deadline_s(self.ctx.entry), **kwargs)
         except BaseException as exc:
             self.record(name, "failed", began, one_line(exc))
             progress(f"{name}: failed after {time.monotonic() - began:.2f}s: {one_line(exc)}")

@@ -26,7 +26,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connectors.errors import ConnectorError
-from flows.config import ConfigError, ProjectEntry, RotationConfig, load_config
+from flows.config import ProjectEntry, RotationConfig, load_config
+from flows.errors import ConfigError
 
 TAG_EVENT = "trigger:event"
 TAG_CONTAINMENT = "trigger:event-containment"

@@ -371,7 +371,7 @@ def test_a_rollback_refuses_to_restore_an_old_pair_langfuse_no_longer_has(rotati
     from flows.config import load_config
     from flows.context import EntryContext
     from flows.models import RotationPlan
-    from flows.steps import rollback_rotation
+    from flows.steps import rollback
 
     env = rotation_env
     old = env.current()
@@ -393,7 +393,7 @@ def test_a_rollback_refuses_to_restore_an_old_pair_langfuse_no_longer_has(rotati
         resumed=True,
     )
     try:
-        outcome = rollback_rotation(ctx, plan)
+        outcome = rollback(ctx, plan)
     finally:
         ctx.close()
 

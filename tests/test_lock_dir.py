@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import ConfigError
+from flows.errors import ConfigError
 from flows.lock import LOCK_DIR_ENV_VAR, LockDirError, local_lock, lock_name
 
 

@@ -20,7 +20,8 @@ from pydantic import SecretStr
 from connectors.consumers import Consumer, ConsumerClient
 from connectors.errors import ConsumerError
 from devstack.consumer import start_consumer_process
-from flows.config import ConfigError, parse_config
+from flows.config import parse_config
+from flows.errors import ConfigError
 from flows.execute import execute
 from flows.runner import DirectRunner
 from tests.fixtures.rotation import ENTRY, RotationEnv

@@ -12,11 +12,13 @@ from typing import Any, TypeVar
 import pytest
 
 from devstack.prefect_server import PrefectServer
+from flows import steps
 from flows.config import load_config
+from flows.contract import contract_of, step
+from flows.errors import StepFailed
 from flows.execute import execute
 from flows.models import RotationResult
-from flows.runner import STEP_OPTIONS, DirectRunner, PrefectRunner, step_timeout_s
-from flows.steps import StepFailed
+from flows.runner import DirectRunner, PrefectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
@@ -29,11 +31,12 @@ class RecordingRunner(DirectRunner):
     def __init__(self) -> None:
         self.deadlines: dict[str, float | None] = {}
 
-    def run(self, step: str, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
-        self.deadlines[step] = timeout_s
-        return super().run(step, fn, *args, timeout_s=timeout_s)
+    def run(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None, **kwargs: Any) -> T:
+        self.deadlines[contract_of(fn).name] = timeout_s
+        return super().run(fn, *args, timeout_s=timeout_s, **kwargs)
 
 
+@step("finish", timeout_s=120)
 def sleeps(seconds: float, done: list[str]) -> str:
     time.sleep(seconds)
     done.append("finished")
@@ -44,7 +47,7 @@ def test_the_in_process_runner_interrupts_a_step_past_its_deadline() -> None:
     done: list[str] = []
 
     with pytest.raises(StepFailed, match=r"finish timed out after 0\.3s") as failed:
-        DirectRunner().run("finish", sleeps, 30, done, timeout_s=0.3)
+        DirectRunner().run(sleeps, 30, done, timeout_s=0.3)
 
     assert done == [], "the step was interrupted, not waited for"
     assert failed.value.step == "finish" and failed.value.facts["error_type"] == "StepTimeout"
@@ -56,7 +59,7 @@ def test_the_in_process_runner_interrupts_a_step_outside_the_main_thread_too() -
 
     def in_thread() -> None:
         try:
-            DirectRunner().run("rollback", sleeps_in_slices, 30.0, done, timeout_s=0.3)
+            DirectRunner().run(sleeps_in_slices, 30.0, done, timeout_s=0.3)
         except BaseException as exc:
             errors.append(exc)
 
@@ -68,6 +71,7 @@ def test_the_in_process_runner_interrupts_a_step_outside_the_main_thread_too() -
     assert len(errors) == 1 and isinstance(errors[0], StepFailed) and "timed out" in str(errors[0])
 
 
+@step("rollback", timeout_s=180)
 def sleeps_in_slices(seconds: float, done: list[str]) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -76,23 +80,34 @@ def sleeps_in_slices(seconds: float, done: list[str]) -> None:
 
 
 def test_a_step_that_ends_in_time_returns_its_value_and_leaves_no_alarm_behind() -> None:
-    assert DirectRunner().run("finish", sleeps, 0.01, [], timeout_s=5) == "finished"
+    assert DirectRunner().run(sleeps, 0.01, [], timeout_s=5) == "finished"
     time.sleep(0.1)  # an alarm left armed would fire here
 
 
+STEPS = [
+    steps.reconcile,
+    steps.create,
+    steps.store,
+    steps.wait_for_restarts,
+    steps.verify,
+    steps.revoke,
+    steps.recheck_revoked,
+    steps.finish,
+    steps.rollback,
+]
+
+
 def test_every_step_declares_a_deadline() -> None:
-    assert {"reconcile", "create", "store", "wait_for_restarts", "verify", "revoke"} <= set(STEP_OPTIONS)
-    assert {"recheck_revoked", "finish", "rollback"} <= set(STEP_OPTIONS)
-    assert all(options.timeout_s > 0 for options in STEP_OPTIONS.values())
+    assert all(contract_of(fn).timeout_s > 0 for fn in STEPS)
 
 
 def test_the_deadline_covers_the_waits_the_entry_configures(rotation_env: RotationEnv) -> None:
     entry = load_config(rotation_env.write_config()).entry(ENTRY)
 
-    assert step_timeout_s("wait_for_restarts", entry) > entry.wait_timeout_s + entry.grace_period_s
-    assert step_timeout_s("verify", entry) > entry.canary_timeout_s
-    assert step_timeout_s("revoke", entry) > entry.revoke_recheck_s
-    assert step_timeout_s("rollback", entry) > entry.wait_timeout_s + 60  # the rollback's store retries
+    assert contract_of(steps.wait_for_restarts).deadline_s(entry) > entry.wait_timeout_s + entry.grace_period_s
+    assert contract_of(steps.verify).deadline_s(entry) > entry.canary_timeout_s
+    assert contract_of(steps.revoke).deadline_s(entry) > entry.revoke_recheck_s
+    assert contract_of(steps.rollback).deadline_s(entry) > entry.wait_timeout_s + 60  # the rollback's store retries
 
 
 def test_every_step_of_a_rotation_that_rolls_back_ran_under_a_deadline(
@@ -114,17 +129,17 @@ def test_every_step_of_a_rotation_that_rolls_back_ran_under_a_deadline(
 def test_a_rollback_past_its_deadline_fails_the_run_instead_of_hanging(
     rotation_env: RotationEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flows.procedure
+    import flows.steps
 
     env = rotation_env
     env.sim.configure(otel_delay_s=60)  # verify fails: the run rolls back
     env.entry_overrides = {"canary_timeout_s": 1}
-    monkeypatch.setattr(flows.procedure, "step_timeout_s", lambda step, entry: 0.5 if step == "rollback" else 600)
 
+    @step("rollback", timeout_s=0.5)
     def stuck_rollback(*args: Any, **kwargs: Any) -> Any:
         time.sleep(60)  # e.g. a store that never answers
 
-    monkeypatch.setattr(flows.procedure, "rollback_rotation", stuck_rollback)
+    monkeypatch.setattr(flows.steps, "rollback", stuck_rollback)
 
     result = execute("rotate", ENTRY, str(env.write_config()), DirectRunner())
 
@@ -135,8 +150,8 @@ def test_a_rollback_past_its_deadline_fails_the_run_instead_of_hanging(
 @pytest.mark.slow
 def test_prefect_tasks_carry_every_steps_deadline(prefect_server: PrefectServer) -> None:
     runner = PrefectRunner()
-    for step, options in STEP_OPTIONS.items():
-        assert runner._task(step, sleeps).timeout_seconds == options.timeout_s, step
+    for fn in STEPS:
+        assert runner._task(fn).timeout_seconds == contract_of(fn).timeout_s, contract_of(fn).name
 
 
 @pytest.mark.slow
@@ -152,7 +167,7 @@ def test_a_prefect_task_past_its_deadline_fails_with_a_timeout(
     @flow(persist_result=False)
     def one_step() -> str:
         try:
-            PrefectRunner().run("finish", sleeps, 30, done, timeout_s=0.5)
+            PrefectRunner().run(sleeps, 30, done, timeout_s=0.5)
         except Exception as exc:
             return type(exc).__name__
         return "no timeout"

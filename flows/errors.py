@@ -1,0 +1,77 @@
+"""The flows' exceptions, in one place, each with the exit code it ends a command with (README
+"Exit codes"). Connector failures are ``connectors.errors.ConnectorError``; a step turns one into
+a ``StepFailed`` that keeps whether it is worth a retry.
+
+Every message is one secret-free line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from flows.models import ExitCode
+from flows.redact import scrub
+
+
+class RotateError(Exception):
+    """Base of the flows' own errors."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.FAILED
+
+
+class ConfigError(RotateError):
+    """Invalid configuration: one line naming the file, line and field. Nothing was changed."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class BadInputError(RotateError):
+    """The request cannot be carried out as given; nothing was changed."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class RotationInProgressError(RotateError):
+    """Another rotation of the same key holds the lock, or replaced the key while this one waited."""
+
+    exit_code = ExitCode.IN_PROGRESS
+
+
+class StepFailed(RotateError):
+    """A step could not do its job. The message is one secret-free line; ``facts`` are public.
+
+    ``retryable``: the failure is transient (a connector said so: unreachable, 5xx, throttled), so
+    the step's contract may retry it; a failure that states a fact (wrong project, another rotation
+    staged) would fail the same way again."""
+
+    exit_code = ExitCode.FAILED
+
+    def __init__(self, step: str, message: str, *, retryable: bool = False, **facts: Any) -> None:
+        self.step = step
+        self.retryable = retryable
+        self.facts = facts
+        super().__init__(scrub(" ".join(message.split())))
+
+
+class StepTimeout(BaseException):
+    """Raised inside a step run in-process when its deadline passes. A BaseException so that no
+    ``except Exception`` inside the step swallows it; the runner turns it into a ``StepFailed``."""
+
+
+class Superseded(BaseException):
+    """An emergency asked for this entry: stop now, roll nothing back, let go of the lock.
+
+    A BaseException so no ``except Exception`` on the way (a step's own error handling, a consumer
+    wait that reports instead of raising) turns it into an ordinary failure that would roll back."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.IN_PROGRESS
+
+    def __init__(self, emergency_run: str) -> None:
+        self.emergency_run = emergency_run
+        super().__init__(f"superseded by emergency {emergency_run}")
+
+
+def exit_code_of(exc: BaseException) -> ExitCode:
+    """The exit code a command ends with when ``exc`` escapes it."""
+    code = getattr(type(exc), "exit_code", ExitCode.FAILED)
+    return code if isinstance(code, ExitCode) else ExitCode.FAILED
