@@ -9,13 +9,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -27,7 +25,9 @@ from connectors.consumers import check_argv, check_headers, check_not_shell_stri
 from connectors.store import FieldNames, SecretLocation
 from connectors.urls import RedactedUrl, SecretUrl
 from flows.audit import default_audit_path
+from flows.config_types import StorePath, StrictModel, Url
 from flows.errors import ConfigError
+from flows.stores import STORE_KINDS, StoreConfig, store_kinds_text
 
 CONFIG_ENV_VAR = "LANGFUSE_ROTATE_CONFIG"
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -36,194 +36,7 @@ _PLACEHOLDER_PATTERN = re.compile(re.escape(_PLACEHOLDER_PREFIX) + r"(\d+)__")
 ENTRY_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
 
-Url = Annotated[str, AfterValidator(RedactedUrl)]
-"""A URL that may carry credentials (user-info, query token): its ``repr`` hides them."""
-
-
-_RESERVED_LAST_SEGMENT = "rotation-pending"  # a rotation stages at <path>/rotation-pending
-
-
-def _store_path(value: str, *, what: str = "path", reserved_suffix: bool = True) -> str:
-    """A store path or mount reaches exactly one place: no ``..``/``.``/empty segments, no leading
-    ``/``, no ``%`` (percent-decoding could smuggle any of those in), no ``?``/``#`` (they would end
-    the URL path), no whitespace or control characters."""
-    if not value:
-        raise ValueError(f"the {what} is empty")
-    if value.startswith("/"):
-        raise ValueError(f"the {what} must not start with '/'")
-    for bad in ("%", "?", "#", "\\"):
-        if bad in value:
-            raise ValueError(f"the {what} must not contain {bad!r}")
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"the {what} must not contain whitespace or control characters")
-    segments = value.split("/")
-    if "" in segments:
-        raise ValueError(f"the {what} must not contain empty segments ('//' or a trailing '/')")
-    if any(segment in (".", "..") for segment in segments):
-        raise ValueError(f"the {what} must not contain '.' or '..' segments")
-    if reserved_suffix and segments[-1] == _RESERVED_LAST_SEGMENT:
-        raise ValueError(f"the {what} must not end in '/{_RESERVED_LAST_SEGMENT}' (the staging place of another path)")
-    return value
-
-
-def _mount(value: str) -> str:
-    return _store_path(value, what="mount", reserved_suffix=False)
-
-
-StorePath = Annotated[str, AfterValidator(_store_path)]
-Mount = Annotated[str, AfterValidator(_mount)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
-
-
-class AppRoleConfig(_Strict):
-    role_id: str
-    secret_id: SecretStr | None = None
-    secret_id_file: Path | None = None
-    mount: Mount = "approle"
-
-    @model_validator(mode="after")
-    def _one_secret_id_source(self) -> AppRoleConfig:
-        if (self.secret_id is None) == (self.secret_id_file is None):
-            raise ValueError("give exactly one of secret_id or secret_id_file")
-        return self
-
-    def resolved_secret_id(self) -> SecretStr:
-        if self.secret_id is not None:
-            return self.secret_id
-        assert self.secret_id_file is not None
-        try:
-            return SecretStr(self.secret_id_file.read_text().strip())
-        except OSError as exc:
-            raise ConfigError(f"cannot read approle secret_id_file {self.secret_id_file}: {exc.strerror}") from None
-
-
-class JwtAuthConfig(_Strict):
-    """Vault's JWT auth method: a Kubernetes service-account token or a CI OIDC token in a file."""
-
-    method: Literal["jwt"]
-    role: str = Field(min_length=1)
-    jwt_file: Path
-    mount: Mount = "jwt"
-
-    @field_validator("jwt_file")
-    @classmethod
-    def _expand_home(cls, value: Path) -> Path:
-        return value.expanduser()
-
-
-class VaultStoreConfig(_Strict):
-    """A Vault (or OpenBao) KV v2 store. Left out, ``url``, ``namespace`` and ``ca_cert`` come from
-    ``VAULT_ADDR``, ``VAULT_NAMESPACE`` and ``VAULT_CACERT``; with no auth method given the token
-    is ``VAULT_TOKEN``, else the file ``~/.vault-token`` (as the ``vault`` CLI does)."""
-
-    kind: Literal["vault"]
-    url: Url
-    token: SecretStr | None = None
-    token_file: Path | None = None
-    approle: AppRoleConfig | None = None
-    auth: JwtAuthConfig | None = None
-    mount: Mount = "secret"
-    namespace: str | None = None
-    timeout_s: float = Field(default=10.0, gt=0)
-    verify_tls: bool = True
-    ca_cert: Path | None = None
-    max_writes_per_s: float | None = Field(default=None, gt=0)
-    """Fleet runs pace this store's writes (README "Fleet rotation"); unset: no limit."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _vault_environment(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        for key, variable in (("url", "VAULT_ADDR"), ("namespace", "VAULT_NAMESPACE"), ("ca_cert", "VAULT_CACERT")):
-            if data.get(key) is None and os.environ.get(variable):
-                data[key] = os.environ[variable]
-        if data.get("url") is None:
-            raise ValueError("no Vault address: set url or VAULT_ADDR")
-        if all(data.get(key) is None for key in _VAULT_AUTH_KEYS):
-            if os.environ.get("VAULT_TOKEN"):
-                data["token"] = os.environ["VAULT_TOKEN"]
-            elif (home_token := Path.home() / ".vault-token").is_file():
-                data["token_file"] = home_token
-            else:
-                raise ValueError(
-                    "no Vault credentials: set token, token_file, approle or auth (or VAULT_TOKEN, ~/.vault-token)"
-                )
-        return data
-
-    @field_validator("token_file", "ca_cert")
-    @classmethod
-    def _expand_home(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value is not None else None
-
-    @field_validator("url")
-    @classmethod
-    def _vault_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
-
-    @model_validator(mode="after")
-    def _one_auth_method(self) -> VaultStoreConfig:
-        given = [key for key in _VAULT_AUTH_KEYS if getattr(self, key) is not None]
-        if len(given) > 1:
-            raise ValueError(f"give exactly one of token, token_file, approle or auth (got {', '.join(given)})")
-        if self.ca_cert is not None and not self.verify_tls:
-            raise ValueError("ca_cert is set but verify_tls is false")
-        if self.ca_cert is not None and not self.ca_cert.exists():
-            raise ValueError(f"ca_cert {self.ca_cert} does not exist")
-        return self
-
-
-_VAULT_AUTH_KEYS = ("token", "token_file", "approle", "auth")
-
-
-class AwsStoreConfig(_Strict):
-    """An AWS Secrets Manager store. ``region`` left out: ``AWS_REGION``, ``AWS_DEFAULT_REGION`` or
-    the profile's region, as the AWS CLI does. ``role_arn`` (with ``external_id`` if the role's
-    trust policy asks for one) is assumed with the credentials of the standard chain."""
-
-    kind: Literal["aws"]
-    region: str | None = None
-    endpoint_url: Url | None = None
-    profile: str | None = None
-    role_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
-    external_id: str | None = Field(default=None, min_length=2, max_length=1224)
-    role_session_name: str = Field(default="langfuse-rotate", pattern=r"^[\w+=,.@-]{2,64}$")
-    timeout_s: float = Field(default=10.0, gt=0)
-    max_writes_per_s: float | None = Field(default=40.0, gt=0)
-    """AWS allows 50 PutSecretValue + UpdateSecret + UpdateSecretVersionStage per second and region."""
-
-    @model_validator(mode="after")
-    def _external_id_needs_a_role(self) -> AwsStoreConfig:
-        if self.external_id is not None and self.role_arn is None:
-            raise ValueError("external_id is only used with role_arn")
-        if self.region is None and not os.environ.get("AWS_REGION"):
-            _require_aws_region(self.profile)
-        return self
-
-
-def _require_aws_region(profile: str | None) -> None:
-    """Refuse at load, with the line, what the AWS chain cannot supply (same rule as the store)."""
-    import boto3
-    import botocore.exceptions
-
-    try:
-        region = boto3.session.Session(profile_name=profile).region_name
-    except botocore.exceptions.ProfileNotFound:
-        raise ValueError(f"AWS profile '{profile}' not found") from None
-    if not region:
-        raise ValueError("no AWS region: set region, AWS_REGION or AWS_DEFAULT_REGION, or a region in the AWS profile")
-
-
-StoreConfig = Annotated[VaultStoreConfig | AwsStoreConfig, Field(discriminator="kind")]
-
-
-class StoreRef(_Strict):
+class StoreRef(StrictModel):
     """A secret held in one of the configured stores (e.g. the organization key)."""
 
     store: str
@@ -234,7 +47,7 @@ class StoreRef(_Strict):
         return SecretLocation(path=self.path, fields=self.fields)
 
 
-class LangfuseConfig(_Strict):
+class LangfuseConfig(StrictModel):
     host: Url
     org_public_key: str | None = None
     org_secret_key: SecretStr | None = None
@@ -265,7 +78,7 @@ class LangfuseConfig(_Strict):
         return self
 
 
-class ConsumerConfig(_Strict):
+class ConsumerConfig(StrictModel):
     name: str
     health_url: Url
     public_key_field: str = "langfuse_public_key"
@@ -288,7 +101,7 @@ class ConsumerConfig(_Strict):
         return self
 
 
-class ProjectEntry(_Strict):
+class ProjectEntry(StrictModel):
     """One configured key: a Langfuse project, where its pair is stored, and who uses it."""
 
     name: str = Field(pattern=ENTRY_NAME_PATTERN)
@@ -310,7 +123,7 @@ class ProjectEntry(_Strict):
         return SecretLocation(path=self.path, fields=self.fields)
 
 
-class NotifyConfig(_Strict):
+class NotifyConfig(StrictModel):
     urls: list[str | dict[str, Any]] = []
     """apprise URLs (or ``{url, tags}``): secrets as a whole, so their ``repr`` shows only the scheme."""
 
@@ -326,18 +139,18 @@ class NotifyConfig(_Strict):
         return hidden
 
 
-class AuditConfig(_Strict):
+class AuditConfig(StrictModel):
     path: Path = Field(default_factory=default_audit_path)
     """Where the audit lines go: a file (appended, fsynced) or "-" for stdout (README "Audit log")."""
 
 
-class EmergencyConfig(_Strict):
+class EmergencyConfig(StrictModel):
     max_per_hour: int = Field(default=3, ge=0)
     """At most this many event-started containments per entry per hour; past that a person must run
     ``langfuse-rotate emergency`` (README "Emergency trigger")."""
 
 
-class LockConfig(_Strict):
+class LockConfig(StrictModel):
     wait_s: float = Field(default=0.0, ge=0)
     """How long a second rotation of the same key waits for the first before giving up (exit 3)."""
     lease_s: int = Field(default=300, ge=60)
@@ -346,7 +159,7 @@ class LockConfig(_Strict):
 Role = Literal["OWNER", "ADMIN", "MEMBER", "VIEWER", "NONE"]
 
 
-class AccessLists(_Strict):
+class AccessLists(StrictModel):
     """Who may hold a role above ``default_role`` (emails; a higher listing allows the lower roles)."""
 
     owners: list[str] = []
@@ -363,7 +176,7 @@ class AccessPolicy(AccessLists):
     """Per Langfuse project (id or name): further people allowed there only, and its own owner cap."""
 
 
-class PolicyConfig(_Strict):
+class PolicyConfig(StrictModel):
     """``policy``: the thresholds of ``langfuse-rotate report`` (README, compliance report)."""
 
     max_key_age_days: int = Field(default=90, gt=0)
@@ -379,7 +192,7 @@ class PolicyConfig(_Strict):
         return self
 
 
-class ProjectTemplate(_Strict):
+class ProjectTemplate(StrictModel):
     """Entries generated from the organization's project list (README "Entry templates"):
     ``{project_name}`` and ``{project_id}`` are replaced in ``name``, ``path`` and consumer URLs."""
 
@@ -399,7 +212,7 @@ class ProjectTemplate(_Strict):
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*$")
 
 
-class FleetConfig(_Strict):
+class FleetConfig(StrictModel):
     """``rotate --all`` and the ``quarterly`` deployment (README "Fleet rotation")."""
 
     concurrency: int = Field(default=16, ge=1, le=512)
@@ -429,7 +242,7 @@ class FleetConfig(_Strict):
         return float(match.group(1)) * unit
 
 
-class RotationConfig(_Strict):
+class RotationConfig(StrictModel):
     langfuse: LangfuseConfig
     stores: dict[str, StoreConfig]
     projects: list[ProjectEntry] = []
@@ -465,7 +278,7 @@ class RotationConfig(_Strict):
 
         urls: list[str | None] = [self.langfuse.host]
         for store in self.stores.values():
-            urls.append(store.url if isinstance(store, VaultStoreConfig) else store.endpoint_url)
+            urls += store.urls()
         for entry in self.projects:
             urls.append(entry.host)
             for consumer in entry.consumers:
@@ -673,7 +486,7 @@ def _first_error(exc: ValidationError, lines: dict[tuple[str | int, ...], int], 
     # An unknown key is usually a typo of a required one: report the typo, not the "missing" field.
     error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(error["loc"])
-    if len(loc) > 2 and loc[0] == "stores" and loc[2] in {"vault", "aws"}:
+    if len(loc) > 2 and loc[0] == "stores" and loc[2] in STORE_KINDS:
         loc = loc[:2] + loc[3:]  # drop the discriminated union's tag
     if error["type"] == "union_tag_invalid":
         loc = (*loc, "kind")
@@ -683,7 +496,7 @@ def _first_error(exc: ValidationError, lines: dict[tuple[str | int, ...], int], 
         message = "unknown key" + _did_you_mean(loc)
     elif error["type"] == "union_tag_invalid":
         tag = (error.get("ctx") or {}).get("tag", "?")
-        message = f"unknown store kind '{tag}' (expected vault or aws)"
+        message = f"unknown store kind '{tag}' (expected {store_kinds_text()})"
     elif error["type"] == "missing":
         message = "required field is missing"
     else:

@@ -15,68 +15,13 @@ from connectors.consumers import Consumer, ConsumerClient
 from connectors.langfuse import LangfuseAdminClient, LangfuseInstanceAdmin
 from connectors.store import SecretLocation, SecretStore
 from flows.audit import AuditLog
-from flows.config import (
-    AwsStoreConfig,
-    ProjectEntry,
-    RotationConfig,
-    StoreConfig,
-    VaultStoreConfig,
-)
-from flows.errors import ConfigError
+from flows.config import ProjectEntry, RotationConfig
 from flows.handover import HandoverWatch
 from flows.redact import register_secret
+from flows.stores import build_store
 
 if TYPE_CHECKING:
     from connectors.notify import Notifier
-    from connectors.vault_auth import VaultAuth
-
-
-def build_store(config: StoreConfig) -> SecretStore:
-    if isinstance(config, VaultStoreConfig):
-        from connectors.vault import VaultStore
-
-        return VaultStore(
-            config.url,
-            auth=_vault_auth(config),
-            mount=config.mount,
-            namespace=config.namespace,
-            timeout_s=config.timeout_s,
-            verify_tls=config.verify_tls,
-            ca_cert=str(config.ca_cert) if config.ca_cert is not None else None,
-            on_token=register_secret,
-        )
-    if isinstance(config, AwsStoreConfig):
-        from connectors.aws_secrets import AwsSecretsStore
-
-        try:
-            return AwsSecretsStore(
-                region=config.region,
-                endpoint_url=config.endpoint_url,
-                profile=config.profile,
-                role_arn=config.role_arn,
-                external_id=config.external_id,
-                role_session_name=config.role_session_name,
-                timeout_s=config.timeout_s,
-            )
-        except ValueError as exc:  # no region anywhere in the AWS chain
-            raise ConfigError(str(exc)) from None
-    raise ConfigError(f"unsupported store kind {config!r}")
-
-
-def _vault_auth(config: VaultStoreConfig) -> VaultAuth:
-    from connectors.vault_auth import AppRoleAuth, JwtAuth, TokenAuth, TokenFileAuth
-
-    if config.token is not None:
-        register_secret(config.token)
-        return TokenAuth(config.token)
-    if config.token_file is not None:
-        return TokenFileAuth(config.token_file)
-    if config.approle is not None:
-        secret_id = config.approle.resolved_secret_id()
-        register_secret(secret_id)
-        return AppRoleAuth(config.approle.role_id, secret_id, config.approle.mount)
-    assert config.auth is not None
-    return JwtAuth(config.auth.role, config.auth.jwt_file, config.auth.mount)
 
 
 def org_key(config: RotationConfig, stores: dict[str, SecretStore]) -> tuple[str, SecretStr]:

@@ -29,13 +29,13 @@ from connectors.store import SecretStore
 from flows import steps
 from flows.audit import AuditLog
 from flows.config import ProjectEntry, RotationConfig
-from flows.context import build_store
 from flows.execute import execute
 from flows.models import ExitCode, RotationResult, StepRecord
 from flows.notification import held_for_summary
 from flows.pacing import fleet_pacing
 from flows.redact import install_redaction, scrub
 from flows.runner import DirectRunner, StepRunner
+from flows.stores import build_store
 from flows.templates import Generated, expand, organization_projects
 from flows.tracking import one_line
 

@@ -25,9 +25,10 @@ from connectors.errors import ConnectorError, LangfuseAuthError
 from connectors.langfuse import ApiKeySummary, LangfuseAdminClient, LangfuseProjectClient
 from connectors.store import SecretStore, StoreDescription
 from flows.config import ProjectEntry, RotationConfig
-from flows.context import build_store, org_key
+from flows.context import org_key
 from flows.errors import ConfigError
 from flows.redact import install_redaction, scrub
+from flows.stores import build_store
 
 T = TypeVar("T")
 MAX_WORKERS = 16

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 
 from connectors import pacing
-from flows.config import AwsStoreConfig, RotationConfig, VaultStoreConfig
+from flows.config import RotationConfig
+from flows.stores import AwsStoreConfig, VaultStoreConfig
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]

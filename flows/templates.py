@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from connectors.langfuse import LangfuseAdminClient
 from connectors.langfuse.models import OrganizationProject
 from flows.config import ProjectEntry, ProjectTemplate, RotationConfig
-from flows.context import build_store, org_key
+from flows.context import org_key
+from flows.stores import build_store
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def check_key(config: RotationConfig, entry: ProjectEntry, public_key: str | Non
 
 
 def _check_not_another_entrys_key(config: RotationConfig, entry: ProjectEntry, public_key: str) -> None:
-    from flows.context import build_store
+    from flows.stores import build_store
 
     for other in config.projects:
         if other.name == entry.name or other.project_id != entry.project_id:
