@@ -14,8 +14,10 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import yaml
@@ -47,7 +49,8 @@ def first_start_of_embedded_server() -> bool:
     return not (home / "prefect.db").exists()
 
 
-def run_demo(*, store: Literal["vault", "aws"] = "vault", as_json: bool = False) -> int:
+def run_demo(*, store: str = "vault", as_json: bool = False) -> int:
+    """One narrated rotation with ``store`` (a kind in ``DEMO_STORES``); the exit code."""
     _human[0] = sys.stderr if as_json else sys.stdout  # with --json, stdout holds only the result
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="langfuse-rotate-demo-")))
@@ -68,7 +71,7 @@ def _run(stack: contextlib.ExitStack, workdir: Path, store_kind: str, as_json: b
     sink = stack.enter_context(JsonSink())
     say(f"notifications go to a local JSON sink at {sink.url}")
 
-    store, store_config, consumer_args = _start_store(stack, store_kind)
+    store, store_config, consumer_args = start_store(stack, store_kind)
     location = SecretLocation(path=SECRET_PATH)
     old = KeyPair(public_key=project["public_key"], secret_key=SecretStr(project["secret_key"]))
     version = store.seed(location, old, sim.url)
@@ -91,7 +94,8 @@ def _run(stack: contextlib.ExitStack, workdir: Path, store_kind: str, as_json: b
     )
     say(f"configuration: {config_path} (secrets come from environment variables, never the file)")
 
-    from flows.cli import _print_result, _result_from_state, prefect_api_url
+    from flows.output import print_result, result_from_state
+    from flows.prefect_rest import prefect_api_url
 
     api = prefect_api_url()
     if api:
@@ -105,10 +109,10 @@ def _run(stack: contextlib.ExitStack, workdir: Path, store_kind: str, as_json: b
 
     started = time.monotonic()
     state = rotate(project=ENTRY, config_path=str(config_path), return_state=True)
-    result = _result_from_state(state, ENTRY)
+    result = result_from_state(state, ENTRY)
     if not result.duration_s:
         result.duration_s = round(time.monotonic() - started, 3)
-    _print_result(result, command="rotate", file=_human[0])
+    print_result(result, command="rotate", file=_human[0])
 
     new_key = _consumer_key(consumer.health_url)
     say(f"consumer 'api' now reports {new_key}")
@@ -129,37 +133,64 @@ def _run(stack: contextlib.ExitStack, workdir: Path, store_kind: str, as_json: b
     return 0 if ok else int(result.exit_code) or 1
 
 
-def _start_store(stack: contextlib.ExitStack, kind: str) -> tuple[SecretStore, dict[str, Any], dict[str, Any]]:
-    if kind == "aws":
-        from connectors.aws_secrets import AwsSecretsStore
-        from devstack.moto_server import MotoServer
+@dataclass(frozen=True)
+class DemoStore:
+    """A store the demo started: its section of the configuration (real values), the arguments the
+    demo consumer needs to read it, and which values the configuration file names as environment
+    variables instead (secrets never go into the file)."""
 
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            os.environ[name] = value
-        moto = stack.enter_context(MotoServer())
-        say(f"started AWS Secrets Manager (moto server) at {moto.url}")
-        store: SecretStore = AwsSecretsStore(region="us-east-1", endpoint_url=moto.url)
-        return (
-            store,
-            {"kind": "aws", "region": "us-east-1", "endpoint_url": moto.url},
-            {"store": "aws", "aws_endpoint_url": moto.url, "aws_region": "us-east-1"},
-        )
-    from connectors.vault import VaultStore
+    section: dict[str, Any]
+    consumer_args: dict[str, Any]
+    from_env: dict[str, str] = field(default_factory=dict)
+    """section key -> the environment variable the configuration file refers to instead"""
+
+    def file_section(self) -> dict[str, Any]:
+        """The section as the configuration file holds it; sets the environment variables it names."""
+        for key, variable in self.from_env.items():
+            os.environ[variable] = str(self.section[key])
+        return self.section | {key: f"${{{variable}}}" for key, variable in self.from_env.items()}
+
+
+def _openbao(stack: contextlib.ExitStack) -> DemoStore:
     from devstack.openbao import OpenBaoServer
 
     bao = stack.enter_context(OpenBaoServer())
     say(f"started an OpenBao (Vault API) dev server at {bao.url}")
-    os.environ["DEMO_VAULT_TOKEN"] = bao.root_token
-    store = VaultStore(bao.url, token=SecretStr(bao.root_token))
-    return (
-        store,
-        {"kind": "vault", "url": bao.url, "token": "${DEMO_VAULT_TOKEN}", "mount": "secret"},
+    return DemoStore(
+        {"kind": "vault", "url": bao.url, "token": bao.root_token, "mount": "secret"},
         {"store": "vault", "vault_url": bao.url, "vault_token": bao.root_token},
+        from_env={"token": "DEMO_VAULT_TOKEN"},
     )
+
+
+def _moto(stack: contextlib.ExitStack) -> DemoStore:
+    from devstack.moto_server import MotoServer
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        os.environ[name] = value
+    moto = stack.enter_context(MotoServer())
+    say(f"started AWS Secrets Manager (moto server) at {moto.url}")
+    return DemoStore(
+        {"kind": "aws", "region": "us-east-1", "endpoint_url": moto.url},
+        {"store": "aws", "aws_endpoint_url": moto.url, "aws_region": "us-east-1"},
+    )
+
+
+DEMO_STORES: dict[str, Callable[[contextlib.ExitStack], DemoStore]] = {"vault": _openbao, "aws": _moto}
+"""The local server the demo starts for each store kind of the registry (``flows.stores``)."""
+
+
+def start_store(stack: contextlib.ExitStack, kind: str) -> tuple[SecretStore, dict[str, Any], dict[str, Any]]:
+    """Start the local server for ``kind``; connect to it as a rotation does (``flows.stores``)."""
+    from flows.stores import build_store, store_config
+
+    started = DEMO_STORES[kind](stack)
+    store = build_store(store_config(started.section))
+    return store, started.file_section(), started.consumer_args
 
 
 def _config(

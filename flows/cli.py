@@ -21,9 +21,8 @@ from typing import Any, NoReturn, TextIO
 
 from flows import inventory_cli
 from flows.models import ExitCode, RotationResult
+from flows.output import PROG, print_result, result_from_state
 from flows.redact import scrub
-
-PROG = "langfuse-rotate"
 
 EXIT_CODES = """exit codes:
   0  done: rotated, contained, reconciled, or a clean dry run
@@ -117,8 +116,12 @@ def _reconcile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--project", help="one configured entry (default: all)")
 
 
+DEMO_STORE_CHOICES = ["vault", "aws"]
+"""The stores the demo can start (``devstack.demo.DEMO_STORES``, not imported here: ~0.5 s at each start)."""
+
+
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", choices=["vault", "aws"], default="vault", help="secret store to use")
+    parser.add_argument("--store", choices=DEMO_STORE_CHOICES, default="vault", help="secret store to use")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
 
 
@@ -145,7 +148,7 @@ def _run_rotate(args: argparse.Namespace, out: Output) -> int:
         state = rotate(project=args.project, config_path=path, return_state=True)
     except RuntimeError as exc:  # the server went away during the run
         return _prefect_failed(args, out, exc)
-    return _print_and_exit(_result_from_state(state, args.project), "rotate", out)
+    return _print_and_exit(result_from_state(state, args.project), "rotate", out)
 
 
 def _run_emergency(args: argparse.Namespace, out: Output) -> int:
@@ -156,6 +159,8 @@ def _run_emergency(args: argparse.Namespace, out: Output) -> int:
 
         result = execute("emergency", args.project, path, DirectRunner(), compromised_public_key=args.public_key)
         return _print_and_exit(result, "emergency", out)
+    from flows.prefect_rest import prefect_api_url
+
     url = prefect_api_url()
     if url:
         # A server answered: contain in this process now, recorded as a flow run over REST
@@ -173,7 +178,7 @@ def _run_emergency(args: argparse.Namespace, out: Output) -> int:
         state = emergency(project=args.project, config_path=path, public_key=args.public_key, return_state=True)
     except RuntimeError as exc:
         return _prefect_failed(args, out, exc)
-    return _print_and_exit(_result_from_state(state, args.project), "emergency", out)
+    return _print_and_exit(result_from_state(state, args.project), "emergency", out)
 
 
 def _run_reconcile(args: argparse.Namespace, out: Output) -> int:
@@ -190,7 +195,7 @@ def _run_reconcile(args: argparse.Namespace, out: Output) -> int:
     results = [execute("reconcile", name, path, DirectRunner(), lock_with_prefect=lock_with_prefect) for name in names]
     for result in results:
         _fill_duration(result, out)
-        _print_result(result, command="reconcile", file=out.human)
+        print_result(result, command="reconcile", file=out.human)
     if out.as_json:
         out.json(results[0].to_json_line() if len(results) == 1 else _json_many(results))
     return max(int(r.exit_code) for r in results)
@@ -357,7 +362,7 @@ def _dry_run(args: argparse.Namespace, config: Any) -> RotationResult:
 
 def _print_and_exit(result: RotationResult, command: str, out: Output) -> int:
     _fill_duration(result, out)
-    _print_result(result, command=command, file=out.human)
+    print_result(result, command=command, file=out.human)
     if out.as_json:
         out.json(result.to_json_line())
     return int(result.exit_code)
@@ -380,35 +385,6 @@ def _json_many(results: list[RotationResult]) -> str:
 # --- Prefect reachability -----------------------------------------------------------------------
 
 
-def prefect_api_url() -> str | None:
-    """The API URL Prefect itself would use: ``PREFECT_API_URL`` from the environment, else
-    ``prefect.toml`` in the working directory, else the active profile (``PREFECT_PROFILE`` or the
-    profiles file's ``active``) in ``PREFECT_PROFILES_PATH`` (default ``$PREFECT_HOME/profiles.toml``,
-    ``~/.prefect``). Read without importing Prefect, which costs seconds. None: the embedded server."""
-    import tomllib
-    from pathlib import Path
-
-    if "PREFECT_API_URL" in os.environ:
-        return os.environ["PREFECT_API_URL"] or None
-    try:
-        local = tomllib.loads(Path("prefect.toml").read_text())
-        url = local.get("api", {}).get("url")
-        if isinstance(url, str) and url:
-            return url
-    except (OSError, tomllib.TOMLDecodeError, AttributeError):
-        pass
-    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-    profiles_path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
-    try:
-        profiles = tomllib.loads(profiles_path.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return None
-    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
-    profile = profiles.get("profiles", {}).get(active, {})
-    url = profile.get("PREFECT_API_URL") if isinstance(profile, dict) else None
-    return url if isinstance(url, str) and url else None
-
-
 def _shown(url: str) -> str:
     import httpx
 
@@ -418,6 +394,8 @@ def _shown(url: str) -> str:
 def _prefect_usable(out: Output, *, fallback: str | None) -> bool:
     """True when Prefect is usable: the configured server answers, or none is configured
     (the embedded server). ``fallback`` says what the command does instead when it does not."""
+    from flows.prefect_rest import prefect_api_url
+
     url = prefect_api_url()
     if not url:
         return True
@@ -434,6 +412,8 @@ def _prefect_usable(out: Output, *, fallback: str | None) -> bool:
 
 
 def _prefect_down(args: argparse.Namespace, out: Output) -> int:
+    from flows.prefect_rest import prefect_api_url
+
     url = prefect_api_url() or ""
     message = (
         f"Prefect at {_shown(url)} is not reachable: start it, or point PREFECT_API_URL (or the active "
@@ -462,53 +442,6 @@ def _failed_outside_the_run(args: argparse.Namespace, message: str, out: Output)
         result = RotationResult(status="failed", project=args.project, error=message, duration_s=out.elapsed())
         out.json(result.to_json_line())
     return int(ExitCode.FAILED)
-
-
-def _result_from_state(state: object, project: str) -> RotationResult:
-    from prefect.client.schemas.objects import State
-
-    assert isinstance(state, State)
-    data = state.result(raise_on_failure=False)
-    if isinstance(data, RotationResult):
-        return data
-    from flows.errors import BadInputError, ConfigError
-
-    if isinstance(data, ConfigError | BadInputError):
-        raise data  # bad input found inside the flow run: exit code 2, as without Prefect
-    message = scrub(" ".join(str(data).split())) if data is not None else (state.message or state.name)
-    return RotationResult(
-        status="failed",
-        project=project,
-        error=message or "the flow run failed",
-        prefect_flow_run_id=str(state.state_details.flow_run_id or "") or None,
-    )
-
-
-def _print_result(
-    result: RotationResult, *, as_json: bool = False, command: str | None = None, file: TextIO | None = None
-) -> None:
-    """The human summary (``as_json`` also prints the JSON object, last, on stdout)."""
-    out = file or sys.stdout
-    name = command or ("emergency" if result.mode == "emergency" else "rotate")
-    print(
-        f"{PROG} {name} {result.project}: {result.status} in {result.duration_s:.2f}s"
-        + (" (without Prefect)" if result.orchestrator == "none" else ""),
-        file=out,
-    )
-    for step in result.steps:
-        print(f"  {step.step:<18} {step.outcome:<12} {step.duration_s:7.2f}s  {step.detail}", file=out)
-    if result.old_public_key or result.new_public_key:
-        print(
-            f"  old {result.old_public_key} -> new {result.new_public_key}; "
-            f"store {result.store} {result.store_location} version {result.store_version}",
-            file=out,
-        )
-    if result.lagging_consumers:
-        print(f"  still on the old key: {', '.join(result.lagging_consumers)}", file=out)
-    if result.error:
-        print(f"  error: {result.error}", file=out)
-    if as_json:
-        print(result.to_json_line())
 
 
 if __name__ == "__main__":

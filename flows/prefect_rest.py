@@ -30,6 +30,35 @@ from flows.lock import LockHeld, clear_lease, lock_name, read_lease, slot_taken,
 _LOCKED = 423
 
 
+def prefect_api_url() -> str | None:
+    """The API URL Prefect itself would use: ``PREFECT_API_URL`` from the environment, else
+    ``prefect.toml`` in the working directory, else the active profile (``PREFECT_PROFILE`` or the
+    profiles file's ``active``) in ``PREFECT_PROFILES_PATH`` (default ``$PREFECT_HOME/profiles.toml``,
+    ``~/.prefect``). Read without importing Prefect, which costs seconds. None: the embedded server."""
+    import tomllib
+    from pathlib import Path
+
+    if "PREFECT_API_URL" in os.environ:
+        return os.environ["PREFECT_API_URL"] or None
+    try:
+        local = tomllib.loads(Path("prefect.toml").read_text())
+        url = local.get("api", {}).get("url")
+        if isinstance(url, str) and url:
+            return url
+    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        pass
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    profiles_path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        profiles = tomllib.loads(profiles_path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    profile = profiles.get("profiles", {}).get(active, {})
+    url = profile.get("PREFECT_API_URL") if isinstance(profile, dict) else None
+    return url if isinstance(url, str) and url else None
+
+
 class PrefectApiError(Exception):
     """The Prefect API answered something unexpected (status and path only)."""
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows.cli import _print_result
 from flows.execute import execute
+from flows.output import print_result
 from flows.runner import DirectRunner
 
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", required=True)
     args = parser.parse_args(argv)
     result = execute(args.kind, args.project, args.config, DirectRunner())
-    _print_result(result, as_json=True)
+    print_result(result, as_json=True)
     return int(result.exit_code)
 
 

@@ -94,7 +94,7 @@ def test_the_prefect_address_is_read_as_prefect_reads_it_profiles_included(tmp_p
     url = f"http://127.0.0.1:{free_port()}/api"
     env = _profile_home(tmp_path, url)
     code = (
-        "from flows.cli import prefect_api_url\n"
+        "from flows.prefect_rest import prefect_api_url\n"
         "from prefect.settings import get_current_settings\n"
         "print(prefect_api_url()); print(get_current_settings().api.url)\n"
     )
