@@ -1,4 +1,4 @@
-"""Notifications through apprise, routed by tag as CONTRACTS.md defines.
+"""Notifications through apprise, routed by tag.
 
 Routing contract (``notify.urls``):
 

@@ -117,7 +117,8 @@ class ProjectEntry(StrictModel):
     approval: Literal["none", "required"] = "none"
     approval_timeout_s: float = Field(default=3600.0, gt=0)
     revoke_recheck_s: float = Field(default=310.0, ge=0)
-    """How long to keep a revoked-but-still-accepted key idle before probing again (§3.3: cache TTL + margin)."""
+    """How long to keep a revoked-but-still-accepted key idle before probing again: Langfuse's
+    API-key cache TTL plus a margin (README "The revocation race")."""
 
     def location(self) -> SecretLocation:
         return SecretLocation(path=self.path, fields=self.fields)

@@ -30,7 +30,7 @@ Status = Literal[
 
 
 class ExitCode(IntEnum):
-    """The command line's exit codes (CONTRACTS.md)."""
+    """The command line's exit codes (README "Command line")."""
 
     OK = 0
     FAILED = 1

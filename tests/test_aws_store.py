@@ -230,7 +230,7 @@ def test_refuses_a_secret_with_aws_managed_rotation(seeded: AwsSecretsStore, sm:
     new = KeyPair.generate()
     record = new_record(seeded, loc, new)
     seeded.stage(loc, record, new, HOST)
-    # moto has no Lambda to run, but it turns rotation on before failing (test-infra §2.3 #5).
+    # moto has no Lambda to run, but it turns rotation on before failing.
     with pytest.raises(botocore.exceptions.ClientError):
         sm.rotate_secret(
             SecretId=loc.path,

@@ -26,7 +26,7 @@ from devstack.prefect_server import PrefectServer
 from flows.automation import EVENT
 from flows.compromise_forwarder import RateLimit, Refused, SetupError, entry_names, parse_report
 from tests.fixtures.rotation import ENTRY, RotationEnv
-from tests.test_emergency_trigger import _finished_run_of, automation, served_deployment  # noqa: F401 (fixtures)
+from tests.test_emergency_trigger import automation, finished_run_of, served_deployment  # noqa: F401 (fixtures)
 
 SUFFIX = uuid.uuid4().hex[:8]
 ALPHA, BETA, SENTINEL = f"fw-alpha-{SUFFIX}", f"fw-beta-{SUFFIX}", f"fw-sentinel-{SUFFIX}"
@@ -349,7 +349,7 @@ def test_a_report_through_the_forwarder_makes_the_emergency_trigger_contain_the_
     try:
         response = running.report({"project": ENTRY, "public_key": old.public_key, "source": "gitleaks"})
         assert response.status_code == 202
-        run = _finished_run_of(automation)
+        run = finished_run_of(automation)
     finally:
         _stop(running)
     assert run.state.is_completed(), run.state.message

@@ -116,7 +116,7 @@ def _wait_for_deployment(deployment: str, proc: subprocess.Popen[bytes], log: Pa
     raise AssertionError(f"{deployment} was not registered within {timeout_s}s: {log.read_text()[-2000:]}")
 
 
-def _finished_run_of(deployment: str, timeout_s: float = 120) -> Any:
+def finished_run_of(deployment: str, timeout_s: float = 120) -> Any:
     """The first flow run of ``deployment``, once it reached a final state."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -145,7 +145,7 @@ def test_a_compromised_key_event_runs_the_emergency_deployment_for_that_project(
     response = httpx.post(f"{prefect_server.api_url}/events", json=[event], timeout=10)
 
     assert response.status_code == 204, response.text
-    run = _finished_run_of(automation)
+    run = finished_run_of(automation)
     assert run.state.is_completed(), run.state.message
     assert run.parameters["project"] == ENTRY and run.parameters["public_key"] == old.public_key
     assert run.parameters["event_id"] == event["id"]

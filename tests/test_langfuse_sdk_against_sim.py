@@ -1,6 +1,6 @@
 """The real `langfuse` SDK 5.x against the simulator: its pydantic models must parse every response.
 
-A wrong response shape would surface here as `pydantic_core.ValidationError` (test-infra.md §4.2).
+A wrong response shape would surface here as `pydantic_core.ValidationError`.
 Every test uses freshly created keys, so the SDK's per-public-key client singletons never collide.
 """
 

@@ -1,4 +1,4 @@
-"""Langfuse simulator: the API-key cache and the revoked-key race (langfuse-api.md §3).
+"""Langfuse simulator: the API-key cache and the revoked-key race (README "The revocation race").
 
 Small TTLs (1 s) keep these fast; each test proves one property of the snapshot / fixed / off modes.
 """

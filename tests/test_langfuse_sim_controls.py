@@ -191,7 +191,7 @@ def test_control_endpoints_refuse_non_loopback_clients() -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/_sim/keys").status_code == 200
 
 
-# -- rate limits (§6.2) ----------------------------------------------------------------------------
+# -- rate limits -----------------------------------------------------------------------------------
 def test_rate_limit_429_has_retry_after_ratelimit_headers_and_body(sim: SimHandle) -> None:
     sim.configure(rate_limits={"public-api": [2, 60]})
     for _ in range(2):
@@ -237,7 +237,7 @@ def test_rate_limit_window_resets(sim: SimHandle) -> None:
     assert sim.http.get("/api/public/organizations/apiKeys", auth=sim.org_auth).status_code == 200
 
 
-# -- health (§6.1) ----------------------------------------------------------------------------------
+# -- health -----------------------------------------------------------------------------------------
 def test_health_is_ok_with_version_without_v(sim: SimHandle) -> None:
     response = sim.http.get("/api/public/health")
     assert (response.status_code, response.json()) == (200, {"status": "OK", "version": "4.16.0"})

@@ -1,4 +1,4 @@
-"""Langfuse simulator: OTel and legacy ingestion, scores, read-back and visibility delays (§5)."""
+"""Langfuse simulator: OTel and legacy ingestion, scores, read-back and visibility delays."""
 
 from __future__ import annotations
 

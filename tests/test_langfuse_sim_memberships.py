@@ -2,7 +2,7 @@
 
 Responses validate against the real OpenAPI document's schemas (``MembershipsResponse``,
 ``MembershipResponse``, ``MembershipDeletionResponse``, ``OrganizationProjectsResponse``); error
-bodies and check order follow the server (langfuse-api.md §7, error key ``error``).
+bodies and check order follow the server (error key ``error``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 from devstack.langfuse_sim.control import SimulatorControl
 from tests.fixtures.langfuse_sim import SimHandle, start_sim_process, stop_sim_process
-from tests.test_sim_openapi import _response_for, spec  # noqa: F401  (the spec fixture)
+from tests.test_sim_openapi import response_for, spec  # noqa: F401  (the spec fixture)
 
 ORG = "/api/public/organizations/memberships"
 PROJECT = "/api/public/projects/{projectId}/memberships"
@@ -34,16 +34,16 @@ def _user(sim: SimHandle, email: str = "dev@acme.test") -> dict[str, Any]:
 def test_org_membership_upsert_list_and_delete_match_the_spec(sim: SimHandle, spec: dict[str, Any]) -> None:  # noqa: F811
     user = _user(sim)
     put = sim.http.put(ORG, json={"userId": user["id"], "role": "MEMBER"}, auth=sim.org_auth)
-    _response_for(spec, ORG, "put", put)
+    response_for(spec, ORG, "put", put)
     assert put.json() == {"userId": user["id"], "role": "MEMBER", "email": "dev@acme.test", "name": "Dev"}
     sim.http.put(ORG, json={"userId": user["id"], "role": "ADMIN"}, auth=sim.org_auth)  # upsert
     listed = sim.http.get(ORG, auth=sim.org_auth)
-    _response_for(spec, ORG, "get", listed)
+    response_for(spec, ORG, "get", listed)
     assert listed.json()["memberships"] == [
         {"userId": user["id"], "role": "ADMIN", "email": "dev@acme.test", "name": "Dev"}
     ]
     deleted = sim.http.request("DELETE", ORG, json={"userId": user["id"]}, auth=sim.org_auth)
-    _response_for(spec, ORG, "delete", deleted)
+    response_for(spec, ORG, "delete", deleted)
     assert deleted.json() == {"message": "Membership deleted successfully", "userId": user["id"]}
     assert sim.http.get(ORG, auth=sim.org_auth).json() == {"memberships": []}
 
@@ -73,9 +73,9 @@ def test_project_membership_needs_an_org_member(sim: SimHandle, spec: dict[str, 
     assert (refused.status_code, refused.json()) == (404, {"error": "User is not a member of this organization"})
     sim.http.put(ORG, json={"userId": user["id"], "role": "VIEWER"}, auth=sim.org_auth)
     put = sim.http.put(path, json={"userId": user["id"], "role": "ADMIN"}, auth=sim.org_auth)
-    _response_for(spec, PROJECT, "put", put)
+    response_for(spec, PROJECT, "put", put)
     listed = sim.http.get(path, auth=sim.org_auth)
-    _response_for(spec, PROJECT, "get", listed)
+    response_for(spec, PROJECT, "get", listed)
     assert [m["role"] for m in listed.json()["memberships"]] == ["ADMIN"]
     assert sim.http.get(_project_path(sim, 1), auth=sim.org_auth).json() == {"memberships": []}
 
@@ -86,7 +86,7 @@ def test_project_membership_delete_and_missing_membership(sim: SimHandle, spec: 
     sim.http.put(ORG, json={"userId": user["id"], "role": "VIEWER"}, auth=sim.org_auth)
     sim.http.put(path, json={"userId": user["id"], "role": "MEMBER"}, auth=sim.org_auth)
     deleted = sim.http.request("DELETE", path, json={"userId": user["id"]}, auth=sim.org_auth)
-    _response_for(spec, PROJECT, "delete", deleted)
+    response_for(spec, PROJECT, "delete", deleted)
     assert deleted.json() == {"message": "Project membership deleted successfully", "userId": user["id"]}
     again = sim.http.request("DELETE", path, json={"userId": user["id"]}, auth=sim.org_auth)
     assert (again.status_code, again.json()) == (404, {"error": "Project membership not found"})
@@ -137,7 +137,7 @@ def test_memberships_other_methods_are_405(sim: SimHandle) -> None:
 
 def test_organization_projects_match_the_spec(sim: SimHandle, spec: dict[str, Any]) -> None:  # noqa: F811
     response = sim.http.get("/api/public/organizations/projects", auth=sim.org_auth)
-    _response_for(spec, "/api/public/organizations/projects", "get", response)
+    response_for(spec, "/api/public/organizations/projects", "get", response)
     assert {p["id"] for p in response.json()["projects"]} == {p.id for p in sim.projects}
 
 

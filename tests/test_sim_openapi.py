@@ -1,8 +1,8 @@
 """The simulator's key-management responses validate against the real `langfuse-openapi.yml` schemas.
 
 The schema of each response is looked up from the spec's operation (path + method), `$ref`s resolved
-against the whole document. Where the server is documented to differ from the spec (langfuse-api.md
-§1.5), the simulator follows the server and the test states the difference explicitly:
+against the whole document. Where the server differs from the spec, the simulator
+follows the server and the test states the difference explicitly:
 
 * POST /projects/{id}/apiKeys and POST /projects answer 201, the spec documents 200;
 * POST /projects omits the `organization` the spec's `Project` requires;
@@ -61,7 +61,7 @@ def _keys_path(sim: SimHandle) -> str:
     return KEYS.replace("{projectId}", sim.projects[0].id)
 
 
-def _response_for(spec: dict[str, Any], path: str, method: str, response: httpx.Response) -> None:
+def response_for(spec: dict[str, Any], path: str, method: str, response: httpx.Response) -> None:
     documented = _documented(spec, path, method)
     assert str(response.status_code) in documented, (response.status_code, sorted(documented))
     _assert_valid(spec, documented[str(response.status_code)], response.json())
@@ -69,7 +69,7 @@ def _response_for(spec: dict[str, Any], path: str, method: str, response: httpx.
 
 def test_list_api_keys_matches_api_key_list(sim: SimHandle, spec: dict[str, Any]) -> None:
     response = sim.http.get(_keys_path(sim), auth=sim.org_auth)
-    _response_for(spec, KEYS, "get", response)
+    response_for(spec, KEYS, "get", response)
     for item in response.json()["apiKeys"]:
         _assert_no_undocumented_fields(spec, "ApiKeySummary", item)
         # Server difference: the optional fields are always present (Prisma select), as null here.
@@ -88,12 +88,12 @@ def test_create_api_key_body_matches_api_key_response_but_status_is_201(sim: Sim
 def test_delete_api_key_matches_api_key_deletion_response(sim: SimHandle, spec: dict[str, Any]) -> None:
     created = sim.http.post(_keys_path(sim), json={}, auth=sim.org_auth).json()
     response = sim.http.delete(f"{_keys_path(sim)}/{created['id']}", auth=sim.org_auth)
-    _response_for(spec, KEYS + "/{apiKeyId}", "delete", response)
+    response_for(spec, KEYS + "/{apiKeyId}", "delete", response)
 
 
 def test_get_projects_matches_projects(sim: SimHandle, spec: dict[str, Any]) -> None:
     response = sim.http.get("/api/public/projects", auth=sim.project_auth())
-    _response_for(spec, "/api/public/projects", "get", response)
+    response_for(spec, "/api/public/projects", "get", response)
     _assert_no_undocumented_fields(spec, "Project", response.json()["data"][0])
 
 
@@ -111,29 +111,29 @@ def test_create_project_is_201_and_omits_the_required_organization(sim: SimHandl
 def test_update_project_matches_project(sim: SimHandle, spec: dict[str, Any]) -> None:
     project = sim.projects[1]
     response = sim.http.put(f"/api/public/projects/{project.id}", json={"name": "renamed"}, auth=sim.org_auth)
-    _response_for(spec, "/api/public/projects/{projectId}", "put", response)
+    response_for(spec, "/api/public/projects/{projectId}", "put", response)
 
 
 def test_delete_project_matches_project_deletion_response(sim: SimHandle, spec: dict[str, Any]) -> None:
     response = sim.http.delete(f"/api/public/projects/{sim.projects[1].id}", auth=sim.org_auth)
-    _response_for(spec, "/api/public/projects/{projectId}", "delete", response)
+    response_for(spec, "/api/public/projects/{projectId}", "delete", response)
 
 
 def test_org_projects_matches_organization_projects_response(sim: SimHandle, spec: dict[str, Any]) -> None:
     response = sim.http.get("/api/public/organizations/projects", auth=sim.org_auth)
-    _response_for(spec, "/api/public/organizations/projects", "get", response)
+    response_for(spec, "/api/public/organizations/projects", "get", response)
     _assert_no_undocumented_fields(spec, "OrganizationProject", response.json()["projects"][0])
 
 
 def test_org_api_keys_matches_organization_api_keys_response(sim: SimHandle, spec: dict[str, Any]) -> None:
     response = sim.http.get("/api/public/organizations/apiKeys", auth=sim.org_auth)
-    _response_for(spec, "/api/public/organizations/apiKeys", "get", response)
+    response_for(spec, "/api/public/organizations/apiKeys", "get", response)
     _assert_no_undocumented_fields(spec, "OrganizationApiKey", response.json()["apiKeys"][0])
 
 
 def test_health_matches_health_response(sim: SimHandle, spec: dict[str, Any]) -> None:
     response = sim.http.get("/api/public/health")
-    _response_for(spec, "/api/public/health", "get", response)
+    response_for(spec, "/api/public/health", "get", response)
 
 
 def test_validator_rejects_a_wrong_shape(spec: dict[str, Any]) -> None:

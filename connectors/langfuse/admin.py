@@ -27,10 +27,10 @@ from connectors.langfuse._errors import (
 from connectors.langfuse._http import ClientBase, Clock, HttpCore, SecretBasicAuth, SecretBearerAuth, Sleep
 from connectors.langfuse.models import (
     ApiKeySummary,
+    ApiModel,
     HealthStatus,
     OrganizationProject,
     RetryPolicy,
-    _ApiModel,
 )
 
 logger = logging.getLogger("connectors.langfuse")
@@ -42,15 +42,15 @@ _ADMIN_HINT = (
 _PREDEFINED_KEYS_VERSION = "v3.121.0"
 
 
-class _ApiKeyList(_ApiModel):
+class _ApiKeyList(ApiModel):
     api_keys: list[ApiKeySummary]
 
 
-class _ProjectList(_ApiModel):
+class _ProjectList(ApiModel):
     projects: list[OrganizationProject]
 
 
-class _CreatedKey(_ApiModel):
+class _CreatedKey(ApiModel):
     """The create response without its ``secretKey`` (ignored, so it is never held)."""
 
     id: str

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from connectors.langfuse._errors import Action, parse_json, parse_model, server_message
 from connectors.langfuse.admin import LangfuseAdminClient
-from connectors.langfuse.models import _ApiModel
+from connectors.langfuse.models import ApiModel
 
 Role = Literal["OWNER", "ADMIN", "MEMBER", "VIEWER", "NONE"]
 ROLE_RANK: dict[str, int] = {"NONE": 0, "VIEWER": 1, "MEMBER": 2, "ADMIN": 3, "OWNER": 4}
@@ -26,7 +26,7 @@ _HINT = (
 _ORG_PATH = "/api/public/organizations/memberships"
 
 
-class Membership(_ApiModel):
+class Membership(ApiModel):
     """One person's role in the organization or in a project."""
 
     user_id: str
@@ -35,7 +35,7 @@ class Membership(_ApiModel):
     name: str | None = None
 
 
-class _Memberships(_ApiModel):
+class _Memberships(ApiModel):
     memberships: list[Membership]
 
 

@@ -44,7 +44,7 @@ class RetryPolicy(BaseModel):
         return float(min(self.max_delay_s, self.base_delay_s * (2**exponent)))
 
 
-class _ApiModel(BaseModel):
+class ApiModel(BaseModel):
     """Response data: unknown fields ignored, camelCase on the wire, snake_case in Python."""
 
     model_config = ConfigDict(
@@ -56,7 +56,7 @@ class _ApiModel(BaseModel):
     )
 
 
-class ApiKeySummary(_ApiModel):
+class ApiKeySummary(ApiModel):
     """A project API key as the server lists it. Only the display form of the secret is known."""
 
     id: str
@@ -69,7 +69,7 @@ class ApiKeySummary(_ApiModel):
     display_secret_key: str
 
 
-class OrganizationProject(_ApiModel):
+class OrganizationProject(ApiModel):
     """A project of the organization the admin key belongs to."""
 
     id: str
@@ -79,7 +79,7 @@ class OrganizationProject(_ApiModel):
     updated_at: datetime | None = None
 
 
-class ProjectInfo(_ApiModel):
+class ProjectInfo(ApiModel):
     """The project a project key belongs to (from ``GET /api/public/projects``)."""
 
     id: str
@@ -87,14 +87,14 @@ class ProjectInfo(_ApiModel):
     organization_id: str | None = None
 
 
-class HealthStatus(_ApiModel):
+class HealthStatus(ApiModel):
     """``GET /api/public/health``: ``status`` is ``"OK"`` on a healthy server."""
 
     status: str
     version: str | None = None
 
 
-class ProbeResult(_ApiModel):
+class ProbeResult(ApiModel):
     """Whether the server accepted a key pair on one authenticated request."""
 
     accepted: bool

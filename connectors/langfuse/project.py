@@ -14,7 +14,7 @@ from connectors.keypair import KeyPair
 from connectors.langfuse._errors import Action, parse_json, parse_model, server_message
 from connectors.langfuse._http import ClientBase, Clock, HttpCore, SecretBasicAuth, Sleep
 from connectors.langfuse._otlp import canary_request, new_span_id, new_trace_id, normalise_trace_id
-from connectors.langfuse.models import ProbeResult, ProjectInfo, RetryPolicy, _ApiModel
+from connectors.langfuse.models import ApiModel, ProbeResult, ProjectInfo, RetryPolicy
 
 logger = logging.getLogger("connectors.langfuse")
 
@@ -23,21 +23,21 @@ _OTEL_PATH = "/api/public/otel/v1/traces"
 _V2_OBSERVATIONS_PATH = "/api/public/v2/observations"
 
 
-class _Organization(_ApiModel):
+class _Organization(ApiModel):
     id: str
 
 
-class _Project(_ApiModel):
+class _Project(ApiModel):
     id: str
     name: str
     organization: _Organization | None = None
 
 
-class _Projects(_ApiModel):
+class _Projects(ApiModel):
     data: list[_Project]
 
 
-class _Page(_ApiModel):
+class _Page(ApiModel):
     data: list[dict[str, Any]]
 
 

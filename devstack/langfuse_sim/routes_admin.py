@@ -2,7 +2,7 @@
 
 Routes: `/api/public/projects*`, `/api/public/organizations/*`, `/api/admin/api-keys`.
 
-Error bodies deliberately mix `message` and `error` keys exactly like the server (§1.2a, §1.5).
+Error bodies deliberately mix `message` and `error` keys exactly like the server does.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ PROJECT_NOT_FOUND = "Project not found or you don't have access to it"
 # shared prologues
 # ---------------------------------------------------------------------------------------------
 def _org_auth(state: SimState, req: Request, body_key: str) -> Scope | Response:
-    """Steps 3 to 5 of §2: 401 → org scope 403 (`message`) → entitlement 403 (always `error`)."""
+    """The server's check order for organization routes: 401 → org scope 403 (`message`) →
+    entitlement 403 (always `error`)."""
     auth = state.authenticate(req.header("authorization"))
     if auth.scope is None:
         return Response(401, {body_key: auth.error})
@@ -39,7 +40,7 @@ def _org_auth(state: SimState, req: Request, body_key: str) -> Scope | Response:
 def _project_prologue(
     state: SimState, req: Request, project_id: str, invalid_msg: str
 ) -> tuple[Scope, Project] | Response:
-    """The full §2 order after the method check: auth, scope, entitlement, 429, projectId, project."""
+    """The server's full check order after the method check: auth, scope, entitlement, 429, projectId, project."""
     scope = _org_auth(state, req, "message")
     if isinstance(scope, Response):
         return scope
