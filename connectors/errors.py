@@ -118,12 +118,8 @@ class StoreRefusedError(StoreError):
     """The store's configuration makes a safe rotation impossible (e.g. AWS-managed rotation on)."""
 
 
-# --- Consumers and notifications ----------------------------------------------------------------
+# --- Consumers ----------------------------------------------------------------------------------
 
 
 class ConsumerError(ConnectorError):
     """A consumer's restart hook or health endpoint misbehaved."""
-
-
-class NotifyError(ConnectorError):
-    """Notification delivery failed (never fatal to a rotation)."""

@@ -220,59 +220,56 @@ class OpenBaoServer:
         role_name: str,
         path_prefix: str,
         *,
-        kv_mount: str = "secret",
-        approle_mount: str = "approle",
         token_ttl: str = "15m",
     ) -> AppRoleCredentials:
         """An AppRole whose policy allows the rotation's KV v2 operations on paths starting with
         ``path_prefix`` (the secret and its ``/rotation-pending``), and nothing else."""
         client = self.client()
         with contextlib.suppress(hvac.exceptions.InvalidRequest):  # already enabled
-            client.sys.enable_auth_method(method_type="approle", path=approle_mount)
-        policy_name = self.kv_policy(f"kv-{role_name}", path_prefix, kv_mount=kv_mount)
+            client.sys.enable_auth_method(method_type="approle", path="approle")
+        policy_name = self.kv_policy(f"kv-{role_name}", path_prefix)
         client.auth.approle.create_or_update_approle(
             role_name=role_name,
             token_policies=[policy_name],
             token_ttl=token_ttl,
             token_max_ttl="1h",
             secret_id_ttl="1h",
-            mount_point=approle_mount,
+            mount_point="approle",
         )
-        role_id = client.auth.approle.read_role_id(role_name=role_name, mount_point=approle_mount)
-        secret_id = client.auth.approle.generate_secret_id(role_name=role_name, mount_point=approle_mount)
+        role_id = client.auth.approle.read_role_id(role_name=role_name, mount_point="approle")
+        secret_id = client.auth.approle.generate_secret_id(role_name=role_name, mount_point="approle")
         return AppRoleCredentials(
             role_name=role_name,
             role_id=role_id["data"]["role_id"],
             secret_id=SecretStr(secret_id["data"]["secret_id"]),
             policy=policy_name,
-            mount=approle_mount,
+            mount="approle",
         )
 
-    def kv_policy(self, name: str, path_prefix: str, *, kv_mount: str = "secret") -> str:
-        """Write a policy allowing the rotation's KV v2 operations under ``path_prefix``; its name."""
+    def kv_policy(self, name: str, path_prefix: str) -> str:
+        """Write a policy allowing the rotation's KV v2 operations under ``path_prefix`` (mount
+        ``secret``); its name."""
         prefix = path_prefix.strip("/")
         policy = "\n".join(
             [
-                f'path "{kv_mount}/data/{prefix}*" {{ capabilities = ["create", "read", "update"] }}',
-                f'path "{kv_mount}/metadata/{prefix}*" {{ capabilities = ["read", "update", "delete", "list"] }}',
+                f'path "secret/data/{prefix}*" {{ capabilities = ["create", "read", "update"] }}',
+                f'path "secret/metadata/{prefix}*" {{ capabilities = ["read", "update", "delete", "list"] }}',
             ]
         )
         self.client().sys.create_or_update_policy(name=name, policy=policy)
         return name
 
-    def create_token(self, policies: list[str], *, ttl: str = "1h", explicit_max_ttl: str = "24h") -> SecretStr:
-        """A renewable child token of the root token (``default`` policy included)."""
-        response = self.client().auth.token.create(
-            policies=policies, ttl=ttl, explicit_max_ttl=explicit_max_ttl, renewable=True
-        )
+    def create_token(self, policies: list[str], *, ttl: str = "1h") -> SecretStr:
+        """A renewable child token of the root token (``default`` policy included), for 24 h at most."""
+        response = self.client().auth.token.create(policies=policies, ttl=ttl, explicit_max_ttl="24h", renewable=True)
         return SecretStr(response["auth"]["client_token"])
 
-    def create_namespace(self, name: str, *, kv_mount: str = "secret") -> None:
-        """A namespace with its own KV v2 mount (OpenBao has namespaces, like Vault Enterprise)."""
+    def create_namespace(self, name: str) -> None:
+        """A namespace with its own KV v2 mount ``secret`` (OpenBao has namespaces, like Vault Enterprise)."""
         self.client().adapter.post(f"/v1/sys/namespaces/{name}")
         verify: str | bool = self.ca_cert if self.tls else True
         inside = hvac.Client(url=self.url, token=self.root_token, namespace=name, timeout=10, verify=verify)
-        inside.sys.enable_secrets_engine("kv", path=kv_mount, options={"version": "2"})
+        inside.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
 
     # --- JWT ----------------------------------------------------------------------------------
 
@@ -283,17 +280,15 @@ class OpenBaoServer:
         *,
         public_key_pem: str,
         audience: str,
-        kv_mount: str = "secret",
-        jwt_mount: str = "jwt",
         token_ttl: str = "15m",
     ) -> str:
         """Vault's JWT auth method trusting ``public_key_pem``, with a role for tokens whose ``aud``
         is ``audience``; the role's policy is the one ``enable_approle`` gives. Returns the role name."""
         client = self.client()
         with contextlib.suppress(hvac.exceptions.InvalidRequest):  # already enabled
-            client.sys.enable_auth_method(method_type="jwt", path=jwt_mount)
-        client.auth.jwt.configure(jwt_validation_pubkeys=[public_key_pem], path=jwt_mount)
-        policy_name = self.kv_policy(f"kv-{role_name}", path_prefix, kv_mount=kv_mount)
+            client.sys.enable_auth_method(method_type="jwt", path="jwt")
+        client.auth.jwt.configure(jwt_validation_pubkeys=[public_key_pem], path="jwt")
+        policy_name = self.kv_policy(f"kv-{role_name}", path_prefix)
         client.auth.jwt.create_role(
             name=role_name,
             role_type="jwt",
@@ -303,7 +298,7 @@ class OpenBaoServer:
             token_ttl=token_ttl,
             token_max_ttl="1h",
             allowed_redirect_uris=[],
-            path=jwt_mount,
+            path="jwt",
         )
         return role_name
 

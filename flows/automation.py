@@ -69,7 +69,6 @@ def compromised_event(
     *,
     source: str = "secret-scanner",
     event_id: str | None = None,
-    occurred: datetime | None = None,
 ) -> dict[str, Any]:
     """One ``langfuse.key.compromised`` event, as JSON for ``POST /api/events`` (in a list)."""
     if public_key is not None and not _PUBLIC_KEY.match(public_key):
@@ -79,7 +78,7 @@ def compromised_event(
         payload["public_key"] = public_key
     return {
         "id": event_id or str(uuid.uuid4()),
-        "occurred": (occurred or datetime.now(UTC)).isoformat(),
+        "occurred": datetime.now(UTC).isoformat(),
         "event": EVENT,
         "resource": {"prefect.resource.id": f"{RESOURCE_PREFIX}{project}", PROJECT_LABEL: project},
         "payload": payload,

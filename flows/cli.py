@@ -34,15 +34,14 @@ EXIT_CODES = """exit codes:
 """
 
 
-def _defaults_for_prefect(*, quiet: bool = True) -> None:
+def _defaults_for_prefect() -> None:
     # The embedded server migrates its database on first start (20 s+ on 2 cores): the default
     # 20 s start-up timeout is too tight. An offline machine should not try to send telemetry.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if quiet:
-        # Prefect's console lines (server start-up, flow and task run states) belong in the run's
-        # logs (they still go there through Prefect's API handler), not between the tool's lines.
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    # Prefect's console lines (server start-up, flow and task run states) belong in the run's
+    # logs (they still go there through Prefect's API handler), not between the tool's lines.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 class _Parser(argparse.ArgumentParser):

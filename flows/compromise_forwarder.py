@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -93,12 +93,12 @@ class PrefectTarget:
     authorization: SecretStr | None = None
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> PrefectTarget:
-        url = environ.get("PREFECT_API_URL", "").strip()
+    def from_environment(cls) -> PrefectTarget:
+        url = os.environ.get("PREFECT_API_URL", "").strip()
         if not url:
             raise SetupError("PREFECT_API_URL is not set: the forwarder posts to that server's events API")
-        api_key = environ.get("PREFECT_API_KEY", "")
-        auth_string = environ.get("PREFECT_API_AUTH_STRING", "")
+        api_key = os.environ.get("PREFECT_API_KEY", "")
+        auth_string = os.environ.get("PREFECT_API_AUTH_STRING", "")
         if api_key:
             authorization: SecretStr | None = SecretStr(f"Bearer {api_key}")
             register_secret(api_key)
@@ -373,9 +373,8 @@ def build_server(
     token_file: str | None,
     token_env: str | None,
     per_minute: int,
-    environ: Mapping[str, str] = os.environ,
 ) -> _Server:
-    chosen = config or environ.get(CONFIG_ENV_VAR)
+    chosen = config or os.environ.get(CONFIG_ENV_VAR)
     if not chosen:
         raise SetupError(f"no configuration file: pass --config or set {CONFIG_ENV_VAR}")
     if per_minute < 1:
@@ -383,7 +382,7 @@ def build_server(
     forwarder = Forwarder(
         entries=entry_names(chosen),
         token=read_token(token_file=token_file, token_env=token_env),
-        target=PrefectTarget.from_environment(environ),
+        target=PrefectTarget.from_environment(),
         limit=RateLimit(per_minute),
     )
     try:

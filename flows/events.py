@@ -68,7 +68,6 @@ def build_event(
     payload: dict[str, Any],
     *,
     flow_run_id: str | None = None,
-    occurred: datetime | None = None,
 ) -> dict[str, Any]:
     """One event as the events API takes it (in a list)."""
     related = (
@@ -78,7 +77,7 @@ def build_event(
     )
     return {
         "id": str(uuid.uuid4()),
-        "occurred": (occurred or datetime.now(UTC)).isoformat(),
+        "occurred": datetime.now(UTC).isoformat(),
         "event": event,
         "resource": resource,
         "related": related,

@@ -11,7 +11,6 @@ used where it is cheap (configuration errors stop before Prefect is imported).
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 import yaml
 from botocore.awsrequest import AWSResponse
 
+from devstack.net import free_port
 from flows.execute import execute
 from flows.models import RotationResult
 from flows.runner import DirectRunner
@@ -49,13 +49,6 @@ def assert_old_pair_current_and_valid(env: RotationEnv, old_public_key: str) -> 
     assert env.works(current), "the old pair must still authenticate"
     assert env.store.store.describe(env.location).pending is None
     assert [k["publicKey"] for k in env.project_keys()] == [old_public_key], "no new key may be left behind"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port  # closed again: connections are refused
 
 
 # --- Langfuse -------------------------------------------------------------------------------------
@@ -108,7 +101,7 @@ def test_a_short_5xx_storm_is_ridden_out(rotation_env: RotationEnv) -> None:
 def test_an_unreachable_langfuse_fails_before_changing_anything(rotation_env: RotationEnv) -> None:
     env = rotation_env
     old = env.current().public_key
-    env.top_overrides = {"langfuse": {**env.config_dict()["langfuse"], "host": f"http://127.0.0.1:{closed_port()}"}}
+    env.top_overrides = {"langfuse": {**env.config_dict()["langfuse"], "host": f"http://127.0.0.1:{free_port()}"}}
 
     result = rotate(env)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -43,6 +42,7 @@ from connectors.langfuse import (
 )
 from connectors.langfuse._errors import parse_retry_after, server_message
 from connectors.langfuse._http import Backoff
+from devstack.net import free_port
 from tests.fakes import FakeClock
 
 HOST = "http://langfuse.test"
@@ -371,9 +371,7 @@ def test_400_and_401_are_not_retried(clock: FakeClock) -> None:
 
 
 def test_unreachable_real_socket_is_bounded() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there: connections are refused
     clock = FakeClock(start=1000.0)
     client = LangfuseAdminClient(
         f"http://127.0.0.1:{port}", ORG_PK, ORG_SK, timeout_s=1, sleep=clock.sleep, clock=clock
