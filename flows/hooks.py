@@ -7,19 +7,13 @@ them. Anything else (a bad config on a worker, a crash, a cancellation) is repor
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from connectors.notify import Notification, Notifier, NotifyTarget
+from connectors.notify import Notification, Notifier
 from flows.audit import resource_id
-from flows.config import load_config
-from flows.errors import ConfigError
 from flows.models import STATUS_EXIT
+from flows.notification import flow_run_ui_url, targets_for
 from flows.redact import scrub
-
-NOTIFY_URLS_ENV_VAR = "LANGFUSE_ROTATE_NOTIFY_URLS"
-"""Whitespace-separated apprise URLs for failures that happen before any configuration could be
-read (e.g. the config file is missing on the worker)."""
 
 HANDLED_PREFIXES = {*STATUS_EXIT, "refused"}
 
@@ -40,8 +34,6 @@ def notify_unhandled_failure(flow: Any, flow_run: Any, state: Any) -> None:
         f"resource: {resource_id(project) if project != 'all' else 'all entries'}",
         f"flow run: {getattr(flow_run, 'id', '')}",
     ]
-    from flows.notification import flow_run_ui_url
-
     link = flow_run_ui_url(str(getattr(flow_run, "id", "") or ""))
     if link:
         lines.append(f"run in the Prefect UI: {link}")
@@ -52,20 +44,3 @@ def notify_unhandled_failure(flow: Any, flow_run: Any, state: Any) -> None:
     event_started = bool(parameters.get("event_id"))
     emergency = "emergency" in str(getattr(flow, "name", "")) and not event_started
     Notifier(targets).send(Notification(title=title, body=body, kind="emergency" if emergency else "failure"))
-
-
-def targets_for(config_path: str | None) -> list[NotifyTarget]:
-    """Where to report: the run's config, else the worker's ``LANGFUSE_ROTATE_CONFIG``, else
-    ``LANGFUSE_ROTATE_NOTIFY_URLS``."""
-    for path in [config_path, None] if config_path else [None]:
-        try:
-            return [NotifyTarget.parse(u) for u in load_config(path).notify.urls]
-        except (ConfigError, ValueError):
-            continue
-    targets = []
-    for url in os.environ.get(NOTIFY_URLS_ENV_VAR, "").split():
-        try:
-            targets.append(NotifyTarget.parse(url))
-        except ValueError:
-            continue
-    return targets

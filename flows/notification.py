@@ -8,19 +8,26 @@ result nobody notified yet (a setup failure, a run refused because another holds
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from connectors.errors import ConnectorError
-from connectors.notify import Notification, NotificationKind
+from connectors.notify import Notification, NotificationKind, NotifyTarget
 from flows.audit import current_run, resource_id
+from flows.config import load_config
 from flows.context import EntryContext
+from flows.errors import ConfigError
 from flows.events import emit_rotation_event
 from flows.models import RotationResult
 from flows.redact import scrub
 from flows.tracking import one_line
+
+NOTIFY_URLS_ENV_VAR = "LANGFUSE_ROTATE_NOTIFY_URLS"
+"""Whitespace-separated apprise URLs for failures that happen before any configuration could be
+read (e.g. the config file is missing on the worker)."""
 
 _VERBS = {
     "rotated": "rotated",
@@ -111,17 +118,28 @@ def notify(ctx: EntryContext, result: RotationResult) -> None:
     ctx.audit.record("notify", f"entry:{ctx.entry.name}", outcome.status, delivered=outcome.delivered)
 
 
-def notify_targets(config_path: str | None) -> list[Any]:
-    from flows.hooks import targets_for
-
-    return targets_for(config_path)
+def targets_for(config_path: str | None) -> list[NotifyTarget]:
+    """Where to report: the run's config, else the worker's ``LANGFUSE_ROTATE_CONFIG``, else
+    ``LANGFUSE_ROTATE_NOTIFY_URLS``."""
+    for path in [config_path, None] if config_path else [None]:
+        try:
+            return [NotifyTarget.parse(u) for u in load_config(path).notify.urls]
+        except (ConfigError, ValueError):
+            continue
+    targets = []
+    for url in os.environ.get(NOTIFY_URLS_ENV_VAR, "").split():
+        try:
+            targets.append(NotifyTarget.parse(url))
+        except ValueError:
+            continue
+    return targets
 
 
 def send_to(config_path: str | None, notification: Notification) -> None:
     """Send outside a run's context (no entry context could be built); never raises."""
     from connectors.notify import Notifier
 
-    targets = notify_targets(config_path)
+    targets = targets_for(config_path)
     if targets:
         _mark_notified()
         Notifier(targets).send(notification)
