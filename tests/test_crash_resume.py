@@ -108,14 +108,8 @@ def assert_consumer_never_rejected(env: RotationEnv, consumer: ConsumerProcess, 
 
 
 def start_consumer(env: RotationEnv, **options: Any) -> ConsumerProcess:
-    config = env.store.config()
-    where: dict[str, Any] = (
-        {"vault_url": config["url"], "vault_token": config["token"]}
-        if env.store.kind == "vault"
-        else {"aws_endpoint_url": config["endpoint_url"]}
-    )
     proc = start_consumer_process(
-        name="api", store=env.store.kind, path=env.path, trace_interval_s=0.1, env=env.env, **where, **options
+        name="api", path=env.path, trace_interval_s=0.1, env=env.env, **env.store.consumer_args(), **options
     )
     env.consumers = [{"name": "api", "health_url": proc.health_url, "restart_url": proc.restart_url}]
     return proc

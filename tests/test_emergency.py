@@ -64,12 +64,9 @@ def create_project_key(env: RotationEnv, note: str) -> KeyPair:
 
 def start_consumer(env: RotationEnv, **options: Any) -> ConsumerProcess:
     """A real SDK consumer reading the entry's secret from the store under test."""
-    store = env.store.config()
-    if env.store.kind == "vault":
-        where: dict[str, Any] = {"store": "vault", "vault_url": store["url"], "vault_token": store["token"]}
-    else:
-        where = {"store": "aws", "aws_endpoint_url": store["endpoint_url"], "aws_region": store["region"]}
-    return start_consumer_process(name="api", path=env.path, langfuse_host=env.sim.url, **where, **options)
+    return start_consumer_process(
+        name="api", path=env.path, langfuse_host=env.sim.url, **env.store.consumer_args(), **options
+    )
 
 
 @pytest.fixture
