@@ -328,20 +328,30 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def audited_run(fn: F) -> F:
-    """For ``flows.execute.execute(kind, project, config_path, runner, ...)``: every call writes
-    exactly one final line, whatever happens inside (result, bad input, an unexpected error)."""
+    """For ``flows.execute.execute(kind, project, config_path, runner, ..., config=None)``: loads
+    the configuration once, unless the caller already did (``config``), and hands it down as
+    ``config``; every call writes exactly one final line, whatever happens inside (result, bad
+    input, a configuration that cannot be read, an unexpected error)."""
 
     @functools.wraps(fn)
     def wrapper(kind: str, project: str, config_path: str | None, *args: Any, **kwargs: Any) -> Any:
+        from flows.config import load_config
+        from flows.redact import install_redaction
+
+        install_redaction()
         with run_context(kind, run_id=kwargs.get("flow_run_id")) as run:
+            config = kwargs.get("config")
             try:
+                if config is None:
+                    config = kwargs["config"] = load_config(config_path)
                 result = fn(kind, project, config_path, *args, **kwargs)
             except BaseException as exc:
                 if not run.final_written:
-                    audit_failure(kind, project, exc, config_path=config_path)
+                    path = config.audit.path if config is not None else default_audit_path()
+                    audit_failure(kind, project, exc, path=path)
                 raise
             if not run.final_written:
-                audit_result(kind, result, path=audit_path_for(config_path))
+                audit_result(kind, result, path=config.audit.path)
             return result
 
     return wrapper  # type: ignore[return-value]

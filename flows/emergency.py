@@ -22,7 +22,7 @@ from prefect.states import Completed
 
 from connectors.notify import Notification
 from flows.audit import AuditLog, audit_path_for, audit_result, resource_id
-from flows.config import load_config
+from flows.config import RotationConfig, load_config
 from flows.execute import execute
 from flows.hooks import notify_unhandled_failure
 from flows.initiator import flow_run_audit
@@ -73,7 +73,7 @@ def emergency(
         tag_flow_run(flow_run_id, project=project, mode="emergency", store=entry.store)
         try:
             with _one_run_per_entry(project, config):
-                return _contain(project, config_path, public_key or None, flow_run_id, label)
+                return _contain(config, project, config_path, public_key or None, flow_run_id, label)
         except EventRefused as busy:  # another emergency of this entry is still running: exit 3
             result = RotationResult(
                 status="in_progress",
@@ -84,12 +84,14 @@ def emergency(
                 error=str(busy),
             )
             audit_result("emergency", result, path=config.audit.path)
-            send_to(config_path, notification_for(result))
+            send_to(config_path, notification_for(result), config=config)
             publish_summary(result)
             return final_state(result)
 
 
-def _contain(project: str, config_path: str | None, public_key: str | None, flow_run_id: str, label: str) -> Any:
+def _contain(
+    config: RotationConfig, project: str, config_path: str | None, public_key: str | None, flow_run_id: str, label: str
+) -> Any:
     result = execute(
         "emergency",
         project,
@@ -98,6 +100,7 @@ def _contain(project: str, config_path: str | None, public_key: str | None, flow
         flow_run_id=flow_run_id,
         run_label=label,
         compromised_public_key=public_key,
+        config=config,
     )
     publish_summary(result)
     return final_state(result)
@@ -118,13 +121,13 @@ def _event_started(
         tag_flow_run(flow_run_id, project=project, mode="emergency", store=entry.store)
         with _one_run_per_entry(project, config):
             check_key(config, entry, public_key, flow_run_id)
-            return _contain(project, config_path, public_key, flow_run_id, label)
+            return _contain(config, project, config_path, public_key, flow_run_id, label)
     except EventRefused as refused:
         return _refuse(project, config_path, public_key, event_id, event_source, refused)
 
 
 @contextlib.contextmanager
-def _one_run_per_entry(project: str, config: Any) -> Any:
+def _one_run_per_entry(project: str, config: RotationConfig) -> Any:
     if not prefect_server_configured():
         yield  # the embedded server serves this process only; the entry lock covers the rest
         return

@@ -14,7 +14,7 @@ from typing import Literal
 from connectors.errors import ConnectorError
 from connectors.store import RotationRecord
 from flows.audit import audited_run
-from flows.config import RotationConfig, load_config
+from flows.config import RotationConfig
 from flows.context import EntryContext
 from flows.errors import BadInputError, ConfigError, RotationInProgressError, StepFailed
 from flows.handover import HandoverRequester
@@ -22,7 +22,6 @@ from flows.lock import entry_lock
 from flows.models import Mode, RotationResult, Status
 from flows.notification import notified_run
 from flows.procedure import Approver, run_emergency, run_reconcile, run_scheduled
-from flows.redact import install_redaction
 from flows.runner import StepRunner
 from flows.tracking import one_line
 
@@ -46,10 +45,13 @@ def execute(
 ) -> RotationResult:
     """``lock_with_prefect``: also take the entry's Prefect concurrency limit (when a Prefect server
     is configured); by default only runs on the Prefect runner do. A reconcile run without Prefect
-    passes True when the server answers: it changes the same state a rotation does. ``config``:
-    already loaded (a fleet run, whose entries may come from a template) instead of ``config_path``."""
-    install_redaction()
-    config = config if config is not None else load_config(config_path)
+    passes True when the server answers: it changes the same state a rotation does.
+
+    ``config`` is loaded once per run and handed down from here: by the caller that already read it
+    (a flow, for its tags and approval; a fleet run, whose entries may come from a template), else by
+    ``audited_run`` from ``config_path``. The entry's store and clients are built once, in
+    ``EntryContext``."""
+    assert config is not None  # audited_run loads it when the caller did not
     entry = config.entry(project)
     mode: Mode = "emergency" if kind == "emergency" else "scheduled"
     try:

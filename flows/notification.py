@@ -7,6 +7,7 @@ result nobody notified yet (a setup failure, a run refused because another holds
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 from connectors.errors import ConnectorError
 from connectors.notify import Notification, NotificationKind, NotifyTarget
 from flows.audit import current_run, resource_id
-from flows.config import load_config
+from flows.config import RotationConfig, load_config
 from flows.context import EntryContext
 from flows.errors import ConfigError
 from flows.events import emit_rotation_event
@@ -135,11 +136,17 @@ def targets_for(config_path: str | None) -> list[NotifyTarget]:
     return targets
 
 
-def send_to(config_path: str | None, notification: Notification) -> None:
-    """Send outside a run's context (no entry context could be built); never raises."""
+def send_to(config_path: str | None, notification: Notification, *, config: RotationConfig | None = None) -> None:
+    """Send outside a run's context (no entry context could be built); never raises. ``config``:
+    the run's configuration, already loaded (else it is read from ``config_path``)."""
     from connectors.notify import Notifier
 
-    targets = targets_for(config_path)
+    targets: list[NotifyTarget] | None = None
+    if config is not None:
+        with contextlib.suppress(ValueError):  # an invalid URL: the fallbacks of ``targets_for``
+            targets = [NotifyTarget.parse(url) for url in config.notify.urls]
+    if targets is None:
+        targets = targets_for(config_path)
     if targets:
         _mark_notified()
         Notifier(targets).send(notification)
@@ -157,7 +164,7 @@ def notified_run(fn: F) -> F:
         result = fn(kind, project, config_path, *args, **kwargs)
         run = current_run()
         if isinstance(result, RotationResult) and result.status not in _OK and not (run and run.notified):
-            send_to(config_path, notification_for(result))
+            send_to(config_path, notification_for(result), config=kwargs.get("config"))
         return result
 
     return wrapper  # type: ignore[return-value]

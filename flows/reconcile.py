@@ -40,7 +40,9 @@ def reconcile(config_path: str | None = None, project: str | None = None) -> Any
             config.entry(project)
     statuses: dict[str, str] = {}
     for name in names:
-        result = execute("reconcile", name, config_path, PrefectRunner(), flow_run_id=flow_run_id, run_label=label)
+        result = execute(
+            "reconcile", name, config_path, PrefectRunner(), flow_run_id=flow_run_id, run_label=label, config=config
+        )
         publish_summary(result)
         statuses[name] = result.status
     failed = {name: status for name, status in statuses.items() if status not in _DONE}

@@ -47,7 +47,14 @@ def rotate(project: str, config_path: str | None = None) -> Any:
         tag_flow_run(flow_run_id, project=project, mode="scheduled", store=entry.store)
         approve = pause_for_approval(entry.approval_timeout_s) if entry.approval == "required" else None
         result = execute(
-            "rotate", project, config_path, PrefectRunner(), flow_run_id=flow_run_id, run_label=label, approve=approve
+            "rotate",
+            project,
+            config_path,
+            PrefectRunner(),
+            flow_run_id=flow_run_id,
+            run_label=label,
+            approve=approve,
+            config=config,
         )
     publish_summary(result)
     return final_state(result)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+import flows.config
 from flows.execute import execute
 from flows.runner import DirectRunner
 from tests.fixtures.rotation import ENTRY, RotationEnv
@@ -19,3 +22,19 @@ def test_rotation_replaces_the_stored_pair_and_revokes_the_old_one(rotation_env:
     assert rotation_env.works(new)
     assert not rotation_env.works(old)
     assert result.verified and result.old_key_rejected is True
+
+
+def test_a_run_reads_its_configuration_once(rotation_env: RotationEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[str] = []
+    parse = flows.config.parse_config
+
+    def counting(text: str, *, source: str = "<config>") -> flows.config.RotationConfig:
+        parsed.append(source)
+        return parse(text, source=source)
+
+    monkeypatch.setattr(flows.config, "parse_config", counting)
+
+    result = execute("rotate", ENTRY, str(rotation_env.write_config()), DirectRunner())
+
+    assert result.status == "rotated", result.error
+    assert len(parsed) == 1, parsed
