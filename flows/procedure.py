@@ -185,6 +185,12 @@ def _go_forward(run: RunTracker, plan: RotationPlan, record: RotationRecord) -> 
     """Finish a rotation that cannot be rolled back, but report success only once every consumer
     switched and the new pair verified; otherwise the result needs a person (exit 4), the new pair
     stays current and the rotation stays staged, so a rerun checks again."""
+    return _revoke_and_finish(run, plan, record, _forward_checks(run, record))
+
+
+def _forward_checks(run: RunTracker, record: RotationRecord) -> list[str]:
+    """Steps 3 and 4 for a promoted rotation whose old key is already deleted: wait for every
+    consumer, then verify; returns what stops it from being finished (empty: finish it)."""
     problems: list[str] = []
     try:
         lagging = _wait_for_restarts(run, record)
@@ -200,10 +206,10 @@ def _go_forward(run: RunTracker, plan: RotationPlan, record: RotationRecord) -> 
         problems.append(f"verify failed: {one_line(exc)}")
     if problems:
         problems.append(
-            f"the old key {plan.old_public_key} is already deleted, so nothing was rolled back: "
+            f"the old key {record.old_public_key} is already deleted, so nothing was rolled back: "
             f"{record.new_public_key} stays current; fix the above and rerun to finish"
         )
-    return _revoke_and_finish(run, plan, record, problems)
+    return problems
 
 
 def _approval(run: RunTracker, approve: Approver, plan: RotationPlan, record: RotationRecord) -> None:
@@ -518,8 +524,22 @@ def run_reconcile(ctx: EntryContext, runner: StepRunner) -> RotationResult:
             ctx.admin.find_api_key(ctx.entry.project_id, pending.old_public_key) is not None
         )
         if desc.pending_promoted and not old_alive:
+            # Past the point of no return: it can only go forward, and only once consumers switched
+            # and the new pair verified, as a rerun would (``_go_forward``).
+            problems = _forward_checks(run, pending)
+            if problems:
+                run.result.old_public_key = pending.old_public_key
+                run.result.new_public_key = pending.new_public_key
+                run.result.store_version = desc.current_version
+                result = run.finish("needs_attention", "; ".join(problems))
+                ctx.audit.record("reconcile", f"entry:{ctx.entry.name}", result.status, error=result.error)
+                notify(ctx, result)
+                return result
             run.step(steps.finish, ctx, pending)
-            actions.append(f"finished rotation {pending.rotation_id}: its old key was already revoked")
+            actions.append(
+                f"finished rotation {pending.rotation_id}: its old key was already revoked, consumers switched "
+                "and the new pair verified"
+            )
         else:
             outcome = run.step(steps.rollback, ctx, plan)
             if outcome.errors and outcome.new_key_kept is None:

@@ -1,5 +1,5 @@
-"""A rerun that finds the old key already deleted (by someone else) still waits for consumers
-and verifies the new pair before it reports success.
+"""A rerun, or a reconcile, that finds the old key already deleted (by someone else) still waits
+for consumers and verifies the new pair before it reports success.
 
 The first run is SIGKILLed right after promoting the new pair; then someone deletes the old key
 by hand. The rerun can no longer roll back (the old pair is dead), but it must not claim a
@@ -25,12 +25,14 @@ from tests.fixtures.rotation import ENTRY, RotationEnv
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_direct(env: RotationEnv, *, crash_at: str | None = None) -> tuple[int, dict[str, Any], str]:
+def run_direct(
+    env: RotationEnv, *, crash_at: str | None = None, kind: str = "rotate"
+) -> tuple[int, dict[str, Any], str]:
     child = {k: v for k, v in env.env.items() if k != CRASH_ENV_VAR}
     if crash_at is not None:
         child[CRASH_ENV_VAR] = crash_at
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.direct_cli", "rotate", "--config", str(env.write_config()), "--project", ENTRY],
+        [sys.executable, "-m", "tests.direct_cli", kind, "--config", str(env.write_config()), "--project", ENTRY],
         env=child,
         capture_output=True,
         text=True,
@@ -106,4 +108,54 @@ def test_a_rerun_whose_consumers_switched_and_pair_verifies_finishes_the_rotatio
     assert result["verified"] is True and result["consumers"] == {"api": new}
     steps = [s["step"] for s in result["steps"]]
     assert steps.index("resume") < steps.index("wait_for_restarts") < steps.index("verify")
+    assert env.store.store.describe(env.location).pending is None
+
+
+def test_reconcile_of_such_a_rotation_whose_consumers_never_switched_needs_attention_not_finishes(
+    rotation_env: RotationEnv, health_stub: HealthStub
+) -> None:
+    env = rotation_env
+    health_stub.set(mode="ok", public_key=env.current().public_key)
+    env.consumers = [{"name": "api", "health_url": health_stub.health_url, "restart_url": health_stub.restart_url}]
+    env.entry_overrides = {"wait_timeout_s": 1.5}
+    _, new = killed_after_promotion_then_old_key_deleted(env)
+
+    code, result, output = run_direct(env, kind="reconcile")
+
+    assert code == 4 and result["status"] == "needs_attention", output
+    assert result["lagging_consumers"] == ["api"]
+    assert env.current().public_key == new, "the only live pair stays current"
+    assert env.store.store.describe(env.location).pending is not None, "still staged: a rerun checks again"
+
+
+def test_reconcile_of_such_a_rotation_whose_new_pair_does_not_verify_needs_attention(
+    rotation_env: RotationEnv,
+) -> None:
+    env = rotation_env
+    killed_after_promotion_then_old_key_deleted(env)
+    env.sim.configure(otel_delay_s=60)  # the canary never becomes readable
+    env.entry_overrides = {"canary_timeout_s": 1}
+
+    code, result, output = run_direct(env, kind="reconcile")
+
+    assert code == 4 and result["status"] == "needs_attention", output
+    assert result["verified"] is False
+    assert "verify" in result["error"]
+
+
+def test_reconcile_of_such_a_rotation_whose_consumers_switched_finishes_it_after_verifying(
+    rotation_env: RotationEnv, health_stub: HealthStub
+) -> None:
+    env = rotation_env
+    health_stub.set(mode="ok", public_key=env.current().public_key)
+    env.consumers = [{"name": "api", "health_url": health_stub.health_url, "restart_url": health_stub.restart_url}]
+    _, new = killed_after_promotion_then_old_key_deleted(env)
+    health_stub.switch_to = new
+
+    code, result, output = run_direct(env, kind="reconcile")
+
+    assert code == 0 and result["status"] == "reconciled", output
+    assert result["verified"] is True
+    steps = [s["step"] for s in result["steps"]]
+    assert steps.index("wait_for_restarts") < steps.index("verify") < steps.index("finish")
     assert env.store.store.describe(env.location).pending is None
