@@ -7,6 +7,7 @@ alone and is never recorded (task inputs are stored as references only, and cach
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
@@ -47,14 +48,17 @@ class EntryContext:
         flow_run_id: str | None = None,
         run_label: str | None = None,
         eager_notifier: bool = True,
+        stores: Mapping[str, SecretStore] | None = None,
     ) -> None:
+        """``stores``: stores already connected, by configured name (e.g. an in-memory one in a
+        test); the others are built from the configuration on first use."""
         self.config = config
         self.entry = entry
         self.flow_run_id = flow_run_id
         self.run_label = run_label or (flow_run_id or "local")
         self.host = config.host_for(entry)
         self.location: SecretLocation = entry.location()
-        self._stores: dict[str, SecretStore] = {}
+        self._stores: dict[str, SecretStore] = dict(stores or {})
         self.store = self._store(entry.store)
         self.store_name = entry.store
         public_key, secret_key = org_key(config, {name: self._store(name) for name in self._needed_stores()})

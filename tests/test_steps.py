@@ -1,0 +1,226 @@
+"""Each step of flows/steps.py, run alone: its "already done?" branch does nothing twice.
+
+A rerun after a crash calls every step again from the top, so each must notice its work is done
+and return the same outcome without writing again. The store is an in-memory ``SecretStore``
+(tests/fakes.py, which keeps the store contract); Langfuse is the local simulator.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from connectors.keypair import KeyPair
+from connectors.store import RotationRecord
+from flows import steps
+from flows.config import RotationConfig
+from flows.context import EntryContext
+from flows.errors import StepFailed
+from flows.models import RotationPlan
+from flows.steps import plan_rotation
+from tests.fakes import MemoryStore
+from tests.fixtures.langfuse_sim import SimHandle
+
+ENTRY = "unit-entry"
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def ctx(sim: SimHandle, store: MemoryStore, tmp_path: Path) -> Iterator[EntryContext]:
+    """Entry ``unit-entry`` whose current pair is project 0's bootstrap key, in memory."""
+    project = sim.projects[0]
+    config = RotationConfig.model_validate(
+        {
+            "langfuse": {
+                "host": sim.url,
+                "org_public_key": sim.org_public_key,
+                "org_secret_key": sim.org_secret_key,
+                "timeout_s": 5,
+            },
+            # Never connected: the context is handed the in-memory store under this name.
+            "stores": {"main": {"kind": "vault", "url": "http://127.0.0.1:9", "token": "unused-token"}},
+            "projects": [
+                {
+                    "name": ENTRY,
+                    "project_id": project.id,
+                    "store": "main",
+                    "path": "langfuse/unit",
+                    "grace_period_s": 0,
+                    "canary_timeout_s": 5,
+                    "revoke_recheck_s": 0,
+                }
+            ],
+            "audit": {"path": str(tmp_path / "audit.jsonl")},
+        }
+    )
+    entry = config.entry(ENTRY)
+    pair = KeyPair(public_key=project.public_key, secret_key=SecretStr(project.secret_key))
+    store.seed(entry.location(), pair, sim.url)
+    context = EntryContext(config, entry, eager_notifier=False, stores={"main": store})
+    yield context
+    context.close()
+
+
+def project_keys(sim: SimHandle, ctx: EntryContext) -> set[str]:
+    return {k["publicKey"] for k in sim.keys() if k.get("projectId") == ctx.entry.project_id}  # noqa: SIM118
+
+
+def staged_and_created(ctx: EntryContext) -> tuple[RotationPlan, RotationRecord]:
+    plan = plan_rotation(ctx, "scheduled")
+    return plan, steps.create(ctx, plan).record
+
+
+def promoted(ctx: EntryContext) -> tuple[RotationPlan, RotationRecord]:
+    plan, record = staged_and_created(ctx)
+    steps.store(ctx, record)
+    return plan, record
+
+
+# --- plan ---------------------------------------------------------------------------------------
+
+
+def test_plan_resumes_the_staged_rotation_instead_of_starting_another(ctx: EntryContext) -> None:
+    first, record = staged_and_created(ctx)
+
+    again = plan_rotation(ctx, "scheduled")
+
+    assert again.resumed and again.rotation_id == first.rotation_id
+    assert again.new_public_key == record.new_public_key and again.old_version == first.old_version
+
+
+# --- 1. create ----------------------------------------------------------------------------------
+
+
+def test_create_reuses_a_staged_pair_already_in_langfuse(ctx: EntryContext, store: MemoryStore, sim: SimHandle) -> None:
+    plan, record = staged_and_created(ctx)
+    writes, keys = list(store.calls), project_keys(sim, ctx)
+
+    again = steps.create(ctx, plan.model_copy(update={"resumed": True}))
+
+    assert again.record == record
+    assert not again.staged_now and not again.created_now
+    assert store.calls == writes and project_keys(sim, ctx) == keys
+
+
+def test_create_of_a_staged_pair_not_yet_in_langfuse_creates_that_pair(
+    ctx: EntryContext, store: MemoryStore, sim: SimHandle
+) -> None:
+    plan = plan_rotation(ctx, "scheduled")
+    pair = KeyPair.generate()
+    record = RotationRecord(
+        rotation_id=plan.rotation_id,
+        entry=ENTRY,
+        mode="scheduled",
+        old_public_key=plan.old_public_key,
+        new_public_key=pair.public_key,
+        old_version=plan.old_version,
+        started_at=datetime.now(UTC),
+    )
+    store.stage(ctx.location, record, pair, ctx.host)  # a run killed between staging and creating
+
+    created = steps.create(ctx, plan)
+
+    assert created.record == record and not created.staged_now and created.created_now
+    assert store.calls.count("stage") == 1
+    assert pair.public_key in project_keys(sim, ctx)
+
+
+def test_create_refuses_when_another_rotation_is_staged(ctx: EntryContext, store: MemoryStore) -> None:
+    staged_and_created(ctx)
+    other = plan_rotation(ctx, "scheduled").model_copy(update={"rotation_id": str(uuid.uuid4())})
+
+    with pytest.raises(StepFailed, match="another rotation"):
+        steps.create(ctx, other)
+
+
+# --- 2. store -----------------------------------------------------------------------------------
+
+
+def test_store_of_a_promoted_pair_returns_its_version_without_writing(ctx: EntryContext, store: MemoryStore) -> None:
+    _, record = staged_and_created(ctx)
+    first = steps.store(ctx, record)
+
+    again = steps.store(ctx, record)
+
+    assert again.version == first.version
+    assert store.calls.count("promote") == 1
+
+
+# --- 3. wait for restarts -----------------------------------------------------------------------
+
+
+def test_wait_for_restarts_without_consumers_only_waits_the_grace_period(ctx: EntryContext) -> None:
+    outcome = steps.wait_for_restarts(ctx, "pk-lf-anything")
+
+    assert outcome.wait.all_switched and outcome.wait.lagging == []
+    assert outcome.grace_period_s == 0
+
+
+# --- 5. revoke ----------------------------------------------------------------------------------
+
+
+def test_revoke_of_a_key_already_deleted_deletes_nothing_and_proves_it_rejected(
+    ctx: EntryContext, sim: SimHandle
+) -> None:
+    plan, _ = promoted(ctx)
+    assert plan.old_public_key is not None
+    steps.revoke(ctx, plan.old_public_key, plan.old_version)
+    keys = project_keys(sim, ctx)
+
+    again = steps.revoke(ctx, plan.old_public_key, plan.old_version)
+
+    assert not again.deleted_now and again.key_id is None
+    assert again.rejected is True
+    assert project_keys(sim, ctx) == keys
+
+
+# --- finish & rollback --------------------------------------------------------------------------
+
+
+def test_finish_of_a_finished_rotation_writes_nothing(ctx: EntryContext, store: MemoryStore) -> None:
+    _, record = promoted(ctx)
+    steps.finish(ctx, record)
+    writes = list(store.calls)
+
+    steps.finish(ctx, record)
+
+    assert store.calls == writes
+    desc = store.describe(ctx.location)
+    assert desc.pending is None and desc.last_rotation_id == record.rotation_id
+
+
+def test_rollback_of_a_rolled_back_rotation_writes_and_deletes_nothing(
+    ctx: EntryContext, store: MemoryStore, sim: SimHandle
+) -> None:
+    plan, record = promoted(ctx)
+    plan = plan.model_copy(update={"new_public_key": record.new_public_key})
+    first = steps.rollback(ctx, plan)
+    assert first.store_restored and first.new_key_deleted
+    writes, keys = list(store.calls), project_keys(sim, ctx)
+
+    again = steps.rollback(ctx, plan)
+
+    assert again.store_restored and again.new_key_deleted and not again.errors
+    assert again.restored_version == first.restored_version
+    assert store.calls == writes and project_keys(sim, ctx) == keys
+    assert store.read_current(ctx.location).public_key == plan.old_public_key
+
+
+def test_reconcile_leaves_the_keys_of_the_staged_rotation_alone(ctx: EntryContext, sim: SimHandle) -> None:
+    _, record = staged_and_created(ctx)
+    keys = project_keys(sim, ctx)
+    assert record.new_public_key in keys
+
+    outcome = steps.reconcile(ctx, plan_rotation(ctx, "scheduled"))
+
+    assert outcome.actions == [] and outcome.kept == []
+    assert project_keys(sim, ctx) == keys
