@@ -1,0 +1,65 @@
+"""The rotation flow on a Prefect server: what the server records of it.
+
+Operators find a rotation's steps in the UI by their names; these are part of the contract
+(README), whatever the functions behind them are called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+import flows.config
+from devstack.prefect_server import PrefectServer
+from tests.fixtures.rotation import ENTRY, RotationEnv
+
+
+def rotate_on_prefect(env: RotationEnv) -> Any:
+    from flows.rotate import rotate
+
+    return rotate(project=ENTRY, config_path=str(env.write_config()), return_state=True)
+
+
+def task_run_names(flow_run_id: UUID) -> list[str]:
+    """The flow run's task runs, oldest first, by the name of their task (Prefect suffixes each
+    task run's name with a counter: ``create-0`` is a run of ``create``)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        )
+    return [run.name.rsplit("-", 1)[0] for run in runs]
+
+
+def test_a_rotations_task_runs_are_named_for_its_five_steps(
+    rotation_env: RotationEnv, prefect_server: PrefectServer
+) -> None:
+    state = rotate_on_prefect(rotation_env)
+
+    assert state.is_completed(), state.message
+    names = task_run_names(state.state_details.flow_run_id)
+    assert names == ["reconcile", "create", "store", "wait_for_restarts", "verify", "revoke", "finish"]
+
+
+def test_a_rotation_on_prefect_reads_its_configuration_once(
+    rotation_env: RotationEnv, prefect_server: PrefectServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[str] = []
+    parse = flows.config.parse_config
+
+    def counting(text: str, *, source: str = "<config>") -> flows.config.RotationConfig:
+        parsed.append(source)
+        return parse(text, source=source)
+
+    monkeypatch.setattr(flows.config, "parse_config", counting)
+
+    state = rotate_on_prefect(rotation_env)
+
+    assert state.is_completed(), state.message
+    assert len(parsed) == 1, parsed
