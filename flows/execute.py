@@ -23,6 +23,7 @@ from flows.models import Mode, RotationResult, Status
 from flows.notification import notified_run
 from flows.procedure import Approver, run_emergency, run_reconcile, run_scheduled
 from flows.runner import StepRunner
+from flows.steps import entry_state
 from flows.tracking import one_line
 
 Kind = Literal["rotate", "emergency", "reconcile"]
@@ -135,8 +136,8 @@ def _take_over(ctx: EntryContext, requester: HandoverRequester) -> RotationRecor
     """Holding the lock: note in the store which staged rotation this emergency carries through
     (a rerun after a crash then carries it on as an emergency too); returns it."""
     try:
-        pending = ctx.store.describe(ctx.location).pending
-    except ConnectorError:
+        pending = entry_state(ctx).pending
+    except StepFailed:
         return None  # the plan step reports it
     requester.take_over(pending.rotation_id if pending is not None else None)
     return pending
@@ -146,8 +147,8 @@ def _current_public_key(ctx: EntryContext) -> str | None:
     """The entry's current public key, or None when the store cannot say (the run then fails in
     its plan step, as it always did)."""
     try:
-        return ctx.store.describe(ctx.location).current_public_key
-    except ConnectorError:
+        return entry_state(ctx).current_public_key
+    except StepFailed:
         return None
 
 
@@ -156,8 +157,8 @@ def _check_not_replaced_meanwhile(ctx: EntryContext, seen: str, waiting_since: d
     going on would rotate the pair it just put in place (an emergency would revoke it at once, under
     consumers that only just switched to it). Such a run is the one in progress; this one stops."""
     try:
-        desc = ctx.store.describe(ctx.location)
-    except ConnectorError:
+        desc = entry_state(ctx)
+    except StepFailed:
         return  # the plan step reports it
     finished = desc.last_rotated_at
     if desc.current_public_key != seen or (

@@ -25,11 +25,11 @@ from connectors.consumers import WaitOutcome
 from connectors.errors import ConnectorError, ConsumerError, StoreError
 from connectors.keypair import KeyPair
 from connectors.langfuse import LangfuseProjectClient
-from connectors.store import RotationRecord, StoreVersion
+from connectors.store import RotationRecord, StoreDescription, StoreVersion
 from flows.context import EntryContext
 from flows.contract import step
 from flows.crashpoints import crash_point
-from flows.errors import StepFailed
+from flows.errors import BadInputError, StepFailed
 from flows.models import Mode, RotationPlan
 from flows.progress import consumer_round
 from flows.redact import register_secret, scrub
@@ -92,10 +92,124 @@ def plan_rotation(ctx: EntryContext, mode: Mode) -> RotationPlan:
     )
 
 
+# The plan step's read-only checks: the checklists call them in-process, before and between the
+# steps that change anything, never as tasks of their own (their failures report as "plan").
+
+
+@step("plan", timeout_s=60)
+def entry_state(ctx: EntryContext) -> StoreDescription:
+    """What the store says about the entry now: its current public key and version, the staged
+    rotation if one is in flight, an emergency's handover request. Public facts only; changes nothing."""
+    try:
+        return ctx.store.describe(ctx.location)
+    except ConnectorError as exc:
+        raise connector_failure("plan", exc) from None
+
+
+@step("plan", timeout_s=60)
+def staged_mode(ctx: EntryContext) -> Mode | None:
+    """The staged rotation's mode ("emergency" also for a scheduled one an emergency took over),
+    or None when nothing is staged or the store cannot say (the plan step then reports it)."""
+    try:
+        desc = entry_state(ctx)
+    except StepFailed:
+        return None
+    pending = desc.pending
+    if pending is None:
+        return None
+    if desc.handover is not None and desc.handover.rotation_id == pending.rotation_id:
+        return "emergency"
+    return pending.mode
+
+
+class ForwardOnly(BaseModel):
+    """A promoted rotation whose old key is already deleted from Langfuse: past the point of no
+    return, it can only go forward (rolling it back would make a dead pair current)."""
+
+    record: RotationRecord
+    store_version: StoreVersion | None
+
+    def describe(self) -> str:
+        return (
+            f"old key {self.record.old_public_key} is already deleted and {self.record.new_public_key} is current: "
+            "the rotation can only go forward; waiting for consumers and verifying before finishing it"
+        )
+
+    def facts(self) -> dict[str, Any]:
+        return {"new_public_key": self.record.new_public_key, "store_version": self.store_version}
+
+
+@step("plan", timeout_s=60)
+def past_revocation(ctx: EntryContext, rotation_id: str) -> ForwardOnly | None:
+    """Already done? The staged rotation ``rotation_id`` is promoted and its old key is gone from
+    Langfuse (deleted by the run that was killed, or by someone else): return it, to be carried
+    forward. None: it is not staged, not promoted, or its old key is still alive."""
+    desc = entry_state(ctx)
+    pending = desc.pending
+    if pending is None or pending.rotation_id != rotation_id or not desc.pending_promoted:
+        return None
+    try:
+        alive = pending.old_public_key is not None and (
+            ctx.admin.find_api_key(ctx.entry.project_id, pending.old_public_key) is not None
+        )
+    except ConnectorError as exc:
+        raise connector_failure("plan", exc) from None
+    return None if alive else ForwardOnly(record=pending, store_version=desc.current_version)
+
+
+@step("plan", timeout_s=120)
+def check_compromised_key(ctx: EntryContext, target: str) -> None:
+    """A compromised key named on the command line that is not one of this entry's own keys must
+    be a key of the entry's project that no other configured entry holds as its current or staged
+    key, whatever store that entry lives in (two store names may even point at the same server):
+    deleting it would cut that entry's services off. That entry must be contained by its own name.
+    Raises ``BadInputError`` (nothing changed) otherwise; changes nothing."""
+    try:
+        desc = entry_state(ctx)
+    except StepFailed:
+        return  # the plan step reports it
+    own = {desc.current_public_key}
+    if desc.pending is not None:
+        own |= {desc.pending.old_public_key, desc.pending.new_public_key}
+    if target in own:
+        return
+    keys = ctx.admin.list_api_keys(ctx.entry.project_id)
+    if not any(k.public_key == target for k in keys):
+        raise BadInputError(f"{target} is not a key of Langfuse project {ctx.entry.project_id} (already deleted?)")
+    for other in ctx.config.projects:
+        if other.name == ctx.entry.name:
+            continue
+        try:
+            theirs = ctx.store_for(other.store).describe(other.location())
+        except (ConnectorError, ValueError) as exc:
+            if other.project_id != ctx.entry.project_id:
+                continue  # a key of this project cannot be the working key of another project's entry
+            why = scrub(" ".join((str(exc) or type(exc).__name__).split()))
+            raise BadInputError(
+                f"{target} may be a key of entry '{other.name}', whose store '{other.store}' cannot be read "
+                f"({why}); nothing was changed: check that entry, or run emergency --project {other.name}"
+            ) from None
+        held = {theirs.current_public_key: "current"}
+        if theirs.pending is not None:
+            held.setdefault(theirs.pending.new_public_key, "staged")
+            held.setdefault(theirs.pending.old_public_key, "current")
+        if target in held:
+            raise BadInputError(
+                f"{target} is the {held[target]} key of entry '{other.name}' (store '{other.store}'), not a stray "
+                f"key of '{ctx.entry.name}'; nothing was changed: run emergency --project {other.name}"
+            )
+
+
 class ReconcileOutcome(BaseModel):
     actions: list[str] = []
     kept: list[str] = []
     """Orphan keys kept because a consumer uses them or cannot be proven not to (also in ``actions``)."""
+
+    def describe(self) -> str:
+        return "; ".join(self.actions) or "nothing left over"
+
+    def facts(self) -> dict[str, Any]:
+        return {"reconciled": list(self.actions)}
 
 
 @step("reconcile", retries=1, timeout_s=120, plus=("wait_timeout_s",))  # may move consumers back first
@@ -161,6 +275,13 @@ class CreateOutcome(BaseModel):
     display_secret_key: str
     staged_now: bool
     created_now: bool
+
+    def describe(self) -> str:
+        state = "created" if self.created_now else "already in Langfuse"
+        return f"{self.record.new_public_key} ({self.display_secret_key}) {state}"
+
+    def facts(self) -> dict[str, Any]:
+        return {"new_public_key": self.record.new_public_key}
 
 
 @step("create", retries=0, timeout_s=180)  # the Langfuse connector retries safely inside
@@ -229,6 +350,12 @@ class PromoteOutcome(BaseModel):
     version: StoreVersion
     previous_version: StoreVersion | None
 
+    def describe(self) -> str:
+        return f"current version {self.version} (previous {self.previous_version})"
+
+    def facts(self) -> dict[str, Any]:
+        return {"store_version": self.version}
+
 
 @step("store", retries=2, timeout_s=120)
 def store(ctx: EntryContext, record: RotationRecord) -> PromoteOutcome:
@@ -249,6 +376,32 @@ class ConsumerOutcome(BaseModel):
     wait: WaitOutcome
     restart_errors: dict[str, str] = {}
     grace_period_s: float | None = None
+    public_key: str = ""
+    timeout_s: float = 0.0
+
+    def describe(self) -> str:
+        if self.grace_period_s is not None:
+            return f"no consumers listed; waited {self.grace_period_s:g}s grace period"
+        seen = ", ".join(f"{k}={v}" for k, v in self.wait.last_seen.items())
+        state = "all switched" if self.wait.all_switched else "lagging: " + ", ".join(self.wait.lagging)
+        return f"{state}; {seen}"
+
+    def facts(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {"consumers": dict(self.wait.last_seen)}
+        if not self.wait.all_switched:
+            facts["lagging_consumers"] = list(self.wait.lagging)
+        return facts
+
+    def lagging(self) -> str | None:
+        """Who did not switch, and why, as one line; None when every consumer switched."""
+        if self.wait.all_switched:
+            return None
+        parts = []
+        for name in self.wait.lagging:
+            seen = self.wait.last_seen.get(name)
+            error = self.wait.errors.get(name) or self.restart_errors.get(name)
+            parts.append(f"{name} ({error or f'still on {seen}'})")
+        return f"consumers did not switch to {self.public_key} within {self.timeout_s:g}s: {', '.join(parts)}"
 
 
 @step("wait_for_restarts", retries=0, timeout_s=60, plus=("wait_timeout_s", "grace_period_s"))
@@ -261,7 +414,10 @@ def wait_for_restarts(ctx: EntryContext, public_key: str, *, trigger_restarts: b
     if not ctx.consumers:
         ctx.handover.sleep(ctx.entry.grace_period_s)
         empty = WaitOutcome(all_switched=True, last_seen={}, errors={}, elapsed_s=ctx.entry.grace_period_s, lagging=[])
-        return ConsumerOutcome(wait=empty, grace_period_s=ctx.entry.grace_period_s)
+        timeout_s = ctx.entry.wait_timeout_s
+        return ConsumerOutcome(
+            wait=empty, grace_period_s=ctx.entry.grace_period_s, public_key=public_key, timeout_s=timeout_s
+        )
     restart_errors: dict[str, str] = {}
     if trigger_restarts:
         for consumer in ctx.consumers:
@@ -273,7 +429,9 @@ def wait_for_restarts(ctx: EntryContext, public_key: str, *, trigger_restarts: b
     outcome = ctx.consumer_client.wait_for_public_key(
         ctx.consumers, public_key, timeout_s=ctx.entry.wait_timeout_s, on_round=consumer_round(public_key)
     )
-    return ConsumerOutcome(wait=outcome, restart_errors=restart_errors)
+    return ConsumerOutcome(
+        wait=outcome, restart_errors=restart_errors, public_key=public_key, timeout_s=ctx.entry.wait_timeout_s
+    )
 
 
 # --- 4. verify ----------------------------------------------------------------------------------
@@ -283,6 +441,12 @@ class VerifyOutcome(BaseModel):
     project_id: str
     canary_trace_id: str
     canary_seconds: float
+
+    def describe(self) -> str:
+        return f"project {self.project_id}; canary {self.canary_trace_id} readable after {self.canary_seconds}s"
+
+    def facts(self) -> dict[str, Any]:
+        return {"verified": True}
 
 
 @step("verify", retries=1, timeout_s=60, plus=("canary_timeout_s",))
@@ -324,6 +488,12 @@ class RevokeOutcome(BaseModel):
     cache_action: str | None = None
     idle_recheck_due: bool = False
     detail: str = ""
+
+    def describe(self) -> str:
+        return self.detail or ("rejected" if self.rejected else str(self.rejected))
+
+    def facts(self) -> dict[str, Any]:
+        return {"old_key_rejected": self.rejected}
 
 
 @step("revoke", retries=2, timeout_s=120, plus=("revoke_recheck_s",))  # the idle re-probe waits revoke_recheck_s

@@ -1,4 +1,8 @@
-"""Book-keeping of one run: the step table, the result, and how each step's outcome reads."""
+"""Book-keeping of one run: the step table and the result.
+
+Each step's outcome describes itself (``describe``: its row in the step table) and names the
+public facts it adds to the result (``facts``: e.g. the new public key, the store version); the
+tracker records both, so the checklists only say which step runs when."""
 
 from __future__ import annotations
 
@@ -9,18 +13,10 @@ from typing import Any, TypeVar
 
 from flows.context import EntryContext
 from flows.contract import contract_of
-from flows.models import Mode, RotationResult, StepRecord
+from flows.models import Mode, RotationPlan, RotationResult, StepRecord
 from flows.progress import progress
 from flows.redact import scrub
 from flows.runner import StepRunner
-from flows.steps import (
-    ConsumerOutcome,
-    CreateOutcome,
-    PromoteOutcome,
-    ReconcileOutcome,
-    RevokeOutcome,
-    VerifyOutcome,
-)
 
 T = TypeVar("T")
 
@@ -60,9 +56,36 @@ class RunTracker:
             progress(f"{name}: failed after {time.monotonic() - began:.2f}s: {one_line(exc)}")
             raise
         self.record(name, "done", began, describe(value))
+        self.adopt(value)
         detail = self.result.steps[-1].detail
         progress(f"{name}: done in {time.monotonic() - began:.2f}s" + (f": {detail}" if detail else ""))
         return value
+
+    def attempt(
+        self, problems: list[str], fn: Callable[..., T], *args: Any, what: str | None = None, then: str = ""
+    ) -> T | None:
+        """A step past the point of no return: its failure is added to ``problems`` ("<what> failed:
+        <why>[; <then>]", ``what`` defaults to the step's name) for a person to act on, instead of
+        raised: there is nothing left to roll back."""
+        try:
+            return self.step(fn, *args)
+        except Exception as exc:
+            what = what or contract_of(fn).name.replace("_", " ")
+            problems.append(f"{what} failed: {one_line(exc)}" + (f"; {then}" if then else ""))
+            return None
+
+    def planned(self, plan: RotationPlan, began: float) -> None:
+        """The plan's row and its facts: which rotation this run does or resumes."""
+        self.record("plan", "done", began, plan.note or f"rotation {plan.rotation_id}")
+        self.result.rotation_id = plan.rotation_id
+        self.result.resumed = plan.resumed
+        self.result.old_public_key = plan.old_public_key
+        self.result.new_public_key = plan.new_public_key
+
+    def adopt(self, value: Any) -> None:
+        """Copy a step outcome's public facts into the result."""
+        for field, fact in facts(value).items():
+            setattr(self.result, field, fact)
 
     def record(self, name: str, outcome: Any, began: float, detail: str = "") -> None:
         self.result.steps.append(
@@ -82,22 +105,12 @@ def one_line(exc: BaseException) -> str:
 
 
 def describe(value: Any) -> str:
-    """A step outcome as one line of the step table."""
-    if isinstance(value, CreateOutcome):
-        state = "created" if value.created_now else "already in Langfuse"
-        return f"{value.record.new_public_key} ({value.display_secret_key}) {state}"
-    if isinstance(value, PromoteOutcome):
-        return f"current version {value.version} (previous {value.previous_version})"
-    if isinstance(value, ConsumerOutcome):
-        if value.grace_period_s is not None:
-            return f"no consumers listed; waited {value.grace_period_s:g}s grace period"
-        seen = ", ".join(f"{k}={v}" for k, v in value.wait.last_seen.items())
-        state = "all switched" if value.wait.all_switched else "lagging: " + ", ".join(value.wait.lagging)
-        return f"{state}; {seen}"
-    if isinstance(value, VerifyOutcome):
-        return f"project {value.project_id}; canary {value.canary_trace_id} readable after {value.canary_seconds}s"
-    if isinstance(value, RevokeOutcome):
-        return value.detail or ("rejected" if value.rejected else str(value.rejected))
-    if isinstance(value, ReconcileOutcome):
-        return "; ".join(value.actions) or "nothing left over"
-    return ""
+    """A step outcome as one line of the step table: the outcome describes itself."""
+    describe_self = getattr(value, "describe", None)
+    return str(describe_self()) if callable(describe_self) else ""
+
+
+def facts(value: Any) -> dict[str, Any]:
+    """The public facts a step outcome puts in the run's result (e.g. ``new_public_key``)."""
+    facts_of = getattr(value, "facts", None)
+    return dict(facts_of()) if callable(facts_of) else {}

@@ -16,13 +16,13 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.keypair import KeyPair
-from connectors.store import RotationRecord
+from connectors.store import HandoverRequest, RotationRecord
 from flows import steps
 from flows.config import RotationConfig
 from flows.context import EntryContext
-from flows.errors import StepFailed
+from flows.errors import BadInputError, StepFailed
 from flows.models import RotationPlan
-from flows.steps import plan_rotation
+from flows.steps import check_compromised_key, past_revocation, plan_rotation, staged_mode
 from tests.fakes import MemoryStore
 from tests.fixtures.langfuse_sim import SimHandle
 
@@ -95,6 +95,60 @@ def test_plan_resumes_the_staged_rotation_instead_of_starting_another(ctx: Entry
 
     assert again.resumed and again.rotation_id == first.rotation_id
     assert again.new_public_key == record.new_public_key and again.old_version == first.old_version
+
+
+def test_staged_mode_is_none_when_nothing_is_staged(ctx: EntryContext) -> None:
+    assert staged_mode(ctx) is None
+
+
+def test_staged_mode_is_emergency_for_a_scheduled_rotation_an_emergency_took_over(
+    ctx: EntryContext, store: MemoryStore
+) -> None:
+    plan, _ = staged_and_created(ctx)
+    assert staged_mode(ctx) == "scheduled"
+    request = HandoverRequest(
+        emergency_run="emergency-1", nonce="n", requested_at=datetime.now(UTC), rotation_id=plan.rotation_id
+    )
+    store.request_handover(ctx.location, request)
+
+    assert staged_mode(ctx) == "emergency"
+
+
+def test_past_revocation_is_none_while_the_old_key_is_alive(ctx: EntryContext) -> None:
+    plan, _ = promoted(ctx)
+
+    assert past_revocation(ctx, plan.rotation_id) is None
+
+
+def test_past_revocation_is_none_before_the_new_pair_is_promoted(ctx: EntryContext) -> None:
+    plan, _ = staged_and_created(ctx)
+    assert plan.old_public_key is not None
+    steps.revoke(ctx, plan.old_public_key, plan.old_version)
+
+    assert past_revocation(ctx, plan.rotation_id) is None
+
+
+def test_past_revocation_is_the_promoted_rotation_whose_old_key_is_gone(ctx: EntryContext) -> None:
+    plan, record = promoted(ctx)
+    assert plan.old_public_key is not None
+    steps.revoke(ctx, plan.old_public_key, plan.old_version)
+
+    forward_only = past_revocation(ctx, plan.rotation_id)
+
+    assert forward_only is not None and forward_only.record == record
+    assert forward_only.facts() == {"new_public_key": record.new_public_key, "store_version": 2}
+
+
+# --- emergency: the compromised key named -------------------------------------------------------
+
+
+def test_a_named_key_that_is_the_entrys_own_passes(ctx: EntryContext) -> None:
+    check_compromised_key(ctx, ctx.store.describe(ctx.location).current_public_key or "")
+
+
+def test_a_named_key_that_is_not_in_the_project_is_bad_input(ctx: EntryContext) -> None:
+    with pytest.raises(BadInputError, match="not a key of Langfuse project"):
+        check_compromised_key(ctx, KeyPair.generate().public_key)
 
 
 # --- 1. create ----------------------------------------------------------------------------------
