@@ -6,6 +6,7 @@ server is reachable (with a ``DirectRunner``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from datetime import UTC, datetime
@@ -78,7 +79,10 @@ def execute(
         wait_s = max(config.lock.wait_s, 30.0) if kind == "emergency" else config.lock.wait_s
         use_prefect = runner.orchestrator == "prefect" if lock_with_prefect is None else lock_with_prefect
         waiting_since = datetime.now(UTC)
-        seen = _current_public_key(ctx) if kind != "reconcile" else None
+        seen: str | None = None  # the key before the wait; None when the store cannot say (the plan step reports it)
+        if kind != "reconcile":
+            with contextlib.suppress(StepFailed):
+                seen = entry_state(ctx).current_public_key
         if requester is not None:
             requester.request()
         with entry_lock(
@@ -141,15 +145,6 @@ def _take_over(ctx: EntryContext, requester: HandoverRequester) -> RotationRecor
         return None  # the plan step reports it
     requester.take_over(pending.rotation_id if pending is not None else None)
     return pending
-
-
-def _current_public_key(ctx: EntryContext) -> str | None:
-    """The entry's current public key, or None when the store cannot say (the run then fails in
-    its plan step, as it always did)."""
-    try:
-        return entry_state(ctx).current_public_key
-    except StepFailed:
-        return None
 
 
 def _check_not_replaced_meanwhile(ctx: EntryContext, seen: str, waiting_since: datetime) -> None:

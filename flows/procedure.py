@@ -1,8 +1,12 @@
-"""The two checklists, read top to bottom: scheduled rotation and emergency containment.
+"""The two checklists, each read top to bottom as its steps in order: scheduled rotation
+(``run_scheduled``) and emergency containment (``run_emergency``); ``run_reconcile`` returns an
+entry to a clean state.
 
-Both are written against a ``StepRunner`` so the same code runs as Prefect tasks or, when no
-Prefect server is reachable, in-process. Everything before revocation rolls back on any failure;
-revocation is the point of no return.
+Each step is a function of ``flows.steps`` that declares its contract (name, retries, deadline)
+and starts with "already done?". ``run.step`` runs it through the ``StepRunner`` (a Prefect task,
+or in-process when no Prefect server is reachable) and records its outcome in the run's result
+(``flows.tracking``). Everything before revocation rolls back on any failure (``_rolled_back``);
+revocation is the point of no return, after which problems are reported for a person (exit 4).
 """
 
 from __future__ import annotations
@@ -60,27 +64,32 @@ def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | 
     run = RunTracker(ctx, runner, "scheduled")
     with _until_superseded() as handover:
         plan: RotationPlan | None = None
-        problems: list[str] = []
+        problems: list[str] = []  # past the point of no return: reported for a person (exit 4)
         try:
             plan = _prepare(run, "scheduled")
             forward_only = _resumed_past_revocation(run, plan)
             if forward_only is None:
-                record = _create_and_store(run, plan, approve)  # 1 create, [approval], 2 store
-                consumers = run.step(steps.wait_for_restarts, ctx, record.new_public_key)  # 3
+                # 1 create (written ahead to the store, then in Langfuse), [approval], 2 store (promote)
+                record = _create_and_store(run, plan, approve)
+                # 3 wait for restarts: every consumer must report the new key, else roll back
+                consumers = run.step(steps.wait_for_restarts, ctx, record.new_public_key)
                 if (lagging := consumers.lagging()) is not None:
-                    run.result.steps[-1].outcome = "failed"  # the step ran to its end, but this is why the run fails
+                    run.result.steps[-1].outcome = "failed"  # it ran to its end, but this is why the run fails
                     raise StepFailed("wait_for_restarts", lagging)
-                run.step(steps.verify, ctx, record)  # 4 verify
+                # 4 verify: the stored pair authenticates and its canary trace is readable
+                run.step(steps.verify, ctx, record)
             else:
+                # The old key is already deleted: nothing can roll back, so 3 and 4 only report.
                 record = forward_only
-                problems = _wait_and_verify_forward_only(run, record)  # 3 and 4: reported, never rolled back
+                problems = _wait_and_verify_forward_only(run, record)
         except Superseded:
             raise
         except BaseException as exc:
             return _rolled_back(run, plan, exc)
         # Point of no return: the new pair is stored, adopted and verified.
+        # 5 revoke the old key, and prove Langfuse rejects it
         if plan.old_public_key is not None:
-            revoked = run.attempt(  # 5 revoke, and prove the old key rejected
+            revoked = run.attempt(
                 problems,
                 steps.revoke,
                 ctx,
@@ -92,8 +101,10 @@ def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | 
                 crash_point("after_revoke")
             if revoked is not None and revoked.rejected is not True:
                 problems.append(f"old key {plan.old_public_key} {revoked.detail or 'not proven rejected'}")
+        # finish: clear the staging, record the rotation on the secret (only once nothing is left to do)
         if not problems:
             run.attempt(problems, steps.finish, ctx, record, then="rerun to finish")
+        # notify
         result = run.finish("needs_attention" if problems else "rotated", "; ".join(problems) or None)
         ctx.audit.record(
             "rotation",
@@ -131,32 +142,34 @@ def run_emergency(
         target = _compromised_key(run, plan, compromised_public_key)
         if target != plan.old_public_key:
             return _contain_stray_key(run, target)
-        record = _create_and_store(run, plan)  # 1 create, 2 store
+        # 1 create (written ahead to the store, then in Langfuse), 2 store (promote)
+        record = _create_and_store(run, plan)
     except BadInputError:
         raise
     except BaseException as exc:
         return _rolled_back(run, plan, exc)
+    # Point of no return: from here problems are reported for a person (exit 4), never rolled back.
     problems: list[str] = []
     # 5 revoke now, without waiting for anyone; if Langfuse's cache still accepts the key and no
     # instance admin key can flush it, the idle re-probe waits until consumers were restarted.
     revoked = run.attempt(problems, steps.revoke, ctx, target, plan.old_version, True)
-    consumers = run.attempt(problems, steps.wait_for_restarts, ctx, record.new_public_key)  # 3
+    # 3 restart hooks and wait for restarts: who lags is reported
+    consumers = run.attempt(problems, steps.wait_for_restarts, ctx, record.new_public_key)
     if consumers is not None and (lagging := consumers.lagging()) is not None:
         problems.append(lagging)
-    run.attempt(problems, steps.verify, ctx, record)  # 4 verify
+    # 4 verify: the stored pair authenticates and its canary trace is readable
+    run.attempt(problems, steps.verify, ctx, record)
+    # [re-probe the revoked key, idle for the cache TTL now that consumers moved off it]
     if revoked is not None and revoked.idle_recheck_due:
         rechecked = run.attempt(
-            problems,
-            steps.recheck_revoked,
-            ctx,
-            target,
-            plan.old_version,
-            what="re-probe of the revoked key",
+            problems, steps.recheck_revoked, ctx, target, plan.old_version, what="re-probe of the revoked key"
         )
         revoked = rechecked or revoked
     if revoked is not None and revoked.rejected is not True:
         problems.insert(0, f"compromised key {target}: {revoked.detail or 'not proven rejected'}")
+    # finish: clear the staging, record the containment on the secret
     run.attempt(problems, steps.finish, ctx, record)
+    # notify (with failure priority and the ``emergency`` tag)
     result = run.finish("needs_attention" if problems else "contained", "; ".join(problems) or None)
     ctx.audit.record(
         "emergency",
@@ -221,27 +234,18 @@ def _roll_back(run: RunTracker, plan: RotationPlan | None, exc: BaseException) -
     except Exception as rollback_exc:
         run.record("rollback", "failed", began, one_line(rollback_exc))
         return run.finish("failed", f"{reason}; rollback failed: {one_line(rollback_exc)}")
-    clean = outcome.store_restored and outcome.new_key_deleted and not outcome.errors
-    kept = outcome.new_key_kept if outcome.store_restored else None
-    if clean:
-        detail = f"old pair {plan.old_public_key} current again (version {outcome.restored_version}); new key deleted"
-    elif kept is not None:
-        restored = f"old pair {plan.old_public_key} current again (version {outcome.restored_version})"
-        detail = "; ".join([restored, *outcome.errors])
-    else:
-        detail = "; ".join(outcome.errors)
-    outcome_name = "rolled_back" if clean else ("needs_attention" if kept is not None else "failed")
-    run.record("rollback", "rolled_back" if clean else ("attention" if kept is not None else "failed"), began, detail)
-    ctx.audit.record("rotation", f"entry:{ctx.entry.name}", outcome_name, error=reason)
-    if clean or kept is not None:
+    row = {"rolled_back": "rolled_back", "needs_attention": "attention", "failed": "failed"}[outcome.status]
+    run.record("rollback", row, began, outcome.describe())
+    ctx.audit.record("rotation", f"entry:{ctx.entry.name}", outcome.status, error=reason)
+    if outcome.status != "failed":
         run.result.new_public_key = plan.new_public_key
         run.result.store_version = outcome.restored_version
-    if clean:
+    if outcome.status == "rolled_back":
         return run.finish("rolled_back", f"{reason}; rolled back, old pair {plan.old_public_key} is current")
-    if kept is not None:
+    if outcome.status == "needs_attention":
         # The store is back on the old pair, but a key some consumer may run on is alive: a person decides.
-        return run.finish("needs_attention", f"{reason}; rolled back the store, {detail}")
-    return run.finish("failed", f"{reason}; rollback incomplete: {detail}")
+        return run.finish("needs_attention", f"{reason}; rolled back the store, {outcome.describe()}")
+    return run.finish("failed", f"{reason}; rollback incomplete: {outcome.describe()}")
 
 
 def _wait_and_verify_forward_only(run: RunTracker, record: RotationRecord) -> list[str]:

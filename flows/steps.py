@@ -17,7 +17,7 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -90,114 +90,6 @@ def plan_rotation(ctx: EntryContext, mode: Mode) -> RotationPlan:
         old_version=desc.current_version,
         **common,
     )
-
-
-# The plan step's read-only checks: the checklists call them in-process, before and between the
-# steps that change anything, never as tasks of their own (their failures report as "plan").
-
-
-@step("plan", timeout_s=60)
-def entry_state(ctx: EntryContext) -> StoreDescription:
-    """What the store says about the entry now: its current public key and version, the staged
-    rotation if one is in flight, an emergency's handover request. Public facts only; changes nothing."""
-    try:
-        return ctx.store.describe(ctx.location)
-    except ConnectorError as exc:
-        raise connector_failure("plan", exc) from None
-
-
-@step("plan", timeout_s=60)
-def staged_mode(ctx: EntryContext) -> Mode | None:
-    """The staged rotation's mode ("emergency" also for a scheduled one an emergency took over),
-    or None when nothing is staged or the store cannot say (the plan step then reports it)."""
-    try:
-        desc = entry_state(ctx)
-    except StepFailed:
-        return None
-    pending = desc.pending
-    if pending is None:
-        return None
-    if desc.handover is not None and desc.handover.rotation_id == pending.rotation_id:
-        return "emergency"
-    return pending.mode
-
-
-class ForwardOnly(BaseModel):
-    """A promoted rotation whose old key is already deleted from Langfuse: past the point of no
-    return, it can only go forward (rolling it back would make a dead pair current)."""
-
-    record: RotationRecord
-    store_version: StoreVersion | None
-
-    def describe(self) -> str:
-        return (
-            f"old key {self.record.old_public_key} is already deleted and {self.record.new_public_key} is current: "
-            "the rotation can only go forward; waiting for consumers and verifying before finishing it"
-        )
-
-    def facts(self) -> dict[str, Any]:
-        return {"new_public_key": self.record.new_public_key, "store_version": self.store_version}
-
-
-@step("plan", timeout_s=60)
-def past_revocation(ctx: EntryContext, rotation_id: str) -> ForwardOnly | None:
-    """Already done? The staged rotation ``rotation_id`` is promoted and its old key is gone from
-    Langfuse (deleted by the run that was killed, or by someone else): return it, to be carried
-    forward. None: it is not staged, not promoted, or its old key is still alive."""
-    desc = entry_state(ctx)
-    pending = desc.pending
-    if pending is None or pending.rotation_id != rotation_id or not desc.pending_promoted:
-        return None
-    try:
-        alive = pending.old_public_key is not None and (
-            ctx.admin.find_api_key(ctx.entry.project_id, pending.old_public_key) is not None
-        )
-    except ConnectorError as exc:
-        raise connector_failure("plan", exc) from None
-    return None if alive else ForwardOnly(record=pending, store_version=desc.current_version)
-
-
-@step("plan", timeout_s=120)
-def check_compromised_key(ctx: EntryContext, target: str) -> None:
-    """A compromised key named on the command line that is not one of this entry's own keys must
-    be a key of the entry's project that no other configured entry holds as its current or staged
-    key, whatever store that entry lives in (two store names may even point at the same server):
-    deleting it would cut that entry's services off. That entry must be contained by its own name.
-    Raises ``BadInputError`` (nothing changed) otherwise; changes nothing."""
-    try:
-        desc = entry_state(ctx)
-    except StepFailed:
-        return  # the plan step reports it
-    own = {desc.current_public_key}
-    if desc.pending is not None:
-        own |= {desc.pending.old_public_key, desc.pending.new_public_key}
-    if target in own:
-        return
-    keys = ctx.admin.list_api_keys(ctx.entry.project_id)
-    if not any(k.public_key == target for k in keys):
-        raise BadInputError(f"{target} is not a key of Langfuse project {ctx.entry.project_id} (already deleted?)")
-    for other in ctx.config.projects:
-        if other.name == ctx.entry.name:
-            continue
-        try:
-            theirs = ctx.store_for(other.store).describe(other.location())
-        except (ConnectorError, ValueError) as exc:
-            if other.project_id != ctx.entry.project_id:
-                continue  # a key of this project cannot be the working key of another project's entry
-            why = scrub(" ".join((str(exc) or type(exc).__name__).split()))
-            raise BadInputError(
-                f"{target} may be a key of entry '{other.name}', whose store '{other.store}' cannot be read "
-                f"({why}); nothing was changed: check that entry, or run emergency --project {other.name}"
-            ) from None
-        held = {theirs.current_public_key: "current"}
-        if theirs.pending is not None:
-            held.setdefault(theirs.pending.new_public_key, "staged")
-            held.setdefault(theirs.pending.old_public_key, "current")
-        if target in held:
-            raise BadInputError(
-                f"{target} is the {held[target]} key of entry '{other.name}' (store '{other.store}'), not a stray "
-                f"key of '{ctx.entry.name}'; nothing was changed: run emergency --project {other.name}"
-            )
 
 
 class ReconcileOutcome(BaseModel):
@@ -653,6 +545,28 @@ class RollbackOutcome(BaseModel):
     new_key_kept: str | None = None
     """Why the new key was kept although the store was restored: a consumer is not proven back on
     the old key (set only in that case; the run then needs a person, not a retry)."""
+    old_public_key: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        """The old pair is current again and the new key is gone: nothing is left to do."""
+        return self.store_restored and self.new_key_deleted and not self.errors
+
+    @property
+    def status(self) -> Literal["rolled_back", "needs_attention", "failed"]:
+        """``needs_attention``: the store is back on the old pair, but a key some consumer may run
+        on is alive, and a person decides; ``failed``: the rollback is incomplete."""
+        if self.clean:
+            return "rolled_back"
+        return "needs_attention" if self.new_key_kept is not None else "failed"
+
+    def describe(self) -> str:
+        restored = f"old pair {self.old_public_key} current again (version {self.restored_version})"
+        if self.clean:
+            return f"{restored}; new key deleted"
+        if self.new_key_kept is not None:
+            return "; ".join([restored, *self.errors])
+        return "; ".join(self.errors)
 
 
 @step("rollback", retries=1, timeout_s=180, plus=("wait_timeout_s",))  # its store calls retry 60 s inside
@@ -736,6 +650,7 @@ def rollback(
         old_pair_valid=_current_pair_works(ctx, plan.old_public_key) if store_restored else None,
         errors=[scrub(e) for e in errors],
         new_key_kept=kept if store_restored else None,
+        old_public_key=plan.old_public_key,
     )
 
 
@@ -802,3 +717,112 @@ def _current_pair_works(ctx: EntryContext, expected_public_key: str | None) -> b
 
 def _resource(ctx: EntryContext) -> str:
     return f"langfuse-project:{ctx.entry.project_id}/entry:{ctx.entry.name}"
+
+
+# --- the plan's read-only checks ----------------------------------------------------------------
+# The checklists call them in-process, before and between the steps that change anything, never
+# as tasks of their own; their failures report as "plan".
+
+
+@step("plan", timeout_s=60)
+def entry_state(ctx: EntryContext) -> StoreDescription:
+    """What the store says about the entry now: its current public key and version, the staged
+    rotation if one is in flight, an emergency's handover request. Public facts only; changes nothing."""
+    try:
+        return ctx.store.describe(ctx.location)
+    except ConnectorError as exc:
+        raise connector_failure("plan", exc) from None
+
+
+@step("plan", timeout_s=60)
+def staged_mode(ctx: EntryContext) -> Mode | None:
+    """The staged rotation's mode ("emergency" also for a scheduled one an emergency took over),
+    or None when nothing is staged or the store cannot say (the plan step then reports it)."""
+    try:
+        desc = ctx.store.describe(ctx.location)
+    except ConnectorError:
+        return None
+    pending = desc.pending
+    if pending is None:
+        return None
+    if desc.handover is not None and desc.handover.rotation_id == pending.rotation_id:
+        return "emergency"
+    return pending.mode
+
+
+class ForwardOnly(BaseModel):
+    """A promoted rotation whose old key is already deleted from Langfuse: past the point of no
+    return, it can only go forward (rolling it back would make a dead pair current)."""
+
+    record: RotationRecord
+    store_version: StoreVersion | None
+
+    def describe(self) -> str:
+        return (
+            f"old key {self.record.old_public_key} is already deleted and {self.record.new_public_key} is current: "
+            "the rotation can only go forward; waiting for consumers and verifying before finishing it"
+        )
+
+    def facts(self) -> dict[str, Any]:
+        return {"new_public_key": self.record.new_public_key, "store_version": self.store_version}
+
+
+@step("plan", timeout_s=60)
+def past_revocation(ctx: EntryContext, rotation_id: str) -> ForwardOnly | None:
+    """Already done? The staged rotation ``rotation_id`` is promoted and its old key is gone from
+    Langfuse (deleted by the run that was killed, or by someone else): return it, to be carried
+    forward. None: it is not staged, not promoted, or its old key is still alive."""
+    desc = entry_state(ctx)
+    pending = desc.pending
+    if pending is None or pending.rotation_id != rotation_id or not desc.pending_promoted:
+        return None
+    try:
+        alive = pending.old_public_key is not None and (
+            ctx.admin.find_api_key(ctx.entry.project_id, pending.old_public_key) is not None
+        )
+    except ConnectorError as exc:
+        raise connector_failure("plan", exc) from None
+    return None if alive else ForwardOnly(record=pending, store_version=desc.current_version)
+
+
+@step("plan", timeout_s=120)
+def check_compromised_key(ctx: EntryContext, target: str) -> None:
+    """A compromised key named on the command line that is not one of this entry's own keys must
+    be a key of the entry's project that no other configured entry holds as its current or staged
+    key, whatever store that entry lives in (two store names may even point at the same server):
+    deleting it would cut that entry's services off. That entry must be contained by its own name.
+    Raises ``BadInputError`` (nothing changed) otherwise; changes nothing."""
+    try:
+        desc = entry_state(ctx)
+    except StepFailed:
+        return  # the plan step reports it
+    own = {desc.current_public_key}
+    if desc.pending is not None:
+        own |= {desc.pending.old_public_key, desc.pending.new_public_key}
+    if target in own:
+        return
+    keys = ctx.admin.list_api_keys(ctx.entry.project_id)
+    if not any(k.public_key == target for k in keys):
+        raise BadInputError(f"{target} is not a key of Langfuse project {ctx.entry.project_id} (already deleted?)")
+    for other in ctx.config.projects:
+        if other.name == ctx.entry.name:
+            continue
+        try:
+            theirs = ctx.store_for(other.store).describe(other.location())
+        except (ConnectorError, ValueError) as exc:
+            if other.project_id != ctx.entry.project_id:
+                continue  # a key of this project cannot be the working key of another project's entry
+            why = scrub(" ".join((str(exc) or type(exc).__name__).split()))
+            raise BadInputError(
+                f"{target} may be a key of entry '{other.name}', whose store '{other.store}' cannot be read "
+                f"({why}); nothing was changed: check that entry, or run emergency --project {other.name}"
+            ) from None
+        held = {theirs.current_public_key: "current"}
+        if theirs.pending is not None:
+            held.setdefault(theirs.pending.new_public_key, "staged")
+            held.setdefault(theirs.pending.old_public_key, "current")
+        if target in held:
+            raise BadInputError(
+                f"{target} is the {held[target]} key of entry '{other.name}' (store '{other.store}'), not a stray "
+                f"key of '{ctx.entry.name}'; nothing was changed: run emergency --project {other.name}"
+            )
