@@ -156,7 +156,9 @@ def _run_emergency(args: argparse.Namespace, out: Output) -> int:
         from flows.execute import execute
         from flows.runner import DirectRunner
 
-        result = execute("emergency", args.project, path, DirectRunner(), compromised_public_key=args.public_key)
+        result = execute(
+            "emergency", args.project, path, DirectRunner(), compromised_public_key=args.public_key, config=config
+        )
         return _print_and_exit(result, "emergency", out)
     from flows.prefect_rest import prefect_api_url
 
@@ -191,7 +193,10 @@ def _run_reconcile(args: argparse.Namespace, out: Output) -> int:
     # Without Prefect, but under the same per-entry lock as rotations (Prefect's limit too, when a
     # server answers): a reconcile rolls back what it finds staged, which must not be a live run.
     lock_with_prefect = _prefect_usable(out, fallback="reconciling without Prefect's lock")
-    results = [execute("reconcile", name, path, DirectRunner(), lock_with_prefect=lock_with_prefect) for name in names]
+    results = [
+        execute("reconcile", name, path, DirectRunner(), lock_with_prefect=lock_with_prefect, config=config)
+        for name in names
+    ]
     for result in results:
         _fill_duration(result, out)
         print_result(result, command="reconcile", file=out.human)

@@ -22,9 +22,9 @@ from flows.handover import HandoverRequester
 from flows.lock import entry_lock
 from flows.models import Mode, RotationResult, Status
 from flows.notification import notified_run
+from flows.plan import entry_state
 from flows.procedure import Approver, run_emergency, run_reconcile, run_scheduled
 from flows.runner import StepRunner
-from flows.steps import entry_state
 from flows.tracking import one_line
 
 Kind = Literal["rotate", "emergency", "reconcile"]

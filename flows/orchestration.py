@@ -45,18 +45,6 @@ def reconcile_run_name() -> str:
     return run_name("reconcile")
 
 
-def all_entries_state(outcomes: dict[str, State[Any]]) -> State[Any] | dict[str, str]:
-    """The final state of a flow that ran one subflow per entry: failed when any entry failed.
-    The message starts with a status, so the failure hook does not notify again what each
-    entry's own run already notified."""
-    names = {entry: state.name or state.type.value for entry, state in outcomes.items()}
-    failed = [entry for entry, state in outcomes.items() if not state.is_completed()]
-    if not failed:
-        return names
-    summary = ", ".join(f"{entry} {names[entry]}" for entry in failed)
-    return Failed(message=f"failed: {len(failed)} of {len(outcomes)} entries did not complete: {summary}", data=names)
-
-
 def current_flow_run() -> tuple[str, str]:
     run_id = runtime_flow_run.id
     return str(run_id), str(runtime_flow_run.name or run_id)

@@ -25,8 +25,8 @@ from flows.crashpoints import crash_point
 from flows.errors import BadInputError, StepFailed, Superseded
 from flows.models import Mode, RotationPlan, RotationResult
 from flows.notification import notify
+from flows.plan import check_compromised_key, entry_state, past_revocation, plan_rotation, staged_mode
 from flows.runner import StepRunner
-from flows.steps import check_compromised_key, entry_state, past_revocation, plan_rotation, staged_mode
 from flows.tracking import RunTracker, one_line
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -25,12 +24,12 @@ from connectors.consumers import WaitOutcome
 from connectors.errors import ConnectorError, ConsumerError, StoreError
 from connectors.keypair import KeyPair
 from connectors.langfuse import LangfuseProjectClient
-from connectors.store import RotationRecord, StoreDescription, StoreVersion
+from connectors.store import RotationRecord, StoreVersion
 from flows.context import EntryContext
 from flows.contract import step
 from flows.crashpoints import crash_point
-from flows.errors import BadInputError, StepFailed
-from flows.models import Mode, RotationPlan
+from flows.errors import StepFailed
+from flows.models import RotationPlan
 from flows.progress import consumer_round
 from flows.redact import register_secret, scrub
 
@@ -55,41 +54,6 @@ def connector_failure(step_name: str, exc: ConnectorError) -> StepFailed:
 
 
 # --- plan & reconcile ---------------------------------------------------------------------------
-
-
-def plan_rotation(ctx: EntryContext, mode: Mode) -> RotationPlan:
-    """Decide what this run does: resume the staged rotation if there is one, else start a new one."""
-    try:
-        desc = ctx.store.describe(ctx.location)
-    except StoreError as exc:
-        raise connector_failure("plan", exc) from None
-    if not desc.exists:
-        raise StepFailed("plan", f"no secret at {ctx.store_label}: store the entry's current key there first")
-    common: dict[str, Any] = {
-        "entry": ctx.entry.name,
-        "project_id": ctx.entry.project_id,
-        "mode": mode,
-        "store_name": ctx.store_name,
-        "store_location": ctx.store_label,
-        "consumers": [c.name for c in ctx.consumers],
-    }
-    pending = desc.pending
-    if pending is not None:
-        return RotationPlan(
-            rotation_id=pending.rotation_id,
-            old_public_key=pending.old_public_key,
-            old_version=pending.old_version,
-            new_public_key=pending.new_public_key,
-            resumed=True,
-            note="resuming a rotation a previous run started",
-            **common,
-        )
-    return RotationPlan(
-        rotation_id=str(uuid.uuid4()),
-        old_public_key=desc.current_public_key,
-        old_version=desc.current_version,
-        **common,
-    )
 
 
 class ReconcileOutcome(BaseModel):
@@ -297,7 +261,7 @@ class ConsumerOutcome(BaseModel):
 
 
 @step("wait_for_restarts", retries=0, timeout_s=60, plus=("wait_timeout_s", "grace_period_s"))
-def wait_for_restarts(ctx: EntryContext, public_key: str, *, trigger_restarts: bool = True) -> ConsumerOutcome:
+def wait_for_restarts(ctx: EntryContext, public_key: str) -> ConsumerOutcome:
     """Fire restart hooks, then wait until every consumer reports ``public_key``.
 
     Never raises: the caller decides what a lagging consumer means (roll back, or report).
@@ -311,13 +275,12 @@ def wait_for_restarts(ctx: EntryContext, public_key: str, *, trigger_restarts: b
             wait=empty, grace_period_s=ctx.entry.grace_period_s, public_key=public_key, timeout_s=timeout_s
         )
     restart_errors: dict[str, str] = {}
-    if trigger_restarts:
-        for consumer in ctx.consumers:
-            try:
-                ctx.consumer_client.restart(consumer)
-            except ConsumerError as exc:
-                restart_errors[consumer.name] = str(exc)
-        crash_point("after_restarts")
+    for consumer in ctx.consumers:
+        try:
+            ctx.consumer_client.restart(consumer)
+        except ConsumerError as exc:
+            restart_errors[consumer.name] = str(exc)
+    crash_point("after_restarts")
     outcome = ctx.consumer_client.wait_for_public_key(
         ctx.consumers, public_key, timeout_s=ctx.entry.wait_timeout_s, on_round=consumer_round(public_key)
     )
@@ -377,7 +340,6 @@ class RevokeOutcome(BaseModel):
     key_id: str | None
     deleted_now: bool
     rejected: bool | None
-    cache_action: str | None = None
     idle_recheck_due: bool = False
     detail: str = ""
 
@@ -395,7 +357,7 @@ def revoke(
     """Delete ``public_key`` from Langfuse, then prove it is rejected.
 
     Probes once (a successful probe refreshes a stale cache entry on Langfuse <= 4.16, so never in
-    a loop). If the revoked key is still accepted (§3.3 of the reference: the API-key cache race):
+    a loop). If the revoked key is still accepted (README "The revocation race": the API-key cache):
     with an instance admin key, invalidate the whole cache and probe again; otherwise keep the key
     idle for ``revoke_recheck_s`` (the cache TTL plus a margin) and probe once more.
 
@@ -437,7 +399,6 @@ def revoke(
             key_id=key_id,
             deleted_now=deleted_now,
             rejected=True,
-            cache_action=action,
             detail=f"deleted; its secret is not in the store, so it was not probed; {action}",
         )
     with LangfuseProjectClient(ctx.host, pair, timeout_s=ctx.config.langfuse.timeout_s) as client:
@@ -504,7 +465,6 @@ def _after_cache_handling(
         key_id=key_id,
         deleted_now=deleted_now,
         rejected=rejected,
-        cache_action=action,
         detail=f"revoked key was still accepted right after delete; {action}; {detail}",
     )
 
@@ -540,7 +500,6 @@ class RollbackOutcome(BaseModel):
     store_restored: bool
     restored_version: StoreVersion | None = None
     new_key_deleted: bool
-    old_pair_valid: bool | None = None
     errors: list[str] = []
     new_key_kept: str | None = None
     """Why the new key was kept although the store was restored: a consumer is not proven back on
@@ -569,10 +528,12 @@ class RollbackOutcome(BaseModel):
         return "; ".join(self.errors)
 
 
-@step("rollback", retries=1, timeout_s=180, plus=("wait_timeout_s",))  # its store calls retry 60 s inside
-def rollback(
-    ctx: EntryContext, plan: RotationPlan, *, store_retry_s: float = 60.0, consumer_wait_s: float | None = None
-) -> RollbackOutcome:
+ROLLBACK_STORE_RETRY_S = 60.0
+"""How long a rollback keeps retrying a store that does not answer (e.g. sealed) before it reports."""
+
+
+@step("rollback", retries=1, timeout_s=180, plus=("wait_timeout_s",))  # store calls retry 60 s inside
+def rollback(ctx: EntryContext, plan: RotationPlan) -> RollbackOutcome:
     """Return to the old pair: store first, then consumers, then delete the new key.
 
     The store is restored before the new key is deleted so a consumer that already adopted the new
@@ -580,19 +541,17 @@ def rollback(
     serve it as current, nor unless every consumer is proven (by its health endpoint) back on the
     old key once the new pair had been promoted: a consumer whose health check fails may be running
     on the new key, so the key is kept and ``new_key_kept`` says why. Store calls are retried for
-    ``store_retry_s`` (a sealed Vault is often unsealed within minutes); consumers get
-    ``consumer_wait_s`` to come back (default: the entry's ``wait_timeout_s``, the time they get to
-    switch); what cannot be undone is reported, and ``reconcile`` finishes it.
+    ``ROLLBACK_STORE_RETRY_S`` (a sealed Vault is often unsealed within minutes); consumers get the
+    entry's ``wait_timeout_s`` (the time they got to switch) to come back; what cannot be undone is
+    reported, and ``reconcile`` finishes it.
     """
-    if consumer_wait_s is None:
-        consumer_wait_s = ctx.entry.wait_timeout_s
     errors: list[str] = []
     record: RotationRecord | None = None
     new_public_key = plan.new_public_key
     store_restored = False
     restored_version: StoreVersion | None = None
     was_promoted = False
-    deadline = time.monotonic() + store_retry_s
+    deadline = time.monotonic() + ROLLBACK_STORE_RETRY_S
     while True:
         try:
             desc = ctx.store.describe(ctx.location)
@@ -621,7 +580,7 @@ def rollback(
         ctx.audit.record("store.rollback", _resource(ctx), "done", store_version=restored_version)
     not_back: dict[str, str] = {}
     if store_restored and was_promoted and ctx.consumers and plan.old_public_key is not None:
-        not_back = _move_consumers_back(ctx, plan.old_public_key, consumer_wait_s)
+        not_back = _move_consumers_back(ctx, plan.old_public_key, ctx.entry.wait_timeout_s)
         crash_point("after_rollback_restarts")
     new_key_deleted = False
     kept: str | None = None
@@ -647,7 +606,6 @@ def rollback(
         store_restored=store_restored,
         restored_version=restored_version,
         new_key_deleted=new_key_deleted or new_public_key is None,
-        old_pair_valid=_current_pair_works(ctx, plan.old_public_key) if store_restored else None,
         errors=[scrub(e) for e in errors],
         new_key_kept=kept if store_restored else None,
         old_public_key=plan.old_public_key,
@@ -703,126 +661,5 @@ def _move_consumers_back(ctx: EntryContext, old_public_key: str, wait_s: float) 
     }
 
 
-def _current_pair_works(ctx: EntryContext, expected_public_key: str | None) -> bool | None:
-    try:
-        current = ctx.store.read_current(ctx.location)
-        register_secret(current.secret_key)
-        if expected_public_key is not None and current.public_key != expected_public_key:
-            return False
-        with LangfuseProjectClient(ctx.host, current.key_pair(), timeout_s=ctx.config.langfuse.timeout_s) as client:
-            return client.auth_check().id == ctx.entry.project_id
-    except ConnectorError:
-        return None
-
-
 def _resource(ctx: EntryContext) -> str:
     return f"langfuse-project:{ctx.entry.project_id}/entry:{ctx.entry.name}"
-
-
-# --- the plan's read-only checks ----------------------------------------------------------------
-# The checklists call them in-process, before and between the steps that change anything, never
-# as tasks of their own; their failures report as "plan".
-
-
-@step("plan", timeout_s=60)
-def entry_state(ctx: EntryContext) -> StoreDescription:
-    """What the store says about the entry now: its current public key and version, the staged
-    rotation if one is in flight, an emergency's handover request. Public facts only; changes nothing."""
-    try:
-        return ctx.store.describe(ctx.location)
-    except ConnectorError as exc:
-        raise connector_failure("plan", exc) from None
-
-
-@step("plan", timeout_s=60)
-def staged_mode(ctx: EntryContext) -> Mode | None:
-    """The staged rotation's mode ("emergency" also for a scheduled one an emergency took over),
-    or None when nothing is staged or the store cannot say (the plan step then reports it)."""
-    try:
-        desc = ctx.store.describe(ctx.location)
-    except ConnectorError:
-        return None
-    pending = desc.pending
-    if pending is None:
-        return None
-    if desc.handover is not None and desc.handover.rotation_id == pending.rotation_id:
-        return "emergency"
-    return pending.mode
-
-
-class ForwardOnly(BaseModel):
-    """A promoted rotation whose old key is already deleted from Langfuse: past the point of no
-    return, it can only go forward (rolling it back would make a dead pair current)."""
-
-    record: RotationRecord
-    store_version: StoreVersion | None
-
-    def describe(self) -> str:
-        return (
-            f"old key {self.record.old_public_key} is already deleted and {self.record.new_public_key} is current: "
-            "the rotation can only go forward; waiting for consumers and verifying before finishing it"
-        )
-
-    def facts(self) -> dict[str, Any]:
-        return {"new_public_key": self.record.new_public_key, "store_version": self.store_version}
-
-
-@step("plan", timeout_s=60)
-def past_revocation(ctx: EntryContext, rotation_id: str) -> ForwardOnly | None:
-    """Already done? The staged rotation ``rotation_id`` is promoted and its old key is gone from
-    Langfuse (deleted by the run that was killed, or by someone else): return it, to be carried
-    forward. None: it is not staged, not promoted, or its old key is still alive."""
-    desc = entry_state(ctx)
-    pending = desc.pending
-    if pending is None or pending.rotation_id != rotation_id or not desc.pending_promoted:
-        return None
-    try:
-        alive = pending.old_public_key is not None and (
-            ctx.admin.find_api_key(ctx.entry.project_id, pending.old_public_key) is not None
-        )
-    except ConnectorError as exc:
-        raise connector_failure("plan", exc) from None
-    return None if alive else ForwardOnly(record=pending, store_version=desc.current_version)
-
-
-@step("plan", timeout_s=120)
-def check_compromised_key(ctx: EntryContext, target: str) -> None:
-    """A compromised key named on the command line that is not one of this entry's own keys must
-    be a key of the entry's project that no other configured entry holds as its current or staged
-    key, whatever store that entry lives in (two store names may even point at the same server):
-    deleting it would cut that entry's services off. That entry must be contained by its own name.
-    Raises ``BadInputError`` (nothing changed) otherwise; changes nothing."""
-    try:
-        desc = entry_state(ctx)
-    except StepFailed:
-        return  # the plan step reports it
-    own = {desc.current_public_key}
-    if desc.pending is not None:
-        own |= {desc.pending.old_public_key, desc.pending.new_public_key}
-    if target in own:
-        return
-    keys = ctx.admin.list_api_keys(ctx.entry.project_id)
-    if not any(k.public_key == target for k in keys):
-        raise BadInputError(f"{target} is not a key of Langfuse project {ctx.entry.project_id} (already deleted?)")
-    for other in ctx.config.projects:
-        if other.name == ctx.entry.name:
-            continue
-        try:
-            theirs = ctx.store_for(other.store).describe(other.location())
-        except (ConnectorError, ValueError) as exc:
-            if other.project_id != ctx.entry.project_id:
-                continue  # a key of this project cannot be the working key of another project's entry
-            why = scrub(" ".join((str(exc) or type(exc).__name__).split()))
-            raise BadInputError(
-                f"{target} may be a key of entry '{other.name}', whose store '{other.store}' cannot be read "
-                f"({why}); nothing was changed: check that entry, or run emergency --project {other.name}"
-            ) from None
-        held = {theirs.current_public_key: "current"}
-        if theirs.pending is not None:
-            held.setdefault(theirs.pending.new_public_key, "staged")
-            held.setdefault(theirs.pending.old_public_key, "current")
-        if target in held:
-            raise BadInputError(
-                f"{target} is the {held[target]} key of entry '{other.name}' (store '{other.store}'), not a stray "
-                f"key of '{ctx.entry.name}'; nothing was changed: run emergency --project {other.name}"
-            )

@@ -22,7 +22,7 @@ from flows.config import RotationConfig
 from flows.context import EntryContext
 from flows.errors import BadInputError, StepFailed
 from flows.models import RotationPlan
-from flows.steps import check_compromised_key, past_revocation, plan_rotation, staged_mode
+from flows.plan import check_compromised_key, past_revocation, plan_rotation, staged_mode
 from tests.fakes import MemoryStore
 from tests.fixtures.langfuse_sim import SimHandle
 
