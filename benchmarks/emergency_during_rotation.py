@@ -33,7 +33,7 @@ from benchmarks.time_to_contain import Stack, entry_name, local_stack  # noqa: E
 from connectors.langfuse import LangfuseProjectClient  # noqa: E402
 
 TARGET_S = 10.0
-HOLDER = "import sys; from flows.execute import execute; from flows.runner import DirectRunner; from flows.output import print_result; r = execute('rotate', sys.argv[1], sys.argv[2], DirectRunner()); print_result(r, as_json=True); sys.exit(int(r.exit_code))"  # noqa: E501
+HOLDER = "import sys; from flows.entry_run import execute; from flows.step_runners import DirectRunner; from flows.output import print_result; r = execute('rotate', sys.argv[1], sys.argv[2], DirectRunner()); print_result(r, as_json=True); sys.exit(int(r.exit_code))"  # noqa: E501
 
 
 class StuckConsumer:

@@ -328,7 +328,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def audited_run(fn: F) -> F:
-    """For ``flows.execute.execute(kind, project, config_path, runner, ..., config=None)``: loads
+    """For ``flows.entry_run.execute(kind, project, config_path, runner, ..., config=None)``: loads
     the configuration once, unless the caller already did (``config``), and hands it down as
     ``config``; every call writes exactly one final line, whatever happens inside (result, bad
     input, a configuration that cannot be read, an unexpected error)."""

@@ -153,8 +153,8 @@ def _run_rotate(args: argparse.Namespace, out: Output) -> int:
 def _run_emergency(args: argparse.Namespace, out: Output) -> int:
     path, config = _load(args)
     if args.no_prefect or not _prefect_usable(out, fallback="running without Prefect"):
-        from flows.execute import execute
-        from flows.runner import DirectRunner
+        from flows.entry_run import execute
+        from flows.step_runners import DirectRunner
 
         result = execute(
             "emergency", args.project, path, DirectRunner(), compromised_public_key=args.public_key, config=config
@@ -184,8 +184,8 @@ def _run_emergency(args: argparse.Namespace, out: Output) -> int:
 
 def _run_reconcile(args: argparse.Namespace, out: Output) -> int:
     from flows.config import RotationConfig
-    from flows.execute import execute
-    from flows.runner import DirectRunner
+    from flows.entry_run import execute
+    from flows.step_runners import DirectRunner
 
     path, config = _load(args)
     assert isinstance(config, RotationConfig)

@@ -1,6 +1,6 @@
 """Each step declares its contract where it is defined: ``@step(name=..., retries=..., timeout_s=...)``.
 
-Both runners (``flows.runner``) read it: the Prefect runner turns it into the task's name, retries
+Both runners (``flows.step_runners``) read it: the Prefect runner turns it into the task's name, retries
 and timeout; the in-process runner retries and enforces the deadline the same way. Prefect-free on
 purpose, so the steps stay plain functions a script or a test can call directly.
 """

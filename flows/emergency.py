@@ -1,4 +1,4 @@
-"""Emergency containment as a Prefect flow. The checklist is ``flows.procedure.run_emergency``:
+"""Emergency containment as a Prefect flow. The checklist is ``flows.checklists.run_emergency``:
 
     plan + reconcile → create (write ahead) → promote → REVOKE the compromised key now
     → prove it is rejected → restart hooks + wait (report who is still on the old key)
@@ -23,20 +23,20 @@ from prefect.states import Completed
 from connectors.notify import Notification
 from flows.audit import AuditLog, audit_path_for, audit_result, resource_id
 from flows.config import RotationConfig, load_config
-from flows.execute import execute
-from flows.hooks import notify_unhandled_failure
-from flows.initiator import flow_run_audit
-from flows.lock import prefect_server_configured
-from flows.models import RotationResult
-from flows.notification import notification_for, send_to
-from flows.orchestration import (
+from flows.entry_run import execute
+from flows.flow_run import (
     current_flow_run,
     emergency_run_name,
     final_state,
     publish_summary,
     tag_flow_run,
 )
-from flows.runner import PrefectRunner
+from flows.hooks import notify_unhandled_failure
+from flows.initiator import flow_run_audit
+from flows.lock import prefect_server_configured
+from flows.models import RotationResult
+from flows.notification import notification_for, send_to
+from flows.step_runners import PrefectRunner
 from flows.trigger import EventRefused, check_entry, check_key, emergency_slot, mark_event_started
 from flows.trust import refuse_job_overrides
 

@@ -1,6 +1,6 @@
 """Fleet rotation: every entry of the configuration, concurrently (README "Fleet rotation").
 
-Each entry runs the same checklist as ``rotate --project`` (``flows.execute``), at most
+Each entry runs the same checklist as ``rotate --project`` (``flows.entry_run``), at most
 ``concurrency`` at a time, so the waits for consumers overlap. One entry failing never stops the
 others. Requests are paced (``flows.pacing``); entries rotated within
 ``fleet.skip_if_rotated_within`` are ``skipped`` and unfinished ones resume, so rerunning a killed
@@ -29,15 +29,15 @@ from connectors.store import SecretStore
 from flows import steps
 from flows.audit import AuditLog
 from flows.config import ProjectEntry, RotationConfig
-from flows.execute import execute
+from flows.entry_run import execute
 from flows.models import ExitCode, RotationResult, StepRecord
 from flows.notification import held_for_summary
 from flows.pacing import fleet_pacing
 from flows.redact import install_redaction, scrub
-from flows.runner import DirectRunner, StepRunner
+from flows.step_runners import DirectRunner, StepRunner
+from flows.step_table import one_line
 from flows.stores import build_store
 from flows.templates import Generated, expand, organization_projects
-from flows.tracking import one_line
 
 FleetStatus = Literal["rotated", "partial", "failed", "needs_attention", "planned"]
 DEFAULT_CONCURRENCY = 16

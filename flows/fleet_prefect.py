@@ -20,8 +20,8 @@ from uuid import UUID
 from flows.artifact import artifact_key, summary_markdown
 from flows.config import ProjectEntry, RotationConfig
 from flows.fleet import FleetProgress, FleetResult, ProgressSink
+from flows.flow_run import final_state
 from flows.models import RotationResult
-from flows.orchestration import final_state
 
 ENTRY_FLOW_NAME = "langfuse-key-rotation"
 PROGRESS_KEY = "langfuse-fleet-progress"
@@ -241,8 +241,8 @@ def run_fleet_flow(
     with a Prefect server) handed out in batches to the work pool."""
     from flows.config import load_config
     from flows.fleet import run_fleet, terminal_progress_sink
+    from flows.flow_run import tag_flow_run
     from flows.lock import prefect_server_configured
-    from flows.orchestration import tag_flow_run
 
     config: RotationConfig = load_config(config_path)
     tag_flow_run(flow_run_id, project="all", mode="scheduled", store="all")

@@ -1,7 +1,7 @@
 """The apprise notification of a run's outcome: public facts only, scrubbed once more.
 
 Every failed run notifies, once: the checklists notify the outcomes they reach themselves
-(``notify``); ``notified_run`` (around ``flows.execute.execute``) notifies a failed or refused
+(``notify``); ``notified_run`` (around ``flows.entry_run.execute``) notifies a failed or refused
 result nobody notified yet (a setup failure, a run refused because another holds the key).
 """
 
@@ -24,7 +24,7 @@ from flows.errors import ConfigError
 from flows.events import emit_rotation_event
 from flows.models import RotationResult
 from flows.redact import scrub
-from flows.tracking import one_line
+from flows.step_table import one_line
 
 NOTIFY_URLS_ENV_VAR = "LANGFUSE_ROTATE_NOTIFY_URLS"
 """Whitespace-separated apprise URLs for failures that happen before any configuration could be

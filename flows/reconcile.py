@@ -11,11 +11,11 @@ from prefect import flow
 from prefect.states import Failed
 
 from flows.config import load_config
-from flows.execute import execute
+from flows.entry_run import execute
+from flows.flow_run import current_flow_run, publish_summary, reconcile_run_name
 from flows.hooks import notify_unhandled_failure
 from flows.initiator import flow_run_audit
-from flows.orchestration import current_flow_run, publish_summary, reconcile_run_name
-from flows.runner import PrefectRunner
+from flows.step_runners import PrefectRunner
 from flows.trust import refuse_job_overrides
 
 _DONE = {"reconciled"}

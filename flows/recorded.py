@@ -19,10 +19,10 @@ import httpx
 
 from flows.artifact import artifact_key, summary_markdown
 from flows.config import RotationConfig
-from flows.execute import execute
+from flows.entry_run import execute
 from flows.models import RotationResult
 from flows.prefect_rest import PrefectApiError, PrefectRest
-from flows.runner import DirectRunner
+from flows.step_runners import DirectRunner
 
 EMERGENCY_FLOW = "langfuse-key-emergency"
 _OK = {"rotated", "contained", "reconciled", "planned"}
@@ -35,7 +35,7 @@ class _RecordedRunner(DirectRunner):
 
 
 def state_of(result: RotationResult) -> dict[str, object]:
-    """The final state a flow run of this result gets (as ``flows.orchestration.final_state``)."""
+    """The final state a flow run of this result gets (as ``flows.flow_run.final_state``)."""
     if result.status in _OK:
         return {"type": "COMPLETED", "name": "Completed"}
     message = f"{result.status}: {result.error or 'see the summary artifact'}"

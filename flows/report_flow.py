@@ -22,8 +22,8 @@ from connectors.notify import Notification, Notifier, NotifyTarget
 from flows.compliance import Report, collect_report, report_markdown, report_table
 from flows.config import RotationConfig, load_config
 from flows.events import emit_report_events
+from flows.flow_run import current_flow_run, run_name
 from flows.hooks import notify_unhandled_failure
-from flows.orchestration import current_flow_run, run_name
 from flows.redact import install_redaction, scrub
 
 MARKDOWN_KEY = "langfuse-compliance-report"

@@ -1,4 +1,4 @@
-"""The scheduled rotation as a Prefect flow. The checklist itself is ``flows.procedure.run_scheduled``:
+"""The scheduled rotation as a Prefect flow. The checklist itself is ``flows.checklists.run_scheduled``:
 
     plan + reconcile → 1 create (write ahead, then Langfuse) → [approval] → 2 store (promote)
     → 3 wait for restarts → 4 verify (auth + canary) → 5 revoke + prove rejected → finish → notify
@@ -13,10 +13,8 @@ from typing import Any
 from prefect import flow
 
 from flows.config import load_config
-from flows.execute import execute
-from flows.hooks import notify_unhandled_failure
-from flows.initiator import flow_run_audit
-from flows.orchestration import (
+from flows.entry_run import execute
+from flows.flow_run import (
     current_flow_run,
     final_state,
     pause_for_approval,
@@ -24,7 +22,9 @@ from flows.orchestration import (
     rotate_run_name,
     tag_flow_run,
 )
-from flows.runner import PrefectRunner
+from flows.hooks import notify_unhandled_failure
+from flows.initiator import flow_run_audit
+from flows.step_runners import PrefectRunner
 from flows.trust import refuse_job_overrides
 
 

@@ -1,7 +1,7 @@
 """The rotation's steps, as plain functions: one job each, and each starts with "already done?".
 
 Each declares its contract where it is defined (``@step``: the task name users see, retries,
-timeout); ``flows.runner`` runs it as a Prefect task, or in-process when no Prefect is reachable,
+timeout); ``flows.step_runners`` runs it as a Prefect task, or in-process when no Prefect is reachable,
 by that contract. The invariants they keep together:
 - A new pair is written ahead to the store's staging place *before* it exists in Langfuse, so
   every key this tool creates has its secret recoverable and is tracked by a durable record.

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows.execute import execute
+from flows.entry_run import execute
 from flows.output import print_result
-from flows.runner import DirectRunner
+from flows.step_runners import DirectRunner
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from devstack.prefect_server import free_port
-from flows.execute import execute
+from flows.entry_run import execute
 from flows.lock import local_lock
-from flows.runner import DirectRunner
+from flows.step_runners import DirectRunner
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 single_store = pytest.mark.parametrize("any_store", ["vault"], indirect=True)

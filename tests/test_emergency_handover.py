@@ -19,9 +19,9 @@ import pytest
 
 from devstack.prefect_server import PrefectServer
 from flows.crashpoints import CRASH_ENV_VAR
-from flows.execute import execute
+from flows.entry_run import execute
 from flows.lock import lock_name
-from flows.runner import DirectRunner
+from flows.step_runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.rotation import ENTRY, RotationEnv
 from tests.test_concurrency import created_keys, finish, gate, start, wait_until
@@ -217,12 +217,12 @@ def test_an_emergency_that_cannot_even_connect_notifies_as_an_emergency(rotation
 def test_an_emergency_that_fails_unexpectedly_notifies_as_an_emergency(
     rotation_env: RotationEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flows.execute
+    import flows.entry_run
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("something nobody foresaw")
 
-    monkeypatch.setattr(flows.execute, "run_emergency", broken)
+    monkeypatch.setattr(flows.entry_run, "run_emergency", broken)
 
     result = execute("emergency", ENTRY, str(rotation_env.write_config()), DirectRunner())
 

@@ -15,9 +15,9 @@ import pytest
 
 from devstack.prefect_server import PrefectServer
 from flows import events
-from flows.execute import execute
+from flows.entry_run import execute
 from flows.report_flow import MARKDOWN_KEY, TABLE_KEY, compliance_report
-from flows.runner import DirectRunner
+from flows.step_runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.inventory import SECOND, InventoryEnv
 from tests.fixtures.rotation import ENTRY

@@ -22,9 +22,9 @@ import yaml
 from botocore.awsrequest import AWSResponse
 
 from devstack.net import free_port
-from flows.execute import execute
+from flows.entry_run import execute
 from flows.models import RotationResult
-from flows.runner import DirectRunner
+from flows.step_runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.rotation import ENTRY, RotationEnv
 from tests.fixtures.stores import throttle_on_the_wire

@@ -21,9 +21,9 @@ from connectors.consumers import Consumer, ConsumerClient
 from connectors.errors import ConsumerError
 from devstack.consumer import start_consumer_process
 from flows.config import parse_config
+from flows.entry_run import execute
 from flows.errors import ConfigError
-from flows.execute import execute
-from flows.runner import DirectRunner
+from flows.step_runners import DirectRunner
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 PY = sys.executable

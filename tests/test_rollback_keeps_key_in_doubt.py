@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 import time
 
-from flows.execute import execute
+from flows.entry_run import execute
 from flows.models import RotationResult
-from flows.runner import DirectRunner
+from flows.step_runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.rotation import ENTRY, RotationEnv
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import flows.config
-from flows.execute import execute
-from flows.runner import DirectRunner
+from flows.entry_run import execute
+from flows.step_runners import DirectRunner
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 

@@ -8,8 +8,8 @@ from pydantic import SecretStr
 
 from connectors.keypair import KeyPair
 from connectors.store import SecretLocation
-from flows.execute import execute
-from flows.runner import DirectRunner
+from flows.entry_run import execute
+from flows.step_runners import DirectRunner
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 

@@ -22,7 +22,7 @@ from connectors.errors import (
 from devstack.prefect_server import PrefectServer
 from flows.contract import contract_of, step
 from flows.errors import StepFailed
-from flows.runner import DirectRunner, PrefectRunner, StepRunner, retryable
+from flows.step_runners import DirectRunner, PrefectRunner, StepRunner, retryable
 
 
 def flaky(failures: list[BaseException], calls: list[str]) -> Callable[..., str]:

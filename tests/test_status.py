@@ -13,8 +13,8 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.keypair import KeyPair
-from flows.execute import execute
-from flows.runner import DirectRunner
+from flows.entry_run import execute
+from flows.step_runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.inventory import SECOND, InventoryEnv
 from tests.fixtures.rotation import ENTRY

@@ -15,10 +15,10 @@ from devstack.prefect_server import PrefectServer
 from flows import steps
 from flows.config import load_config
 from flows.contract import contract_of, step
+from flows.entry_run import execute
 from flows.errors import StepFailed
-from flows.execute import execute
 from flows.models import RotationResult
-from flows.runner import DirectRunner, PrefectRunner
+from flows.step_runners import DirectRunner, PrefectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.rotation import ENTRY, RotationEnv
 

@@ -5,7 +5,7 @@ entry to a clean state.
 Each step is a function of ``flows.steps`` that declares its contract (name, retries, deadline)
 and starts with "already done?". ``run.step`` runs it through the ``StepRunner`` (a Prefect task,
 or in-process when no Prefect server is reachable) and records its outcome in the run's result
-(``flows.tracking``). Everything before revocation rolls back on any failure (``_rolled_back``);
+(``flows.step_table``). Everything before revocation rolls back on any failure (``_rolled_back``);
 revocation is the point of no return, after which problems are reported for a person (exit 4).
 """
 
@@ -26,8 +26,8 @@ from flows.errors import BadInputError, StepFailed, Superseded
 from flows.models import Mode, RotationPlan, RotationResult
 from flows.notification import notify
 from flows.plan import check_compromised_key, entry_state, past_revocation, plan_rotation, staged_mode
-from flows.runner import StepRunner
-from flows.tracking import RunTracker, one_line
+from flows.step_runners import StepRunner
+from flows.step_table import RunTracker, one_line
 
 
 class ApprovalDecision(BaseModel):

@@ -15,6 +15,7 @@ from typing import Literal
 from connectors.errors import ConnectorError
 from connectors.store import RotationRecord
 from flows.audit import audited_run
+from flows.checklists import Approver, run_emergency, run_reconcile, run_scheduled
 from flows.config import RotationConfig
 from flows.context import EntryContext
 from flows.errors import BadInputError, ConfigError, RotationInProgressError, StepFailed
@@ -23,9 +24,8 @@ from flows.lock import entry_lock
 from flows.models import Mode, RotationResult, Status
 from flows.notification import notified_run
 from flows.plan import entry_state
-from flows.procedure import Approver, run_emergency, run_reconcile, run_scheduled
-from flows.runner import StepRunner
-from flows.tracking import one_line
+from flows.step_runners import StepRunner
+from flows.step_table import one_line
 
 Kind = Literal["rotate", "emergency", "reconcile"]
 

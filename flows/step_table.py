@@ -16,7 +16,7 @@ from flows.contract import contract_of
 from flows.models import Mode, RotationPlan, RotationResult, StepRecord
 from flows.progress import progress
 from flows.redact import scrub
-from flows.runner import StepRunner
+from flows.step_runners import StepRunner
 
 T = TypeVar("T")
 

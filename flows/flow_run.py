@@ -19,9 +19,9 @@ from pydantic import Field
 
 from connectors.store import RotationRecord
 from flows.artifact import artifact_key, summary_markdown
+from flows.checklists import ApprovalDecision, HandoverProbe
 from flows.handover import POLL_S
 from flows.models import RotationPlan, RotationResult
-from flows.procedure import ApprovalDecision, HandoverProbe
 
 logger = logging.getLogger("langfuse_rotate")
 
