@@ -337,10 +337,21 @@ def audited_run(fn: F) -> F:
                 result = fn(kind, project, config_path, *args, **kwargs)
             except BaseException as exc:
                 if not run.final_written:
-                    audit_failure(kind, project, exc, config_path=config_path)
+                    config = kwargs.get("config")
+                    audit_failure(
+                        kind,
+                        project,
+                        exc,
+                        config_path=config_path,
+                        path=config.audit.path if config is not None else None,
+                    )
                 raise
             if not run.final_written:
-                audit_result(kind, result, path=audit_path_for(config_path))
+                # A loaded ``config`` (a fleet run's) names the path: re-reading the file per entry
+                # costs a fleet of N entries N parses of an N-entry file.
+                config = kwargs.get("config")
+                path = config.audit.path if config is not None else audit_path_for(config_path)
+                audit_result(kind, result, path=path)
             return result
 
     return wrapper  # type: ignore[return-value]
