@@ -38,6 +38,7 @@ import hvac
 import hvac.exceptions
 import requests
 from pydantic import SecretStr, ValidationError
+from requests.adapters import HTTPAdapter
 
 from connectors import pacing
 from connectors.errors import (
@@ -90,6 +91,10 @@ class _Staged:
     version: int
 
 
+_POOL_SIZE = 64
+"""Connections a store keeps open to Vault (threads beyond that open and close their own)."""
+
+
 class VaultRedirectError(requests.exceptions.RequestException):
     """Vault answered with a redirect, which is never followed."""
 
@@ -109,6 +114,10 @@ def _no_redirect_session(*, verify: bool | str) -> requests.Session:
     whatever host its ``Location`` names. Any 3xx answer fails the call instead."""
     session = requests.Session()
     session.verify = verify  # hvac takes a given session's verify over its own argument
+    # One store serves a whole fleet run's threads: keep as many connections as they use at once
+    # (requests keeps 10 and closes the rest after each request, so each costs a new connection).
+    for scheme in ("http://", "https://"):
+        session.mount(scheme, HTTPAdapter(pool_maxsize=_POOL_SIZE))
     session.max_redirects = 0
     session.hooks["response"].append(_refuse_redirects)
     return session

@@ -28,7 +28,7 @@ from connectors.notify import Notification, Notifier, NotifyTarget
 from connectors.store import SecretStore
 from flows.audit import AuditLog
 from flows.config import ProjectEntry, RotationConfig
-from flows.context import build_store
+from flows.context import build_store, shared_stores
 from flows.execute import execute
 from flows.models import ExitCode, RotationResult, StepRecord
 from flows.notification import held_for_summary
@@ -283,6 +283,7 @@ def run_fleet(
 
     def one(entry: ProjectEntry) -> RotationResult:
         held_for_summary.set(held)
+        shared_stores.set(store)
         progress.start(entry.name)
         try:
             if dry_run:
@@ -309,6 +310,10 @@ def run_fleet(
         ThreadPoolExecutor(max_workers=width, thread_name_prefix="fleet") as pool,
     ):
         results = list(pool.map(one, entries))
+    for opened in stores.values():
+        close = getattr(opened, "close", None)
+        if callable(close):
+            close()
     result = FleetResult(
         status=fleet_status(results, dry_run=dry_run),
         total=len(results),
