@@ -25,14 +25,22 @@ from connectors.urls import credential_parts
 _SECRET_KEY_SHAPE = re.compile(r"sk-lf-[A-Za-z0-9_-]{4,}")
 _lock = threading.Lock()
 _known: set[str] = set()
+_longest_first: tuple[str, ...] = ()
 
 
 def register_secret(value: SecretStr | str | None) -> None:
-    """Remember a secret so every later log record is scrubbed of it."""
+    """Remember a secret so every later log record is scrubbed of it.
+
+    A Langfuse secret key (``sk-lf-...``) is masked by its shape in every text already, so it is not
+    kept: a fleet run registers two per entry, and ``scrub`` would otherwise search every text for
+    thousands of them."""
+    global _longest_first
     raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-    if raw and len(raw) >= 8:
+    if raw and len(raw) >= 8 and not _SECRET_KEY_SHAPE.fullmatch(raw):
         with _lock:
-            _known.add(raw)
+            if raw not in _known:
+                _known.add(raw)
+                _longest_first = tuple(sorted(_known, key=len, reverse=True))
 
 
 def register_url(url: str | None) -> None:
@@ -43,9 +51,7 @@ def register_url(url: str | None) -> None:
 
 def scrub(text: str) -> str:
     """``text`` with every known secret and every ``sk-lf-...`` value masked."""
-    with _lock:
-        known = sorted(_known, key=len, reverse=True)
-    for secret in known:
+    for secret in _longest_first:
         if secret in text:
             text = text.replace(secret, "***")
     return _SECRET_KEY_SHAPE.sub("sk-lf-***", text)

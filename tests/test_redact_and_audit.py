@@ -33,6 +33,13 @@ def test_anything_shaped_like_a_langfuse_secret_key_is_masked() -> None:
     assert scrub("key sk-lf-1c2d3e4f-aaaa-bbbb-cccc-1234567890ab here") == "key sk-lf-*** here"
 
 
+def test_a_registered_langfuse_secret_key_is_masked_also_when_glued_to_other_text() -> None:
+    secret = "sk-lf-9e8d7c6b-aaaa-bbbb-cccc-0123456789ab"
+    register_secret(secret)
+    for text in (f"x{secret}y", f"sk-lf-ab{secret}", f"{secret}.{secret}", f"'{secret}'"):
+        assert secret.removeprefix("sk-lf-") not in scrub(text)
+
+
 def test_display_secret_keys_stay_visible() -> None:
     assert scrub("sk-lf-...9f3a") == "sk-lf-...9f3a"
 
