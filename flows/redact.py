@@ -26,6 +26,12 @@ _SECRET_KEY_SHAPE = re.compile(r"sk-lf-[A-Za-z0-9_-]{4,}")
 _lock = threading.Lock()
 _known: set[str] = set()
 _longest_first: tuple[str, ...] = ()
+"""All known secrets, longest first, while there are at most ``_INDEXED_ABOVE`` (then ``()``)."""
+_MIN_LENGTH = 8
+_by_ending: dict[str, tuple[str, ...]] = {}
+"""Known secrets by their last ``_MIN_LENGTH`` characters, longest first: with many of them (a
+fleet's URLs with query values), a text is searched only for those whose ending occurs in it."""
+_INDEXED_ABOVE = 64
 
 
 def register_secret(value: SecretStr | str | None) -> None:
@@ -36,11 +42,13 @@ def register_secret(value: SecretStr | str | None) -> None:
     thousands of them."""
     global _longest_first
     raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-    if raw and len(raw) >= 8 and not _SECRET_KEY_SHAPE.fullmatch(raw):
+    if raw and len(raw) >= _MIN_LENGTH and not _SECRET_KEY_SHAPE.fullmatch(raw):
         with _lock:
             if raw not in _known:
                 _known.add(raw)
-                _longest_first = tuple(sorted(_known, key=len, reverse=True))
+                _longest_first = tuple(sorted(_known, key=len, reverse=True)) if len(_known) <= _INDEXED_ABOVE else ()
+                ending = raw[-_MIN_LENGTH:]
+                _by_ending[ending] = tuple(sorted((*_by_ending.get(ending, ()), raw), key=len, reverse=True))
 
 
 def register_url(url: str | None) -> None:
@@ -51,7 +59,12 @@ def register_url(url: str | None) -> None:
 
 def scrub(text: str) -> str:
     """``text`` with every known secret and every ``sk-lf-...`` value masked."""
-    for secret in _longest_first:
+    candidates = _longest_first
+    if len(_known) > _INDEXED_ABOVE:
+        endings = {text[i : i + _MIN_LENGTH] for i in range(len(text) - _MIN_LENGTH + 1)}
+        found = [secret for ending in endings for secret in _by_ending.get(ending, ())]
+        candidates = tuple(sorted(found, key=len, reverse=True))
+    for secret in candidates:
         if secret in text:
             text = text.replace(secret, "***")
     return _SECRET_KEY_SHAPE.sub("sk-lf-***", text)
