@@ -12,6 +12,7 @@ publishes the summary and progress artifacts; the CLI's ``--dry-run`` runs witho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -26,6 +27,7 @@ from pydantic import BaseModel
 from connectors.errors import ConnectorError
 from connectors.notify import Notification, Notifier, NotifyTarget
 from connectors.store import SecretStore
+from flows import events
 from flows.audit import AuditLog
 from flows.config import ProjectEntry, RotationConfig
 from flows.context import build_store, shared_stores
@@ -306,6 +308,7 @@ def run_fleet(
 
     with (
         fleet_pacing(config, shared=shared_pacing and not dry_run),
+        events.batched() if not dry_run else contextlib.nullcontext(),
         _reporting(progress, progress_sinks),
         ThreadPoolExecutor(max_workers=width, thread_name_prefix="fleet") as pool,
     ):
