@@ -13,7 +13,10 @@ then ``langfuse-rotate rotate --all --json`` runs as a subprocess against the Pr
 Figures per size: wall time of the command, time per entry, peak RSS of the command's process
 tree (sampled every 0.1 s), Langfuse requests per entry by endpoint (the simulator's request log),
 store requests per entry (the rotator's own count, ``connectors.pacing``, written by the command
-when ``LANGFUSE_ROTATE_REQUEST_COUNTS`` names a file), 429s, and the 2,000/1,000 ratio. The
+when ``LANGFUSE_ROTATE_REQUEST_COUNTS`` names a file), 429s, the 2,000/1,000 ratio, and CPU
+milliseconds per entry of each process (the command with its children, OpenBao, the simulator,
+the consumers, the Prefect server; PostgreSQL counted over the whole box, so with whatever else
+runs there) with the load average at the end: the run is CPU-bound, this says where it goes. The
 ``--paced`` run rotates that many entries with the simulator limiting the ``public-api`` and
 ``ingestion`` buckets to 1,200/min and ``langfuse.max_requests_per_min: 1000``: it must see zero 429s.
 
@@ -29,6 +32,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -81,15 +85,47 @@ def process(
             proc.kill()
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and all its descendants, in MB."""
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _children() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
                 ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
                 children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [pid]
+    return children
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its live descendants (and the
+    children they waited for)."""
+    children, total, todo = _children(), 0, [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        todo += children.get(current, [])
+    return total / _TICK
+
+
+def postgres_cpu_s() -> float:
+    """CPU seconds of every PostgreSQL process on the box (shared with whatever else runs)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                head, _, rest = (entry / "stat").read_text().rpartition(")")
+                if head.split("(", 1)[1].startswith("postgres"):  # ended backends: the postmaster's cutime
+                    total += sum(int(f) for f in rest.split()[11:15])
+    return total / _TICK
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants, in MB."""
+    children, total, todo = _children(), 0, [pid]
     while todo:
         current = todo.pop()
         with contextlib.suppress(OSError):
@@ -176,7 +212,16 @@ def config_for(
     return path
 
 
-def run_fleet(config: Path, env: dict[str, str], concurrency: int, tmp: Path) -> dict[str, Any]:
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_fleet(
+    config: Path, env: dict[str, str], concurrency: int, tmp: Path, pids: dict[str, int], py_spy: str | None = None
+) -> dict[str, Any]:
+    """``pids``: the stack's processes, whose CPU time during the run is reported; ``py_spy``: record
+    the command's stacks there (``py-spy record --format raw``)."""
     counts_file = tmp / f"counts-{time.monotonic_ns()}.json"
     env = {**env, "LANGFUSE_ROTATE_REQUEST_COUNTS": str(counts_file)}
     cmd = [
@@ -191,6 +236,11 @@ def run_fleet(config: Path, env: dict[str, str], concurrency: int, tmp: Path) ->
         "--concurrency",
         str(concurrency),
     ]
+    if py_spy:
+        cmd = ["py-spy", "record", "--nonblocking", "--format", "raw", "--rate", "100", "-o", py_spy, "--", *cmd]
+    services = {name: tree_cpu_s(pid) for name, pid in pids.items()}
+    postgres = postgres_cpu_s()
+    children_cpu = _children_cpu_s()
     started = time.monotonic()
     stderr_path = tmp / f"stderr-{time.monotonic_ns()}.log"
     stdout_path = tmp / f"stdout-{time.monotonic_ns()}.log"
@@ -206,8 +256,11 @@ def run_fleet(config: Path, env: dict[str, str], concurrency: int, tmp: Path) ->
             proc.kill()
     wall = time.monotonic() - started
     proc.wait()
+    cpu = {"rotator": _children_cpu_s() - children_cpu}
+    cpu.update({name: tree_cpu_s(pid) - services[name] for name, pid in pids.items()})
+    cpu["postgres (whole box)"] = postgres_cpu_s() - postgres
     out, err = stdout_path.read_text(errors="replace"), stderr_path.read_text(errors="replace")
-    lines = out.strip().splitlines()
+    lines = [line for line in out.strip().splitlines() if line.startswith("{")]  # py-spy adds its own
     try:
         result = json.loads(lines[-1])
     except (IndexError, ValueError):
@@ -215,7 +268,14 @@ def run_fleet(config: Path, env: dict[str, str], concurrency: int, tmp: Path) ->
             f"rotate --all printed no JSON (exit {proc.returncode}):\n{out[-2000:]}\n{err[-3000:]}"
         ) from None
     counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
-    return {"wall_s": wall, "peak_rss_mb": peak, "exit": proc.returncode, "result": result, "store_counts": counts}
+    return {
+        "wall_s": wall,
+        "peak_rss_mb": peak,
+        "exit": proc.returncode,
+        "result": result,
+        "store_counts": counts,
+        "cpu_s": cpu,
+    }
 
 
 def measure(size: int, args: argparse.Namespace, stack: dict[str, Any], paced: bool = False) -> dict[str, Any]:
@@ -232,7 +292,7 @@ def measure(size: int, args: argparse.Namespace, stack: dict[str, Any], paced: b
         langfuse["max_requests_per_min"] = 1000
     config = config_for(sim, store_config, paths, stack["consumers_url"], stack["tmp"], **langfuse)
     mark = control.requests(0)["next"]
-    figures = run_fleet(config, stack["env"], args.concurrency, stack["tmp"])
+    figures = run_fleet(config, stack["env"], args.concurrency, stack["tmp"], stack["pids"], args.py_spy)
     log = _requests_since(control, mark)
     by_endpoint = Counter(endpoint(r["method"], r["path"]) for r in log)
     result = figures["result"]
@@ -257,6 +317,8 @@ def measure(size: int, args: argparse.Namespace, stack: dict[str, Any], paced: b
             2,
         ),
         "http_429": sum(1 for r in log if r["status"] == 429),
+        "cpu_ms_per_entry": {k: round(1000 * v / size, 1) for k, v in figures["cpu_s"].items()},
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps(row), flush=True)
     control.configure(rate_limits=None)
@@ -280,19 +342,22 @@ def main() -> int:
     parser.add_argument("--paced", type=int, default=100, help="entries in the paced run (0: skip it)")
     parser.add_argument("--store", choices=["vault", "aws"], default="vault")
     parser.add_argument("--json", help="write the rows to this file")
+    parser.add_argument("--py-spy", help="record the command's stacks to this file (py-spy on PATH)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stack on the way out
     tmp = Path(tempfile.mkdtemp(prefix="langfuse-rotate-fleet-bench-"))
     rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
-        _, sim = stack.enter_context(
+        sim_proc, sim = stack.enter_context(
             process([sys.executable, "-m", "devstack.langfuse_sim", "--port", "0", "--projects", str(PROJECTS)])
         )
+        pids = {"simulator": sim_proc.pid}
         control = SimulatorControl(sim["url"])
         if args.store == "vault":
             from connectors.vault import VaultStore
 
             bao = stack.enter_context(OpenBaoServer())
+            pids["openbao"] = bao._proc.pid if bao._proc is not None else 0
             store: SecretStore = VaultStore(bao.url, token=SecretStr(bao.root_token), mount="secret", timeout_s=30)
             store_config: dict[str, Any] = {"kind": "vault", "url": bao.url, "token": bao.root_token, "timeout_s": 30}
             consumer_args = ["--store", "vault", "--vault-url", bao.url, "--vault-token", bao.root_token]
@@ -304,11 +369,16 @@ def main() -> int:
                 AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
             )
             moto = stack.enter_context(MotoServer())
+            pids["moto (in the benchmark)"] = os.getpid()
             store = AwsSecretsStore(region="us-east-1", endpoint_url=moto.url, timeout_s=30)
             store_config = {"kind": "aws", "region": "us-east-1", "endpoint_url": moto.url, "timeout_s": 30}
             consumer_args = ["--store", "aws", "--aws-endpoint-url", moto.url]
-        _, consumers = stack.enter_context(process([sys.executable, "-m", "devstack.fleet_consumers", *consumer_args]))
+        consumers_proc, consumers = stack.enter_context(
+            process([sys.executable, "-m", "devstack.fleet_consumers", *consumer_args])
+        )
+        pids["consumers"] = consumers_proc.pid
         server = stack.enter_context(PrefectServer())
+        pids["prefect server"] = server.process.pid if server.process is not None else 0
         env = server.client_env()
         env.update(
             BENCH_ORG_SECRET_KEY=sim["org_secret_key"],
@@ -323,6 +393,7 @@ def main() -> int:
             "tmp": tmp,
             "consumers_url": consumers["url"],
             "env": env,
+            "pids": pids,
         }
         httpx.get(f"{consumers['url']}/health?path=warmup", timeout=5)
         for size in [int(s) for s in args.sizes.split(",") if s]:

@@ -453,6 +453,11 @@ class AwsSecretsStore:
         if _tagged_rotation(secret) == record.rotation_id:
             self._untag(loc, label, _record_tag_keys())
 
+    def read_handover(self, loc: SecretLocation) -> HandoverRequest | None:
+        """``describe(loc).handover`` for one ``DescribeSecret``."""
+        secret = self._describe(loc, self.location_label(loc))
+        return _handover(secret) if secret is not None else None
+
     def request_handover(self, loc: SecretLocation, request: HandoverRequest) -> None:
         """Put the request in ``langfuse-rotate:handover:*`` tags (an absent field as an empty value)."""
         label = self.location_label(loc)

@@ -193,6 +193,11 @@ class SecretStore(Protocol):
         rotated-at) as non-secret metadata on the current secret."""
         ...
 
+    def read_handover(self, loc: SecretLocation) -> HandoverRequest | None:
+        """What ``describe(loc).handover`` says, for less: a rotation that holds the entry's lock asks
+        before every step and every second it waits. Store trouble raises as ``describe`` does."""
+        ...
+
     def request_handover(self, loc: SecretLocation, request: HandoverRequest) -> None:
         """Write (or refresh) the handover request on the secret's metadata; ``describe`` returns it."""
         ...

@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +41,7 @@ import hvac
 import hvac.exceptions
 import requests
 from pydantic import SecretStr, ValidationError
+from requests.adapters import HTTPAdapter
 
 from connectors import pacing
 from connectors.errors import (
@@ -77,10 +81,22 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class _Version:
-    """One read of a KV v2 path: ``data`` is None when that version is deleted or destroyed."""
+    """One read of a KV v2 path: ``data`` is None when that version is deleted or destroyed.
+    ``created_time`` (as Vault reports it) tells this version apart from an earlier one with the same
+    number (a path destroyed and written again starts at version 1)."""
 
     data: dict[str, Any] | None
     version: int
+    created_time: str | None = None
+
+
+@dataclass(frozen=True)
+class _Head:
+    """The latest version of a path as ``describe`` needs it: no secret."""
+
+    version: int
+    exists: bool
+    public_key: str | None
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,16 @@ class _Staged:
     record: RotationRecord
     data: dict[str, Any]
     version: int
+
+
+_KNOWN_VERSIONS = 8192
+"""Public keys of versions a store remembers (``VaultStore._head``); the oldest are forgotten first."""
+
+_MOUNT_CONFIG_TTL_S = 60.0
+"""How long a store reuses the mount's ``max_versions`` it read for the history check."""
+
+_POOL_SIZE = 64
+"""Connections a store keeps open to Vault (threads beyond that open and close their own)."""
 
 
 class VaultRedirectError(requests.exceptions.RequestException):
@@ -109,6 +135,10 @@ def _no_redirect_session(*, verify: bool | str) -> requests.Session:
     whatever host its ``Location`` names. Any 3xx answer fails the call instead."""
     session = requests.Session()
     session.verify = verify  # hvac takes a given session's verify over its own argument
+    # One store serves a whole fleet run's threads: keep as many connections as they use at once
+    # (requests keeps 10 and closes the rest after each request, so each costs a new connection).
+    for scheme in ("http://", "https://"):
+        session.mount(scheme, HTTPAdapter(pool_maxsize=_POOL_SIZE))
     session.max_redirects = 0
     session.hooks["response"].append(_refuse_redirects)
     return session
@@ -158,6 +188,12 @@ class VaultStore:
         )
         self._keeper = TokenKeeper(self._client, self._auth, on_token=on_token)
         self._pace_key = pacing.vault_key(self._url)
+        # (path, version, created_time, public-key field) -> that version's public key. A KV v2
+        # version never changes once written (only deleted or destroyed, which its metadata shows),
+        # so one metadata read says whether a version already seen is still the current one.
+        self._known: OrderedDict[tuple[str, int, str, str], str | None] = OrderedDict()
+        self._known_lock = threading.Lock()
+        self._mount_config: tuple[float, Any] | None = None
 
     def close(self) -> None:
         """Stop renewing the token in the background (also done when the store is collected)."""
@@ -175,17 +211,14 @@ class VaultStore:
         label = self.location_label(loc)
         path = _clean(loc.path)
         meta = self._read_metadata(path, label)
-        current = self._read(path, None, label) if meta is not None else None
-        current_pk: str | None = None
-        if current is not None and current.data is not None:
-            value = current.data.get(loc.fields.public_key)
-            current_pk = value if isinstance(value, str) else None
+        current = self._head(path, meta, loc, label)
+        current_pk = current.public_key if current is not None else None
         staged = self._read_staged(loc, label)
         custom = _custom_metadata(meta)
         return StoreDescription(
             kind=self.kind,
             location=label,
-            exists=current is not None and current.data is not None,
+            exists=current is not None and current.exists,
             current_version=current.version if current is not None else None,
             current_public_key=current_pk,
             previous_version=_previous_version(meta, current.version) if current is not None else None,
@@ -201,9 +234,11 @@ class VaultStore:
 
     def read_current(self, loc: SecretLocation) -> StoredPair:
         label = self.location_label(loc)
-        current = self._read(_clean(loc.path), None, label)
+        path = _clean(loc.path)
+        current = self._read(path, None, label)
         if current is None or current.data is None:
             raise StoreNotFoundError(f"no current secret at {label}")
+        self._remember(path, current, loc)
         return stored_pair(current.data, current.version, loc, label)
 
     def read_version(self, loc: SecretLocation, version: StoreVersion) -> StoredPair:
@@ -220,7 +255,7 @@ class VaultStore:
         path = _clean(loc.path)
         data = secret_fields(loc, pair, host)
         try:
-            return self._write(path, data, 0, label)
+            return self._write(path, data, 0, label, remember=loc)
         except StoreConflictError:
             current = self._read(path, None, label)
             if (
@@ -276,6 +311,10 @@ class VaultStore:
             if raced is None:
                 raise
             self._check_same_rotation(raced, record, label)
+        else:
+            if existing is None:  # this write created the path: its metadata is the default one
+                self._write_custom_metadata(staging, {}, _record_metadata(record), label)
+                return
         self._mirror_record(staging, record, label)
 
     def read_staged(self, loc: SecretLocation) -> tuple[RotationRecord, StoredPair] | None:
@@ -306,7 +345,7 @@ class VaultStore:
             )
         data = {key: value for key, value in staged.data.items() if key != RECORD_FIELD}
         try:
-            return self._write(path, data, old, label)
+            return self._write(path, data, old, label, remember=loc)
         except StoreConflictError:
             again = self._read(path, None, label)
             if _holds(again, loc, record.new_public_key):
@@ -332,7 +371,7 @@ class VaultStore:
                     f"{label} version {old_number} is deleted or pruned; cannot restore the old pair"
                 )
             try:
-                result = self._write(path, old.data, current.version, label)
+                result = self._write(path, old.data, current.version, label, remember=loc)
             except StoreConflictError:
                 again = self._read(path, None, label)
                 if _holds(again, loc, record.new_public_key) or again is None or again.data is None:
@@ -356,8 +395,8 @@ class VaultStore:
             raise StoreNotFoundError(f"no secret at {label}")
         custom = _custom_metadata(meta)
         if custom.get("rotation_id") != record.rotation_id:
-            current = self._read(path, None, label)
-            if not _holds(current, loc, record.new_public_key):
+            current = self._head(path, meta, loc, label)
+            if current is None or not current.exists or current.public_key != record.new_public_key:
                 raise StoreConflictError(f"rotation {record.rotation_id} is not current at {label}; promote it first")
             custom.update(
                 rotation_id=record.rotation_id,
@@ -370,6 +409,11 @@ class VaultStore:
         staged = self._read_staged(loc, label)
         if staged is not None and staged.record.rotation_id == record.rotation_id:
             self._destroy(_staging_path(path), label)
+
+    def read_handover(self, loc: SecretLocation) -> HandoverRequest | None:
+        """``describe(loc).handover`` for one metadata read."""
+        label = self.location_label(loc)
+        return _handover(_custom_metadata(self._read_metadata(_clean(loc.path), label)))
 
     def request_handover(self, loc: SecretLocation, request: HandoverRequest) -> None:
         """Put the request in the main path's ``custom_metadata`` (``handover_*`` keys); the
@@ -408,21 +452,75 @@ class VaultStore:
         (0 = unset; both unset = 10). The mount's is read if the token may; if not, a key limit
         of 1 is refused (conservatively)."""
         key_limit = _dig(self._read_metadata(path, label), "max_versions")
-        try:
-            mount_config = self._call(
-                f"read config of {self._mount}",
-                label,
-                lambda: self._client.secrets.kv.v2.read_configuration(mount_point=self._mount),
-            )
-            mount_limit = _dig(mount_config, "data", "max_versions")
-        except StoreAccessDeniedError:
-            mount_limit = None
+        mount_limit = self._mount_max_versions(label)
         limits = [limit for limit in (key_limit, mount_limit) if isinstance(limit, int) and limit > 0]
         if limits and max(limits) == 1:
             raise StoreRefusedError(
                 f"{label} keeps only 1 version (max_versions), so promotion would destroy the old pair; "
                 "set max_versions to at least 2"
             )
+
+    def _mount_max_versions(self, label: str) -> Any:
+        """The mount's ``max_versions`` (None if the token may not read it), read at most once a
+        minute: a fleet run stages hundreds of entries on the same mount."""
+        cached = self._mount_config
+        if cached is not None and time.monotonic() - cached[0] < _MOUNT_CONFIG_TTL_S:
+            return cached[1]
+        try:
+            mount_config = self._call(
+                f"read config of {self._mount}",
+                label,
+                lambda: self._client.secrets.kv.v2.read_configuration(mount_point=self._mount),
+            )
+            limit = _dig(mount_config, "data", "max_versions")
+        except StoreAccessDeniedError:
+            limit = None
+        self._mount_config = (time.monotonic(), limit)
+        return limit
+
+    def _head(self, path: str, meta: dict[str, Any] | None, loc: SecretLocation, label: str) -> _Head | None:
+        """The latest version of ``path`` whose metadata ``meta`` is (None: the path does not exist).
+        A version this store already read or wrote is known from ``meta`` alone; any other, or one
+        that is deleted, destroyed or due for deletion, is read."""
+        if meta is None:
+            return None
+        number = meta.get("current_version")
+        info = _dig(meta, "versions", str(number))
+        created = info.get("created_time") if isinstance(info, dict) else None
+        if (
+            isinstance(number, int)
+            and isinstance(info, dict)
+            and isinstance(created, str)
+            and created
+            and not info.get("destroyed")
+            and not info.get("deletion_time")
+        ):
+            with self._known_lock:
+                key = (path, number, created, loc.fields.public_key)
+                if key in self._known:
+                    return _Head(version=number, exists=True, public_key=self._known[key])
+        current = self._read(path, None, label)
+        if current is None:
+            return None
+        self._remember(path, current, loc)
+        value = current.data.get(loc.fields.public_key) if current.data is not None else None
+        return _Head(
+            version=current.version,
+            exists=current.data is not None,
+            public_key=value if isinstance(value, str) else None,
+        )
+
+    def _remember(self, path: str, found: _Version, loc: SecretLocation) -> None:
+        """Note the public key of a version just read or written (never anything secret)."""
+        if found.data is None or not found.created_time:
+            return
+        value = found.data.get(loc.fields.public_key)
+        with self._known_lock:
+            self._known[(path, found.version, found.created_time, loc.fields.public_key)] = (
+                value if isinstance(value, str) else None
+            )
+            while len(self._known) > _KNOWN_VERSIONS:
+                self._known.popitem(last=False)
 
     def _read_staged(self, loc: SecretLocation, label: str) -> _Staged | None:
         return _parse_staged(self._read(_staging_path(_clean(loc.path)), None, label))
@@ -445,9 +543,14 @@ class VaultStore:
                 return None
             data = _dig(response, "data", "data")
             number = _dig(response, "data", "metadata", "version")
+            created = _dig(response, "data", "metadata", "created_time")
             if not isinstance(number, int):
                 raise StoreError(f"Vault returned a malformed KV v2 response for {label}")
-            return _Version(data=data if isinstance(data, dict) else None, version=number)
+            return _Version(
+                data=data if isinstance(data, dict) else None,
+                version=number,
+                created_time=created if isinstance(created, str) else None,
+            )
 
         return self._call(f"read {label}", label, call)
 
@@ -464,17 +567,25 @@ class VaultStore:
 
         return self._call(f"read metadata of {label}", label, call)
 
-    def _write(self, path: str, data: dict[str, Any], cas: int, label: str) -> int:
-        def call() -> int:
+    def _write(
+        self, path: str, data: dict[str, Any], cas: int, label: str, *, remember: SecretLocation | None = None
+    ) -> int:
+        """Write a new version (check-and-set ``cas``); ``remember``: note its public key (``_head``)."""
+
+        def call() -> _Version:
             response = self._client.secrets.kv.v2.create_or_update_secret(
                 path=path, secret=data, cas=cas, mount_point=self._mount
             )
             number = _dig(response, "data", "version")
+            created = _dig(response, "data", "created_time")
             if not isinstance(number, int):
                 raise StoreError(f"Vault returned a malformed KV v2 write response for {label}")
-            return number
+            return _Version(data=data, version=number, created_time=created if isinstance(created, str) else None)
 
-        return self._call(f"write {label}", label, call)
+        written = self._call(f"write {label}", label, call)
+        if remember is not None:
+            self._remember(path, written, remember)
+        return written.version
 
     def _write_custom_metadata(self, path: str, meta: dict[str, Any], custom: dict[str, str], label: str) -> None:
         # hvac resets delete_version_after unless it is passed: carry every setting over.

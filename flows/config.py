@@ -335,7 +335,7 @@ def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:
 
     text = _ENV_PATTERN.sub(placeholder, text)
     try:
-        _check_depth(text, source)
+        written = _check_depth(text, source)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except RecursionError:
         raise ConfigError(f"{source}: the YAML is nested too deeply") from None
@@ -345,7 +345,7 @@ def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:
         raise ConfigError(f"{source}: the file is empty")
     lines: dict[tuple[str | int, ...], int] = {}
     interpolate = _Interpolator(references, source)
-    data = _to_python(root, (), lines, interpolate, _Budget(), ())
+    data = _to_python(root, (), lines, interpolate, _Budget(written), ())
     interpolate.raise_missing()
     _check_references(data, lines, source)
     try:
@@ -355,10 +355,14 @@ def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:
     return config
 
 
-def _check_depth(text: str, source: str) -> None:
-    """Refuse deep nesting from the event stream, before PyYAML's recursive composer meets it."""
+def _check_depth(text: str, source: str) -> int:
+    """Refuse deep nesting from the event stream, before PyYAML's recursive composer meets it.
+    Returns how many values the text writes out (aliases not counted)."""
     depth = 0
+    written = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.ScalarEvent | yaml.CollectionStartEvent):
+            written += 1
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > _MAX_DEPTH:
@@ -366,6 +370,7 @@ def _check_depth(text: str, source: str) -> None:
                 raise ConfigError(f"{source}:{line}: nested more than {_MAX_DEPTH} levels deep")
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
+    return written
 
 
 def _check_references(data: Any, lines: dict[tuple[str | int, ...], int], source: str) -> None:
@@ -432,10 +437,11 @@ _MAX_DEPTH = 50
 
 class _Budget:
     """How many values the document may expand to: YAML aliases share nodes, so a few lines can
-    stand for billions of values (an "alias bomb"); a real configuration has a few hundred."""
+    stand for billions of values (an "alias bomb"). Aliases may add ``_MAX_NODES`` values to what
+    the text writes out (a fleet of 2,000 entries writes ~30,000)."""
 
-    def __init__(self) -> None:
-        self.left = _MAX_NODES
+    def __init__(self, written: int = 0) -> None:
+        self.left = written + _MAX_NODES
         self.scalars = yaml.SafeLoader("")  # one constructor per document, not one per value
 
 

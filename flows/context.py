@@ -7,7 +7,8 @@ alone and is never recorded (task inputs are stored as references only, and cach
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
@@ -35,6 +36,11 @@ def org_key(config: RotationConfig, stores: dict[str, SecretStore]) -> tuple[str
     assert lf.org_public_key is not None and lf.org_secret_key is not None
     register_secret(lf.org_secret_key)
     return lf.org_public_key, lf.org_secret_key
+
+
+shared_stores: ContextVar[Callable[[str], SecretStore] | None] = ContextVar("shared_stores", default=None)
+"""Set by a fleet run (``flows.fleet``) in its worker threads: the store of a name, shared by all
+its entries, so each entry does not open (and authenticate) its own connection to the same store."""
 
 
 class EntryContext:
@@ -120,7 +126,8 @@ class EntryContext:
 
     def _store(self, name: str) -> SecretStore:
         if name not in self._stores:
-            self._stores[name] = build_store(self.config.stores[name])
+            shared = shared_stores.get()
+            self._stores[name] = shared(name) if shared is not None else build_store(self.config.stores[name])
         return self._stores[name]
 
     @property

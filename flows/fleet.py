@@ -12,6 +12,7 @@ publishes the summary and progress artifacts; the CLI's ``--dry-run`` runs witho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -26,9 +27,10 @@ from pydantic import BaseModel
 from connectors.errors import ConnectorError
 from connectors.notify import Notification, Notifier, NotifyTarget
 from connectors.store import SecretStore
-from flows import steps
+from flows import events, steps
 from flows.audit import AuditLog
 from flows.config import ProjectEntry, RotationConfig
+from flows.context import shared_stores
 from flows.entry_run import execute
 from flows.models import ExitCode, RotationResult, StepRecord
 from flows.notification import held_for_summary
@@ -284,6 +286,7 @@ def run_fleet(
 
     def one(entry: ProjectEntry) -> RotationResult:
         held_for_summary.set(held)
+        shared_stores.set(store)
         progress.start(entry.name)
         try:
             if dry_run:
@@ -306,10 +309,15 @@ def run_fleet(
 
     with (
         fleet_pacing(config, shared=shared_pacing and not dry_run),
+        events.batched() if not dry_run else contextlib.nullcontext(),
         _reporting(progress, progress_sinks),
         ThreadPoolExecutor(max_workers=width, thread_name_prefix="fleet") as pool,
     ):
         results = list(pool.map(one, entries))
+    for opened in stores.values():
+        close = getattr(opened, "close", None)
+        if callable(close):
+            close()
     result = FleetResult(
         status=fleet_status(results, dry_run=dry_run),
         total=len(results),

@@ -14,14 +14,15 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from flows.artifact import artifact_key, summary_markdown
 from flows.config import ProjectEntry, RotationConfig
 from flows.fleet import FleetProgress, FleetResult, ProgressSink
-from flows.flow_run import final_state
 from flows.models import RotationResult
+from flows.prefect_rest import PrefectRest
+from flows.recorded import state_of
 
 ENTRY_FLOW_NAME = "langfuse-key-rotation"
 PROGRESS_KEY = "langfuse-fleet-progress"
@@ -32,63 +33,47 @@ class PrefectEntryRecorder:
     """Records each entry of a fleet run as its own flow run: created Running when the entry
     starts, its artifact and final state written in the background when it ends (three API calls
     per entry: the Prefect server's throughput, not the rotations, bounds a large fleet; README
-    "Fleet rotation"). ``close`` waits until every record is written."""
+    "Fleet rotation"). ``close`` waits until every record is written.
+
+    Talks to the server over its REST API (``flows.prefect_rest``: one pooled connection for the
+    whole fleet, none of the Prefect client's per-thread set-up); Prefect's client only where there
+    is no API URL (the ephemeral server)."""
 
     orchestrator = "prefect"
     writers = 4
 
     def __init__(self, fleet_run_id: str) -> None:
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.actions import FlowCreate
-
         self.fleet_run_id = fleet_run_id
-        self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="fleet-record")
         self._pending: list[Future[None]] = []
         self.failures = 0
-        with get_client(sync_client=True) as client:
-            response = client.request("POST", "/flows/", json=FlowCreate(name=ENTRY_FLOW_NAME).model_dump(mode="json"))
-            self._flow_id = UUID(response.json()["id"])
-
-    def _client(self) -> Any:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            from prefect.client.orchestration import get_client
-
-            client = get_client(sync_client=True)
-            client.__enter__()
-            self._local.client = client
-            with _OPEN_LOCK:
-                _OPEN.append(client)
-        return client
+        rest = PrefectRest.from_settings()
+        self._rest = rest
+        self._api: _RecordApi = rest if rest is not None else _ClientApi()
+        self._flow_id = self._api.flow_id(ENTRY_FLOW_NAME)
 
     def started(self, entry: ProjectEntry) -> tuple[str | None, str | None]:
         """Create the entry's flow run (Running) before anything changes, so the audit log and the
         staged record name it; the fleet run stands in if the server does not answer."""
-        from prefect.client.schemas.actions import FlowRunCreate
-        from prefect.states import Running, to_state_create
-
         name = f"rotate-{entry.name}-{datetime.now(UTC):%Y%m%d-%H%M}"
-        run = FlowRunCreate(
-            flow_id=self._flow_id,
-            name=name,
-            parameters={"project": entry.name},
-            tags=sorted(
-                {
-                    "langfuse-key-rotation",
-                    f"project:{entry.name}",
-                    "mode:scheduled",
-                    f"store:{entry.store}",
-                    f"fleet:{self.fleet_run_id}",
-                }
-            ),
-            state=to_state_create(Running()),
+        tags = sorted(
+            {
+                "langfuse-key-rotation",
+                f"project:{entry.name}",
+                "mode:scheduled",
+                f"store:{entry.store}",
+                f"fleet:{self.fleet_run_id}",
+            }
         )
         try:
-            response = self._client().request(
-                "POST", "/flow_runs/", json=run.model_dump(mode="json", exclude_unset=True)
+            run_id = self._api.create_flow_run(
+                self._flow_id,
+                name=name,
+                tags=tags,
+                parameters={"project": entry.name},
+                state={"type": "RUNNING", "name": "Running"},
             )
-            return str(response.json()["id"]), name
+            return run_id, name
         except Exception:  # a record that cannot be written never stops the rotation
             self.failures += 1
             return self.fleet_run_id, name
@@ -99,28 +84,14 @@ class PrefectEntryRecorder:
         self._pending.append(self._pool.submit(self._record, run_id, result))
 
     def _record(self, run_id: str, result: RotationResult) -> None:
-        from prefect.client.schemas.actions import ArtifactCreate
-        from prefect.client.schemas.objects import State
-        from prefect.states import Completed, to_state_create
-
-        client = self._client()
-        state = final_state(result)
-        final: State[Any] = state if isinstance(state, State) else Completed()
-        final.data = None
         try:
-            client.request(
-                "POST",
-                "/artifacts/",
-                json=ArtifactCreate(
-                    key=artifact_key(result),
-                    type="markdown",
-                    data=summary_markdown(result),
-                    description=f"Langfuse key rotation of {result.project}: {result.status}",
-                    flow_run_id=UUID(run_id),
-                ).model_dump(mode="json", exclude_unset=True),
+            self._api.create_artifact(
+                run_id,
+                key=artifact_key(result),
+                markdown=summary_markdown(result),
+                description=f"Langfuse key rotation of {result.project}: {result.status}",
             )
-            body = {"state": to_state_create(final).model_dump(mode="json"), "force": True}
-            client.request("POST", f"/flow_runs/{run_id}/set_state", json=body)
+            self._api.set_flow_run_state(run_id, state_of(result))
         except Exception:  # a record that cannot be written never changes the rotation's outcome
             self.failures += 1
 
@@ -128,13 +99,65 @@ class PrefectEntryRecorder:
         for future in self._pending:
             future.result()
         self._pool.shutdown()
-        with _OPEN_LOCK:
-            while _OPEN:
-                _OPEN.pop().__exit__(None, None, None)
+        if self._rest is not None:
+            self._rest.close()
+        if isinstance(self._api, _ClientApi):
+            self._api.close()
 
 
-_OPEN: list[Any] = []
-_OPEN_LOCK = threading.Lock()
+class _RecordApi(Protocol):
+    def flow_id(self, flow_name: str) -> str: ...
+
+    def create_flow_run(
+        self, flow_id: str, *, name: str, tags: list[str], parameters: dict[str, object], state: dict[str, object]
+    ) -> str: ...
+
+    def set_flow_run_state(self, run_id: str, state: dict[str, object]) -> None: ...
+
+    def create_artifact(self, run_id: str, *, key: str, markdown: str, description: str) -> None: ...
+
+
+class _ClientApi:
+    """``PrefectRest``'s record calls through Prefect's client (one per thread), for the ephemeral
+    server, which has no URL to talk to."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._open: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _post(self, path: Any, body: dict[str, Any], **path_params: str) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            from prefect.client.orchestration import get_client
+
+            client = get_client(sync_client=True)
+            client.__enter__()
+            self._local.client = client
+            with self._lock:
+                self._open.append(client)
+        return client.request("POST", path, path_params=path_params or None, json=body)
+
+    def flow_id(self, flow_name: str) -> str:
+        return str(self._post("/flows/", {"name": flow_name}).json()["id"])
+
+    def create_flow_run(
+        self, flow_id: str, *, name: str, tags: list[str], parameters: dict[str, object], state: dict[str, object]
+    ) -> str:
+        body = {"flow_id": flow_id, "name": name, "tags": tags, "parameters": parameters, "state": state}
+        return str(self._post("/flow_runs/", body).json()["id"])
+
+    def set_flow_run_state(self, run_id: str, state: dict[str, object]) -> None:
+        self._post("/flow_runs/{id}/set_state", {"state": state, "force": True}, id=run_id)
+
+    def create_artifact(self, run_id: str, *, key: str, markdown: str, description: str) -> None:
+        body = {"key": key, "type": "markdown", "data": markdown, "description": description, "flow_run_id": run_id}
+        self._post("/artifacts/", body)
+
+    def close(self) -> None:
+        with self._lock:
+            while self._open:
+                self._open.pop().__exit__(None, None, None)
 
 
 def progress_artifact_sink(fleet_run_id: str) -> ProgressSink:
@@ -242,14 +265,10 @@ def run_fleet_flow(
     from flows.config import load_config
     from flows.fleet import run_fleet, terminal_progress_sink
     from flows.flow_run import tag_flow_run
-    from flows.lock import prefect_server_configured
+    from flows.lock import prefect_server_configured, rest_api
 
     config: RotationConfig = load_config(config_path)
     tag_flow_run(flow_run_id, project="all", mode="scheduled", store="all")
-    recorder = PrefectEntryRecorder(flow_run_id)
-    sinks: list[ProgressSink] = [progress_artifact_sink(flow_run_id)]
-    if show_progress:
-        sinks.append(terminal_progress_sink())
     server = prefect_server_configured()
     if entries is None and config.fleet.batch_size and server:
         from flows.fleet_batches import run_in_batches
@@ -257,6 +276,13 @@ def run_fleet_flow(
         result = run_in_batches(config, config_path=config_path, concurrency=concurrency, fleet_run_id=flow_run_id)
         publish_fleet_summary(result)
         return fleet_final_state(result)
+    recorder = PrefectEntryRecorder(flow_run_id)
+    sinks: list[ProgressSink] = [progress_artifact_sink(flow_run_id)]
+    if show_progress:
+        sinks.append(terminal_progress_sink())
+    lock_api = rest_api() if server else None
+    if lock_api is not None:
+        lock_api.expect_many_limits()
     try:
         result = run_fleet(
             config,

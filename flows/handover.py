@@ -42,7 +42,7 @@ class HandoverWatch:
 
     def arm(self) -> None:
         try:
-            request = self._store.describe(self._location).handover
+            request = self._store.read_handover(self._location)
         except ConnectorError:
             request = None
         self._seen = request.nonce if request is not None else None
@@ -56,7 +56,7 @@ class HandoverWatch:
             return self.superseded_by
         self._last_check = time.monotonic()
         try:
-            request = self._store.describe(self._location).handover
+            request = self._store.read_handover(self._location)
         except ConnectorError:
             return None  # the store's trouble shows in the step that needs it
         if request is not None and request.nonce != self._seen:

@@ -302,7 +302,7 @@ def entry_lock(
     check, and the store's check-and-set fences every write. The local flock is never taken over:
     the kernel frees it when its holder dies."""
     with local_lock(entry, wait_s=wait_s, on_wait=on_wait):
-        rest = _rest_api() if use_prefect else None
+        rest = rest_api() if use_prefect else None
         if rest is not None:
             # PREFECT_API_URL in the environment: the same limit and lease file over plain HTTP
             # (flows.prefect_rest: no ``import prefect``, no queueing behind other entries).
@@ -324,7 +324,7 @@ def entry_lock(
 _rest: list[PrefectRest | None] = []
 
 
-def _rest_api() -> PrefectRest | None:
+def rest_api() -> PrefectRest | None:
     """One ``PrefectRest`` per process when ``PREFECT_API_URL`` is set in the environment."""
     if not os.environ.get("PREFECT_API_URL"):
         return None

@@ -77,6 +77,8 @@ class PrefectRest:
         )
         self._known: set[str] = set()
         self._lock = threading.Lock()
+        self._listed: set[str] | None = None
+        self._list_limits = False
 
     @classmethod
     def from_env(cls) -> PrefectRest | None:
@@ -85,6 +87,25 @@ class PrefectRest:
             return None
         auth, key = os.environ.get("PREFECT_API_AUTH_STRING"), os.environ.get("PREFECT_API_KEY")
         return cls(url, auth_string=auth, api_key=key)
+
+    @classmethod
+    def from_settings(cls) -> PrefectRest | None:
+        """From Prefect's settings (environment or profile); for code that runs in a flow, where
+        ``prefect`` is loaded anyway. None without an API URL (the ephemeral server)."""
+        from prefect.settings import get_current_settings
+
+        api = get_current_settings().api
+        if not api.url:
+            return None
+        key = api.key.get_secret_value() if api.key is not None else None
+        auth = api.auth_string.get_secret_value() if api.auth_string is not None else None
+        return cls(str(api.url), auth_string=auth, api_key=key)
+
+    def expect_many_limits(self) -> None:
+        """A fleet run takes hundreds of entries' limits: list the existing ones once (a few calls)
+        and create the missing ones before their first increment, which then never comes back
+        empty (one call per new entry fewer)."""
+        self._list_limits = True
 
     def close(self) -> None:
         self._http.close()
@@ -106,6 +127,11 @@ class PrefectRest:
         """A lease on one slot of ``name``, or None when it stays taken for ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         body = {"names": [name], "slots": 1, "mode": "concurrency", "lease_duration": lease_s}
+        existing = self._existing_limits()
+        if existing is not None and name not in existing and name not in self._known:
+            self._post("v2/concurrency_limits/", {"name": name, "limit": 1})  # 409: created meanwhile
+            with self._lock:
+                self._known.add(name)
         while True:
             response = self._post("v2/concurrency_limits/increment-with-lease", body)
             if response.status_code != _LOCKED:
@@ -123,6 +149,27 @@ class PrefectRest:
                 return None
             retry_after = float(response.headers.get("Retry-After") or 0.5)
             time.sleep(max(0.05, min(retry_after, left, 2.0)))
+
+    def _existing_limits(self) -> set[str] | None:
+        """The names of all concurrency limits, listed once (after ``expect_many_limits``)."""
+        if not self._list_limits:
+            return None
+        with self._lock:
+            if self._listed is None:
+                names: set[str] = set()
+                offset, page = 0, 200
+                try:
+                    while True:
+                        found = self._post("v2/concurrency_limits/filter", {"offset": offset, "limit": page}).json()
+                        names.update(str(limit["name"]) for limit in found)
+                        if len(found) < page:
+                            break
+                        offset += page
+                except (httpx.HTTPError, PrefectApiError, ValueError, KeyError, TypeError):
+                    self._list_limits = False  # each entry finds out on its own, as without the list
+                    return None
+                self._listed = names
+            return self._listed
 
     def renew(self, lease_id: str, lease_s: float) -> None:
         self._post(f"v2/concurrency_limits/leases/{lease_id}/renew", {"lease_duration": lease_s})

@@ -25,14 +25,30 @@ from connectors.urls import credential_parts
 _SECRET_KEY_SHAPE = re.compile(r"sk-lf-[A-Za-z0-9_-]{4,}")
 _lock = threading.Lock()
 _known: set[str] = set()
+_longest_first: tuple[str, ...] = ()
+"""All known secrets, longest first, while there are at most ``_INDEXED_ABOVE`` (then ``()``)."""
+_MIN_LENGTH = 8
+_by_ending: dict[str, tuple[str, ...]] = {}
+"""Known secrets by their last ``_MIN_LENGTH`` characters, longest first: with many of them (a
+fleet's URLs with query values), a text is searched only for those whose ending occurs in it."""
+_INDEXED_ABOVE = 64
 
 
 def register_secret(value: SecretStr | str | None) -> None:
-    """Remember a secret so every later log record is scrubbed of it."""
+    """Remember a secret so every later log record is scrubbed of it.
+
+    A Langfuse secret key (``sk-lf-...``) is masked by its shape in every text already, so it is not
+    kept: a fleet run registers two per entry, and ``scrub`` would otherwise search every text for
+    thousands of them."""
+    global _longest_first
     raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-    if raw and len(raw) >= 8:
+    if raw and len(raw) >= _MIN_LENGTH and not _SECRET_KEY_SHAPE.fullmatch(raw):
         with _lock:
-            _known.add(raw)
+            if raw not in _known:
+                _known.add(raw)
+                _longest_first = tuple(sorted(_known, key=len, reverse=True)) if len(_known) <= _INDEXED_ABOVE else ()
+                ending = raw[-_MIN_LENGTH:]
+                _by_ending[ending] = tuple(sorted((*_by_ending.get(ending, ()), raw), key=len, reverse=True))
 
 
 def register_url(url: str | None) -> None:
@@ -43,9 +59,12 @@ def register_url(url: str | None) -> None:
 
 def scrub(text: str) -> str:
     """``text`` with every known secret and every ``sk-lf-...`` value masked."""
-    with _lock:
-        known = sorted(_known, key=len, reverse=True)
-    for secret in known:
+    candidates = _longest_first
+    if len(_known) > _INDEXED_ABOVE:
+        endings = {text[i : i + _MIN_LENGTH] for i in range(len(text) - _MIN_LENGTH + 1)}
+        found = [secret for ending in endings for secret in _by_ending.get(ending, ())]
+        candidates = tuple(sorted(found, key=len, reverse=True))
+    for secret in candidates:
         if secret in text:
             text = text.replace(secret, "***")
     return _SECRET_KEY_SHAPE.sub("sk-lf-***", text)

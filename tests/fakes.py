@@ -160,6 +160,9 @@ class MemoryStore:
             self.calls.append("clear_staging")
             del self._staged[loc.path]
 
+    def read_handover(self, loc: SecretLocation) -> HandoverRequest | None:
+        return self._handover.get(loc.path)
+
     def request_handover(self, loc: SecretLocation, request: HandoverRequest) -> None:
         if not self._versions.get(loc.path):
             raise StoreNotFoundError(f"no secret at {self.location_label(loc)}")

@@ -243,6 +243,20 @@ def test_a_small_alias_reused_a_few_times_still_loads() -> None:
     assert [c.name for c in config.projects[1].consumers] == ["api"]
 
 
+def test_a_fleet_of_two_thousand_entries_written_out_loads() -> None:
+    """The alias budget bounds what aliases add, not the size of a large configuration (issue 11)."""
+    entries = "".join(
+        f"  - name: svc-{i}\n    project_id: p{i % 100}\n    store: main\n    path: langfuse/svc-{i}\n"
+        f"    consumers: [{{name: app, health_url: 'http://127.0.0.1:9001/health?path=svc-{i}'}}]\n"
+        for i in range(2000)
+    )
+    text = MINIMAL.replace(
+        "  - name: production-chatbot\n    project_id: p1\n    store: main\n    path: langfuse/production-chatbot\n",
+        entries,
+    )
+    assert len(parse_config(text).projects) == 2000
+
+
 # --- errors in the tool's words, at the key's own line (issue 13) -------------------------------
 
 

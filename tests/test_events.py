@@ -110,3 +110,21 @@ def test_a_report_has_one_event_per_entry_and_one_for_the_organization() -> None
     ]
     assert [e["payload"]["count"] for e in found] == [1, 0, 1]
     assert found[2]["payload"]["by_rule"] == {"key-overdue": 1}
+
+
+def test_events_sent_inside_a_batch_go_out_together_when_it_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    from devstack.sinks import JsonSink
+
+    with JsonSink() as sink:
+        monkeypatch.setenv("PREFECT_API_URL", f"{sink.url}/api")
+        with events.batched(every_s=60):
+            for status in ("rotated", "failed", "rotated"):
+                assert events.emit_rotation_event(_result(status)) is True
+            assert sink.received() == []
+        (request,) = sink.received()
+    assert request.path == "/api/events"
+    assert [e["event"] for e in request.json] == [
+        "langfuse.key.rotated",
+        "langfuse.key.rotation_failed",
+        "langfuse.key.rotated",
+    ]

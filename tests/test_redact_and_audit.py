@@ -33,6 +33,26 @@ def test_anything_shaped_like_a_langfuse_secret_key_is_masked() -> None:
     assert scrub("key sk-lf-1c2d3e4f-aaaa-bbbb-cccc-1234567890ab here") == "key sk-lf-*** here"
 
 
+def test_a_registered_langfuse_secret_key_is_masked_also_when_glued_to_other_text() -> None:
+    secret = "sk-lf-9e8d7c6b-aaaa-bbbb-cccc-0123456789ab"
+    register_secret(secret)
+    for text in (f"x{secret}y", f"sk-lf-ab{secret}", f"{secret}.{secret}", f"'{secret}'"):
+        assert secret.removeprefix("sk-lf-") not in scrub(text)
+
+
+def test_with_hundreds_of_registered_secrets_each_is_still_masked() -> None:
+    """Past a few dozen, a text is searched only for secrets whose ending occurs in it."""
+    urls = [f"http://127.0.0.1:9/health?token=fleet-token-{i:04d}" for i in range(300)]
+    for url in urls:
+        register_secret(url)
+        register_secret(url.split("=")[1])
+    text = f"polled {urls[7]} then fleet-token-0123 and fleet-token-0299."
+    cleaned = scrub(text)
+    assert "fleet-token-0007" not in cleaned and "fleet-token-0123" not in cleaned
+    assert "fleet-token-0299" not in cleaned and "127.0.0.1" not in cleaned
+    assert cleaned.startswith("polled *** then *** and ***")
+
+
 def test_display_secret_keys_stay_visible() -> None:
     assert scrub("sk-lf-...9f3a") == "sk-lf-...9f3a"
 

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from connectors.aws_secrets import AwsSecretsStore
 from connectors.errors import StoreConflictError, StoreError, StoreNotFoundError
 from connectors.keypair import KeyPair
-from connectors.store import FieldNames, RotationRecord, SecretLocation, SecretStore
+from connectors.store import FieldNames, HandoverRequest, RotationRecord, SecretLocation, SecretStore
 from connectors.vault import VaultStore
 from tests.fixtures.stores import StoreUnderTest, new_record
 
@@ -481,3 +481,19 @@ def test_a_store_built_from_config_sees_the_same_secret(
         other = AwsSecretsStore(region=config["region"], endpoint_url=config["endpoint_url"])
     assert other.read_current(loc).key_pair() == old
     assert other.location_label(loc) == seeded.location_label(loc)
+
+
+def test_handover_request_is_read_back_alone_and_cleared(
+    seeded: SecretStore, any_store: StoreUnderTest, loc: SecretLocation, store_path: str
+) -> None:
+    request = HandoverRequest(emergency_run="emergency-run-1", nonce=uuid.uuid4().hex, requested_at=datetime.now(UTC))
+    assert seeded.read_handover(loc) is None
+
+    seeded.request_handover(loc, request)
+    assert seeded.read_handover(loc) == request == seeded.describe(loc).handover
+
+    seeded.clear_handover(loc, "another-emergency")
+    assert seeded.read_handover(loc) == request
+    seeded.clear_handover(loc, "emergency-run-1")
+    assert seeded.read_handover(loc) is None
+    assert seeded.read_handover(any_store.location(f"{store_path}/never-seeded")) is None

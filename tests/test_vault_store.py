@@ -275,3 +275,49 @@ def test_refuses_a_secret_that_keeps_one_version(
     vault_store.stage(loc, record, new, HOST)
     vault_store.promote(loc, record)
     assert vault_store.read_version(loc, 1).key_pair() == old
+
+
+def test_describe_sees_a_version_another_client_wrote(
+    openbao: OpenBaoServer, vault_store: VaultStore, loc: SecretLocation
+) -> None:
+    """A store knows the public key of versions it read or wrote; another writer's version is read."""
+    vault_store.seed(loc, KeyPair.generate(), HOST)
+    assert vault_store.describe(loc).current_version == 1
+    theirs = KeyPair.generate()
+    openbao.client().secrets.kv.v2.create_or_update_secret(
+        path=loc.path, secret={"LANGFUSE_PUBLIC_KEY": theirs.public_key, "LANGFUSE_SECRET_KEY": "sk-x"}
+    )
+    desc = vault_store.describe(loc)
+    assert (desc.current_version, desc.current_public_key) == (2, theirs.public_key)
+
+
+def test_describe_after_the_path_is_destroyed_and_written_again(
+    openbao: OpenBaoServer, vault_store: VaultStore, loc: SecretLocation
+) -> None:
+    """Version 1 of a path written again is not the version 1 the store saw before."""
+    vault_store.seed(loc, KeyPair.generate(), HOST)
+    assert vault_store.describe(loc).current_version == 1
+    kv = openbao.client().secrets.kv.v2
+    kv.delete_metadata_and_all_versions(path=loc.path)
+    theirs = KeyPair.generate()
+    kv.create_or_update_secret(
+        path=loc.path, secret={"LANGFUSE_PUBLIC_KEY": theirs.public_key, "LANGFUSE_SECRET_KEY": "sk-x"}
+    )
+    desc = vault_store.describe(loc)
+    assert (desc.current_version, desc.current_public_key) == (1, theirs.public_key)
+
+
+def test_finish_refuses_when_another_client_replaced_the_promoted_pair(
+    openbao: OpenBaoServer, vault_store: VaultStore, loc: SecretLocation
+) -> None:
+    old, new = KeyPair.generate(), KeyPair.generate()
+    vault_store.seed(loc, old, HOST)
+    record = new_record(vault_store, loc, new, mode="emergency")
+    vault_store.stage(loc, record, new, HOST)
+    vault_store.promote(loc, record)
+    openbao.client().secrets.kv.v2.create_or_update_secret(
+        path=loc.path, secret={"LANGFUSE_PUBLIC_KEY": old.public_key, "LANGFUSE_SECRET_KEY": "sk-x"}
+    )
+    with pytest.raises(StoreConflictError, match="not current"):
+        vault_store.finish(loc, record)
+    assert vault_store.describe(loc).pending == record
