@@ -67,6 +67,7 @@ from connectors.store import (
     StoreDescription,
     StoredPair,
     StoreVersion,
+    parse_time,
     secret_fields,
     stored_pair,
 )
@@ -239,7 +240,7 @@ class AwsSecretsStore:
             pending=pending,
             pending_promoted=pending is not None and secret.holder(CURRENT) == rotation_version_id(pending.rotation_id),
             last_rotation_id=secret.tags.get(f"{TAG_PREFIX}rotation-id") or None,
-            last_rotated_at=_parse_time(secret.tags.get(f"{TAG_PREFIX}rotated-at")),
+            last_rotated_at=parse_time(secret.tags.get(f"{TAG_PREFIX}rotated-at")),
             last_mode=secret.tags.get(f"{TAG_PREFIX}mode") or None,
             handover=_handover(secret),
         )
@@ -698,15 +699,6 @@ def _unescape(value: str) -> str:
             out.extend(value[index].encode())
             index += 1
     return out.decode(errors="replace")
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
 
 
 def _handover(secret: _Secret) -> HandoverRequest | None:

@@ -205,3 +205,13 @@ class SecretStore(Protocol):
     def clear_handover(self, loc: SecretLocation, emergency_run: str) -> None:
         """Remove the handover request if it is ``emergency_run``'s (another one's is left alone)."""
         ...
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """A timestamp a store kept as ISO 8601 text (metadata, tags), or None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None

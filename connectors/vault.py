@@ -60,6 +60,7 @@ from connectors.store import (
     StoreDescription,
     StoredPair,
     StoreVersion,
+    parse_time,
     secret_fields,
     stored_pair,
 )
@@ -227,7 +228,7 @@ class VaultStore:
             and current_pk is not None
             and current_pk == staged.record.new_public_key,
             last_rotation_id=custom.get("rotation_id") or None,
-            last_rotated_at=_parse_time(custom.get("rotated_at")),
+            last_rotated_at=parse_time(custom.get("rotated_at")),
             last_mode=custom.get("mode") or None,
             handover=_handover(custom),
         )
@@ -798,15 +799,6 @@ def _previous_version(meta: dict[str, Any] | None, current: int) -> int | None:
         and not info.get("deletion_time")
     ]
     return max(readable) if readable else None
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
 
 
 def _handover(custom: dict[str, str]) -> HandoverRequest | None:

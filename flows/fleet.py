@@ -42,9 +42,6 @@ from flows.stores import build_store
 from flows.templates import Generated, expand, organization_projects
 
 FleetStatus = Literal["rotated", "partial", "failed", "needs_attention", "planned"]
-DEFAULT_CONCURRENCY = 16
-"""Default entries in flight at once (``fleet.concurrency``, ``--concurrency``): enough to overlap
-consumer waits on 2 cores without the Python work per entry starving the rest."""
 
 _GOOD = {"rotated", "skipped", "contained", "reconciled", "planned"}
 _FAILED = {"failed", "rolled_back"}
@@ -52,7 +49,7 @@ T = TypeVar("T")
 
 
 class FleetResult(BaseModel):
-    """``rotate --all --json``: one object (CONTRACTS.md "Fleet")."""
+    """``rotate --all --json``: one object (README "Fleet rotation")."""
 
     status: FleetStatus
     total: int

@@ -47,7 +47,6 @@ class Pacer:
         self._paused_until = 0.0
         self._shared = shared
         self.waited_s = 0.0
-        self.pauses = 0
 
     def acquire(self) -> None:
         while True:
@@ -70,7 +69,6 @@ class Pacer:
             until = self._clock() + max(seconds, 0.0)
             if until > self._paused_until:
                 self._paused_until = until
-                self.pauses += 1
 
 
 class SharedBudget:
