@@ -6,14 +6,13 @@ server is reachable (with a ``DirectRunner``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from datetime import UTC, datetime
 from typing import Literal
 
 from connectors.errors import ConnectorError
-from connectors.store import RotationRecord
+from connectors.store import StoreDescription
 from flows.audit import audited_run
 from flows.checklists import Approver, run_emergency, run_reconcile, run_scheduled
 from flows.config import RotationConfig
@@ -80,9 +79,8 @@ def execute(
         use_prefect = runner.orchestrator == "prefect" if lock_with_prefect is None else lock_with_prefect
         waiting_since = datetime.now(UTC)
         seen: str | None = None  # the key before the wait; None when the store cannot say (the plan step reports it)
-        if kind != "reconcile":
-            with contextlib.suppress(StepFailed):
-                seen = entry_state(ctx).current_public_key
+        if kind != "reconcile" and (before := _state_or_none(ctx)) is not None:
+            seen = before.current_public_key
         if requester is not None:
             requester.request()
         with entry_lock(
@@ -93,16 +91,20 @@ def execute(
             on_wait=requester.refresh if requester is not None else None,
             take_over_after_s=TAKE_OVER_AFTER_S if requester is not None else None,
         ) as held:
+            now = _state_or_none(ctx) if requester is not None or seen is not None else None
             if requester is not None:
-                pending = _take_over(ctx, requester)
-                if seen is not None and pending is None:
-                    _check_not_replaced_meanwhile(ctx, seen, waiting_since)
+                if now is not None:
+                    # Note in the store which staged rotation this emergency carries through (a rerun
+                    # after a crash then carries it on as an emergency too).
+                    requester.take_over(now.pending.rotation_id if now.pending is not None else None)
+                if seen is not None and now is not None and now.pending is None:
+                    _check_not_replaced_meanwhile(ctx, now, seen, waiting_since)
                 result = run_emergency(ctx, runner, compromised_public_key=compromised_public_key)
                 if held.taken_over:
                     result.reconciled.insert(0, held.taken_over)
                 return result
-            if seen is not None:
-                _check_not_replaced_meanwhile(ctx, seen, waiting_since)
+            if seen is not None and now is not None:
+                _check_not_replaced_meanwhile(ctx, now, seen, waiting_since)
             if kind == "rotate":
                 ctx.handover.arm()
                 return run_scheduled(ctx, runner, approve=approve)
@@ -136,25 +138,21 @@ def _requester(ctx: EntryContext) -> HandoverRequester:
     return HandoverRequester(ctx.store, ctx.location, f"{ctx.run_label} ({who})" if ctx.flow_run_id else who)
 
 
-def _take_over(ctx: EntryContext, requester: HandoverRequester) -> RotationRecord | None:
-    """Holding the lock: note in the store which staged rotation this emergency carries through
-    (a rerun after a crash then carries it on as an emergency too); returns it."""
+def _state_or_none(ctx: EntryContext) -> StoreDescription | None:
+    """What the store says about the entry, or None when it cannot say (the plan step reports it)."""
     try:
-        pending = entry_state(ctx).pending
+        return entry_state(ctx)
     except StepFailed:
-        return None  # the plan step reports it
-    requester.take_over(pending.rotation_id if pending is not None else None)
-    return pending
+        return None
 
 
-def _check_not_replaced_meanwhile(ctx: EntryContext, seen: str, waiting_since: datetime) -> None:
-    """Another run of this entry that held the lock while this one waited may have replaced the key:
-    going on would rotate the pair it just put in place (an emergency would revoke it at once, under
-    consumers that only just switched to it). Such a run is the one in progress; this one stops."""
-    try:
-        desc = entry_state(ctx)
-    except StepFailed:
-        return  # the plan step reports it
+def _check_not_replaced_meanwhile(
+    ctx: EntryContext, desc: StoreDescription, seen: str, waiting_since: datetime
+) -> None:
+    """Another run of this entry that held the lock while this one waited may have replaced the key
+    (``desc``: the store's answer once the lock is held): going on would rotate the pair it just put
+    in place (an emergency would revoke it at once, under consumers that only just switched to it).
+    Such a run is the one in progress; this one stops."""
     finished = desc.last_rotated_at
     if desc.current_public_key != seen or (
         finished is not None and finished.tzinfo is not None and finished >= waiting_since

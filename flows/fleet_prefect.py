@@ -253,6 +253,7 @@ def approval_runner(config_path: str | None) -> Any:
 
 def run_fleet_flow(
     flow_run_id: str,
+    config: RotationConfig,
     *,
     config_path: str | None,
     entries: list[str] | None,
@@ -261,13 +262,11 @@ def run_fleet_flow(
     summary: bool = True,
 ) -> Any:
     """The body of the ``langfuse-key-rotation-all`` flow: the whole fleet here, or (``fleet.batch_size``
-    with a Prefect server) handed out in batches to the work pool."""
-    from flows.config import load_config
+    with a Prefect server) handed out in batches to the work pool. ``config``: as the flow loaded it."""
     from flows.fleet import run_fleet, terminal_progress_sink
     from flows.flow_run import tag_flow_run
     from flows.lock import prefect_server_configured, rest_api
 
-    config: RotationConfig = load_config(config_path)
     tag_flow_run(flow_run_id, project="all", mode="scheduled", store="all")
     server = prefect_server_configured()
     if entries is None and config.fleet.batch_size and server:

@@ -84,10 +84,11 @@ def rotate_all(
     refuse_job_overrides()
     flow_run_id, _ = current_flow_run()
     with flow_run_audit("rotate", None, config_path, flow_run_id):
-        load_config(config_path)  # a bad config is audited and fails here, as for one entry
+        config = load_config(config_path)  # a bad config is audited and fails here, as for one entry
     with flow_run_audit("rotate-all", None, config_path, flow_run_id):  # the fleet's final line names its initiator
         return run_fleet_flow(
             flow_run_id,
+            config,
             config_path=config_path,
             entries=entries,
             concurrency=concurrency,
