@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 from pydantic import BaseModel
 
-from connectors.store import RotationRecord
+from connectors.store import RotationRecord, StoreDescription
 from flows import steps
 from flows.context import EntryContext
 from flows.contract import contract_of
@@ -47,7 +47,13 @@ Approver = Callable[[RotationPlan, RotationRecord, HandoverProbe], ApprovalDecis
 # --- scheduled rotation -------------------------------------------------------------------------
 
 
-def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | None = None) -> RotationResult:
+def run_scheduled(
+    ctx: EntryContext,
+    runner: StepRunner,
+    *,
+    approve: Approver | None = None,
+    state: StoreDescription | None = None,
+) -> RotationResult:
     """plan → 1 create → [approval] → 2 store → 3 wait for restarts → 4 verify → 5 revoke → finish → notify.
 
     Before revocation any failure rolls back (``_rolled_back``): the old pair is current again and
@@ -56,17 +62,20 @@ def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | 
     consumers and verifies before it finishes, else it needs a person (exit 4). An emergency of
     the same entry that asks for it (``flows.handover``) stops this run where it is, without
     rolling back: the emergency carries the staged rotation through.
+
+    ``state``: the entry's state as read once the run held the lock, nothing changed since (the
+    plan uses it instead of reading the store again); None: the plan reads it.
     """
-    if staged_mode(ctx) == "emergency":
+    if staged_mode(ctx, state) == "emergency":
         # A killed emergency is carried through as one: this checklist could roll it back, which
         # would make the compromised key current again.
-        return run_emergency(ctx, runner)
+        return run_emergency(ctx, runner, state=state)
     run = RunTracker(ctx, runner, "scheduled")
     with _until_superseded() as handover:
         plan: RotationPlan | None = None
         problems: list[str] = []  # past the point of no return: reported for a person (exit 4)
         try:
-            plan = _prepare(run, "scheduled")
+            plan = _prepare(run, "scheduled", state)
             forward_only = _resumed_past_revocation(run, plan)
             if forward_only is None:
                 # 1 create (written ahead to the store, then in Langfuse), [approval], 2 store (promote)
@@ -123,7 +132,11 @@ def run_scheduled(ctx: EntryContext, runner: StepRunner, *, approve: Approver | 
 
 
 def run_emergency(
-    ctx: EntryContext, runner: StepRunner, *, compromised_public_key: str | None = None
+    ctx: EntryContext,
+    runner: StepRunner,
+    *,
+    compromised_public_key: str | None = None,
+    state: StoreDescription | None = None,
 ) -> RotationResult:
     """plan → 1 create → 2 store → 5 REVOKE NOW → prove rejected → 3 restarts + wait (report)
     → 4 verify → [re-probe the revoked key] → finish → notify.
@@ -131,14 +144,16 @@ def run_emergency(
     A key still accepted after the delete (Langfuse's API-key cache) is flushed at once with the
     instance admin key; without one it must go idle for the cache TTL, which cannot happen while
     consumers still use it, so that re-probe runs after the restarts, and the result says so.
-    Once the key is revoked nothing rolls back: problems are reported (exit 4).
+    Once the key is revoked nothing rolls back: problems are reported (exit 4). ``state``: as for
+    ``run_scheduled``.
     """
     if compromised_public_key is not None:
-        check_compromised_key(ctx, compromised_public_key)  # before anything changes, reconcile included
+        # before anything changes, reconcile included
+        check_compromised_key(ctx, compromised_public_key, state)
     run = RunTracker(ctx, runner, "emergency")
     plan: RotationPlan | None = None
     try:
-        plan = _prepare(run, "emergency")
+        plan = _prepare(run, "emergency", state)
         target = _compromised_key(run, plan, compromised_public_key)
         if target != plan.old_public_key:
             return _contain_stray_key(run, target)
@@ -188,10 +203,10 @@ def run_emergency(
 # --- the parts both checklists share ------------------------------------------------------------
 
 
-def _prepare(run: RunTracker, mode: Mode) -> RotationPlan:
+def _prepare(run: RunTracker, mode: Mode, state: StoreDescription | None) -> RotationPlan:
     """Plan (resume the staged rotation, or start one), then delete what crashed runs left."""
     began = time.monotonic()
-    plan = plan_rotation(run.ctx, mode)
+    plan = plan_rotation(run.ctx, mode, state)
     run.planned(plan, began)
     run.step(steps.reconcile, run.ctx, plan)
     return plan

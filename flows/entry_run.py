@@ -99,15 +99,17 @@ def execute(
                     requester.take_over(now.pending.rotation_id if now.pending is not None else None)
                 if seen is not None and now is not None and now.pending is None:
                     _check_not_replaced_meanwhile(ctx, now, seen, waiting_since)
-                result = run_emergency(ctx, runner, compromised_public_key=compromised_public_key)
+                result = run_emergency(ctx, runner, compromised_public_key=compromised_public_key, state=now)
                 if held.taken_over:
                     result.reconciled.insert(0, held.taken_over)
                 return result
             if seen is not None and now is not None:
                 _check_not_replaced_meanwhile(ctx, now, seen, waiting_since)
             if kind == "rotate":
-                ctx.handover.arm()
-                return run_scheduled(ctx, runner, approve=approve)
+                # ``now`` was read under the lock a moment ago, and nothing changed it since: the
+                # plan and the handover watch start from it instead of reading the store again.
+                ctx.handover.arm(now)
+                return run_scheduled(ctx, runner, approve=approve, state=now)
             return run_reconcile(ctx, runner)
     except RotationInProgressError as exc:
         result = _unstarted(ctx, runner, mode, "in_progress", str(exc))

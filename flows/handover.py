@@ -3,9 +3,10 @@
 The emergency writes a ``HandoverRequest`` into the entry's store (every host sees it) and keeps
 refreshing it while it waits for the entry's lock. A scheduled rotation that holds the lock looks
 at the request about once a second, wherever it waits (consumers, approval, grace period, the
-idle re-probe) and before every step; when it sees a request it did not see when it started, it
-stops where it is (``Superseded``), without rolling back, records "superseded by emergency <run>"
-and lets go of the lock. The emergency then carries the staged rotation through as an emergency.
+idle re-probe), before every step (at most twice a second) and before a rollback; when it sees
+a request it did not see when it started, it stops where it is (``Superseded``), without rolling
+back, records "superseded by emergency <run>" and lets go of the lock. The emergency then carries
+the staged rotation through as an emergency.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import uuid
 from datetime import UTC, datetime
 
 from connectors.errors import ConnectorError
-from connectors.store import HandoverRequest, SecretLocation, SecretStore
+from connectors.store import HandoverRequest, SecretLocation, SecretStore, StoreDescription
 from flows.errors import Superseded
 
 POLL_S = 1.0
 """How often a waiting rotation looks for a handover request, and an emergency refreshes its own."""
+
+STEP_CHECK_S = 0.5
+"""Between steps, a rotation asks the store again only when its last look is older than this."""
 
 
 class HandoverWatch:
@@ -40,13 +44,20 @@ class HandoverWatch:
         self._last_check = 0.0
         self.superseded_by: str | None = None
 
-    def arm(self) -> None:
-        try:
-            request = self._store.read_handover(self._location)
-        except ConnectorError:
-            request = None
+    def arm(self, state: StoreDescription | None = None) -> None:
+        """``state``: the entry's state read a moment ago under the lock (its handover request is
+        the one to note); None reads the request now. A request written in between counts as new,
+        which can only hand over sooner."""
+        if state is not None:
+            request = state.handover
+        else:
+            try:
+                request = self._store.read_handover(self._location)
+            except ConnectorError:
+                request = None
         self._seen = request.nonce if request is not None else None
         self._armed = True
+        self._last_check = time.monotonic()
 
     def requested_by(self) -> str | None:
         """The emergency run asking for the entry now, if any (None when unarmed)."""
@@ -67,6 +78,14 @@ class HandoverWatch:
         emergency = self.requested_by()
         if emergency is not None:
             raise Superseded(emergency)
+
+    def check_between_steps(self) -> None:
+        """``check`` before a step, unless the store was asked less than ``STEP_CHECK_S`` ago: a
+        fleet's steps follow each other within milliseconds, and an emergency refreshes its request
+        every second anyway. Carrying on one step more is safe (a rollback checks afresh first)."""
+        if self.superseded_by is None and time.monotonic() - self._last_check < STEP_CHECK_S:
+            return
+        self.check()
 
     def sleep(self, seconds: float) -> None:
         end = time.monotonic() + max(seconds, 0.0)

@@ -22,10 +22,13 @@ from flows.redact import scrub
 from flows.steps import connector_failure
 
 
-def plan_rotation(ctx: EntryContext, mode: Mode) -> RotationPlan:
-    """Decide what this run does: resume the staged rotation if there is one, else start a new one."""
+def plan_rotation(ctx: EntryContext, mode: Mode, state: StoreDescription | None = None) -> RotationPlan:
+    """Decide what this run does: resume the staged rotation if there is one, else start a new one.
+
+    ``state``: the entry's state as the run read it once it held the lock, with nothing changed
+    since (saves reading it again); None reads it now."""
     try:
-        desc = ctx.store.describe(ctx.location)
+        desc = state if state is not None else ctx.store.describe(ctx.location)
     except StoreError as exc:
         raise connector_failure("plan", exc) from None
     if not desc.exists:
@@ -66,11 +69,12 @@ def entry_state(ctx: EntryContext) -> StoreDescription:
         raise connector_failure("plan", exc) from None
 
 
-def staged_mode(ctx: EntryContext) -> Mode | None:
+def staged_mode(ctx: EntryContext, state: StoreDescription | None = None) -> Mode | None:
     """The staged rotation's mode ("emergency" also for a scheduled one an emergency took over),
-    or None when nothing is staged or the store cannot say (the plan step then reports it)."""
+    or None when nothing is staged or the store cannot say (the plan step then reports it).
+    ``state``: as for ``plan_rotation``."""
     try:
-        desc = ctx.store.describe(ctx.location)
+        desc = state if state is not None else ctx.store.describe(ctx.location)
     except ConnectorError:
         return None
     pending = desc.pending
@@ -115,14 +119,15 @@ def past_revocation(ctx: EntryContext, rotation_id: str) -> ForwardOnly | None:
     return None if alive else ForwardOnly(record=pending, store_version=desc.current_version)
 
 
-def check_compromised_key(ctx: EntryContext, target: str) -> None:
+def check_compromised_key(ctx: EntryContext, target: str, state: StoreDescription | None = None) -> None:
     """A compromised key named on the command line that is not one of this entry's own keys must
     be a key of the entry's project that no other configured entry holds as its current or staged
     key, whatever store that entry lives in (two store names may even point at the same server):
     deleting it would cut that entry's services off. That entry must be contained by its own name.
-    Raises ``BadInputError`` (nothing changed) otherwise; changes nothing."""
+    Raises ``BadInputError`` (nothing changed) otherwise; changes nothing. ``state``: as for
+    ``plan_rotation``."""
     try:
-        desc = entry_state(ctx)
+        desc = state if state is not None else entry_state(ctx)
     except StepFailed:
         return  # the plan step reports it
     own = {desc.current_public_key}

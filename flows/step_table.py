@@ -46,7 +46,7 @@ class RunTracker:
         name = self.current_step = contract.name
         if self.result.rotation_id:
             self.ctx.audit.rotation_id = self.result.rotation_id  # every audit line names its rotation
-        self.ctx.handover.check()  # an emergency asked for the entry: stop before the next step
+        self.ctx.handover.check_between_steps()  # an emergency asked for the entry: stop before the next step
         began = time.monotonic()
         progress(f"{name}: started")
         try:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 import flows.config
+import flows.handover
+from connectors.store import HandoverRequest, SecretLocation, StoreDescription
 from flows.entry_run import execute
 from flows.step_runners import DirectRunner
 from tests.fixtures.rotation import ENTRY, RotationEnv
@@ -38,3 +42,33 @@ def test_a_run_reads_its_configuration_once(rotation_env: RotationEnv, monkeypat
 
     assert result.status == "rotated", result.error
     assert len(parsed) == 1, parsed
+
+
+def test_a_rotation_reads_the_entry_state_only_where_a_decision_needs_it_afresh(
+    rotation_env: RotationEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the lock (to notice a rotation finished meanwhile), once the lock is held (the plan
+    and the handover watch start from it), and in reconcile (which deletes keys: never on an old
+    answer). Between steps, the handover request is asked for at most every ``STEP_CHECK_S``."""
+    store_class = type(rotation_env.store.store)
+    described: list[str] = []
+    asked: list[str] = []
+    describe, read_handover = store_class.describe, store_class.read_handover
+
+    def counting_describe(self: Any, loc: SecretLocation) -> StoreDescription:
+        described.append(loc.path)
+        return describe(self, loc)
+
+    def counting_handover(self: Any, loc: SecretLocation) -> HandoverRequest | None:
+        asked.append(loc.path)
+        return read_handover(self, loc)
+
+    monkeypatch.setattr(store_class, "describe", counting_describe)
+    monkeypatch.setattr(store_class, "read_handover", counting_handover)
+    monkeypatch.setattr(flows.handover, "STEP_CHECK_S", 3600.0)
+
+    result = execute("rotate", ENTRY, str(rotation_env.write_config()), DirectRunner())
+
+    assert result.status == "rotated", result.error
+    assert len(described) == 3, described
+    assert asked == []
