@@ -58,9 +58,7 @@ def test_a_check_before_a_rollback_always_asks_the_store(store: MemoryStore) -> 
         watch.check()
 
 
-def test_once_superseded_every_check_between_steps_says_so(
-    store: MemoryStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_once_superseded_every_check_between_steps_says_so(store: MemoryStore, monkeypatch: pytest.MonkeyPatch) -> None:
     watch = HandoverWatch(store, LOCATION)
     watch.arm()
     ask(store)
