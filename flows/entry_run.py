@@ -43,6 +43,7 @@ def execute(
     approve: Approver | None = None,
     lock_with_prefect: bool | None = None,
     config: RotationConfig | None = None,
+    state_before: StoreDescription | None = None,
 ) -> RotationResult:
     """``lock_with_prefect``: also take the entry's Prefect concurrency limit (when a Prefect server
     is configured); by default only runs on the Prefect runner do. A reconcile run without Prefect
@@ -51,7 +52,11 @@ def execute(
     ``config`` is loaded once per run and handed down from here: by the caller that already read it
     (a flow, for its tags and approval; a fleet run, whose entries may come from a template), else by
     ``audited_run`` from ``config_path``. The entry's store and clients are built once, in
-    ``EntryContext``."""
+    ``EntryContext``.
+
+    ``state_before``: the entry's state as the caller read it just before (a fleet run's skip
+    check), taken as the state before the lock instead of reading it again; an earlier answer only
+    makes the "replaced while this run waited" check stricter."""
     assert config is not None  # audited_run loads it when the caller did not
     entry = config.entry(project)
     mode: Mode = "emergency" if kind == "emergency" else "scheduled"
@@ -79,7 +84,7 @@ def execute(
         use_prefect = runner.orchestrator == "prefect" if lock_with_prefect is None else lock_with_prefect
         waiting_since = datetime.now(UTC)
         seen: str | None = None  # the key before the wait; None when the store cannot say (the plan step reports it)
-        if kind != "reconcile" and (before := _state_or_none(ctx)) is not None:
+        if kind != "reconcile" and (before := state_before or _state_or_none(ctx)) is not None:
             seen = before.current_public_key
         if requester is not None:
             requester.request()

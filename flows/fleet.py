@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from connectors.errors import ConnectorError
 from connectors.notify import Notification, Notifier, NotifyTarget
-from connectors.store import SecretStore
+from connectors.store import SecretStore, StoreDescription
 from flows import events, steps
 from flows.audit import AuditLog
 from flows.config import ProjectEntry, RotationConfig
@@ -360,15 +360,11 @@ def _setup_failed(
     return result
 
 
-def skip_reason(store: SecretStore, entry: ProjectEntry, window_s: float, now: datetime) -> str | None:
-    """Why ``entry`` needs no rotation now (rotated within the window), or None. An unfinished
-    rotation is never skipped: the run resumes it."""
-    if window_s <= 0:
+def skip_reason(desc: StoreDescription | None, window_s: float, now: datetime) -> str | None:
+    """Why the entry described by ``desc`` needs no rotation now (rotated within the window), or
+    None. An unfinished rotation is never skipped: the run resumes it."""
+    if window_s <= 0 or desc is None:
         return None
-    try:
-        desc = store.describe(entry.location())
-    except ConnectorError:
-        return None  # the run's plan step reports it
     last = desc.last_rotated_at
     if desc.pending is not None or last is None or last.tzinfo is None:
         return None
@@ -389,7 +385,11 @@ def _rotate_one(
     approval_runner: ApprovalRunner | None,
 ) -> RotationResult:
     began = time.monotonic()
-    reason = skip_reason(store(entry.store), entry, config.fleet.skip_window_s, datetime.now(UTC))
+    try:
+        before: StoreDescription | None = store(entry.store).describe(entry.location())
+    except ConnectorError:
+        before = None  # the run's plan step reports it
+    reason = skip_reason(before, config.fleet.skip_window_s, datetime.now(UTC))
     if reason is not None:
         return RotationResult(
             status="skipped",
@@ -424,6 +424,7 @@ def _rotate_one(
             run_label=label,
             lock_with_prefect=lock_with_prefect,
             config=config,
+            state_before=before,
         )
     except Exception as exc:
         result = RotationResult(

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -245,6 +246,31 @@ def test_entries_rotated_within_the_window_are_skipped(fleet_factory: Any) -> No
     assert {n: fleet.current(n) for n in fleet.paths} == rotated, "no key rotated twice"
     off = run_fleet(fleet.config(fleet={"skip_if_rotated_within": 0}), config_path=None, concurrency=3)
     assert off.counts == {"rotated": 3}
+
+
+@vault_only
+def test_a_fleet_entry_reads_its_state_before_the_lock_once(
+    fleet_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The skip check's answer is the state the run compares with once it holds the lock; then the
+    plan starts from the state read under the lock, and reconcile reads afresh: three reads."""
+    from connectors.vault import VaultStore
+
+    fleet = fleet_factory(2)
+    described: list[str] = []
+    describe = VaultStore.describe
+
+    def counting(self: VaultStore, loc: SecretLocation) -> Any:
+        if threading.current_thread().name.startswith("fleet"):  # not the consumers' reloads
+            described.append(loc.path)
+        return describe(self, loc)
+
+    monkeypatch.setattr(VaultStore, "describe", counting)
+
+    result = run_fleet(fleet.config(), config_path=None, concurrency=2)
+
+    assert result.counts == {"rotated": 2}
+    assert sorted(described) == sorted([*fleet.paths.values()] * 3), described
 
 
 # --- templates ----------------------------------------------------------------------------------
