@@ -336,7 +336,7 @@ def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:
     text = _ENV_PATTERN.sub(placeholder, text)
     try:
         written = _check_depth(text, source)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_LOADER)
     except RecursionError:
         raise ConfigError(f"{source}: the YAML is nested too deeply") from None
     except yaml.YAMLError as exc:
@@ -355,12 +355,17 @@ def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:
     return config
 
 
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader where PyYAML was built with it (the wheels are): a 1,000-entry file parses
+in a tenth of the time, which a fleet run spends before its first entry starts."""
+
+
 def _check_depth(text: str, source: str) -> int:
     """Refuse deep nesting from the event stream, before PyYAML's recursive composer meets it.
     Returns how many values the text writes out (aliases not counted)."""
     depth = 0
     written = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+    for event in yaml.parse(text, Loader=_LOADER):
         if isinstance(event, yaml.ScalarEvent | yaml.CollectionStartEvent):
             written += 1
         if isinstance(event, yaml.CollectionStartEvent):
