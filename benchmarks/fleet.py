@@ -10,7 +10,8 @@ subprocess standing for every entry's consumer, switching at once on restart); n
 canaries visible after 0.1 s. Each size is seeded fresh (keys created in Langfuse, pairs stored),
 then ``langfuse-rotate rotate --all --json`` runs as a subprocess against the Prefect server.
 
-Figures per size: wall time of the command, time per entry, peak RSS of the command's process
+Figures per size: wall time of the command, time per entry, the fleet run's own ``duration_s``
+(``fleet_s``: the wall time less start-up and the last records), peak RSS of the command's process
 tree (sampled every 0.1 s), Langfuse requests per entry by endpoint (the simulator's request log),
 store requests per entry (the rotator's own count, ``connectors.pacing``, written by the command
 when ``LANGFUSE_ROTATE_REQUEST_COUNTS`` names a file), 429s, the 2,000/1,000 ratio, and CPU
@@ -305,6 +306,7 @@ def measure(size: int, args: argparse.Namespace, stack: dict[str, Any], paced: b
         "seed_s": round(seeded, 1),
         "wall_s": round(figures["wall_s"], 1),
         "per_entry_ms": round(1000 * figures["wall_s"] / size, 1),
+        "fleet_s": result.get("duration_s"),
         "peak_rss_mb": round(figures["peak_rss_mb"]),
         "status": result["status"],
         "counts": result["counts"],
