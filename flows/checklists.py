@@ -75,7 +75,7 @@ def run_scheduled(
         plan: RotationPlan | None = None
         problems: list[str] = []  # past the point of no return: reported for a person (exit 4)
         try:
-            plan = _prepare(run, "scheduled", state)
+            plan, key_ids = _prepare(run, "scheduled", state)
             forward_only = _resumed_past_revocation(run, plan)
             if forward_only is None:
                 # 1 create (written ahead to the store, then in Langfuse), [approval], 2 store (promote)
@@ -104,6 +104,7 @@ def run_scheduled(
                 ctx,
                 plan.old_public_key,
                 plan.old_version,
+                key_id=key_ids.get(plan.old_public_key),
                 then="the new pair is current and verified, rerun to finish",
             )
             if revoked is not None:
@@ -153,7 +154,7 @@ def run_emergency(
     run = RunTracker(ctx, runner, "emergency")
     plan: RotationPlan | None = None
     try:
-        plan = _prepare(run, "emergency", state)
+        plan, key_ids = _prepare(run, "emergency", state)
         target = _compromised_key(run, plan, compromised_public_key)
         if target != plan.old_public_key:
             return _contain_stray_key(run, target)
@@ -167,7 +168,9 @@ def run_emergency(
     problems: list[str] = []
     # 5 revoke now, without waiting for anyone; if Langfuse's cache still accepts the key and no
     # instance admin key can flush it, the idle re-probe waits until consumers were restarted.
-    revoked = run.attempt(problems, steps.revoke, ctx, target, plan.old_version, True)
+    revoked = run.attempt(
+        problems, steps.revoke, ctx, target, plan.old_version, defer_idle_recheck=True, key_id=key_ids.get(target)
+    )
     # 3 restart hooks and wait for restarts: who lags is reported
     consumers = run.attempt(problems, steps.wait_for_restarts, ctx, record.new_public_key)
     if consumers is not None and (lagging := consumers.lagging()) is not None:
@@ -203,13 +206,14 @@ def run_emergency(
 # --- the parts both checklists share ------------------------------------------------------------
 
 
-def _prepare(run: RunTracker, mode: Mode, state: StoreDescription | None) -> RotationPlan:
-    """Plan (resume the staged rotation, or start one), then delete what crashed runs left."""
+def _prepare(run: RunTracker, mode: Mode, state: StoreDescription | None) -> tuple[RotationPlan, dict[str, str]]:
+    """Plan (resume the staged rotation, or start one), then delete what crashed runs left.
+    Also returns the Langfuse ids of the keys the run tracks, by public key (for ``revoke``)."""
     began = time.monotonic()
     plan = plan_rotation(run.ctx, mode, state)
     run.planned(plan, began)
-    run.step(steps.reconcile, run.ctx, plan)
-    return plan
+    reconciled = run.step(steps.reconcile, run.ctx, plan)
+    return plan, reconciled.key_ids
 
 
 def _create_and_store(run: RunTracker, plan: RotationPlan, approve: Approver | None = None) -> RotationRecord:

@@ -62,13 +62,19 @@ class RunTracker:
         return value
 
     def attempt(
-        self, problems: list[str], fn: Callable[..., T], *args: Any, what: str | None = None, then: str = ""
+        self,
+        problems: list[str],
+        fn: Callable[..., T],
+        *args: Any,
+        what: str | None = None,
+        then: str = "",
+        **kwargs: Any,
     ) -> T | None:
         """A step past the point of no return: its failure is added to ``problems`` ("<what> failed:
         <why>[; <then>]", ``what`` defaults to the step's name) for a person to act on, instead of
         raised: there is nothing left to roll back."""
         try:
-            return self.step(fn, *args)
+            return self.step(fn, *args, **kwargs)
         except Exception as exc:
             what = what or contract_of(fn).name.replace("_", " ")
             problems.append(f"{what} failed: {one_line(exc)}" + (f"; {then}" if then else ""))

@@ -60,6 +60,9 @@ class ReconcileOutcome(BaseModel):
     actions: list[str] = []
     kept: list[str] = []
     """Orphan keys kept because a consumer uses them or cannot be proven not to (also in ``actions``)."""
+    key_ids: dict[str, str] = {}
+    """Langfuse's ids of the keys this run tracks (current, old, new), by public key: ``revoke``
+    deletes by id without listing the project's keys again (ids never change)."""
 
     def describe(self) -> str:
         return "; ".join(self.actions) or "nothing left over"
@@ -86,6 +89,7 @@ def reconcile(ctx: EntryContext, plan: RotationPlan) -> ReconcileOutcome:
     keep = {desc.current_public_key, plan.old_public_key, plan.new_public_key}
     if desc.pending is not None:
         keep |= {desc.pending.old_public_key, desc.pending.new_public_key}
+    key_ids = {key.public_key: key.id for key in keys if key.public_key in keep}
     actions: list[str] = []
     orphans = [
         (key, owner)
@@ -119,7 +123,7 @@ def reconcile(ctx: EntryContext, plan: RotationPlan) -> ReconcileOutcome:
         ctx.audit.record(
             "reconcile.delete_orphan", _resource(ctx), "done", public_key=key.public_key, rotation_id=owner[1]
         )
-    return ReconcileOutcome(actions=actions, kept=kept)
+    return ReconcileOutcome(actions=actions, kept=kept, key_ids=key_ids)
 
 
 # --- 1. create ----------------------------------------------------------------------------------
@@ -352,7 +356,11 @@ class RevokeOutcome(BaseModel):
 
 @step("revoke", retries=2, timeout_s=120, plus=("revoke_recheck_s",))  # the idle re-probe waits revoke_recheck_s
 def revoke(
-    ctx: EntryContext, public_key: str, secret_version: StoreVersion | None, defer_idle_recheck: bool = False
+    ctx: EntryContext,
+    public_key: str,
+    secret_version: StoreVersion | None,
+    defer_idle_recheck: bool = False,
+    key_id: str | None = None,
 ) -> RevokeOutcome:
     """Delete ``public_key`` from Langfuse, then prove it is rejected.
 
@@ -366,15 +374,19 @@ def revoke(
     and then call ``recheck_revoked``. Without the secret of ``public_key`` nothing can be
     probed: with an instance admin key the cache is invalidated anyway (the row is gone, so that
     makes the key rejected), otherwise ``rejected`` stays None.
+
+    ``key_id``: Langfuse's id of ``public_key`` as this run's reconcile listed it; without it the
+    project's keys are listed to find it. Already deleted either way: nothing is deleted now.
     """
     name = "revoke"
     project = ctx.entry.project_id
     try:
-        summary = ctx.admin.find_api_key(project, public_key)
-        deleted_now = ctx.admin.delete_api_key(project, summary.id) if summary is not None else False
+        if key_id is None:
+            summary = ctx.admin.find_api_key(project, public_key)
+            key_id = summary.id if summary is not None else None
+        deleted_now = ctx.admin.delete_api_key(project, key_id) if key_id is not None else False
     except ConnectorError as exc:
         raise connector_failure(name, exc) from None
-    key_id = summary.id if summary is not None else None
     crash_point("after_delete")
     ctx.audit.record("langfuse.delete_key", _resource(ctx), "done", public_key=public_key, key_id=key_id)
     pair = _stored_pair(ctx, public_key, secret_version)

@@ -237,6 +237,44 @@ def test_revoke_of_a_key_already_deleted_deletes_nothing_and_proves_it_rejected(
     assert project_keys(sim, ctx) == keys
 
 
+def test_revoke_deletes_by_the_id_reconcile_listed_without_listing_again(ctx: EntryContext, sim: SimHandle) -> None:
+    plan, _ = promoted(ctx)
+    assert plan.old_public_key is not None
+    key_ids = steps.reconcile(ctx, plan).key_ids
+    mark = sim.requests()["next"]
+
+    revoked = steps.revoke(ctx, plan.old_public_key, plan.old_version, key_id=key_ids[plan.old_public_key])
+
+    assert revoked.deleted_now and revoked.rejected is True
+    assert revoked.key_id == key_ids[plan.old_public_key]
+    assert plan.old_public_key not in project_keys(sim, ctx)
+    lists = [r for r in sim.requests(mark)["requests"] if r["method"] == "GET" and r["path"].endswith("/apiKeys")]
+    assert lists == []
+
+
+def test_revoke_by_the_id_of_a_key_already_deleted_deletes_nothing(ctx: EntryContext, sim: SimHandle) -> None:
+    plan, _ = promoted(ctx)
+    assert plan.old_public_key is not None
+    key_id = steps.reconcile(ctx, plan).key_ids[plan.old_public_key]
+    steps.revoke(ctx, plan.old_public_key, plan.old_version, key_id=key_id)
+    keys = project_keys(sim, ctx)
+
+    again = steps.revoke(ctx, plan.old_public_key, plan.old_version, key_id=key_id)
+
+    assert not again.deleted_now and again.rejected is True
+    assert project_keys(sim, ctx) == keys
+
+
+def test_reconcile_names_the_ids_of_the_keys_the_run_tracks_only(ctx: EntryContext, sim: SimHandle) -> None:
+    plan, record = promoted(ctx)
+
+    key_ids = steps.reconcile(ctx, plan).key_ids
+
+    assert set(key_ids) == {plan.old_public_key, record.new_public_key}
+    listed = {k["publicKey"]: k["id"] for k in sim.keys() if k.get("projectId") == ctx.entry.project_id}  # noqa: SIM118
+    assert all(listed[public_key] == key_id for public_key, key_id in key_ids.items())
+
+
 # --- finish & rollback --------------------------------------------------------------------------
 
 
