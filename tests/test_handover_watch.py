@@ -38,6 +38,7 @@ def ask(store: MemoryStore, emergency_run: str = "emergency-1") -> None:
 def test_a_request_made_right_after_the_last_look_waits_for_the_next_interval(
     store: MemoryStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(flows.handover, "STEP_CHECK_S", 3600.0)  # "a moment ago", however slow the box
     watch = HandoverWatch(store, LOCATION)
     watch.arm()
     ask(store)

@@ -66,6 +66,7 @@ def test_a_rotation_reads_the_entry_state_only_where_a_decision_needs_it_afresh(
     monkeypatch.setattr(store_class, "describe", counting_describe)
     monkeypatch.setattr(store_class, "read_handover", counting_handover)
     monkeypatch.setattr(flows.handover, "STEP_CHECK_S", 3600.0)
+    monkeypatch.setattr(flows.handover, "POLL_S", 3600.0)  # a slow box's waits must not look either
 
     result = execute("rotate", ENTRY, str(rotation_env.write_config()), DirectRunner())
 
