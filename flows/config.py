@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -28,6 +28,9 @@ from flows.audit import default_audit_path
 from flows.config_types import StorePath, StrictModel, Url
 from flows.errors import ConfigError
 from flows.stores import STORE_KINDS, StoreConfig, store_kinds_text
+
+if TYPE_CHECKING:
+    from connectors.notify import NotifyTarget  # imported where notifications are sent
 
 CONFIG_ENV_VAR = "LANGFUSE_ROTATE_CONFIG"
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -138,6 +141,12 @@ class NotifyConfig(StrictModel):
             else:
                 hidden.append({k: SecretUrl(v) if k == "url" and isinstance(v, str) else v for k, v in url.items()})
         return hidden
+
+    def targets(self) -> list[NotifyTarget]:
+        """The URLs as apprise targets. Raises ``ValueError`` (naming no URL) for an invalid one."""
+        from connectors.notify import NotifyTarget
+
+        return [NotifyTarget.parse(url) for url in self.urls]
 
 
 class AuditConfig(StrictModel):

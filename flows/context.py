@@ -111,9 +111,9 @@ class EntryContext:
         URLs (~0.3 s), which an emergency spends after the key is revoked, not before. Raises
         ``ValueError`` for an invalid URL."""
         if self._notifier is None:
-            from connectors.notify import Notifier, NotifyTarget
+            from connectors.notify import Notifier
 
-            self._notifier = Notifier([NotifyTarget.parse(url) for url in self.config.notify.urls])
+            self._notifier = Notifier(self.config.notify.targets())
         return self._notifier
 
     def _needed_stores(self) -> list[str]:

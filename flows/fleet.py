@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from pydantic import BaseModel
 
 from connectors.errors import ConnectorError
-from connectors.notify import Notification, Notifier, NotifyTarget
+from connectors.notify import Notification, Notifier
 from connectors.store import SecretStore, StoreDescription
 from flows import events, steps
 from flows.audit import AuditLog
@@ -482,8 +482,7 @@ def send_summary(config: RotationConfig, result: FleetResult, run_name: str | No
     """One message per fleet run; a delivery problem is audited, never fatal."""
     audit = AuditLog(config.audit.path, run_id=result.prefect_flow_run_id)
     try:
-        targets = [NotifyTarget.parse(url) for url in config.notify.urls]
-        outcome = Notifier(targets).send(summary_notification(result, run_name))
+        outcome = Notifier(config.notify.targets()).send(summary_notification(result, run_name))
     except (ConnectorError, ValueError) as exc:
         audit.record("notify", "fleet", "failed", error=one_line(exc))
         return

@@ -124,7 +124,7 @@ def targets_for(config_path: str | None) -> list[NotifyTarget]:
     ``LANGFUSE_ROTATE_NOTIFY_URLS``."""
     for path in [config_path, None] if config_path else [None]:
         try:
-            return [NotifyTarget.parse(u) for u in load_config(path).notify.urls]
+            return load_config(path).notify.targets()
         except (ConfigError, ValueError):
             continue
     targets = []
@@ -144,7 +144,7 @@ def send_to(config_path: str | None, notification: Notification, *, config: Rota
     targets: list[NotifyTarget] | None = None
     if config is not None:
         with contextlib.suppress(ValueError):  # an invalid URL: the fallbacks of ``targets_for``
-            targets = [NotifyTarget.parse(url) for url in config.notify.urls]
+            targets = config.notify.targets()
     if targets is None:
         targets = targets_for(config_path)
     if targets:

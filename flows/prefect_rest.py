@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 
@@ -63,8 +64,32 @@ class PrefectApiError(Exception):
     """The Prefect API answered something unexpected (status and path only)."""
 
 
-class PrefectRest:
-    """A small, thread-safe client for the v2 concurrency-limit endpoints."""
+class RunRecords:
+    """The run-record calls (``flows.fleet_prefect``), over whatever posts to the API: ``_post``
+    takes a path relative to the API URL (``"flow_runs/"``) and a JSON body."""
+
+    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        raise NotImplementedError
+
+    def flow_id(self, flow_name: str) -> str:
+        return str(self._post("flows/", {"name": flow_name}).json()["id"])
+
+    def create_flow_run(
+        self, flow_id: str, *, name: str, tags: list[str], parameters: dict[str, object], state: dict[str, object]
+    ) -> str:
+        body = {"flow_id": flow_id, "name": name, "tags": tags, "parameters": parameters, "state": state}
+        return str(self._post("flow_runs/", body).json()["id"])
+
+    def set_flow_run_state(self, run_id: str, state: dict[str, object]) -> None:
+        self._post(f"flow_runs/{run_id}/set_state", {"state": state, "force": True})
+
+    def create_artifact(self, run_id: str, *, key: str, markdown: str, description: str) -> None:
+        body = {"key": key, "type": "markdown", "data": markdown, "description": description, "flow_run_id": run_id}
+        self._post("artifacts/", body)
+
+
+class PrefectRest(RunRecords):
+    """A small, thread-safe client for the v2 concurrency-limit endpoints and the run records."""
 
     def __init__(self, api_url: str, *, auth_string: str | None = None, api_key: str | None = None) -> None:
         headers = {}
@@ -110,7 +135,7 @@ class PrefectRest:
     def close(self) -> None:
         self._http.close()
 
-    def _post(self, path: str, body: object) -> httpx.Response:
+    def _post(self, path: str, body: Any) -> httpx.Response:
         for attempt in range(3):  # only a request that never reached the server is sent again
             try:
                 response = self._http.post(path, json=body)
@@ -178,24 +203,6 @@ class PrefectRest:
         response = self._http.post("v2/concurrency_limits/decrement-with-lease", json={"lease_id": lease_id})
         if response.status_code >= 400 and response.status_code != 404:  # 404: expired or released
             raise PrefectApiError(f"Prefect API release of a lease: HTTP {response.status_code}")
-
-    # --- run records (``flows.recorded``) ---------------------------------------------------------
-
-    def flow_id(self, flow_name: str) -> str:
-        return str(self._post("flows/", {"name": flow_name}).json()["id"])
-
-    def create_flow_run(
-        self, flow_id: str, *, name: str, tags: list[str], parameters: dict[str, object], state: dict[str, object]
-    ) -> str:
-        body = {"flow_id": flow_id, "name": name, "tags": tags, "parameters": parameters, "state": state}
-        return str(self._post("flow_runs/", body).json()["id"])
-
-    def set_flow_run_state(self, run_id: str, state: dict[str, object]) -> None:
-        self._post(f"flow_runs/{run_id}/set_state", {"state": state, "force": True})
-
-    def create_artifact(self, run_id: str, *, key: str, markdown: str, description: str) -> None:
-        body = {"key": key, "type": "markdown", "data": markdown, "description": description, "flow_run_id": run_id}
-        self._post("artifacts/", body)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed
 from prefect.variables import Variable
 
-from connectors.notify import Notification, Notifier, NotifyTarget
+from connectors.notify import Notification, Notifier
 from flows.compliance import Report, collect_report, report_markdown, report_table
 from flows.config import RotationConfig, load_config
 from flows.events import emit_report_events
@@ -115,4 +115,4 @@ def _readable(identity: str) -> str:
 
 
 def _notifier(config: RotationConfig) -> Notifier:
-    return Notifier([NotifyTarget.parse(url) for url in config.notify.urls])
+    return Notifier(config.notify.targets())

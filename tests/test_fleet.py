@@ -32,6 +32,7 @@ from devstack.prefect_server import PrefectServer
 from flows.config import parse_config
 from flows.fleet import FleetResult, fleet_exit_code, run_fleet
 from flows.models import ExitCode, RotationResult
+from tests.fixtures.calls import recorded_calls
 from tests.fixtures.rotation import RotationEnv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,15 +258,13 @@ def test_a_fleet_entry_reads_its_state_before_the_lock_once(
     from connectors.vault import VaultStore
 
     fleet = fleet_factory(2)
-    described: list[str] = []
-    describe = VaultStore.describe
-
-    def counting(self: VaultStore, loc: SecretLocation) -> Any:
-        if threading.current_thread().name.startswith("fleet"):  # not the consumers' reloads
-            described.append(loc.path)
-        return describe(self, loc)
-
-    monkeypatch.setattr(VaultStore, "describe", counting)
+    described = recorded_calls(
+        monkeypatch,
+        VaultStore,
+        "describe",
+        lambda store, loc: loc.path,
+        when=lambda: threading.current_thread().name.startswith("fleet"),  # not the consumers' reloads
+    )
 
     result = run_fleet(fleet.config(), config_path=None, concurrency=2)
 

@@ -19,6 +19,7 @@ from connectors.store import HandoverRequest, SecretLocation
 from flows.errors import Superseded
 from flows.handover import HandoverWatch
 from tests.fakes import MemoryStore
+from tests.fixtures.calls import recorded_calls
 
 LOCATION = SecretLocation(path="langfuse/watched")
 
@@ -71,17 +72,12 @@ def test_once_superseded_every_check_between_steps_says_so(store: MemoryStore, m
         watch.check_between_steps()
 
 
-def test_arming_from_a_state_just_read_notes_its_request_without_asking_again(store: MemoryStore) -> None:
+def test_arming_from_a_state_just_read_notes_its_request_without_asking_again(
+    store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ask(store, "emergency-that-died")
     state = store.describe(LOCATION)
-    asked: list[SecretLocation] = []
-    read = store.read_handover
-
-    def counting(loc: SecretLocation) -> HandoverRequest | None:
-        asked.append(loc)
-        return read(loc)
-
-    store.read_handover = counting  # type: ignore[method-assign]
+    asked = recorded_calls(monkeypatch, store, "read_handover", lambda loc: loc)
     watch = HandoverWatch(store, LOCATION)
 
     watch.arm(state)

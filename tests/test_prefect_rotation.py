@@ -13,6 +13,7 @@ import pytest
 
 import flows.config
 from devstack.prefect_server import PrefectServer
+from tests.fixtures.calls import recorded_calls
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 
@@ -50,14 +51,7 @@ def test_a_rotations_task_runs_are_named_for_its_five_steps(
 def test_a_rotation_on_prefect_reads_its_configuration_once(
     rotation_env: RotationEnv, prefect_server: PrefectServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    parsed: list[str] = []
-    parse = flows.config.parse_config
-
-    def counting(text: str, *, source: str = "<config>") -> flows.config.RotationConfig:
-        parsed.append(source)
-        return parse(text, source=source)
-
-    monkeypatch.setattr(flows.config, "parse_config", counting)
+    parsed = recorded_calls(monkeypatch, flows.config, "parse_config", lambda text, source="<config>": source)
 
     state = rotate_on_prefect(rotation_env)
 

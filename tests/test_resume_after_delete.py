@@ -50,6 +50,12 @@ def delete_by_hand(env: RotationEnv, public_key: str) -> None:
         admin.delete_api_key(env.project.id, key.id)
 
 
+def served_by_stub(env: RotationEnv, health_stub: HealthStub) -> None:
+    """The entry's one consumer, ``api``, is the health stub, on the current pair."""
+    health_stub.set(mode="ok", public_key=env.current().public_key)
+    env.consumers = [{"name": "api", "health_url": health_stub.health_url, "restart_url": health_stub.restart_url}]
+
+
 def killed_after_promotion_then_old_key_deleted(env: RotationEnv) -> tuple[str, str]:
     old = env.current().public_key
     code, _, output = run_direct(env, crash_at="after_promote")
@@ -64,8 +70,7 @@ def test_consumers_that_never_switched_make_the_rerun_need_attention_not_succeed
     rotation_env: RotationEnv, health_stub: HealthStub
 ) -> None:
     env = rotation_env
-    health_stub.set(mode="ok", public_key=env.current().public_key)
-    env.consumers = [{"name": "api", "health_url": health_stub.health_url, "restart_url": health_stub.restart_url}]
+    served_by_stub(env, health_stub)
     env.entry_overrides = {"wait_timeout_s": 1.5}
     _, new = killed_after_promotion_then_old_key_deleted(env)
 
@@ -97,8 +102,7 @@ def test_a_rerun_whose_consumers_switched_and_pair_verifies_finishes_the_rotatio
     rotation_env: RotationEnv, health_stub: HealthStub
 ) -> None:
     env = rotation_env
-    health_stub.set(mode="ok", public_key=env.current().public_key)
-    env.consumers = [{"name": "api", "health_url": health_stub.health_url, "restart_url": health_stub.restart_url}]
+    served_by_stub(env, health_stub)
     _, new = killed_after_promotion_then_old_key_deleted(env)
     health_stub.switch_to = new  # its restart hook moves it onto the new pair
 
@@ -115,8 +119,7 @@ def test_reconcile_of_such_a_rotation_whose_consumers_never_switched_needs_atten
     rotation_env: RotationEnv, health_stub: HealthStub
 ) -> None:
     env = rotation_env
-    health_stub.set(mode="ok", public_key=env.current().public_key)
-    env.consumers = [{"name": "api", "health_url": health_stub.health_url, "restart_url": health_stub.restart_url}]
+    served_by_stub(env, health_stub)
     env.entry_overrides = {"wait_timeout_s": 1.5}
     _, new = killed_after_promotion_then_old_key_deleted(env)
 
@@ -147,8 +150,7 @@ def test_reconcile_of_such_a_rotation_whose_consumers_switched_finishes_it_after
     rotation_env: RotationEnv, health_stub: HealthStub
 ) -> None:
     env = rotation_env
-    health_stub.set(mode="ok", public_key=env.current().public_key)
-    env.consumers = [{"name": "api", "health_url": health_stub.health_url, "restart_url": health_stub.restart_url}]
+    served_by_stub(env, health_stub)
     _, new = killed_after_promotion_then_old_key_deleted(env)
     health_stub.switch_to = new
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 import flows.config
 import flows.handover
-from connectors.store import HandoverRequest, SecretLocation, StoreDescription
 from flows.entry_run import execute
 from flows.step_runners import DirectRunner
+from tests.fixtures.calls import recorded_calls
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 
@@ -29,14 +27,7 @@ def test_rotation_replaces_the_stored_pair_and_revokes_the_old_one(rotation_env:
 
 
 def test_a_run_reads_its_configuration_once(rotation_env: RotationEnv, monkeypatch: pytest.MonkeyPatch) -> None:
-    parsed: list[str] = []
-    parse = flows.config.parse_config
-
-    def counting(text: str, *, source: str = "<config>") -> flows.config.RotationConfig:
-        parsed.append(source)
-        return parse(text, source=source)
-
-    monkeypatch.setattr(flows.config, "parse_config", counting)
+    parsed = recorded_calls(monkeypatch, flows.config, "parse_config", lambda text, source="<config>": source)
 
     result = execute("rotate", ENTRY, str(rotation_env.write_config()), DirectRunner())
 
@@ -51,20 +42,8 @@ def test_a_rotation_reads_the_entry_state_only_where_a_decision_needs_it_afresh(
     and the handover watch start from it), and in reconcile (which deletes keys: never on an old
     answer). Between steps, the handover request is asked for at most every ``STEP_CHECK_S``."""
     store_class = type(rotation_env.store.store)
-    described: list[str] = []
-    asked: list[str] = []
-    describe, read_handover = store_class.describe, store_class.read_handover
-
-    def counting_describe(self: Any, loc: SecretLocation) -> StoreDescription:
-        described.append(loc.path)
-        return describe(self, loc)
-
-    def counting_handover(self: Any, loc: SecretLocation) -> HandoverRequest | None:
-        asked.append(loc.path)
-        return read_handover(self, loc)
-
-    monkeypatch.setattr(store_class, "describe", counting_describe)
-    monkeypatch.setattr(store_class, "read_handover", counting_handover)
+    described = recorded_calls(monkeypatch, store_class, "describe", lambda store, loc: loc.path)
+    asked = recorded_calls(monkeypatch, store_class, "read_handover", lambda store, loc: loc.path)
     monkeypatch.setattr(flows.handover, "STEP_CHECK_S", 3600.0)
     monkeypatch.setattr(flows.handover, "POLL_S", 3600.0)  # a slow box's waits must not look either
 
