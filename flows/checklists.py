@@ -406,11 +406,13 @@ def _contain_stray_key(run: RunTracker, target: str) -> RotationResult:
 # --- reconcile ----------------------------------------------------------------------------------
 
 
-def _finish_emergency(ctx: EntryContext, runner: StepRunner, pending: RotationRecord) -> RotationResult:
+def _finish_emergency(
+    ctx: EntryContext, runner: StepRunner, pending: RotationRecord, state: StoreDescription
+) -> RotationResult:
     """An emergency a crashed run left unfinished is carried through, never rolled back: rolling it
     back would make the compromised key current again. The containment resumes where it stopped
     (the compromised key is the staged record's old key)."""
-    result = run_emergency(ctx, runner)
+    result = run_emergency(ctx, runner, state=state)
     result.reconciled.insert(0, f"finished the emergency containment {pending.rotation_id} a crashed run left")
     if result.status == "contained":
         result.status = "reconciled"
@@ -430,7 +432,7 @@ def run_reconcile(ctx: EntryContext, runner: StepRunner) -> RotationResult:
     kept: list[str] = []
     pending = desc.pending
     if pending is not None and pending.mode == "emergency":
-        return _finish_emergency(ctx, runner, pending)
+        return _finish_emergency(ctx, runner, pending, desc)
     if pending is not None:
         run.result.rotation_id = pending.rotation_id
         forward_only = past_revocation(ctx, pending.rotation_id)
@@ -451,7 +453,7 @@ def run_reconcile(ctx: EntryContext, runner: StepRunner) -> RotationResult:
                 "and the new pair verified"
             )
         else:
-            plan = plan_rotation(ctx, pending.mode)  # the staged rotation, as a rerun would resume it
+            plan = plan_rotation(ctx, pending.mode, desc)  # the staged rotation, as a rerun would resume it
             outcome = run.step(steps.rollback, ctx, plan)
             if outcome.errors and outcome.new_key_kept is None:
                 result = run.finish("failed", "; ".join(outcome.errors))
@@ -464,7 +466,7 @@ def run_reconcile(ctx: EntryContext, runner: StepRunner) -> RotationResult:
                 kept.append(outcome.new_key_kept)
                 actions.append(outcome.new_key_kept)
     current = entry_state(ctx)
-    orphans = run.step(steps.reconcile, ctx, plan_rotation(ctx, "scheduled"))
+    orphans = run.step(steps.reconcile, ctx, plan_rotation(ctx, "scheduled", current))
     actions += orphans.actions
     kept += orphans.kept
     run.result.reconciled = actions
