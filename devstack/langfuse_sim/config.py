@@ -30,6 +30,7 @@ class SimConfig:
     stale_after_delete: bool = False
     ingestion_delay_s: float = 5.0
     otel_delay_s: float = 1.0
+    dual_write_delay_s: float = 0.0
     rate_limits: dict[str, list[float]] | None = None
     events_only: bool = False
     admin_api_entitlement: bool = True
@@ -65,7 +66,7 @@ def _validate(name: str, value: Any) -> Any:
         return _choice(name, value, HEALTH_MODES)
     if name == "cache_ttl_s":
         return None if value is None else _non_negative(name, value)
-    if name in ("race_window_s", "ingestion_delay_s", "otel_delay_s"):
+    if name in ("race_window_s", "ingestion_delay_s", "otel_delay_s", "dual_write_delay_s"):
         return _non_negative(name, value)
     if name in (
         "stale_after_delete",

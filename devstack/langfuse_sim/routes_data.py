@@ -11,13 +11,19 @@ import gzip
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from devstack.langfuse_sim import filters as flt
+from devstack.langfuse_sim.columns import EVENT_COLUMNS, TRACE_COLUMNS
+from devstack.langfuse_sim.otel_map import header_based_direct_write, to_ch_map
+from devstack.langfuse_sim.rows import OBSERVATION_FIELD_GROUPS, TRACE_FIELD_GROUPS, Event, Trace
 from devstack.langfuse_sim.state import Scope, SimState
 from devstack.langfuse_sim.telemetry import (
     Observation,
     OtlpError,
+    WritePath,
     decode_otlp_json,
     decode_otlp_protobuf,
     store_spans,
@@ -31,6 +37,10 @@ EVENTS_ONLY_NOT_AVAILABLE = (
 )
 V2_NEEDS_V4 = (
     "The observations v2 API is only available in a Langfuse v4 write mode. Learn more at: https://langfuse.com/docs/v4"
+)
+PARSE_IO_RETIRED = (
+    "parseIoAsJson=true is no longer supported on the v2 observations endpoint. Input/output fields are "
+    "always returned as raw strings. Remove the parseIoAsJson parameter or set it to false."
 )
 EVENTS_ONLY_REMEDIATION = (
     "Upgrade the client or integration to a v4-compatible SDK or OTLP ingestion path. "
@@ -112,9 +122,17 @@ def otel_traces(state: SimState, req: Request, params: dict[str, str]) -> Respon
             400, {"error": f'Unsupported x-langfuse-ingestion-version: "{version}". Maximum supported: "4".'}
         )
     assert scope.key.project_id is not None
+    sdk_name, sdk_version = req.header("x-langfuse-sdk-name"), req.header("x-langfuse-sdk-version")
     with state.lock:
+        events_only = state.config.events_only
+        path = WritePath(
+            legacy=not events_only,
+            direct=events_only or header_based_direct_write(sdk_name, sdk_version, version),
+            sdk_name=sdk_name or "unknown",
+            sdk_version=sdk_version or "unknown",
+        )
         visible_at = time.time() + state.config.otel_delay_s
-        store_spans(state.telemetry, spans, scope.key.project_id, scope.key.public_key, visible_at)
+        store_spans(state.telemetry, spans, scope.key.project_id, scope.key.public_key, visible_at, path)
     return Response(200, {})
 
 
@@ -260,7 +278,7 @@ def _apply_event(state: SimState, event: dict[str, Any], project_id: str, public
             timestamp=ts_or_now(body.get("timestamp") or event["timestamp"]),
             name=body.get("name"),
             tags=body.get("tags"),
-            metadata=body.get("metadata"),
+            metadata=to_ch_map(body.get("metadata")),
             user_id=body.get("userId"),
             session_id=body.get("sessionId"),
             environment=body.get("environment"),
@@ -309,6 +327,7 @@ def _apply_observation(
             start_time=start,
             end_time=end,
             visible_at=visible_at,
+            ingestion_public_key=public_key,
         )
         telemetry.upsert_trace(project_id, trace_id, visible_at, public_key, timestamp=start)
     for attr, value in (
@@ -316,7 +335,7 @@ def _apply_observation(
         ("end_time", end),
         ("input", body.get("input")),
         ("output", body.get("output")),
-        ("metadata", body.get("metadata")),
+        ("metadata", to_ch_map(body.get("metadata")) if body.get("metadata") is not None else None),
         ("parent_id", body.get("parentObservationId")),
         ("level", body.get("level")),
         ("model", body.get("model")),
@@ -376,44 +395,74 @@ def _new_id() -> str:
 # reads
 # ---------------------------------------------------------------------------------------------
 def get_observations_v2(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    """`GET /api/public/v2/observations`: auth → rate limit → query schema (400) → v4 check (404)
+    → filter columns (400) → events rows, newest first, `limit` per page."""
     scope = project_route_auth(state, req, "public-api")
     if isinstance(scope, Response):
         return scope
-    with state.lock:
-        if state.config.version.startswith("3."):
-            return Response(404, {"message": V2_NEEDS_V4, "error": "LangfuseNotFoundError"})
-        assert scope.key.project_id is not None
-        rows = state.telemetry.visible_observations(scope.key.project_id, time.time())
-    filters = {
-        "traceId": "trace_id",
-        "name": "name",
-        "type": "type",
-        "parentObservationId": "parent_id",
-        "userId": "user_id",
-        "sessionId": "session_id",
-        "level": "level",
-        "version": "version",
-    }
-    for param, attr in filters.items():
-        wanted = req.param(param)
-        if wanted is not None:
-            rows = [o for o in rows if getattr(o, attr) == wanted]
-    limit_raw = req.param("limit") or "50"
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
-        return Response(
-            400,
-            {
-                "message": "Invalid request data",
-                "error": [{"path": ["limit"], "message": "limit must be between 1 and 1000"}],
-            },
-        )
+    assert scope.key.project_id is not None
+    try:
+        filters = _query_filters(req, _v2_issues(req), events_table=True)
+        with state.lock:
+            if state.config.version.startswith("3."):
+                return Response(404, {"message": V2_NEEDS_V4, "error": "LangfuseNotFoundError"})
+            conditions = flt.merge_simple(flt.resolve(filters, EVENT_COLUMNS), _v2_simple_conditions(req))
+            rows = state.telemetry.visible_events(scope.key.project_id, time.time(), state.config.dual_write_delay_s)
+    except flt.FilterRejected as rejected:
+        return rejected.response
+    rows = flt.apply(rows, conditions)
+    limit = int(flt.js_number(req.param("limit") or "50") or 0)
     offset = _decode_cursor(req.param("cursor"))
-    limit = int(limit_raw)
     page = rows[offset : offset + limit]
     meta: dict[str, Any] = {}
-    if offset + limit < len(rows):
+    if offset + limit < len(rows) and page:
         meta["cursor"] = base64.urlsafe_b64encode(str(offset + limit).encode()).decode()
-    return Response(200, {"data": [o.to_json() for o in page], "meta": meta})
+    groups = _field_groups(req.param("fields"), OBSERVATION_FIELD_GROUPS, default=("core", "basic"), empty=("core",))
+    return Response(200, {"data": [e.to_json(groups) for e in page], "meta": meta})
+
+
+def _v2_issues(req: Request) -> list[dict[str, Any]]:
+    """zod issues of `GetObservationsV2Query` for the parameters the simulator validates, in shape order."""
+    found: list[dict[str, Any]] = []
+    limit = req.param("limit")
+    if limit is not None:
+        found += flt.number_issues(limit, "limit", integer=False, minimum=0, min_inclusive=True, maximum=1000)
+    if req.param("parseIoAsJson") == "true":
+        found.append({"code": "custom", "path": ["parseIoAsJson"], "message": PARSE_IO_RETIRED})
+    root = req.param("isRootObservation")
+    if root is not None and root not in ("true", "false"):
+        found.append(
+            {
+                "code": "invalid_value",
+                "values": ["true", "false"],
+                "path": ["isRootObservation"],
+                "message": 'Invalid option: expected one of "true"|"false"',
+            }
+        )
+    for name in ("fromStartTime", "toStartTime"):
+        found += flt.iso_datetime_issue(req.param(name), name)
+    return found
+
+
+def _query_filters(req: Request, before: list[dict[str, Any]], *, events_table: bool) -> list[dict[str, Any]]:
+    """The parsed `filter` conditions; raises the server's 400 for bad JSON (which wins over every
+    other problem: it is thrown mid-parse) or for any zod issue (all of them, in shape order)."""
+    parsed = flt.parse_filter_json(req.param("filter"))
+    found = before + ([] if parsed is None else flt.issues(parsed, events_table=events_table))
+    if found:
+        raise flt.zod_error(found)
+    return [] if parsed is None else list(parsed)
+
+
+def _field_groups(
+    raw: str | None, known: tuple[str, ...], *, default: tuple[str, ...], empty: tuple[str, ...]
+) -> tuple[str, ...]:
+    """`commaSeparatedEnumArray(..., {unknownValues: "filter"})`: unknown names are dropped; no
+    parameter gives `default`, only unknown names give `empty` (traces: all groups, v2: core)."""
+    if not raw:
+        return default
+    chosen = tuple(g for g in (item.strip() for item in raw.split(",")) if g in known)
+    return ("core", *chosen) if chosen else empty
 
 
 def _decode_cursor(raw: str | None) -> int:
@@ -423,6 +472,57 @@ def _decode_cursor(raw: str | None) -> int:
         return max(0, int(base64.urlsafe_b64decode(raw.encode()).decode()))
     except ValueError:
         return 0
+
+
+def _listed(req: Request, name: str) -> list[str] | None:
+    """A repeatable parameter: one value is split on commas (the server's `value.split(",")`)."""
+    values = req.query.get(name)
+    if not values:
+        return None
+    return values[0].split(",") if len(values) == 1 else values
+
+
+def _equals(field: str, get: Callable[[Any], Any], wanted: str) -> flt.Condition:
+    return flt.Condition(field, lambda row: get(row) == wanted)
+
+
+def _v2_simple_conditions(req: Request) -> list[flt.Condition]:
+    """`PUBLIC_API_EVENTS_COLUMN_MAPPING`: the simple query parameters as conditions."""
+    out: list[flt.Condition] = []
+    simple: list[tuple[str, str, Callable[[Event], Any]]] = [
+        ("userId", "user_id", lambda e: e.user_id),
+        ("sessionId", "session_id", lambda e: e.session_id),
+        ("traceId", "trace_id", lambda e: e.trace_id),
+        ("name", "name", lambda e: e.name),
+        ("level", "level", lambda e: e.level),
+        ("type", "type", lambda e: e.type),
+        ("parentObservationId", "parent_span_id", lambda e: e.parent_id or ""),
+        ("version", "version", lambda e: e.version),
+    ]
+    for param, field, get in simple:
+        wanted = req.param(param)
+        if wanted is not None:
+            out.append(_equals(field, get, wanted))
+    root = req.param("isRootObservation")
+    if root in ("true", "false"):
+        out.append(_equals("is_root", lambda e: e.is_root, root == "true"))  # type: ignore[arg-type]
+    out += _time_conditions(req, "fromStartTime", "toStartTime", "start_time", lambda e: e.start_time)
+    environments = _listed(req, "environment")
+    if environments is not None:
+        out.append(flt.Condition("environment", lambda e: e.environment in environments))
+    return out
+
+
+def _time_conditions(
+    req: Request, from_param: str, to_param: str, field: str, get: Callable[[Any], float]
+) -> list[flt.Condition]:
+    out: list[flt.Condition] = []
+    start, end = req.param(from_param), req.param(to_param)
+    if start is not None and (bound := flt.parse_iso(start)) is not None:
+        out.append(flt.Condition(field, lambda row: round(get(row), 3) >= round(bound, 3)))
+    if end is not None and (limit := flt.parse_iso(end)) is not None:
+        out.append(flt.Condition(field, lambda row: round(get(row), 3) < round(limit, 3)))
+    return out
 
 
 def get_trace(state: SimState, req: Request, params: dict[str, str]) -> Response:
@@ -452,34 +552,81 @@ def get_trace(state: SimState, req: Request, params: dict[str, str]) -> Response
 
 
 def list_traces(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    """`GET /api/public/traces`: events_only 404 (before auth) → auth → rate limit → query schema
+    (400) → filter columns (400) → traces, newest first, one page."""
+    with state.lock:
+        if state.config.events_only:
+            return Response(404, {"message": EVENTS_ONLY_NOT_AVAILABLE})
     scope = project_route_auth(state, req, "public-api-legacy", route="GET /api/public/traces")
     if isinstance(scope, Response):
         return scope
     assert scope.key.project_id is not None
-    page_raw, limit_raw = req.param("page") or "1", req.param("limit") or "50"
-    if not page_raw.isdigit() or not limit_raw.isdigit() or int(page_raw) < 1 or not 1 <= int(limit_raw) <= 100:
-        return Response(400, {"message": "Invalid request data", "error": [{"message": "Invalid page or limit"}]})
-    page, limit = int(page_raw), int(limit_raw)
+    try:
+        filters = _query_filters(req, _traces_issues(req), events_table=False)
+        conditions = flt.merge_simple(flt.resolve(filters, TRACE_COLUMNS), _traces_simple_conditions(req))
+    except flt.FilterRejected as rejected:
+        return rejected.response
+    page = int(flt.js_number(req.param("page") or "1") or 1)
+    limit = int(flt.js_number(req.param("limit") or "50") or 50)
+    groups = _field_groups(
+        req.param("fields"), TRACE_FIELD_GROUPS, default=TRACE_FIELD_GROUPS, empty=TRACE_FIELD_GROUPS
+    )
     with state.lock:
-        if state.config.events_only:
-            return Response(404, {"message": EVENTS_ONLY_NOT_AVAILABLE})
         now = time.time()
-        traces = state.telemetry.visible_traces(scope.key.project_id, now)
-        for param, attr in (("name", "name"), ("userId", "user_id"), ("sessionId", "session_id")):
-            wanted = req.param(param)
-            if wanted is not None:
-                traces = [t for t in traces if getattr(t, attr) == wanted]
-        tags = req.query.get("tags", [])
-        traces = [t for t in traces if all(tag in t.tags for tag in tags)]
-        chunk = traces[(page - 1) * limit : page * limit]
-        data = []
-        for trace in chunk:
-            full = trace.to_json([], [])
-            full["observations"], full["scores"] = [], []
-            data.append(full)
+        traces = flt.apply(state.telemetry.visible_traces(scope.key.project_id, now), conditions)
+        data = [_trace_list_item(state, trace, groups, now) for trace in traces[(page - 1) * limit : page * limit]]
     total = len(traces)
     meta = {"page": page, "limit": limit, "totalItems": total, "totalPages": (total + limit - 1) // limit}
     return Response(200, {"data": data, "meta": meta})
+
+
+def _trace_list_item(state: SimState, trace: Trace, groups: tuple[str, ...], now: float) -> dict[str, Any]:
+    """A `TraceWithDetails`: observation and score ids, not objects."""
+    item = trace.to_json([], [], groups)
+    if "observations" in groups:
+        item["observations"] = [
+            o.id for o in state.telemetry.visible_observations(trace.project_id, now) if o.trace_id == trace.id
+        ]
+    if "scores" in groups:
+        item["scores"] = [s["id"] for s in state.telemetry.visible_scores(trace.project_id, trace.id, now)]
+    return item
+
+
+def _traces_issues(req: Request) -> list[dict[str, Any]]:
+    """zod issues of `GetTracesV1Query` for page, limit and the timestamps, in shape order."""
+    found: list[dict[str, Any]] = []
+    page, limit = req.param("page"), req.param("limit")
+    if page:
+        found += flt.number_issues(page, "page", integer=True, minimum=0, min_inclusive=False, maximum=float("inf"))
+    if limit:
+        found += flt.number_issues(limit, "limit", integer=True, minimum=1, min_inclusive=True, maximum=100)
+    for name in ("fromTimestamp", "toTimestamp"):
+        found += flt.iso_datetime_issue(req.param(name), name)
+    return found
+
+
+def _traces_simple_conditions(req: Request) -> list[flt.Condition]:
+    """`createPublicApiTracesColumnMapping`: the simple query parameters as conditions."""
+    out: list[flt.Condition] = []
+    simple: list[tuple[str, str, Callable[[Trace], Any]]] = [
+        ("userId", "user_id", lambda t: t.user_id),
+        ("name", "name", lambda t: t.name),
+        ("sessionId", "session_id", lambda t: t.session_id),
+        ("version", "version", lambda t: t.version),
+        ("release", "release", lambda t: t.release),
+    ]
+    for param, field, get in simple:
+        wanted = req.param(param)
+        if wanted is not None:
+            out.append(_equals(field, get, wanted))
+    environments = _listed(req, "environment")
+    if environments is not None:
+        out.append(flt.Condition("environment", lambda t: t.environment in environments))
+    tags = _listed(req, "tags")
+    if tags is not None:
+        out.append(flt.Condition("tags", lambda t: all(tag in t.tags for tag in tags)))
+    out += _time_conditions(req, "fromTimestamp", "toTimestamp", "timestamp", lambda t: t.timestamp)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Traces, observations and scores: OTLP decoding, legacy batch events, and the delayed read model.
+"""OTLP decoding and the span → row mapping (legacy traces/observations and v4 events).
 
 Everything written gets a `visible_at` time (receive time + the configured delay) to model the
 queue → worker → ClickHouse path; reads only return rows whose `visible_at` has passed.
+The rows themselves live in `rows.py`; the attribute rules in `otel_map.py`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from devstack.langfuse_sim.model import iso_ms, iso_to_ts
+from devstack.langfuse_sim import otel_map as om
+from devstack.langfuse_sim.model import iso_to_ts
+from devstack.langfuse_sim.rows import Event, Observation, TelemetryStore, Trace
+
+__all__ = ["Event", "Observation", "OtlpError", "SpanIn", "TelemetryStore", "Trace"]
 
 _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 _HEX16 = re.compile(r"^[0-9a-fA-F]{16}$")
@@ -34,173 +39,10 @@ class SpanIn:
     attributes: dict[str, Any]
     resource_attributes: dict[str, Any]
     status_message: str | None = None
-
-
-@dataclass
-class Observation:
-    id: str
-    trace_id: str
-    project_id: str
-    type: str
-    name: str | None
-    start_time: float
-    end_time: float | None
-    visible_at: float
-    parent_id: str | None = None
-    level: str = "DEFAULT"
-    status_message: str | None = None
-    environment: str = "default"
-    input: Any = None
-    output: Any = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    user_id: str | None = None
-    session_id: str | None = None
-    version: str | None = None
-    model: str | None = None
-    created_at: float = field(default_factory=time.time)
-
-    def to_json(self) -> dict[str, Any]:
-        """`ObservationV2` (fields the SDK's pydantic model knows; required ones always present)."""
-        return {
-            "id": self.id,
-            "traceId": self.trace_id,
-            "startTime": iso_ms(self.start_time),
-            "endTime": iso_ms(self.end_time) if self.end_time is not None else None,
-            "projectId": self.project_id,
-            "parentObservationId": self.parent_id,
-            "type": self.type,
-            "isRootObservation": self.parent_id is None,
-            "name": self.name,
-            "level": self.level,
-            "statusMessage": self.status_message,
-            "version": self.version,
-            "environment": self.environment,
-            "userId": self.user_id,
-            "sessionId": self.session_id,
-            "input": self.input,
-            "output": self.output,
-            "metadata": self.metadata,
-            "model": self.model,
-            "createdAt": iso_ms(self.created_at),
-            "updatedAt": iso_ms(self.created_at),
-        }
-
-
-@dataclass
-class Trace:
-    id: str
-    project_id: str
-    timestamp: float
-    visible_at: float
-    ingestion_public_key: str | None
-    name: str | None = None
-    tags: list[str] = field(default_factory=list)
-    metadata: Any = None
-    user_id: str | None = None
-    session_id: str | None = None
-    environment: str = "default"
-    release: str | None = None
-    version: str | None = None
-    input: Any = None
-    output: Any = None
-    public: bool = False
-    created_at: float = field(default_factory=time.time)
-
-    def to_json(self, observations: list[Observation], scores: list[dict[str, Any]]) -> dict[str, Any]:
-        """`GetTraceV1Response` / `TraceWithFullDetails`."""
-        ends = [o.end_time for o in observations if o.end_time is not None]
-        latency = (max(ends) - self.timestamp) if ends else 0.0
-        return {
-            "id": self.id,
-            "externalId": None,
-            "timestamp": iso_ms(self.timestamp),
-            "name": self.name,
-            "userId": self.user_id,
-            "metadata": self.metadata,
-            "release": self.release,
-            "version": self.version,
-            "projectId": self.project_id,
-            "environment": self.environment,
-            "public": self.public,
-            "bookmarked": False,
-            "tags": self.tags,
-            "input": self.input,
-            "output": self.output,
-            "sessionId": self.session_id,
-            "createdAt": iso_ms(self.created_at),
-            "updatedAt": iso_ms(self.created_at),
-            "htmlPath": f"/project/{self.project_id}/traces/{self.id}",
-            "latency": round(max(latency, 0.0), 3),
-            "totalCost": 0,
-            "observations": [o.to_json() for o in observations],
-            "scores": scores,
-        }
-
-
-class TelemetryStore:
-    """In-memory ClickHouse stand-in. Callers hold the simulator lock."""
-
-    def __init__(self) -> None:
-        self.traces: dict[tuple[str, str], Trace] = {}
-        self.observations: dict[tuple[str, str], Observation] = {}
-        self.scores: list[dict[str, Any]] = []
-        self.last_event_at: float | None = None
-
-    def clear(self) -> None:
-        self.__init__()  # type: ignore[misc]
-
-    # -- writes ----------------------------------------------------------------------------------
-    def upsert_trace(
-        self, project_id: str, trace_id: str, visible_at: float, public_key: str | None, **fields: Any
-    ) -> Trace:
-        key = (project_id, trace_id)
-        trace = self.traces.get(key)
-        if trace is None:
-            ts = fields.pop("timestamp", None) or time.time()
-            trace = Trace(
-                id=trace_id,
-                project_id=project_id,
-                timestamp=ts,
-                visible_at=visible_at,
-                ingestion_public_key=public_key,
-            )
-            self.traces[key] = trace
-        else:
-            fields.pop("timestamp", None)
-            trace.visible_at = max(trace.visible_at, visible_at)
-        for name, value in fields.items():
-            if value is not None:
-                setattr(trace, name, value)
-        self.last_event_at = time.time()
-        return trace
-
-    def put_observation(self, obs: Observation) -> None:
-        self.observations[(obs.project_id, obs.id)] = obs
-        self.last_event_at = time.time()
-
-    def add_score(self, project_id: str, score: dict[str, Any], visible_at: float) -> None:
-        self.scores.append({"projectId": project_id, "visible_at": visible_at, **score})
-        self.last_event_at = time.time()
-
-    # -- reads -----------------------------------------------------------------------------------
-    def visible_trace(self, project_id: str, trace_id: str, now: float) -> Trace | None:
-        trace = self.traces.get((project_id, trace_id))
-        return trace if trace is not None and trace.visible_at <= now else None
-
-    def visible_observations(self, project_id: str, now: float) -> list[Observation]:
-        found = [o for o in self.observations.values() if o.project_id == project_id and o.visible_at <= now]
-        return sorted(found, key=lambda o: (o.start_time, o.id))
-
-    def visible_scores(self, project_id: str, trace_id: str, now: float) -> list[dict[str, Any]]:
-        return [
-            {k: v for k, v in s.items() if k != "visible_at"}
-            for s in self.scores
-            if s["projectId"] == project_id and s.get("traceId") == trace_id and s["visible_at"] <= now
-        ]
-
-    def visible_traces(self, project_id: str, now: float) -> list[Trace]:
-        found = [t for t in self.traces.values() if t.project_id == project_id and t.visible_at <= now]
-        return sorted(found, key=lambda t: t.timestamp, reverse=True)
+    #: The instrumentation scope as the server's protobuf `toObject` / JSON parse leaves it
+    #: (`name`, `version` when set; JSON keeps whatever keys were sent), without `attributes`.
+    scope: dict[str, Any] = field(default_factory=dict)
+    scope_attributes: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,6 +66,8 @@ def decode_otlp_protobuf(body: bytes) -> list[SpanIn]:
         resource_attrs = {kv.key: _pb_value(kv.value) for kv in resource_spans.resource.attributes}
         for scope_spans in resource_spans.scope_spans:
             scope = scope_spans.scope.name or "unknown"
+            scope_object = _pb_scope(scope_spans.scope)
+            scope_attrs = {kv.key: _pb_value(kv.value) for kv in scope_spans.scope.attributes}
             for span in scope_spans.spans:
                 total += 1
                 reason = _pb_id_problem(span.trace_id, 16, "trace") or _pb_id_problem(span.span_id, 8, "span")
@@ -242,6 +86,8 @@ def decode_otlp_protobuf(body: bytes) -> list[SpanIn]:
                         attributes={kv.key: _pb_value(kv.value) for kv in span.attributes},
                         resource_attributes=resource_attrs,
                         status_message=span.status.message or None,
+                        scope=scope_object,
+                        scope_attributes=scope_attrs,
                     )
                 )
     _raise_if_invalid(invalid, 0, total, scopes)
@@ -274,7 +120,9 @@ def decode_otlp_json(body: bytes) -> list[SpanIn]:
             continue
         for ss in scope_list:
             ss = ss if isinstance(ss, dict) else {}
-            scope = ((ss.get("scope") or {}).get("name")) or "unknown"
+            found_scope = ss.get("scope")
+            raw_scope: dict[str, Any] = found_scope if isinstance(found_scope, dict) else {}
+            scope = raw_scope.get("name") or "unknown"
             span_list = ss.get("spans", [])
             if not isinstance(span_list, list):
                 malformed += 1
@@ -284,6 +132,9 @@ def decode_otlp_json(body: bytes) -> list[SpanIn]:
             for span in span_list:
                 total += 1
                 parsed, reason = _json_span(span, resource_attrs)
+                if parsed is not None:
+                    parsed.scope = {k: v for k, v in raw_scope.items() if k != "attributes"}
+                    parsed.scope_attributes = _json_attrs(raw_scope.get("attributes"))
                 if parsed is None:
                     invalid.append(f"{scope}:{reason}")
                     scopes.append(scope)
@@ -322,6 +173,18 @@ def _pb_id_problem(raw: bytes, size: int, what: str) -> str | None:
     if len(raw) != size:
         return f"invalid_{what}_id"
     return None
+
+
+def _pb_scope(scope: Any) -> dict[str, Any]:
+    """protobufjs `toObject` without `defaults`: only fields that are set."""
+    out: dict[str, Any] = {}
+    if scope.name:
+        out["name"] = scope.name
+    if scope.version:
+        out["version"] = scope.version
+    if scope.dropped_attributes_count:
+        out["droppedAttributesCount"] = scope.dropped_attributes_count
+    return out
 
 
 def _pb_value(value: Any) -> Any:
@@ -390,59 +253,176 @@ def _json_value(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Span → trace/observation mapping (subset of packages/shared/src/server/otel)
+# Span → rows (packages/shared/src/server/otel/OtelIngestionProcessor.ts)
 # ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WritePath:
+    """Where one OTel export lands: the legacy tables (unless `events_only`) and, when `direct`,
+    the events table at once; otherwise the events rows come from the dual-write propagation."""
+
+    legacy: bool
+    direct: bool
+    sdk_name: str = ""
+    sdk_version: str = ""
+
+
 def store_spans(
-    store: TelemetryStore, spans: list[SpanIn], project_id: str, public_key: str, visible_at: float
+    store: TelemetryStore, spans: list[SpanIn], project_id: str, public_key: str, visible_at: float, path: WritePath
 ) -> None:
+    if path.legacy:
+        _store_legacy(store, spans, project_id, public_key, visible_at, forwarded=not path.direct)
+    if path.direct:
+        for span in spans:
+            store.put_event(_event_row(span, project_id, public_key, visible_at, path))
+
+
+def _ms(ns: int) -> float | None:
+    """OTel nanoseconds floored to milliseconds, as the server stores them."""
+    return (ns // 1_000_000) / 1000 if ns else None
+
+
+def _span_name(span: SpanIn) -> str:
+    """`extractName`: Vercel AI SDK spans are named after `ai.operationId`."""
+    attrs = span.attributes
+    if "ai.operationId" in attrs:
+        function_id = attrs.get("ai.telemetry.functionId")
+        return (f"{function_id}:" if om.js_truthy(function_id) else "") + str(attrs["ai.operationId"])
+    return span.name
+
+
+def _is_root(span: SpanIn) -> bool:
+    as_root = span.attributes.get("langfuse.internal.as_root")
+    return not span.parent_span_id or as_root is True or as_root == "true"
+
+
+def _store_legacy(
+    store: TelemetryStore, spans: list[SpanIn], project_id: str, public_key: str, visible_at: float, *, forwarded: bool
+) -> None:
+    """`processToIngestionEvents`: trace-create events (shallow ones dropped when the batch has a
+    full one for the trace) and one observation per span, in Map(String, String) metadata."""
+    full_traces = {s.trace_id for s in spans if _is_root(s) or om.has_trace_updates(s.attributes)}
+    trace_events: list[tuple[float, str, dict[str, Any]]] = []
     for span in spans:
-        attrs = span.attributes
-        env = attrs.get("langfuse.environment") or span.resource_attributes.get("langfuse.environment")
-        start = span.start_ns / 1e9 if span.start_ns else time.time()
-        end = span.end_ns / 1e9 if span.end_ns else None
-        metadata = _prefixed(attrs, "langfuse.observation.metadata.")
+        attrs, resource = span.attributes, span.resource_attributes
+        start = _ms(span.start_ns) or time.time()
+        is_sdk = om.is_langfuse_sdk_scope(span.scope)
+        resource_meta = om.extract_metadata(resource, "trace")
+        span_meta = om.extract_metadata(attrs, "observation")
+        scope = om.scope_object(span.scope, span.scope_attributes)
+        root, updates = _is_root(span), om.has_trace_updates(attrs)
+        if root or updates or span.trace_id not in full_traces:
+            trace_events.append((start, span.trace_id, _trace_fields(span, start, root, updates, scope)))
+        env = om.extract_environment(attrs, resource)
         store.put_observation(
             Observation(
                 id=span.span_id,
                 trace_id=span.trace_id,
                 project_id=project_id,
                 type=str(attrs.get("langfuse.observation.type") or "span").upper(),
-                name=span.name,
+                name=_span_name(span),
                 start_time=start,
-                end_time=end,
+                end_time=_ms(span.end_ns),
                 visible_at=visible_at,
                 parent_id=span.parent_span_id,
                 level=str(attrs.get("langfuse.observation.level") or "DEFAULT"),
-                status_message=span.status_message,
-                environment=str(env or "default"),
+                status_message=attrs.get("langfuse.observation.status_message") or span.status_message,
+                environment=env,
                 input=_maybe_json(attrs.get("langfuse.observation.input")),
                 output=_maybe_json(attrs.get("langfuse.observation.output")),
-                metadata=metadata,
-                user_id=attrs.get("user.id") or attrs.get("langfuse.user.id"),
-                session_id=attrs.get("session.id") or attrs.get("langfuse.session.id"),
-                version=attrs.get("langfuse.version"),
+                metadata=om.to_ch_map(
+                    {
+                        **resource_meta,
+                        **span_meta,
+                        **({} if is_sdk else {"attributes": om.filtered_attributes(attrs)}),
+                        "resourceAttributes": resource,
+                        "scope": scope,
+                    }
+                ),
+                version=om.version_of(attrs, resource),
                 model=attrs.get("langfuse.observation.model.name"),
+                ingestion_public_key=public_key,
+                forwarded=forwarded,
             )
         )
-        trace_fields: dict[str, Any] = {
-            "timestamp": start,
-            "user_id": attrs.get("user.id") or attrs.get("langfuse.user.id"),
-            "session_id": attrs.get("session.id") or attrs.get("langfuse.session.id"),
-            "environment": str(env) if env else None,
-        }
-        name = attrs.get("langfuse.trace.name") or (span.name if span.parent_span_id is None else None)
-        trace_fields["name"] = name
-        tags = attrs.get("langfuse.trace.tags")
-        if isinstance(tags, list):
-            trace_fields["tags"] = [str(t) for t in tags]
-        trace_meta = _prefixed(attrs, "langfuse.trace.metadata.")
-        if trace_meta:
-            trace_fields["metadata"] = trace_meta
-        store.upsert_trace(project_id, span.trace_id, visible_at, public_key, **trace_fields)
+    for _, trace_id, fields in sorted(trace_events, key=lambda item: item[0]):
+        store.upsert_trace(project_id, trace_id, visible_at, public_key, **fields)
 
 
-def _prefixed(attrs: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return {k[len(prefix) :]: _maybe_json(v) for k, v in attrs.items() if k.startswith(prefix)}
+def _trace_fields(span: SpanIn, start: float, root: bool, updates: bool, scope: dict[str, Any]) -> dict[str, Any]:
+    """`createTraceEvent`: shallow (id, timestamp, environment), full for a root span, or an update."""
+    attrs, resource = span.attributes, span.resource_attributes
+    fields: dict[str, Any] = {"timestamp": start, "environment": om.extract_environment(attrs, resource)}
+    if not root and not updates:
+        return fields
+    metadata: dict[str, Any] = {**om.extract_metadata(resource, "trace"), **om.extract_metadata(attrs, "trace")}
+    if root:
+        metadata.update(om.extract_metadata(attrs, "observation"))
+        if not om.is_langfuse_sdk_scope(span.scope):
+            metadata["attributes"] = om.filtered_attributes(attrs)
+    metadata.update(resourceAttributes=resource, scope=scope)
+    tags = om.extract_tags(attrs)
+    public = attrs.get("langfuse.trace.public", attrs.get("langfuse.public"))
+    fields.update(
+        name=attrs.get("langfuse.trace.name") or (_span_name(span) if root else None),
+        metadata=om.to_ch_map(metadata),
+        version=om.version_of(attrs, resource),
+        release=om.release_of(attrs, resource),
+        user_id=om.extract_user_id(attrs),
+        session_id=om.extract_session_id(attrs),
+        public=None if public is None else public in (True, "true"),
+        tags=tags or None,
+        input=_maybe_json(attrs.get("langfuse.trace.input")),
+        output=_maybe_json(attrs.get("langfuse.trace.output")),
+    )
+    return fields
+
+
+def _event_row(span: SpanIn, project_id: str, public_key: str, visible_at: float, path: WritePath) -> Event:
+    """`processToEvent` + `createEventRecord`: one events row with flattened metadata."""
+    attrs, resource = span.attributes, span.resource_attributes
+    is_sdk = om.is_langfuse_sdk_scope(span.scope)
+    metadata = {
+        **({} if is_sdk else {"attributes": om.filtered_attributes(attrs)}),
+        "resourceAttributes": resource,
+        "scope": om.scope_object(span.scope, span.scope_attributes),
+        **om.extract_metadata(attrs, "observation"),
+        **om.extract_metadata(attrs, "trace"),
+    }
+    app_root = attrs.get("langfuse.internal.is_app_root")
+    return Event(
+        id=span.span_id,
+        trace_id=span.trace_id,
+        project_id=project_id,
+        type=str(attrs.get("langfuse.observation.type") or "span").upper(),
+        name=_span_name(span),
+        start_time=_ms(span.start_ns) or time.time(),
+        end_time=_ms(span.end_ns),
+        visible_at=visible_at,
+        ingestion_api_key=public_key,
+        ingestion_sdk_name=path.sdk_name,
+        ingestion_sdk_version=path.sdk_version,
+        parent_id=span.parent_span_id,
+        is_app_root=app_root is True or app_root == "true",
+        level=str(attrs.get("langfuse.observation.level") or "DEFAULT"),
+        status_message=attrs.get("langfuse.observation.status_message") or span.status_message,
+        environment=om.extract_environment(attrs, resource),
+        version=om.version_of(attrs, resource),
+        release=om.release_of(attrs, resource) or "",
+        tags=om.extract_tags(attrs),
+        trace_name=str(attrs.get("langfuse.trace.name") or ""),
+        user_id=om.extract_user_id(attrs),
+        session_id=om.extract_session_id(attrs),
+        input=_text(attrs.get("langfuse.observation.input")),
+        output=_text(attrs.get("langfuse.observation.output")),
+        model=attrs.get("langfuse.observation.model.name"),
+        metadata=om.flatten_paths(metadata),
+    )
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else om.js_stringify(value)
 
 
 def _maybe_json(value: Any) -> Any:
