@@ -194,7 +194,9 @@ def test_unknown_column_is_an_invalid_request_error(sim: SimHandle) -> None:
 
 def test_traces_list_has_no_start_time_column(sim: SimHandle) -> None:
     condition = {"type": "datetime", "column": "startTime", "operator": ">=", "value": "2026-01-01T00:00:00Z"}
-    assert _get(sim, TRACES, [condition]).json()["message"] == "Column startTime does not match a UI / CH table mapping."
+    assert (
+        _get(sim, TRACES, [condition]).json()["message"] == "Column startTime does not match a UI / CH table mapping."
+    )
 
 
 def test_v2_observations_has_no_timestamp_column(sim: SimHandle) -> None:
@@ -414,7 +416,9 @@ def test_v4_path_keeps_resource_stamps_only_under_resource_attributes(sim: SimHa
 
 def test_v4_path_maps_span_metadata_stamps_to_top_level_keys(sim: SimHandle) -> None:
     pk = sim.projects[0].public_key
-    trace = send(sim, export(attributes={"langfuse.trace.metadata.langfuse_public_key": pk}), sim.project_auth(), V4_HEADER)
+    trace = send(
+        sim, export(attributes={"langfuse.trace.metadata.langfuse_public_key": pk}), sim.project_auth(), V4_HEADER
+    )
     _visible_v2(sim, trace)
     assert _v2_trace_ids(sim, [_meta("langfuse_public_key", "=", pk)]) == [trace]
 

@@ -4,7 +4,8 @@ Three clients, one per credential:
 
 - ``LangfuseAdminClient``: an organization-scoped key; lists, creates and deletes project keys.
 - ``LangfuseInstanceAdmin``: a self-hosted ``ADMIN_API_KEY``; flushes the API-key cache.
-- ``LangfuseProjectClient``: a project key pair; auth check, revocation probe, canary round trip.
+- ``LangfuseProjectClient``: a project key pair; auth check, revocation probe, canary round trip,
+  and trace evidence (``latest_traces``: the newest traces of a consumer sent with a given key).
 
 Every failure is a ``connectors.errors.LangfuseError`` with a one-line, secret-free message.
 No Prefect import: usable from a plain script.
@@ -21,10 +22,13 @@ from connectors.langfuse.models import (
     RetryPolicy,
 )
 from connectors.langfuse.project import LangfuseProjectClient
+from connectors.langfuse.traces import KeySource, KeySpec, TraceMatch, TraceSighting
 
 __all__ = [
     "ApiKeySummary",
     "HealthStatus",
+    "KeySource",
+    "KeySpec",
     "LangfuseAdminClient",
     "LangfuseInstanceAdmin",
     "LangfuseMemberships",
@@ -34,4 +38,6 @@ __all__ = [
     "ProbeResult",
     "ProjectInfo",
     "RetryPolicy",
+    "TraceMatch",
+    "TraceSighting",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -15,6 +16,7 @@ from connectors.langfuse._errors import Action, parse_json, parse_model, server_
 from connectors.langfuse._http import ClientBase, Clock, HttpCore, SecretBasicAuth, Sleep
 from connectors.langfuse._otlp import canary_request, new_span_id, new_trace_id, normalise_trace_id
 from connectors.langfuse.models import ApiModel, ProbeResult, ProjectInfo, RetryPolicy
+from connectors.langfuse.traces import KeySpec, ReadPath, TraceMatch, TraceQueries, TraceSighting
 
 logger = logging.getLogger("connectors.langfuse")
 
@@ -71,6 +73,7 @@ class LangfuseProjectClient(ClientBase):
             clock=clock,
         )
         self._read_path: Literal["v2", "traces"] = "v2"
+        self._traces = TraceQueries(self._core, lambda doing: self._action(doing))
 
     def __repr__(self) -> str:
         return f"LangfuseProjectClient(host={self.host!r}, public_key={self.public_key!r})"
@@ -238,3 +241,33 @@ class LangfuseProjectClient(ClientBase):
                 )
             sleep(min(pause, remaining))
             pause = min(max(pause * 2, 0.01), max_poll_s)
+
+    def trace_read_path(self) -> ReadPath:
+        """Where trace evidence is read on this server (``v2`` or ``traces``), from its version.
+
+        Raises ``LangfuseUnsupportedServerError`` for a server older than 3.116.1 (it would ignore
+        the filter) or one whose health endpoint names no version.
+        """
+        return self._traces.read_path()
+
+    def latest_traces(
+        self,
+        match: TraceMatch,
+        since: datetime,
+        *,
+        public_key: str | None = None,
+        key: KeySpec | None = None,
+        limit: int = 5,
+    ) -> list[TraceSighting]:
+        """The newest traces matching ``match`` with a timestamp at or after ``since`` (aware),
+        newest first, at most ``limit`` (1-100) rows asked for.
+
+        With ``public_key``: only traces sent with that key as ``key`` shows it (default ``sdk``);
+        every sighting then names that key. Without: all matching traces, each naming the key read
+        from its metadata where the read path returns metadata (v2), else ``None``; a value that is
+        not a ``pk-lf-`` key is ignored. One request (plus one health request the first time), through
+        the client's pacing, retries and response cap; ``fields=core`` so no trace input or output is
+        downloaded. A server that refuses the filter (400) raises ``LangfuseUnsupportedServerError``
+        naming the minimum Langfuse version; never an empty answer.
+        """
+        return self._traces.latest(match, since, public_key, key or KeySpec(), limit)

@@ -14,9 +14,12 @@ _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def iso_ms(ts: float) -> str:
-    """Format like JS `Date.toISOString()`: millisecond precision, trailing `Z`."""
-    dt = datetime.fromtimestamp(ts, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    """Format like JS `Date.toISOString()`: millisecond precision, trailing `Z`.
+
+    Rounded to the nearest millisecond, so a stored `x.123` (not exact in binary) stays `.123`."""
+    millis = round(ts * 1000)
+    dt = datetime.fromtimestamp(millis // 1000, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis % 1000:03d}Z"
 
 
 def iso_to_ts(value: str) -> float:
