@@ -231,9 +231,9 @@ def test_a_query_rate_limited_beyond_its_retries_raises(sim: SimHandle) -> None:
     pair = KeyPair(public_key=project.public_key, secret_key=SecretStr(project.secret_key))
     clock = FakeClock()
     retry = RetryPolicy(max_attempts=2)
-    with LangfuseProjectClient(sim.url, pair, retry=retry, sleep=clock.sleep, clock=clock) as client:
-        with pytest.raises(LangfuseRateLimitedError):
-            client.latest_traces(TraceMatch(), SINCE)
+    client = LangfuseProjectClient(sim.url, pair, retry=retry, sleep=clock.sleep, clock=clock)
+    with client, pytest.raises(LangfuseRateLimitedError):
+        client.latest_traces(TraceMatch(), SINCE)
 
 
 def test_a_refused_filter_names_the_minimum_version(sim: SimHandle) -> None:
