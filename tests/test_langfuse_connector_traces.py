@@ -72,9 +72,15 @@ def test_traces_filter_for_the_sdk_key_source_matches_the_scope_json_text() -> N
     ]
 
 
-def test_metadata_key_source_is_an_equals_condition_on_both_paths() -> None:
+def test_metadata_key_source_is_a_contains_condition_on_both_paths() -> None:
     key = KeySpec(source=KeySource.METADATA, metadata_key="lf_key")
-    expected = {"type": "stringObject", "column": "metadata", "key": "lf_key", "operator": "=", "value": "pk-lf-new"}
+    expected = {
+        "type": "stringObject",
+        "column": "metadata",
+        "key": "lf_key",
+        "operator": "contains",
+        "value": "pk-lf-new",
+    }
     assert build_filter("v2", TraceMatch(), SINCE, "pk-lf-new", key)[-1] == expected
     assert build_filter("traces", TraceMatch(), SINCE, "pk-lf-new", key)[-1] == expected
 

@@ -14,7 +14,8 @@ How a trace shows which key sent it (see the README, "Trace evidence"):
   *authenticated* the export (Langfuse resolves a key by its secret), whatever the exporter; on the
   traces list, the ``scope`` metadata the Langfuse SDK (v3+) fills with its ``public_key``, as JSON
   text, matched with ``contains '"public_key":"<pk>"'``.
-- ``metadata``: the trace-metadata key the service stamps (``=``).
+- ``metadata``: the trace-metadata key the service stamps, matched with ``contains`` (the SDK 5
+  stores the value JSON-encoded, with quotes; other exporters bare).
 """
 
 from __future__ import annotations
@@ -146,7 +147,16 @@ def build_filter(
 
 def _key_condition(path: ReadPath, pk: str, key: KeySpec) -> dict[str, Any]:
     if key.source is KeySource.METADATA:
-        return _metadata_equals(key.metadata_key, pk)
+        # `contains`, not `=`: the Langfuse SDK 5 JSON-encodes every metadata value ('"pk-lf-…"')
+        # and Langfuse 4.16 stores it so; a raw OTLP or resource-attribute stamp arrives bare.
+        # A `pk-lf-<uuid>` key is never part of another such key, so this matches exactly one key.
+        return {
+            "type": "stringObject",
+            "column": "metadata",
+            "key": key.metadata_key,
+            "operator": "contains",
+            "value": pk,
+        }
     if path == "v2":
         return {"type": "stringOptions", "column": "ingestionApiKey", "operator": "any of", "value": [pk]}
     return {
