@@ -27,6 +27,7 @@ from connectors.urls import RedactedUrl, SecretUrl
 from flows.audit import default_audit_path
 from flows.config_types import StorePath, StrictModel, Url
 from flows.errors import ConfigError
+from flows.locations import Claims, LocationCollision, StorePlaces
 from flows.stores import STORE_KINDS, StoreConfig, store_kinds_text
 
 if TYPE_CHECKING:
@@ -302,6 +303,20 @@ class RotationConfig(StrictModel):
                 for fragment in secret_fragments(raw):
                     register_secret(fragment)
 
+    def location_claims(self) -> Claims:
+        """The secrets the organization key and the configured entries hold, with the entries'
+        staging places (README "Safety guarantees"). Raises ``LocationCollision`` for the first
+        entry whose place is already held."""
+        claims = Claims(StorePlaces(self.stores))
+        if self.langfuse.org_key is not None:
+            claims.take(self.langfuse.org_key.store, self.langfuse.org_key.path, None)
+        for i, entry in enumerate(self.projects):
+            holder = claims.holder(entry.store, entry.path)
+            if holder is not None:
+                raise LocationCollision(i, entry.name, holder)
+            claims.take(entry.store, entry.path, entry.name)
+        return claims
+
     def entry(self, name: str) -> ProjectEntry:
         for entry in self.projects:
             if entry.name == name:
@@ -361,6 +376,11 @@ def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:
         config = RotationConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc, lines, source)) from None
+    try:
+        config.location_claims()
+    except LocationCollision as exc:
+        where = f"{source}:{_nearest_line(('projects', exc.index, 'path'), lines) or 1}"
+        raise ConfigError(f"{where}: projects[{exc.index}].path: {exc}") from None
     return config
 
 
