@@ -2,7 +2,7 @@
 
 Rules (README, compliance report): ``key-overdue``, ``key-due-soon``, ``stray-key``,
 ``shared-key``, ``wrong-scope``, ``rotation-stuck``, ``consumer-drift``, ``access``,
-``location-collision``, ``unsafe-project-name``. Each finding
+``location-collision``, ``unsafe-project-name``, ``plaintext-transport``. Each finding
 names its rule, a severity, the entry (or the Langfuse project) and the public key involved;
 never a secret. ``collect_report`` reads (in parallel, read-only), ``evaluate`` is the rules
 over what was read, so the rules are plain functions of facts.
@@ -28,6 +28,7 @@ from flows.inventory import Connections, EntryStatus, Inventory, collect_invento
 from flows.models import ExitCode
 from flows.redact import scrub
 from flows.templates import expand
+from flows.transport import transport_risks
 
 Severity = Literal["high", "medium", "low"]
 RULES = (
@@ -41,6 +42,7 @@ RULES = (
     "access",
     "location-collision",
     "unsafe-project-name",
+    "plaintext-transport",
 )
 _SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2}
 
@@ -129,7 +131,7 @@ def collect_report(config: RotationConfig, *, now: datetime | None = None) -> Re
         org = _read_org(conns, config, inventory, errors) if _admin_available(conns) else OrgFacts()
     finally:
         conns.close()
-    from_config = list(_template_refusals(config, org))
+    from_config = [*_template_refusals(config, org), *_plaintext_transport(config)]
     findings = evaluate(config.policy, inventory, org, now, from_config)
     return Report(findings=findings, checked_at=now, errors=errors)
 
@@ -234,6 +236,15 @@ def _template_refusals(config: RotationConfig, org: OrgFacts) -> Iterable[Findin
             project=g.project_id,
             subject=g.project_id,
             detail=g.problem or "",
+        )
+
+
+def _plaintext_transport(config: RotationConfig) -> Iterable[Finding]:
+    """``plaintext-transport``: keys over plain HTTP to a host that is not loopback (high), a Vault
+    store that does not check the server's certificate (medium)."""
+    for risk in transport_risks(config):
+        yield Finding(
+            rule="plaintext-transport", severity=risk.severity, entry=risk.entry, subject=risk.field, detail=risk.line()
         )
 
 

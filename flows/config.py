@@ -29,6 +29,7 @@ from flows.config_types import StorePath, StrictModel, Url
 from flows.errors import ConfigError
 from flows.locations import Claims, LocationCollision, StorePlaces
 from flows.stores import STORE_KINDS, StoreConfig, store_kinds_text
+from flows.transport import warn_transport_risks
 
 if TYPE_CHECKING:
     from connectors.notify import NotifyTarget  # imported where notifications are sent
@@ -338,14 +339,19 @@ def resolve_config_path(path: str | os.PathLike[str] | None) -> Path:
     return Path(chosen)
 
 
-def load_config(path: str | os.PathLike[str] | None) -> RotationConfig:
-    """Read, interpolate and validate the YAML file. Raises ``ConfigError`` with a one-line message."""
+def load_config(path: str | os.PathLike[str] | None, *, warn: bool = True) -> RotationConfig:
+    """Read, interpolate and validate the YAML file. Raises ``ConfigError`` with a one-line message.
+    ``warn``: log a warning for each connection that carries keys in plain text (once per process;
+    ``status`` and ``report`` show them in their own output instead)."""
     file = resolve_config_path(path)
     try:
         text = file.read_text()
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read configuration: {exc.strerror}") from None
-    return parse_config(text, source=str(file))
+    config = parse_config(text, source=str(file))
+    if warn:
+        warn_transport_risks(config)
+    return config
 
 
 def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:
