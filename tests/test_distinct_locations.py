@@ -23,10 +23,10 @@ from connectors.keypair import KeyPair
 from connectors.langfuse import LangfuseAdminClient, LangfuseProjectClient
 from connectors.store import SecretLocation
 from flows.config import parse_config
-from flows.errors import ConfigError
 from flows.fleet import run_fleet
 from tests.fixtures.inventory import SECOND, InventoryEnv
 from tests.fixtures.rotation import ENTRY, RotationEnv
+from tests.test_config import error_of
 
 vault_only = pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 
@@ -61,22 +61,14 @@ def config_with(store: str, path: str) -> str:
     return CONFIG.replace("store: STORE, path: PATH", f"store: {store}, path: '{path}'")
 
 
-def load_error(text: str) -> str:
-    with pytest.raises(ConfigError) as caught:
-        parse_config(text, source="rotation.yaml")
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
-
-
 def test_two_entries_at_the_same_path_of_one_store_are_refused_naming_both_and_the_line() -> None:
-    message = load_error(config_with("main", "langfuse/payments"))
+    message = error_of(config_with("main", "langfuse/payments"))
     assert message.startswith("rotation.yaml:18: projects[1].path: "), message
     assert "'second'" in message and "'payments'" in message
 
 
 def test_another_store_name_for_the_same_vault_server_is_the_same_store() -> None:
-    message = load_error(config_with("alias", "langfuse/payments"))
+    message = error_of(config_with("alias", "langfuse/payments"))
     assert "'second'" in message and "'payments'" in message
 
 
@@ -84,7 +76,7 @@ def test_an_entry_at_the_organization_keys_location_is_refused() -> None:
     text = config_with("alias", "langfuse/org-admin").replace(
         INLINE_ORG_KEY, "  org_key: {store: main, path: langfuse/org-admin}\n"
     )
-    message = load_error(text)
+    message = error_of(text)
     assert "'second'" in message and "langfuse.org_key" in message
 
 
@@ -92,7 +84,7 @@ def test_two_aws_store_names_in_one_account_and_region_share_secrets() -> None:
     text = config_with("aws-again", "langfuse/payments").replace(
         "store: main, path: langfuse/payments", "store: aws, path: langfuse/payments"
     )
-    assert "'payments'" in load_error(text)
+    assert "'payments'" in error_of(text)
 
 
 def test_an_aws_secret_named_once_by_name_and_once_by_arn_is_one_secret() -> None:
@@ -100,7 +92,7 @@ def test_an_aws_secret_named_once_by_name_and_once_by_arn_is_one_secret() -> Non
     text = config_with("aws-acct-1", arn).replace(
         "store: main, path: langfuse/payments", "store: aws-acct-1, path: langfuse/payments"
     )
-    assert "'payments'" in load_error(text)
+    assert "'payments'" in error_of(text)
 
 
 @pytest.mark.parametrize(
