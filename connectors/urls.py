@@ -8,9 +8,10 @@ credentials; ``credential_parts`` lists the pieces a log filter must mask.
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-__all__ = ["RedactedUrl", "SecretUrl", "credential_parts", "has_credentials", "mask_credentials"]
+__all__ = ["RedactedUrl", "SecretUrl", "credential_parts", "has_credentials", "is_loopback_host", "mask_credentials"]
 
 _MASK = "***"
 
@@ -51,6 +52,19 @@ def mask_credentials(url: str) -> str:
         netloc = f"{_MASK}@{netloc.rsplit('@', 1)[1]}"
     query = "&".join(f"{key}={_MASK}" for key, _ in parse_qsl(parts.query, keep_blank_values=True))
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, an address in 127.0.0.0/8 or ``::1`` (also IPv4-mapped); no name is resolved."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 class RedactedUrl(str):

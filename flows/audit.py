@@ -260,7 +260,7 @@ def audit_path_for(config_path: str | os.PathLike[str] | None) -> Path:
     from flows.errors import ConfigError
 
     try:
-        return load_config(config_path).audit.path
+        return load_config(config_path, warn=False).audit.path
     except (ConfigError, OSError, ValueError):
         return default_audit_path()
 

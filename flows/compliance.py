@@ -1,7 +1,8 @@
 """``langfuse-rotate report``: the access-control checklist as findings.
 
 Rules (README, compliance report): ``key-overdue``, ``key-due-soon``, ``stray-key``,
-``shared-key``, ``wrong-scope``, ``rotation-stuck``, ``consumer-drift``, ``access``. Each finding
+``shared-key``, ``wrong-scope``, ``rotation-stuck``, ``consumer-drift``, ``access``,
+``location-collision``, ``unsafe-project-name``, ``plaintext-transport``. Each finding
 names its rule, a severity, the entry (or the Langfuse project) and the public key involved;
 never a secret. ``collect_report`` reads (in parallel, read-only), ``evaluate`` is the rules
 over what was read, so the rules are plain functions of facts.
@@ -26,6 +27,8 @@ from flows.errors import ConfigError
 from flows.inventory import Connections, EntryStatus, Inventory, collect_inventory, parallel
 from flows.models import ExitCode
 from flows.redact import scrub
+from flows.templates import expand
+from flows.transport import transport_risks
 
 Severity = Literal["high", "medium", "low"]
 RULES = (
@@ -37,6 +40,9 @@ RULES = (
     "rotation-stuck",
     "consumer-drift",
     "access",
+    "location-collision",
+    "unsafe-project-name",
+    "plaintext-transport",
 )
 _SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2}
 
@@ -125,7 +131,8 @@ def collect_report(config: RotationConfig, *, now: datetime | None = None) -> Re
         org = _read_org(conns, config, inventory, errors) if _admin_available(conns) else OrgFacts()
     finally:
         conns.close()
-    findings = evaluate(config.policy, inventory, org, now)
+    from_config = [*_template_refusals(config, org), *_plaintext_transport(config)]
+    findings = evaluate(config.policy, inventory, org, now, from_config)
     return Report(findings=findings, checked_at=now, errors=errors)
 
 
@@ -193,8 +200,12 @@ def _read_memberships(conns: Connections, org: OrgFacts, errors: list[str]) -> N
 # --- the rules ----------------------------------------------------------------------------------
 
 
-def evaluate(policy: PolicyConfig, inventory: Inventory, org: OrgFacts, now: datetime) -> list[Finding]:
+def evaluate(
+    policy: PolicyConfig, inventory: Inventory, org: OrgFacts, now: datetime, from_config: Iterable[Finding] = ()
+) -> list[Finding]:
+    """The rules over what was read; ``from_config``: findings about the configuration itself."""
     findings = [
+        *from_config,
         *_key_age(policy, inventory.entries),
         *_stray_keys(inventory, org),
         *_shared_keys(inventory.entries),
@@ -206,6 +217,35 @@ def evaluate(policy: PolicyConfig, inventory: Inventory, org: OrgFacts, now: dat
     return sorted(
         findings, key=lambda f: (_SEVERITY_ORDER[f.severity], RULES.index(f.rule), f.entry or "", f.project or "")
     )
+
+
+def _template_refusals(config: RotationConfig, org: OrgFacts) -> Iterable[Finding]:
+    """``location-collision`` (high): a project whose generated entry would take another's secret
+    or the organization key's; ``unsafe-project-name`` (medium): a project whose name or id cannot
+    be put into ``project_template.path`` as it is. Neither is ever written (README "Entry templates")."""
+    if config.project_template is None or not org.projects:
+        return
+    _, generated = expand(config, org.projects, warn=False)
+    for g in generated:
+        if g.refused is None:
+            continue
+        yield Finding(
+            rule=g.refused.rule,
+            severity="high" if g.refused.rule == "location-collision" else "medium",
+            entry=g.refused.other_entry,
+            project=g.project_id,
+            subject=g.project_id,
+            detail=g.problem or "",
+        )
+
+
+def _plaintext_transport(config: RotationConfig) -> Iterable[Finding]:
+    """``plaintext-transport``: keys over plain HTTP to a host that is not loopback (high), a Vault
+    store that does not check the server's certificate (medium)."""
+    for risk in transport_risks(config):
+        yield Finding(
+            rule="plaintext-transport", severity=risk.severity, entry=risk.entry, subject=risk.field, detail=risk.line()
+        )
 
 
 def _key_age(policy: PolicyConfig, entries: Iterable[EntryStatus]) -> Iterable[Finding]:
@@ -444,7 +484,7 @@ def report_lines(report: Report) -> list[str]:
         lines = [f"{len(report.findings)} finding(s):"]
         for f in report.findings:
             where = f.entry or (f"project {f.project}" if f.project else "organization")
-            lines.append(f"  {f.severity:<6} {f.rule:<15} {where}: {scrub(f.detail)}")
+            lines.append(f"  {f.severity:<6} {f.rule:<19} {where}: {scrub(f.detail)}")
     lines += [f"error: could not read {e}" for e in report.errors]
     return lines
 

@@ -27,7 +27,9 @@ from connectors.urls import RedactedUrl, SecretUrl
 from flows.audit import default_audit_path
 from flows.config_types import StorePath, StrictModel, Url
 from flows.errors import ConfigError
+from flows.locations import Claims, LocationCollision, StorePlaces
 from flows.stores import STORE_KINDS, StoreConfig, store_kinds_text
+from flows.transport import warn_transport_risks
 
 if TYPE_CHECKING:
     from connectors.notify import NotifyTarget  # imported where notifications are sent
@@ -302,6 +304,20 @@ class RotationConfig(StrictModel):
                 for fragment in secret_fragments(raw):
                     register_secret(fragment)
 
+    def location_claims(self) -> Claims:
+        """The secrets the organization key and the configured entries hold, with the entries'
+        staging places (README "Safety guarantees"). Raises ``LocationCollision`` for the first
+        entry whose place is already held."""
+        claims = Claims(StorePlaces(self.stores))
+        if self.langfuse.org_key is not None:
+            claims.take(self.langfuse.org_key.store, self.langfuse.org_key.path, None)
+        for i, entry in enumerate(self.projects):
+            holder = claims.holder(entry.store, entry.path)
+            if holder is not None:
+                raise LocationCollision(i, entry.name, holder)
+            claims.take(entry.store, entry.path, entry.name)
+        return claims
+
     def entry(self, name: str) -> ProjectEntry:
         for entry in self.projects:
             if entry.name == name:
@@ -323,14 +339,19 @@ def resolve_config_path(path: str | os.PathLike[str] | None) -> Path:
     return Path(chosen)
 
 
-def load_config(path: str | os.PathLike[str] | None) -> RotationConfig:
-    """Read, interpolate and validate the YAML file. Raises ``ConfigError`` with a one-line message."""
+def load_config(path: str | os.PathLike[str] | None, *, warn: bool = True) -> RotationConfig:
+    """Read, interpolate and validate the YAML file. Raises ``ConfigError`` with a one-line message.
+    ``warn``: log a warning for each connection that carries keys in plain text (once per process;
+    ``status`` and ``report`` show them in their own output instead)."""
     file = resolve_config_path(path)
     try:
         text = file.read_text()
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read configuration: {exc.strerror}") from None
-    return parse_config(text, source=str(file))
+    config = parse_config(text, source=str(file))
+    if warn:
+        warn_transport_risks(config)
+    return config
 
 
 def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:
@@ -361,6 +382,11 @@ def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:
         config = RotationConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc, lines, source)) from None
+    try:
+        config.location_claims()
+    except LocationCollision as exc:
+        where = f"{source}:{_nearest_line(('projects', exc.index, 'path'), lines) or 1}"
+        raise ConfigError(f"{where}: projects[{exc.index}].path: {exc}") from None
     return config
 
 

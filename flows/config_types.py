@@ -13,7 +13,8 @@ Url = Annotated[str, AfterValidator(RedactedUrl)]
 """A URL that may carry credentials (user-info, query token): its ``repr`` hides them."""
 
 
-_RESERVED_LAST_SEGMENT = "rotation-pending"  # a rotation stages at <path>/rotation-pending
+RESERVED_LAST_SEGMENT = "rotation-pending"
+"""A rotation stages at ``<path>/rotation-pending`` (Vault): no configured path may end in it."""
 
 
 def _store_path(value: str, *, what: str = "path", reserved_suffix: bool = True) -> str:
@@ -34,9 +35,25 @@ def _store_path(value: str, *, what: str = "path", reserved_suffix: bool = True)
         raise ValueError(f"the {what} must not contain empty segments ('//' or a trailing '/')")
     if any(segment in (".", "..") for segment in segments):
         raise ValueError(f"the {what} must not contain '.' or '..' segments")
-    if reserved_suffix and segments[-1] == _RESERVED_LAST_SEGMENT:
-        raise ValueError(f"the {what} must not end in '/{_RESERVED_LAST_SEGMENT}' (the staging place of another path)")
+    if reserved_suffix and segments[-1] == RESERVED_LAST_SEGMENT:
+        raise ValueError(f"the {what} must not end in '/{RESERVED_LAST_SEGMENT}' (the staging place of another path)")
     return value
+
+
+def path_value_problem(value: str, *, what: str) -> str | None:
+    """Why ``value`` (e.g. a Langfuse project's name) cannot be put into a store path as it is, or
+    None: it must be one segment the path rules accept (no ``/``, not ``.``/``..``/empty, none of
+    ``%?#\\``, no whitespace, not ``rotation-pending``). Never rewritten: a rewritten value could
+    name another valid path."""
+    if "/" in value:
+        return f"the {what} must not contain '/'"
+    if value in (".", "..", RESERVED_LAST_SEGMENT):
+        return f"the {what} must not be {value!r}"
+    try:
+        _store_path(value, what=what)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _mount(value: str) -> str:

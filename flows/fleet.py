@@ -269,6 +269,7 @@ def run_fleet(
             error = f"project_template: cannot list the organization's projects: {one_line(exc)}"
             return _setup_failed(config, error, started, fleet_run_id, notify_summary)
     entries = [e for e in config.projects if only is None or e.name in set(only)]
+    refused = refused_results(generated, "prefect" if recorder is not None else "none") if only is None else []
     width = max(1, min(concurrency or config.fleet.concurrency, len(entries) or 1))
     progress = FleetProgress(len(entries))
     held: list[RotationResult] = []
@@ -310,7 +311,7 @@ def run_fleet(
         _reporting(progress, progress_sinks),
         ThreadPoolExecutor(max_workers=width, thread_name_prefix="fleet") as pool,
     ):
-        results = list(pool.map(one, entries))
+        results = list(pool.map(one, entries)) + refused
     for opened in stores.values():
         close = getattr(opened, "close", None)
         if callable(close):
@@ -337,6 +338,26 @@ def run_fleet(
         if notify_summary:
             send_summary(config, result)
     return result
+
+
+def refused_results(generated: Sequence[Generated], orchestrator: Literal["prefect", "none"]) -> list[RotationResult]:
+    """The projects the template refused for safety, as ``skipped`` entries that say why (README
+    "Entry templates"): nothing of theirs ran, nothing was written."""
+    results = []
+    for g in generated:
+        if g.refused is None:
+            continue
+        results.append(
+            RotationResult(
+                status="skipped",
+                project=g.refused.entry,
+                store=g.refused.store,
+                orchestrator=orchestrator,
+                error=g.problem,
+                steps=[StepRecord(step="plan", outcome="skipped", duration_s=0.0, detail=g.problem or "")],
+            )
+        )
+    return results
 
 
 def _generated_row(g: Generated) -> dict[str, Any]:
@@ -473,6 +494,10 @@ def summary_notification(result: FleetResult, run_name: str | None = None) -> No
         if named:
             lines.append(f"{heading} ({len(named)}):")
             lines += [f"- {e.project} ({e.status}): {e.error or 'see its run'}" for e in named]
+    refused = [e for e in result.entries if e.status == "skipped" and e.error]
+    if refused:
+        lines.append(f"SKIPPED, refused by project_template ({len(refused)}):")
+        lines += [f"- {e.project}: {e.error}" for e in refused]
     lines.append(f"duration: {result.duration_s:.1f}s")
     kind = "success" if result.status == "rotated" else "failure"
     return Notification(title=title, body=scrub("\n".join(lines)), kind=kind)

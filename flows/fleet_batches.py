@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from flows.config import RotationConfig
-from flows.fleet import FleetResult, counts_of, fleet_status, send_summary
+from flows.fleet import FleetResult, counts_of, fleet_status, refused_results, send_summary
 from flows.models import RotationResult
 from flows.templates import expand, organization_projects
 
@@ -39,8 +39,10 @@ def run_in_batches(
     from flows.audit import AuditLog
 
     started = time.monotonic()
+    refused: list[RotationResult] = []
     if config.project_template is not None:
-        config, _ = expand(config, organization_projects(config))
+        config, generated = expand(config, organization_projects(config))
+        refused = refused_results(generated, "prefect")
     size = config.fleet.batch_size
     assert size is not None
     runs: list[Any] = [
@@ -60,6 +62,7 @@ def run_in_batches(
     entries: list[RotationResult] = []
     for run_id, batch in batches.items():
         entries += _batch_entries(run_id, batch, finished[run_id])
+    entries += refused
     result = FleetResult(
         status=fleet_status(entries),
         total=len(entries),

@@ -29,6 +29,7 @@ from flows.context import org_key
 from flows.errors import ConfigError
 from flows.redact import install_redaction, scrub
 from flows.stores import build_store
+from flows.transport import transport_risks
 
 T = TypeVar("T")
 MAX_WORKERS = 16
@@ -79,11 +80,17 @@ class Inventory(BaseModel):
     entries: list[EntryStatus]
     checked_at: datetime
     errors: list[str] = []
+    warnings: list[str] = []
+    """Connections that carry keys in plain text (``flows.transport``), one line each."""
     project_keys: dict[str, list[ApiKeySummary]] = Field(default={}, exclude=True)
     """Langfuse project id -> its keys (configured projects only)."""
 
     def contract_dict(self) -> dict[str, Any]:
-        return {"entries": [e.model_dump(mode="json") for e in self.entries], "checked_at": _iso(self.checked_at)}
+        return {
+            "entries": [e.model_dump(mode="json") for e in self.entries],
+            "checked_at": _iso(self.checked_at),
+            "warnings": list(self.warnings),
+        }
 
 
 def _iso(value: datetime) -> str:
@@ -190,7 +197,8 @@ def collect_inventory(
     finally:
         if own:
             conns.close()
-    return Inventory(entries=statuses, checked_at=now, errors=errors, project_keys=project_keys)
+    warnings = [risk.line() for risk in transport_risks(config)]
+    return Inventory(entries=statuses, checked_at=now, errors=errors, warnings=warnings, project_keys=project_keys)
 
 
 def _read_entry(conns: Connections, entry: ProjectEntry, now: datetime) -> EntryStatus:
@@ -341,6 +349,7 @@ def status_lines(inventory: Inventory) -> list[str]:
             lines.append(f"  consumer {name}: {key or '-'}" + (f" ({note})" if note else ""))
         if e.error:
             lines.append(f"  error: {e.error}")
+    lines += [f"warning: {warning}" for warning in inventory.warnings]
     for error in inventory.errors:
         if not error.startswith("entry '"):
             lines.append(f"error: {error}")

@@ -35,7 +35,8 @@ def add_commands(commands: Any) -> None:
         "report",
         help="compliance findings (exit 0 none, 4 findings)",
         description="Check keys and memberships against the policy: key-overdue, key-due-soon, stray-key, "
-        "shared-key, wrong-scope, rotation-stuck, consumer-drift, access.",
+        "shared-key, wrong-scope, rotation-stuck, consumer-drift, access, location-collision, "
+        "unsafe-project-name, plaintext-transport.",
     )
     report.add_argument("--config", help="configuration file (default: $LANGFUSE_ROTATE_CONFIG)")
     report.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -47,7 +48,7 @@ def run_command(args: argparse.Namespace) -> int:
     from flows.errors import ConfigError
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, warn=False)  # both show the plain-text risks themselves
         if getattr(args, "project", None):
             config.entry(args.project)
     except ConfigError as exc:

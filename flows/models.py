@@ -25,7 +25,7 @@ Status = Literal[
     "failed",
     "in_progress",
     "needs_attention",
-    "skipped",  # a fleet run's entry rotated within fleet.skip_if_rotated_within
+    "skipped",  # a fleet run's entry rotated within fleet.skip_if_rotated_within, or a project the template refused
 ]
 
 

@@ -3,20 +3,49 @@
 A new Langfuse project matching the template is rotated by the next fleet run without editing
 the configuration. Explicit ``projects`` entries win: a project one of them already covers (by
 project id) or whose generated name is taken gets no generated entry.
+
+Whoever may create a Langfuse project chooses its name, so a name is never trusted to say where
+a key goes (README "Safety guarantees"): a name or id the template puts into the store path must
+be one path segment the path rules accept, and the generated entry's secret must be nobody
+else's (a configured entry's, its staging place, the organization key's, another generated
+entry's). Otherwise the project is *refused*: no entry, never written, a warning naming both,
+``skipped`` in a fleet run and a finding in the report.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+from collections import defaultdict
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Literal
 
 from pydantic import ValidationError
 
 from connectors.langfuse import LangfuseAdminClient
 from connectors.langfuse.models import OrganizationProject
-from flows.config import ProjectEntry, ProjectTemplate, RotationConfig
+from flows.config import ENTRY_NAME_PATTERN, ProjectEntry, ProjectTemplate, RotationConfig
+from flows.config_types import path_value_problem
 from flows.context import org_key
+from flows.locations import collision_text
 from flows.stores import build_store
+
+logger = logging.getLogger("langfuse_rotate.templates")
+
+RefusalRule = Literal["location-collision", "unsafe-project-name"]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the template refused a project for safety (its ``rule`` is the report's)."""
+
+    rule: RefusalRule
+    entry: str
+    """The entry name the project would have had (its project name when none could be made)."""
+    store: str
+    other_entry: str | None = None
+    """The configured entry whose place it would take (None: the organization key, or no collision)."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +56,8 @@ class Generated:
     project_id: str
     entry: str | None
     problem: str | None = None
+    refused: Refusal | None = None
+    """Set when the project was refused for safety (``problem`` says why); never written."""
 
 
 def _fill(text: str, project: OrganizationProject) -> str:
@@ -70,33 +101,105 @@ def entry_for(template: ProjectTemplate, project: OrganizationProject) -> Projec
         raise ValueError(f"{field}: {error['msg']}") from None
 
 
-def expand(config: RotationConfig, projects: list[OrganizationProject]) -> tuple[RotationConfig, list[Generated]]:
-    """The configuration with the template's entries appended, and what the template matched."""
+def expand(
+    config: RotationConfig, projects: list[OrganizationProject], *, warn: bool = True
+) -> tuple[RotationConfig, list[Generated]]:
+    """The configuration with the template's entries appended, and what the template matched.
+    ``warn``: log each refused project as a warning (README "Entry templates"); the report lists
+    them as findings instead."""
     template = config.project_template
     if template is None:
         return config, []
     taken_names = {e.name for e in config.projects}
     covered_ids = {e.project_id for e in config.projects}
-    added: list[ProjectEntry] = []
-    report: list[Generated] = []
+    claims = config.location_claims()
+    candidates: list[tuple[OrganizationProject, ProjectEntry]] = []
+    report: dict[str, Generated] = {}
     for project in sorted(projects, key=lambda p: p.name):
         if not matches(template, project.name):
             continue
         if project.id in covered_ids:
-            report.append(Generated(project.name, project.id, None, "covered by an explicit entry"))
+            report[project.id] = Generated(project.name, project.id, None, "covered by an explicit entry")
+            continue
+        unsafe = _unsafe_value(template, project)
+        if unsafe is not None:
+            report[project.id] = _refused(
+                project, "unsafe-project-name", _entry_name(template, project), template, unsafe
+            )
             continue
         try:
             entry = entry_for(template, project)
         except ValueError as exc:
-            report.append(Generated(project.name, project.id, None, f"invalid entry: {exc}"))
+            report[project.id] = Generated(project.name, project.id, None, f"invalid entry: {exc}")
             continue
         if entry.name in taken_names:
-            report.append(Generated(project.name, project.id, None, f"entry name '{entry.name}' is taken"))
+            report[project.id] = Generated(project.name, project.id, None, f"entry name '{entry.name}' is taken")
+            continue
+        holder = claims.holder(entry.store, entry.path)
+        if holder is not None:
+            why = f"entry '{entry.name}' at '{entry.path}' of store '{entry.store}' {collision_text(holder)}"
+            report[project.id] = _refused(project, "location-collision", entry.name, template, why, holder.entry)
             continue
         taken_names.add(entry.name)
+        candidates.append((project, entry))
+    added = _without_shared_paths(candidates, template, report)
+    for g in report.values():
+        if warn and g.refused is not None:
+            logger.warning("project_template: %s", g.problem)
+    order = {p.id: i for i, p in enumerate(sorted(projects, key=lambda p: p.name))}
+    listed = sorted(report.values(), key=lambda g: order[g.project_id])
+    return config.model_copy(update={"projects": [*config.projects, *added]}), listed
+
+
+def _without_shared_paths(
+    candidates: list[tuple[OrganizationProject, ProjectEntry]], template: ProjectTemplate, report: dict[str, Generated]
+) -> list[ProjectEntry]:
+    """The generated entries that share their path with no other generated one; those that do are
+    all refused (whichever came first would take a secret that is not clearly its own)."""
+    by_path: dict[str, list[ProjectEntry]] = defaultdict(list)
+    for _, entry in candidates:
+        by_path[entry.path].append(entry)
+    added: list[ProjectEntry] = []
+    for project, entry in candidates:
+        sharing = [e.name for e in by_path[entry.path] if e.name != entry.name]
+        if sharing:
+            others = ", ".join(f"'{name}'" for name in sharing)
+            why = (
+                f"entry '{entry.name}' at '{entry.path}' of store '{entry.store}' would be stored in the same "
+                f"secret as generated {others}: project_template.path must give each project its own path"
+            )
+            report[project.id] = _refused(project, "location-collision", entry.name, template, why)
+            continue
         added.append(entry)
-        report.append(Generated(project.name, project.id, entry.name))
-    return config.model_copy(update={"projects": [*config.projects, *added]}), report
+        report[project.id] = Generated(project.name, project.id, entry.name)
+    return added
+
+
+def _refused(
+    project: OrganizationProject,
+    rule: RefusalRule,
+    entry: str,
+    template: ProjectTemplate,
+    why: str,
+    other_entry: str | None = None,
+) -> Generated:
+    problem = f"project '{project.name}' ({project.id}) refused, never written: {why}"
+    return Generated(project.name, project.id, None, problem, Refusal(rule, entry, template.store, other_entry))
+
+
+def _unsafe_value(template: ProjectTemplate, project: OrganizationProject) -> str | None:
+    """Why a value the template puts into the store path would not be one safe path segment."""
+    for placeholder, value in (("{project_name}", project.name), ("{project_id}", project.id)):
+        if placeholder in template.path:
+            problem = path_value_problem(value, what=f"value of {placeholder} in project_template.path")
+            if problem is not None:
+                return f"{problem}; rename the project or exclude it"
+    return None
+
+
+def _entry_name(template: ProjectTemplate, project: OrganizationProject) -> str:
+    name = _fill(template.name, project)
+    return name if re.match(ENTRY_NAME_PATTERN, name) else project.name
 
 
 def organization_projects(config: RotationConfig) -> list[OrganizationProject]:
