@@ -63,6 +63,7 @@ class Command:
     description: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace, Output], int]
+    exit_codes: str = EXIT_CODES
 
 
 class Output:
@@ -122,6 +123,10 @@ DEMO_STORE_CHOICES = ["vault", "aws"]
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", choices=DEMO_STORE_CHOICES, default="vault", help="secret store to use")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+
+
+def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", choices=DEMO_STORE_CHOICES, default="vault", help="secret store to use")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -211,6 +216,19 @@ def _run_demo(args: argparse.Namespace, out: Output) -> int:
     return run_demo(store=args.store, as_json=args.json)
 
 
+def _run_sandbox(args: argparse.Namespace, out: Output) -> int:
+    from devstack.sandbox import run_sandbox
+
+    return run_sandbox(store=args.store)
+
+
+SANDBOX_EXIT_CODES = """exit codes:
+  0  stopped by Ctrl-C or SIGTERM, everything it started stopped
+  1  the local stack could not start
+  2  bad input (usage)
+"""
+
+
 COMMANDS: list[Command] = [
     Command(
         "rotate",
@@ -241,6 +259,16 @@ COMMANDS: list[Command] = [
         _demo_arguments,
         _run_demo,
     ),
+    Command(
+        "sandbox",
+        "the local stack kept up until Ctrl-C, with a ready config and export lines",
+        "Start the demo's local stack (Langfuse simulator with three projects, a secret store, demo consumers, "
+        "a notification sink) on 127.0.0.1, write a ready configuration, print the export lines that make "
+        "'langfuse-rotate status' work, and keep it up until Ctrl-C or SIGTERM; then stop everything it started.",
+        _sandbox_arguments,
+        _run_sandbox,
+        SANDBOX_EXIT_CODES,
+    ),
 ]
 
 
@@ -258,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
             command.name,
             help=command.help,
             description=command.description,
-            epilog=EXIT_CODES,
+            epilog=command.exit_codes,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.add_arguments(sub)

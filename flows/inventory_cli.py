@@ -61,7 +61,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _status(config: Any, args: argparse.Namespace) -> int:
-    from flows.inventory import collect_inventory, status_lines
+    from flows.inventory import collect_inventory, problem_lines, status_lines
 
     inventory = collect_inventory(config, only=args.project)
     _human(status_lines(inventory), as_json=args.json)
@@ -70,10 +70,8 @@ def _status(config: Any, args: argparse.Namespace) -> int:
         if inventory.errors:
             data["error"] = scrub("; ".join(inventory.errors))
         print(json.dumps(data))
-    if inventory.errors:
-        print(f"{PROG}: error: could not read {scrub('; '.join(inventory.errors))}", file=sys.stderr)
-        return int(ExitCode.FAILED)
-    return int(ExitCode.OK)
+    _could_not_read(problem_lines(inventory))
+    return int(ExitCode.FAILED if inventory.errors else ExitCode.OK)
 
 
 def _report(config: Any, args: argparse.Namespace) -> int:
@@ -90,9 +88,14 @@ def _report(config: Any, args: argparse.Namespace) -> int:
     _human(report_lines(report), as_json=args.json)
     if args.json:
         print(json.dumps(report.contract_dict()))
-    if report.errors:
-        print(f"{PROG}: error: could not read {scrub('; '.join(report.errors))}", file=sys.stderr)
+    _could_not_read(report.problems)
     return int(report.exit_code)
+
+
+def _could_not_read(problems: list[str]) -> None:
+    """Each problem once, one line each, on stderr (the human output only says what is unknown)."""
+    for problem in problems:
+        print(f"{PROG}: error: could not read {scrub(problem)}", file=sys.stderr)
 
 
 def _human(lines: list[str], *, as_json: bool) -> None:
