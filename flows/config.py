@@ -282,8 +282,11 @@ class RotationConfig(StrictModel):
         return self
 
     def _register_url_credentials(self) -> None:
-        """Every credential embedded in a configured URL is a secret for log redaction from now on."""
+        """Every credential embedded in a configured URL is a secret for log redaction from now on.
+        A query value that is a configured store path (``/health?path=langfuse/chatbot``) is not a
+        credential: masking it would hide that path wherever it is shown."""
         from connectors.notify import secret_fragments
+        from connectors.urls import credential_parts
         from flows.redact import register_secret, register_url
 
         urls: list[str | None] = [self.langfuse.host]
@@ -293,8 +296,12 @@ class RotationConfig(StrictModel):
             urls.append(entry.host)
             for consumer in entry.consumers:
                 urls += [consumer.health_url, consumer.restart_url]
+        paths = {entry.path for entry in self.projects}
+        if self.langfuse.org_key is not None:
+            paths.add(self.langfuse.org_key.path)
         for url in urls:
-            register_url(url)
+            for part in credential_parts(url or "") - paths:
+                register_secret(part)
         for target in self.notify.urls:
             raw = target.get("url") if isinstance(target, dict) else target
             if isinstance(raw, str):

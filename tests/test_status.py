@@ -263,3 +263,20 @@ def test_an_unreachable_langfuse_is_not_retried_and_no_retry_is_shown(inventory_
     assert proc.returncode == 1
     assert "retrying" not in proc.stderr
     assert len(proc.stderr.splitlines()) == 4, proc.stderr  # 2 key lists + 2 authentication checks
+
+
+@vault_only
+def test_a_store_path_in_a_consumer_urls_query_is_shown_but_its_credentials_are_not(
+    inventory_env: InventoryEnv, health_stub: HealthStub
+) -> None:
+    from flows.redact import scrub
+
+    token = f"tok-{uuid.uuid4().hex}"
+    url = f"{health_stub.health_url}?path={inventory_env.path}&token={token}"
+    inventory_env.entry_overrides["consumers"] = [{"name": "api", "health_url": url}]
+
+    _, out, _ = inventory_env.human("status", "--project", ENTRY)
+
+    assert f"{inventory_env.store.store.location_label(inventory_env.location)};" in out
+    assert "***" not in out.splitlines()[1], out
+    assert token not in out and scrub(f"token={token}") == "token=***"
