@@ -40,17 +40,6 @@ def say(message: str) -> None:
     print(f"[{_label[0]}] {message}", file=_human[0], flush=True)
 
 
-def first_start_of_embedded_server() -> bool:
-    """True when the embedded Prefect server has no database yet (its first start migrates one)."""
-    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-    url = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL") or os.environ.get(
-        "PREFECT_API_DATABASE_CONNECTION_URL"
-    )
-    if url and not url.startswith("sqlite"):
-        return False
-    return not (home / "prefect.db").exists()
-
-
 def run_demo(*, store: str = "vault", as_json: bool = False) -> int:
     """One narrated rotation with ``store`` (a kind in ``DEMO_STORES``); the exit code."""
     _human[0] = sys.stderr if as_json else sys.stdout  # with --json, stdout holds only the result
@@ -97,7 +86,7 @@ def _run(stack: contextlib.ExitStack, workdir: Path, store_kind: str, as_json: b
     say(f"configuration: {config_path} (secrets come from environment variables, never the file)")
 
     from flows.output import print_result, result_from_state
-    from flows.prefect_rest import prefect_api_url
+    from flows.prefect_rest import first_start_of_embedded_server, prefect_api_url
 
     api = prefect_api_url()
     if api:

@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TextIO
 
 from flows import inventory_cli
 from flows.models import ExitCode, RotationResult
-from flows.output import PROG, print_result, result_from_state
+from flows.output import PROG, print_result, result_from_state, say_if_embedded
 from flows.redact import scrub
 
 EXIT_CODES = """exit codes:
@@ -146,6 +146,7 @@ def _run_rotate(args: argparse.Namespace, out: Output) -> int:
         return _print_and_exit(_dry_run(args, config), "rotate --dry-run", out)
     if not _prefect_usable(out, fallback=None):
         return _prefect_down(args, out)
+    say_if_embedded(out.say)
     from flows.rotate import rotate
 
     try:
@@ -178,6 +179,7 @@ def _run_emergency(args: argparse.Namespace, out: Output) -> int:
         api = PrefectRest(url, auth_string=auth, api_key=key)
         recorded = emergency_recorded(api, config, args.project, path, args.public_key)
         return _print_and_exit(recorded, "emergency", out)
+    say_if_embedded(out.say)
     from flows.emergency import emergency
 
     try:

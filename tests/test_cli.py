@@ -171,3 +171,36 @@ def test_under_prefect_the_runs_logs_tell_each_step_start_and_end(
     for step in ("create", "store", "wait_for_restarts", "verify", "revoke", "finish"):
         assert f"{step}: started" in messages, step
         assert any(m.startswith(f"{step}: done in ") for m in messages), step
+
+
+def test_the_embedded_servers_start_is_announced_and_its_first_start_says_it_migrates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.prefect_rest import embedded_server_notice
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.chdir(tmp_path)  # no prefect.toml
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    first = embedded_server_notice()
+    (tmp_path / "prefect-home").mkdir()
+    (tmp_path / "prefect-home" / "prefect.db").write_bytes(b"")
+    later = embedded_server_notice()
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+
+    assert first is not None and "starting Prefect's embedded server" in first and "migrates" in first
+    assert later is not None and "starting Prefect's embedded server" in later and "migrates" not in later
+    assert embedded_server_notice() is None, "a configured server is not the embedded one"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_a_rotation_on_the_embedded_server_says_first_that_it_is_starting(rotation_env: RotationEnv) -> None:
+    env = {k: v for k, v in rotation_env.env.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(rotation_env.tmp / "fresh-prefect-home")
+
+    proc = cli("rotate", "--config", str(rotation_env.write_config()), "--project", ENTRY, env=env)
+
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("langfuse-rotate: starting Prefect's embedded server") and "migrates" in first
+    assert f"langfuse-rotate rotate {ENTRY}: rotated" in proc.stdout
