@@ -47,6 +47,45 @@ def _defaults_for_prefect() -> None:
 class _Parser(argparse.ArgumentParser):
     """Usage errors are one line (and exit code 2, as argparse already does), and are audited."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
+        """The subcommands' parsers, by name (the top-level parser's)."""
+
+    def check_options(self, argv: Sequence[str]) -> None:
+        """A mistyped option is named first, with the closest known one (argparse would first say
+        that a required option is missing: ``rotate --projct a`` is about ``--projct``)."""
+        import difflib
+
+        unknown: list[str] = []
+        takes_value = False
+        for token in argv:
+            if token == "--":
+                break
+            if takes_value:
+                takes_value = False
+                continue
+            if not token.startswith("--"):
+                continue
+            name, has_value, _ = token.partition("=")
+            action = self._option(name)
+            if action is None:
+                unknown.append(name)
+            else:
+                takes_value = action.nargs != 0 and not has_value
+        if unknown:
+            known = sorted(o for o in self._option_string_actions if o.startswith("--"))
+            close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            self.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+    def _option(self, name: str) -> argparse.Action | None:
+        """The action ``name`` selects: exactly, or as argparse's unique abbreviation."""
+        if name in self._option_string_actions:
+            return self._option_string_actions[name]
+        matches = {a for o, a in self._option_string_actions.items() if o.startswith(name)}
+        return matches.pop() if len(matches) == 1 else None
+
     def error(self, message: str) -> NoReturn:
         from flows.audit import audit_failure
 
@@ -274,7 +313,7 @@ COMMANDS: list[Command] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     parser = _Parser(
         prog=PROG,
         description="Rotate Langfuse API keys safely (Prefect, Vault, AWS).",
@@ -293,7 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_arguments(sub)
     inventory_cli.add_commands(commands)  # status, report (read-only)
+    parser.commands = dict(commands.choices)
     return parser
+
+
+def _check_options(parser: _Parser, argv: list[str]) -> None:
+    """Before argparse's own checks: a mistyped option of the command named, with a close match."""
+    at = next((i for i, token in enumerate(argv) if token in parser.commands), None)
+    if at is not None:
+        command = parser.commands[argv[at]]
+        if isinstance(command, _Parser):
+            command.check_options(argv[at + 1 :])
 
 
 def _version() -> str:
@@ -307,6 +356,7 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    _check_options(parser, list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
@@ -369,10 +419,13 @@ def _bad_input(args: argparse.Namespace, exc: Exception, out: Output) -> int:
 
 
 def _load(args: argparse.Namespace) -> tuple[str, Any]:
+    """The configuration, loaded from the path as given (so errors name it as the person typed it),
+    and that path made absolute (what a flow run is handed)."""
     from flows.config import load_config, resolve_config_path
 
-    path = str(resolve_config_path(args.config).resolve())
-    config = load_config(path)
+    given = resolve_config_path(args.config)
+    config = load_config(given)
+    path = str(given.resolve())
     if getattr(args, "project", None):
         config.entry(args.project)
     return path, config

@@ -362,12 +362,19 @@ def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:
     lines: dict[tuple[str | int, ...], int] = {}
     interpolate = _Interpolator(references, source)
     data = _to_python(root, (), lines, interpolate, _Budget(written), ())
-    interpolate.raise_missing()
-    _check_references(data, lines, source)
+    # In the order a person fixes them: a misspelled key (whose value may be what a "missing"
+    # variable was meant for), then every unset variable, then references, then values.
     try:
         config = RotationConfig.model_validate(data)
+        invalid = None
     except ValidationError as exc:
-        raise ConfigError(_first_error(exc, lines, source)) from None
+        if any(e["type"] == "extra_forbidden" for e in exc.errors()):
+            raise ConfigError(_first_error(exc, lines, source)) from None
+        invalid = _first_error(exc, lines, source)
+    interpolate.raise_missing()
+    _check_references(data, lines, source)
+    if invalid is not None:
+        raise ConfigError(invalid)
     return config
 
 
@@ -428,14 +435,10 @@ class _Interpolator:
         self.missing: list[str] = []
 
     def raise_missing(self) -> None:
-        """Every unset variable at once, so one run of the command names them all."""
-        if len(self.missing) == 1:
-            raise ConfigError(self.missing[0])
+        """Every unset variable at once, so one run of the command names them all, each as
+        ``file:line: field: environment variable NAME is not set``."""
         if self.missing:
-            raise ConfigError(
-                f"{self.source}: {len(self.missing)} environment variables are not set: "
-                + "; ".join(m.removeprefix(f"{self.source}:") for m in self.missing)
-            )
+            raise ConfigError("; ".join(self.missing))
 
     def __call__(self, value: str, path: tuple[str | int, ...], line: int) -> str:
         def substitute(match: re.Match[str]) -> str:

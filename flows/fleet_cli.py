@@ -30,8 +30,9 @@ def rotate_all_command(
     from flows.config import load_config, resolve_config_path
     from flows.fleet import ProgressSink, run_fleet, terminal_progress_sink
 
-    path = str(resolve_config_path(args.config).resolve())
-    config = load_config(path)
+    given = resolve_config_path(args.config)
+    config = load_config(given)  # errors name the path as given
+    path = str(given.resolve())
     sinks: list[ProgressSink] = [terminal_progress_sink()] if sys.stderr.isatty() else []
     if args.dry_run:
         result = run_fleet(config, config_path=path, concurrency=args.concurrency, dry_run=True, progress_sinks=sinks)

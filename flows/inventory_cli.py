@@ -20,6 +20,19 @@ PROG = "langfuse-rotate"
 COMMANDS = ("status", "report")
 
 
+STATUS_EXIT_CODES = """exit codes:
+  0  everything was read
+  1  something could not be read (a store, Langfuse, the organization key): named on stderr
+  2  bad input (usage, configuration, unknown project)
+"""
+REPORT_EXIT_CODES = """exit codes:
+  0  no findings
+  1  it could not read what it needs (a store, Langfuse, the organization key): named on stderr
+  2  bad input (usage, configuration)
+  4  findings
+"""
+
+
 def add_commands(commands: Any) -> None:
     """Register ``status`` and ``report`` on the command line's subparsers."""
     status = commands.add_parser(
@@ -27,6 +40,8 @@ def add_commands(commands: Any) -> None:
         help="read-only inventory: each entry's key, age, consumers",
         description="Show every configured key: store, public key, age, last rotation, rotation in flight, "
         "consumers, Langfuse keys of the project, and whether the stored pair authenticates.",
+        epilog=STATUS_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_argument("--config", help="configuration file (default: $LANGFUSE_ROTATE_CONFIG)")
     status.add_argument("--project", help="one configured entry (default: all)")
@@ -36,6 +51,8 @@ def add_commands(commands: Any) -> None:
         help="compliance findings (exit 0 none, 4 findings)",
         description="Check keys and memberships against the policy: key-overdue, key-due-soon, stray-key, "
         "shared-key, wrong-scope, rotation-stuck, consumer-drift, access.",
+        epilog=REPORT_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     report.add_argument("--config", help="configuration file (default: $LANGFUSE_ROTATE_CONFIG)")
     report.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -48,12 +48,75 @@ def test_no_command_prints_help_and_exits_2(tmp_path: Path) -> None:
 
 
 def test_help_lists_the_exit_codes() -> None:
-    for args in (["--help"], ["rotate", "--help"], ["emergency", "--help"]):
+    for args in (["--help"], ["rotate", "--help"], ["emergency", "--help"], ["reconcile", "--help"]):
         proc = cli(*args)
         assert proc.returncode == 0
         assert "exit codes:" in proc.stdout
         for code in ("0  done", "1  failed", "2  bad input", "3  another rotation", "4  done but needs a person"):
             assert code in proc.stdout, (args, code)
+
+
+@pytest.mark.parametrize(
+    ("command", "codes"),
+    [
+        ("status", ("0  everything was read", "1  something could not be read", "2  bad input")),
+        ("report", ("0  no findings", "1  it could not read what it needs", "2  bad input", "4  findings")),
+        ("sandbox", ("0  stopped by Ctrl-C or SIGTERM", "1  the local stack could not start", "2  bad input")),
+    ],
+)
+def test_the_read_only_commands_and_the_sandbox_list_their_own_exit_codes(command: str, codes: tuple[str, ...]) -> None:
+    proc = cli(command, "--help")
+
+    assert proc.returncode == 0
+    assert "exit codes:" in proc.stdout
+    for code in codes:
+        assert code in proc.stdout, code
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["rotate", "--projct", "a"], ["rotate", "--all", "--dry-rn"], ["status", "--projct", "a"]],
+)
+def test_a_mistyped_option_names_itself_first_with_the_closest_known_one(args: list[str]) -> None:
+    proc = cli(*args)
+
+    assert proc.returncode == 2
+    typo = args[-2] if args[-1] == "a" else args[-1]
+    meant = {"--projct": "--project", "--dry-rn": "--dry-run"}[typo]
+    assert proc.stderr == (
+        f"langfuse-rotate {args[0]}: error: unrecognized arguments: {typo} (did you mean {meant}?) (see --help)\n"
+    )
+
+
+def test_an_abbreviated_option_argparse_accepts_is_not_called_a_typo(tmp_path: Path) -> None:
+    proc = cli("rotate", "--proj", "a", "--config", "missing.yaml", cwd=tmp_path)
+
+    assert proc.returncode == 2
+    assert proc.stderr == "langfuse-rotate: error: missing.yaml: cannot read configuration: No such file or directory\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["rotate", "--project", "x"],
+        ["rotate", "--all"],
+        ["emergency", "--project", "x", "--no-prefect"],
+        ["reconcile"],
+        ["status"],
+        ["report"],
+    ],
+)
+def test_every_command_names_the_configuration_as_given(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "rotation.yaml").write_text("langfuse:\n  hots: http://127.0.0.1:3000\n")
+
+    proc = cli(*args, "--config", "conf/rotation.yaml", cwd=tmp_path)
+
+    assert proc.returncode == 2
+    assert "langfuse-rotate: error: conf/rotation.yaml:2: langfuse.hots: unknown key (did you mean `host`?)" in (
+        proc.stderr
+    ), proc.stderr
+    assert str(tmp_path) not in proc.stderr
 
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
