@@ -267,3 +267,22 @@ def test_a_rotation_on_the_embedded_server_says_first_that_it_is_starting(rotati
     first = proc.stdout.splitlines()[0]
     assert first.startswith("langfuse-rotate: starting Prefect's embedded server") and "migrates" in first
     assert f"langfuse-rotate rotate {ENTRY}: rotated" in proc.stdout
+
+
+def test_the_readmes_synopsis_lists_every_command_with_every_option() -> None:
+    from flows.cli import build_parser
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Command line", 1)[1].split("```", 2)[1]
+    synopsis: dict[str, str] = {}
+    for line in block.splitlines():
+        words = line.split()
+        if len(words) > 1 and words[0] == "langfuse-rotate":
+            synopsis[words[1]] = synopsis.get(words[1], "") + " " + line
+
+    for name, command in build_parser().commands.items():
+        assert name in synopsis, name
+        for action in command._actions:
+            for option in action.option_strings:
+                if option.startswith("--") and option != "--help":
+                    assert option in synopsis[name], (name, option)
