@@ -32,21 +32,12 @@ SECRET_PATH = "langfuse/demo-chatbot"
 
 
 _human = [sys.stdout]
+_label = ["demo"]
+"""Who is speaking: ``langfuse-rotate sandbox`` starts the same stack under its own name."""
 
 
 def say(message: str) -> None:
-    print(f"[demo] {message}", file=_human[0], flush=True)
-
-
-def first_start_of_embedded_server() -> bool:
-    """True when the embedded Prefect server has no database yet (its first start migrates one)."""
-    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-    url = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL") or os.environ.get(
-        "PREFECT_API_DATABASE_CONNECTION_URL"
-    )
-    if url and not url.startswith("sqlite"):
-        return False
-    return not (home / "prefect.db").exists()
+    print(f"[{_label[0]}] {message}", file=_human[0], flush=True)
 
 
 def run_demo(*, store: str = "vault", as_json: bool = False) -> int:
@@ -95,7 +86,7 @@ def _run(stack: contextlib.ExitStack, workdir: Path, store_kind: str, as_json: b
     say(f"configuration: {config_path} (secrets come from environment variables, never the file)")
 
     from flows.output import print_result, result_from_state
-    from flows.prefect_rest import prefect_api_url
+    from flows.prefect_rest import first_start_of_embedded_server, prefect_api_url
 
     api = prefect_api_url()
     if api:
@@ -136,19 +127,26 @@ def _run(stack: contextlib.ExitStack, workdir: Path, store_kind: str, as_json: b
 @dataclass(frozen=True)
 class DemoStore:
     """A store the demo started: its section of the configuration (real values), the arguments the
-    demo consumer needs to read it, and which values the configuration file names as environment
-    variables instead (secrets never go into the file)."""
+    demo consumer needs to read it, which values the configuration file names as environment
+    variables instead (secrets never go into the file), and what a client's environment needs
+    besides (moto's test credentials)."""
 
     section: dict[str, Any]
     consumer_args: dict[str, Any]
     from_env: dict[str, str] = field(default_factory=dict)
     """section key -> the environment variable the configuration file refers to instead"""
+    client_env: dict[str, str] = field(default_factory=dict)
 
-    def file_section(self) -> dict[str, Any]:
-        """The section as the configuration file holds it; sets the environment variables it names."""
+    def file_section(self, rename: Callable[[str], str] = str) -> dict[str, Any]:
+        """The section as the configuration file holds it (each ``from_env`` variable's name passed
+        through ``rename``); sets those variables in this process's environment."""
         for key, variable in self.from_env.items():
-            os.environ[variable] = str(self.section[key])
-        return self.section | {key: f"${{{variable}}}" for key, variable in self.from_env.items()}
+            os.environ[rename(variable)] = str(self.section[key])
+        return self.section | {key: f"${{{rename(variable)}}}" for key, variable in self.from_env.items()}
+
+    def variables(self, rename: Callable[[str], str] = str) -> dict[str, str]:
+        """The variables ``file_section`` refers to, with their values."""
+        return {rename(variable): str(self.section[key]) for key, variable in self.from_env.items()}
 
 
 def _openbao(stack: contextlib.ExitStack) -> DemoStore:
@@ -163,20 +161,20 @@ def _openbao(stack: contextlib.ExitStack) -> DemoStore:
     )
 
 
+_MOTO_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
 def _moto(stack: contextlib.ExitStack) -> DemoStore:
     from devstack.moto_server import MotoServer
 
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
+    for name, value in {**_MOTO_ENV, "AWS_DEFAULT_REGION": "us-east-1"}.items():
         os.environ[name] = value
     moto = stack.enter_context(MotoServer())
     say(f"started AWS Secrets Manager (moto server) at {moto.url}")
     return DemoStore(
         {"kind": "aws", "region": "us-east-1", "endpoint_url": moto.url},
         {"store": "aws", "aws_endpoint_url": moto.url, "aws_region": "us-east-1"},
+        client_env=dict(_MOTO_ENV),
     )
 
 
@@ -186,11 +184,17 @@ DEMO_STORES: dict[str, Callable[[contextlib.ExitStack], DemoStore]] = {"vault": 
 
 def start_store(stack: contextlib.ExitStack, kind: str) -> tuple[SecretStore, dict[str, Any], dict[str, Any]]:
     """Start the local server for ``kind``; connect to it as a rotation does (``flows.stores``)."""
+    store, started = start_demo_store(stack, kind)
+    return store, started.file_section(), started.consumer_args
+
+
+def start_demo_store(stack: contextlib.ExitStack, kind: str) -> tuple[SecretStore, DemoStore]:
+    """Start the local server for ``kind``: the store connected as a rotation connects to it, and
+    what the demo started."""
     from flows.stores import build_store, store_config
 
     started = DEMO_STORES[kind](stack)
-    store = build_store(store_config(started.section))
-    return store, started.file_section(), started.consumer_args
+    return build_store(store_config(started.section)), started
 
 
 def _config(

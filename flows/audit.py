@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from flows.redact import scrub
+from flows.state import state_dir
 
 ACTOR_ENV_VAR = "LANGFUSE_ROTATE_ACTOR"
 SCHEMA_VERSION = 1
@@ -61,10 +62,9 @@ def resource_id(entry: str | None) -> str | None:
 
 
 def default_audit_path() -> Path:
-    """``$XDG_STATE_HOME/langfuse-rotate/audit.jsonl``, else ``~/.local/state/langfuse-rotate/audit.jsonl``."""
-    state = os.environ.get("XDG_STATE_HOME")
-    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local" / "state"
-    return (base / "langfuse-rotate" / "audit.jsonl").absolute()
+    """``audit.jsonl`` in the state directory (``flows.state``): ``$XDG_STATE_HOME/langfuse-rotate/``,
+    else ``~/.local/state/langfuse-rotate/``."""
+    return state_dir() / "audit.jsonl"
 
 
 def ecs_outcome(outcome: str) -> str:

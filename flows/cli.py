@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TextIO
 
 from flows import inventory_cli
 from flows.models import ExitCode, RotationResult
-from flows.output import PROG, print_result, result_from_state
+from flows.output import PROG, print_result, result_from_state, say_if_embedded
 from flows.redact import scrub
 
 EXIT_CODES = """exit codes:
@@ -47,6 +47,45 @@ def _defaults_for_prefect() -> None:
 class _Parser(argparse.ArgumentParser):
     """Usage errors are one line (and exit code 2, as argparse already does), and are audited."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
+        """The subcommands' parsers, by name (the top-level parser's)."""
+
+    def check_options(self, argv: Sequence[str]) -> None:
+        """A mistyped option is named first, with the closest known one (argparse would first say
+        that a required option is missing: ``rotate --projct a`` is about ``--projct``)."""
+        import difflib
+
+        unknown: list[str] = []
+        takes_value = False
+        for token in argv:
+            if token == "--":
+                break
+            if takes_value:
+                takes_value = False
+                continue
+            if not token.startswith("--"):
+                continue
+            name, has_value, _ = token.partition("=")
+            action = self._option(name)
+            if action is None:
+                unknown.append(name)
+            else:
+                takes_value = action.nargs != 0 and not has_value
+        if unknown:
+            known = sorted(o for o in self._option_string_actions if o.startswith("--"))
+            close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            self.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+    def _option(self, name: str) -> argparse.Action | None:
+        """The action ``name`` selects: exactly, or as argparse's unique abbreviation."""
+        if name in self._option_string_actions:
+            return self._option_string_actions[name]
+        matches = {a for o, a in self._option_string_actions.items() if o.startswith(name)}
+        return matches.pop() if len(matches) == 1 else None
+
     def error(self, message: str) -> NoReturn:
         from flows.audit import audit_failure
 
@@ -63,6 +102,7 @@ class Command:
     description: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace, Output], int]
+    exit_codes: str = EXIT_CODES
 
 
 class Output:
@@ -124,6 +164,10 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
 
 
+def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", choices=DEMO_STORE_CHOICES, default="vault", help="secret store to use")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="configuration file (default: $LANGFUSE_ROTATE_CONFIG)")
     parser.add_argument(
@@ -141,6 +185,7 @@ def _run_rotate(args: argparse.Namespace, out: Output) -> int:
         return _print_and_exit(_dry_run(args, config), "rotate --dry-run", out)
     if not _prefect_usable(out, fallback=None):
         return _prefect_down(args, out)
+    say_if_embedded(out.say)
     from flows.rotate import rotate
 
     try:
@@ -173,6 +218,7 @@ def _run_emergency(args: argparse.Namespace, out: Output) -> int:
         api = PrefectRest(url, auth_string=auth, api_key=key)
         recorded = emergency_recorded(api, config, args.project, path, args.public_key)
         return _print_and_exit(recorded, "emergency", out)
+    say_if_embedded(out.say)
     from flows.emergency import emergency
 
     try:
@@ -211,6 +257,19 @@ def _run_demo(args: argparse.Namespace, out: Output) -> int:
     return run_demo(store=args.store, as_json=args.json)
 
 
+def _run_sandbox(args: argparse.Namespace, out: Output) -> int:
+    from devstack.sandbox import run_sandbox
+
+    return run_sandbox(store=args.store)
+
+
+SANDBOX_EXIT_CODES = """exit codes:
+  0  stopped by Ctrl-C or SIGTERM, everything it started stopped
+  1  the local stack could not start
+  2  bad input (usage)
+"""
+
+
 COMMANDS: list[Command] = [
     Command(
         "rotate",
@@ -241,10 +300,20 @@ COMMANDS: list[Command] = [
         _demo_arguments,
         _run_demo,
     ),
+    Command(
+        "sandbox",
+        "the local stack kept up until Ctrl-C, with a ready config and export lines",
+        "Start the demo's local stack (Langfuse simulator with three projects, a secret store, demo consumers, "
+        "a notification sink) on 127.0.0.1, write a ready configuration, print the export lines that make "
+        "'langfuse-rotate status' work, and keep it up until Ctrl-C or SIGTERM; then stop everything it started.",
+        _sandbox_arguments,
+        _run_sandbox,
+        SANDBOX_EXIT_CODES,
+    ),
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     parser = _Parser(
         prog=PROG,
         description="Rotate Langfuse API keys safely (Prefect, Vault, AWS).",
@@ -258,12 +327,22 @@ def build_parser() -> argparse.ArgumentParser:
             command.name,
             help=command.help,
             description=command.description,
-            epilog=EXIT_CODES,
+            epilog=command.exit_codes,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.add_arguments(sub)
     inventory_cli.add_commands(commands)  # status, report (read-only)
+    parser.commands = dict(commands.choices)
     return parser
+
+
+def _check_options(parser: _Parser, argv: list[str]) -> None:
+    """Before argparse's own checks: a mistyped option of the command named, with a close match."""
+    at = next((i for i, token in enumerate(argv) if token in parser.commands), None)
+    if at is not None:
+        command = parser.commands[argv[at]]
+        if isinstance(command, _Parser):
+            command.check_options(argv[at + 1 :])
 
 
 def _version() -> str:
@@ -277,6 +356,7 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    _check_options(parser, list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
@@ -339,10 +419,13 @@ def _bad_input(args: argparse.Namespace, exc: Exception, out: Output) -> int:
 
 
 def _load(args: argparse.Namespace) -> tuple[str, Any]:
+    """The configuration, loaded from the path as given (so errors name it as the person typed it),
+    and that path made absolute (what a flow run is handed)."""
     from flows.config import load_config, resolve_config_path
 
-    path = str(resolve_config_path(args.config).resolve())
-    config = load_config(path)
+    given = resolve_config_path(args.config)
+    config = load_config(given)
+    path = str(given.resolve())
     if getattr(args, "project", None):
         config.entry(args.project)
     return path, config

@@ -24,7 +24,7 @@ from connectors.langfuse import ApiKeySummary, LangfuseMemberships, Membership, 
 from connectors.langfuse.memberships import ROLE_RANK
 from flows.config import AccessLists, AccessPolicy, PolicyConfig, RotationConfig
 from flows.errors import ConfigError
-from flows.inventory import Connections, EntryStatus, Inventory, collect_inventory, parallel
+from flows.inventory import Connections, EntryStatus, Inventory, collect_inventory, parallel, problem_lines
 from flows.models import ExitCode
 from flows.redact import scrub
 from flows.templates import expand
@@ -76,17 +76,53 @@ class Finding(BaseModel):
         }
 
 
+class NotChecked(BaseModel):
+    """Rules that could not be checked for an entry, a project or the organization, and why: a
+    check whose data could not be read finds nothing from what is missing, and says so."""
+
+    rules: list[str]
+    entry: str | None = None
+    project: str | None = None
+    reason: str
+
+    def contract_dict(self) -> dict[str, Any]:
+        return {"rules": self.rules, "entry": self.entry, "project": self.project, "reason": scrub(self.reason)}
+
+    def line(self) -> str:
+        where = f"project {self.project}" if self.project else "the organization"
+        if self.entry:
+            where = f"entry {self.entry}"
+        return f"{', '.join(self.rules)} for {where}: {self.reason}"
+
+
 class Report(BaseModel):
     findings: list[Finding]
     checked_at: datetime
     errors: list[str] = []
     """What could not be read (the report is then incomplete: exit 1)."""
+    not_checked: list[NotChecked] = []
+    """Which rules could not run for what (what could not be read, or a consumer that did not answer)."""
+    problems: list[str] = []
+    """``errors`` as the command line says them: each once (an entry's problem shared by several
+    entries in one line)."""
 
     @property
     def exit_code(self) -> ExitCode:
         if self.errors:
             return ExitCode.FAILED
         return ExitCode.NEEDS_ATTENTION if self.findings else ExitCode.OK
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors and not self.not_checked
+
+    def summary(self) -> str:
+        """One line: the findings, and whether every check ran (never "no findings" when not)."""
+        if self.complete:
+            return f"{len(self.findings)} finding(s)" if self.findings else "no findings"
+        if self.findings:
+            return f"{len(self.findings)} finding(s) among the checks that ran; the report is incomplete"
+        return "the checks that ran found nothing; the report is incomplete"
 
     def fingerprint(self) -> str:
         """Changes exactly when a finding appears or disappears (not when an age ticks on)."""
@@ -103,6 +139,8 @@ class Report(BaseModel):
         }
         if self.errors:
             data["error"] = scrub("; ".join(self.errors))
+        if self.not_checked:
+            data["not_checked"] = [n.contract_dict() for n in self.not_checked]
         return data
 
 
@@ -116,6 +154,9 @@ class OrgFacts(BaseModel):
     project_memberships: dict[str, list[Membership]] = {}
     access_unavailable: str | None = None
     """Why memberships could not be checked (the instance lacks the entitlement), if so."""
+    unread: dict[str, str] = {}
+    """What of the organization could not be read (``projects``, ``memberships``, or a project id
+    whose key list failed) -> why."""
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -128,12 +169,22 @@ def collect_report(config: RotationConfig, *, now: datetime | None = None) -> Re
     try:
         inventory = collect_inventory(config, connections=conns, now=now)
         errors = list(inventory.errors)
-        org = _read_org(conns, config, inventory, errors) if _admin_available(conns) else OrgFacts()
+        if _admin_available(conns):
+            org = _read_org(conns, config, inventory, errors)
+        else:
+            org = OrgFacts(unread={"organization": "the organization key could not be read"})
     finally:
         conns.close()
     from_config = [*_template_refusals(config, org), *_plaintext_transport(config)]
     findings = evaluate(config.policy, inventory, org, now, from_config)
-    return Report(findings=findings, checked_at=now, errors=errors)
+    problems = problem_lines(inventory) + [e for e in errors if e not in inventory.errors]
+    return Report(
+        findings=findings,
+        checked_at=now,
+        errors=errors,
+        not_checked=not_checked(config.policy, inventory, org),
+        problems=problems,
+    )
 
 
 def _admin_available(conns: Connections) -> bool:
@@ -151,6 +202,7 @@ def _read_org(conns: Connections, config: RotationConfig, inventory: Inventory, 
         org.projects = conns.admin.list_projects()
     except ConnectorError as exc:
         errors.append(f"the organization's projects: {_line(exc)}")
+        org.unread["projects"] = "the organization's projects could not be read"
         return org
     covered = {e.project_id for e in config.projects}
     others = [p for p in org.projects if p.id not in covered]
@@ -164,6 +216,7 @@ def _read_org(conns: Connections, config: RotationConfig, inventory: Inventory, 
     for project_id, found in parallel(keys_of, others):
         if isinstance(found, str):
             errors.append(found)
+            org.unread[project_id] = "its key list could not be read"
         else:
             org.other_project_keys[project_id] = found
     if config.policy.access is not None:
@@ -180,6 +233,7 @@ def _read_memberships(conns: Connections, org: OrgFacts, errors: list[str]) -> N
         return
     except ConnectorError as exc:
         errors.append(f"the organization's memberships: {_line(exc)}")
+        org.unread["memberships"] = "the organization's memberships could not be read"
         return
 
     def of(project: OrganizationProject) -> tuple[str, list[Membership] | ConnectorError]:
@@ -193,6 +247,7 @@ def _read_memberships(conns: Connections, org: OrgFacts, errors: list[str]) -> N
             org.access_unavailable = org.access_unavailable or _line(found)  # e.g. no project-roles entitlement
         elif isinstance(found, ConnectorError):
             errors.append(f"the memberships of project {project_id}: {_line(found)}")
+            org.unread[f"memberships:{project_id}"] = f"the memberships of project {project_id} could not be read"
         else:
             org.project_memberships[project_id] = found
 
@@ -276,14 +331,19 @@ def _key_age(policy: PolicyConfig, entries: Iterable[EntryStatus]) -> Iterable[F
 def _stray_keys(inventory: Inventory, org: OrgFacts) -> Iterable[Finding]:
     # A key any entry stores or stages is tracked, whatever its project (a key in the wrong
     # project is wrong-scope's finding, not a stray one).
+    # A project with an entry whose store could not be read is not checked: that entry's own key
+    # would look stray (``not_checked`` says so instead).
     tracked: set[str] = set()
     owners: dict[str, list[str]] = defaultdict(list)
+    unknown = {e.project_id for e in inventory.entries if not e.store_read}
     for e in inventory.entries:
         owners[e.project_id].append(e.project)
         pending = [e.pending.new_public_key, e.pending.old_public_key] if e.pending else []
         tracked.update(k for k in [e.public_key, *pending] if k)
     now = inventory.checked_at
     for project_id, keys in inventory.project_keys.items():
+        if project_id in unknown:
+            continue
         for key in keys:
             if key.public_key in tracked:
                 continue
@@ -295,7 +355,7 @@ def _stray_keys(inventory: Inventory, org: OrgFacts) -> Iterable[Finding]:
                 project=project_id,
                 public_key=key.public_key,
                 subject=key.id,
-                detail=f"key in project {project_id} is no entry's current or staged key "
+                detail=f"key {key.public_key} in project {project_id} is no entry's current or staged key "
                 f"({_age(key, now)}, note {key.note!r}); delete it if nothing uses it",
             )
     names = {p.id: p.name for p in org.projects}
@@ -309,8 +369,8 @@ def _stray_keys(inventory: Inventory, org: OrgFacts) -> Iterable[Finding]:
                 project=project_id,
                 public_key=key.public_key,
                 subject=key.id,
-                detail=f"key in project {names.get(project_id, project_id)!r} ({project_id}), which no entry covers "
-                f"({_age(key, now)}, note {key.note!r}); add an entry for it or delete it",
+                detail=f"key {key.public_key} in project {names.get(project_id, project_id)!r} ({project_id}), "
+                f"which no entry covers ({_age(key, now)}, note {key.note!r}); add an entry for it or delete it",
             )
 
 
@@ -343,7 +403,7 @@ def _shared_keys(entries: list[EntryStatus]) -> Iterable[Finding]:
 
 def _wrong_scope(entries: Iterable[EntryStatus]) -> Iterable[Finding]:
     for e in entries:
-        if e.public_key is None and e.error is None:
+        if e.public_key is None and e.store_read:
             yield Finding(
                 rule="wrong-scope",
                 severity="high",
@@ -474,18 +534,90 @@ def _line(exc: BaseException) -> str:
     return scrub(" ".join((str(exc) or type(exc).__name__).split()))
 
 
+# --- what could not be checked -------------------------------------------------------------------
+
+_ENTRY_RULES = ["key-overdue", "key-due-soon", "wrong-scope", "rotation-stuck", "consumer-drift", "shared-key"]
+
+
+def not_checked(policy: PolicyConfig, inventory: Inventory, org: OrgFacts) -> list[NotChecked]:
+    """Every rule that could not run, for what, and why (the rules themselves skip what is missing)."""
+    missed: list[NotChecked] = []
+    for e in inventory.entries:
+        if not e.store_read:
+            missed.append(NotChecked(rules=_ENTRY_RULES, entry=e.project, reason="its store could not be read"))
+            missed.append(
+                NotChecked(
+                    rules=["stray-key"],
+                    project=e.project_id,
+                    reason=f"the stored key of entry {e.project} could not be read",
+                )
+            )
+            continue
+        if e.public_key and e.age_days is None:
+            missed.append(
+                NotChecked(
+                    rules=["key-overdue", "key-due-soon"],
+                    entry=e.project,
+                    reason="the key's age is unknown: no rotation facts in the store and Langfuse's key list "
+                    "could not be read",
+                )
+            )
+        if e.public_key and e.authenticates is None:
+            missed.append(
+                NotChecked(rules=["wrong-scope"], entry=e.project, reason="Langfuse could not check the stored pair")
+            )
+        for consumer, error in e.consumer_errors.items():
+            missed.append(
+                NotChecked(
+                    rules=["consumer-drift", "shared-key"],
+                    entry=e.project,
+                    reason=f"consumer {consumer} could not be read ({error})",
+                )
+            )
+    configured = dict.fromkeys(e.project_id for e in inventory.entries)
+    readable = {e.project_id for e in inventory.entries if e.store_read}
+    for project_id in configured:
+        if project_id in readable and project_id not in inventory.project_keys:
+            missed.append(NotChecked(rules=["stray-key"], project=project_id, reason="its key list could not be read"))
+    organization = org.unread.get("organization") or org.unread.get("projects")
+    if organization:
+        missed.append(NotChecked(rules=["stray-key"], reason=f"{organization} (keys in projects no entry covers)"))
+        if policy.access is not None:
+            missed.append(NotChecked(rules=["access"], reason=f"{organization} (memberships)"))
+    for project_id, reason in org.unread.items():
+        if project_id in ("organization", "projects") or project_id.startswith("memberships"):
+            continue
+        missed.append(NotChecked(rules=["stray-key"], project=project_id, reason=reason))
+    for what, reason in org.unread.items():
+        if what.startswith("memberships"):
+            missed.append(NotChecked(rules=["access"], project=what.partition(":")[2] or None, reason=reason))
+    return _deduplicated(missed)
+
+
+def _deduplicated(items: list[NotChecked]) -> list[NotChecked]:
+    seen: set[str] = set()
+    kept = []
+    for item in items:
+        if item.line() not in seen:
+            seen.add(item.line())
+            kept.append(item)
+    return kept
+
+
 # --- output -------------------------------------------------------------------------------------
 
 
 def report_lines(report: Report) -> list[str]:
-    if not report.findings:
-        lines = ["no findings"]
-    else:
-        lines = [f"{len(report.findings)} finding(s):"]
-        for f in report.findings:
-            where = f.entry or (f"project {f.project}" if f.project else "organization")
-            lines.append(f"  {f.severity:<6} {f.rule:<19} {where}: {scrub(f.detail)}")
-    lines += [f"error: could not read {e}" for e in report.errors]
+    """The human report: first what could not be checked, then the findings. Why something could
+    not be read is said once, on stderr (``Report.problems``)."""
+    lines: list[str] = []
+    if report.not_checked:
+        lines.append("not checked:")
+        lines += [f"  {n.line()}" for n in report.not_checked]
+    lines.append(report.summary() + (":" if report.findings else ""))
+    for f in report.findings:
+        where = f.entry or (f"project {f.project}" if f.project else "organization")
+        lines.append(f"  {f.severity:<6} {f.rule:<19} {where}: {scrub(f.detail)}")
     return lines
 
 
@@ -497,9 +629,12 @@ def report_markdown(report: Report) -> str:
     lines = [
         "# Langfuse key compliance report",
         "",
-        f"Checked at {report.checked_at.astimezone(UTC).isoformat(timespec='seconds')}; findings: {summary}.",
+        f"Checked at {report.checked_at.astimezone(UTC).isoformat(timespec='seconds')}; findings: {summary}"
+        + ("." if report.complete else " among the checks that ran; **the report is incomplete**."),
         "",
     ]
+    if report.not_checked:
+        lines += ["## Not checked", "", *[f"- {n.line()}" for n in report.not_checked], ""]
     if report.findings:
         lines += ["| severity | rule | entry / project | public key | detail |", "|---|---|---|---|---|"]
         for f in report.findings:
@@ -507,8 +642,10 @@ def report_markdown(report: Report) -> str:
             key = f"`{f.public_key}`" if f.public_key else ""
             detail = f.detail.replace("|", "\\|")
             lines.append(f"| {f.severity} | {f.rule} | {where} | {key} | {detail} |")
-    else:
+    elif report.complete:
         lines.append("No findings: every rule of the checklist holds.")
+    else:
+        lines.append("The checks that ran found nothing.")
     if report.errors:
         lines += ["", "## Could not read", "", *[f"- {e}" for e in report.errors]]
     return scrub("\n".join(lines))

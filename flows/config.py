@@ -284,8 +284,11 @@ class RotationConfig(StrictModel):
         return self
 
     def _register_url_credentials(self) -> None:
-        """Every credential embedded in a configured URL is a secret for log redaction from now on."""
+        """Every credential embedded in a configured URL is a secret for log redaction from now on.
+        A query value that is a configured store path (``/health?path=langfuse/chatbot``) is not a
+        credential: masking it would hide that path wherever it is shown."""
         from connectors.notify import secret_fragments
+        from connectors.urls import credential_parts
         from flows.redact import register_secret, register_url
 
         urls: list[str | None] = [self.langfuse.host]
@@ -295,8 +298,12 @@ class RotationConfig(StrictModel):
             urls.append(entry.host)
             for consumer in entry.consumers:
                 urls += [consumer.health_url, consumer.restart_url]
+        paths = {entry.path for entry in self.projects}
+        if self.langfuse.org_key is not None:
+            paths.add(self.langfuse.org_key.path)
         for url in urls:
-            register_url(url)
+            for part in credential_parts(url or "") - paths:
+                register_secret(part)
         for target in self.notify.urls:
             raw = target.get("url") if isinstance(target, dict) else target
             if isinstance(raw, str):
@@ -376,12 +383,19 @@ def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:
     lines: dict[tuple[str | int, ...], int] = {}
     interpolate = _Interpolator(references, source)
     data = _to_python(root, (), lines, interpolate, _Budget(written), ())
-    interpolate.raise_missing()
-    _check_references(data, lines, source)
+    # In the order a person fixes them: a misspelled key (whose value may be what a "missing"
+    # variable was meant for), then every unset variable, then references, then values.
     try:
         config = RotationConfig.model_validate(data)
+        invalid = None
     except ValidationError as exc:
-        raise ConfigError(_first_error(exc, lines, source)) from None
+        if any(e["type"] == "extra_forbidden" for e in exc.errors()):
+            raise ConfigError(_first_error(exc, lines, source)) from None
+        invalid = _first_error(exc, lines, source)
+    interpolate.raise_missing()
+    _check_references(data, lines, source)
+    if invalid is not None:
+        raise ConfigError(invalid)
     try:
         config.location_claims()
     except LocationCollision as exc:
@@ -447,14 +461,10 @@ class _Interpolator:
         self.missing: list[str] = []
 
     def raise_missing(self) -> None:
-        """Every unset variable at once, so one run of the command names them all."""
-        if len(self.missing) == 1:
-            raise ConfigError(self.missing[0])
+        """Every unset variable at once, so one run of the command names them all, each as
+        ``file:line: field: environment variable NAME is not set``."""
         if self.missing:
-            raise ConfigError(
-                f"{self.source}: {len(self.missing)} environment variables are not set: "
-                + "; ".join(m.removeprefix(f"{self.source}:") for m in self.missing)
-            )
+            raise ConfigError("; ".join(self.missing))
 
     def __call__(self, value: str, path: tuple[str | int, ...], line: int) -> str:
         def substitute(match: re.Match[str]) -> str:

@@ -64,6 +64,11 @@ class FleetResult(BaseModel):
     def exit_code(self) -> ExitCode:
         return fleet_exit_code(self.entries, failed=self.error is not None)
 
+    @property
+    def nothing_to_rotate(self) -> bool:
+        """Every entry was skipped (rotated within ``fleet.skip_if_rotated_within``)."""
+        return bool(self.entries) and all(e.status == "skipped" for e in self.entries)
+
     def contract_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "status": self.status,
@@ -479,6 +484,14 @@ def summary_notification(result: FleetResult, run_name: str | None = None) -> No
     """Failures and entries needing a person by name; successes counted, not listed."""
     ok = result.counts.get("rotated", 0)
     skipped = result.counts.get("skipped", 0)
+    if result.nothing_to_rotate:
+        title = f"Langfuse fleet rotation: nothing to rotate ({skipped} skipped of {result.total})"
+        body = [
+            f"fleet run: {run_name or result.prefect_flow_run_id or 'local'}",
+            "every entry was rotated within fleet.skip_if_rotated_within; nothing was changed",
+            f"duration: {result.duration_s:.1f}s",
+        ]
+        return Notification(title=title, body=scrub("\n".join(body)), kind="info")
     title = f"Langfuse fleet rotation {result.status}: {ok} rotated, {skipped} skipped of {result.total}"
     lines = [f"fleet run: {run_name or result.prefect_flow_run_id or 'local'}", f"status: {result.status}"]
     lines.append("counts: " + (", ".join(f"{k} {v}" for k, v in result.counts.items()) or "none"))

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from flows.output import keys_line
+
 if TYPE_CHECKING:  # the parser imports this module: nothing heavy at import time
     from flows.fleet import FleetResult
 
@@ -28,12 +30,16 @@ def rotate_all_command(
     from flows.config import load_config, resolve_config_path
     from flows.fleet import ProgressSink, run_fleet, terminal_progress_sink
 
-    path = str(resolve_config_path(args.config).resolve())
-    config = load_config(path)
+    given = resolve_config_path(args.config)
+    config = load_config(given)  # errors name the path as given
+    path = str(given.resolve())
     sinks: list[ProgressSink] = [terminal_progress_sink()] if sys.stderr.isatty() else []
     if args.dry_run:
         result = run_fleet(config, config_path=path, concurrency=args.concurrency, dry_run=True, progress_sinks=sinks)
     else:
+        from flows.output import say_if_embedded
+
+        say_if_embedded(say)
         result = _under_prefect(path, args.concurrency, show_progress=bool(sinks))
     _write_request_counts()
     print_fleet(result, prog, say)
@@ -99,10 +105,16 @@ def print_fleet(result: FleetResult, prog: str, say: Callable[[str], None] = pri
             target = f"entry {row['entry']}" if row["entry"] else f"no entry: {row['problem']}"
             say(f"  {row['project']:<32} {row['project_id']:<28} {target}")
     for entry in result.entries:
-        detail = entry.error or (entry.steps[-1].detail if entry.status == "skipped" and entry.steps else "")
+        last = entry.steps[-1].detail if entry.steps else ""
+        detail = entry.error or (last if entry.status == "skipped" else "")
+        if entry.status == "planned":
+            detail = keys_line(entry)
         keys = f"{entry.old_public_key} -> {entry.new_public_key}" if entry.new_public_key else ""
         say(f"  {entry.project:<32} {entry.status:<16} {entry.duration_s:7.2f}s  {keys or detail}")
+        if entry.status == "planned" and last:
+            say(f"  {'':<32} plan: {last}")
     counts = ", ".join(f"{n} {status}" for status, n in result.counts.items()) or "no entries"
-    say(f"{prog} rotate --all: {result.status}: {counts} in {result.duration_s:.2f}s")
+    status = "nothing to rotate" if result.nothing_to_rotate else result.status
+    say(f"{prog} rotate --all: {status}: {counts} in {result.duration_s:.2f}s")
     if result.error:
         say(f"  error: {result.error}")

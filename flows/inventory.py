@@ -70,6 +70,8 @@ class EntryStatus(BaseModel):
     authenticated_project_id: str | None = None
     consumer_errors: dict[str, str] = {}
     error: str | None = None
+    store_read: bool = Field(default=False, exclude=True)
+    """The store answered: a missing key then means none is stored, not that none could be read."""
 
 
 class Inventory(BaseModel):
@@ -210,6 +212,7 @@ def _read_entry(conns: Connections, entry: ProjectEntry, now: datetime) -> Entry
         loc = entry.location()
         status.store_location = store.location_label(loc)
         desc = store.describe(loc)
+        status.store_read = True
         _add_store_facts(status, desc, now)
         if desc.exists:
             _check_authentication(status, store, entry, conns)
@@ -260,7 +263,7 @@ def _check_authentication(status: EntryStatus, store: SecretStore, entry: Projec
         except LangfuseAuthError:
             status.authenticates = False
         except ConnectorError as exc:
-            raise _AuthCheckFailed(f"Langfuse auth check of {pair.public_key}: {_line(exc)}") from None
+            raise _AuthCheckFailed(f"whether {pair.public_key} authenticates: {_line(exc)}") from None
 
 
 Seen = dict[str, tuple[str | None, str | None]]
@@ -327,17 +330,24 @@ def parallel(fn: Callable[[T], Any], items: Iterable[T]) -> list[Any]:
 
 
 def status_lines(inventory: Inventory) -> list[str]:
-    """The human-readable ``status`` output, one block per entry."""
+    """The human-readable ``status`` output, one block per entry. What could not be read shows as
+    unknown; why is said once, by ``problem_lines``."""
     lines: list[str] = []
     for e in inventory.entries:
         age = f"{e.age_days} d ({e.age_source})" if e.age_days is not None else "unknown"
         auth = {True: "yes", False: "NO", None: "unknown"}[e.authenticates]
         if e.authenticates and e.authenticated_project_id not in (None, e.project_id):
             auth = f"yes, but to project {e.authenticated_project_id} (expected {e.project_id})"
-        lines.append(f"{e.project}: {e.public_key or 'no key stored'}  age {age}  authenticates {auth}")
-        lines.append(f"  store {e.store} {e.store_location or e.path}; Langfuse keys in project: {e.langfuse_keys}")
-        rotated = e.last_rotated_at.isoformat(timespec="seconds") if e.last_rotated_at else "never by this tool"
-        lines.append(f"  last rotated {rotated}; last outcome {e.last_outcome or '-'}")
+        stored = e.public_key or ("no key stored" if e.store_read else "key unknown (the store could not be read)")
+        lines.append(f"{e.project}: {stored}  age {age}  authenticates {auth}")
+        count = "unknown" if e.langfuse_keys is None else e.langfuse_keys
+        lines.append(f"  store {e.store} {e.store_location or e.path}; Langfuse keys in project: {count}")
+        if not e.store_read:
+            rotated, outcome = "unknown", "unknown"
+        else:
+            rotated = e.last_rotated_at.isoformat(timespec="seconds") if e.last_rotated_at else "never by this tool"
+            outcome = e.last_outcome or "-"
+        lines.append(f"  last rotated {rotated}; last outcome {outcome}")
         if e.pending is not None:
             p = e.pending
             lines.append(
@@ -347,10 +357,19 @@ def status_lines(inventory: Inventory) -> list[str]:
         for name, key in e.consumers.items():
             note = e.consumer_errors.get(name)
             lines.append(f"  consumer {name}: {key or '-'}" + (f" ({note})" if note else ""))
-        if e.error:
-            lines.append(f"  error: {e.error}")
     lines += [f"warning: {warning}" for warning in inventory.warnings]
-    for error in inventory.errors:
-        if not error.startswith("entry '"):
-            lines.append(f"error: {error}")
+    return lines
+
+
+def problem_lines(inventory: Inventory) -> list[str]:
+    """What could not be read, each once: one line per failed read, an entry's problem shared by
+    several entries (their store is down) in one line naming them."""
+    entries_by_problem: dict[str, list[str]] = {}
+    for e in inventory.entries:
+        if e.error:
+            entries_by_problem.setdefault(e.error, []).append(e.project)
+    lines = [error for error in inventory.errors if not error.startswith("entry '")]
+    for problem, names in entries_by_problem.items():
+        which = "entry" if len(names) == 1 else "entries"
+        lines.append(f"{problem} ({which} {', '.join(names)})")
     return lines

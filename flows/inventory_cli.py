@@ -20,6 +20,19 @@ PROG = "langfuse-rotate"
 COMMANDS = ("status", "report")
 
 
+STATUS_EXIT_CODES = """exit codes:
+  0  everything was read
+  1  something could not be read (a store, Langfuse, the organization key): named on stderr
+  2  bad input (usage, configuration, unknown project)
+"""
+REPORT_EXIT_CODES = """exit codes:
+  0  no findings
+  1  it could not read what it needs (a store, Langfuse, the organization key): named on stderr
+  2  bad input (usage, configuration)
+  4  findings
+"""
+
+
 def add_commands(commands: Any) -> None:
     """Register ``status`` and ``report`` on the command line's subparsers."""
     status = commands.add_parser(
@@ -27,6 +40,8 @@ def add_commands(commands: Any) -> None:
         help="read-only inventory: each entry's key, age, consumers",
         description="Show every configured key: store, public key, age, last rotation, rotation in flight, "
         "consumers, Langfuse keys of the project, and whether the stored pair authenticates.",
+        epilog=STATUS_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_argument("--config", help="configuration file (default: $LANGFUSE_ROTATE_CONFIG)")
     status.add_argument("--project", help="one configured entry (default: all)")
@@ -37,6 +52,8 @@ def add_commands(commands: Any) -> None:
         description="Check keys and memberships against the policy: key-overdue, key-due-soon, stray-key, "
         "shared-key, wrong-scope, rotation-stuck, consumer-drift, access, location-collision, "
         "unsafe-project-name, plaintext-transport.",
+        epilog=REPORT_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     report.add_argument("--config", help="configuration file (default: $LANGFUSE_ROTATE_CONFIG)")
     report.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -62,7 +79,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _status(config: Any, args: argparse.Namespace) -> int:
-    from flows.inventory import collect_inventory, status_lines
+    from flows.inventory import collect_inventory, problem_lines, status_lines
 
     inventory = collect_inventory(config, only=args.project)
     _human(status_lines(inventory), as_json=args.json)
@@ -71,10 +88,8 @@ def _status(config: Any, args: argparse.Namespace) -> int:
         if inventory.errors:
             data["error"] = scrub("; ".join(inventory.errors))
         print(json.dumps(data))
-    if inventory.errors:
-        print(f"{PROG}: error: could not read {scrub('; '.join(inventory.errors))}", file=sys.stderr)
-        return int(ExitCode.FAILED)
-    return int(ExitCode.OK)
+    _could_not_read(problem_lines(inventory))
+    return int(ExitCode.FAILED if inventory.errors else ExitCode.OK)
 
 
 def _report(config: Any, args: argparse.Namespace) -> int:
@@ -91,9 +106,14 @@ def _report(config: Any, args: argparse.Namespace) -> int:
     _human(report_lines(report), as_json=args.json)
     if args.json:
         print(json.dumps(report.contract_dict()))
-    if report.errors:
-        print(f"{PROG}: error: could not read {scrub('; '.join(report.errors))}", file=sys.stderr)
+    _could_not_read(report.problems)
     return int(report.exit_code)
+
+
+def _could_not_read(problems: list[str]) -> None:
+    """Each problem once, one line each, on stderr (the human output only says what is unknown)."""
+    for problem in problems:
+        print(f"{PROG}: error: could not read {scrub(problem)}", file=sys.stderr)
 
 
 def _human(lines: list[str], *, as_json: bool) -> None:

@@ -15,7 +15,8 @@ first: if it then finds a lease file, the process that wrote it no longer holds 
 gone, and its slot is stale: the run releases that lease before asking for a slot. A holder on
 another host is never touched: its lease file is on its own host, and its slot expires with its lease.
 
-The lock directory (``LANGFUSE_ROTATE_LOCK_DIR``, default ``~/.local/state/langfuse-rotate/locks``,
+The lock directory (``LANGFUSE_ROTATE_LOCK_DIR``, default ``locks`` in the state directory
+(``flows.state``: ``$XDG_STATE_HOME/langfuse-rotate/locks``, else ``~/.local/state/langfuse-rotate/locks``),
 never the shared temporary directory) is private: created 0700, refused unless it belongs to this
 user and nobody else can write to it, and neither it nor a lock or lease file is opened through a
 symbolic link. Another local user can then neither pre-create it, hold its lock files, nor plant
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from flows.prefect_rest import PrefectRest
 
 from flows.errors import ConfigError, RotationInProgressError
+from flows.state import state_dir
 
 LOCK_DIR_ENV_VAR = "LANGFUSE_ROTATE_LOCK_DIR"
 _POLL_S = 0.2
@@ -54,13 +56,13 @@ def lock_name(entry: str) -> str:
 
 
 def default_lock_dir() -> Path:
+    """``locks`` in the state directory, beside the default audit log (``flows.state``)."""
     try:
-        home = Path.home()
+        return state_dir() / "locks"
     except (RuntimeError, KeyError):
         raise LockDirError(
-            f"no home directory for the lock files: set {LOCK_DIR_ENV_VAR} to a private directory"
+            f"no home directory for the lock files: set XDG_STATE_HOME or {LOCK_DIR_ENV_VAR} to a private directory"
         ) from None
-    return home / ".local" / "state" / "langfuse-rotate" / "locks"
 
 
 def _lock_dir() -> Path:

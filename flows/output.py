@@ -4,12 +4,23 @@ rotation or emergency that ran as a Prefect flow run (used by the command line a
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 from flows.models import RotationResult
 from flows.redact import scrub
 
 PROG = "langfuse-rotate"
+
+
+def say_if_embedded(say: Callable[[str], None]) -> None:
+    """Before Prefect's embedded server starts: say so (its start is seconds of silence otherwise,
+    20 s or more the first time, while it migrates its database)."""
+    from flows.prefect_rest import embedded_server_notice
+
+    notice = embedded_server_notice()
+    if notice:
+        say(f"{PROG}: {notice}")
 
 
 def result_from_state(state: object, project: str) -> RotationResult:
@@ -48,14 +59,21 @@ def print_result(
     for step in result.steps:
         print(f"  {step.step:<18} {step.outcome:<12} {step.duration_s:7.2f}s  {step.detail}", file=out)
     if result.old_public_key or result.new_public_key:
-        print(
-            f"  old {result.old_public_key} -> new {result.new_public_key}; "
-            f"store {result.store} {result.store_location} version {result.store_version}",
-            file=out,
-        )
+        where = f"store {result.store} {result.store_location} version {result.store_version}"
+        print(f"  {keys_line(result)}; {where}", file=out)
     if result.lagging_consumers:
         print(f"  still on the old key: {', '.join(result.lagging_consumers)}", file=out)
     if result.error:
         print(f"  error: {result.error}", file=out)
     if as_json:
         print(result.to_json_line())
+
+
+def keys_line(result: RotationResult) -> str:
+    """The keys of a run: ``old pk -> new pk``, or the current key when no new pair exists (a dry run
+    makes none: the rotation creates it)."""
+    if result.new_public_key:
+        return f"old {result.old_public_key} -> new {result.new_public_key}"
+    if result.status == "planned":
+        return f"current {result.old_public_key} (the rotation creates the new pair)"
+    return f"current {result.old_public_key}, no new pair"

@@ -63,10 +63,10 @@ def compliance_report(config_path: str | None = None, state_variable: str = STAT
 
 
 def publish_report(report: Report) -> None:
-    counts = f"{len(report.findings)} finding(s)" if report.findings else "no findings"
+    counts = report.summary()
     create_markdown_artifact(key=MARKDOWN_KEY, markdown=report_markdown(report), description=f"Compliance: {counts}")
     rows = report_table(report) or [
-        {"rule": "none", "severity": "", "entry": None, "project": None, "public_key": None, "detail": "no findings"}
+        {"rule": "none", "severity": "", "entry": None, "project": None, "public_key": None, "detail": counts}
     ]
     create_table_artifact(key=TABLE_KEY, table=rows, description=f"Compliance findings: {counts}")
 

@@ -8,6 +8,7 @@ import pytest
 from devstack.prefect_server import PG_ADMIN_DSN, postgres_available
 
 pytest_plugins = [
+    "tests.isolation",  # first: the session's own HOME, state and Prefect home before anything else runs
     "tests.fixtures.langfuse_sim",
     "tests.fixtures.stores",
     "tests.fixtures.devstack",

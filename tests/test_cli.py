@@ -48,12 +48,75 @@ def test_no_command_prints_help_and_exits_2(tmp_path: Path) -> None:
 
 
 def test_help_lists_the_exit_codes() -> None:
-    for args in (["--help"], ["rotate", "--help"], ["emergency", "--help"]):
+    for args in (["--help"], ["rotate", "--help"], ["emergency", "--help"], ["reconcile", "--help"]):
         proc = cli(*args)
         assert proc.returncode == 0
         assert "exit codes:" in proc.stdout
         for code in ("0  done", "1  failed", "2  bad input", "3  another rotation", "4  done but needs a person"):
             assert code in proc.stdout, (args, code)
+
+
+@pytest.mark.parametrize(
+    ("command", "codes"),
+    [
+        ("status", ("0  everything was read", "1  something could not be read", "2  bad input")),
+        ("report", ("0  no findings", "1  it could not read what it needs", "2  bad input", "4  findings")),
+        ("sandbox", ("0  stopped by Ctrl-C or SIGTERM", "1  the local stack could not start", "2  bad input")),
+    ],
+)
+def test_the_read_only_commands_and_the_sandbox_list_their_own_exit_codes(command: str, codes: tuple[str, ...]) -> None:
+    proc = cli(command, "--help")
+
+    assert proc.returncode == 0
+    assert "exit codes:" in proc.stdout
+    for code in codes:
+        assert code in proc.stdout, code
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["rotate", "--projct", "a"], ["rotate", "--all", "--dry-rn"], ["status", "--projct", "a"]],
+)
+def test_a_mistyped_option_names_itself_first_with_the_closest_known_one(args: list[str]) -> None:
+    proc = cli(*args)
+
+    assert proc.returncode == 2
+    typo = args[-2] if args[-1] == "a" else args[-1]
+    meant = {"--projct": "--project", "--dry-rn": "--dry-run"}[typo]
+    assert proc.stderr == (
+        f"langfuse-rotate {args[0]}: error: unrecognized arguments: {typo} (did you mean {meant}?) (see --help)\n"
+    )
+
+
+def test_an_abbreviated_option_argparse_accepts_is_not_called_a_typo(tmp_path: Path) -> None:
+    proc = cli("rotate", "--proj", "a", "--config", "missing.yaml", cwd=tmp_path)
+
+    assert proc.returncode == 2
+    assert proc.stderr == "langfuse-rotate: error: missing.yaml: cannot read configuration: No such file or directory\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["rotate", "--project", "x"],
+        ["rotate", "--all"],
+        ["emergency", "--project", "x", "--no-prefect"],
+        ["reconcile"],
+        ["status"],
+        ["report"],
+    ],
+)
+def test_every_command_names_the_configuration_as_given(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "rotation.yaml").write_text("langfuse:\n  hots: http://127.0.0.1:3000\n")
+
+    proc = cli(*args, "--config", "conf/rotation.yaml", cwd=tmp_path)
+
+    assert proc.returncode == 2
+    assert "langfuse-rotate: error: conf/rotation.yaml:2: langfuse.hots: unknown key (did you mean `host`?)" in (
+        proc.stderr
+    ), proc.stderr
+    assert str(tmp_path) not in proc.stderr
 
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
@@ -171,3 +234,55 @@ def test_under_prefect_the_runs_logs_tell_each_step_start_and_end(
     for step in ("create", "store", "wait_for_restarts", "verify", "revoke", "finish"):
         assert f"{step}: started" in messages, step
         assert any(m.startswith(f"{step}: done in ") for m in messages), step
+
+
+def test_the_embedded_servers_start_is_announced_and_its_first_start_says_it_migrates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.prefect_rest import embedded_server_notice
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.chdir(tmp_path)  # no prefect.toml
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    first = embedded_server_notice()
+    (tmp_path / "prefect-home").mkdir()
+    (tmp_path / "prefect-home" / "prefect.db").write_bytes(b"")
+    later = embedded_server_notice()
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+
+    assert first is not None and "starting Prefect's embedded server" in first and "migrates" in first
+    assert later is not None and "starting Prefect's embedded server" in later and "migrates" not in later
+    assert embedded_server_notice() is None, "a configured server is not the embedded one"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_a_rotation_on_the_embedded_server_says_first_that_it_is_starting(rotation_env: RotationEnv) -> None:
+    env = {k: v for k, v in rotation_env.env.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(rotation_env.tmp / "fresh-prefect-home")
+
+    proc = cli("rotate", "--config", str(rotation_env.write_config()), "--project", ENTRY, env=env)
+
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("langfuse-rotate: starting Prefect's embedded server") and "migrates" in first
+    assert f"langfuse-rotate rotate {ENTRY}: rotated" in proc.stdout
+
+
+def test_the_readmes_synopsis_lists_every_command_with_every_option() -> None:
+    from flows.cli import build_parser
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Command line", 1)[1].split("```", 2)[1]
+    synopsis: dict[str, str] = {}
+    for line in block.splitlines():
+        words = line.split()
+        if len(words) > 1 and words[0] == "langfuse-rotate":
+            synopsis[words[1]] = synopsis.get(words[1], "") + " " + line
+
+    for name, command in build_parser().commands.items():
+        assert name in synopsis, name
+        for action in command._actions:
+            for option in action.option_strings:
+                if option.startswith("--") and option != "--help":
+                    assert option in synopsis[name], (name, option)

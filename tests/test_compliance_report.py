@@ -339,3 +339,78 @@ def test_the_command_line_exits_4_with_one_json_object(inventory_env: InventoryE
     data = json.loads(proc.stdout)
     assert [f["rule"] for f in data["findings"]] == ["key-overdue"]
     assert "key-overdue" in proc.stderr
+
+
+# --- a report that could not read everything says so first, and finds nothing from what is missing ---
+
+
+@vault_only
+def test_with_only_the_store_down_no_entrys_own_key_is_a_stray_and_the_unchecked_rules_come_first(
+    inventory_env: InventoryEnv,
+) -> None:
+    config = inventory_env.store.config()
+    inventory_env.top_overrides["stores"] = {"main": {**config, "url": "http://127.0.0.1:9", "timeout_s": 1}}
+
+    code, data, _ = inventory_env.run("report")
+    human_code, out, err = inventory_env.human("report")
+
+    assert code == human_code == 1
+    assert data["findings"] == [], "an entry's live key is not stray because its store could not be read"
+    unchecked = {(tuple(n["rules"]), n["entry"], n["project"]) for n in data["not_checked"]}
+    assert (("stray-key",), None, inventory_env.project.id) in unchecked
+    assert any(n["entry"] == ENTRY and "key-overdue" in n["rules"] for n in data["not_checked"])
+    lines = out.splitlines()
+    assert lines[0] == "not checked:"
+    assert f"stray-key for project {inventory_env.project.id}: the stored key of entry {ENTRY} could not be read" in out
+    assert lines[-1] == "the checks that ran found nothing; the report is incomplete"
+    assert "no findings" not in out
+    assert err.count("could not read store 'main'") == 1
+
+
+@vault_only
+def test_with_nothing_reachable_the_report_never_says_no_findings(inventory_env: InventoryEnv) -> None:
+    config = inventory_env.store.config()
+    inventory_env.top_overrides["stores"] = {"main": {**config, "url": "http://127.0.0.1:9", "timeout_s": 1}}
+    inventory_env.top_overrides["langfuse"] = {
+        **inventory_env.config_dict()["langfuse"],
+        "host": "http://127.0.0.1:9",
+        "timeout_s": 1,
+    }
+    target = inventory_env.tmp / "report.md"
+
+    code, out, err = inventory_env.human("report", "--markdown", str(target))
+
+    assert code == 1
+    assert out.startswith("not checked:\n")
+    assert "no findings" not in out.lower() and "no findings" not in target.read_text().lower()
+    assert "stray-key for the organization: the organization's projects could not be read" in out
+    assert "## Not checked" in target.read_text() and "the report is incomplete" in target.read_text()
+    assert len(err.splitlines()) == len(set(err.splitlines())), "each problem once"
+
+
+@vault_only
+def test_a_consumer_that_does_not_answer_is_named_as_unchecked_drift(
+    inventory_env: InventoryEnv, health_stub: HealthStub
+) -> None:
+    health_stub.set(mode="status500")
+    inventory_env.entry_overrides["consumers"] = [{"name": "api", "health_url": health_stub.health_url}]
+
+    code, data = inventory_env.report()
+
+    assert code == 0 and data["findings"] == []
+    [missed] = data["not_checked"]
+    assert (missed["rules"], missed["entry"]) == (["consumer-drift", "shared-key"], ENTRY)
+    assert missed["reason"].startswith("consumer api could not be read")
+
+
+@vault_only
+def test_the_human_report_names_the_key_of_a_stray_key(inventory_env: InventoryEnv) -> None:
+    extra = _pair()
+    with _admin(inventory_env) as admin:
+        admin.create_api_key(inventory_env.project.id, extra, note="made by hand")
+
+    code, out, _ = inventory_env.human("report")
+
+    assert code == 4
+    [line] = [line for line in out.splitlines() if "stray-key" in line]
+    assert extra.public_key in line

@@ -287,9 +287,29 @@ def test_every_missing_environment_variable_is_named_at_once(monkeypatch: pytest
     monkeypatch.delenv("ORG_PK")
     monkeypatch.delenv("VAULT_TOKEN")
     message = error_of(MINIMAL)
-    assert message.startswith("rotation.yaml: 2 environment variables are not set:")
-    assert "3: langfuse.org_public_key: environment variable ORG_PK is not set" in message
-    assert "6: stores.main.token: environment variable VAULT_TOKEN is not set" in message
+    assert message == (
+        "rotation.yaml:3: langfuse.org_public_key: environment variable ORG_PK is not set; "
+        "rotation.yaml:6: stores.main.token: environment variable VAULT_TOKEN is not set"
+    )
+
+
+def test_an_unknown_key_comes_before_the_missing_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ORG_PK")
+    monkeypatch.delenv("VAULT_TOKEN")
+    text = MINIMAL.replace("    path: langfuse/production-chatbot\n", "    path: x\n    wait_timout_s: 5\n")
+    assert error_of(text) == (
+        "rotation.yaml:12: projects[0].wait_timout_s: unknown key (did you mean `wait_timeout_s`?)"
+    )
+
+
+def test_missing_environment_variables_come_before_bad_values_and_references(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("VAULT_TOKEN")
+    text = MINIMAL.replace("    store: main", "    store: other").replace(
+        "    path: langfuse/production-chatbot\n", "    path: x\n    wait_timeout_s: -5\n"
+    )
+    assert error_of(text) == "rotation.yaml:6: stores.main.token: environment variable VAULT_TOKEN is not set"
 
 
 def test_a_yaml_syntax_error_points_at_the_line_that_is_broken() -> None:

@@ -27,6 +27,7 @@ from devstack.openbao import OpenBaoServer
 from devstack.prefect_server import PrefectServer
 from devstack.sinks import JsonSink
 from tests.fixtures.langfuse_sim import SimProcess
+from tests.fixtures.prefect import drain_prefect_workers
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 pytestmark = pytest.mark.slow
@@ -125,6 +126,7 @@ def stack(
                 yield Stack(
                     server=server, config_path=config_path, worker_log=worker_log, second_worker_log=second_worker_log
                 )
+                drain_prefect_workers()  # while this server still answers
         finally:
             for worker in workers:
                 os.killpg(worker.pid, 15)

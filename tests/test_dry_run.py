@@ -69,3 +69,13 @@ def test_an_unknown_project_is_bad_input_with_one_line_and_exit_2(rotation_env: 
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown project 'nope'" in proc.stderr
+
+
+def test_the_human_dry_run_shows_the_current_key_and_no_new_none(rotation_env: RotationEnv) -> None:
+    before = rotation_env.current()
+
+    proc = rotation_env.cli("rotate", "--config", str(rotation_env.write_config()), "--project", ENTRY, "--dry-run")
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "None" not in proc.stdout
+    assert f"  current {before.public_key} (the rotation creates the new pair); store main " in proc.stdout

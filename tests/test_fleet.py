@@ -250,6 +250,46 @@ def test_entries_rotated_within_the_window_are_skipped(fleet_factory: Any) -> No
 
 
 @vault_only
+def test_a_fleet_where_every_entry_was_skipped_says_nothing_to_rotate_and_sends_only_a_note(
+    fleet_factory: Any,
+) -> None:
+    from flows.fleet_cli import print_fleet
+
+    fleet = fleet_factory(3)
+    run_fleet(fleet.config(), config_path=None, concurrency=3)
+    fleet.env.sink.wait_for(1, timeout_s=10)
+    fleet.env.sink.clear()
+
+    again = run_fleet(fleet.config(), config_path=None, concurrency=3)
+    said: list[str] = []
+    print_fleet(again, "langfuse-rotate", said.append)
+
+    assert again.nothing_to_rotate and again.counts == {"skipped": 3}
+    assert said[-1].startswith("langfuse-rotate rotate --all: nothing to rotate: 3 skipped in ")
+    (note,) = fleet.env.sink.wait_for(1, timeout_s=10)
+    assert note.json["type"] == "info"
+    assert note.json["title"] == "Langfuse fleet rotation: nothing to rotate (3 skipped of 3)"
+
+
+@vault_only
+def test_a_fleet_dry_run_shows_what_would_be_done_for_each_entry(fleet_factory: Any) -> None:
+    from flows.fleet_cli import print_fleet
+
+    fleet = fleet_factory(2)
+
+    result = run_fleet(fleet.config(), config_path=None, concurrency=2, dry_run=True)
+    said: list[str] = []
+    print_fleet(result, "langfuse-rotate", said.append)
+
+    assert result.status == "planned"
+    for name, key in fleet.originals.items():
+        [row] = [i for i, line in enumerate(said) if line.strip().startswith(name)]
+        assert f"current {key} (the rotation creates the new pair)" in said[row]
+        assert said[row + 1].strip().startswith("plan: create a new pair in project"), said
+        assert "None" not in said[row]
+
+
+@vault_only
 def test_a_fleet_entry_reads_its_state_before_the_lock_once(
     fleet_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -41,7 +41,7 @@ from connectors.langfuse import (
     RetryPolicy,
 )
 from connectors.langfuse._errors import parse_retry_after, server_message
-from connectors.langfuse._http import Backoff
+from connectors.langfuse._http import Backoff, forget_answered_hosts
 from devstack.net import free_port
 from tests.fakes import FakeClock
 
@@ -55,6 +55,12 @@ Handler = Callable[[httpx.Request], httpx.Response]
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(start=1000.0)
+
+
+@pytest.fixture(autouse=True)
+def never_contacted() -> None:
+    """Each test starts with no host having answered in this process (connectors.langfuse._http)."""
+    forget_answered_hosts()
 
 
 def admin(handler: Handler, clock: FakeClock, retry: RetryPolicy | None = None) -> LangfuseAdminClient:
@@ -352,14 +358,41 @@ def test_5xx_storm_is_bounded_by_max_total(clock: FakeClock) -> None:
     assert clock.sleeps == [1, 2, 4]
 
 
-def test_connect_errors_are_retried_then_unreachable(clock: FakeClock) -> None:
-    script = Script(httpx.ConnectError("[Errno 111] Connection refused"))
+def test_a_host_that_answered_before_and_now_refuses_is_retried_then_unreachable(clock: FakeClock) -> None:
+    refused = httpx.ConnectError("[Errno 111] Connection refused")
+    script = Script(httpx.Response(200, json={"projects": []}), refused)  # then restarting
     client = admin(script, clock, RetryPolicy(max_attempts=3))
     with client, pytest.raises(LangfuseUnreachableError) as caught:
+        assert client.list_projects() == []
         client.list_projects()
-    assert len(script.requests) == 3
+    assert len(script.requests) == 1 + 3
     assert "langfuse.test" in str(caught.value) and "Connection refused" in str(caught.value)
     assert caught.value.__context__ is None or caught.value.__suppress_context__
+
+
+def test_a_host_that_never_answered_and_refuses_fails_at_the_first_try(clock: FakeClock) -> None:
+    script = Script(httpx.ConnectError("[Errno 111] Connection refused"))
+    client = admin(script, clock)
+    with client, pytest.raises(LangfuseUnreachableError, match="Connection refused"):
+        client.list_projects()
+    assert len(script.requests) == 1 and clock.sleeps == []
+
+
+def test_a_connect_timeout_is_retried_even_before_the_host_answered(clock: FakeClock) -> None:
+    script = Script(httpx.ConnectTimeout("timed out"))
+    with admin(script, clock, RetryPolicy(max_attempts=3)) as client, pytest.raises(LangfuseUnreachableError):
+        client.list_projects()
+    assert len(script.requests) == 3
+
+
+def test_retries_are_logged_at_debug_level_only(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="connectors.langfuse")
+    script = Script(httpx.Response(503, json={"message": "x"}), httpx.Response(200, json={"projects": []}))
+    with admin(script, clock) as client:
+        assert client.list_projects() == []
+    (retry,) = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert retry.levelno == logging.DEBUG
+    assert [r for r in caplog.records if r.levelno >= logging.INFO] == []
 
 
 def test_400_and_401_are_not_retried(clock: FakeClock) -> None:
@@ -370,7 +403,7 @@ def test_400_and_401_are_not_retried(clock: FakeClock) -> None:
         assert len(script.requests) == 1
 
 
-def test_unreachable_real_socket_is_bounded() -> None:
+def test_a_real_socket_nothing_listens_on_fails_at_the_first_try() -> None:
     port = free_port()  # nothing listens there: connections are refused
     clock = FakeClock(start=1000.0)
     client = LangfuseAdminClient(
@@ -378,7 +411,7 @@ def test_unreachable_real_socket_is_bounded() -> None:
     )
     with client, pytest.raises(LangfuseUnreachableError, match=f"127.0.0.1:{port}"):
         client.health()
-    assert len(clock.sleeps) == 4
+    assert clock.sleeps == []
 
 
 # --- create -------------------------------------------------------------------------------------

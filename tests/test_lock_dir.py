@@ -27,11 +27,43 @@ def test_the_default_lock_directory_is_private_in_the_users_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(LOCK_DIR_ENV_VAR, raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     _take()
     expected = tmp_path / "home" / ".local" / "state" / "langfuse-rotate" / "locks"
     assert (expected / f"{lock_name('chatbot-prod')}.lock").is_file()
     assert stat.S_IMODE(expected.stat().st_mode) == 0o700
+
+
+def test_xdg_state_home_moves_the_lock_directory_and_the_audit_log_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.audit import default_audit_path
+    from flows.state import state_dir
+
+    home, state = tmp_path / "home", tmp_path / "state"
+    monkeypatch.delenv(LOCK_DIR_ENV_VAR, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+
+    _take()
+
+    assert state_dir() == state / "langfuse-rotate"
+    assert default_audit_path() == state / "langfuse-rotate" / "audit.jsonl"
+    assert (state / "langfuse-rotate" / "locks" / f"{lock_name('chatbot-prod')}.lock").is_file()
+    assert not home.exists(), "nothing of the tool's state lands in the home directory"
+
+
+def test_the_lock_dir_variable_still_overrides_the_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv(LOCK_DIR_ENV_VAR, str(tmp_path / "locks"))
+
+    _take()
+
+    assert (tmp_path / "locks" / f"{lock_name('chatbot-prod')}.lock").is_file()
+    assert not (tmp_path / "state" / "langfuse-rotate" / "locks").exists()
 
 
 def test_a_configured_lock_directory_is_created_0700(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

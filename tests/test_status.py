@@ -189,3 +189,94 @@ def test_status_works_without_prefect(inventory_env: InventoryEnv) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "NO_PREFECT" in proc.stderr
     assert [e["project"] for e in json.loads(proc.stdout)["entries"]] == [ENTRY, SECOND]
+
+
+def _store_down(inventory_env: InventoryEnv) -> None:
+    config = inventory_env.store.config()
+    inventory_env.top_overrides["stores"] = {"main": {**config, "url": "http://127.0.0.1:9", "timeout_s": 1}}
+
+
+def _langfuse_down(inventory_env: InventoryEnv) -> None:
+    inventory_env.top_overrides["langfuse"] = {
+        **inventory_env.config_dict()["langfuse"],
+        "host": "http://127.0.0.1:9",
+        "timeout_s": 1,
+    }
+
+
+@vault_only
+def test_with_the_store_unreachable_the_key_is_unknown_not_missing_and_the_problem_is_said_once(
+    inventory_env: InventoryEnv,
+) -> None:
+    _store_down(inventory_env)
+
+    code, out, err = inventory_env.human("status")
+
+    assert code == 1
+    assert out.count("key unknown (the store could not be read)") == 2
+    assert "no key stored" not in out and "never by this tool" not in out
+    assert "error" not in out, "why is said on stderr, once"
+    assert err.splitlines() == [
+        "langfuse-rotate: error: could not read store 'main': Vault at http://127.0.0.1:9 is unreachable "
+        f"(entries {ENTRY}, {SECOND})"
+    ]
+
+
+@vault_only
+def test_a_store_that_answers_without_a_pair_says_no_key_stored(inventory_env: InventoryEnv) -> None:
+    inventory_env.extra_entries.append(
+        {"name": "nothing-here", "project_id": inventory_env.project.id, "store": "main", "path": "langfuse/none"}
+    )
+
+    code, out, _ = inventory_env.human("status", "--project", "nothing-here")
+
+    assert code == 0
+    assert out.startswith("nothing-here: no key stored  age unknown  authenticates unknown")
+
+
+@vault_only
+def test_with_langfuse_unreachable_status_prints_no_none_and_one_line_per_failed_call(
+    inventory_env: InventoryEnv,
+) -> None:
+    _langfuse_down(inventory_env)
+
+    code, out, err = inventory_env.human("status", "--project", ENTRY)
+
+    assert code == 1
+    assert "None" not in out
+    assert "Langfuse keys in project: unknown" in out and "authenticates unknown" in out
+    lines = err.splitlines()
+    assert len(lines) == 2, lines  # the key list and the authentication check: one line each
+    assert any(f"Langfuse keys of project {inventory_env.project.id}" in line for line in lines)
+    assert any(f"whether {inventory_env.project.public_key} authenticates" in line for line in lines)
+    assert all("Langfuse at http://127.0.0.1:9 is unreachable" in line for line in lines)
+
+
+@vault_only
+def test_an_unreachable_langfuse_is_not_retried_and_no_retry_is_shown(inventory_env: InventoryEnv) -> None:
+    """Connection refused by a host that never answered: no backoff, and no "retrying" lines."""
+    _langfuse_down(inventory_env)
+    path = inventory_env.write_config()
+
+    proc = inventory_env.cli("status", "--config", str(path), timeout=60)
+
+    assert proc.returncode == 1
+    assert "retrying" not in proc.stderr
+    assert len(proc.stderr.splitlines()) == 4, proc.stderr  # 2 key lists + 2 authentication checks
+
+
+@vault_only
+def test_a_store_path_in_a_consumer_urls_query_is_shown_but_its_credentials_are_not(
+    inventory_env: InventoryEnv, health_stub: HealthStub
+) -> None:
+    from flows.redact import scrub
+
+    token = f"tok-{uuid.uuid4().hex}"
+    url = f"{health_stub.health_url}?path={inventory_env.path}&token={token}"
+    inventory_env.entry_overrides["consumers"] = [{"name": "api", "health_url": url}]
+
+    _, out, _ = inventory_env.human("status", "--project", ENTRY)
+
+    assert f"{inventory_env.store.store.location_label(inventory_env.location)};" in out
+    assert "***" not in out.splitlines()[1], out
+    assert token not in out and scrub(f"token={token}") == "token=***"

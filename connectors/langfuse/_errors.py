@@ -58,6 +58,8 @@ class Failure:
     reason: str
     maybe_sent: bool
     retryable: bool = True
+    refused: bool = False
+    """The connection itself failed (refused, no route, unknown name): nothing answered at all."""
 
 
 def redact(text: str, secrets: Iterable[SecretStr]) -> str:
@@ -129,7 +131,7 @@ def failure_of(exc: httpx.TransportError, timeout_s: float) -> Failure:
         return Failure(f"no response within {timeout_s:g}s", maybe_sent=True)
     if isinstance(exc, httpx.ConnectError):
         detail = " ".join(str(exc).split())[:120]
-        return Failure(f"cannot connect ({detail or 'connection failed'})", maybe_sent=False)
+        return Failure(f"cannot connect ({detail or 'connection failed'})", maybe_sent=False, refused=True)
     if isinstance(exc, httpx.UnsupportedProtocol):
         return Failure("unsupported URL scheme", maybe_sent=False, retryable=False)
     if isinstance(exc, httpx.ProxyError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from types import TracebackType
@@ -29,6 +30,27 @@ logger = logging.getLogger("connectors.langfuse")
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
 Outcome = httpx.Response | Failure
+
+_answered: set[str] = set()
+_answered_lock = threading.Lock()
+
+
+def has_answered(host: str) -> bool:
+    """Whether ``host`` (as ``display_host`` shows it) answered any request in this process."""
+    with _answered_lock:
+        return host in _answered
+
+
+def _mark_answered(host: str) -> None:
+    with _answered_lock:
+        _answered.add(host)
+
+
+def forget_answered_hosts() -> None:
+    """For tests: every host counts as never contacted again."""
+    with _answered_lock:
+        _answered.clear()
+
 
 USER_AGENT = "langfuse-key-rotation"
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -184,6 +206,7 @@ class HttpCore:
             request=streamed.request,
             extensions=streamed.extensions,
         )
+        _mark_answered(self.host)
         if response.status_code == 429:
             pacing.rate_limited(pace_key, parse_retry_after(response.headers.get("retry-after")))
         return response
@@ -204,7 +227,11 @@ class HttpCore:
         """Send, retrying 429/5xx/transport failures within the policy when ``retry`` is set.
 
         Only for calls that are safe to repeat; ``policy`` overrides the client's for this call.
-        Returns the last outcome either way.
+        Returns the last outcome either way. A host that has not answered once in this process and
+        refuses the connection is not retried: nothing listens there (a wrong URL, a server that
+        is down), and every call would wait out the whole backoff only to say so. Once a host has
+        answered, a refused connection is a restart to ride out, and is retried.
+        Retries are logged at debug level; the caller reports the call that finally failed.
         """
         backoff = self.backoff(policy)
         while True:
@@ -223,7 +250,7 @@ class HttpCore:
                 what = f"HTTP {outcome.status_code}"
                 retry_after = parse_retry_after(outcome.headers.get("retry-after"))
             else:
-                if not outcome.retryable:
+                if not outcome.retryable or (outcome.refused and not has_answered(self.host)):
                     return outcome
                 what = outcome.reason
                 retry_after = None
@@ -234,7 +261,7 @@ class HttpCore:
             self.sleep(delay)
 
     def log_retry(self, method: str, path: str, what: str, delay: float, backoff: Backoff) -> None:
-        logger.warning(
+        logger.debug(
             "Langfuse %s %s%s: %s; retrying in %.2fs (attempt %d of %d)",
             method,
             self.host,
