@@ -187,13 +187,27 @@ def _refused(
     return Generated(project.name, project.id, None, problem, Refusal(rule, entry, template.store, other_entry))
 
 
+_URL_VALUE = re.compile(r"^[A-Za-z0-9_-]+$")
+"""What a project's name or id may be where the template puts it into a consumer URL: one label,
+so it can neither name another host (``.``, ``@``, ``:``) nor leave the host part (``/``, ``?``,
+``#``, ``%``, whitespace). A restart or health request carries the consumer's secret ``headers``."""
+
+
 def _unsafe_value(template: ProjectTemplate, project: OrganizationProject) -> str | None:
-    """Why a value the template puts into the store path would not be one safe path segment."""
+    """Why a value the template puts into the store path would not be one safe path segment, or
+    into a consumer URL would not be one label (README "Entry templates")."""
     for placeholder, value in (("{project_name}", project.name), ("{project_id}", project.id)):
         if placeholder in template.path:
             problem = path_value_problem(value, what=f"value of {placeholder} in project_template.path")
             if problem is not None:
                 return f"{problem}; rename the project or exclude it"
+        in_urls = any(placeholder in (c.health_url or "") + (c.restart_url or "") for c in template.consumers)
+        if in_urls and not _URL_VALUE.match(value):
+            return (
+                f"the value of {placeholder} in project_template.consumers URLs must be letters, digits, '-' "
+                f"or '_' only (it could name another host for the consumer's requests and headers): {value!r}; "
+                "rename the project or exclude it"
+            )
     return None
 
 

@@ -306,3 +306,46 @@ def test_the_report_lists_a_generated_collision_and_a_hostile_project_name(inven
     unsafe = by_rule["unsafe-project-name"]
     assert (unsafe["entry"], unsafe["project"]) == (None, hostile)
     assert "'x/../y'" in unsafe["detail"]
+
+
+# --- consumer URLs: a project name never chooses the host a secret header goes to ---------------
+
+URL_TEMPLATE_CONFIG = """\
+langfuse:
+  host: http://127.0.0.1:3000
+  org_public_key: pk-lf-org
+  org_secret_key: sk-lf-org-secret
+stores:
+  main: {kind: vault, url: http://127.0.0.1:8200, token: s.token, mount: secret}
+projects: []
+project_template:
+  include: ["*"]
+  name: "gen-{project_id}"
+  store: main
+  path: "langfuse/{project_id}"
+  consumers:
+    - name: api
+      health_url: "https://{project_name}.svc.internal/health"
+      restart_url: "https://{project_name}.svc.internal/restart"
+      headers: {Authorization: "Bearer restart-token"}
+"""
+
+
+@pytest.mark.parametrize(
+    "hostile", ["attacker.example#", "attacker.example", "evil@attacker.example", "x:1", "a/b", "a b", "%2e"]
+)
+def test_a_project_name_that_would_choose_a_consumer_urls_host_is_refused(hostile: str) -> None:
+    from connectors.langfuse.models import OrganizationProject
+    from flows.templates import expand
+
+    config = parse_config(URL_TEMPLATE_CONFIG)
+    projects = [OrganizationProject(id="p-hostile", name=hostile), OrganizationProject(id="p-ok", name="prod-ok")]
+
+    expanded, report = expand(config, projects, warn=False)
+
+    by_id = {g.project_id: g for g in report}
+    assert by_id["p-hostile"].entry is None and by_id["p-hostile"].refused is not None
+    assert by_id["p-hostile"].refused.rule == "unsafe-project-name"
+    assert "consumers" in (by_id["p-hostile"].problem or ""), by_id["p-hostile"].problem
+    assert [e.name for e in expanded.projects] == ["gen-p-ok"]
+    assert str(expanded.projects[0].consumers[0].health_url) == "https://prod-ok.svc.internal/health"
