@@ -332,6 +332,7 @@ def test_a_compromised_key_event_runs_the_emergency_deployment_through_the_trigg
 
     assert run.state.is_completed() and run.state.name != "Refused", f"{run.state.message}\n{stack.worker_output()}"
     assert not rotation_env.works(compromised)
+    assert run.labels["prefect.worker.name"] == MAIN_WORKER, "an emergency never waits for a batch worker's slot"
 
 
 def _run_with_parameter(name: str, value: str, *, timeout_s: float) -> Any:
