@@ -25,6 +25,8 @@ Modes (each run contains a fresh key of its own, seeded in the store just before
   20 s+; ``--cold-fresh-home`` measures that too, one run, no target).
 
 Targets: server <= 1 s (issue 11; issue 6 asked <= 3 s), no-prefect <= 1.5 s, cold <= 15 s (medians). Not a test.
+The path from a scanner's report through the forwarder, the automation and a worker is measured by
+``report_to_401.py``, which reuses this module's stack.
 """
 
 from __future__ import annotations
@@ -113,7 +115,14 @@ class Stack:
         return pair, location
 
     def write_config(self, location: SecretLocation) -> Path:
-        config = {
+        path = self.workdir / f"rotation-{location.path.rsplit('/', 1)[-1]}.yaml"
+        path.write_text(yaml.safe_dump(self.config_dict([location]), sort_keys=False))
+        return path
+
+    def config_dict(self, locations: list[SecretLocation]) -> dict[str, Any]:
+        """The rotation configuration: one entry per location (``entry_name``), secrets as ``${VAR}``s
+        of ``base_env``."""
+        return {
             "langfuse": {
                 "host": self.sim_url,
                 "org_public_key": "${BENCH_LANGFUSE_ORG_PUBLIC_KEY}",
@@ -129,13 +138,11 @@ class Stack:
                     "grace_period_s": 0,
                     "canary_timeout_s": 30,
                 }
+                for location in locations
             ],
             "notify": {"urls": [self.sink.apprise_url("/pager")]},
             "audit": {"path": str(self.workdir / "audit.jsonl")},
         }
-        path = self.workdir / f"rotation-{location.path.rsplit('/', 1)[-1]}.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        return path
 
 
 # --- the local stack ----------------------------------------------------------------------------

@@ -6,6 +6,12 @@ whichever workers poll the pool; no home-made queue), waits for them, and reads 
 ``langfuse-fleet-summary`` artifact back into the fleet result. Batches pace through the shared
 Prefect global concurrency limits (``flows.pacing``), so all workers stay within one budget; the
 fleet run sends the one summary notification (batches send none).
+
+The batches spread because of how the pool is served (README "Spread over workers"): the batch
+deployment has its own work queue, polled by workers started with ``--limit 1``, so a worker that
+holds a batch leaves the next one to another worker. The fleet run itself runs on the ``default``
+queue, never in a batch slot, so it cannot deadlock the workers it waits for. Before it hands out
+anything it checks that some worker polls that queue: otherwise it would wait for ever.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 from uuid import UUID
 
 from flows.config import RotationConfig
+from flows.errors import RotateError
 from flows.fleet import FleetResult, counts_of, fleet_status, refused_results, send_summary
 from flows.models import RotationResult
 from flows.templates import expand, organization_projects
@@ -39,6 +46,7 @@ def run_in_batches(
     from flows.audit import AuditLog
 
     started = time.monotonic()
+    check_batch_queue_is_served(config.fleet.batch_deployment)
     refused: list[RotationResult] = []
     if config.project_template is not None:
         config, generated = expand(config, organization_projects(config))
@@ -77,6 +85,40 @@ def run_in_batches(
     )
     send_summary(config, result)
     return result
+
+
+def check_batch_queue_is_served(deployment_name: str) -> None:
+    """Refuse (one line, before any batch exists) a batch deployment whose work queue no worker polls.
+
+    Prefect marks a work queue ``READY`` while workers poll it and ``NOT_READY`` once none has for
+    60 s (its foreman service, ``work_queue_last_polled_timeout_seconds``); a paused queue is
+    ``PAUSED``. Batches on a queue that is not ``READY`` would stay Scheduled, and the fleet run would
+    wait for them for ever.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import WorkQueueStatus
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(deployment_name)
+        except ObjectNotFound:
+            raise RotateError(
+                f"fleet.batch_deployment {deployment_name} is not deployed on the Prefect server: "
+                "deploy deployments/prefect.yaml, or unset fleet.batch_size"
+            ) from None
+        queue_name, pool = deployment.work_queue_name, deployment.work_pool_name
+        try:
+            queue = client.read_work_queue_by_name(queue_name, work_pool_name=pool) if queue_name else None
+        except ObjectNotFound:
+            queue = None
+    if queue is None or queue.status != WorkQueueStatus.READY:
+        state = "no such queue" if queue is None or queue.status is None else queue.status.value
+        raise RotateError(
+            f"no worker polls work queue {queue_name} of pool {pool} ({state}), which runs {deployment_name}: "
+            f"start one with 'prefect worker start --pool {pool} --work-queue {queue_name} --limit 1' "
+            '(README "Spread over workers"), or unset fleet.batch_size; no batch was started'
+        )
 
 
 def _wait(run_ids: list[str]) -> dict[str, Any]:

@@ -43,3 +43,11 @@ def test_entrypoints_are_modules_of_the_installed_package_not_paths_in_a_checkou
         assert not module.endswith(".py") and module.startswith("flows.") and function
     assert SPEC["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "."}}]
     assert "LANGFUSE_ROTATE_HOME" not in yaml.safe_dump(SPEC)
+
+
+def test_fleet_batches_have_their_own_work_queue_and_everything_else_stays_on_the_default_queue() -> None:
+    """README "Spread over workers": the batch workers (``--limit 1``) poll only ``fleet-batch``, so
+    the quarterly run, which waits for its batches, and emergencies never take one of their slots."""
+    queues = {d["name"]: d["work_pool"].get("work_queue_name", "default") for d in SPEC["deployments"]}
+    assert queues.pop("fleet-batch") == "fleet-batch"
+    assert set(queues.values()) == {"default"}

@@ -1,14 +1,17 @@
 """Distributed mode as the README sets it up: a ``prefect server start``, a process work pool, the
-deployments from ``deployments/prefect.yaml``, and a ``prefect worker start`` subprocess whose
-environment holds the config path and every secret. Runs are triggered through the API
+deployments from ``deployments/prefect.yaml``, and the README's ``prefect worker start`` commands as
+subprocesses whose environment holds the config path and every secret: one worker on the pool's
+``default`` queue (every deployment but ``fleet-batch``) and two on its ``fleet-batch`` queue with
+``--limit 1``, as two hosts sharing a fleet would run them. Runs are triggered through the API
 (``run_deployment``), exactly as the schedule, the UI or an automation would.
 
-The worker runs from a directory that is not the repository and knows nothing of the checkout:
+The workers run from a directory that is not the repository and know nothing of the checkout:
 the yaml's entrypoints are modules of the package installed in the worker's Python.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -36,6 +39,8 @@ vault_only = pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "langfuse-rotation"  # the work pool deployments/prefect.yaml names
+MAIN_WORKER = "main"
+BATCH_WORKERS = ("batch-a", "batch-b")
 RUN_TIMEOUT_S = 240
 
 
@@ -47,8 +52,7 @@ def _prefect() -> str:
 class Stack:
     server: PrefectServer
     config_path: Path
-    worker_log: Path
-    second_worker_log: Path
+    worker_logs: dict[str, Path]
 
     def write_config(self, env: RotationEnv) -> None:
         """The worker's ``LANGFUSE_ROTATE_CONFIG``: the test's entry, with the Vault token taken from
@@ -58,7 +62,7 @@ class Stack:
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def worker_output(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in (self.worker_log, self.second_worker_log))
+        return "\n".join(f"{name}: {p.read_text(errors='replace')[-3000:]}" for name, p in self.worker_logs.items())
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +79,7 @@ def stack(
     worker_dir.mkdir()
     config_path = home / "etc" / "rotation.yaml"
     config_path.parent.mkdir()
-    worker_log = home / "worker.log"
-    second_worker_log = home / "worker-b.log"
+    worker_logs = {name: home / f"worker-{name}.log" for name in (MAIN_WORKER, *BATCH_WORKERS)}
     with PrefectServer() as server:
         cli_env = server.client_env()
 
@@ -108,12 +111,16 @@ def stack(
             PYTHONPATH="",
         )
         workers = []
-        # Two process workers on the one pool: fleet batches spread over them (Prefect schedules).
-        for name, log_path in (("worker-a", worker_log), ("worker-b", second_worker_log)):
+        # The README's commands: the default queue's worker (no limit: an emergency never waits
+        # behind a batch) and, per host sharing the fleet, a fleet-batch worker taking one batch at
+        # a time. Prefect hands each batch to whichever of those has a free slot.
+        queue_args = {MAIN_WORKER: ["--work-queue", "default"]}
+        queue_args |= {name: ["--work-queue", "fleet-batch", "--limit", "1"] for name in BATCH_WORKERS}
+        for name, log_path in worker_logs.items():
             with log_path.open("wb") as log:
                 workers.append(
                     subprocess.Popen(
-                        [_prefect(), "worker", "start", "--pool", POOL, "--type", "process", "--name", name],
+                        [_prefect(), "worker", "start", "--pool", POOL, *queue_args[name], "--name", name],
                         env=worker_env,
                         cwd=worker_dir,
                         stdout=log,
@@ -123,9 +130,9 @@ def stack(
                 )
         try:
             with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-                yield Stack(
-                    server=server, config_path=config_path, worker_log=worker_log, second_worker_log=second_worker_log
-                )
+                stack = Stack(server=server, config_path=config_path, worker_logs=worker_logs)
+                _wait_until_the_queues_are_polled(stack, ("default", "fleet-batch"))
+                yield stack
                 drain_prefect_workers()  # while this server still answers
         finally:
             for worker in workers:
@@ -136,6 +143,24 @@ def stack(
                 except subprocess.TimeoutExpired:
                     os.killpg(worker.pid, 9)
                     worker.wait(10)
+
+
+def _wait_until_the_queues_are_polled(stack: Stack, queues: tuple[str, ...], timeout_s: float = 120) -> None:
+    """Until Prefect marks every queue READY (a worker polled it): a fleet refuses a batch queue
+    that nobody polls, so no test may start before the workers did."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import WorkQueueStatus
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            statuses = {q: client.read_work_queue_by_name(q, work_pool_name=POOL).status for q in queues}
+            if set(statuses.values()) == {WorkQueueStatus.READY}:
+                return
+            assert time.monotonic() < deadline, f"queues not polled: {statuses}\n{stack.worker_output()}"
+            time.sleep(0.5)
 
 
 def run_deployment_and_wait(stack: Stack, name: str, **parameters: Any) -> Any:
@@ -309,6 +334,7 @@ def test_a_compromised_key_event_runs_the_emergency_deployment_through_the_trigg
 
     assert run.state.is_completed() and run.state.name != "Refused", f"{run.state.message}\n{stack.worker_output()}"
     assert not rotation_env.works(compromised)
+    assert run.labels["prefect.worker.name"] == MAIN_WORKER, "an emergency never waits for a batch worker's slot"
 
 
 def _run_with_parameter(name: str, value: str, *, timeout_s: float) -> Any:
@@ -342,7 +368,7 @@ def test_the_reconcile_deployment_fails_when_an_entry_could_not_be_reconciled(
 
 
 @vault_only
-def test_a_fleet_with_batch_size_hands_batches_to_the_pool_and_reports_every_entry(
+def test_a_fleet_with_batch_size_spreads_its_batches_over_every_batch_worker_one_batch_each_at_a_time(
     stack: Stack, rotation_env: RotationEnv
 ) -> None:
     from prefect.client.orchestration import get_client
@@ -355,7 +381,7 @@ def test_a_fleet_with_batch_size_hands_batches_to_the_pool_and_reports_every_ent
 
     sim = rotation_env.sim
     with LangfuseAdminClient(sim.url, sim.org_public_key, SecretStr(sim.org_secret_key)) as admin:
-        for i in range(3):
+        for i in range(7):
             pair = KeyPair.generate()
             admin.create_api_key(rotation_env.project.id, pair, note="seed")
             path = f"{rotation_env.path}/svc-{i}"
@@ -382,16 +408,66 @@ def test_a_fleet_with_batch_size_hands_batches_to_the_pool_and_reports_every_ent
         )
         deployments = {d.id: d.name for d in client.read_deployments()}
     batches = [c for c in children if deployments.get(c.deployment_id) == "fleet-batch"]
-    assert len(batches) == 2 and all(b.state is not None and b.state.is_completed() for b in batches)
-    assert all(b.work_pool_name == POOL for b in batches)
+    assert len(batches) == 4 and all(b.state is not None and b.state.is_completed() for b in batches)
+    assert all(b.work_pool_name == POOL and b.work_queue_name == "fleet-batch" for b in batches)
+    # Which worker ran a run: the label Prefect's worker gives the run when it submits it.
+    assert run.labels["prefect.worker.name"] == MAIN_WORKER, "the fleet run never holds a batch worker's slot"
+    by_worker: dict[str, list[Any]] = {}
+    for batch in batches:
+        by_worker.setdefault(batch.labels["prefect.worker.name"], []).append(batch)
+    assert set(by_worker) == set(BATCH_WORKERS), {w: len(b) for w, b in by_worker.items()}
+    for worker, runs in by_worker.items():  # --limit 1: a worker's next batch starts after its last one ended
+        runs.sort(key=lambda b: b.start_time)
+        for earlier, later in itertools.pairwise(runs):
+            assert later.start_time >= earlier.end_time, f"{worker} ran {earlier.name} and {later.name} at once"
     summary = [a for a in _artifacts(run) if a.key == "langfuse-fleet-summary"]
     rows = summary[0].data if isinstance(summary[0].data, list) else json.loads(summary[0].data)
-    assert sorted(r["entry"] for r in rows) == sorted([ENTRY, "svc-0", "svc-1", "svc-2"])
+    assert sorted(r["entry"] for r in rows) == sorted([ENTRY, *(f"svc-{i}" for i in range(7))])
     assert {r["status"] for r in rows} == {"rotated"}
     notes = rotation_env.sink.wait_for(1, timeout_s=30)
-    assert len(notes) == 1 and "4 rotated" in notes[0].json["title"], [n.json["title"] for n in notes]
-    ran_on = {p.name: p.read_text(errors="replace") for p in (stack.worker_log, stack.second_worker_log)}
-    print({name: sum(str(b.id) in log for b in batches) for name, log in ran_on.items()})
+    assert len(notes) == 1 and "8 rotated" in notes[0].json["title"], [n.json["title"] for n in notes]
+
+
+@vault_only
+def test_a_fleet_whose_batch_queue_no_worker_polls_fails_at_once_and_starts_nothing(
+    stack: Stack, rotation_env: RotationEnv
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        flow = client.read_flow_by_name("langfuse-key-rotation-all")
+        unserved = client.create_deployment(
+            flow_id=flow.id,
+            name="fleet-batch-unserved",
+            entrypoint="flows.rotate:rotate_all",
+            work_pool_name=POOL,
+            work_queue_name="nobody-polls",
+        )
+    rotation_env.top_overrides = {
+        "fleet": {"batch_size": 1, "batch_deployment": "langfuse-key-rotation-all/fleet-batch-unserved"}
+    }
+    stack.write_config(rotation_env)
+    old = rotation_env.current()
+
+    try:
+        run = run_deployment_and_wait(stack, "langfuse-key-rotation-all/quarterly")
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(unserved)
+
+    assert run.state.is_failed(), f"{run.state.message}\n{stack.worker_output()}"
+    assert "no worker polls work queue nobody-polls of pool langfuse-rotation" in (run.state.message or "")
+    assert "--work-queue nobody-polls --limit 1" in (run.state.message or "")
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]))
+        )
+    assert children == [], "no batch was handed out"
+    assert rotation_env.current().public_key == old.public_key
+    assert rotation_env.works(old)
+    notes = rotation_env.sink.wait_for(1, timeout_s=30)
+    assert notes[0].json["type"] == "failure" and "no worker polls work queue" in notes[0].json["message"]
 
 
 def _artifacts(run: Any) -> list[Any]:
@@ -438,6 +514,8 @@ def test_the_yaml_schedules_rotation_quarterly_and_reconcile_daily_and_leaves_em
     assert report.cron.endswith("* * *") and report.timezone == "Europe/Berlin"
     assert schedules["rotate"] == schedules["emergency-rotation"] == schedules["fleet-batch"] == []
     assert all(d.work_pool_name == POOL for d in deployments.values())
+    queues = {name: d.work_queue_name for name, d in deployments.items()}
+    assert queues.pop("fleet-batch") == "fleet-batch" and set(queues.values()) == {"default"}
     # Parameters are names only: no deployment carries a default beyond the entry name.
     assert all(not d.parameters for d in deployments.values())
     assert "project" in deployments["emergency-rotation"].parameter_openapi_schema["required"]
