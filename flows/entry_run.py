@@ -6,8 +6,6 @@ server is reachable (with a ``DirectRunner``).
 
 from __future__ import annotations
 
-import os
-import socket
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -18,7 +16,7 @@ from flows.checklists import Approver, run_emergency, run_reconcile, run_schedul
 from flows.config import RotationConfig
 from flows.context import EntryContext
 from flows.errors import BadInputError, ConfigError, RotationInProgressError, StepFailed
-from flows.handover import HandoverRequester
+from flows.handover import HandoverRequester, requester_name
 from flows.lock import entry_lock
 from flows.models import Mode, RotationResult, Status
 from flows.notification import notified_run
@@ -98,13 +96,17 @@ def execute(
         ) as held:
             now = _state_or_none(ctx) if requester is not None or seen is not None else None
             if requester is not None:
-                if now is not None:
-                    # Note in the store which staged rotation this emergency carries through (a rerun
-                    # after a crash then carries it on as an emergency too).
-                    requester.take_over(now.pending.rotation_id if now.pending is not None else None)
                 if seen is not None and now is not None and now.pending is None:
                     _check_not_replaced_meanwhile(ctx, now, seen, waiting_since)
-                result = run_emergency(ctx, runner, compromised_public_key=compromised_public_key, state=now)
+                # A staged rotation is carried through: the checklist's first write marks it as this
+                # emergency's (``take_over``), so a rerun after a crash carries it on as an emergency too.
+                result = run_emergency(
+                    ctx,
+                    runner,
+                    compromised_public_key=compromised_public_key,
+                    state=now,
+                    emergency_run=requester.emergency_run,
+                )
                 if held.taken_over:
                     result.reconciled.insert(0, held.taken_over)
                 return result
@@ -141,8 +143,8 @@ host, its lease not expired yet) before it goes ahead without it."""
 
 
 def _requester(ctx: EntryContext) -> HandoverRequester:
-    who = ctx.flow_run_id or f"{socket.gethostname()}:{os.getpid()}"
-    return HandoverRequester(ctx.store, ctx.location, f"{ctx.run_label} ({who})" if ctx.flow_run_id else who)
+    name = requester_name(ctx.flow_run_id, ctx.run_label)
+    return HandoverRequester(ctx.store, ctx.location, name, flow_run_id=ctx.flow_run_id)
 
 
 def _state_or_none(ctx: EntryContext) -> StoreDescription | None:
