@@ -569,7 +569,12 @@ def test_a_store_built_from_config_sees_the_same_secret(
 def test_handover_request_is_read_back_alone_and_cleared(
     seeded: SecretStore, any_store: StoreUnderTest, loc: SecretLocation, store_path: str
 ) -> None:
-    request = HandoverRequest(emergency_run="emergency-run-1", nonce=uuid.uuid4().hex, requested_at=datetime.now(UTC))
+    request = HandoverRequest(
+        emergency_run="emergency-run-1",
+        nonce=uuid.uuid4().hex,
+        requested_at=datetime.now(UTC),
+        flow_run_id=str(uuid.uuid4()),
+    )
     assert seeded.read_handover(loc) is None
 
     seeded.request_handover(loc, request)
