@@ -113,8 +113,8 @@ class HandoverRequest(BaseModel):
     Kept in the store (Vault ``custom_metadata``, AWS tags) so a run on any host sees it. The
     waiting emergency rewrites it with a fresh ``nonce`` about once a second; a scheduled rotation
     that sees a nonce it did not see when it started stops and lets go, if the request comes from
-    a live emergency (``flows.handover``: fresh, renewed, or ``flow_run_id`` names a running
-    emergency flow run). The emergency removes the request when it ends. Metadata may be writable
+    a live emergency (fresh, renewed while it watches, or ``flow_run_id`` names a running
+    emergency flow run; README "Safety guarantees"). The emergency removes the request when it ends. Metadata may be writable
     by weaker credentials than the rotator's: a request never makes a rotation an emergency (the
     staged record does, ``RotationRecord.mode``).
     """
