@@ -114,9 +114,9 @@ class HandoverRequest(BaseModel):
     waiting emergency rewrites it with a fresh ``nonce`` about once a second; a scheduled rotation
     that sees a nonce it did not see when it started stops and lets go, if the request comes from
     a live emergency (fresh, renewed while it watches, or ``flow_run_id`` names a running
-    emergency flow run; README "Safety guarantees"). The emergency removes the request when it ends. Metadata may be writable
-    by weaker credentials than the rotator's: a request never makes a rotation an emergency (the
-    staged record does, ``RotationRecord.mode``).
+    emergency flow run; README "Safety guarantees"). The emergency removes the request when it
+    ends. Metadata may be writable by weaker credentials than the rotator's: a request never makes
+    a rotation an emergency (the staged record does, ``RotationRecord.mode``).
     """
 
     model_config = ConfigDict(frozen=True)
