@@ -14,6 +14,9 @@ Versions and labels
                 ``AWSPENDING`` from ours, and takes ``AWSPREVIOUS`` off ours (so the label never
                 points at the key the rollback is about to revoke).
     ``finish``  removes ``AWSPENDING`` from ours.
+    ``langfuse-rotate-emergency`` (``EMERGENCY_STAGE``) sits on the staged version of a rotation
+                an emergency staged (put together with ``AWSPENDING``, in the same write) or took
+                over (``take_over`` moves it there); ``finish`` and ``rollback`` take it off again.
     The rotation version id is ``record.rotation_id`` itself when it is a valid
     ``ClientRequestToken`` (32-64 of ``[A-Za-z0-9-]``, e.g. a UUID), otherwise a UUID5 of it.
 
@@ -22,6 +25,11 @@ Tags (never a secret, never in the secret's name)
     tags, written *before* the ``AWSPENDING`` version. A rotation counts as staged only when
     ``AWSPENDING`` sits on the version id derived from the tagged rotation id, so a crash
     between the two writes leaves nothing staged (stale tags are overwritten or removed later).
+    The record's mode is not taken from its tag but from ``EMERGENCY_STAGE``: tags may be writable
+    by a credential weaker than the rotator's (``TagResource``), and a forged mode must never make
+    a scheduled rotation revoke its old key first; moving a staging label takes
+    ``UpdateSecretVersionStage``, the right that also moves ``AWSCURRENT``. ``taken-over-by`` and
+    ``taken-over-at`` (who took the rotation over, and when) count only with the label.
     After ``finish``: ``langfuse-rotate:rotation-id``, ``:public-key``, ``:rotated-at``,
     ``:state`` and ``:mode``.
 
@@ -76,11 +84,13 @@ if TYPE_CHECKING:
     from mypy_boto3_secretsmanager.client import SecretsManagerClient
     from mypy_boto3_secretsmanager.type_defs import DescribeSecretResponseTypeDef, TagTypeDef
 
-__all__ = ["TAG_PREFIX", "AwsSecretsStore", "rotation_version_id"]
+__all__ = ["EMERGENCY_STAGE", "TAG_PREFIX", "AwsSecretsStore", "rotation_version_id"]
 
 CURRENT = "AWSCURRENT"
 PENDING = "AWSPENDING"
 PREVIOUS = "AWSPREVIOUS"
+EMERGENCY_STAGE = "langfuse-rotate-emergency"
+"""The staging label that makes the staged rotation an emergency (see the module's docstring)."""
 
 TAG_PREFIX = "langfuse-rotate:"
 _PENDING_TAG = f"{TAG_PREFIX}pending:"
@@ -95,6 +105,8 @@ _RECORD_TAGS = {
     "old_version": "old-version",
     "started_at": "started-at",
     "flow_run_id": "flow-run-id",
+    "taken_over_by": "taken-over-by",
+    "taken_over_at": "taken-over-at",
 }
 
 _TOKEN = re.compile(r"^[A-Za-z0-9-]{32,64}$")
@@ -340,7 +352,7 @@ class AwsSecretsStore:
                 SecretId=loc.path,
                 ClientRequestToken=version_id,
                 SecretString=json.dumps(data),
-                VersionStages=[PENDING],
+                VersionStages=[PENDING, EMERGENCY_STAGE] if record.mode == "emergency" else [PENDING],
             ),
         )
         after = self._describe(loc, label)
@@ -426,6 +438,8 @@ class AwsSecretsStore:
                 self._remove_label(loc, label, stage, version_id)
         if _tagged_rotation(secret) == record.rotation_id:
             self._untag(loc, label, _record_tag_keys())
+        if secret.holder(EMERGENCY_STAGE) == version_id:  # last: nothing is staged any more
+            self._remove_label(loc, label, EMERGENCY_STAGE, version_id)
         final = self._require(loc, label)
         return final.holder(CURRENT)
 
@@ -441,18 +455,64 @@ class AwsSecretsStore:
         if secret.tags.get(f"{TAG_PREFIX}rotation-id") != record.rotation_id:
             if secret.holder(CURRENT) != version_id:
                 raise StoreConflictError(f"rotation {record.rotation_id} is not current at {label}; promote it first")
+            stored = _pending(secret)
             facts = {
                 "rotation-id": record.rotation_id,
                 "public-key": record.new_public_key,
                 "rotated-at": datetime.now(UTC).isoformat(),
                 "state": "rotated",
-                "mode": record.mode,
+                "mode": stored.mode if stored is not None and stored.rotation_id == record.rotation_id else record.mode,
             }
             self._tag(loc, label, {f"{TAG_PREFIX}{key}": value for key, value in facts.items()})
         if secret.holder(PENDING) == version_id:
             self._remove_label(loc, label, PENDING, version_id)
         if _tagged_rotation(secret) == record.rotation_id:
             self._untag(loc, label, _record_tag_keys())
+        if secret.holder(EMERGENCY_STAGE) == version_id:  # last: nothing is staged any more
+            self._remove_label(loc, label, EMERGENCY_STAGE, version_id)
+
+    def take_over(self, loc: SecretLocation, rotation_id: str, emergency_run: str) -> RotationRecord:
+        """Tag who took the rotation over and when (informational), then move ``EMERGENCY_STAGE``
+        onto the staged version: from that write on the staged record reads as an emergency."""
+        label = self.location_label(loc)
+        secret = self._require(loc, label)
+        _refuse_unsafe(secret, label)
+        record = _pending(secret)
+        if record is None or record.rotation_id != rotation_id:
+            raise StoreConflictError(f"rotation {rotation_id} is not staged at {label}")
+        if record.mode == "emergency":
+            return record
+        version_id = rotation_version_id(rotation_id)
+        taken = record.model_copy(
+            update={"mode": "emergency", "taken_over_by": emergency_run[:100], "taken_over_at": datetime.now(UTC)}
+        )
+        values = json.loads(taken.model_dump_json())
+        self._tag(
+            loc,
+            label,
+            {
+                f"{_PENDING_TAG}{_RECORD_TAGS[field]}": str(values[field])
+                for field in ("mode", "taken_over_by", "taken_over_at")
+            },
+        )
+        holder = secret.holder(EMERGENCY_STAGE)  # a label can sit on one version only: take it off the other
+        elsewhere = {"RemoveFromVersionId": holder} if holder is not None and holder != version_id else {}
+        try:
+            self._call(
+                "take over",
+                label,
+                lambda: self._client.update_secret_version_stage(
+                    SecretId=loc.path, VersionStage=EMERGENCY_STAGE, MoveToVersionId=version_id, **elsewhere
+                ),
+            )
+        except StoreError as exc:
+            if _is_transport(exc):
+                raise
+            again = _pending(self._require(loc, label))
+            if again is None or again.rotation_id != rotation_id or again.mode != "emergency":
+                raise StoreConflictError(f"{label} changed while taking over rotation {rotation_id}") from None
+            return again
+        return taken
 
     def read_handover(self, loc: SecretLocation) -> HandoverRequest | None:
         """``describe(loc).handover`` for one ``DescribeSecret``."""
@@ -474,7 +534,7 @@ class AwsSecretsStore:
         secret = self._describe(loc, label)
         if secret is None or secret.tags.get(f"{_HANDOVER_TAG}emergency_run") != emergency_run:
             return
-        self._untag(loc, label, [f"{_HANDOVER_TAG}{field}" for field in HandoverRequest.model_fields])
+        self._untag(loc, label, [key for key in secret.tags if key.startswith(_HANDOVER_TAG)])
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -670,6 +730,12 @@ def _pending(secret: _Secret) -> RotationRecord | None:
     for field, tag in _RECORD_TAGS.items():
         raw = secret.tags.get(f"{_PENDING_TAG}{tag}", "")
         values[field] = raw or None
+    # The mode is the label's, never the tag's (module docstring); who took it over counts only with it.
+    emergency = secret.holder(EMERGENCY_STAGE) == rotation_version_id(rotation_id)
+    values["mode"] = "emergency" if emergency else "scheduled"
+    taken_over_at = parse_time(values["taken_over_at"]) if emergency else None
+    values["taken_over_by"] = values["taken_over_by"] if taken_over_at is not None else None
+    values["taken_over_at"] = taken_over_at
     try:
         return RotationRecord.model_validate(values)
     except ValidationError:

@@ -84,6 +84,13 @@ class RotationRecord(BaseModel):
 
     ``old_version`` is the store version that was current when the rotation was staged;
     promotion is fenced on it (check-and-set), rollback restores it.
+
+    ``mode`` is ``emergency`` for a rotation an emergency staged, and for a scheduled one an
+    emergency took over (``SecretStore.take_over``: ``taken_over_by`` names that emergency run,
+    ``taken_over_at`` says when). Such a rotation is only ever carried on as an emergency, never
+    rolled back: its old key leaked. Only the rotator writes the record (the staged secret itself
+    on Vault; on AWS the mode is a staging label on the staged version), so metadata that a weaker
+    credential may be able to write (a handover request) can never make a rotation an emergency.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -96,6 +103,8 @@ class RotationRecord(BaseModel):
     old_version: StoreVersion | None
     started_at: datetime
     flow_run_id: str | None = None
+    taken_over_by: str | None = None
+    taken_over_at: datetime | None = None
 
 
 class HandoverRequest(BaseModel):
@@ -103,9 +112,11 @@ class HandoverRequest(BaseModel):
 
     Kept in the store (Vault ``custom_metadata``, AWS tags) so a run on any host sees it. The
     waiting emergency rewrites it with a fresh ``nonce`` about once a second; a scheduled rotation
-    that sees a nonce it did not see when it started stops at once and lets go. ``rotation_id``
-    names the staged rotation the emergency took over (it is then carried through as an emergency,
-    even by a rerun). The emergency removes the request when it ends.
+    that sees a nonce it did not see when it started stops and lets go, if the request comes from
+    a live emergency (fresh, renewed while it watches, or ``flow_run_id`` names a running
+    emergency flow run; README "Safety guarantees"). The emergency removes the request when it
+    ends. Metadata may be writable by weaker credentials than the rotator's: a request never makes
+    a rotation an emergency (the staged record does, ``RotationRecord.mode``).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -113,7 +124,7 @@ class HandoverRequest(BaseModel):
     emergency_run: str
     nonce: str
     requested_at: datetime
-    rotation_id: str | None = None
+    flow_run_id: str | None = None
 
 
 class StoreDescription(BaseModel):
@@ -190,7 +201,17 @@ class SecretStore(Protocol):
 
     def finish(self, loc: SecretLocation, record: RotationRecord) -> None:
         """Clear the staging and record the completed rotation's facts (rotation id, public key,
-        rotated-at) as non-secret metadata on the current secret."""
+        rotated-at, mode) as non-secret metadata on the current secret. The mode is the staged
+        record's (an emergency's takeover counts even if ``record`` was read before it)."""
+        ...
+
+    def take_over(self, loc: SecretLocation, rotation_id: str, emergency_run: str) -> RotationRecord:
+        """An emergency takes over the staged rotation ``rotation_id``: its record's mode becomes
+        ``emergency``, with ``taken_over_by`` (``emergency_run``, a secret-free name of at most 100
+        characters) and ``taken_over_at``, written in the staged record itself, fenced like
+        ``stage`` (check-and-set on the staged record). Nothing consumers read changes. Returns the
+        record now staged. Already an emergency (staged by one, or taken over before): returns it
+        unchanged, the first takeover is kept. ``rotation_id`` not staged: ``StoreConflictError``."""
         ...
 
     def read_handover(self, loc: SecretLocation) -> HandoverRequest | None:

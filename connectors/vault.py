@@ -14,8 +14,9 @@ Layout of one entry whose location path is ``<path>`` on the KV v2 mount ``<moun
     Exists only while a rotation is in flight. Its one version holds the staged pair under the
     same field names plus ``_langfuse_rotate_record``, the ``RotationRecord`` as JSON, so one
     read returns pair and record atomically. The record is mirrored into this path's
-    ``custom_metadata`` for operators. Consumers never read it. ``finish`` and ``rollback``
-    destroy it entirely (``delete_metadata_and_all_versions``).
+    ``custom_metadata`` for operators (only the data counts). Consumers never read it. An
+    emergency's ``take_over`` writes it again (``cas``-fenced on its version) with the record's mode
+    ``emergency``. ``finish`` and ``rollback`` destroy it entirely (``delete_metadata_and_all_versions``).
 
 Policy the rotator's token needs, for ``<mount>/<path>`` and ``<mount>/<path>/rotation-pending``:
 ``create``/``read``/``update`` on ``<mount>/data/...`` and ``read``/``update``/``delete`` on
@@ -27,6 +28,7 @@ pending; if the main path's current public key is the staged one, it was promote
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -284,7 +286,7 @@ class VaultStore:
         staged = _parse_staged(existing)
         if staged is not None:
             self._check_same_rotation(staged, record, label)
-            self._mirror_record(staging, record, label)
+            self._mirror_record(staging, staged.record, label)  # as stored: a takeover may have changed it
             return
         if existing is not None and existing.data is not None:
             raise StoreConflictError(
@@ -394,6 +396,8 @@ class VaultStore:
         meta = self._read_metadata(path, label)
         if meta is None:
             raise StoreNotFoundError(f"no secret at {label}")
+        staged = self._read_staged(loc, label)
+        ours = staged is not None and staged.record.rotation_id == record.rotation_id
         custom = _custom_metadata(meta)
         if custom.get("rotation_id") != record.rotation_id:
             current = self._head(path, meta, loc, label)
@@ -404,12 +408,38 @@ class VaultStore:
                 public_key=record.new_public_key,
                 rotated_at=datetime.now(UTC).isoformat(),
                 state="rotated",
-                mode=record.mode,
+                mode=staged.record.mode if staged is not None and ours else record.mode,
             )
             self._write_custom_metadata(path, meta, custom, label)
-        staged = self._read_staged(loc, label)
-        if staged is not None and staged.record.rotation_id == record.rotation_id:
+        if ours:
             self._destroy(_staging_path(path), label)
+
+    def take_over(self, loc: SecretLocation, rotation_id: str, emergency_run: str) -> RotationRecord:
+        """Write the staged secret again with the record's mode ``emergency`` (``cas`` on the
+        staging secret's version, so a concurrent change of the staging fails it), then mirror
+        the record into the staging path's metadata for operators (best effort)."""
+        label = self.location_label(loc)
+        staging = _staging_path(_clean(loc.path))
+        staged = _parse_staged(self._read(staging, None, label))
+        if staged is None or staged.record.rotation_id != rotation_id:
+            raise StoreConflictError(f"rotation {rotation_id} is not staged at {label}")
+        if staged.record.mode == "emergency":
+            return staged.record
+        record = staged.record.model_copy(
+            update={"mode": "emergency", "taken_over_by": emergency_run[:100], "taken_over_at": datetime.now(UTC)}
+        )
+        data = dict(staged.data)
+        data[RECORD_FIELD] = record.model_dump_json()
+        try:
+            self._write(staging, data, staged.version, label)
+        except StoreConflictError:
+            raced = _parse_staged(self._read(staging, None, label))
+            if raced is None or raced.record.rotation_id != rotation_id or raced.record.mode != "emergency":
+                raise
+            return raced.record  # another emergency took it over first: its takeover stands
+        with contextlib.suppress(StoreError):
+            self._mirror_record(staging, record, label)
+        return record
 
     def read_handover(self, loc: SecretLocation) -> HandoverRequest | None:
         """``describe(loc).handover`` for one metadata read."""

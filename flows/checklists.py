@@ -23,6 +23,7 @@ from flows.context import EntryContext
 from flows.contract import contract_of
 from flows.crashpoints import crash_point
 from flows.errors import BadInputError, StepFailed, Superseded
+from flows.handover import requester_name
 from flows.models import Mode, RotationPlan, RotationResult
 from flows.notification import notify
 from flows.plan import check_compromised_key, entry_state, past_revocation, plan_rotation, staged_mode
@@ -138,15 +139,21 @@ def run_emergency(
     *,
     compromised_public_key: str | None = None,
     state: StoreDescription | None = None,
+    emergency_run: str | None = None,
 ) -> RotationResult:
-    """plan → 1 create → 2 store → 5 REVOKE NOW → prove rejected → 3 restarts + wait (report)
-    → 4 verify → [re-probe the revoked key] → finish → notify.
+    """plan → [take over the staged rotation] → reconcile → 1 create → 2 store → 5 REVOKE NOW
+    → prove rejected → 3 restarts + wait (report) → 4 verify → [re-probe the revoked key] → finish
+    → notify.
 
-    A key still accepted after the delete (Langfuse's API-key cache) is flushed at once with the
-    instance admin key; without one it must go idle for the cache TTL, which cannot happen while
-    consumers still use it, so that re-probe runs after the restarts, and the result says so.
-    Once the key is revoked nothing rolls back: problems are reported (exit 4). ``state``: as for
-    ``run_scheduled``.
+    A scheduled rotation left staged (its run died, or handed the entry over) is carried through:
+    before anything else changes, the staged record is marked as this emergency's (``take_over``),
+    so if this run dies too, every later run carries it on as an emergency instead of rolling it
+    back onto the compromised key. A key still accepted after the delete (Langfuse's API-key
+    cache) is flushed at once with the instance admin key; without one it must go idle for the
+    cache TTL, which cannot happen while consumers still use it, so that re-probe runs after the
+    restarts, and the result says so. Once the key is revoked nothing rolls back: problems are
+    reported (exit 4). ``state``: as for ``run_scheduled``; ``emergency_run``: how this run names
+    itself in the takeover (``flows.handover.requester_name``).
     """
     if compromised_public_key is not None:
         # before anything changes, reconcile included
@@ -154,8 +161,13 @@ def run_emergency(
     run = RunTracker(ctx, runner, "emergency")
     plan: RotationPlan | None = None
     try:
-        plan, key_ids = _prepare(run, "emergency", state)
-        target = _compromised_key(run, plan, compromised_public_key)
+        began = time.monotonic()
+        plan = plan_rotation(ctx, "emergency", state)
+        run.planned(plan, began)
+        target = _compromised_key(run, plan, compromised_public_key)  # bad input: nothing changed yet
+        if target == plan.old_public_key and plan.resumed_mode == "scheduled":
+            _take_over(run, plan, emergency_run or requester_name(ctx.flow_run_id, ctx.run_label))
+        key_ids = run.step(steps.reconcile, ctx, plan).key_ids
         if target != plan.old_public_key:
             return _contain_stray_key(run, target)
         # 1 create (written ahead to the store, then in Langfuse), 2 store (promote)
@@ -307,8 +319,8 @@ def _handed_over(run: RunTracker, emergency_run: str) -> RotationResult:
     ctx = run.ctx
     staged = run.result.rotation_id
     detail = (
-        f"superseded by emergency {emergency_run}: stopped in {run.current_step} without rolling back; "
-        f"the emergency carries rotation {staged} through"
+        f"superseded by emergency {emergency_run} (obeyed: {ctx.handover.obeyed_because or 'asked'}): stopped in "
+        f"{run.current_step} without rolling back; the emergency carries rotation {staged} through"
     )
     run.record("handover", "done", time.monotonic(), detail)
     result = run.finish("in_progress", detail)
@@ -378,6 +390,18 @@ def _compromised_key(run: RunTracker, plan: RotationPlan, named: str | None) -> 
     return target
 
 
+def _take_over(run: RunTracker, plan: RotationPlan, emergency_run: str) -> None:
+    """Mark the staged scheduled rotation as this emergency's. If the store cannot take the write,
+    the emergency still goes ahead (containing matters more); the step table says so."""
+    try:
+        run.step(steps.take_over, run.ctx, plan.rotation_id, emergency_run)
+    except Exception:
+        run.result.steps[-1].detail += (
+            "; going ahead without it: if this run dies before the old key is revoked, "
+            f"run 'langfuse-rotate emergency --project {run.ctx.entry.name}' again, not reconcile"
+        )
+
+
 def _contain_stray_key(run: RunTracker, target: str) -> RotationResult:
     """The compromised key is not the entry's current key: revoke it; the current key is untouched."""
     ctx = run.ctx
@@ -431,7 +455,8 @@ def run_reconcile(ctx: EntryContext, runner: StepRunner) -> RotationResult:
     actions: list[str] = []
     kept: list[str] = []
     pending = desc.pending
-    if pending is not None and pending.mode == "emergency":
+    if pending is not None and staged_mode(ctx, desc) == "emergency":
+        # An emergency's, or a scheduled one an emergency took over: never rolled back.
         return _finish_emergency(ctx, runner, pending, desc)
     if pending is not None:
         run.result.rotation_id = pending.rotation_id

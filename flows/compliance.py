@@ -305,6 +305,17 @@ def _plaintext_transport(config: RotationConfig) -> Iterable[Finding]:
 
 def _key_age(policy: PolicyConfig, entries: Iterable[EntryStatus]) -> Iterable[Finding]:
     for e in entries:
+        if e.age_unknown is not None and e.public_key is not None:
+            # A rotation time in the future (flows.clock) is no fresh key: its age is unknown.
+            yield Finding(
+                rule="key-overdue",
+                severity="high",
+                entry=e.project,
+                public_key=e.public_key,
+                detail=f"key age unknown: {e.age_unknown}; treat it as overdue: "
+                f"langfuse-rotate rotate --project {e.project}",
+            )
+            continue
         if e.age_days is None or e.public_key is None:
             continue
         source = "last rotated" if e.age_source == "rotation" else "created in Langfuse"

@@ -79,7 +79,7 @@ class EntryContext:
             if admin_api_key is not None
             else None
         )
-        self.handover = HandoverWatch(self.store, self.location)
+        self.handover = HandoverWatch(self.store, self.location, entry=entry.name)
         # Waits between consumer polls notice an emergency's handover request (flows.handover).
         self.consumer_client = ConsumerClient(sleep=self.handover.sleep)
         self.consumers = [
@@ -136,3 +136,4 @@ class EntryContext:
 
     def close(self) -> None:
         self.admin.close()
+        self.handover.close()

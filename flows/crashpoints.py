@@ -13,6 +13,7 @@ import signal
 CRASH_ENV_VAR = "LANGFUSE_ROTATE_CRASH_AT"
 
 POINTS = (
+    "after_take_over",  # an emergency marked the staged scheduled rotation as its own; nothing else changed yet
     "after_stage",  # new pair written ahead to the store; not yet in Langfuse
     "after_create",  # new key in Langfuse; not yet current in the store
     "after_promote",  # new pair current; consumers not yet confirmed

@@ -6,9 +6,6 @@ server is reachable (with a ``DirectRunner``).
 
 from __future__ import annotations
 
-import os
-import socket
-from datetime import UTC, datetime
 from typing import Literal
 
 from connectors.errors import ConnectorError
@@ -18,7 +15,7 @@ from flows.checklists import Approver, run_emergency, run_reconcile, run_schedul
 from flows.config import RotationConfig
 from flows.context import EntryContext
 from flows.errors import BadInputError, ConfigError, RotationInProgressError, StepFailed
-from flows.handover import HandoverRequester
+from flows.handover import HandoverRequester, requester_name
 from flows.lock import entry_lock
 from flows.models import Mode, RotationResult, Status
 from flows.notification import notified_run
@@ -56,7 +53,7 @@ def execute(
 
     ``state_before``: the entry's state as the caller read it just before (a fleet run's skip
     check), taken as the state before the lock instead of reading it again; an earlier answer only
-    makes the "replaced while this run waited" check stricter."""
+    makes the "replaced while this run waited" check stricter (``_check_not_replaced_meanwhile``)."""
     assert config is not None  # audited_run loads it when the caller did not
     entry = config.entry(project)
     mode: Mode = "emergency" if kind == "emergency" else "scheduled"
@@ -82,10 +79,8 @@ def execute(
         # it to let go, refreshing its request; it never waits behind a scheduled rotation.
         wait_s = max(config.lock.wait_s, 30.0) if kind == "emergency" else config.lock.wait_s
         use_prefect = runner.orchestrator == "prefect" if lock_with_prefect is None else lock_with_prefect
-        waiting_since = datetime.now(UTC)
-        seen: str | None = None  # the key before the wait; None when the store cannot say (the plan step reports it)
-        if kind != "reconcile" and (before := state_before or _state_or_none(ctx)) is not None:
-            seen = before.current_public_key
+        # The entry before the wait; None when the store cannot say (the plan step reports it).
+        before = (state_before or _state_or_none(ctx)) if kind != "reconcile" else None
         if requester is not None:
             requester.request()
         with entry_lock(
@@ -96,20 +91,24 @@ def execute(
             on_wait=requester.refresh if requester is not None else None,
             take_over_after_s=TAKE_OVER_AFTER_S if requester is not None else None,
         ) as held:
-            now = _state_or_none(ctx) if requester is not None or seen is not None else None
+            now = _state_or_none(ctx) if requester is not None or before is not None else None
             if requester is not None:
-                if now is not None:
-                    # Note in the store which staged rotation this emergency carries through (a rerun
-                    # after a crash then carries it on as an emergency too).
-                    requester.take_over(now.pending.rotation_id if now.pending is not None else None)
-                if seen is not None and now is not None and now.pending is None:
-                    _check_not_replaced_meanwhile(ctx, now, seen, waiting_since)
-                result = run_emergency(ctx, runner, compromised_public_key=compromised_public_key, state=now)
+                if before is not None and now is not None and now.pending is None:
+                    _check_not_replaced_meanwhile(ctx, now, before)
+                # A staged rotation is carried through: the checklist's first write marks it as this
+                # emergency's (``take_over``), so a rerun after a crash carries it on as an emergency too.
+                result = run_emergency(
+                    ctx,
+                    runner,
+                    compromised_public_key=compromised_public_key,
+                    state=now,
+                    emergency_run=requester.emergency_run,
+                )
                 if held.taken_over:
                     result.reconciled.insert(0, held.taken_over)
                 return result
-            if seen is not None and now is not None:
-                _check_not_replaced_meanwhile(ctx, now, seen, waiting_since)
+            if before is not None and now is not None:
+                _check_not_replaced_meanwhile(ctx, now, before)
             if kind == "rotate":
                 # ``now`` was read under the lock a moment ago, and nothing changed it since: the
                 # plan and the handover watch start from it instead of reading the store again.
@@ -141,8 +140,8 @@ host, its lease not expired yet) before it goes ahead without it."""
 
 
 def _requester(ctx: EntryContext) -> HandoverRequester:
-    who = ctx.flow_run_id or f"{socket.gethostname()}:{os.getpid()}"
-    return HandoverRequester(ctx.store, ctx.location, f"{ctx.run_label} ({who})" if ctx.flow_run_id else who)
+    name = requester_name(ctx.flow_run_id, ctx.run_label)
+    return HandoverRequester(ctx.store, ctx.location, name, flow_run_id=ctx.flow_run_id)
 
 
 def _state_or_none(ctx: EntryContext) -> StoreDescription | None:
@@ -153,17 +152,18 @@ def _state_or_none(ctx: EntryContext) -> StoreDescription | None:
         return None
 
 
-def _check_not_replaced_meanwhile(
-    ctx: EntryContext, desc: StoreDescription, seen: str, waiting_since: datetime
-) -> None:
+def _check_not_replaced_meanwhile(ctx: EntryContext, desc: StoreDescription, before: StoreDescription) -> None:
     """Another run of this entry that held the lock while this one waited may have replaced the key
-    (``desc``: the store's answer once the lock is held): going on would rotate the pair it just put
-    in place (an emergency would revoke it at once, under consumers that only just switched to it).
-    Such a run is the one in progress; this one stops."""
-    finished = desc.last_rotated_at
-    if desc.current_public_key != seen or (
-        finished is not None and finished.tzinfo is not None and finished >= waiting_since
-    ):
+    (``before``: the store's answer before the wait; ``desc``: once the lock is held): going on
+    would rotate the pair it just put in place (an emergency would revoke it at once, under
+    consumers that only just switched to it). Such a run is the one in progress; this one stops.
+
+    Decided by the store's own facts, the current key and the last finished rotation's id, never
+    by comparing the ``rotated_at`` another host wrote with this host's clock: a worker whose clock
+    runs ahead (or a time edited into the metadata) must not stop an emergency. A rollback in
+    between leaves both as they were (Vault writes the old pair as a new version, so the version
+    number would not do)."""
+    if desc.current_public_key != before.current_public_key or desc.last_rotation_id != before.last_rotation_id:
         raise RotationInProgressError(
             f"rotation already in progress for '{ctx.entry.name}': another run replaced its key "
             f"(now {desc.current_public_key}) while this one waited for the lock; nothing was changed "

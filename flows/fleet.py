@@ -29,6 +29,7 @@ from connectors.notify import Notification, Notifier
 from connectors.store import SecretStore, StoreDescription
 from flows import events, steps
 from flows.audit import AuditLog
+from flows.clock import in_the_future
 from flows.config import ProjectEntry, RotationConfig
 from flows.context import shared_stores
 from flows.entry_run import execute
@@ -388,11 +389,12 @@ def _setup_failed(
 
 def skip_reason(desc: StoreDescription | None, window_s: float, now: datetime) -> str | None:
     """Why the entry described by ``desc`` needs no rotation now (rotated within the window), or
-    None. An unfinished rotation is never skipped: the run resumes it."""
+    None. An unfinished rotation is never skipped: the run resumes it. Nor is a key whose rotation
+    time lies in the future (``flows.clock``): its age is unknown, not zero."""
     if window_s <= 0 or desc is None:
         return None
     last = desc.last_rotated_at
-    if desc.pending is not None or last is None or last.tzinfo is None:
+    if desc.pending is not None or last is None or last.tzinfo is None or in_the_future(last, now):
         return None
     if now - last < timedelta(seconds=window_s):
         return f"rotated {last.isoformat(timespec='seconds')}, within fleet.skip_if_rotated_within"

@@ -24,6 +24,7 @@ from connectors.consumers import Consumer, ConsumerClient
 from connectors.errors import ConnectorError, LangfuseAuthError
 from connectors.langfuse import ApiKeySummary, LangfuseAdminClient, LangfuseProjectClient
 from connectors.store import SecretStore, StoreDescription
+from flows.clock import future_note, in_the_future
 from flows.config import ProjectEntry, RotationConfig
 from flows.context import org_key
 from flows.errors import ConfigError
@@ -67,6 +68,9 @@ class EntryStatus(BaseModel):
     store_location: str | None = None
     created_at: datetime | None = None
     age_source: Literal["rotation", "langfuse"] | None = None
+    age_unknown: str | None = None
+    """Why ``age_days`` is null although the store recorded a rotation: its time lies in the future
+    (``flows.clock``)."""
     authenticated_project_id: str | None = None
     consumer_errors: dict[str, str] = {}
     error: str | None = None
@@ -297,12 +301,16 @@ def _observe_consumers(client: ConsumerClient, entry: ProjectEntry) -> Callable[
 
 
 def _add_langfuse_facts(status: EntryStatus, keys: list[ApiKeySummary] | None, now: datetime) -> None:
+    if status.last_rotated_at is not None and in_the_future(status.last_rotated_at, now):
+        status.age_unknown = future_note(status.last_rotated_at)  # never "just rotated"
     if keys is None:
         return
     status.langfuse_keys = len(keys)
     current = next((k for k in keys if k.public_key == status.public_key), None)
     if current is not None:
         status.created_at = current.created_at
+    if status.age_unknown is not None:
+        return
     if status.last_rotated_at is not None:
         born, status.age_source = status.last_rotated_at, "rotation"
     elif status.created_at is not None:
@@ -335,6 +343,8 @@ def status_lines(inventory: Inventory) -> list[str]:
     lines: list[str] = []
     for e in inventory.entries:
         age = f"{e.age_days} d ({e.age_source})" if e.age_days is not None else "unknown"
+        if e.age_unknown:
+            age += f" ({e.age_unknown})"
         auth = {True: "yes", False: "NO", None: "unknown"}[e.authenticates]
         if e.authenticates and e.authenticated_project_id not in (None, e.project_id):
             auth = f"yes, but to project {e.authenticated_project_id} (expected {e.project_id})"

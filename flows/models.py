@@ -67,6 +67,9 @@ class RotationPlan(BaseModel):
     old_version: StoreVersion | None
     new_public_key: str | None = None
     resumed: bool = False
+    resumed_mode: Mode | None = None
+    """The staged record's mode of the rotation this run resumes (``emergency`` also for one an
+    emergency took over); None for a new rotation."""
     consumers: list[str] = []
     note: str = ""
 

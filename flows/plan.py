@@ -49,6 +49,7 @@ def plan_rotation(ctx: EntryContext, mode: Mode, state: StoreDescription | None 
             old_version=pending.old_version,
             new_public_key=pending.new_public_key,
             resumed=True,
+            resumed_mode=pending.mode,
             note="resuming a rotation a previous run started",
             **common,
         )
@@ -72,17 +73,16 @@ def entry_state(ctx: EntryContext) -> StoreDescription:
 def staged_mode(ctx: EntryContext, state: StoreDescription | None = None) -> Mode | None:
     """The staged rotation's mode ("emergency" also for a scheduled one an emergency took over),
     or None when nothing is staged or the store cannot say (the plan step then reports it).
-    ``state``: as for ``plan_rotation``."""
+    ``state``: as for ``plan_rotation``.
+
+    Only the staged record counts (written by the rotator alone, ``SecretStore.take_over``), never
+    a handover request in the store's metadata, which a weaker credential may be able to write: a
+    forged request must not make a scheduled rotation revoke its old key first."""
     try:
         desc = state if state is not None else ctx.store.describe(ctx.location)
     except ConnectorError:
         return None
-    pending = desc.pending
-    if pending is None:
-        return None
-    if desc.handover is not None and desc.handover.rotation_id == pending.rotation_id:
-        return "emergency"
-    return pending.mode
+    return desc.pending.mode if desc.pending is not None else None
 
 
 class ForwardOnly(BaseModel):

@@ -20,6 +20,7 @@ import contextlib
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -222,6 +223,17 @@ class PrefectRest(RunRecords):
                     return None
                 self._listed = names
             return self._listed
+
+    def read_flow_run(self, run_id: str) -> dict[str, Any] | None:
+        """The flow run ``run_id`` as the API describes it (``tags``, ``state_type``, ...), or None
+        if there is none. ``run_id`` must be a UUID (it goes into the path)."""
+        response = self._http.get(f"flow_runs/{uuid.UUID(run_id)}")
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise PrefectApiError(f"Prefect API GET /flow_runs/<id>: HTTP {response.status_code}")
+        data = response.json()
+        return data if isinstance(data, dict) else None
 
     def renew(self, lease_id: str, lease_s: float) -> None:
         self._post(f"v2/concurrency_limits/leases/{lease_id}/renew", {"lease_duration": lease_s})

@@ -99,6 +99,10 @@ class RunTracker:
         )
 
     def finish(self, status: Any, error: str | None = None) -> RotationResult:
+        # Whose handover requests this run did not obey (README "Safety guarantees").
+        for note in self.ctx.handover.ignored():
+            if not any(row.step == "handover" and row.detail == note for row in self.result.steps):
+                self.record("handover", "skipped", time.monotonic(), note)
         self.result.status = status
         self.result.error = error
         self.result.duration_s = round(time.monotonic() - self.started, 3)

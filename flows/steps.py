@@ -126,6 +126,41 @@ def reconcile(ctx: EntryContext, plan: RotationPlan) -> ReconcileOutcome:
     return ReconcileOutcome(actions=actions, kept=kept, key_ids=key_ids)
 
 
+# --- takeover (emergency) ------------------------------------------------------------------------
+
+
+class TakeoverOutcome(BaseModel):
+    record: RotationRecord
+    taken_now: bool
+
+    def describe(self) -> str:
+        who = self.record.taken_over_by or "an emergency"
+        state = "took over" if self.taken_now else "already taken over:"
+        return (
+            f"{state} rotation {self.record.rotation_id} (staged by a scheduled run): its staged record now says "
+            f"emergency, taken over by {who}, so no rerun or reconcile rolls it back"
+        )
+
+
+@step("take_over", retries=2, timeout_s=60)
+def take_over(ctx: EntryContext, rotation_id: str, emergency_run: str) -> TakeoverOutcome:
+    """An emergency carrying a scheduled rotation through writes that fact into the staged record
+    first (``SecretStore.take_over``), before it changes anything else: if it dies afterwards, the
+    record makes every later run (reconcile, a rerun, the fleet) carry the rotation on as an
+    emergency instead of rolling it back onto the leaked key. Already taken over: nothing written."""
+    try:
+        record = ctx.store.take_over(ctx.location, rotation_id, emergency_run)
+    except StoreError as exc:
+        raise connector_failure("take_over", exc) from None
+    taken_now = record.taken_over_by == emergency_run[:100]
+    if taken_now:
+        crash_point("after_take_over")
+        ctx.audit.record(
+            "store.take_over", _resource(ctx), "done", rotation_id=rotation_id, emergency_run=emergency_run
+        )
+    return TakeoverOutcome(record=record, taken_now=taken_now)
+
+
 # --- 1. create ----------------------------------------------------------------------------------
 
 

@@ -1,8 +1,10 @@
-"""``python -m tests.direct_cli rotate|emergency|reconcile --config FILE --project NAME``.
+"""``python -m tests.direct_cli rotate|emergency|reconcile|fleet --config FILE --project NAME``.
 
 The command line's ``rotate`` always runs through Prefect (~10 s per process on the CI box); the
 crash matrix runs the same checklist with the in-process ``DirectRunner`` instead, in a child
-process that can be SIGKILLed, and prints the same output (the ``--json`` object last).
+process that can be SIGKILLed, and prints the same output (the ``--json`` object last). ``fleet``
+runs ``rotate --all`` without Prefect (``flows.fleet.run_fleet``) over the configured entries and
+prints the fleet's object; ``--project`` is ignored there.
 """
 
 from __future__ import annotations
@@ -10,17 +12,23 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flows.config import load_config
 from flows.entry_run import execute
+from flows.fleet import run_fleet
 from flows.output import print_result
 from flows.step_runners import DirectRunner
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="direct_cli")
-    parser.add_argument("kind", choices=["rotate", "emergency", "reconcile"])
+    parser.add_argument("kind", choices=["rotate", "emergency", "reconcile", "fleet"])
     parser.add_argument("--config", required=True)
     parser.add_argument("--project", required=True)
     args = parser.parse_args(argv)
+    if args.kind == "fleet":
+        fleet = run_fleet(load_config(args.config), config_path=args.config)
+        print(fleet.to_json_line())
+        return int(fleet.exit_code)
     result = execute(args.kind, args.project, args.config, DirectRunner())
     print_result(result, as_json=True)
     return int(result.exit_code)

@@ -150,15 +150,29 @@ class MemoryStore:
         if not versions:
             raise StoreNotFoundError(f"no secret at {self.location_label(loc)}")
         facts = self._facts.setdefault(loc.path, {})
+        staged = self._staged.get(loc.path)
+        stored = staged[0] if staged is not None and staged[0].rotation_id == record.rotation_id else record
         if facts.get("rotation_id") != record.rotation_id:
             if versions[-1].get(loc.fields.public_key) != record.new_public_key:
                 raise StoreConflictError(f"rotation {record.rotation_id} is not current; promote it first")
             self.calls.append("finish")
-            facts.update(rotation_id=record.rotation_id, rotated_at=datetime.now(UTC).isoformat(), mode=record.mode)
-        staged = self._staged.get(loc.path)
+            facts.update(rotation_id=record.rotation_id, rotated_at=datetime.now(UTC).isoformat(), mode=stored.mode)
         if staged is not None and staged[0].rotation_id == record.rotation_id:
             self.calls.append("clear_staging")
             del self._staged[loc.path]
+
+    def take_over(self, loc: SecretLocation, rotation_id: str, emergency_run: str) -> RotationRecord:
+        staged = self._staged.get(loc.path)
+        if staged is None or staged[0].rotation_id != rotation_id:
+            raise StoreConflictError(f"rotation {rotation_id} is not staged at {self.location_label(loc)}")
+        if staged[0].mode == "emergency":
+            return staged[0]
+        self.calls.append("take_over")
+        record = staged[0].model_copy(
+            update={"mode": "emergency", "taken_over_by": emergency_run[:100], "taken_over_at": datetime.now(UTC)}
+        )
+        self._staged[loc.path] = (record, staged[1])
+        return record
 
     def read_handover(self, loc: SecretLocation) -> HandoverRequest | None:
         return self._handover.get(loc.path)

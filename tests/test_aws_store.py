@@ -19,7 +19,7 @@ import botocore.exceptions
 import pytest
 import requests
 
-from connectors.aws_secrets import TAG_PREFIX, AwsSecretsStore, rotation_version_id
+from connectors.aws_secrets import EMERGENCY_STAGE, TAG_PREFIX, AwsSecretsStore, rotation_version_id
 from connectors.errors import (
     StoreAccessDeniedError,
     StoreConflictError,
@@ -107,6 +107,42 @@ def test_rollback_after_promote_restores_labels(seeded: AwsSecretsStore, sm: Any
     assert stages(sm, loc) == {str(record.old_version): ["AWSCURRENT"]}
     tags = sm.describe_secret(SecretId=loc.path).get("Tags", [])
     assert not any(t["Key"].startswith(TAG_PREFIX) for t in tags)
+
+
+def test_only_the_emergency_label_makes_a_staged_record_an_emergency(
+    seeded: AwsSecretsStore, sm: Any, loc: SecretLocation
+) -> None:
+    """The record's other fields live in tags, which a credential weaker than the rotator's may
+    write: a forged mode tag changes nothing. What says an emergency staged or took over the
+    rotation is a staging label on its version (``UpdateSecretVersionStage``, the rotator's own right)."""
+    new = KeyPair.generate()
+    record = new_record(seeded, loc, new)
+    version_id = rotation_version_id(record.rotation_id)
+    seeded.stage(loc, record, new, HOST)
+    sm.tag_resource(SecretId=loc.path, Tags=[{"Key": f"{TAG_PREFIX}pending:mode", "Value": "emergency"}])
+    assert seeded.describe(loc).pending == record
+
+    taken = seeded.take_over(loc, record.rotation_id, "emergency-run-1")
+
+    assert stages(sm, loc)[version_id] == sorted(["AWSPENDING", EMERGENCY_STAGE])
+    assert seeded.describe(loc).pending == taken and taken.mode == "emergency"
+    seeded.promote(loc, taken)
+    seeded.finish(loc, taken)
+    assert stages(sm, loc) == {str(record.old_version): ["AWSPREVIOUS"], version_id: ["AWSCURRENT"]}
+
+
+def test_an_emergency_stages_its_pair_and_its_label_in_one_write(
+    seeded: AwsSecretsStore, sm: Any, loc: SecretLocation
+) -> None:
+    new = KeyPair.generate()
+    record = new_record(seeded, loc, new, mode="emergency")
+
+    seeded.stage(loc, record, new, HOST)
+
+    assert stages(sm, loc)[rotation_version_id(record.rotation_id)] == sorted(["AWSPENDING", EMERGENCY_STAGE])
+    assert seeded.describe(loc).pending == record
+    seeded.rollback(loc, record)
+    assert stages(sm, loc) == {str(record.old_version): ["AWSCURRENT"]}
 
 
 def test_short_rotation_ids_get_a_derived_version_id(seeded: AwsSecretsStore, sm: Any, loc: SecretLocation) -> None:

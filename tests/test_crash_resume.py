@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 OTEL_PATH = "/api/public/otel/v1/traces"
 KILLED = -9
 ROLLBACK_POINTS = ("after_store_rollback", "after_rollback_restarts")
-ROTATION_POINTS = tuple(p for p in POINTS if p not in {*ROLLBACK_POINTS, "after_orphan_delete"})
+EMERGENCY_ONLY = ("after_take_over",)  # tests/test_emergency_takeover_crash.py
+ROTATION_POINTS = tuple(p for p in POINTS if p not in {*ROLLBACK_POINTS, *EMERGENCY_ONLY, "after_orphan_delete"})
 
 
 # --- helpers ------------------------------------------------------------------------------------

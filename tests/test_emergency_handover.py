@@ -50,7 +50,11 @@ def assert_superseded(code: int, result: dict[str, Any], output: str, emergency:
     assert code == IN_PROGRESS and result["status"] == "in_progress", output
     assert "superseded by emergency" in (result["error"] or ""), output
     assert not any(s["step"] == "rollback" for s in result["steps"]), "the rotation must not roll back"
-    assert any(s["step"] == "handover" for s in result["steps"]), result["steps"]
+    [row] = [s for s in result["steps"] if s["step"] == "handover"]
+    # whose request it obeyed, and why it counts as a live emergency's
+    if emergency["prefect_flow_run_id"]:
+        assert emergency["prefect_flow_run_id"] in row["detail"], row
+    assert "obeyed: its request is fresh" in row["detail"], row
 
 
 def test_an_emergency_takes_over_a_rotation_waiting_for_its_consumers(

@@ -101,17 +101,24 @@ def test_staged_mode_is_none_when_nothing_is_staged(ctx: EntryContext) -> None:
     assert staged_mode(ctx) is None
 
 
-def test_staged_mode_is_emergency_for_a_scheduled_rotation_an_emergency_took_over(
-    ctx: EntryContext, store: MemoryStore
-) -> None:
+def test_staged_mode_is_emergency_for_a_scheduled_rotation_an_emergency_took_over(ctx: EntryContext) -> None:
     plan, _ = staged_and_created(ctx)
     assert staged_mode(ctx) == "scheduled"
-    request = HandoverRequest(
-        emergency_run="emergency-1", nonce="n", requested_at=datetime.now(UTC), rotation_id=plan.rotation_id
-    )
+
+    outcome = steps.take_over(ctx, plan.rotation_id, "emergency-1")
+
+    assert outcome.taken_now and outcome.record.taken_over_by == "emergency-1"
+    assert staged_mode(ctx) == "emergency"
+    assert not steps.take_over(ctx, plan.rotation_id, "emergency-2").taken_now, "the first takeover stands"
+
+
+def test_a_handover_request_never_makes_a_staged_rotation_an_emergency(ctx: EntryContext, store: MemoryStore) -> None:
+    """Requests live in metadata a weaker credential may write; only the staged record counts."""
+    staged_and_created(ctx)
+    request = HandoverRequest(emergency_run="emergency-1", nonce="n", requested_at=datetime.now(UTC))
     store.request_handover(ctx.location, request)
 
-    assert staged_mode(ctx) == "emergency"
+    assert staged_mode(ctx) == "scheduled"
 
 
 def test_past_revocation_is_none_while_the_old_key_is_alive(ctx: EntryContext) -> None:

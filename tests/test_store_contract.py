@@ -339,6 +339,87 @@ def test_a_second_rotation_after_finish(
     assert seeded.describe(loc) == before
 
 
+# --- takeover by an emergency -------------------------------------------------------------------
+
+
+def test_take_over_marks_the_staged_record_as_an_emergency(
+    seeded: SecretStore, loc: SecretLocation, new: KeyPair, staged: RotationRecord
+) -> None:
+    current = seeded.read_current(loc)
+    before = datetime.now(UTC)
+
+    record = seeded.take_over(loc, staged.rotation_id, "emergency-run-1")
+
+    assert record.mode == "emergency" and record.taken_over_by == "emergency-run-1"
+    assert record.taken_over_at is not None and abs((record.taken_over_at - before).total_seconds()) < 60
+    assert record.model_copy(update={"mode": "scheduled", "taken_over_by": None, "taken_over_at": None}) == staged
+    assert seeded.describe(loc).pending == record
+    found = seeded.read_staged(loc)
+    assert found is not None and found[0] == record and found[1].key_pair() == new
+    assert seeded.read_current(loc) == current, "nothing consumers read changes"
+
+
+@pytest.mark.parametrize("promote_first", [False, True], ids=["staged", "promoted"])
+def test_take_over_repeated_or_by_another_emergency_keeps_the_first(
+    seeded: SecretStore, loc: SecretLocation, staged: RotationRecord, promote_first: bool
+) -> None:
+    if promote_first:
+        seeded.promote(loc, staged)
+    first = seeded.take_over(loc, staged.rotation_id, "emergency-run-1")
+    before = seeded.describe(loc)
+
+    assert seeded.take_over(loc, staged.rotation_id, "emergency-run-1") == first
+    assert seeded.take_over(loc, staged.rotation_id, "emergency-run-2") == first
+    assert seeded.describe(loc) == before
+
+
+def test_take_over_of_a_rotation_not_staged_is_a_conflict(
+    any_store: StoreUnderTest, seeded: SecretStore, loc: SecretLocation, store_path: str, staged: RotationRecord
+) -> None:
+    before = seeded.describe(loc)
+
+    with pytest.raises(StoreConflictError):
+        seeded.take_over(loc, str(uuid.uuid4()), "emergency-run-1")
+
+    assert seeded.describe(loc) == before
+    other = any_store.location(f"{store_path}/nothing-staged")
+    seeded.seed(other, KeyPair.generate(), HOST)
+    with pytest.raises(StoreConflictError):
+        seeded.take_over(other, staged.rotation_id, "emergency-run-1")
+    assert seeded.describe(other).pending is None
+
+
+def test_a_record_an_emergency_staged_is_an_emergency_without_a_takeover(
+    seeded: SecretStore, loc: SecretLocation, new: KeyPair
+) -> None:
+    record = new_record(seeded, loc, new, mode="emergency")
+    seeded.stage(loc, record, new, HOST)
+
+    assert seeded.describe(loc).pending == record
+    assert seeded.take_over(loc, record.rotation_id, "emergency-run-1") == record
+
+
+@pytest.mark.parametrize("end", ["finish", "rollback"])
+def test_a_taken_over_rotation_finishes_or_rolls_back_like_any_other(
+    seeded: SecretStore, loc: SecretLocation, old: KeyPair, new: KeyPair, staged: RotationRecord, end: str
+) -> None:
+    seeded.promote(loc, staged)
+    seeded.take_over(loc, staged.rotation_id, "emergency-run-1")
+
+    if end == "finish":
+        seeded.finish(loc, staged)  # the record a run read before the takeover: the stored one counts
+        assert seeded.read_current(loc).key_pair() == new
+        assert seeded.describe(loc).last_mode == "emergency"
+    else:
+        seeded.rollback(loc, staged)
+        assert seeded.read_current(loc).key_pair() == old
+    assert seeded.describe(loc).pending is None and seeded.read_staged(loc) is None
+    newer = KeyPair.generate()
+    record = new_record(seeded, loc, newer)
+    seeded.stage(loc, record, newer, HOST)
+    assert seeded.describe(loc).pending == record, "the next rotation is scheduled again"
+
+
 # --- crash and rerun ----------------------------------------------------------------------------
 
 Step = Callable[[SecretStore, SecretLocation, RotationRecord, KeyPair], object]
@@ -347,9 +428,11 @@ STEPS: dict[str, Step] = {
     "promote": lambda s, loc, r, p: s.promote(loc, r),
     "finish": lambda s, loc, r, p: s.finish(loc, r),
     "rollback": lambda s, loc, r, p: s.rollback(loc, r),
+    "take_over": lambda s, loc, r, p: s.take_over(loc, r.rotation_id, "emergency-run-1"),
 }
 PATHS = {
     "happy": ["stage", "promote", "finish"],
+    "taken-over": ["stage", "promote", "take_over", "finish"],
     "rollback-staged": ["stage", "rollback"],
     "rollback-promoted": ["stage", "promote", "rollback"],
 }
@@ -486,7 +569,12 @@ def test_a_store_built_from_config_sees_the_same_secret(
 def test_handover_request_is_read_back_alone_and_cleared(
     seeded: SecretStore, any_store: StoreUnderTest, loc: SecretLocation, store_path: str
 ) -> None:
-    request = HandoverRequest(emergency_run="emergency-run-1", nonce=uuid.uuid4().hex, requested_at=datetime.now(UTC))
+    request = HandoverRequest(
+        emergency_run="emergency-run-1",
+        nonce=uuid.uuid4().hex,
+        requested_at=datetime.now(UTC),
+        flow_run_id=str(uuid.uuid4()),
+    )
     assert seeded.read_handover(loc) is None
 
     seeded.request_handover(loc, request)
