@@ -38,7 +38,7 @@ from flows.models import RotationResult
 from flows.notification import notification_for, send_to
 from flows.step_runners import PrefectRunner
 from flows.trigger import EventRefused, check_entry, check_key, emergency_slot, mark_event_started
-from flows.trust import refuse_job_overrides
+from flows.trust import trusted_config_path
 
 
 @flow(
@@ -61,7 +61,7 @@ def emergency(
 
     ``public_key`` "" means the key in the store, as None does, for a run started by hand. A run
     started by an event (``event_id``, rendered by the deployment's trigger) must name the key."""
-    refuse_job_overrides()
+    config_path = trusted_config_path("emergency", project, config_path)
     flow_run_id, label = current_flow_run()
     with flow_run_audit(
         "emergency", project, config_path, flow_run_id, event_id=event_id or None, event_source=event_source or None

@@ -25,6 +25,7 @@ from flows.events import emit_report_events
 from flows.flow_run import current_flow_run, run_name
 from flows.hooks import notify_unhandled_failure
 from flows.redact import install_redaction, scrub
+from flows.trust import trusted_config_path
 
 MARKDOWN_KEY = "langfuse-compliance-report"
 TABLE_KEY = "langfuse-compliance-findings"
@@ -47,6 +48,7 @@ def compliance_run_name() -> str:
 def compliance_report(config_path: str | None = None, state_variable: str = STATE_VARIABLE) -> Any:
     """Run the compliance report over every configured entry and the organization."""
     install_redaction()
+    config_path = trusted_config_path("compliance", None, config_path)
     flow_run_id, _ = current_flow_run()
     config = load_config(config_path)
     report = collect_report(config)
