@@ -25,6 +25,7 @@ from flows.events import emit_report_events
 from flows.flow_run import current_flow_run, run_name
 from flows.hooks import notify_unhandled_failure
 from flows.redact import install_redaction, scrub
+from flows.shown import single_line
 from flows.trust import trusted_config_path
 
 MARKDOWN_KEY = "langfuse-compliance-report"
@@ -100,8 +101,8 @@ def change_notification(report: Report, previous: dict[str, Any] | None) -> Noti
     lines = [f"{len(report.findings)} finding(s); {len(new)} new, {len(resolved)} resolved since the last report", ""]
     for f in report.findings:
         mark = "NEW " if f in new else ""
-        where = f.entry or (f"project {f.project}" if f.project else "organization")
-        lines.append(f"{mark}{f.severity} {f.rule} {where}: {f.detail}")
+        where = f.entry or (f"project {single_line(f.project)}" if f.project else "organization")
+        lines.append(f"{mark}{f.severity} {f.rule} {where}: {single_line(f.detail)}")
     lines += [f"resolved: {_readable(i)}" for i in resolved]
     highest = report.highest()
     return Notification(
