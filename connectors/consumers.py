@@ -13,7 +13,8 @@ Requests to a consumer can carry ``headers`` (e.g. ``Authorization``): secrets, 
 
 Consumers are other teams' services, so every answer is treated as untrusted: bodies are never
 quoted in messages (a misbehaving consumer could echo its secret), only facts such as
-``HTTP 500``, ``invalid JSON`` or ``field X missing``. ``observe`` and ``wait_for_public_key``
+``HTTP 500``, ``invalid JSON`` or ``field X missing``; a reported value that is not a public key
+(``pk-lf-`` and letters, digits, dashes) counts as no key and is never shown. ``observe`` and ``wait_for_public_key``
 never raise; ``restart`` raises ``ConsumerError`` with a one-line message.
 
 Every request to a consumer (health check or restart hook) ends within the consumer's
@@ -42,6 +43,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, fi
 
 from connectors.errors import ConsumerError
 from connectors.http_limits import BodyTooLargeError, deadline, deadline_transport, read_capped
+from connectors.keypair import is_public_key
 from connectors.tls import shared_ssl_context
 from connectors.urls import RedactedUrl
 
@@ -361,6 +363,13 @@ class ConsumerClient:
             return None, f"health check: field {consumer.public_key_field!r} is not a string"
         if not value:
             return None, f"health check: field {consumer.public_key_field!r} is empty"
+        if not is_public_key(value):
+            # Another team's answer, never shown: a consumer reporting anything but a public key
+            # counts as one whose key is unknown (a rollback then keeps the key it may be on).
+            return (
+                None,
+                f"health check: field {consumer.public_key_field!r} reported <invalid>, not a Langfuse public key",
+            )
         return value, None
 
     # --- wait -----------------------------------------------------------------------------------

@@ -40,6 +40,11 @@ class LangfuseUnreachableError(LangfuseError):
     retryable = True
 
 
+class LangfuseAnswerTooLargeError(LangfuseError):
+    """Langfuse answered, but with more than the body cap allows (or a compressed body, whose size
+    cannot be capped): the answer was refused unread. A retry would meet the same answer."""
+
+
 class LangfuseAuthError(LangfuseError):
     """401: the key pair was rejected (invalid, revoked, or wrong host)."""
 

@@ -31,7 +31,15 @@ _state = threading.local()
 
 
 class BodyTooLargeError(Exception):
-    """The response body is larger than the cap (or compressed, so its size is unknown)."""
+    """The response body is larger than the cap (or compressed, so its size is unknown).
+
+    ``declared``: the ``Content-Length`` past the cap, when the server sent one; ``encoding``: the
+    ``Content-Encoding`` of a compressed body."""
+
+    def __init__(self, message: str, *, declared: int | None = None, encoding: str | None = None) -> None:
+        super().__init__(message)
+        self.declared = declared
+        self.encoding = encoding
 
 
 @contextlib.contextmanager
@@ -128,10 +136,10 @@ def read_capped(response: httpx.Response, limit: int) -> bytes:
     """The body of a response opened with ``stream=True``, or ``BodyTooLargeError`` past ``limit`` bytes."""
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
-        raise BodyTooLargeError(f"compressed body ({encoding})")
+        raise BodyTooLargeError(f"compressed body ({encoding})", encoding=encoding)
     declared = response.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        raise BodyTooLargeError(f"Content-Length {int(declared)}")
+        raise BodyTooLargeError(f"Content-Length {int(declared)}", declared=int(declared))
     try:
         already = response.content  # read before it reached us (e.g. a test transport)
     except httpx.ResponseNotRead:

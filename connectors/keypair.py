@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
+
+PUBLIC_KEY_PATTERN = re.compile(r"pk-lf-[A-Za-z0-9-]{1,200}")
+"""What a public key looks like when shown or taken from outside: ``pk-lf-`` and letters, digits
+and dashes (Langfuse's own are ``pk-lf-<uuid4>``)."""
+
+
+def is_public_key(value: object) -> bool:
+    """Whether ``value`` is a public key as ``PUBLIC_KEY_PATTERN`` says (the whole string)."""
+    return isinstance(value, str) and PUBLIC_KEY_PATTERN.fullmatch(value) is not None
 
 
 class KeyPair(BaseModel):

@@ -6,6 +6,7 @@ import re
 
 from flows.models import RotationResult
 from flows.redact import scrub
+from flows.shown import markdown_code, markdown_key, markdown_text, markdown_version
 
 
 def artifact_key(result: RotationResult) -> str:
@@ -15,28 +16,30 @@ def artifact_key(result: RotationResult) -> str:
 
 
 def summary_markdown(result: RotationResult) -> str:
+    """The run's summary. Everything that did not come from the tool itself (keys, versions,
+    details and errors quoting stores, Langfuse or consumers) is shown only as checked and escaped
+    (``flows.shown``): it can start no link and leave no code span or table cell."""
     lines = [
-        f"# Langfuse key rotation: {result.project} ({result.mode})",
+        f"# Langfuse key rotation: {result.project} ({result.mode})",  # a configured entry name
         "",
-        f"**Status:** `{result.status}`" + (f"  \n**Error:** {result.error}" if result.error else ""),
+        f"**Status:** `{result.status}`" + (f"  \n**Error:** {markdown_text(result.error)}" if result.error else ""),
         "",
         "| step | outcome | duration (s) | detail |",
         "|---|---|---|---|",
     ]
     for step in result.steps:
-        detail = step.detail.replace("|", "\\|")
-        lines.append(f"| {step.step} | {step.outcome} | {step.duration_s:.2f} | {detail} |")
+        lines.append(f"| {step.step} | {step.outcome} | {step.duration_s:.2f} | {markdown_text(step.detail)} |")
     lines += [
         "",
         "| fact | value |",
         "|---|---|",
-        f"| old public key | `{result.old_public_key}` |",
-        f"| new public key | `{result.new_public_key}` |",
-        f"| store | {result.store} `{result.store_location}` |",
-        f"| store version | `{result.store_version}` |",
+        f"| old public key | {markdown_key(result.old_public_key)} |",
+        f"| new public key | {markdown_key(result.new_public_key)} |",
+        f"| store | {markdown_text(result.store)} {markdown_code(result.store_location)} |",
+        f"| store version | {markdown_version(result.store_version)} |",
         f"| verified | {result.verified} |",
         f"| old key rejected | {result.old_key_rejected} |",
-        f"| rotation id | `{result.rotation_id}` |",
+        f"| rotation id | {markdown_code(result.rotation_id)} |",
         f"| resumed | {result.resumed} |",
         f"| duration (s) | {result.duration_s:.2f} |",
         "",
@@ -47,9 +50,9 @@ def summary_markdown(result: RotationResult) -> str:
         lines += ["| consumer | public key seen last | switched |", "|---|---|---|"]
         for name, seen in result.consumers.items():
             switched = "yes" if seen == result.new_public_key else "**no**"
-            lines.append(f"| {name} | `{seen}` | {switched} |")
+            lines.append(f"| {markdown_text(name)} | {markdown_key(seen)} | {switched} |")
     else:
         lines.append("No consumers listed for this entry.")
     if result.reconciled:
-        lines += ["", "## Reconciled", "", *[f"- {action}" for action in result.reconciled]]
+        lines += ["", "## Reconciled", "", *[f"- {markdown_text(action)}" for action in result.reconciled]]
     return scrub("\n".join(lines))

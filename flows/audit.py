@@ -22,6 +22,14 @@ UUID per run) and the rotation id once there is one. Lines are fsynced. Only pub
 
 ``audit.path: "-"`` writes the lines to stdout (containers); the default path is
 ``$XDG_STATE_HOME/langfuse-rotate/audit.jsonl`` (``~/.local/state/...`` when unset).
+
+The file is the rotator's own: neither it nor its directory is opened through a symbolic link, and
+a line is written only when both belong to this user and nobody else can write to them (as the lock
+directory, ``flows.lock``), so another local user can neither point the log at a file of their
+choosing nor pre-create it and truncate it later. A line that cannot be written never stops a run:
+the run goes on (an emergency contains), the failure is said once on stderr and kept on the run
+(``RunContext.audit_error``), and ``audited_run`` turns the run's result into one that needs a
+person (exit 4) and notifies.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import getpass
 import json
 import os
 import socket
+import stat
 import sys
 import threading
 import uuid
@@ -100,12 +109,24 @@ class RunContext:
     final_written: bool = False
     notified: bool = False
     parent: RunContext | None = None
+    audit_error: str | None = None
+    """Why an audit line of this run (or a nested one) could not be written: the first reason."""
 
     def mark_final(self) -> None:
         node: RunContext | None = self
         while node is not None:
             node.final_written = True
             node = node.parent
+
+    def mark_audit_failed(self, error: str) -> bool:
+        """Keep the first reason on this run and its parents; True when this run had none yet."""
+        first = self.audit_error is None
+        node: RunContext | None = self
+        while node is not None:
+            if node.audit_error is None:
+                node.audit_error = error
+            node = node.parent
+        return first
 
 
 _current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("langfuse_rotate_run", default=None)
@@ -221,15 +242,83 @@ class AuditLog:
                 stream.write(text)
                 stream.flush()
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # O_APPEND: concurrent writers never interleave within a line of this size; fsync: a line
-        # written is a line kept, even if the host dies right after.
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         try:
-            os.write(fd, text.encode())
+            append_line(self.path, text.encode())
+        except AuditFileError as exc:
+            self._failed(str(exc))
+
+    def _failed(self, error: str) -> None:
+        """A line that could not be written: kept on the run, said once on stderr, never raised
+        (an audit failure must not stop a containment)."""
+        run = _current.get() or self.run
+        first = run.mark_audit_failed(error) if run is not None else True
+        if first:
+            print(f"error: the audit line could not be written: {error}", file=sys.stderr, flush=True)
+
+
+class AuditFileError(Exception):
+    """The audit file or its directory is not the rotator's own, or the line could not be written."""
+
+
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def append_line(path: Path, data: bytes) -> None:
+    """Append ``data`` to the audit file at ``path``; ``AuditFileError`` (one line) when the file or
+    its directory is a symbolic link, not this user's, writable by others, or not a regular file.
+
+    The directory is created (0755, before the umask) when missing and opened without following a
+    link; the file is opened through it, never through a link, and checked on its descriptor, so
+    nothing can be swapped in between the check and the write."""
+    directory = path.parent
+    try:
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AuditFileError(f"cannot create the audit directory {directory}: {exc.strerror}") from None
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | _OPEN_FLAGS)
+    except OSError as exc:
+        if os.path.islink(directory):
+            raise AuditFileError(
+                f"the audit directory {directory} is a symbolic link; point audit.path at the real directory"
+            ) from None
+        raise AuditFileError(f"cannot open the audit directory {directory}: {exc.strerror}") from None
+    try:
+        _check_own(os.fstat(dir_fd), f"the audit directory {directory}")
+        try:
+            # O_NONBLOCK: a FIFO put there opens at once (and is refused) instead of waiting for a reader.
+            fd = os.open(
+                path.name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | _OPEN_FLAGS, 0o640, dir_fd=dir_fd
+            )
+        except OSError as exc:
+            if os.path.islink(path):
+                raise AuditFileError(f"the audit file {path} is a symbolic link; refusing to follow it") from None
+            with contextlib.suppress(OSError):
+                if not stat.S_ISREG(os.lstat(path).st_mode):
+                    raise AuditFileError(f"the audit file {path} is not a regular file") from None
+            raise AuditFileError(f"cannot open the audit file {path}: {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise AuditFileError(f"the audit file {path} is not a regular file")
+            _check_own(info, f"the audit file {path}")
+            # O_APPEND: concurrent writers never interleave within a line of this size; fsync: a
+            # line written is a line kept, even if the host dies right after.
+            os.write(fd, data)
             os.fsync(fd)
+        except OSError as exc:
+            raise AuditFileError(f"cannot write the audit file {path}: {exc.strerror}") from None
         finally:
             os.close(fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _check_own(info: os.stat_result, what: str) -> None:
+    if info.st_uid != os.geteuid():
+        raise AuditFileError(f"{what} is owned by uid {info.st_uid}, not by this user (uid {os.geteuid()})")
+    if info.st_mode & 0o022:
+        raise AuditFileError(f"{what} is writable by other users (mode {stat.S_IMODE(info.st_mode):o})")
 
 
 def _entry_of(resource: str) -> str | None:
@@ -352,6 +441,29 @@ def audited_run(fn: F) -> F:
                 raise
             if not run.final_written:
                 audit_result(kind, result, path=config.audit.path)
+            if run.audit_error is not None:
+                result = _audit_failed(result, run.audit_error, config, config_path)
             return result
 
     return wrapper  # type: ignore[return-value]
+
+
+_DONE = {"rotated", "contained", "reconciled", "planned"}
+
+
+def _audit_failed(result: Any, error: str, config: Any, config_path: str | None) -> Any:
+    """The result of a run some audit line of which could not be written: a run that was done needs
+    a person (exit 4: done, but its record is missing); a failed or refused one keeps its status
+    (and exit code); either way the error says so, and a notification too (inside a fleet run, its
+    summary does)."""
+    from flows.notification import held_for_summary, notification_for, send_to
+
+    said = f"the audit line could not be written: {error}"
+    if result.status in _DONE:
+        update = {"status": "needs_attention", "error": f"{result.status}, but {said}"}
+    else:
+        update = {"error": f"{result.error}; {said}" if result.error else said}
+    changed = result.model_copy(update=update)
+    if held_for_summary.get() is None:
+        send_to(config_path, notification_for(changed), config=config)
+    return changed

@@ -30,7 +30,8 @@ EXIT_CODES = """exit codes:
   2  bad input (usage, configuration, unknown project); nothing was changed
   3  another rotation of the same key is in progress; nothing was changed
   4  done but needs a person (revoked key still accepted, consumers that did not switch after an
-     emergency, a dry run that finds the rotation cannot proceed; nothing was changed by a dry run)
+     emergency, an audit line that could not be written, a dry run that finds the rotation cannot
+     proceed; nothing was changed by a dry run)
 """
 
 

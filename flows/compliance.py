@@ -27,6 +27,7 @@ from flows.errors import ConfigError
 from flows.inventory import Connections, EntryStatus, Inventory, collect_inventory, parallel, problem_lines
 from flows.models import ExitCode
 from flows.redact import scrub
+from flows.shown import markdown_code, markdown_key, markdown_text
 from flows.templates import expand
 from flows.transport import transport_risks
 
@@ -649,16 +650,16 @@ def report_markdown(report: Report) -> str:
     if report.findings:
         lines += ["| severity | rule | entry / project | public key | detail |", "|---|---|---|---|---|"]
         for f in report.findings:
-            where = f.entry or (f"project `{f.project}`" if f.project else "organization")
-            key = f"`{f.public_key}`" if f.public_key else ""
-            detail = f.detail.replace("|", "\\|")
-            lines.append(f"| {f.severity} | {f.rule} | {where} | {key} | {detail} |")
+            # Project ids, keys and details come from Langfuse: shown only as checked and escaped.
+            where = f.entry or (f"project {markdown_code(f.project)}" if f.project else "organization")
+            key = markdown_key(f.public_key) if f.public_key else ""
+            lines.append(f"| {f.severity} | {f.rule} | {where} | {key} | {markdown_text(f.detail)} |")
     elif report.complete:
         lines.append("No findings: every rule of the checklist holds.")
     else:
         lines.append("The checks that ran found nothing.")
     if report.errors:
-        lines += ["", "## Could not read", "", *[f"- {e}" for e in report.errors]]
+        lines += ["", "## Could not read", "", *[f"- {markdown_text(e)}" for e in report.errors]]
     return scrub("\n".join(lines))
 
 

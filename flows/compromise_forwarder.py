@@ -14,6 +14,13 @@ posts nothing. At most ``--per-minute`` reports per entry are forwarded each min
 is logged in one line without secrets: the scanner's token, the Prefect credential and anything
 the caller sent that was not checked are never logged or answered back.
 
+Slow or many clients cannot hold it down: each request has one deadline for its request line,
+headers and body together (``--request-timeout``; past it: 408 and closed), the token is checked
+as soon as the headers are in (a client without it never gets to send a body), and at most
+``--max-connections`` connections are served at once, at most ``--max-per-client`` from one client
+address; a connection past either cap is answered 503 at once by the accepting thread and closed by
+one shedding thread, so the process runs at most ``--max-connections`` + 2 threads.
+
 From the rotation configuration it reads only the entry names: it needs none of the store or
 Langfuse credentials, and none of the environment variables the file refers to.
 """
@@ -22,12 +29,16 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hmac
+import io
 import json
 import logging
 import os
 import re
+import selectors
 import signal
+import socket
 import sys
 import threading
 import time
@@ -54,8 +65,13 @@ MAX_BODY_BYTES = 4096
 DEFAULT_PER_MINUTE = 5
 DEFAULT_LISTEN = "127.0.0.1:8765"
 DEFAULT_SOURCE = "secret-scanner"
+DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_MAX_PER_CLIENT = 8
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
 POST_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 5.0
+WRITE_TIMEOUT_S = 2.0
+SHED_LINGER_S = 2.0
+MAX_LINGERING = 256
 _PUBLIC_KEY = re.compile(r"pk-lf-[A-Za-z0-9_-]{1,200}")
 _SOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _ENTRY_NAME = re.compile(ENTRY_NAME_PATTERN)
@@ -233,19 +249,204 @@ class Forwarder:
         return str(event["id"])
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How much of the forwarder clients may hold: connections at once (in all, and from one client
+    address), and one deadline per request for its request line, headers and body together."""
+
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_per_client: int = DEFAULT_MAX_PER_CLIENT
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+
+
+@dataclass
+class Slots:
+    """The connections being served, in all and per client address."""
+
+    limits: Limits
+    _held: dict[str, int] = field(default_factory=dict)
+    _total: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self, client: str) -> str | None:
+        """Take a slot for ``client``; None when taken, else why not (the 503's one line)."""
+        with self._lock:
+            if self._total >= self.limits.max_connections:
+                return "busy: too many connections; try again shortly"
+            if self._held.get(client, 0) >= self.limits.max_per_client:
+                return "too many connections from this client; try again shortly"
+            self._total += 1
+            self._held[client] = self._held.get(client, 0) + 1
+            return None
+
+    def give_back(self, client: str) -> None:
+        with self._lock:
+            self._total -= 1
+            left = self._held.get(client, 0) - 1
+            if left > 0:
+                self._held[client] = left
+            else:
+                self._held.pop(client, None)
+
+
+def _shed_answer(reason: str) -> bytes:
+    body = (json.dumps({"error": reason}) + "\n").encode()
+    head = (
+        "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+        f"Retry-After: 1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class _Shedder:
+    """Closes the connections answered 503, all in one thread: each gets its answer and the end of
+    our side at once, then is read (and what it sent dropped) until the client closes or
+    ``SHED_LINGER_S`` passes, so closing it does not reset the connection before the client has
+    read the answer. More than ``MAX_LINGERING`` at once are closed at once."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._incoming: list[socket.socket] = []
+        self._until: dict[socket.socket, float] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="forwarder-shedder", daemon=True)
+        self._thread.start()
+
+    def shed(self, sock: socket.socket, answer: bytes) -> None:
+        try:
+            sock.setblocking(False)
+            sock.send(answer)  # a few hundred bytes: a fresh connection's buffer takes them
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        with self._lock:
+            if len(self._incoming) + len(self._until) >= MAX_LINGERING:
+                sock.close()
+                return
+            self._incoming.append(sock)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                incoming, self._incoming = self._incoming, []
+            for sock in incoming:
+                self._until[sock] = time.monotonic() + SHED_LINGER_S
+                self._selector.register(sock, selectors.EVENT_READ)
+            for key, _ in self._selector.select(timeout=0.1) if self._until else []:
+                conn = key.fileobj
+                assert isinstance(conn, socket.socket)
+                try:
+                    if conn.recv(65536):
+                        continue
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    pass
+                self._close(conn)
+            if not self._until:
+                self._stopping.wait(0.1)
+            now = time.monotonic()
+            for sock in [s for s, until in self._until.items() if until <= now]:
+                self._close(sock)
+
+    def _close(self, sock: socket.socket) -> None:
+        self._until.pop(sock, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(sock)
+        sock.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(5)
+        for sock in list(self._until):
+            self._close(sock)
+
+
+class _DeadlinePassed(Exception):
+    """The request (line, headers and body together) did not arrive before its deadline."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reading side, bounded by one deadline for the whole request: each read
+    waits at most what is left of it, so trickling bytes cannot stretch it."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise _DeadlinePassed
+        self._sock.settimeout(left)
+        try:
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            raise _DeadlinePassed from None
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # the kernel's backlog: a burst is accepted (and shed) rather than dropped
 
-    def __init__(self, address: tuple[str, int], forwarder: Forwarder) -> None:
+    def __init__(self, address: tuple[str, int], forwarder: Forwarder, limits: Limits | None = None) -> None:
         super().__init__(address, _Handler)
         self.forwarder = forwarder
+        self.limits = limits or Limits()
+        self.slots = Slots(self.limits)
+        self.shedder = _Shedder()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One thread per connection, while there is a slot; past the caps: 503, from this thread."""
+        client = str(client_address[0])
+        refused = self.slots.take(client)
+        if refused is not None:
+            _log_request(client, "-", "-", 503, refused)
+            self.shedder.shed(request, _shed_answer(refused))
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.give_back(client)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.give_back(str(client_address[0]))
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.shedder.stop()
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
-    timeout = READ_TIMEOUT_S  # a slow client cannot hold a thread for long
     server_version = "langfuse-rotate-forwarder"
     sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        # Set before any request line is read: an answer to a request cut off early needs them.
+        self.requestline, self.request_version, self.command = "", self.protocol_version, ""
+        deadline = time.monotonic() + self.server.limits.request_timeout_s
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
+
+    def handle(self) -> None:
+        """One request per connection (every answer closes it), within the request's deadline."""
+        try:
+            self.handle_one_request()
+        except _DeadlinePassed:
+            self._answer(408, {"error": "the request did not arrive in time"})
+        except OSError:
+            self.close_connection = True  # the client went away
 
     def do_POST(self) -> None:
         if self.path != PATH:
@@ -285,8 +486,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise Refused(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
         try:
             body = self.rfile.read(length)
-        except OSError:
-            raise Refused(408, "the body did not arrive in time") from None
+        except (OSError, _DeadlinePassed):
+            raise Refused(408, "the request did not arrive in time") from None
         if len(body) != length:
             raise Refused(400, "the body is shorter than its Content-Length")
         return body
@@ -324,6 +525,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._log_line(status, body, log or {})  # before the answer: a client that has it finds the line
         data = (json.dumps(body) + "\n").encode()
         try:
+            self.connection.settimeout(WRITE_TIMEOUT_S)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Cache-Control", "no-store")
@@ -345,18 +547,22 @@ class _Handler(BaseHTTPRequestHandler):
         path = PATH if getattr(self, "path", None) == PATH else "other"
         outcome = body.get("error") or body.get("status", "")
         fields = " ".join(f"{name}={value}" for name, value in details.items() if name != "status")
-        logger.info(
-            "client=%s method=%s path=%s status=%d %s%s",
-            self.client_address[0],
-            method,
-            path,
-            status,
-            json.dumps(outcome),
-            f" {fields}" if fields else "",
-        )
+        _log_request(str(self.client_address[0]), method, path, status, outcome, fields)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the base class's own lines (they would repeat the raw request line)."""
+
+
+def _log_request(client: str, method: str, path: str, status: int, outcome: str, fields: str = "") -> None:
+    logger.info(
+        "client=%s method=%s path=%s status=%d %s%s",
+        client,
+        method,
+        path,
+        status,
+        json.dumps(outcome),
+        f" {fields}" if fields else "",
+    )
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -373,12 +579,21 @@ def build_server(
     token_file: str | None,
     token_env: str | None,
     per_minute: int,
+    limits: Limits | None = None,
 ) -> _Server:
     chosen = config or os.environ.get(CONFIG_ENV_VAR)
     if not chosen:
         raise SetupError(f"no configuration file: pass --config or set {CONFIG_ENV_VAR}")
     if per_minute < 1:
         raise SetupError("--per-minute must be at least 1")
+    limits = limits or Limits()
+    for option, value in (
+        ("--max-connections", limits.max_connections),
+        ("--max-per-client", limits.max_per_client),
+        ("--request-timeout", limits.request_timeout_s),
+    ):
+        if not value > 0:
+            raise SetupError(f"{option} must be greater than 0")
     forwarder = Forwarder(
         entries=entry_names(chosen),
         token=read_token(token_file=token_file, token_env=token_env),
@@ -386,7 +601,7 @@ def build_server(
         limit=RateLimit(per_minute),
     )
     try:
-        return _Server(parse_listen(listen), forwarder)
+        return _Server(parse_listen(listen), forwarder, limits)
     except OSError as exc:
         raise SetupError(f"--listen {listen}: {exc.strerror}") from None
 
@@ -413,6 +628,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--per-minute", type=int, default=DEFAULT_PER_MINUTE, help="reports forwarded per entry per minute"
     )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help=f"connections served at once; more are answered 503 (default {DEFAULT_MAX_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--max-per-client",
+        type=int,
+        default=DEFAULT_MAX_PER_CLIENT,
+        help=f"connections served at once from one client address; more are answered 503 (default "
+        f"{DEFAULT_MAX_PER_CLIENT})",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        help=f"seconds for a request's line, headers and body together; past it: 408 (default "
+        f"{DEFAULT_REQUEST_TIMEOUT_S:g})",
+    )
     args = parser.parse_args(argv)
 
     install_redaction()
@@ -428,6 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             token_file=args.token_file,
             token_env=args.token_env,
             per_minute=args.per_minute,
+            limits=Limits(args.max_connections, args.max_per_client, args.request_timeout),
         )
     except SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)

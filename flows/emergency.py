@@ -36,9 +36,10 @@ from flows.initiator import flow_run_audit
 from flows.lock import prefect_server_configured
 from flows.models import RotationResult
 from flows.notification import notification_for, send_to
+from flows.shown import ENTRY_NAME, EVENT_ID, EVENT_SOURCE, shown_key, shown_matching, single_line
 from flows.step_runners import PrefectRunner
 from flows.trigger import EventRefused, check_entry, check_key, emergency_slot, mark_event_started
-from flows.trust import refuse_job_overrides
+from flows.trust import trusted_config_path
 
 
 @flow(
@@ -61,7 +62,7 @@ def emergency(
 
     ``public_key`` "" means the key in the store, as None does, for a run started by hand. A run
     started by an event (``event_id``, rendered by the deployment's trigger) must name the key."""
-    refuse_job_overrides()
+    config_path = trusted_config_path("emergency", project, config_path)
     flow_run_id, label = current_flow_run()
     with flow_run_audit(
         "emergency", project, config_path, flow_run_id, event_id=event_id or None, event_source=event_source or None
@@ -156,21 +157,24 @@ def _refuse(
         event_source=event_source,
     )
     what = "could not be checked" if refused.page else "was refused"
+    # Everything here came with the event: shown only as checked, each on its own line.
+    entry = shown_matching(ENTRY_NAME, project)
     body = "\n".join(
         [
-            f"project: {project}",
-            f"resource: {resource_id(project)}",
-            f"event: {event_id} from {event_source or 'unknown source'}",
-            f"public key: {public_key or '(none)'}",
-            f"nothing was changed: {reason}",
+            f"project: {entry}",
+            f"resource: {resource_id(entry)}",
+            f"event: {shown_matching(EVENT_ID, event_id)} from "
+            f"{shown_matching(EVENT_SOURCE, event_source) if event_source else 'unknown source'}",
+            f"public key: {shown_key(public_key) if public_key else '(none)'}",
+            f"nothing was changed: {single_line(reason)}",
         ]
     )
     send_to(
         config_path,
         Notification(
-            title=f"Langfuse compromise event {what}: {project}",
+            title=f"Langfuse compromise event {what}: {entry}",
             body=body,
             kind="emergency" if refused.page else "failure",
         ),
     )
-    return Completed(name="Refused", message=f"refused: {reason}")
+    return Completed(name="Refused", message=f"refused: {single_line(reason)}")

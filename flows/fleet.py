@@ -37,6 +37,7 @@ from flows.models import ExitCode, RotationResult, StepRecord
 from flows.notification import held_for_summary
 from flows.pacing import fleet_pacing
 from flows.redact import install_redaction, scrub
+from flows.shown import single_line
 from flows.step_runners import DirectRunner, StepRunner
 from flows.step_table import one_line
 from flows.stores import build_store
@@ -498,7 +499,7 @@ def summary_notification(result: FleetResult, run_name: str | None = None) -> No
     lines = [f"fleet run: {run_name or result.prefect_flow_run_id or 'local'}", f"status: {result.status}"]
     lines.append("counts: " + (", ".join(f"{k} {v}" for k, v in result.counts.items()) or "none"))
     if result.error:
-        lines.append(f"error: {result.error}")
+        lines.append(f"error: {single_line(result.error)}")
     groups = (
         ("NEEDS A PERSON", {"needs_attention"}),
         ("FAILED", _FAILED),
@@ -508,11 +509,11 @@ def summary_notification(result: FleetResult, run_name: str | None = None) -> No
         named = [e for e in result.entries if e.status in statuses]
         if named:
             lines.append(f"{heading} ({len(named)}):")
-            lines += [f"- {e.project} ({e.status}): {e.error or 'see its run'}" for e in named]
+            lines += [f"- {e.project} ({e.status}): {single_line(e.error or 'see its run')}" for e in named]
     refused = [e for e in result.entries if e.status == "skipped" and e.error]
     if refused:
         lines.append(f"SKIPPED, refused by project_template ({len(refused)}):")
-        lines += [f"- {e.project}: {e.error}" for e in refused]
+        lines += [f"- {e.project}: {single_line(e.error or '')}" for e in refused]
     lines.append(f"duration: {result.duration_s:.1f}s")
     kind = "success" if result.status == "rotated" else "failure"
     return Notification(title=title, body=scrub("\n".join(lines)), kind=kind)

@@ -14,6 +14,8 @@ from flows.audit import resource_id
 from flows.models import STATUS_EXIT
 from flows.notification import flow_run_ui_url, targets_for
 from flows.redact import scrub
+from flows.shown import ENTRY_NAME, shown_matching, single_line
+from flows.trust import config_path_for_hook
 
 HANDLED_PREFIXES = {*STATUS_EXIT, "refused"}
 
@@ -23,10 +25,13 @@ def notify_unhandled_failure(flow: Any, flow_run: Any, state: Any) -> None:
     if message.split(":", 1)[0] in HANDLED_PREFIXES:
         return
     parameters = dict(getattr(flow_run, "parameters", {}) or {})
-    targets = targets_for(parameters.get("config_path"))
+    deployment_run = getattr(flow_run, "deployment_id", None) is not None
+    targets = targets_for(config_path_for_hook(parameters.get("config_path"), deployment_run=deployment_run))
     if not targets:
         return
-    project = parameters.get("project") or "all"
+    # Run parameters are anyone's who may start a run: shown only as checked, on one line.
+    project = shown_matching(ENTRY_NAME, str(parameters["project"])) if parameters.get("project") else "all"
+    message = single_line(message)
     state_name = getattr(state, "name", "failed")
     title = f"Langfuse key rotation run {getattr(flow_run, 'name', '')} {state_name}"
     lines = [

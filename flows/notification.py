@@ -24,6 +24,7 @@ from flows.errors import ConfigError
 from flows.events import emit_rotation_event
 from flows.models import RotationResult
 from flows.redact import scrub
+from flows.shown import shown_key, shown_version, single_line
 from flows.step_table import one_line
 
 NOTIFY_URLS_ENV_VAR = "LANGFUSE_ROTATE_NOTIFY_URLS"
@@ -61,19 +62,21 @@ def notification_for(result: RotationResult) -> Notification:
     title = (
         f"{'EMERGENCY ' if emergency else ''}Langfuse key {_VERBS.get(result.status, result.status)}: {result.project}"
     )
+    # Keys and versions come from the store, Langfuse and consumers: shown only as checked
+    # (flows.shown), every value on its own line.
     lines = [
         f"project: {result.project} ({result.mode})",
         f"resource: {resource_id(result.project)}",
         f"status: {result.status}",
-        f"old public key: {result.old_public_key}",
-        f"new public key: {result.new_public_key}",
-        f"store: {result.store} {result.store_location} version {result.store_version}",
+        f"old public key: {shown_key(result.old_public_key)}",
+        f"new public key: {shown_key(result.new_public_key)}",
+        f"store: {result.store} {single_line(result.store_location)} version {shown_version(result.store_version)}",
         f"verified: {result.verified}; old key rejected: {result.old_key_rejected}",
     ]
     if result.consumers:
-        lines.append("consumers: " + ", ".join(f"{k}={v}" for k, v in result.consumers.items()))
+        lines.append("consumers: " + ", ".join(f"{single_line(k)}={shown_key(v)}" for k, v in result.consumers.items()))
     if result.lagging_consumers:
-        lines.append("STILL ON THE OLD KEY: " + ", ".join(result.lagging_consumers))
+        lines.append("STILL ON THE OLD KEY: " + ", ".join(single_line(name) for name in result.lagging_consumers))
     lines.append("steps: " + "; ".join(f"{s.step} {s.outcome} {s.duration_s:.2f}s" for s in result.steps))
     lines.append(f"duration: {result.duration_s:.2f}s; rotation id {result.rotation_id}")
     if result.prefect_flow_run_id:
@@ -85,7 +88,7 @@ def notification_for(result: RotationResult) -> Notification:
     if run is not None:
         lines.append(f"run id: {run.run_id}; started by: {run.user}")
     if result.error:
-        lines.append(f"error: {result.error}")
+        lines.append(f"error: {single_line(result.error)}")
     kind: NotificationKind = "emergency" if emergency else ("success" if ok else "failure")
     return Notification(title=title, body=scrub("\n".join(lines)), kind=kind)
 

@@ -16,7 +16,7 @@ from flows.flow_run import current_flow_run, publish_summary, reconcile_run_name
 from flows.hooks import notify_unhandled_failure
 from flows.initiator import flow_run_audit
 from flows.step_runners import PrefectRunner
-from flows.trust import refuse_job_overrides
+from flows.trust import trusted_config_path
 
 _DONE = {"reconciled"}
 
@@ -31,7 +31,7 @@ _DONE = {"reconciled"}
     on_cancellation=[notify_unhandled_failure],
 )
 def reconcile(config_path: str | None = None, project: str | None = None) -> Any:
-    refuse_job_overrides()
+    config_path = trusted_config_path("reconcile", project, config_path)
     flow_run_id, label = current_flow_run()
     with flow_run_audit("reconcile", project, config_path, flow_run_id):
         config = load_config(config_path)

@@ -25,6 +25,8 @@ from flows.events import emit_report_events
 from flows.flow_run import current_flow_run, run_name
 from flows.hooks import notify_unhandled_failure
 from flows.redact import install_redaction, scrub
+from flows.shown import single_line
+from flows.trust import trusted_config_path
 
 MARKDOWN_KEY = "langfuse-compliance-report"
 TABLE_KEY = "langfuse-compliance-findings"
@@ -47,6 +49,7 @@ def compliance_run_name() -> str:
 def compliance_report(config_path: str | None = None, state_variable: str = STATE_VARIABLE) -> Any:
     """Run the compliance report over every configured entry and the organization."""
     install_redaction()
+    config_path = trusted_config_path("compliance", None, config_path)
     flow_run_id, _ = current_flow_run()
     config = load_config(config_path)
     report = collect_report(config)
@@ -98,8 +101,8 @@ def change_notification(report: Report, previous: dict[str, Any] | None) -> Noti
     lines = [f"{len(report.findings)} finding(s); {len(new)} new, {len(resolved)} resolved since the last report", ""]
     for f in report.findings:
         mark = "NEW " if f in new else ""
-        where = f.entry or (f"project {f.project}" if f.project else "organization")
-        lines.append(f"{mark}{f.severity} {f.rule} {where}: {f.detail}")
+        where = f.entry or (f"project {single_line(f.project)}" if f.project else "organization")
+        lines.append(f"{mark}{f.severity} {f.rule} {where}: {single_line(f.detail)}")
     lines += [f"resolved: {_readable(i)}" for i in resolved]
     highest = report.highest()
     return Notification(

@@ -25,7 +25,7 @@ from flows.flow_run import (
 from flows.hooks import notify_unhandled_failure
 from flows.initiator import flow_run_audit
 from flows.step_runners import PrefectRunner
-from flows.trust import refuse_job_overrides
+from flows.trust import trusted_config_path
 
 
 @flow(
@@ -39,7 +39,7 @@ from flows.trust import refuse_job_overrides
 )
 def rotate(project: str, config_path: str | None = None) -> Any:
     """Rotate one configured Langfuse key (``project`` names the entry in the config file)."""
-    refuse_job_overrides()
+    config_path = trusted_config_path("rotate", project, config_path)
     flow_run_id, label = current_flow_run()
     with flow_run_audit("rotate", project, config_path, flow_run_id):
         config = load_config(config_path)
@@ -81,7 +81,7 @@ def rotate_all(
     entry is recorded as its own flow run."""
     from flows.fleet_prefect import run_fleet_flow
 
-    refuse_job_overrides()
+    config_path = trusted_config_path("rotate-all", None, config_path)
     flow_run_id, _ = current_flow_run()
     with flow_run_audit("rotate", None, config_path, flow_run_id):
         config = load_config(config_path)  # a bad config is audited and fails here, as for one entry

@@ -16,6 +16,7 @@ from flows.contract import contract_of
 from flows.models import Mode, RotationPlan, RotationResult, StepRecord
 from flows.progress import progress
 from flows.redact import scrub
+from flows.shown import single_line
 from flows.step_runners import StepRunner
 
 T = TypeVar("T")
@@ -94,8 +95,11 @@ class RunTracker:
             setattr(self.result, field, fact)
 
     def record(self, name: str, outcome: Any, began: float, detail: str = "") -> None:
+        """One row; its detail on one line (it may quote a store, Langfuse or a consumer)."""
         self.result.steps.append(
-            StepRecord(step=name, outcome=outcome, duration_s=round(time.monotonic() - began, 3), detail=detail)
+            StepRecord(
+                step=name, outcome=outcome, duration_s=round(time.monotonic() - began, 3), detail=single_line(detail)
+            )
         )
 
     def finish(self, status: Any, error: str | None = None) -> RotationResult:

@@ -28,12 +28,13 @@ from typing import Any
 from connectors.errors import ConnectorError
 from flows.config import ProjectEntry, RotationConfig, load_config
 from flows.errors import ConfigError
+from flows.shown import ENTRY_NAME, shown_matching
 
 TAG_EVENT = "trigger:event"
 TAG_CONTAINMENT = "trigger:event-containment"
 EMERGENCY_FLOW = "langfuse-key-emergency"
 WINDOW = timedelta(hours=1)
-_PUBLIC_KEY = re.compile(r"^pk-lf-[A-Za-z0-9_-]{1,200}$")
+_PUBLIC_KEY = re.compile(r"pk-lf-[A-Za-z0-9_-]{1,200}")
 
 
 class EventRefused(Exception):
@@ -55,7 +56,8 @@ def check_entry(config_path: str | None, project: str) -> tuple[RotationConfig, 
     except ConfigError as exc:
         raise EventRefused(f"the configuration cannot be read: {exc}", page=True) from None
     try:
-        return config, config.entry(project)
+        # Looked up (and named in the refusal) only as checked: a name that is none is <invalid>.
+        return config, config.entry(shown_matching(ENTRY_NAME, project))
     except ConfigError as exc:
         raise EventRefused(f"the event names {exc}") from None
 
@@ -65,7 +67,7 @@ def check_key(config: RotationConfig, entry: ProjectEntry, public_key: str | Non
     counted as one of the entry's event-started containments."""
     if not public_key:
         raise EventRefused("the event names no payload.public_key: an event must name the leaked key")
-    if not _PUBLIC_KEY.match(public_key):
+    if not _PUBLIC_KEY.fullmatch(public_key):
         raise EventRefused("payload.public_key is not a Langfuse public key (pk-lf-...)")
     earlier = _earlier_containments(entry.name, flow_run_id)
     same_key = [run for run in earlier if (run.parameters or {}).get("public_key") == public_key]

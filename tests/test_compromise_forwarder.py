@@ -8,9 +8,14 @@ refused with a 4xx and a one-line JSON error and posts nothing; no token is ever
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import select
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +29,14 @@ import pytest
 
 from devstack.prefect_server import PrefectServer
 from flows.automation import EVENT
-from flows.compromise_forwarder import RateLimit, Refused, SetupError, entry_names, parse_report
+from flows.compromise_forwarder import (
+    DEFAULT_MAX_PER_CLIENT,
+    RateLimit,
+    Refused,
+    SetupError,
+    entry_names,
+    parse_report,
+)
 from tests.fixtures.rotation import ENTRY, RotationEnv
 from tests.test_emergency_trigger import automation, finished_run_of, served_deployment  # noqa: F401 (fixtures)
 
@@ -387,3 +399,253 @@ def test_the_rate_limit_is_a_sliding_minute_per_entry() -> None:
     assert [limit.allow("a", now=t) for t in (0, 1, 2)] == [True, True, False]
     assert limit.allow("b", now=2)
     assert limit.allow("a", now=60.5)
+
+
+# --- slow clients: one deadline per request, a cap on connections, shedding with 503 -----------
+
+
+class SlowClients:
+    """``count`` real sockets from ``source`` (a loopback address) that send a request line and
+    then one header line every ``interval_s``, never finishing their headers (a slow-loris client).
+    A connection the forwarder answers or closes is kept with what it was told."""
+
+    def __init__(self, url: str, count: int, *, source: str = "127.0.0.1", interval_s: float = 0.5) -> None:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self.open: list[socket.socket] = []
+        self.answers: list[bytes] = []
+        self._stop = threading.Event()
+        for _ in range(count):
+            sock = socket.create_connection((host, int(port)), timeout=10, source_address=(source, 0))
+            sock.sendall(b"POST /compromised HTTP/1.1\r\nHost: forwarder\r\n")
+            self.open.append(sock)
+        self._thread = threading.Thread(target=self._trickle, args=(interval_s,), daemon=True)
+        self._thread.start()
+
+    def _trickle(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            for sock in list(self.open):
+                try:
+                    readable, _, _ = select.select([sock], [], [], 0)
+                    if readable:
+                        self._answered(sock)
+                        continue
+                    sock.sendall(b"X-Slow: a\r\n")
+                except OSError:
+                    self._answered(sock)
+
+    def _answered(self, sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.settimeout(1)
+            self.answers.append(sock.recv(4096))
+        with contextlib.suppress(ValueError):
+            self.open.remove(sock)
+        sock.close()
+
+    def wait_until_open(self, count: int, timeout_s: float = 30) -> None:
+        """Until the forwarder has answered or closed all but ``count`` of the connections."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.open) > count:
+            assert time.monotonic() < deadline, f"{len(self.open)} connections still open"
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for sock in self.open:
+            sock.close()
+
+
+def _status(answer: bytes) -> int:
+    """The status code of a raw HTTP answer (``HTTP/1.x NNN ...``)."""
+    return int(answer.split(b" ", 2)[1])
+
+
+def _report_from(running: Running, source: str, body: Any) -> httpx.Response:
+    """A report over a connection from the loopback address ``source`` (another client)."""
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=10) as client:
+        return client.post(f"{running.url}/compromised", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+def _threads(running: Running) -> int:
+    return len(os.listdir(f"/proc/{running.process.pid}/task"))
+
+
+def _wait_for_log(running: Running, text: str, count: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while running.output().count(text) < count:
+        assert time.monotonic() < deadline, f"expected {count} log lines with {text!r}: {running.output()[-2000:]}"
+        time.sleep(0.1)
+
+
+def _raw_request(
+    running: Running, head: bytes, *, source: str = "127.0.0.1", body_trickle: int = 0
+) -> tuple[bytes, int]:
+    """Send ``head`` (request line and headers) at once, then ``body_trickle`` body bytes one every
+    0.5 s, stopping when the forwarder answers: what it answered and how many body bytes were sent."""
+    host, port = running.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30, source_address=(source, 0)) as sock:
+        sock.sendall(head)
+        sent = 0
+        while sent < body_trickle:
+            readable, _, _ = select.select([sock], [], [], 0.5)
+            if readable:
+                break
+            with contextlib.suppress(OSError):
+                sock.sendall(b"x")
+                sent += 1
+        return sock.recv(4096), sent
+
+
+def _trickled_headers(running: Running, lines: int) -> tuple[bytes, int]:
+    """A request whose header lines come one every 0.5 s: the answer, and how many lines were sent."""
+    host, port = running.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /compromised HTTP/1.1\r\nHost: forwarder\r\n")
+        for sent in range(lines):
+            readable, _, _ = select.select([sock], [], [], 0.5)
+            if readable:
+                return sock.recv(4096), sent
+            sock.sendall(f"X-Slow-{sent}: a\r\n".encode())
+        return b"", lines
+
+
+@pytest.mark.slow
+def test_a_client_trickling_header_lines_is_cut_off_at_the_requests_deadline(
+    prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    running = _start(tmp_path, prefect_server, "--request-timeout", "2")
+    try:
+        answer, sent = _trickled_headers(running, lines=60)  # 30 s of headers, each line well within any read timeout
+    finally:
+        _stop(running)
+    assert sent < 60, "the forwarder waited for every header line"
+    assert _status(answer) == 408
+    assert b'"the request did not arrive in time"' in answer
+
+
+@pytest.mark.slow
+def test_a_body_trickled_one_byte_at_a_time_is_cut_off_at_the_same_deadline(
+    prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    running = _start(tmp_path, prefect_server, "--request-timeout", "2")
+    head = (
+        f"POST /compromised HTTP/1.1\r\nHost: forwarder\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+    ).encode()
+    try:
+        answer, sent = _raw_request(running, head, body_trickle=200)
+    finally:
+        _stop(running)
+    assert sent < 200, "the forwarder waited for every byte of the body"
+    assert _status(answer) == 408
+
+
+@pytest.mark.slow
+def test_the_token_is_checked_before_any_body_is_waited_for(prefect_server: PrefectServer, tmp_path: Path) -> None:
+    running = _start(tmp_path, prefect_server, "--request-timeout", "300")
+    head = (
+        f"POST /compromised HTTP/1.1\r\nHost: forwarder\r\nAuthorization: Bearer {WRONG_TOKEN}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 4000\r\n\r\n"
+    ).encode()
+    try:
+        answer, _ = _raw_request(running, head)  # the body never comes
+    finally:
+        _stop(running)
+    assert _status(answer) == 401
+
+
+@pytest.mark.slow
+def test_hundreds_of_slow_clients_hold_a_bounded_number_of_threads_and_a_report_still_gets_through(
+    prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    # The default caps; a long deadline, so the held clients are still held when the report comes.
+    running = _start(tmp_path, prefect_server, "--request-timeout", "300")
+    slow = SlowClients(running.url, 300)
+    try:
+        _wait_for_log(running, "status=503", 300 - DEFAULT_MAX_PER_CLIENT)
+        assert _threads(running) <= DEFAULT_MAX_PER_CLIENT + 3  # its own two, one per held connection
+        slow.wait_until_open(DEFAULT_MAX_PER_CLIENT)
+        assert len(slow.open) == DEFAULT_MAX_PER_CLIENT  # still held, still trickling
+        assert {_status(a) for a in slow.answers} == {503}
+        legit = _report_from(running, "127.0.0.2", {"project": ALPHA, "public_key": KEY})
+        assert legit.status_code == 202, legit.text
+        assert len(slow.open) == DEFAULT_MAX_PER_CLIENT
+        same_client = httpx.post(
+            f"{running.url}/compromised",
+            json={"project": ALPHA, "public_key": KEY},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=10,
+        )
+        assert same_client.status_code == 503
+        assert same_client.headers["Retry-After"] == "1"
+        assert _one_line_error(same_client).startswith("too many connections from this client")
+    finally:
+        slow.close()
+        _stop(running)
+    assert TOKEN not in running.output()
+
+
+@pytest.mark.slow
+def test_past_the_connection_cap_every_client_is_shed_with_503_until_a_slot_frees(
+    prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    running = _start(
+        tmp_path, prefect_server, "--max-connections", "6", "--max-per-client", "3", "--request-timeout", "300"
+    )
+    holders = [SlowClients(running.url, 3, source="127.0.0.3"), SlowClients(running.url, 3, source="127.0.0.4")]
+    report = {"project": ALPHA, "public_key": KEY}
+
+    def from_another_client() -> httpx.Response:
+        return _report_from(running, "127.0.0.2", report)
+
+    try:
+        _wait_for_threads(running, at_least=6)
+        busy = from_another_client()
+        assert busy.status_code == 503
+        assert _one_line_error(busy).startswith("busy: too many connections")
+        assert _threads(running) <= 6 + 3
+        for holder in holders:
+            holder.close()
+        deadline = time.monotonic() + 30
+        while (answer := from_another_client()).status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert answer.status_code == 202, answer.text
+    finally:
+        for holder in holders:
+            holder.close()
+        _stop(running)
+
+
+def _wait_for_threads(running: Running, *, at_least: int, timeout_s: float = 30) -> None:
+    """Until the forwarder serves ``at_least`` connections (one thread each, besides its own two)."""
+    deadline = time.monotonic() + timeout_s
+    while _threads(running) < at_least + 2:
+        assert time.monotonic() < deadline, f"the forwarder runs {_threads(running)} threads"
+        time.sleep(0.1)
+
+
+def test_the_connection_options_are_checked_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "rotation.yaml"
+    config.write_text(CONFIG)
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    for option, value in [("--max-connections", "0"), ("--max-per-client", "0"), ("--request-timeout", "0")]:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flows.compromise_forwarder",
+                "--config",
+                str(config),
+                "--token-file",
+                str(token),
+                option,
+                value,
+            ],
+            env={"PATH": "/usr/bin:/bin", "PREFECT_API_URL": "http://127.0.0.1:9/api"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [f"error: {option} must be greater than 0"], done.stderr

@@ -238,6 +238,24 @@ def test_the_notification_carries_the_emergency_and_failure_tags(rotation_env: R
     assert received["/pager"]["title"].startswith("EMERGENCY")
 
 
+def test_a_key_list_past_the_body_cap_fails_the_emergency_saying_so_and_pages(rotation_env: RotationEnv) -> None:
+    sink = rotation_env.sink
+    rotation_env.top_overrides = {
+        "notify": {"urls": [sink.apprise_url("/chat"), {"url": sink.apprise_url("/pager"), "tags": ["emergency"]}]}
+    }
+    rotation_env.sim.control.add_keys(rotation_env.project.id, 100_000)  # Langfuse answers, with 25 MB
+
+    result = emergency(rotation_env)
+
+    assert result.status == "failed" and result.exit_code == 1
+    assert result.error is not None and "unreachable" not in result.error
+    assert "answered, but its answer to GET /api/public/projects/" in result.error
+    assert "is larger than the 16 MiB cap" in result.error
+    pages = [r.json for r in sink.wait_for(2, timeout_s=10) if r.path == "/pager"]
+    assert len(pages) == 1 and pages[0]["title"].startswith("EMERGENCY")
+    assert "larger than the 16 MiB cap" in pages[0]["message"]
+
+
 # --- the cache race: a consumer keeps using the compromised key ----------------------------------
 
 

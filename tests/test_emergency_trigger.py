@@ -278,6 +278,62 @@ def test_an_event_for_an_unknown_entry_warns_without_paging(trigger_env: Rotatio
     assert_refused_with_a_warning(trigger_env, state, "unknown project 'no-such-entry'")
 
 
+FORGED = "\nstatus: contained\nold key rejected: True [Open the run](http://evil.example/run)"
+
+
+def hostile_event_run(env: RotationEnv, *, project: str, public_key: str, source: str) -> Any:
+    from flows.emergency import emergency
+
+    return emergency(
+        project=project,
+        config_path=str(env.write_config()),
+        public_key=public_key,
+        event_id=str(uuid.uuid4()) + FORGED,
+        event_source=source,
+        return_state=True,
+    )
+
+
+def assert_nothing_forged(message: str) -> None:
+    assert [line for line in message.splitlines() if line.startswith(("status:", "old key rejected:"))] == []
+    assert "](" not in message and "http://evil" not in message, message
+
+
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_a_hostile_events_key_and_source_forge_no_line_or_link_in_the_refusal_notice(
+    trigger_env: RotationEnv,
+) -> None:
+    before = trigger_env.current()
+
+    state = hostile_event_run(
+        trigger_env, project=entry_name(trigger_env), public_key=before.public_key + FORGED, source="scanner" + FORGED
+    )
+
+    assert state.is_completed() and state.name == "Refused", state.message
+    (note,) = trigger_env.sink.wait_for(1, timeout_s=10)
+    message = note.json["message"]
+    assert_nothing_forged(message)
+    assert "public key: <invalid>" in message and "from <invalid>" in message
+    assert "event: <invalid>" in message
+    final = final_audit(trigger_env)[-1]
+    assert final["langfuse_rotate"]["outcome"] == "refused"
+    assert trigger_env.works(before)
+
+
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_a_hostile_events_project_forges_no_line_in_the_refusal_notice(trigger_env: RotationEnv) -> None:
+    state = hostile_event_run(
+        trigger_env, project="no-such-entry" + FORGED, public_key=trigger_env.current().public_key, source="scanner"
+    )
+
+    assert state.is_completed() and state.name == "Refused", state.message
+    (note,) = trigger_env.sink.wait_for(1, timeout_s=10)
+    message = note.json["message"]
+    assert_nothing_forged(message)
+    assert "project: <invalid>" in message and "unknown project '<invalid>'" in message
+    assert_nothing_forged(state.message or "")
+
+
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 def test_repeated_events_for_one_key_contain_it_once(trigger_env: RotationEnv) -> None:
     leaked = stray_key(trigger_env)

@@ -17,6 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.errors import (
+    LangfuseAnswerTooLargeError,
     LangfuseAuthError,
     LangfuseBadRequestError,
     LangfuseCanaryTimeoutError,
@@ -264,6 +265,24 @@ def test_unreachable_host(clock: FakeClock) -> None:
     with client, pytest.raises(LangfuseUnreachableError, match=r"127\.0\.0\.1:9"):
         client.list_projects()
     assert clock.sleeps == [], "nothing ever answered there: no retries"
+
+
+def test_a_key_list_larger_than_the_body_cap_says_so_and_names_the_endpoint(
+    sim: Any, admin: LangfuseAdminClient, clock: FakeClock
+) -> None:
+    project = sim.projects[0]
+    sim.control.add_keys(project.id, 100_000)  # about 25 MB of JSON
+
+    with pytest.raises(LangfuseAnswerTooLargeError) as raised:
+        admin.list_api_keys(project.id)
+
+    message = str(raised.value)
+    assert "unreachable" not in message and not raised.value.retryable
+    assert message.startswith(
+        f"Langfuse at {sim.url} answered, but its answer to GET /api/public/projects/{project.id}/apiKeys "
+        "is larger than the 16 MiB cap"
+    )
+    assert clock.sleeps == [], "a retry would meet the same answer"
 
 
 # --- create: idempotence ------------------------------------------------------------------------

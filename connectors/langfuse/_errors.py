@@ -14,6 +14,7 @@ import httpx
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from connectors.errors import (
+    LangfuseAnswerTooLargeError,
     LangfuseAuthError,
     LangfuseBadRequestError,
     LangfuseConflictError,
@@ -60,6 +61,9 @@ class Failure:
     retryable: bool = True
     refused: bool = False
     """The connection itself failed (refused, no route, unknown name): nothing answered at all."""
+    answered: bool = False
+    """The server did answer, with an answer refused unread (``reason`` says why and names the
+    endpoint): not an unreachable server."""
 
 
 def redact(text: str, secrets: Iterable[SecretStr]) -> str:
@@ -137,6 +141,13 @@ def failure_of(exc: httpx.TransportError, timeout_s: float) -> Failure:
     if isinstance(exc, httpx.ProxyError):
         return Failure("proxy error", maybe_sent=False)
     return Failure(f"connection dropped ({type(exc).__name__})", maybe_sent=True)
+
+
+def answer_refused(host: str, failure: Failure, action: Action) -> LangfuseAnswerTooLargeError:
+    return LangfuseAnswerTooLargeError(
+        f"Langfuse at {host} answered, but {failure.reason}, so it was refused unread: failed to "
+        f"{action.doing}; a retry would get the same answer (more keys or projects than one answer should carry?)"
+    )
 
 
 def unreachable(host: str, failure: Failure, action: Action) -> LangfuseUnreachableError:

@@ -21,7 +21,15 @@ from pydantic import SecretStr
 from connectors import pacing
 from connectors.errors import LangfuseError
 from connectors.http_limits import BodyTooLargeError, deadline, deadline_transport, read_capped
-from connectors.langfuse._errors import Action, Failure, error_for, failure_of, parse_retry_after, unreachable
+from connectors.langfuse._errors import (
+    Action,
+    Failure,
+    answer_refused,
+    error_for,
+    failure_of,
+    parse_retry_after,
+    unreachable,
+)
 from connectors.langfuse.models import RetryPolicy
 from connectors.tls import shared_ssl_context
 
@@ -99,6 +107,15 @@ def display_host(host: str) -> str:
         raise ValueError("Langfuse host must not contain credentials; pass keys separately")
     port = f":{url.port}" if url.port is not None else ""
     return f"{url.scheme}://{url.host}{port}{url.path.rstrip('/')}"
+
+
+def too_large_reason(method: str, path: str, exc: BodyTooLargeError) -> str:
+    """What was wrong with an answer refused unread, naming the endpoint (method and path, no query)."""
+    endpoint = f"{method} {path.split('?', 1)[0]}"
+    if exc.encoding is not None:
+        return f"its answer to {endpoint} is compressed ({exc.encoding}), so its size cannot be capped"
+    declared = f" (Content-Length {exc.declared})" if exc.declared is not None else ""
+    return f"its answer to {endpoint} is larger than the {MAX_BODY_BYTES // (1024 * 1024)} MiB cap{declared}"
 
 
 def is_retryable_status(status: int) -> bool:
@@ -195,10 +212,8 @@ class HttpCore:
                     streamed.close()
         except httpx.TransportError as exc:
             return failure_of(exc, self.timeout_s)
-        except BodyTooLargeError:
-            return Failure(
-                f"answer larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB", maybe_sent=True, retryable=False
-            )
+        except BodyTooLargeError as exc:
+            return Failure(too_large_reason(method, path, exc), maybe_sent=True, retryable=False, answered=True)
         response = httpx.Response(
             streamed.status_code,
             headers=streamed.headers,
@@ -274,6 +289,8 @@ class HttpCore:
 
     def error(self, outcome: Outcome, action: Action) -> LangfuseError:
         """The exception for a failed outcome."""
+        if isinstance(outcome, Failure) and outcome.answered:
+            return answer_refused(self.host, outcome, action)
         if isinstance(outcome, Failure):
             return unreachable(self.host, outcome, action)
         retry_after = parse_retry_after(outcome.headers.get("retry-after"))

@@ -23,6 +23,12 @@ class SimulatorControl:
         """Every key row (project and org), without secrets."""
         return list(self._call("GET", "/_sim/keys")["keys"])
 
+    def add_keys(self, project_id: str, count: int, note: str = "bulk") -> int:
+        """Add ``count`` generated keys to the project (secrets discarded); how many were added."""
+        return int(
+            self._call("POST", "/_sim/keys", json={"project_id": project_id, "count": count, "note": note})["created"]
+        )
+
     def backdate_key(self, key: str, created_at: datetime) -> dict[str, Any]:
         """Set the `createdAt` of the key with this id or public key (an aware datetime)."""
         iso = created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -6,7 +6,7 @@ from typing import Any
 
 from devstack.langfuse_sim.config import ConfigError
 from devstack.langfuse_sim.faults import FaultError, parse_fault
-from devstack.langfuse_sim.model import iso_to_ts
+from devstack.langfuse_sim.model import generate_key_pair, iso_to_ts
 from devstack.langfuse_sim.state import SimState
 from devstack.langfuse_sim.wire import BodyError, Request, Response
 
@@ -22,6 +22,42 @@ def keys(state: SimState, req: Request, params: dict[str, str]) -> Response:
     with state.lock:
         rows = sorted(state.store.keys.values(), key=lambda k: k.created_at)
         return Response(200, {"keys": [k.control_view() for k in rows]})
+
+
+MAX_BULK_KEYS = 200_000
+
+
+def add_keys(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    """Add `count` generated keys to a project (`{"project_id", "count", "note"?}`), their secrets
+    discarded: a project with more keys than any answer should carry (e.g. 100,000)."""
+    try:
+        body = _json_body(req)
+    except ConfigError as exc:
+        return Response(400, {"error": str(exc)})
+    project_id = body.get("project_id") if isinstance(body, dict) else None
+    count = body.get("count") if isinstance(body, dict) else None
+    note = body.get("note", "bulk") if isinstance(body, dict) else None
+    if (
+        not isinstance(project_id, str)
+        or not isinstance(count, int)
+        or isinstance(count, bool)
+        or not 1 <= count <= MAX_BULK_KEYS
+        or not isinstance(note, str)
+    ):
+        return Response(
+            400, {"error": f'body must be {{"project_id": "...", "count": 1..{MAX_BULK_KEYS}, "note": "..."}}'}
+        )
+    with state.lock:
+        store = state.store
+        if project_id not in store.projects:
+            return Response(404, {"error": f"no project {project_id}"})
+        for _ in range(count):
+            public_key, secret_key = generate_key_pair()
+            store.add_key(
+                scope="PROJECT", project_id=project_id, note=note, public_key=public_key, secret_key=secret_key
+            )
+        state.persist()
+    return Response(201, {"created": count})
 
 
 def patch_key(state: SimState, req: Request, params: dict[str, str]) -> Response:

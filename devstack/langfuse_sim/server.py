@@ -96,7 +96,7 @@ ROUTES: list[Route] = [
     _route("/api/public/ready", {"GET": data.ready}, _MIDDLEWARE_405),
 ]
 CONTROL_ROUTES: list[Route] = [
-    _route("/_sim/keys", {"GET": control.keys}, {"error": "Method Not Allowed"}),
+    _route("/_sim/keys", {"GET": control.keys, "POST": control.add_keys}, {"error": "Method Not Allowed"}),
     _route(f"/_sim/keys/{_SEG.format('key')}", {"PATCH": control.patch_key}, {"error": "Method Not Allowed"}),
     _route("/_sim/users", {"GET": control.users, "POST": control.add_user}, {"error": "Method Not Allowed"}),
     _route("/_sim/requests", {"GET": control.requests}, {"error": "Method Not Allowed"}),
