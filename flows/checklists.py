@@ -159,7 +159,11 @@ def run_emergency(
         # before anything changes, reconcile included
         check_compromised_key(ctx, compromised_public_key, state)
     run = RunTracker(ctx, runner, "emergency")
-    plan: RotationPlan | None = None
+    # What a failure before the revoke rolls back: only a containment this run began. A staged
+    # rotation carried on as an emergency stays staged (a rerun carries it on again), and a failure
+    # before create changed nothing.
+    undo: RotationPlan | None = None
+    carried_on = ""
     try:
         began = time.monotonic()
         plan = plan_rotation(ctx, "emergency", state)
@@ -170,12 +174,19 @@ def run_emergency(
         key_ids = run.step(steps.reconcile, ctx, plan).key_ids
         if target != plan.old_public_key:
             return _contain_stray_key(run, target)
+        if plan.resumed:
+            carried_on = (
+                f"rotation {plan.rotation_id} stays staged as an emergency, not rolled back: run "
+                f"'langfuse-rotate emergency --project {ctx.entry.name}' again to contain {target}"
+            )
+        else:
+            undo = plan
         # 1 create (written ahead to the store, then in Langfuse), 2 store (promote)
         record = _create_and_store(run, plan)
     except BadInputError:
         raise
     except BaseException as exc:
-        return _rolled_back(run, plan, exc)
+        return _rolled_back(run, undo, exc, note=carried_on)
     # Point of no return: from here problems are reported for a person (exit 4), never rolled back.
     problems: list[str] = []
     # 5 revoke now, without waiting for anyone; if Langfuse's cache still accepts the key and no
@@ -237,25 +248,26 @@ def _create_and_store(run: RunTracker, plan: RotationPlan, approve: Approver | N
     return record
 
 
-def _rolled_back(run: RunTracker, plan: RotationPlan | None, exc: BaseException) -> RotationResult:
-    """A failure before the point of no return: roll back, notify, return the result (an
-    interrupt, e.g. Ctrl-C, is raised again once the rollback is done)."""
+def _rolled_back(run: RunTracker, plan: RotationPlan | None, exc: BaseException, note: str = "") -> RotationResult:
+    """A failure before the point of no return: roll back ``plan`` (None: nothing to roll back),
+    notify, return the result (an interrupt, e.g. Ctrl-C, is raised again once the rollback is
+    done). ``note``: why nothing was rolled back, for the result's error."""
     if plan is not None and run.result.new_public_key is not None:
         plan = plan.model_copy(update={"new_public_key": run.result.new_public_key})
-    result = _roll_back(run, plan, exc)
+    result = _roll_back(run, plan, exc, note)
     notify(run.ctx, result)
     if not isinstance(exc, Exception):
         raise exc
     return result
 
 
-def _roll_back(run: RunTracker, plan: RotationPlan | None, exc: BaseException) -> RotationResult:
+def _roll_back(run: RunTracker, plan: RotationPlan | None, exc: BaseException, note: str = "") -> RotationResult:
     ctx = run.ctx
     failed_step = exc.step if isinstance(exc, StepFailed) else run.current_step
     run.result.failed_step = failed_step
     reason = f"{failed_step}: {one_line(exc)}"
-    if plan is None:  # nothing changed yet
-        return run.finish("failed", reason)
+    if plan is None:  # nothing to roll back
+        return run.finish("failed", f"{reason}; {note}" if note else reason)
     # An emergency asked for the entry: it carries the rotation through; rolling back now would
     # make the compromised key current again under it.
     ctx.handover.check()

@@ -134,3 +134,30 @@ def test_reconcile_carries_on_an_unpromoted_rotation_an_emergency_took_over_befo
     result = last_json(proc)
     assert result["status"] == "reconciled" and result["old_key_rejected"] is True, result
     assert_leaked_key_contained(env, consumer, leaked, result)
+
+
+@pytest.mark.parametrize("any_store", ["vault", "aws"], indirect=True)
+def test_an_emergency_that_fails_before_revoking_a_rotation_it_took_over_leaves_it_staged_for_a_rerun(
+    rotation_env: RotationEnv, consumer: ConsumerProcess
+) -> None:
+    """Not killed but failing (Langfuse refuses the create): the taken-over rotation is not rolled
+    back either; the result says to run the emergency again, and that rerun contains the key."""
+    env = rotation_env
+    leaked = env.current()
+    rotation_id = rotation_killed_after_promotion(env, "after_stage")
+    env.sim.control.inject_fault("/api/public/projects/", method="POST", status=500, count=50)
+
+    failed = run_direct(env, "emergency")
+
+    assert failed.returncode == 1, failed.stdout + failed.stderr[-3000:]
+    result = last_json(failed)
+    assert result["status"] == "failed" and "stays staged as an emergency" in result["error"], result
+    assert not any(step["step"] == "rollback" for step in result["steps"]), result["steps"]
+    pending = env.store.store.describe(env.location).pending
+    assert pending is not None and pending.rotation_id == rotation_id and pending.mode == "emergency"
+    env.sim.control.clear_faults()
+
+    rerun = run_direct(env, "emergency")
+
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr[-3000:]
+    assert_leaked_key_contained(env, consumer, leaked, last_json(rerun))
