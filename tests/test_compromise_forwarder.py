@@ -435,8 +435,7 @@ class SlowClients:
 
     def _answered(self, sock: socket.socket) -> None:
         with contextlib.suppress(OSError):
-            sock.settimeout(1)
-            self.answers.append(sock.recv(4096))
+            self.answers.append(_read_answer(sock, timeout_s=1))
         with contextlib.suppress(ValueError):
             self.open.remove(sock)
         sock.close()
@@ -453,6 +452,17 @@ class SlowClients:
         self._thread.join(5)
         for sock in self.open:
             sock.close()
+
+
+def _read_answer(sock: socket.socket, timeout_s: float = 10) -> bytes:
+    """The whole answer: the forwarder closes every connection after answering, and may write the
+    head and the body in two sends, so one ``recv`` can return the head alone."""
+    sock.settimeout(timeout_s)
+    chunks = []
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(4096):
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _status(answer: bytes) -> int:
@@ -493,7 +503,7 @@ def _raw_request(
             with contextlib.suppress(OSError):
                 sock.sendall(b"x")
                 sent += 1
-        return sock.recv(4096), sent
+        return _read_answer(sock), sent
 
 
 def _trickled_headers(running: Running, lines: int) -> tuple[bytes, int]:
@@ -504,7 +514,7 @@ def _trickled_headers(running: Running, lines: int) -> tuple[bytes, int]:
         for sent in range(lines):
             readable, _, _ = select.select([sock], [], [], 0.5)
             if readable:
-                return sock.recv(4096), sent
+                return _read_answer(sock), sent
             sock.sendall(f"X-Slow-{sent}: a\r\n".encode())
         return b"", lines
 
