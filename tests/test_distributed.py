@@ -27,6 +27,7 @@ from devstack.openbao import OpenBaoServer
 from devstack.prefect_server import PrefectServer
 from devstack.sinks import JsonSink
 from tests.fixtures.langfuse_sim import SimProcess
+from tests.fixtures.prefect import started_prefect_server
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 pytestmark = pytest.mark.slow
@@ -76,7 +77,7 @@ def stack(
     config_path.parent.mkdir()
     worker_log = home / "worker.log"
     second_worker_log = home / "worker-b.log"
-    with PrefectServer() as server:
+    with started_prefect_server() as server:
         cli_env = server.client_env()
 
         def prefect(*args: str) -> None:

@@ -34,6 +34,7 @@ from devstack.prefect_server import PrefectServer
 from devstack.sinks import JsonSink
 from flows.crashpoints import CRASH_ENV_VAR
 from tests.fixtures.devstack import HealthStub
+from tests.fixtures.prefect import started_prefect_server
 from tests.fixtures.rotation import ENTRY, RotationEnv
 from tests.fixtures.stores import AWS_REGION, AWS_TEST_CREDENTIALS
 from tests.secret_scan import (
@@ -53,13 +54,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def hygiene_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    with PrefectServer(home=tmp_path_factory.mktemp("prefect-home")) as server:
+    with started_prefect_server(home=tmp_path_factory.mktemp("prefect-home")) as server:
         yield server
 
 
 def prefect_database(server: PrefectServer) -> list[Source]:
-    """PostgreSQL: a dump; SQLite (no PostgreSQL here): the .db file is under PREFECT_HOME."""
-    return collect_postgres(server.db_name) if server.db_name else []
+    """A dump of the server's PostgreSQL database."""
+    assert server.db_name is not None, "the hygiene server runs on PostgreSQL"
+    return collect_postgres(server.db_name)
 
 
 class Runs:
