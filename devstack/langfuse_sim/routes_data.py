@@ -113,7 +113,7 @@ def otel_traces(state: SimState, req: Request, params: dict[str, str]) -> Respon
         )
     assert scope.key.project_id is not None
     with state.lock:
-        visible_at = time.time() + state.config.otel_delay_s
+        visible_at = state.now() + state.config.otel_delay_s
         store_spans(state.telemetry, spans, scope.key.project_id, scope.key.public_key, visible_at)
     return Response(200, {})
 
@@ -189,7 +189,7 @@ def ingestion(state: SimState, req: Request, params: dict[str, str]) -> Response
                 successes.append({"id": event_id, "status": 201})
     assert scope.key.project_id is not None
     with state.lock:
-        visible_at = time.time() + delay
+        visible_at = state.now() + delay
         for event in accepted:
             _apply_event(state, event, scope.key.project_id, scope.key.public_key, visible_at)
     return Response(207, {"successes": successes, "errors": errors})
@@ -349,7 +349,7 @@ def create_scores(state: SimState, req: Request, params: dict[str, str]) -> Resp
             errors.append({"message": "Invalid score: name and value are required"})
     assert scope.key.project_id is not None
     with state.lock:
-        visible_at = time.time() + state.config.ingestion_delay_s
+        visible_at = state.now() + state.config.ingestion_delay_s
         for item in good:
             score = {
                 "id": item.get("id") or _new_id(),
@@ -383,7 +383,7 @@ def get_observations_v2(state: SimState, req: Request, params: dict[str, str]) -
         if state.config.version.startswith("3."):
             return Response(404, {"message": V2_NEEDS_V4, "error": "LangfuseNotFoundError"})
         assert scope.key.project_id is not None
-        rows = state.telemetry.visible_observations(scope.key.project_id, time.time())
+        rows = state.telemetry.visible_observations(scope.key.project_id, state.now())
     filters = {
         "traceId": "trace_id",
         "name": "name",
@@ -434,7 +434,7 @@ def get_trace(state: SimState, req: Request, params: dict[str, str]) -> Response
     with state.lock:
         if state.config.events_only:
             return Response(404, {"message": EVENTS_ONLY_NOT_AVAILABLE})
-        now = time.time()
+        now = state.now()
         trace = state.telemetry.visible_trace(scope.key.project_id, trace_id, now)
         if trace is None:
             return Response(
@@ -463,7 +463,7 @@ def list_traces(state: SimState, req: Request, params: dict[str, str]) -> Respon
     with state.lock:
         if state.config.events_only:
             return Response(404, {"message": EVENTS_ONLY_NOT_AVAILABLE})
-        now = time.time()
+        now = state.now()
         traces = state.telemetry.visible_traces(scope.key.project_id, now)
         for param, attr in (("name", "name"), ("userId", "user_id"), ("sessionId", "session_id")):
             wanted = req.param(param)
