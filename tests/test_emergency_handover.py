@@ -23,6 +23,7 @@ from flows.entry_run import execute
 from flows.lock import lock_name
 from flows.step_runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
+from tests.fixtures.prefect import wait_for_paused_run
 from tests.fixtures.rotation import ENTRY, RotationEnv
 from tests.test_concurrency import created_keys, finish, gate, start, wait_until
 
@@ -119,8 +120,7 @@ def test_an_emergency_takes_over_a_rotation_paused_for_approval(
     old = env.current()
     config = str(env.write_config())
     rotation = start(env, "rotate", "--config", config, "--project", ENTRY, host="a", prefect=True)
-    wait_until(lambda: env.store.store.describe(env.location).pending is not None, "the rotation staged its key")
-    time.sleep(3)  # it pauses right after staging
+    paused = wait_for_paused_run(config, rotation)
     staged = staged_new_key(env)
 
     emergency = start(env, "emergency", "--config", config, "--project", ENTRY, "--no-prefect", host="a", prefect=False)
@@ -133,6 +133,7 @@ def test_an_emergency_takes_over_a_rotation_paused_for_approval(
     assert_superseded(*rotation_outcome, result)
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(rotation_outcome[1]["prefect_flow_run_id"])
+    assert run.id == paused.id, "the run the emergency took over is the one that was paused"
     assert run.state.type.value != "PAUSED"
     assert run.state.message.startswith("in_progress: ")
 

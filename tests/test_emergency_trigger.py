@@ -30,6 +30,7 @@ from connectors.langfuse import LangfuseAdminClient
 from connectors.store import SecretLocation
 from devstack.prefect_server import PrefectServer
 from flows.automation import EMERGENCY_TRIGGER, compromised_event
+from tests.fixtures.prefect import wait_until_automations_load
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def automation(served_deployment: str) -> Iterator[str]:
                 break
             time.sleep(0.5)
         assert owned, "serve(triggers=...) created no automation"
-    time.sleep(2)  # the trigger service loads new automations periodically
+    wait_until_automations_load()
     yield served_deployment
 
 
