@@ -129,8 +129,9 @@ def test_every_entry_is_rotated_concurrently_and_the_waits_for_consumers_overlap
     assert result.exit_code == ExitCode.OK
     for name in fleet.paths:
         assert fleet.current(name) not in (None, fleet.originals[name])
-    # one after another the consumers alone would take 10 x 2 s
-    assert result.duration_s < 12, result.duration_s
+    # One after another, no two consumers would ever be rolling out at once (how much sooner the
+    # fleet finishes is benchmarks/fleet.py's to measure).
+    assert fleet.consumers.most_rolling_out_at_once >= 2, fleet.consumers.most_rolling_out_at_once
     waits = [s.duration_s for e in result.entries for s in e.steps if s.step == "wait_for_restarts"]
     assert len(waits) == 10 and min(waits) >= 1.5
 
