@@ -172,17 +172,69 @@ def test_the_exit_code_puts_a_person_first_then_failures_then_refusals() -> None
     )
 
 
+def _record_langfuse_pacing(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
+    """Every pause of a fleet pacer ``(pacer, at, seconds)`` and every request it let through
+    ``(pacer, at)``, on ``time.monotonic``."""
+    from flows.pacing import Pacer
+
+    pauses = recorded_calls(monkeypatch, Pacer, "slow_down", lambda pacer, s: (pacer, time.monotonic(), s))
+    passed: list[tuple[Pacer, float]] = []
+    acquire = Pacer.acquire
+
+    def acquire_and_note(pacer: Pacer) -> None:
+        acquire(pacer)
+        passed.append((pacer, time.monotonic()))
+
+    monkeypatch.setattr(Pacer, "acquire", acquire_and_note)
+    return pauses, passed
+
+
+def _passed_during(pauses: list[Any], passed: list[Any]) -> list[float]:
+    """Seconds into a pause at which a request of the paused pacer went through anyway. A request
+    released a moment before the pause began may still be on its way: 0.25 s of grace."""
+    return [t - at for pacer, at, seconds in pauses for p, t in passed if p is pacer and at + 0.25 < t < at + seconds]
+
+
 @vault_only
-def test_a_429_storm_slows_the_whole_fleet_and_no_entry_fails(fleet_factory: Any) -> None:
+def test_a_429_storm_slows_the_whole_fleet_and_no_entry_fails(
+    fleet_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fleet = fleet_factory(5)
     fleet.env.sim.configure(rate_limits={"public-api": [12, 3]})
     since = fleet.env.sim.requests()["next"]
+    key = pacing.langfuse_key(fleet.env.sim.url)
+    counted_before = pacing.requests[f"{key} 429"]
+    pauses, passed = _record_langfuse_pacing(monkeypatch)
 
     result = run_fleet(fleet.config(), config_path=None, concurrency=5)
 
     assert result.counts == {"rotated": 5}, [(e.project, e.error) for e in result.entries]
-    statuses = [r["status"] for r in fleet.env.sim.requests(since)["requests"]]
-    assert 429 in statuses, "the simulator's limit was reached"
+    served = [r["status"] for r in fleet.env.sim.requests(since)["requests"]].count(429)
+    assert served >= 1, "the simulator's limit was reached"
+    assert pacing.requests[f"{key} 429"] - counted_before == served, "the fleet counted every 429 it was served"
+    assert len(pauses) == served and all(s >= 1 for _, _, s in pauses), "each 429 paused the fleet for Retry-After"
+    assert _passed_during(pauses, passed) == []
+
+
+@vault_only
+def test_one_entrys_429_pauses_every_entrys_langfuse_requests(
+    fleet_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One 429 (on the first key creation) while the other entries go on to their next Langfuse
+    requests: they wait out its Retry-After too, though the server would have answered them."""
+    fleet = fleet_factory(5)
+    fleet.env.sim.inject_fault(
+        f"/api/public/projects/{fleet.env.project.id}/apiKeys", method="POST", status=429, retry_after=3, count=1
+    )
+    pauses, passed = _record_langfuse_pacing(monkeypatch)
+
+    result = run_fleet(fleet.config(), config_path=None, concurrency=5)
+
+    assert result.counts == {"rotated": 5}, [(e.project, e.error) for e in result.entries]
+    ((paused, _, seconds),) = pauses
+    assert seconds == 3
+    assert len([p for p, _ in passed if p is paused]) > 5, "the other entries had Langfuse requests to make"
+    assert _passed_during(pauses, passed) == []
 
 
 @vault_only
