@@ -438,31 +438,48 @@ def test_a_killed_fleet_rerun_resumes_unfinished_entries_and_skips_rotated_ones(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+    def describe(name: str) -> Any:
+        return fleet.env.store.store.describe(SecretLocation(path=fleet.paths[name]))
+
+    # Kill it while at least three entries have a new key and one of them is mid-rotation (staged,
+    # waiting for its consumer's 1.5 s restart).
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        changed = [n for n in fleet.paths if fleet.current(n) != fleet.originals[n]]
-        if len(changed) >= 3:
+        states = {n: describe(n) for n in fleet.paths}
+        changed = [n for n, d in states.items() if d.current_public_key != fleet.originals[n]]
+        if len(changed) >= 3 and any(d.pending is not None and d.pending_promoted for d in states.values()):
             break
-        time.sleep(0.2)
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
     assert proc.stdout is not None
     proc.stdout.close()
-    after_kill = {n: fleet.current(n) for n in fleet.paths}
-    changed = [n for n in fleet.paths if after_kill[n] != fleet.originals[n]]
-    assert 3 <= len(changed) < 6, "killed mid-fleet"
+    after_kill = {n: describe(n) for n in fleet.paths}
+    unfinished = {n: d.pending for n, d in after_kill.items() if d.pending is not None}
+    finished = [n for n, d in after_kill.items() if d.pending is None and d.current_public_key != fleet.originals[n]]
+    untouched = [n for n in fleet.paths if n not in unfinished and n not in finished]
+    assert unfinished and finished, f"killed mid-fleet: unfinished {sorted(unfinished)}, finished {finished}"
 
     rerun = fleet.env.cli("rotate", "--config", str(path), "--all", "--concurrency", "3", "--json")
 
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     out = json.loads(rerun.stdout.strip().splitlines()[-1])
-    statuses = {e["project"]: e["status"] for e in out["entries"]}
-    assert set(statuses.values()) <= {"skipped", "rotated"}
-    assert statuses.values() and "skipped" in statuses.values()
+    by_name = {e["project"]: e for e in out["entries"]}
+    for name, staged in unfinished.items():
+        entry = by_name[name]
+        assert entry["status"] == "rotated", entry
+        assert (entry["rotation_id"], entry["new_public_key"]) == (staged.rotation_id, staged.new_public_key), (
+            f"{name}: the killed run's rotation is resumed (same rotation, same pair), not started again"
+        )
+    for name in finished:
+        assert by_name[name]["status"] == "skipped", by_name[name]
+        assert describe(name).current_public_key == after_kill[name].current_public_key, "not rotated again"
+    for name in untouched:
+        assert by_name[name]["status"] == "rotated", by_name[name]
     for name in fleet.paths:
         assert fleet.current(name) != fleet.originals[name]
-        if statuses[name] == "skipped":
-            assert fleet.current(name) == after_kill[name], "a skipped entry is not rotated again"
+        assert describe(name).pending is None
     keys = [k for k in fleet.env.sim.keys() if k.get("projectId") == fleet.env.project.id]  # noqa: SIM118
     ours = [k["publicKey"] for k in keys]
     for name in fleet.paths:
