@@ -37,6 +37,7 @@ vault_only = pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 REPO = Path(__file__).resolve().parents[1]
 POOL = "langfuse-rotation"  # the work pool deployments/prefect.yaml names
 RUN_TIMEOUT_S = 240
+WORKERS = ("worker-a", "worker-b")
 
 
 def _prefect() -> str:
@@ -109,7 +110,7 @@ def stack(
         )
         workers = []
         # Two process workers on the one pool: fleet batches spread over them (Prefect schedules).
-        for name, log_path in (("worker-a", worker_log), ("worker-b", second_worker_log)):
+        for name, log_path in zip(WORKERS, (worker_log, second_worker_log), strict=True):
             with log_path.open("wb") as log:
                 workers.append(
                     subprocess.Popen(
@@ -340,6 +341,15 @@ def test_the_reconcile_deployment_fails_when_an_entry_could_not_be_reconciled(
     assert run.state.message.startswith("failed: 1 of 2 entries not reconciled: no-secret-yet")
 
 
+class BatchesNotSpread(AssertionError):
+    """Raised only by the spread check below, so its xfail cannot hide any other failure."""
+
+
+@pytest.mark.xfail(
+    raises=BatchesNotSpread,
+    strict=True,
+    reason="issue 24 (spread over workers, for real): one worker takes every batch in one poll today",
+)
 @vault_only
 def test_a_fleet_with_batch_size_hands_batches_to_the_pool_and_reports_every_entry(
     stack: Stack, rotation_env: RotationEnv
@@ -389,8 +399,12 @@ def test_a_fleet_with_batch_size_hands_batches_to_the_pool_and_reports_every_ent
     assert {r["status"] for r in rows} == {"rotated"}
     notes = rotation_env.sink.wait_for(1, timeout_s=30)
     assert len(notes) == 1 and "4 rotated" in notes[0].json["title"], [n.json["title"] for n in notes]
-    ran_on = {p.name: p.read_text(errors="replace") for p in (stack.worker_log, stack.second_worker_log)}
-    print({name: sum(str(b.id) in log for b in batches) for name, log in ran_on.items()})
+    # The worker that submitted a run labels it with its name.
+    ran_on = [(b.labels or {}).get("prefect.worker.name") for b in batches]
+    assert set(ran_on) <= set(WORKERS), f"every batch ran on one of the pool's workers: {ran_on}"
+    spread = {worker: ran_on.count(worker) for worker in WORKERS}
+    if not all(spread.values()):
+        raise BatchesNotSpread(f"every worker of the pool runs batches of the fleet: {spread}")
 
 
 def _artifacts(run: Any) -> list[Any]:
