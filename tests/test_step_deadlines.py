@@ -147,8 +147,7 @@ def test_a_rollback_past_its_deadline_fails_the_run_instead_of_hanging(
     assert "rollback failed: rollback timed out after 0.5s" in (result.error or "")
 
 
-@pytest.mark.slow
-def test_prefect_tasks_carry_every_steps_deadline(prefect_server: PrefectServer) -> None:
+def test_prefect_tasks_carry_every_steps_deadline() -> None:
     runner = PrefectRunner()
     for fn in STEPS:
         assert runner._task(fn).timeout_seconds == contract_of(fn).timeout_s, contract_of(fn).name
