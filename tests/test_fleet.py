@@ -33,6 +33,7 @@ from flows.config import parse_config
 from flows.fleet import FleetResult, fleet_exit_code, run_fleet
 from flows.models import ExitCode, RotationResult
 from tests.fixtures.calls import recorded_calls
+from tests.fixtures.prefect import state_history, wait_for_paused_run
 from tests.fixtures.rotation import RotationEnv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -327,6 +328,36 @@ def test_a_fleet_entry_reads_its_state_before_the_lock_once(
 # --- templates ----------------------------------------------------------------------------------
 
 
+def _template_config(fleet: Fleet, env: RotationEnv) -> Path:
+    """A configuration whose only entries come from ``project_template``: every simulator project
+    but the second, each project's bootstrap key stored at ``<path>/<project name>``."""
+    sim = env.sim
+    for project in sim.projects:
+        pair = KeyPair(public_key=project.public_key, secret_key=SecretStr(project.secret_key))
+        env.store.store.seed(SecretLocation(path=f"{env.path}/{project.name}"), pair, sim.url)
+    config = fleet.config_dict()
+    config["projects"] = []
+    config["project_template"] = {
+        "include": ["sim-project-*"],
+        "exclude": [sim.projects[1].name],
+        "name": "{project_name}",
+        "store": "main",
+        "path": f"{env.path}/{{project_name}}",
+        "consumers": [
+            {
+                "name": "app",
+                "health_url": fleet.consumers.health_url(f"{env.path}/{{project_name}}"),
+                "restart_url": fleet.consumers.restart_url(f"{env.path}/{{project_name}}"),
+            }
+        ],
+        "grace_period_s": 0,
+        "canary_timeout_s": 5,
+    }
+    path = env.tmp / "template.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 @vault_only
 def test_the_template_generates_an_entry_per_matching_project_and_dry_run_lists_them(
     fleet_factory: Any, rotation_env: RotationEnv
@@ -334,24 +365,7 @@ def test_the_template_generates_an_entry_per_matching_project_and_dry_run_lists_
     fleet = fleet_factory(0)
     sim = rotation_env.sim
     names = [p.name for p in sim.projects]
-    for project in sim.projects:
-        pair = KeyPair(public_key=project.public_key, secret_key=SecretStr(project.secret_key))
-        rotation_env.store.store.seed(SecretLocation(path=f"{rotation_env.path}/{project.name}"), pair, sim.url)
-    config = fleet.config_dict()
-    config["projects"] = []
-    config["project_template"] = {
-        "include": ["sim-project-*"],
-        "exclude": [names[1]],
-        "name": "{project_name}",
-        "store": "main",
-        "path": f"{rotation_env.path}/{{project_name}}",
-        "consumers": [
-            {"name": "app", "health_url": fleet.consumers.health_url(f"{rotation_env.path}/{{project_name}}")}
-        ],
-        "grace_period_s": 0,
-    }
-    path = rotation_env.tmp / "template.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path = _template_config(fleet, rotation_env)
 
     proc = rotation_env.cli("rotate", "--config", str(path), "--all", "--dry-run", "--json")
 
@@ -363,6 +377,31 @@ def test_the_template_generates_an_entry_per_matching_project_and_dry_run_lists_
         {"project": names[0], "project_id": sim.projects[0].id, "entry": names[0], "problem": None}
     ]
     assert "project_template expands to:" in proc.stderr and names[0] in proc.stderr
+
+
+@vault_only
+def test_a_fleet_run_rotates_the_entries_the_template_generates_and_only_those(
+    fleet_factory: Any, rotation_env: RotationEnv
+) -> None:
+    fleet = fleet_factory(0)
+    sim = rotation_env.sim
+    included, excluded = sim.projects[0], sim.projects[1]
+    path = _template_config(fleet, rotation_env)
+
+    proc = rotation_env.cli("rotate", "--config", str(path), "--all", "--json")
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["status"] == "rotated" and out["counts"] == {"rotated": 1}
+    (entry,) = out["entries"]
+    assert (entry["project"], entry["old_public_key"]) == (included.name, included.public_key)
+    stored = rotation_env.store.store.read_current(SecretLocation(path=f"{rotation_env.path}/{included.name}"))
+    assert stored.key_pair().public_key == entry["new_public_key"] != included.public_key
+    assert rotation_env.works(stored.key_pair()), "the generated entry's new pair works"
+    assert not rotation_env.works(KeyPair(public_key=included.public_key, secret_key=SecretStr(included.secret_key)))
+    untouched = rotation_env.store.store.read_current(SecretLocation(path=f"{rotation_env.path}/{excluded.name}"))
+    assert untouched.key_pair().public_key == excluded.public_key, "the excluded project is left alone"
+    assert fleet.consumers.key_of(f"{rotation_env.path}/{included.name}") == entry["new_public_key"]
 
 
 # --- the command line under Prefect -------------------------------------------------------------
@@ -390,6 +429,50 @@ def test_rotate_all_json_is_one_object_and_each_entry_is_its_own_flow_run(prefec
     assert {e["project"]: e["status"] for e in out["entries"]}["svc-01"] == "rolled_back"
     assert all(e["prefect_flow_run_id"] for e in out["entries"])
     _check_runs_in_prefect(out)
+
+
+@vault_only
+def test_a_fleet_entry_that_requires_approval_pauses_as_its_own_run_while_the_others_rotate(
+    prefect_fleet: Any,
+) -> None:
+    from prefect.flow_runs import resume_flow_run
+
+    fleet = prefect_fleet(3)
+    config = fleet.config_dict()
+    gated = config["projects"][1]
+    gated.update(approval="required", approval_timeout_s=300)
+    path = fleet.env.tmp / "fleet-approval.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "rotate", "--config", str(path), "--all", "--json"],
+        env=fleet.env.prefect_env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        paused = wait_for_paused_run(str(path), proc)
+        assert paused.parameters["project"] == gated["name"], "the entry that needs approval is the one paused"
+        assert fleet.current(gated["name"]) == fleet.originals[gated["name"]], "not promoted while paused"
+
+        resume_flow_run(paused.id, run_input={"approve": True, "approver": "ci", "reason": "fleet test"})
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    assert proc.returncode == 0, stdout + stderr[-3000:]
+    out = json.loads(stdout.strip().splitlines()[-1])
+    assert out["status"] == "rotated" and out["counts"] == {"rotated": 3}
+    by_name = {e["project"]: e for e in out["entries"]}
+    approval = [s for s in by_name[gated["name"]]["steps"] if s["step"] == "approval"]
+    assert approval and approval[0]["outcome"] == "done" and "approved by ci" in approval[0]["detail"]
+    assert by_name[gated["name"]]["prefect_flow_run_id"] == str(paused.id), "its own rotate flow run"
+    for name in fleet.paths:
+        assert fleet.current(name) == by_name[name]["new_public_key"] != fleet.originals[name]
+    assert "PAUSED" in state_history(paused.id)
 
 
 def _check_runs_in_prefect(out: dict[str, Any]) -> None:
