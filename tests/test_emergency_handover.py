@@ -54,6 +54,7 @@ def assert_superseded(code: int, result: dict[str, Any], output: str, emergency:
     assert any(s["step"] == "handover" for s in result["steps"]), result["steps"]
 
 
+@pytest.mark.slow  # two real processes, one waiting on the other (tests/test_handover_watch.py is the quick one)
 def test_an_emergency_takes_over_a_rotation_waiting_for_its_consumers(
     rotation_env: RotationEnv, health_stub: HealthStub
 ) -> None:
@@ -83,6 +84,7 @@ def test_an_emergency_takes_over_a_rotation_waiting_for_its_consumers(
     assert kinds, "the emergency notified"
 
 
+@pytest.mark.slow  # two real processes, one waiting on the other
 @pytest.mark.parametrize("any_store", ["aws"], indirect=True)
 def test_a_rotation_on_another_host_hands_over_through_the_store(
     rotation_env: RotationEnv, health_stub: HealthStub

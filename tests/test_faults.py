@@ -22,6 +22,7 @@ import yaml
 from botocore.awsrequest import AWSResponse
 
 from devstack.net import free_port
+from devstack.prefect_server import PrefectServer
 from flows.entry_run import execute
 from flows.models import RotationResult
 from flows.step_runners import DirectRunner
@@ -102,6 +103,7 @@ def test_a_short_5xx_storm_is_ridden_out(rotation_env: RotationEnv) -> None:
     assert env.sim.control.faults() == []
 
 
+@pytest.mark.slow  # waits out the client's real retry backoff
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 def test_an_unreachable_langfuse_fails_before_changing_anything(rotation_env: RotationEnv) -> None:
     env = rotation_env
@@ -266,6 +268,7 @@ def test_aws_throttling_that_does_not_stop_fails_the_run_with_the_old_pair_curre
     assert_old_pair_current_and_valid(env, old)
 
 
+@pytest.mark.slow  # botocore's real adaptive backoff
 @pytest.mark.parametrize("any_store", ["aws"], indirect=True)
 def test_a_short_aws_throttling_burst_is_ridden_out(rotation_env: RotationEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     env = rotation_env
@@ -422,7 +425,7 @@ def test_a_config_that_is_not_yaml_exits_2_naming_the_line(rotation_env: Rotatio
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 @pytest.mark.parametrize("command", ["rotate", "emergency"])
 def test_a_lock_directory_other_users_can_write_exits_2_and_changes_nothing(
-    rotation_env: RotationEnv, command: str
+    rotation_env: RotationEnv, command: str, prefect_server: PrefectServer
 ) -> None:
     env = rotation_env
     shared = env.tmp / "shared-locks"
@@ -432,9 +435,11 @@ def test_a_lock_directory_other_users_can_write_exits_2_and_changes_nothing(
     seq = env.sim.requests()["next"]
 
     extra = ["--no-prefect"] if command == "emergency" else []
+    # rotate runs against the session's Prefect server (not an embedded one started for the test).
+    child = prefect_server.client_env(env.env) if command == "rotate" else env.env
     proc = subprocess.run(
         [sys.executable, "-m", "flows.cli", command, "--config", str(env.write_config()), "--project", ENTRY, *extra],
-        env={**env.env, "LANGFUSE_ROTATE_LOCK_DIR": str(shared)},
+        env={**child, "LANGFUSE_ROTATE_LOCK_DIR": str(shared)},
         capture_output=True,
         text=True,
         timeout=120,

@@ -238,6 +238,7 @@ def test_one_entrys_429_pauses_every_entrys_langfuse_requests(
     assert _passed_during(pauses, passed) == []
 
 
+@pytest.mark.slow  # paced to 200 requests a minute: about 8 s of waiting by design
 @vault_only
 def test_with_max_requests_per_min_below_the_servers_limit_no_request_is_refused(fleet_factory: Any) -> None:
     fleet = fleet_factory(4)
@@ -388,11 +389,10 @@ def test_a_fleet_run_rotates_the_entries_the_template_generates_and_only_those(
     included, excluded = sim.projects[0], sim.projects[1]
     path = _template_config(fleet, rotation_env)
 
-    proc = rotation_env.cli("rotate", "--config", str(path), "--all", "--json")
+    result = run_fleet(parse_config(path.read_text()), config_path=str(path))
 
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["status"] == "rotated" and out["counts"] == {"rotated": 1}
+    out = json.loads(result.to_json_line())
+    assert out["status"] == "rotated" and out["counts"] == {"rotated": 1}, out
     (entry,) = out["entries"]
     assert (entry["project"], entry["old_public_key"]) == (included.name, included.public_key)
     stored = rotation_env.store.store.read_current(SecretLocation(path=f"{rotation_env.path}/{included.name}"))
@@ -413,6 +413,7 @@ def prefect_fleet(fleet_factory: Any, rotation_env: RotationEnv, prefect_server:
     return fleet_factory
 
 
+@pytest.mark.slow  # the command line through the Prefect server
 @vault_only
 def test_rotate_all_json_is_one_object_and_each_entry_is_its_own_flow_run(prefect_fleet: Any) -> None:
     fleet = prefect_fleet(3)
@@ -431,6 +432,7 @@ def test_rotate_all_json_is_one_object_and_each_entry_is_its_own_flow_run(prefec
     _check_runs_in_prefect(out)
 
 
+@pytest.mark.slow  # the command line through the Prefect server, paused and resumed
 @vault_only
 def test_a_fleet_entry_that_requires_approval_pauses_as_its_own_run_while_the_others_rotate(
     prefect_fleet: Any,
@@ -595,6 +597,7 @@ print(json.dumps(stamps))
 """
 
 
+@pytest.mark.slow  # two processes paced through the Prefect server
 def test_two_workers_share_one_budget_through_a_prefect_global_concurrency_limit(
     prefect_server: PrefectServer,
 ) -> None:

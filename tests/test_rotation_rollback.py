@@ -79,6 +79,7 @@ def test_a_canary_that_never_arrives_rolls_back(rotation_env: RotationEnv) -> No
     assert result.failed_step == "verify"
 
 
+@pytest.mark.slow  # waits out the client's real retry backoff (the 429 storm in test_faults.py is quicker)
 def test_langfuse_5xx_on_create_rolls_back(rotation_env: RotationEnv) -> None:
     old = rotation_env.current().public_key
     rotation_env.sim.inject_fault(
