@@ -45,7 +45,14 @@ def postgres_available() -> bool:
 class PrefectServer:
     """``with PrefectServer() as server: server.api_url``; ``server.client_env()`` for subprocesses."""
 
-    def __init__(self, *, database: str = "postgres", home: Path | None = None, startup_timeout_s: float = 180) -> None:
+    def __init__(
+        self,
+        *,
+        database: str = "postgres",
+        home: Path | None = None,
+        startup_timeout_s: float = 180,
+        event_flush_interval_s: float | None = None,
+    ) -> None:
         self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.ui_url = f"http://127.0.0.1:{self.port}"
@@ -54,6 +61,8 @@ class PrefectServer:
         self.database = database
         self.db_name: str | None = None
         self.startup_timeout_s = startup_timeout_s
+        # How often the server writes the events it received (Prefect's default: every 5 s).
+        self.event_flush_interval_s = event_flush_interval_s
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.home / "server.log"
 
@@ -77,6 +86,8 @@ class PrefectServer:
             PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE="prefect.server.concurrency.lease_storage.filesystem",
             PREFECT_LOGGING_LEVEL="WARNING",
         )
+        if self.event_flush_interval_s is not None:
+            env["PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL"] = str(self.event_flush_interval_s)
         return env
 
     def client_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
