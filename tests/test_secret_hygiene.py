@@ -34,7 +34,7 @@ from devstack.prefect_server import PrefectServer
 from devstack.sinks import JsonSink
 from flows.crashpoints import CRASH_ENV_VAR
 from tests.fixtures.devstack import HealthStub
-from tests.fixtures.prefect import started_prefect_server
+from tests.fixtures.prefect import EVENT_FLUSH_INTERVAL_S, started_prefect_server
 from tests.fixtures.rotation import ENTRY, RotationEnv
 from tests.fixtures.stores import AWS_REGION, AWS_TEST_CREDENTIALS
 from tests.secret_scan import (
@@ -117,7 +117,8 @@ def stored_secret_keys(env: RotationEnv, request: pytest.FixtureRequest) -> dict
 
 
 def wait_for_events_to_settle(api_url: str, timeout_s: float = 30) -> None:
-    """The server persists events in the background: wait until their number stops growing."""
+    """The server persists events in the background: wait until their number stops growing over
+    twice the server's flush interval."""
     with httpx.Client(base_url=api_url.rstrip("/") + "/", timeout=30) as client:
         last, deadline = -1, time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -125,7 +126,7 @@ def wait_for_events_to_settle(api_url: str, timeout_s: float = 30) -> None:
             if count == last:
                 return
             last = count
-            time.sleep(2)
+            time.sleep(2 * EVENT_FLUSH_INTERVAL_S)
 
 
 def all_outcomes(env: RotationEnv, run: Runs, health_stub: HealthStub) -> None:
