@@ -26,7 +26,12 @@ from devstack.prefect_server import PrefectServer
 from flows.automation import EVENT
 from flows.compromise_forwarder import RateLimit, Refused, SetupError, entry_names, parse_report
 from tests.fixtures.rotation import ENTRY, RotationEnv
-from tests.test_emergency_trigger import automation, finished_run_of, served_deployment  # noqa: F401 (fixtures)
+from tests.test_emergency_trigger import (  # noqa: F401 (fixtures)
+    automation,
+    finished_run_of,
+    no_earlier_emergency_runs,
+    served_deployment,
+)
 
 SUFFIX = uuid.uuid4().hex[:8]
 ALPHA, BETA, SENTINEL = f"fw-alpha-{SUFFIX}", f"fw-beta-{SUFFIX}", f"fw-sentinel-{SUFFIX}"
@@ -328,6 +333,7 @@ def test_it_refuses_to_start_without_a_token_and_says_so_in_one_line(tmp_path: P
 
 @pytest.mark.slow
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+@pytest.mark.usefixtures("no_earlier_emergency_runs")  # the entry's hourly limit counts earlier tests' runs
 def test_a_report_through_the_forwarder_makes_the_emergency_trigger_contain_the_key(
     rotation_env: RotationEnv,
     prefect_server: PrefectServer,
