@@ -5,10 +5,11 @@
 
 The stack: the Langfuse simulator (one subprocess, ``--projects 100``, entries spread over the
 projects as several keys each), OpenBao (or moto with ``--store aws``), a Prefect server on
-PostgreSQL (SQLite when PostgreSQL is not reachable), and ``devstack.fleet_consumers`` (one
-subprocess standing for every entry's consumer, switching at once on restart); no grace period,
-canaries visible after 0.1 s. Each size is seeded fresh (keys created in Langfuse, pairs stored),
-then ``langfuse-rotate rotate --all --json`` runs as a subprocess against the Prefect server.
+PostgreSQL (``LANGFUSE_ROTATE_TEST_PG``; the benchmark stops when it is not reachable), and
+``devstack.fleet_consumers`` (one subprocess standing for every entry's consumer, switching at
+once on restart); no grace period, canaries visible after 0.1 s. Each size is seeded fresh (keys
+created in Langfuse, pairs stored), then ``langfuse-rotate rotate --all --json`` runs as a
+subprocess against the Prefect server.
 
 Figures per size: wall time of the command, time per entry, the fleet run's own ``duration_s``
 (``fleet_s``: the wall time less start-up and the last records), peak RSS of the command's process

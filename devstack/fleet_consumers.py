@@ -38,6 +38,9 @@ class FleetConsumers:
         self.restart_delay_s = restart_delay_s
         self.stuck: set[str] = set()
         self.restarts = 0
+        #: Rollouts in progress now (restarted, not yet re-read), and the most there were at once.
+        self.rolling_out = 0
+        self.most_rolling_out_at_once = 0
         self._keys: dict[str, str | None] = {}
         self._lock = threading.Lock()
         fleet = self
@@ -125,11 +128,14 @@ class FleetConsumers:
             if path in self.stuck:
                 return
             delay = self.restart_delay_s
+            self.rolling_out += 1
+            self.most_rolling_out_at_once = max(self.most_rolling_out_at_once, self.rolling_out)
 
         def reload() -> None:
             key = self._read(path)
             with self._lock:
                 self._keys[path] = key
+                self.rolling_out -= 1
 
         timer = threading.Timer(delay, reload)
         timer.daemon = True

@@ -1,7 +1,9 @@
-"""A real ``prefect server start`` on 127.0.0.1, on PostgreSQL (as in production) or SQLite.
+"""A real ``prefect server start`` on 127.0.0.1, on PostgreSQL (as in production).
 
 Used by the test session, the distributed-mode tests and the benchmarks. PostgreSQL avoids
 SQLite's "database is locked" 503s under concurrent runs; each server gets a fresh database.
+When PostgreSQL is not reachable the server does not start (``PostgresUnavailable``): nothing
+falls back to SQLite behind the caller's back. ``database="sqlite"`` asks for SQLite explicitly.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ def _psql(sql: str) -> None:
     subprocess.run(["psql", PG_ADMIN_DSN, "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True, capture_output=True)
 
 
+class PostgresUnavailable(RuntimeError):
+    """PostgreSQL (``LANGFUSE_ROTATE_TEST_PG``) does not answer, so no PostgreSQL-backed server can start."""
+
+
 def postgres_available() -> bool:
     try:
         _psql("select 1")
@@ -39,7 +45,14 @@ def postgres_available() -> bool:
 class PrefectServer:
     """``with PrefectServer() as server: server.api_url``; ``server.client_env()`` for subprocesses."""
 
-    def __init__(self, *, database: str = "postgres", home: Path | None = None, startup_timeout_s: float = 180) -> None:
+    def __init__(
+        self,
+        *,
+        database: str = "postgres",
+        home: Path | None = None,
+        startup_timeout_s: float = 180,
+        event_flush_interval_s: float | None = None,
+    ) -> None:
         self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.ui_url = f"http://127.0.0.1:{self.port}"
@@ -47,22 +60,17 @@ class PrefectServer:
         self.home = home or Path(tempfile.mkdtemp(prefix="langfuse-rotate-prefect-"))
         self.database = database
         self.db_name: str | None = None
-        # Set when PostgreSQL was wanted but not reachable, so callers can say what they ran on.
-        self.fallback_reason: str | None = None
         self.startup_timeout_s = startup_timeout_s
+        # How often the server writes the events it received (Prefect's default: every 5 s).
+        self.event_flush_interval_s = event_flush_interval_s
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.home / "server.log"
 
     def _connection_url(self) -> str:
-        if self.database != "sqlite" and not postgres_available():
-            if os.environ.get("LANGFUSE_ROTATE_REQUIRE_POSTGRES") == "1":
-                raise RuntimeError(
-                    f"PostgreSQL is not reachable at {PG_ADMIN_DSN} (LANGFUSE_ROTATE_REQUIRE_POSTGRES=1)"
-                )
-            self.fallback_reason = f"PostgreSQL not reachable at {PG_ADMIN_DSN}: running on SQLite"
-            self.database = "sqlite"
         if self.database == "sqlite":
             return f"sqlite+aiosqlite:///{self.home / 'prefect.db'}"
+        if not postgres_available():
+            raise PostgresUnavailable(f"PostgreSQL is not reachable at {PG_ADMIN_DSN} (LANGFUSE_ROTATE_TEST_PG)")
         self.db_name = f"langfuse_rotate_{uuid.uuid4().hex[:10]}"
         _psql(f"CREATE DATABASE {self.db_name}")
         return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.db_name}"
@@ -78,6 +86,8 @@ class PrefectServer:
             PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE="prefect.server.concurrency.lease_storage.filesystem",
             PREFECT_LOGGING_LEVEL="WARNING",
         )
+        if self.event_flush_interval_s is not None:
+            env["PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL"] = str(self.event_flush_interval_s)
         return env
 
     def client_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -92,10 +102,15 @@ class PrefectServer:
 
     def start(self) -> PrefectServer:
         prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+        try:
+            env = self.server_env()
+        except PostgresUnavailable:
+            self.stop()
+            raise
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.server_env(),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

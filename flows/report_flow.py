@@ -6,7 +6,7 @@ only when the set of findings changed since the last complete report (a finding 
 away; an age ticking on is no change). The last set is kept in a Prefect variable. A report with a
 ``high`` finding is sent as kind ``failure`` (apprise tag ``failure``); other changes as ``info``,
 all findings resolved as ``success``. A report that could not read everything fails the run
-(the failure hook notifies) and leaves the kept set alone.
+(the failure hook notifies) and leaves the kept set alone; a cancelled or crashed run notifies too.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def compliance_run_name() -> str:
     log_prints=False,
     on_failure=[notify_unhandled_failure],
     on_crashed=[notify_unhandled_failure],
+    on_cancellation=[notify_unhandled_failure],
 )
 def compliance_report(config_path: str | None = None, state_variable: str = STATE_VARIABLE) -> Any:
     """Run the compliance report over every configured entry and the organization."""

@@ -192,3 +192,7 @@ class MemoryStore:
         versions = self._versions.setdefault(loc.path, [])
         versions.append(dict(data))
         return len(versions)
+
+    def external_read(self, loc: SecretLocation) -> dict[str, str]:
+        """Every field of the current secret, as a consumer reads it (``StoreUnderTest.external_read``)."""
+        return dict(self._versions[loc.path][-1])

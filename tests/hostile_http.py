@@ -6,6 +6,7 @@
 - ``HeaderTrickler``: sends its headers one byte every ``interval_s``, forever.
 - ``HugeBody``: answers 200 with ``size`` bytes of JSON-ish filler, streamed, with or without
   ``Content-Length``.
+- ``Tarpit``: reads the request and never answers (until it stops); ``hits`` counts requests.
 
 Every server binds 127.0.0.1 on a free port, serves from a daemon thread, and stops on ``stop()``
 or when its ``with`` block ends (stopping also ends a trickle in progress).
@@ -89,6 +90,19 @@ class Recorder(_Server):
         request.wfile.write(reply)
 
     def __enter__(self) -> Recorder:
+        return self
+
+
+class Tarpit(_Server):
+    def __init__(self) -> None:
+        self.hits = 0
+        super().__init__()
+
+    def handle(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
+        self.hits += 1
+        self.stopping.wait()
+
+    def __enter__(self) -> Tarpit:
         return self
 
 

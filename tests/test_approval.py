@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from uuid import UUID
 import pytest
 
 from devstack.prefect_server import PrefectServer
+from tests.fixtures.prefect import runs_with_config, state_history, wait_for_paused_run
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 # The gate is store-independent (it sits between two steps); one store kind keeps this suite short.
@@ -63,22 +63,7 @@ class Rotation:
 
     def paused_run(self, timeout: float = 120) -> Any:
         """This rotation's flow run, once Prefect shows it Paused (found by its config path)."""
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-        from prefect.client.schemas.objects import StateType
-
-        paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
-        deadline = time.monotonic() + timeout
-        with get_client(sync_client=True) as client:
-            while time.monotonic() < deadline:
-                for run in client.read_flow_runs(flow_run_filter=paused):
-                    if run.parameters.get("config_path") == self.config_path:
-                        return run
-                if self.proc.poll() is not None:
-                    out, err = self.proc.communicate()
-                    raise AssertionError(f"the rotation ended without pausing:\n{out}\n{err[-3000:]}")
-                time.sleep(0.5)
-        raise AssertionError("the rotation did not pause")
+        return wait_for_paused_run(self.config_path, self.proc, timeout)
 
 
 @pytest.fixture
@@ -211,15 +196,19 @@ def test_rejecting_a_paused_rotation_rolls_back_and_notifies(env: RotationEnv, s
 
 
 def test_an_approval_that_times_out_rolls_back_and_notifies(env: RotationEnv, start_rotation: Any) -> None:
+    """The pause is short, so the test does not try to catch it while it lasts: the run's state
+    history shows it was Paused, and the rolled-back key is the one the run's own steps name."""
     env.entry_overrides = {"approval": "required", "approval_timeout_s": 3}
     old = env.current()
     rotation = start_rotation()
-    run = rotation.paused_run()
-    new_public_key = env.store.store.describe(env.location).pending.new_public_key  # type: ignore[union-attr]
 
     assert rotation.wait() == 1, rotation.stdout + rotation.stderr[-3000:]
 
     result = rotation.result
+    (run,) = runs_with_config(rotation.config_path)
+    assert "PAUSED" in state_history(run.id), "the rotation paused for approval before it timed out"
+    new_public_key = result["new_public_key"]
+    assert new_public_key and new_public_key != old.public_key, result
     assert result["status"] == "rolled_back"
     assert "timed out" in result["error"]
     assert_rolled_back_to(env, old.public_key, new_public_key)

@@ -295,6 +295,7 @@ def test_an_unreachable_store_exits_1_naming_it(inventory_env: InventoryEnv) -> 
     assert "could not read" in err
 
 
+@pytest.mark.slow  # waits out the client's real retry backoff
 @vault_only
 def test_an_unreachable_langfuse_exits_1_naming_it(inventory_env: InventoryEnv) -> None:
     inventory_env.top_overrides["langfuse"] = {

@@ -38,7 +38,12 @@ from flows.compromise_forwarder import (
     parse_report,
 )
 from tests.fixtures.rotation import ENTRY, RotationEnv
-from tests.test_emergency_trigger import automation, finished_run_of, served_deployment  # noqa: F401 (fixtures)
+from tests.test_emergency_trigger import (  # noqa: F401 (fixtures)
+    automation,
+    finished_run_of,
+    no_earlier_emergency_runs,
+    served_deployment,
+)
 
 SUFFIX = uuid.uuid4().hex[:8]
 ALPHA, BETA, SENTINEL = f"fw-alpha-{SUFFIX}", f"fw-beta-{SUFFIX}", f"fw-sentinel-{SUFFIX}"
@@ -155,7 +160,6 @@ def _one_line_error(response: httpx.Response) -> str:
     return error
 
 
-@pytest.mark.slow  # events reach the store every few seconds
 def test_a_valid_report_becomes_exactly_one_event_in_the_triggers_shape(
     forwarder: Running, prefect_server: PrefectServer
 ) -> None:
@@ -171,7 +175,6 @@ def test_a_valid_report_becomes_exactly_one_event_in_the_triggers_shape(
     assert event["payload"] == {"public_key": KEY, "source": "gitleaks"}
 
 
-@pytest.mark.slow  # events reach the store every few seconds
 def test_each_report_gets_a_fresh_event_id_and_a_default_source(
     forwarder: Running, prefect_server: PrefectServer
 ) -> None:
@@ -184,7 +187,6 @@ def test_each_report_gets_a_fresh_event_id_and_a_default_source(
     assert all(e["payload"]["source"] == "secret-scanner" for e in found)
 
 
-@pytest.mark.slow  # events reach the store every few seconds
 @pytest.mark.parametrize(
     ("token", "scheme"),
     [(None, "Bearer"), (WRONG_TOKEN, "Bearer"), (TOKEN[:-1], "Bearer"), (TOKEN + "x", "Bearer"), (TOKEN, "Basic")],
@@ -201,7 +203,6 @@ def test_a_report_without_the_right_token_is_refused_and_posts_nothing(
     _assert_posts_nothing(forwarder, prefect_server, ALPHA, since)
 
 
-@pytest.mark.slow  # events reach the store every few seconds
 @pytest.mark.parametrize(
     ("body", "status", "error"),
     [
@@ -229,7 +230,6 @@ def test_a_report_that_fails_its_checks_is_refused_and_posts_nothing(
         assert _events(prefect_server, "not-configured", since) == []
 
 
-@pytest.mark.slow  # events reach the store every few seconds
 def test_a_body_that_is_not_json_is_refused(forwarder: Running, prefect_server: PrefectServer) -> None:
     since = datetime.now(UTC)
     response = httpx.post(
@@ -243,7 +243,6 @@ def test_a_body_that_is_not_json_is_refused(forwarder: Running, prefect_server: 
     _assert_posts_nothing(forwarder, prefect_server, ALPHA, since)
 
 
-@pytest.mark.slow  # events reach the store every few seconds
 def test_an_oversized_body_is_refused_unread(forwarder: Running, prefect_server: PrefectServer) -> None:
     since = datetime.now(UTC)
     body = json.dumps({"project": ALPHA, "public_key": KEY, "source": "a", "pad": "x" * 5000}).encode()
@@ -255,7 +254,6 @@ def test_an_oversized_body_is_refused_unread(forwarder: Running, prefect_server:
     _assert_posts_nothing(forwarder, prefect_server, ALPHA, since)
 
 
-@pytest.mark.slow  # events reach the store every few seconds
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [
@@ -285,7 +283,6 @@ def test_any_other_path_or_method_is_refused_and_posts_nothing(
     _assert_posts_nothing(forwarder, prefect_server, ALPHA, since)
 
 
-@pytest.mark.slow  # events reach the store every few seconds
 def test_no_token_or_prefect_credential_ever_appears_in_answers_or_output(forwarder: Running) -> None:
     answers = [
         forwarder.report({"project": ALPHA, "public_key": KEY}, token=WRONG_TOKEN),
@@ -301,7 +298,6 @@ def test_no_token_or_prefect_credential_ever_appears_in_answers_or_output(forwar
         assert TOKEN not in text and WRONG_TOKEN not in text and PREFECT_KEY not in text
 
 
-@pytest.mark.slow  # events reach the store every few seconds
 def test_each_request_is_logged_in_one_line_with_what_was_checked(forwarder: Running) -> None:
     before = forwarder.output().count("\n")
     forwarder.report({"project": ALPHA, "public_key": KEY, "source": "trufflehog"})
@@ -315,7 +311,6 @@ def test_each_request_is_logged_in_one_line_with_what_was_checked(forwarder: Run
     assert "status=422" in refused and "elsewhere" not in refused
 
 
-@pytest.mark.slow  # events reach the store every few seconds
 def test_reports_past_the_rate_of_an_entry_are_refused(prefect_server: PrefectServer, tmp_path: Path) -> None:
     running = _start(tmp_path, prefect_server, "--per-minute", "2")
     try:
@@ -350,6 +345,7 @@ def test_it_refuses_to_start_without_a_token_and_says_so_in_one_line(tmp_path: P
 
 @pytest.mark.slow
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+@pytest.mark.usefixtures("no_earlier_emergency_runs")  # the entry's hourly limit counts earlier tests' runs
 def test_a_report_through_the_forwarder_makes_the_emergency_trigger_contain_the_key(
     rotation_env: RotationEnv,
     prefect_server: PrefectServer,

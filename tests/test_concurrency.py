@@ -165,7 +165,14 @@ def test_two_emergencies_without_prefect_started_at_once_contain_the_key_once(
         lambda: env.store.store.describe(env.location).current_public_key != before.current_public_key,
         "an emergency replaced the key",
     )
-    time.sleep(5)  # the winner holds the lock (waiting for its consumer) while the other one queues behind it
+    # The winner wrote its last handover request before it replaced the key; a request written
+    # since comes from the other emergency, asking for the lock the winner holds (it refreshes it
+    # about once a second while it queues).
+    winners_request = env.store.store.read_handover(env.location)
+    wait_until(
+        lambda: (now := env.store.store.read_handover(env.location)) is not None and now != winners_request,
+        "the other emergency queues for the lock",
+    )
     open_gate(health_stub, env.store.store, env.location)
     outcomes = [finish(p) for p in procs]
 

@@ -217,7 +217,9 @@ def test_a_yaml_alias_bomb_is_rejected_quickly_naming_the_line() -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert time.monotonic() - started < 2.0
+    # Expanded, the bomb is 10**9 list items: minutes and gigabytes. Only that (or a hang) takes
+    # 30 s; the memory peak is the sharper witness.
+    assert time.monotonic() - started < 30
     assert peak < 50 * 1024 * 1024
     assert message.startswith("rotation.yaml:") and "alias" in message
 

@@ -199,63 +199,47 @@ def test_a_rollback_killed_before_consumers_moved_back_does_not_revoke_the_key_t
 # --- reconcile alone ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("any_store", ["aws"], indirect=True)
-def test_reconcile_alone_rolls_back_a_rotation_killed_before_the_old_key_was_revoked(
-    rotation_env: RotationEnv, consumer: ConsumerProcess
-) -> None:
-    env = rotation_env
-    old = env.current()
-    killed(run_direct(env, "rotate", crash_at="after_verify"), "after_verify")
-
-    proc = env.cli("reconcile", "--config", str(env.write_config()), "--project", ENTRY, "--json")
-
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = last_json(proc)
-    assert result["status"] == "reconciled"
-    assert any("rolled back unfinished rotation" in action for action in result["reconciled"]), result
-    assert_clean(env, current_public_key=old.public_key)
-    assert_consumer_never_rejected(env, consumer, old.public_key)
-
-
-@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
-def test_reconcile_alone_finishes_a_rotation_killed_after_the_old_key_was_deleted(
-    rotation_env: RotationEnv, consumer: ConsumerProcess
-) -> None:
-    env = rotation_env
-    old = env.current()
-    killed(run_direct(env, "rotate", crash_at="after_delete"), "after_delete")
-    new_key = env.current().public_key
-
-    proc = env.cli("reconcile", "--config", str(env.write_config()), "--project", ENTRY, "--json")
-
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = last_json(proc)
-    assert result["status"] == "reconciled"
-    assert any("finished rotation" in action for action in result["reconciled"]), result
-    assert new_key != old.public_key
-    assert_clean(env, current_public_key=new_key)
-    assert_consumer_never_rejected(env, consumer, new_key)
-
-
-@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
-def test_reconcile_alone_deletes_the_key_a_rollback_killed_after_restoring_the_store_left_behind(
+@pytest.mark.parametrize(
+    ("any_store", "crash_at", "live_keys_after_kill", "action", "ends_on", "consumer_options"),
+    [
+        pytest.param("aws", "after_verify", 2, "rolled back unfinished rotation", "old", {}, id="before-revoke"),
+        pytest.param("vault", "after_delete", 1, "finished rotation", "new", {}, id="after-delete"),
+        # The consumer never switches: the rotation rolls back and is killed once the store is
+        # restored, leaving the new key behind.
+        pytest.param(
+            "vault", "after_store_rollback", 2, "deleted orphan key", "old", {"ignore_restart": True}, id="mid-rollback"
+        ),
+    ],
+    indirect=["any_store"],
+)
+def test_reconcile_alone_returns_a_killed_rotation_to_its_last_good_state(
     rotation_env: RotationEnv,
+    crash_at: str,
+    live_keys_after_kill: int,
+    action: str,
+    ends_on: str,
+    consumer_options: dict[str, Any],
 ) -> None:
     env = rotation_env
     old = env.current()
-    with start_consumer(env, ignore_restart=True) as stuck:
-        env.entry_overrides = {"wait_timeout_s": 1.5}
-        killed(run_direct(env, "rotate", crash_at="after_store_rollback"), "after_store_rollback")
-        assert len(env.project_keys()) == 2
+    with start_consumer(env, **consumer_options) as consumer:
+        if consumer_options:
+            env.entry_overrides = {"wait_timeout_s": 1.5}
+        killed(run_direct(env, "rotate", crash_at=crash_at), crash_at)
+        assert len(env.project_keys()) == live_keys_after_kill
+        new_key = env.current().public_key
 
         proc = env.cli("reconcile", "--config", str(env.write_config()), "--project", ENTRY, "--json")
 
         assert proc.returncode == 0, proc.stdout + proc.stderr
         result = last_json(proc)
         assert result["status"] == "reconciled"
-        assert any("deleted orphan key" in action for action in result["reconciled"]), result
-        assert_clean(env, current_public_key=old.public_key)
-        assert_consumer_never_rejected(env, stuck, old.public_key)
+        assert any(action in done for done in result["reconciled"]), result
+        if ends_on == "new":
+            assert new_key != old.public_key
+        expected = old.public_key if ends_on == "old" else new_key
+        assert_clean(env, current_public_key=expected)
+        assert_consumer_never_rejected(env, consumer, expected)
 
 
 @pytest.mark.parametrize("any_store", ["aws"], indirect=True)

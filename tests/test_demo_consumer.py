@@ -172,10 +172,11 @@ def test_ignore_restart_acknowledges_but_never_switches(vault_secret: VaultSecre
     with vault_secret.start(ignore_restart=True) as proc:
         vault_secret.write(new_public, new_secret)
         restart(proc)
-        time.sleep(0.5)
         body = health(proc)
+    # The request was acknowledged (counted), and no restart was scheduled: a consumer that will
+    # switch marks the restart pending before it answers the request (see the delayed test above).
+    assert (body["restarts"], body["restart_requests"], body["restart_pending"]) == (0, 1, False)
     assert body["langfuse_public_key"] == sim.projects[0].public_key
-    assert (body["restarts"], body["restart_requests"]) == (0, 1)
 
 
 def test_rejected_key_shows_as_failed_export(vault_secret: VaultSecret, sim: SimHandle) -> None:

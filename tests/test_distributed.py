@@ -30,7 +30,7 @@ from devstack.openbao import OpenBaoServer
 from devstack.prefect_server import PrefectServer
 from devstack.sinks import JsonSink
 from tests.fixtures.langfuse_sim import SimProcess
-from tests.fixtures.prefect import drain_prefect_workers
+from tests.fixtures.prefect import drain_prefect_workers, started_prefect_server
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 pytestmark = pytest.mark.slow
@@ -80,7 +80,7 @@ def stack(
     config_path = home / "etc" / "rotation.yaml"
     config_path.parent.mkdir()
     worker_logs = {name: home / f"worker-{name}.log" for name in (MAIN_WORKER, *BATCH_WORKERS)}
-    with PrefectServer() as server:
+    with started_prefect_server() as server:
         cli_env = server.client_env()
 
         def prefect(*args: str) -> None:
@@ -468,6 +468,71 @@ def test_a_fleet_whose_batch_queue_no_worker_polls_fails_at_once_and_starts_noth
     assert rotation_env.works(old)
     notes = rotation_env.sink.wait_for(1, timeout_s=30)
     assert notes[0].json["type"] == "failure" and "no worker polls work queue" in notes[0].json["message"]
+
+
+# Every flow a deployment runs, cancelled while it runs (the README: a cancelled run notifies).
+CANCELLED_DEPLOYMENTS = {
+    "langfuse-key-rotation/rotate": {"project": ENTRY},
+    "langfuse-key-rotation-all/quarterly": {},
+    "langfuse-key-emergency/emergency-rotation": {"project": ENTRY},
+    "langfuse-key-reconcile/reconcile": {},
+    "langfuse-compliance-report/compliance": {},
+}
+
+
+@pytest.mark.parametrize("deployment", list(CANCELLED_DEPLOYMENTS))
+@vault_only
+def test_a_run_cancelled_while_it_runs_ends_cancelled_and_notifies_once(
+    stack: Stack, rotation_env: RotationEnv, deployment: str
+) -> None:
+    """The store never answers, so the run is still at work when a person cancels it; the worker
+    kills it and the flow's cancellation hook says so (once, with the run's name)."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelling
+
+    from tests.hostile_http import Tarpit
+
+    with Tarpit() as store:
+        rotation_env.top_overrides = {
+            "stores": {"main": rotation_env.store.config() | {"url": store.url, "timeout_s": 300}}
+        }
+        stack.write_config(rotation_env)
+        run = run_deployment(deployment, parameters=CANCELLED_DEPLOYMENTS[deployment], timeout=0)
+        wait_for_state(stack, run.id, lambda state: state.is_running())
+        _wait_until(lambda: store.hits > 0, "the run is waiting for the store", timeout_s=60)
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run.id, Cancelling(message="cancelled by the test"), force=True)
+
+        final = wait_for_state(stack, run.id, lambda state: state.is_final())
+    assert final.is_cancelled(), f"{final.name}: {final.message}\n{stack.worker_output()}"
+    (note,) = rotation_env.sink.wait_for(1, timeout_s=60)
+    run_name = read_run(str(run.id)).name
+    assert run_name in note.json["title"] and "Cancel" in note.json["title"], note.json["title"]
+    assert note.json["type"] == "failure", note.json  # apprise's type for both kinds, failure and emergency
+    assert len(rotation_env.sink.received()) == 1, [n.json["title"] for n in rotation_env.sink.received()]
+
+
+def wait_for_state(stack: Stack, run_id: Any, done: Any, timeout_s: float = RUN_TIMEOUT_S) -> Any:
+    found: list[Any] = []
+
+    def reached() -> bool:
+        state = read_run(str(run_id)).state
+        found[:] = [state]
+        return state is not None and bool(done(state))
+
+    _wait_until(reached, f"run {run_id} reached the state wanted (last: {found})", timeout_s, stack)
+    return found[0]
+
+
+def _wait_until(predicate: Any, what: str, timeout_s: float, stack: Stack | None = None) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}\n{stack.worker_output() if stack else ''}"
+        time.sleep(0.5)
 
 
 def _artifacts(run: Any) -> list[Any]:

@@ -23,6 +23,7 @@ from flows.entry_run import execute
 from flows.lock import lock_name
 from flows.step_runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
+from tests.fixtures.prefect import wait_for_paused_run
 from tests.fixtures.rotation import ENTRY, RotationEnv
 from tests.test_concurrency import created_keys, finish, gate, start, wait_until
 
@@ -57,6 +58,7 @@ def assert_superseded(code: int, result: dict[str, Any], output: str, emergency:
     assert "obeyed: its request is fresh" in row["detail"], row
 
 
+@pytest.mark.slow  # two real processes, one waiting on the other (tests/test_handover_watch.py is the quick one)
 def test_an_emergency_takes_over_a_rotation_waiting_for_its_consumers(
     rotation_env: RotationEnv, health_stub: HealthStub
 ) -> None:
@@ -86,6 +88,7 @@ def test_an_emergency_takes_over_a_rotation_waiting_for_its_consumers(
     assert kinds, "the emergency notified"
 
 
+@pytest.mark.slow  # two real processes, one waiting on the other
 @pytest.mark.parametrize("any_store", ["aws"], indirect=True)
 def test_a_rotation_on_another_host_hands_over_through_the_store(
     rotation_env: RotationEnv, health_stub: HealthStub
@@ -101,9 +104,12 @@ def test_a_rotation_on_another_host_hands_over_through_the_store(
 
     emergency = start(env, "emergency", "--config", config, "--project", ENTRY, "--no-prefect", host="b", prefect=False)
     wait_until(lambda: not env.works(old), "the compromised key is rejected", timeout_s=60)
+    # On another host nothing holds the emergency back: it contains while the rotation is still
+    # waiting for its consumer. The consumer switches only once the rotation has let go (it sees
+    # the request within a second), or the rotation could see it switched first and finish.
+    rotation_outcome = finish(rotation)
     health_stub.set(public_key=staged)
     code, result, output = finish(emergency)
-    rotation_outcome = finish(rotation)
 
     assert code in (0, 4), output
     assert_carried_through(env, old, staged, result)
@@ -123,8 +129,7 @@ def test_an_emergency_takes_over_a_rotation_paused_for_approval(
     old = env.current()
     config = str(env.write_config())
     rotation = start(env, "rotate", "--config", config, "--project", ENTRY, host="a", prefect=True)
-    wait_until(lambda: env.store.store.describe(env.location).pending is not None, "the rotation staged its key")
-    time.sleep(3)  # it pauses right after staging
+    paused = wait_for_paused_run(config, rotation)
     staged = staged_new_key(env)
 
     emergency = start(env, "emergency", "--config", config, "--project", ENTRY, "--no-prefect", host="a", prefect=False)
@@ -137,6 +142,7 @@ def test_an_emergency_takes_over_a_rotation_paused_for_approval(
     assert_superseded(*rotation_outcome, result)
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(rotation_outcome[1]["prefect_flow_run_id"])
+    assert run.id == paused.id, "the run the emergency took over is the one that was paused"
     assert run.state.type.value != "PAUSED"
     assert run.state.message.startswith("in_progress: ")
 

@@ -22,6 +22,7 @@ import yaml
 from botocore.awsrequest import AWSResponse
 
 from devstack.net import free_port
+from devstack.prefect_server import PrefectServer
 from flows.entry_run import execute
 from flows.models import RotationResult
 from flows.step_runners import DirectRunner
@@ -89,14 +90,20 @@ def test_a_429_storm_on_key_creation_is_retried_as_told_then_rolled_back(rotatio
 def test_a_short_5xx_storm_is_ridden_out(rotation_env: RotationEnv) -> None:
     env = rotation_env
     old = env.current()
-    env.sim.inject_fault(KEYS_PATH.format(env.project.id), method="GET", status=502, count=3)
+    path = KEYS_PATH.format(env.project.id)
+    since = env.sim.requests()["next"]
+    env.sim.inject_fault(path, method="GET", status=502, count=3)
 
     result = rotate(env)
 
     assert result.status == "rotated", result.error
     assert not env.works(old) and env.works(env.current())
+    listed = [r["status"] for r in env.sim.requests(since)["requests"] if r["method"] == "GET" and r["path"] == path]
+    assert listed[:4] == [502, 502, 502, 200], "the three 502s were served, then the retry went through"
+    assert env.sim.control.faults() == []
 
 
+@pytest.mark.slow  # waits out the client's real retry backoff
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 def test_an_unreachable_langfuse_fails_before_changing_anything(rotation_env: RotationEnv) -> None:
     env = rotation_env
@@ -214,11 +221,12 @@ def test_aws_access_denied_on_write_fails_at_staging(
     assert_old_pair_current_and_valid(env, old)
 
 
-def throttle(operation: str, times: int) -> Any:
+def throttle(operation: str, times: int, attempts: list[list[int]] | None = None) -> Any:
     """Answer ``operation`` with ThrottlingException ``times`` times (moto never throttles, so this
     is the one place a response is faked). Above 100 the answer comes before botocore's retries
     (``before-call``: a storm, without waiting out the backoff); otherwise it is the HTTP response
-    itself, which botocore's adaptive retry mode retries as it would a real one."""
+    itself, which botocore's adaptive retry mode retries as it would a real one; then each client
+    made adds to ``attempts`` the list of its attempts of ``operation`` (throttled or not)."""
     left = {"n": times}
 
     def hook(**_: Any) -> Any:
@@ -236,7 +244,9 @@ def throttle(operation: str, times: int) -> Any:
         if times > 100:
             made.meta.events.register(f"before-call.secrets-manager.{operation}", hook)
         else:
-            throttle_on_the_wire(made.meta.events, operation, times)
+            seen = throttle_on_the_wire(made.meta.events, operation, times)
+            if attempts is not None:
+                attempts.append(seen)
         return made
 
     return client
@@ -258,14 +268,20 @@ def test_aws_throttling_that_does_not_stop_fails_the_run_with_the_old_pair_curre
     assert_old_pair_current_and_valid(env, old)
 
 
+@pytest.mark.slow  # botocore's real adaptive backoff
 @pytest.mark.parametrize("any_store", ["aws"], indirect=True)
 def test_a_short_aws_throttling_burst_is_ridden_out(rotation_env: RotationEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     env = rotation_env
-    monkeypatch.setattr(boto3.session.Session, "client", throttle("UpdateSecretVersionStage", 2))
+    attempts: list[list[int]] = []
+    monkeypatch.setattr(boto3.session.Session, "client", throttle("UpdateSecretVersionStage", 2, attempts))
 
     result = rotate(env)
 
     assert result.status == "rotated", result.error
+    # A client's first two attempts were answered with ThrottlingException; botocore retried them
+    # and the promotion went through on a later attempt (as tests/test_aws_store.py shows for a read).
+    served = [len(seen) for seen in attempts if seen]
+    assert served and all(n >= 3 for n in served), served
 
 
 # --- consumers ------------------------------------------------------------------------------------
@@ -409,7 +425,7 @@ def test_a_config_that_is_not_yaml_exits_2_naming_the_line(rotation_env: Rotatio
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 @pytest.mark.parametrize("command", ["rotate", "emergency"])
 def test_a_lock_directory_other_users_can_write_exits_2_and_changes_nothing(
-    rotation_env: RotationEnv, command: str
+    rotation_env: RotationEnv, command: str, prefect_server: PrefectServer
 ) -> None:
     env = rotation_env
     shared = env.tmp / "shared-locks"
@@ -419,9 +435,11 @@ def test_a_lock_directory_other_users_can_write_exits_2_and_changes_nothing(
     seq = env.sim.requests()["next"]
 
     extra = ["--no-prefect"] if command == "emergency" else []
+    # rotate runs against the session's Prefect server (not an embedded one started for the test).
+    child = prefect_server.client_env(env.env) if command == "rotate" else env.env
     proc = subprocess.run(
         [sys.executable, "-m", "flows.cli", command, "--config", str(env.write_config()), "--project", ENTRY, *extra],
-        env={**env.env, "LANGFUSE_ROTATE_LOCK_DIR": str(shared)},
+        env={**child, "LANGFUSE_ROTATE_LOCK_DIR": str(shared)},
         capture_output=True,
         text=True,
         timeout=120,

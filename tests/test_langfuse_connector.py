@@ -1,13 +1,14 @@
 """Langfuse connector against the Langfuse API simulator (a real process on 127.0.0.1).
 
 Each test gets a freshly reset simulator through the ``sim`` fixture. Retry pauses go through
-an injected sleep so storms of injected faults run in milliseconds; canary tests use real time.
+an injected sleep so storms of injected faults run in milliseconds. Where the simulator's time
+matters too (visibility delays, rate-limit windows), ``sim_clock`` moves the simulator's clock
+along with the client's: no test here waits on the wall clock for a delay or a window.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import traceback
 from collections.abc import Iterator
 from typing import Any
@@ -43,6 +44,24 @@ from tests.fakes import FakeClock
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+class SimClock(FakeClock):
+    """A fake clock the simulator shares: the client's sleeps (retry pauses, canary polls) move
+    the simulator's clock (visibility delays, rate-limit windows) by as much, at once."""
+
+    def __init__(self, sim: Any) -> None:
+        super().__init__()
+        self._sim = sim
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        self._sim.control.advance_clock(seconds)
+
+
+@pytest.fixture
+def sim_clock(sim: Any) -> SimClock:
+    return SimClock(sim)
 
 
 @pytest.fixture
@@ -210,12 +229,21 @@ def test_429_storm_gives_up_within_the_budget(sim: Any, clock: FakeClock) -> Non
     assert clock.now <= RetryPolicy().max_total_s
 
 
-def test_real_rate_limiter_is_honoured(sim: Any) -> None:
-    sim.configure(rate_limits={"public-api": [2, 1]})
+def test_real_rate_limiter_is_honoured(sim: Any, sim_clock: SimClock) -> None:
+    sim.configure(rate_limits={"public-api": [2, 10]})
     project = sim.projects[0]
-    with LangfuseAdminClient(sim.url, sim.org_public_key, SecretStr(sim.org_secret_key)) as client:
+    before = log_mark(sim)
+    with LangfuseAdminClient(
+        sim.url, sim.org_public_key, SecretStr(sim.org_secret_key), sleep=sim_clock.sleep, clock=sim_clock
+    ) as client:
         for _ in range(4):
             assert client.find_api_key(project.id, project.public_key) is not None
+    statuses = [r["status"] for r in logged_since(sim, before)]
+    # Two calls fit the window; the third got a 429, waited out its Retry-After and went through
+    # in the next window with the fourth.
+    assert statuses == [200, 200, 429, 200, 200]
+    (waited,) = sim_clock.sleeps
+    assert 9 <= waited <= 10, "the client waited as long as Retry-After said: until the 10 s window ended"
 
 
 def test_503_storm_is_bounded_in_attempts(sim: Any, clock: FakeClock) -> None:
@@ -416,50 +444,51 @@ def test_auth_check_with_org_key_is_forbidden(sim: Any) -> None:
         assert client.probe().status_code == 403
 
 
-def test_canary_round_trip_via_otel_and_v2_observations(sim: Any) -> None:
+def test_canary_round_trip_via_otel_and_v2_observations(sim: Any, sim_clock: SimClock) -> None:
     sim.configure(otel_delay_s=0.3)
     before = log_mark(sim)
-    with project_client(sim, project_pair(sim.projects[0])) as client:
+    with project_client(sim, project_pair(sim.projects[0]), sim_clock) as client:
         trace_id = client.send_canary(attributes={"rotation.id": "r-1"})
         assert not client.canary_visible(trace_id)
         waited = client.wait_for_canary(trace_id, timeout_s=10)
-    assert 0.2 <= waited < 5
+    assert sim_clock.sleeps == [0.2, 0.4], "polled with doubling pauses until the 0.3 s delay had passed"
+    assert waited == pytest.approx(0.6)
     paths = [r["path"] for r in logged_since(sim, before)]
     assert "/api/public/otel/v1/traces" in paths
     assert any(p.startswith("/api/public/v2/observations") for p in paths)
     assert not any(p.startswith("/api/public/traces") for p in paths)
 
 
-def test_canary_on_v3_server_falls_back_to_traces(sim: Any) -> None:
+def test_canary_on_v3_server_falls_back_to_traces(sim: Any, sim_clock: SimClock) -> None:
     sim.configure(version="3.225.4", otel_delay_s=0.2)
     before = log_mark(sim)
-    with project_client(sim, project_pair(sim.projects[0])) as client:
+    with project_client(sim, project_pair(sim.projects[0]), sim_clock) as client:
         trace_id = client.send_canary()
         client.wait_for_canary(trace_id, timeout_s=10)
     paths = [r["path"] for r in logged_since(sim, before)]
     assert f"/api/public/traces/{trace_id}" in paths
 
 
-def test_canary_timeout(sim: Any) -> None:
+def test_canary_timeout(sim: Any, sim_clock: SimClock) -> None:
     sim.configure(otel_delay_s=60)
-    with project_client(sim, project_pair(sim.projects[0])) as client:
+    with project_client(sim, project_pair(sim.projects[0]), sim_clock) as client:
         trace_id = client.send_canary()
         with pytest.raises(LangfuseCanaryTimeoutError) as caught:
             client.wait_for_canary(trace_id, timeout_s=0.6, initial_poll_s=0.1)
     assert caught.value.trace_id == trace_id
     assert trace_id in str(caught.value)
-    assert 0.6 <= caught.value.waited_s < 2
+    assert sim_clock.sleeps == pytest.approx([0.1, 0.2, 0.3]), "the last pause ends exactly at the timeout"
+    assert caught.value.waited_s == pytest.approx(0.6)
 
 
-def test_rate_limited_canary_polling_stays_within_the_timeout(sim: Any) -> None:
+def test_rate_limited_canary_polling_stays_within_the_timeout(sim: Any, sim_clock: SimClock) -> None:
     sim.configure(otel_delay_s=60, rate_limits={"public-api": [1, 60]})
-    with project_client(sim, project_pair(sim.projects[0])) as client:
+    with project_client(sim, project_pair(sim.projects[0]), sim_clock) as client:
         trace_id = client.send_canary()
-        started = time.monotonic()
         with pytest.raises(LangfuseRateLimitedError) as caught:
             client.wait_for_canary(trace_id, timeout_s=2, initial_poll_s=0.1)
-    assert time.monotonic() - started < 2
     assert caught.value.retry_after_s is not None and caught.value.retry_after_s > 2
+    assert sum(sim_clock.sleeps) <= 2, f"waited past the 2 s timeout: {sim_clock.sleeps}"
 
 
 def test_canary_with_revoked_key_is_an_auth_error(sim: Any, admin: LangfuseAdminClient) -> None:
@@ -522,7 +551,6 @@ def test_no_secret_in_any_exception_repr_or_log(
 
 def test_a_langfuse_answer_that_trickles_or_never_ends_is_cut_off_at_the_timeout() -> None:
     import threading
-    import time
 
     from connectors.errors import LangfuseError
     from tests.hostile_http import Trickler
@@ -539,10 +567,10 @@ def test_a_langfuse_answer_that_trickles_or_never_ends_is_cut_off_at_the_timeout
             except LangfuseError as exc:
                 outcome.append(exc)
 
-        started = time.monotonic()
         worker = threading.Thread(target=call, daemon=True)
         worker.start()
-        worker.join(10)
-        assert not worker.is_alive()
-    assert time.monotonic() - started < 2.5
+        # The trickle lasts 2,000 s (10,000 bytes, one every 0.2 s): a client that only has a
+        # per-read timeout reads it to the end. Only that, or a hang, outlasts 60 s.
+        worker.join(60)
+        assert not worker.is_alive(), "the call was not cut off"
     assert outcome and "no response within 1s" in str(outcome[0])

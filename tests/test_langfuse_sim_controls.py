@@ -29,6 +29,11 @@ def _notes(sim: SimHandle) -> list[str | None]:
     return [row["note"] for row in rows]
 
 
+def _key_ids(sim: SimHandle) -> set[str]:
+    rows = sim.control.keys()
+    return {row["id"] for row in rows}
+
+
 def _probe(sim: SimHandle, auth: tuple[str, str]) -> int:
     return sim.http.get("/api/public/projects", auth=auth).status_code
 
@@ -230,11 +235,53 @@ def test_legacy_trace_reads_get_the_upgrade_path_message(sim: SimHandle) -> None
 
 
 def test_rate_limit_window_resets(sim: SimHandle) -> None:
-    sim.configure(rate_limits={"public-api": [1, 0.3]})
+    sim.configure(rate_limits={"public-api": [1, 60]})
     sim.http.get("/api/public/organizations/apiKeys", auth=sim.org_auth)
     assert sim.http.get("/api/public/organizations/apiKeys", auth=sim.org_auth).status_code == 429
-    time.sleep(0.35)
+    sim.control.advance_clock(61)
     assert sim.http.get("/api/public/organizations/apiKeys", auth=sim.org_auth).status_code == 200
+
+
+# -- the clock and the race window ---------------------------------------------------------------
+def test_the_clock_only_moves_forward_and_reset_sets_it_back(sim: SimHandle) -> None:
+    before = sim.http.get("/_sim/clock").json()
+    assert before["offset_s"] == 0 and abs(before["now"] - time.time()) < 60
+    assert sim.control.advance_clock(90) == 90
+    assert sim.control.advance_clock(10) == 100
+    for bad in ({"advance_s": -1}, {"advance_s": "5"}, {"advance_s": True}, {}, [1]):
+        response = sim.http.post("/_sim/clock", json=bad)
+        assert (response.status_code, response.json()) == (
+            400,
+            {"error": 'body must be {"advance_s": <seconds, >= 0>}'},
+        )
+    sim.control.reset()
+    assert sim.http.get("/_sim/clock").json()["offset_s"] == 0
+
+
+def test_a_delete_waits_out_its_race_window_unless_released(sim: SimHandle) -> None:
+    import threading
+
+    sim.configure(race_window_s=60)
+    key = sim.http.post(_keys_path(sim), json={}, auth=sim.org_auth).json()
+    answers: list[int] = []
+    deleting = threading.Thread(
+        target=lambda: answers.append(
+            httpx.delete(f"{sim.url}{_keys_path(sim)}/{key['id']}", auth=sim.org_auth, timeout=90).status_code
+        )
+    )
+    deleting.start()
+    deadline = time.monotonic() + 30
+    while sim.control.deletes_in_race_window() == 0:
+        assert time.monotonic() < deadline, "the delete never reached its race window"
+        time.sleep(0.02)
+    assert key["id"] in _key_ids(sim), "snapshot mode drops the row only after the window"
+
+    assert sim.control.release_race_windows() == 1
+
+    deleting.join(30)
+    assert answers == [200]
+    assert key["id"] not in _key_ids(sim)
+    assert sim.control.deletes_in_race_window() == 0
 
 
 # -- health -----------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Langfuse simulator: OTel and legacy ingestion, scores, read-back and visibility delays."""
+"""Langfuse simulator: OTel and legacy ingestion, scores, read-back and visibility delays.
+
+Visibility delays run on the simulator's clock: a test moves it past the delay
+(``past_the_visibility_delays``) instead of sleeping and hoping the machine kept up.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,11 @@ from tests.fixtures.langfuse_sim import SimHandle
 
 OTEL = "/api/public/otel/v1/traces"
 PROTO = {"Content-Type": "application/x-protobuf"}
+
+
+def past_the_visibility_delays(sim: SimHandle) -> None:
+    """Move the simulator's clock past the fixture's visibility delays (0.1 s OTel, 0.2 s ingestion)."""
+    sim.control.advance_clock(1)
 
 
 def _otlp_proto(spans: list[tuple[bytes, bytes]], name: str = "rotation-canary") -> bytes:
@@ -69,7 +78,7 @@ def test_otel_protobuf_gzip_is_200_empty_object_and_readable(sim: SimHandle) -> 
     body = gzip.compress(_otlp_proto([(trace_id, span_id)]))
     response = sim.http.post(OTEL, content=body, headers=headers, auth=sim.project_auth())
     assert (response.status_code, response.json()) == (200, {})
-    time.sleep(0.15)
+    past_the_visibility_delays(sim)
     (observation,) = _observations(sim, trace_id.hex())
     assert (observation["id"], observation["traceId"]) == (span_id.hex(), trace_id.hex())
     assert observation["projectId"] == sim.projects[0].id
@@ -79,30 +88,33 @@ def test_otel_json_plain_is_readable(sim: SimHandle) -> None:
     trace_id, span_id = os.urandom(16).hex(), os.urandom(8).hex()
     response = sim.http.post(OTEL, json=_otlp_json(trace_id, span_id), auth=sim.project_auth())
     assert (response.status_code, response.json()) == (200, {})
-    time.sleep(0.15)
+    past_the_visibility_delays(sim)
     assert [o["id"] for o in _observations(sim, trace_id)] == [span_id]
 
 
 def test_otel_trace_is_not_readable_before_the_visibility_delay(sim: SimHandle) -> None:
-    sim.configure(otel_delay_s=0.5)
+    sim.configure(otel_delay_s=5)
     trace_id = os.urandom(16).hex()
     sim.http.post(OTEL, json=_otlp_json(trace_id, os.urandom(8).hex()), auth=sim.project_auth())
     assert _observations(sim, trace_id) == []
-    time.sleep(0.6)
+    sim.control.advance_clock(4.5)
+    assert _observations(sim, trace_id) == []
+    sim.control.advance_clock(1)
     assert len(_observations(sim, trace_id)) == 1
 
 
 def test_otel_observations_are_scoped_to_the_key_project(sim: SimHandle) -> None:
     trace_id = os.urandom(16).hex()
     sim.http.post(OTEL, json=_otlp_json(trace_id, os.urandom(8).hex()), auth=sim.project_auth(0))
-    time.sleep(0.15)
+    past_the_visibility_delays(sim)
+    assert len(_observations(sim, trace_id, index=0)) == 1, "visible in its own project"
     assert _observations(sim, trace_id, index=1) == []
 
 
 def test_otel_trace_is_readable_via_get_trace(sim: SimHandle) -> None:
     trace_id = os.urandom(16).hex()
     sim.http.post(OTEL, json=_otlp_json(trace_id, os.urandom(8).hex()), auth=sim.project_auth())
-    time.sleep(0.15)
+    past_the_visibility_delays(sim)
     response = sim.http.get(f"/api/public/traces/{trace_id}", auth=sim.project_auth())
     assert response.status_code == 200
     assert (response.json()["id"], response.json()["name"]) == (trace_id, "rotation-canary")
@@ -120,7 +132,7 @@ def test_otel_invalid_span_id_rejects_the_whole_export(sim: SimHandle) -> None:
     error = response.json()["error"]
     assert error.startswith("Invalid OTLP trace export: 1 of 2 span(s) have a missing or malformed traceId/spanId")
     assert "The entire export was rejected and no spans were ingested." in error
-    time.sleep(0.15)
+    past_the_visibility_delays(sim)
     assert _observations(sim, good[0].hex()) == []
 
 
@@ -186,6 +198,7 @@ def test_ingestion_is_207_with_per_event_successes_and_errors(sim: SimHandle) ->
 
 
 def test_ingestion_trace_is_readable_only_after_the_ingestion_delay(sim: SimHandle) -> None:
+    sim.configure(ingestion_delay_s=5)
     _ingest(sim, [_event("trace-create", {"id": "trace-delayed", "name": "canary"})])
     url = "/api/public/traces/trace-delayed"
     early = sim.http.get(url, auth=sim.project_auth())
@@ -193,7 +206,7 @@ def test_ingestion_trace_is_readable_only_after_the_ingestion_delay(sim: SimHand
         404,
         {"message": "Trace trace-delayed not found within authorized project", "error": "LangfuseNotFoundError"},
     )
-    time.sleep(0.3)
+    sim.control.advance_clock(5.5)
     assert sim.http.get(url, auth=sim.project_auth()).json()["name"] == "canary"
 
 

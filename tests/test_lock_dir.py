@@ -90,14 +90,29 @@ def test_a_lock_directory_others_can_write_is_refused(
     assert list(shared.iterdir()) == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory to another user")
-def test_a_lock_directory_owned_by_another_user_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    theirs = tmp_path / "theirs"
-    theirs.mkdir(mode=0o700)
-    os.chown(theirs, 65534, 65534)
-    monkeypatch.setenv(LOCK_DIR_ENV_VAR, str(theirs))
-    with pytest.raises(LockDirError, match="owned by"):
+@pytest.fixture
+def another_users_directory(tmp_path: Path) -> Path:
+    """A directory that belongs to another user and that nobody else may write. Run as root, the
+    test makes one and gives it to ``nobody`` (uid 65534). Any other user cannot give a directory
+    away, so the test uses one that already belongs to someone else: ``/``, owned by root."""
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+        return theirs
+    root = Path("/")
+    assert root.stat().st_uid != os.geteuid() and not root.stat().st_mode & 0o022
+    return root
+
+
+def test_a_lock_directory_owned_by_another_user_is_refused(
+    another_users_directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = another_users_directory.stat().st_uid
+    monkeypatch.setenv(LOCK_DIR_ENV_VAR, str(another_users_directory))
+    with pytest.raises(LockDirError, match=f"owned by uid {owner}, not by this user"):
         _take()
+    assert not any(p.name.startswith("langfuse-rotate-") for p in another_users_directory.iterdir())
 
 
 def test_a_symlinked_lock_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,7 +38,7 @@ def task_run_names(flow_run_id: UUID) -> list[str]:
     return [run.name.rsplit("-", 1)[0] for run in runs]
 
 
-def test_a_rotations_task_runs_are_named_for_its_five_steps(
+def test_a_rotations_task_runs_are_its_seven_checklist_steps_in_order(
     rotation_env: RotationEnv, prefect_server: PrefectServer
 ) -> None:
     state = rotate_on_prefect(rotation_env)

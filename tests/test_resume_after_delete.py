@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydantic import SecretStr
 
 from connectors.langfuse import LangfuseAdminClient
@@ -66,98 +67,63 @@ def killed_after_promotion_then_old_key_deleted(env: RotationEnv) -> tuple[str, 
     return old, new
 
 
+# A rerun of ``rotate`` and a ``reconcile`` meet the same rotation the same way.
+KINDS = pytest.mark.parametrize("kind", ["rotate", "reconcile"])
+
+
+@KINDS
 def test_consumers_that_never_switched_make_the_rerun_need_attention_not_succeed(
-    rotation_env: RotationEnv, health_stub: HealthStub
+    rotation_env: RotationEnv, health_stub: HealthStub, kind: str
 ) -> None:
     env = rotation_env
     served_by_stub(env, health_stub)
     env.entry_overrides = {"wait_timeout_s": 1.5}
     _, new = killed_after_promotion_then_old_key_deleted(env)
 
-    code, result, output = run_direct(env)
+    code, result, output = run_direct(env, kind=kind)
 
     assert code == 4 and result["status"] == "needs_attention", output
     assert result["lagging_consumers"] == ["api"]
     assert "api" in result["error"]
-    steps = [s["step"] for s in result["steps"]]
-    assert "wait_for_restarts" in steps
+    assert "wait_for_restarts" in [s["step"] for s in result["steps"]]
     assert env.current().public_key == new, "the only live pair stays current"
     assert env.works(env.current())
+    assert env.store.store.describe(env.location).pending is not None, "still staged: a rerun checks again"
 
 
-def test_a_new_pair_that_does_not_verify_makes_the_rerun_need_attention(rotation_env: RotationEnv) -> None:
+@KINDS
+def test_a_new_pair_that_does_not_verify_makes_the_rerun_need_attention(rotation_env: RotationEnv, kind: str) -> None:
     env = rotation_env
     killed_after_promotion_then_old_key_deleted(env)
     env.sim.configure(otel_delay_s=60)  # the canary never becomes readable
     env.entry_overrides = {"canary_timeout_s": 1}
 
-    code, result, output = run_direct(env)
+    code, result, output = run_direct(env, kind=kind)
 
     assert code == 4 and result["status"] == "needs_attention", output
     assert result["verified"] is False
     assert "verify" in result["error"]
 
 
+@pytest.mark.parametrize(
+    ("kind", "status", "in_order"),
+    [
+        ("rotate", "rotated", ["resume", "wait_for_restarts", "verify"]),
+        ("reconcile", "reconciled", ["wait_for_restarts", "verify", "finish"]),
+    ],
+)
 def test_a_rerun_whose_consumers_switched_and_pair_verifies_finishes_the_rotation(
-    rotation_env: RotationEnv, health_stub: HealthStub
+    rotation_env: RotationEnv, health_stub: HealthStub, kind: str, status: str, in_order: list[str]
 ) -> None:
     env = rotation_env
     served_by_stub(env, health_stub)
     _, new = killed_after_promotion_then_old_key_deleted(env)
     health_stub.switch_to = new  # its restart hook moves it onto the new pair
 
-    code, result, output = run_direct(env)
+    code, result, output = run_direct(env, kind=kind)
 
-    assert code == 0 and result["status"] == "rotated", output
+    assert code == 0 and result["status"] == status, output
     assert result["verified"] is True and result["consumers"] == {"api": new}
     steps = [s["step"] for s in result["steps"]]
-    assert steps.index("resume") < steps.index("wait_for_restarts") < steps.index("verify")
-    assert env.store.store.describe(env.location).pending is None
-
-
-def test_reconcile_of_such_a_rotation_whose_consumers_never_switched_needs_attention_not_finishes(
-    rotation_env: RotationEnv, health_stub: HealthStub
-) -> None:
-    env = rotation_env
-    served_by_stub(env, health_stub)
-    env.entry_overrides = {"wait_timeout_s": 1.5}
-    _, new = killed_after_promotion_then_old_key_deleted(env)
-
-    code, result, output = run_direct(env, kind="reconcile")
-
-    assert code == 4 and result["status"] == "needs_attention", output
-    assert result["lagging_consumers"] == ["api"]
-    assert env.current().public_key == new, "the only live pair stays current"
-    assert env.store.store.describe(env.location).pending is not None, "still staged: a rerun checks again"
-
-
-def test_reconcile_of_such_a_rotation_whose_new_pair_does_not_verify_needs_attention(
-    rotation_env: RotationEnv,
-) -> None:
-    env = rotation_env
-    killed_after_promotion_then_old_key_deleted(env)
-    env.sim.configure(otel_delay_s=60)  # the canary never becomes readable
-    env.entry_overrides = {"canary_timeout_s": 1}
-
-    code, result, output = run_direct(env, kind="reconcile")
-
-    assert code == 4 and result["status"] == "needs_attention", output
-    assert result["verified"] is False
-    assert "verify" in result["error"]
-
-
-def test_reconcile_of_such_a_rotation_whose_consumers_switched_finishes_it_after_verifying(
-    rotation_env: RotationEnv, health_stub: HealthStub
-) -> None:
-    env = rotation_env
-    served_by_stub(env, health_stub)
-    _, new = killed_after_promotion_then_old_key_deleted(env)
-    health_stub.switch_to = new
-
-    code, result, output = run_direct(env, kind="reconcile")
-
-    assert code == 0 and result["status"] == "reconciled", output
-    assert result["verified"] is True
-    steps = [s["step"] for s in result["steps"]]
-    assert steps.index("wait_for_restarts") < steps.index("verify") < steps.index("finish")
+    assert [steps.index(step) for step in in_order] == sorted(steps.index(step) for step in in_order), steps
     assert env.store.store.describe(env.location).pending is None

@@ -79,8 +79,10 @@ def test_reconcile_keeps_the_key_while_the_consumer_cannot_be_proven_off_it_and_
     old = env.current().public_key
     env.entry_overrides = {"wait_timeout_s": 1.5, "canary_timeout_s": 1}
     env.sim.configure(otel_delay_s=60)
-    consumer_that_switches_then_goes_dark(env, health_stub).join(30)
+    dark = consumer_that_switches_then_goes_dark(env, health_stub)
     new = rotate(env).new_public_key
+    dark.join(30)
+    assert not dark.is_alive(), "the rotation and its rollback restarted the consumer"
 
     still = reconcile(env)
 

@@ -8,6 +8,8 @@ from pydantic import SecretStr
 
 from connectors.keypair import KeyPair
 from connectors.store import SecretLocation
+from devstack.moto_server import MotoServer
+from devstack.openbao import OpenBaoServer
 from flows.entry_run import execute
 from flows.step_runners import DirectRunner
 from tests.fixtures.rotation import ENTRY, RotationEnv
@@ -45,10 +47,8 @@ def test_a_missing_org_key_in_the_store_fails_cleanly_and_changes_nothing(rotati
     assert rotation_env.current().version == before.version
 
 
-def test_vault_approle_with_a_secret_id_file_rotates(rotation_env: RotationEnv, request: pytest.FixtureRequest) -> None:
-    if rotation_env.store.kind != "vault":
-        pytest.skip("AppRole is a Vault auth method")
-    openbao = request.getfixturevalue("openbao")
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)  # AppRole is a Vault auth method
+def test_vault_approle_with_a_secret_id_file_rotates(rotation_env: RotationEnv, openbao: OpenBaoServer) -> None:
     creds = openbao.enable_approle(f"rotator-{rotation_env.tmp.name[-8:]}", rotation_env.path)
     secret_id_file = rotation_env.tmp / "secret-id"
     secret_id_file.write_text(creds.secret_id.get_secret_value())
@@ -60,12 +60,10 @@ def test_vault_approle_with_a_secret_id_file_rotates(rotation_env: RotationEnv, 
     assert rotate(rotation_env) == rotation_env.current().public_key
 
 
+@pytest.mark.parametrize("any_store", ["aws"], indirect=True)  # staging labels are AWS Secrets Manager's
 def test_after_an_aws_rotation_awscurrent_holds_the_new_pair_and_awsprevious_the_old(
-    rotation_env: RotationEnv, request: pytest.FixtureRequest
+    rotation_env: RotationEnv, moto: MotoServer
 ) -> None:
-    if rotation_env.store.kind != "aws":
-        pytest.skip("staging labels are AWS Secrets Manager's")
-    moto = request.getfixturevalue("moto")
     old = rotation_env.current()
 
     new_public_key = rotate(rotation_env)

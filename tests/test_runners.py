@@ -129,8 +129,7 @@ def test_both_runners_retry_the_same_failures_the_same_way(
         assert with_prefect(make()) == run_alike(DirectRunner(), make())
 
 
-@pytest.mark.slow
-def test_the_prefect_runner_keys_its_tasks_by_step_function_not_by_name(prefect_server: PrefectServer) -> None:
+def test_the_prefect_runner_keys_its_tasks_by_step_function_not_by_name() -> None:
     @step("same-name", retries=1)
     def first() -> str:
         return "first"

@@ -34,6 +34,7 @@ from devstack.prefect_server import PrefectServer
 from devstack.sinks import JsonSink
 from flows.crashpoints import CRASH_ENV_VAR
 from tests.fixtures.devstack import HealthStub
+from tests.fixtures.prefect import EVENT_FLUSH_INTERVAL_S, started_prefect_server
 from tests.fixtures.rotation import ENTRY, RotationEnv
 from tests.fixtures.stores import AWS_REGION, AWS_TEST_CREDENTIALS
 from tests.secret_scan import (
@@ -53,13 +54,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def hygiene_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    with PrefectServer(home=tmp_path_factory.mktemp("prefect-home")) as server:
+    with started_prefect_server(home=tmp_path_factory.mktemp("prefect-home")) as server:
         yield server
 
 
 def prefect_database(server: PrefectServer) -> list[Source]:
-    """PostgreSQL: a dump; SQLite (no PostgreSQL here): the .db file is under PREFECT_HOME."""
-    return collect_postgres(server.db_name) if server.db_name else []
+    """A dump of the server's PostgreSQL database."""
+    assert server.db_name is not None, "the hygiene server runs on PostgreSQL"
+    return collect_postgres(server.db_name)
 
 
 class Runs:
@@ -115,7 +117,8 @@ def stored_secret_keys(env: RotationEnv, request: pytest.FixtureRequest) -> dict
 
 
 def wait_for_events_to_settle(api_url: str, timeout_s: float = 30) -> None:
-    """The server persists events in the background: wait until their number stops growing."""
+    """The server persists events in the background: wait until their number stops growing over
+    twice the server's flush interval."""
     with httpx.Client(base_url=api_url.rstrip("/") + "/", timeout=30) as client:
         last, deadline = -1, time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -123,7 +126,7 @@ def wait_for_events_to_settle(api_url: str, timeout_s: float = 30) -> None:
             if count == last:
                 return
             last = count
-            time.sleep(2)
+            time.sleep(2 * EVENT_FLUSH_INTERVAL_S)
 
 
 def all_outcomes(env: RotationEnv, run: Runs, health_stub: HealthStub) -> None:

@@ -1,4 +1,5 @@
-"""The ``SecretStore`` contract: every store (Vault via OpenBao, AWS via moto) passes this suite.
+"""The ``SecretStore`` contract: every store (Vault via OpenBao, AWS via moto) passes this suite,
+and so does ``tests/fakes.py``'s ``MemoryStore``, which the step tests rely on keeping it.
 
 It reads as the rotation protocol: seed, stage (written ahead, invisible to consumers), promote
 (fenced on the old version), rollback or finish; and each step can be repeated after a crash.
@@ -18,9 +19,21 @@ from connectors.errors import StoreConflictError, StoreError, StoreNotFoundError
 from connectors.keypair import KeyPair
 from connectors.store import FieldNames, HandoverRequest, RotationRecord, SecretLocation, SecretStore
 from connectors.vault import VaultStore
-from tests.fixtures.stores import StoreUnderTest, new_record
+from flows.stores import STORE_KINDS
+from tests.fakes import MemoryStore
+from tests.fixtures.stores import STORES_UNDER_TEST, StoreUnderTest, new_record
 
 HOST = "https://langfuse.example.test"
+real_stores_only = pytest.mark.parametrize("any_store", list(STORE_KINDS), indirect=True)
+
+
+@pytest.fixture(params=[*STORE_KINDS, "memory"])
+def any_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> StoreUnderTest:
+    """Every registered store kind on its local server, and the in-memory fake."""
+    if request.param != "memory":
+        return STORES_UNDER_TEST[request.param](request, monkeypatch)
+    memory = MemoryStore()
+    return StoreUnderTest(memory, "memory", {"kind": "memory"}, memory.external_write, memory.external_read, {})
 
 
 @pytest.fixture
@@ -553,6 +566,7 @@ def test_other_fields_survive_rotation_and_rollback(any_store: StoreUnderTest, s
     assert set(restored) == {"LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "LANGFUSE_HOST", "OTHER_SETTING"}
 
 
+@real_stores_only  # the fake has no configuration to build another client from
 def test_a_store_built_from_config_sees_the_same_secret(
     any_store: StoreUnderTest, seeded: SecretStore, loc: SecretLocation, old: KeyPair
 ) -> None:

@@ -4,10 +4,15 @@ accepts exactly its kinds, and the test fixtures and the demo connect to their s
 from __future__ import annotations
 
 import contextlib
+import json
+import signal
+import subprocess
+import sys
 import typing
 from typing import Any
 
 import pytest
+import requests
 from pydantic import BaseModel
 
 from connectors.store import SecretStore
@@ -71,3 +76,34 @@ def test_the_demo_connects_to_its_store_through_the_registry(kind: str, monkeypa
         demo.start_store(stack, kind)
 
     assert [config.kind for config in built] == [kind]
+
+
+# Each store kind's local server as ``python -m <module>``: one JSON line (these keys), then it
+# serves (this path answers 200) until SIGTERM, and exits 0.
+LOCAL_SERVERS = {
+    "vault": ("devstack.openbao", {"url", "root_token"}, "/v1/sys/health"),
+    "aws": ("devstack.moto_server", {"url"}, "/moto-api/"),
+}
+
+
+def test_every_store_kind_has_a_local_server_module() -> None:
+    assert set(LOCAL_SERVERS) == set(STORE_KINDS)
+
+
+@pytest.mark.parametrize("kind", list(LOCAL_SERVERS))
+def test_a_store_kinds_local_server_prints_where_it_is_and_stops_on_sigterm(kind: str) -> None:
+    module, keys, health = LOCAL_SERVERS[kind]
+    with subprocess.Popen(
+        [sys.executable, "-m", module], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            info = json.loads(proc.stdout.readline())
+            assert set(info) == keys
+            assert requests.get(f"{info['url']}{health}", timeout=5).status_code == 200
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -278,8 +278,13 @@ def test_a_jwt_token_that_expired_during_a_wait_is_replaced_by_a_new_login(
     (tmp_path / "token").write_text(issuer.token(audience=AUDIENCE))
     store = VaultStore(openbao.url, auth=JwtAuth(role, tmp_path / "token"))
     store.seed(loc, KeyPair.generate(), HOST)
-    time.sleep(2.5)
+    first_login = store._client.auth.token.lookup_self()["data"]["accessor"]
+    time.sleep(2.5)  # Vault's own clock: the login's 2 s TTL runs out while the store is idle
+
     assert store.read_current(loc).version == 1
+    assert store._client.auth.token.lookup_self()["data"]["accessor"] != first_login, "a new login's token"
+    with pytest.raises(hvac.exceptions.InvalidRequest):  # the first login's token is gone
+        openbao.client(openbao.root_token).auth.token.lookup_accessor(first_login)
 
 
 # --- TLS with a private CA -------------------------------------------------------------------------

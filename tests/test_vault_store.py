@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime
 
 import hvac.exceptions
 import pytest
-import requests
 from pydantic import SecretStr
 
 from connectors.errors import (
@@ -240,23 +236,6 @@ def test_crash_inside_rollback_is_reported_and_continued(
     assert vault_store.rollback(loc, record) == 3
     assert vault_store.describe(loc).pending is None
     assert vault_store.read_current(loc).key_pair() == old
-
-
-def test_module_entry_point_prints_url_and_token_and_stops_on_sigterm() -> None:
-    with subprocess.Popen(
-        [sys.executable, "-m", "devstack.openbao"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            info = json.loads(proc.stdout.readline())
-            assert set(info) == {"url", "root_token"}
-            assert requests.get(f"{info['url']}/v1/sys/health", timeout=5).status_code == 200
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=15) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def test_refuses_a_secret_that_keeps_one_version(

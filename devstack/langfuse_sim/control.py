@@ -90,6 +90,19 @@ class SimulatorControl:
     def flush_cache(self) -> int:
         return int(self._call("POST", "/_sim/cache/flush")["flushed"])
 
+    def advance_clock(self, seconds: float) -> float:
+        """Move the simulator's clock (cache TTLs, visibility delays, rate-limit windows) forward;
+        returns the total offset from the wall clock."""
+        return float(self._call("POST", "/_sim/clock", json={"advance_s": seconds})["offset_s"])
+
+    def deletes_in_race_window(self) -> int:
+        """How many key deletes are inside their `race_window_s` right now."""
+        return int(self._call("GET", "/_sim/race")["deletes_in_window"])
+
+    def release_race_windows(self) -> int:
+        """End the race windows in progress now; returns how many deletes were in one."""
+        return int(self._call("POST", "/_sim/race/release")["released"])
+
     def close(self) -> None:
         self._client.close()
 

@@ -164,6 +164,33 @@ def reset(state: SimState, req: Request, params: dict[str, str]) -> Response:
     return Response(200, {"reset": True})
 
 
+def get_clock(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    with state.lock:
+        return Response(200, {"offset_s": state.clock_offset_s, "now": state.now()})
+
+
+def advance_clock(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    """Move the simulator's clock forward: `{"advance_s": N}` (N >= 0; time never runs backwards)."""
+    try:
+        body = _json_body(req)
+    except ConfigError as exc:
+        return Response(400, {"error": str(exc)})
+    seconds = body.get("advance_s") if isinstance(body, dict) else None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        return Response(400, {"error": 'body must be {"advance_s": <seconds, >= 0>}'})
+    offset = state.advance_clock(float(seconds))
+    return Response(200, {"offset_s": offset, "now": state.now()})
+
+
+def race(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    with state.lock:
+        return Response(200, {"deletes_in_window": state.deletes_in_window})
+
+
+def release_race(state: SimState, req: Request, params: dict[str, str]) -> Response:
+    return Response(200, {"released": state.release_race_windows()})
+
+
 def flush_cache(state: SimState, req: Request, params: dict[str, str]) -> Response:
     with state.lock:
         flushed = state.cache.clear()

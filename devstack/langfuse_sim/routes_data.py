@@ -131,7 +131,7 @@ def otel_traces(state: SimState, req: Request, params: dict[str, str]) -> Respon
             sdk_name=sdk_name or "unknown",
             sdk_version=sdk_version or "unknown",
         )
-        visible_at = time.time() + state.config.otel_delay_s
+        visible_at = state.now() + state.config.otel_delay_s
         store_spans(state.telemetry, spans, scope.key.project_id, scope.key.public_key, visible_at, path)
     return Response(200, {})
 
@@ -207,7 +207,7 @@ def ingestion(state: SimState, req: Request, params: dict[str, str]) -> Response
                 successes.append({"id": event_id, "status": 201})
     assert scope.key.project_id is not None
     with state.lock:
-        visible_at = time.time() + delay
+        visible_at = state.now() + delay
         for event in accepted:
             _apply_event(state, event, scope.key.project_id, scope.key.public_key, visible_at)
     return Response(207, {"successes": successes, "errors": errors})
@@ -368,7 +368,7 @@ def create_scores(state: SimState, req: Request, params: dict[str, str]) -> Resp
             errors.append({"message": "Invalid score: name and value are required"})
     assert scope.key.project_id is not None
     with state.lock:
-        visible_at = time.time() + state.config.ingestion_delay_s
+        visible_at = state.now() + state.config.ingestion_delay_s
         for item in good:
             score = {
                 "id": item.get("id") or _new_id(),
@@ -407,7 +407,7 @@ def get_observations_v2(state: SimState, req: Request, params: dict[str, str]) -
             if state.config.version.startswith("3."):
                 return Response(404, {"message": V2_NEEDS_V4, "error": "LangfuseNotFoundError"})
             conditions = flt.merge_simple(flt.resolve(filters, EVENT_COLUMNS), _v2_simple_conditions(req))
-            rows = state.telemetry.visible_events(scope.key.project_id, time.time(), state.config.dual_write_delay_s)
+            rows = state.telemetry.visible_events(scope.key.project_id, state.now(), state.config.dual_write_delay_s)
     except flt.FilterRejected as rejected:
         return rejected.response
     rows = flt.apply(rows, conditions)
@@ -534,7 +534,7 @@ def get_trace(state: SimState, req: Request, params: dict[str, str]) -> Response
     with state.lock:
         if state.config.events_only:
             return Response(404, {"message": EVENTS_ONLY_NOT_AVAILABLE})
-        now = time.time()
+        now = state.now()
         trace = state.telemetry.visible_trace(scope.key.project_id, trace_id, now)
         if trace is None:
             return Response(
@@ -572,7 +572,7 @@ def list_traces(state: SimState, req: Request, params: dict[str, str]) -> Respon
         req.param("fields"), TRACE_FIELD_GROUPS, default=TRACE_FIELD_GROUPS, empty=TRACE_FIELD_GROUPS
     )
     with state.lock:
-        now = time.time()
+        now = state.now()
         traces = flt.apply(state.telemetry.visible_traces(scope.key.project_id, now), conditions)
         data = [_trace_list_item(state, trace, groups, now) for trace in traces[(page - 1) * limit : page * limit]]
     total = len(traces)

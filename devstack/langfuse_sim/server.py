@@ -112,6 +112,9 @@ CONTROL_ROUTES: list[Route] = [
     ),
     _route("/_sim/reset", {"POST": control.reset}, {"error": "Method Not Allowed"}),
     _route("/_sim/cache/flush", {"POST": control.flush_cache}, {"error": "Method Not Allowed"}),
+    _route("/_sim/clock", {"GET": control.get_clock, "POST": control.advance_clock}, {"error": "Method Not Allowed"}),
+    _route("/_sim/race", {"GET": control.race}, {"error": "Method Not Allowed"}),
+    _route("/_sim/race/release", {"POST": control.release_race}, {"error": "Method Not Allowed"}),
     _route("/_sim/bootstrap", {"GET": control.bootstrap}, {"error": "Method Not Allowed"}),
 ]
 

@@ -65,6 +65,29 @@ class SimState:
         self.seq = 0
         #: Bumped by reset(); a request that started before a reset is not logged after it.
         self.epoch = 0
+        #: Added to the wall clock for the API-key cache's TTLs, visibility delays and rate-limit
+        #: windows: `POST /_sim/clock` moves it forward, reset sets it back to 0.
+        self.clock_offset_s = 0.0
+        #: Deletes inside their race window now; `POST /_sim/race/release` ends those windows early.
+        self.deletes_in_window = 0
+        self._race_release = threading.Event()
+
+    def now(self) -> float:
+        """The simulator's clock: the wall clock plus whatever `POST /_sim/clock` added."""
+        return time.time() + self.clock_offset_s
+
+    def advance_clock(self, seconds: float) -> float:
+        with self.lock:
+            self.clock_offset_s += seconds
+            return self.clock_offset_s
+
+    def release_race_windows(self) -> int:
+        """End every delete's race window in progress now (later deletes get a full window)."""
+        with self.lock:
+            released, self._race_release = self._race_release, threading.Event()
+            waiting = self.deletes_in_window
+        released.set()
+        return waiting
 
     # -- persistence / reset ---------------------------------------------------------------------
     def persist(self) -> None:
@@ -83,7 +106,9 @@ class SimState:
             self.requests.clear()
             self.seq = 0
             self.epoch += 1
+            self.clock_offset_s = 0.0
             self.persist()
+        self.release_race_windows()
 
     # -- request log -----------------------------------------------------------------------------
     def log_request(
@@ -115,7 +140,7 @@ class SimState:
             spec = limits.get(resource)
             if spec is None:
                 return None
-            return self.rate_limiter.consume(org_id, resource, int(spec[0]), float(spec[1]), time.time(), route)
+            return self.rate_limiter.consume(org_id, resource, int(spec[0]), float(spec[1]), self.now(), route)
 
     # -- authentication --------------------------------------------------------------------------
     def authenticate(self, header: str | None) -> AuthResult:
@@ -148,7 +173,7 @@ class SimState:
     def _resolve_secret(self, public_key: str, secret_key: str) -> ApiKey | None:
         """Cache (GETEX) → DB by fast hash → negative entry only if the public key is unknown too."""
         cfg = self.config
-        mode, ttl, now = cfg.cache_mode, cfg.effective_ttl(), time.time()
+        mode, ttl, now = cfg.cache_mode, cfg.effective_ttl(), self.now()
         secret_hash = hash_secret(secret_key, self.store.salt)
         hit, cached = self.cache.get(secret_hash, now, mode, ttl)
         if hit:
@@ -189,7 +214,14 @@ class SimState:
             else:
                 self.cache.evict([key.secret_hash])
         if race > 0:
-            time.sleep(race)
+            with self.lock:
+                self.deletes_in_window += 1
+                released = self._race_release
+            try:
+                released.wait(race)  # a real wait (requests interleave), unless a test ends it early
+            finally:
+                with self.lock:
+                    self.deletes_in_window -= 1
         with self.lock:
             if mode == "fixed":
                 self.cache.evict([key.secret_hash])
@@ -206,7 +238,7 @@ class SimState:
         """`stale_after_delete`: behave as if a concurrent request hit the race and re-cached the key."""
         cfg = self.config
         if cfg.stale_after_delete:
-            self.cache.put(key.secret_hash, key, time.time(), cfg.cache_mode, cfg.effective_ttl())
+            self.cache.put(key.secret_hash, key, self.now(), cfg.cache_mode, cfg.effective_ttl())
 
     def invalidate_keys(self, keys: list[ApiKey]) -> int:
         """Targeted invalidation: works from rows, so it cannot reach a row that is already gone."""
