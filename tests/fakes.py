@@ -193,6 +193,11 @@ class MemoryStore:
         versions.append(dict(data))
         return len(versions)
 
+    def external_metadata(self, loc: SecretLocation, values: dict[str, str]) -> None:
+        """Rotation facts written behind the store's back (``StoreUnderTest.external_metadata``;
+        the keys as in Vault's ``custom_metadata``: ``rotated_at``, ``rotation_id``, ``mode``)."""
+        self._facts.setdefault(loc.path, {}).update(values)
+
     def external_read(self, loc: SecretLocation) -> dict[str, str]:
         """Every field of the current secret, as a consumer reads it (``StoreUnderTest.external_read``)."""
         return dict(self._versions[loc.path][-1])

@@ -33,7 +33,9 @@ def any_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     if request.param != "memory":
         return STORES_UNDER_TEST[request.param](request, monkeypatch)
     memory = MemoryStore()
-    return StoreUnderTest(memory, "memory", {"kind": "memory"}, memory.external_write, memory.external_read, {})
+    return StoreUnderTest(
+        memory, "memory", {"kind": "memory"}, memory.external_write, memory.external_read, {}, memory.external_metadata
+    )
 
 
 @pytest.fixture
