@@ -33,7 +33,7 @@ from benchmarks.time_to_contain import Stack, entry_name, local_stack  # noqa: E
 from connectors.langfuse import LangfuseProjectClient  # noqa: E402
 
 TARGET_S = 10.0
-HOLDER = "import sys; from flows.entry_run import execute; from flows.step_runners import DirectRunner; from flows.output import print_result; r = execute('rotate', sys.argv[1], sys.argv[2], DirectRunner()); print_result(r, as_json=True); sys.exit(int(r.exit_code))"  # noqa: E501
+HOLDER = "import sys; from flows.rotation.entry_run import execute; from flows.rotation.runners import DirectRunner; from flows.cli.output import print_result; r = execute('rotate', sys.argv[1], sys.argv[2], DirectRunner()); print_result(r, as_json=True); sys.exit(int(r.exit_code))"  # noqa: E501
 
 
 class StuckConsumer:
@@ -94,7 +94,7 @@ def one_run(stack: Stack) -> dict[str, Any]:
             time.sleep(0.1)
         staged = stack.store.describe(location).pending
         assert staged is not None
-        argv = [sys.executable, "-m", "flows.cli", "emergency", "--config", str(config_path), "--project", entry]
+        argv = [sys.executable, "-m", "flows.cli.main", "emergency", "--config", str(config_path), "--project", entry]
         with LangfuseProjectClient(stack.sim_url, old) as probe:
             started = time.perf_counter()
             emergency = subprocess.Popen(

@@ -229,7 +229,7 @@ def run_fleet(
     cmd = [
         sys.executable,
         "-m",
-        "flows.cli",
+        "flows.cli.main",
         "rotate",
         "--all",
         "--config",

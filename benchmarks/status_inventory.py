@@ -11,7 +11,7 @@ What is measured, per run:
 
 - ``command``: ``langfuse-rotate status --config FILE --json`` as a subprocess, from spawning it to
   its exit (Python start-up and imports included; the target is < 5 s for 100 entries);
-- ``in-process``: ``flows.inventory.collect_inventory`` alone (the reads, already imported);
+- ``in-process``: ``flows.compliance.inventory.collect_inventory`` alone (the reads, already imported);
 - ``sequential``: the same with one worker, to show what the parallel reads buy.
 
 Per entry the inventory makes 3 Vault reads (metadata, current version, staging path), one more
@@ -135,7 +135,7 @@ def build_stack(
 def time_command(config: Path, env: dict[str, str]) -> float:
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "status", "--config", str(config), "--json"],
+        [sys.executable, "-m", "flows.cli.main", "status", "--config", str(config), "--json"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -149,8 +149,8 @@ def time_command(config: Path, env: dict[str, str]) -> float:
 
 
 def time_in_process(config: Path, workers: int) -> float:
-    import flows.inventory as inventory
-    from flows.config import load_config
+    import flows.compliance.inventory as inventory
+    from flows.config.model import load_config
 
     loaded = load_config(config)
     previous, inventory.MAX_WORKERS = inventory.MAX_WORKERS, workers

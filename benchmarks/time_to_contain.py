@@ -227,7 +227,16 @@ def command_run(stack: Stack, env: dict[str, str], poll_s: float, timeout_s: flo
     """Start ``langfuse-rotate emergency`` and watch for containment from outside."""
     old, location = stack.new_compromised_key()
     config = stack.write_config(location)
-    argv = [sys.executable, "-m", "flows.cli", "emergency", "--config", str(config), "--project", entry_name(location)]
+    argv = [
+        sys.executable,
+        "-m",
+        "flows.cli.main",
+        "emergency",
+        "--config",
+        str(config),
+        "--project",
+        entry_name(location),
+    ]
     argv.append("--json")
     with LangfuseProjectClient(stack.sim_url, old) as probe:
         started = time.perf_counter()

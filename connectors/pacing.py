@@ -1,11 +1,11 @@
 """Where the connectors ask for permission before a request: the hook fleet runs pace through.
 
-A fleet run (``flows.fleet``) installs one ``Gate`` per Langfuse host and one per store for its
+A fleet run (``flows.fleet.run``) installs one ``Gate`` per Langfuse host and one per store for its
 duration; every Langfuse request and every store write of that process waits on it first, and a
 429 with ``Retry-After`` pauses the gate (so the whole fleet slows down, not only the entry that
 got it). Without an installed gate (single rotations, emergencies) nothing waits.
 
-Connectors only know this protocol; the limiters themselves live in ``flows.pacing``.
+Connectors only know this protocol; the limiters themselves live in ``flows.fleet.pacing``.
 The module also counts requests per gate key, for the benchmark's per-entry figures.
 """
 

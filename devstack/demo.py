@@ -85,8 +85,8 @@ def _run(stack: contextlib.ExitStack, workdir: Path, store_kind: str, as_json: b
     )
     say(f"configuration: {config_path} (secrets come from environment variables, never the file)")
 
-    from flows.output import print_result, result_from_state
-    from flows.prefect_rest import first_start_of_embedded_server, prefect_api_url
+    from flows.cli.output import print_result, result_from_state
+    from flows.prefect.rest import first_start_of_embedded_server, prefect_api_url
 
     api = prefect_api_url()
     if api:
@@ -179,11 +179,11 @@ def _moto(stack: contextlib.ExitStack) -> DemoStore:
 
 
 DEMO_STORES: dict[str, Callable[[contextlib.ExitStack], DemoStore]] = {"vault": _openbao, "aws": _moto}
-"""The local server the demo starts for each store kind of the registry (``flows.stores``)."""
+"""The local server the demo starts for each store kind of the registry (``flows.config.stores``)."""
 
 
 def start_store(stack: contextlib.ExitStack, kind: str) -> tuple[SecretStore, dict[str, Any], dict[str, Any]]:
-    """Start the local server for ``kind``; connect to it as a rotation does (``flows.stores``)."""
+    """Start the local server for ``kind``; connect to it as a rotation does (``flows.config.stores``)."""
     store, started = start_demo_store(stack, kind)
     return store, started.file_section(), started.consumer_args
 
@@ -191,7 +191,7 @@ def start_store(stack: contextlib.ExitStack, kind: str) -> tuple[SecretStore, di
 def start_demo_store(stack: contextlib.ExitStack, kind: str) -> tuple[SecretStore, DemoStore]:
     """Start the local server for ``kind``: the store connected as a rotation connects to it, and
     what the demo started."""
-    from flows.stores import build_store, store_config
+    from flows.config.stores import build_store, store_config
 
     started = DEMO_STORES[kind](stack)
     return build_store(store_config(started.section)), started

@@ -25,7 +25,7 @@ UUID per run) and the rotation id once there is one. Lines are fsynced. Only pub
 
 The file is the rotator's own: neither it nor its directory is opened through a symbolic link, and
 a line is written only when both belong to this user and nobody else can write to them (as the lock
-directory, ``flows.lock``), so another local user can neither point the log at a file of their
+directory, ``flows.rotation.lock``), so another local user can neither point the log at a file of their
 choosing nor pre-create it and truncate it later. A line that cannot be written never stops a run:
 the run goes on (an emergency contains), the failure is said once on stderr and kept on the run
 (``RunContext.audit_error``), and ``audited_run`` turns the run's result into one that needs a
@@ -345,7 +345,7 @@ def _version() -> str:
 
 def audit_path_for(config_path: str | os.PathLike[str] | None) -> Path:
     """The configured audit path, or the default one when the configuration cannot be read."""
-    from flows.config import load_config
+    from flows.config.model import load_config
     from flows.errors import ConfigError
 
     try:
@@ -417,14 +417,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def audited_run(fn: F) -> F:
-    """For ``flows.entry_run.execute(kind, project, config_path, runner, ..., config=None)``: loads
+    """For ``flows.rotation.entry_run.execute(kind, project, config_path, runner, ..., config=None)``: loads
     the configuration once, unless the caller already did (``config``), and hands it down as
     ``config``; every call writes exactly one final line, whatever happens inside (result, bad
     input, a configuration that cannot be read, an unexpected error)."""
 
     @functools.wraps(fn)
     def wrapper(kind: str, project: str, config_path: str | None, *args: Any, **kwargs: Any) -> Any:
-        from flows.config import load_config
+        from flows.config.model import load_config
         from flows.redact import install_redaction
 
         install_redaction()
@@ -456,7 +456,7 @@ def _audit_failed(result: Any, error: str, config: Any, config_path: str | None)
     a person (exit 4: done, but its record is missing); a failed or refused one keeps its status
     (and exit code); either way the error says so, and a notification too (inside a fleet run, its
     summary does)."""
-    from flows.notification import held_for_summary, notification_for, send_to
+    from flows.rotation.notification import held_for_summary, notification_for, send_to
 
     said = f"the audit line could not be written: {error}"
     if result.status in _DONE:

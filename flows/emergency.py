@@ -1,4 +1,4 @@
-"""Emergency containment as a Prefect flow. The checklist is ``flows.checklists.run_emergency``:
+"""Emergency containment as a Prefect flow. The checklist is ``flows.rotation.checklists.run_emergency``:
 
     plan + reconcile → create (write ahead) → promote → REVOKE the compromised key now
     → prove it is rejected → restart hooks + wait (report who is still on the old key)
@@ -8,7 +8,7 @@ The same procedure runs without Prefect (``langfuse-rotate emergency`` when no s
 so containment never depends on the orchestrator being up.
 
 A run started by a ``langfuse.key.compromised`` event (``event_id`` set, by the deployment's
-trigger) first passes the checks of ``flows.trigger``; a refused event changes nothing, is audited
+trigger) first passes the checks of ``flows.trigger.checks``; a refused event changes nothing, is audited
 and notified as a warning, and the run ends Completed with a message starting ``refused:``.
 """
 
@@ -22,24 +22,24 @@ from prefect.states import Completed
 
 from connectors.notify import Notification
 from flows.audit import AuditLog, audit_path_for, audit_result, resource_id
-from flows.config import RotationConfig, load_config
-from flows.entry_run import execute
-from flows.flow_run import (
+from flows.config.model import RotationConfig, load_config
+from flows.models import RotationResult
+from flows.prefect.flow_run import (
     current_flow_run,
     emergency_run_name,
     final_state,
     publish_summary,
     tag_flow_run,
 )
-from flows.hooks import notify_unhandled_failure
-from flows.initiator import flow_run_audit
-from flows.lock import prefect_server_configured
-from flows.models import RotationResult
-from flows.notification import notification_for, send_to
+from flows.prefect.hooks import notify_unhandled_failure
+from flows.prefect.initiator import flow_run_audit
+from flows.prefect.trust import trusted_config_path
+from flows.rotation.entry_run import execute
+from flows.rotation.lock import prefect_server_configured
+from flows.rotation.notification import notification_for, send_to
+from flows.rotation.runners import PrefectRunner
 from flows.shown import ENTRY_NAME, EVENT_ID, EVENT_SOURCE, shown_key, shown_matching, single_line
-from flows.step_runners import PrefectRunner
-from flows.trigger import EventRefused, check_entry, check_key, emergency_slot, mark_event_started
-from flows.trust import trusted_config_path
+from flows.trigger.checks import EventRefused, check_entry, check_key, emergency_slot, mark_event_started
 
 
 @flow(

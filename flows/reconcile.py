@@ -10,13 +10,13 @@ from typing import Any
 from prefect import flow
 from prefect.states import Failed
 
-from flows.config import load_config
-from flows.entry_run import execute
-from flows.flow_run import current_flow_run, publish_summary, reconcile_run_name
-from flows.hooks import notify_unhandled_failure
-from flows.initiator import flow_run_audit
-from flows.step_runners import PrefectRunner
-from flows.trust import trusted_config_path
+from flows.config.model import load_config
+from flows.prefect.flow_run import current_flow_run, publish_summary, reconcile_run_name
+from flows.prefect.hooks import notify_unhandled_failure
+from flows.prefect.initiator import flow_run_audit
+from flows.prefect.trust import trusted_config_path
+from flows.rotation.entry_run import execute
+from flows.rotation.runners import PrefectRunner
 
 _DONE = {"reconciled"}
 

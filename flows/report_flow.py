@@ -19,14 +19,14 @@ from prefect.states import Failed
 from prefect.variables import Variable
 
 from connectors.notify import Notification, Notifier
-from flows.compliance import Report, collect_report, report_markdown, report_table
-from flows.config import RotationConfig, load_config
-from flows.events import emit_report_events
-from flows.flow_run import current_flow_run, run_name
-from flows.hooks import notify_unhandled_failure
+from flows.compliance.report import Report, collect_report, report_markdown, report_table
+from flows.config.model import RotationConfig, load_config
+from flows.prefect.events import emit_report_events
+from flows.prefect.flow_run import current_flow_run, run_name
+from flows.prefect.hooks import notify_unhandled_failure
+from flows.prefect.trust import trusted_config_path
 from flows.redact import install_redaction, scrub
 from flows.shown import single_line
-from flows.trust import trusted_config_path
 
 MARKDOWN_KEY = "langfuse-compliance-report"
 TABLE_KEY = "langfuse-compliance-findings"

@@ -1,4 +1,4 @@
-"""The scheduled rotation as a Prefect flow. The checklist itself is ``flows.checklists.run_scheduled``:
+"""The scheduled rotation as a Prefect flow. The checklist itself is ``flows.rotation.checklists.run_scheduled``:
 
     plan + reconcile → 1 create (write ahead, then Langfuse) → [approval] → 2 store (promote)
     → 3 wait for restarts → 4 verify (auth + canary) → 5 revoke + prove rejected → finish → notify
@@ -12,9 +12,8 @@ from typing import Any
 
 from prefect import flow
 
-from flows.config import load_config
-from flows.entry_run import execute
-from flows.flow_run import (
+from flows.config.model import load_config
+from flows.prefect.flow_run import (
     current_flow_run,
     final_state,
     pause_for_approval,
@@ -22,10 +21,11 @@ from flows.flow_run import (
     rotate_run_name,
     tag_flow_run,
 )
-from flows.hooks import notify_unhandled_failure
-from flows.initiator import flow_run_audit
-from flows.step_runners import PrefectRunner
-from flows.trust import trusted_config_path
+from flows.prefect.hooks import notify_unhandled_failure
+from flows.prefect.initiator import flow_run_audit
+from flows.prefect.trust import trusted_config_path
+from flows.rotation.entry_run import execute
+from flows.rotation.runners import PrefectRunner
 
 
 @flow(
@@ -79,7 +79,7 @@ def rotate_all(
     """Rotate every configured entry concurrently (README "Fleet rotation"); ``entries`` limits the
     run to some of them (a batch: ``summary`` off, the fleet run that started it notifies). Each
     entry is recorded as its own flow run."""
-    from flows.fleet_prefect import run_fleet_flow
+    from flows.fleet.prefect_run import run_fleet_flow
 
     config_path = trusted_config_path("rotate-all", None, config_path)
     flow_run_id, _ = current_flow_run()

@@ -15,7 +15,7 @@ import re
 import unicodedata
 
 from connectors.keypair import is_public_key
-from flows.config import ENTRY_NAME_PATTERN
+from flows.config.model import ENTRY_NAME_PATTERN
 
 INVALID = "<invalid>"
 """What a value that failed its check is shown as."""

@@ -3,7 +3,7 @@
 The command line's ``rotate`` always runs through Prefect (~10 s per process on the CI box); the
 crash matrix runs the same checklist with the in-process ``DirectRunner`` instead, in a child
 process that can be SIGKILLed, and prints the same output (the ``--json`` object last). ``fleet``
-runs ``rotate --all`` without Prefect (``flows.fleet.run_fleet``) over the configured entries and
+runs ``rotate --all`` without Prefect (``flows.fleet.run.run_fleet``) over the configured entries and
 prints the fleet's object; ``--project`` is ignored there.
 """
 
@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows.config import load_config
-from flows.entry_run import execute
-from flows.fleet import run_fleet
-from flows.output import print_result
-from flows.step_runners import DirectRunner
+from flows.cli.output import print_result
+from flows.config.model import load_config
+from flows.fleet.run import run_fleet
+from flows.rotation.entry_run import execute
+from flows.rotation.runners import DirectRunner
 
 
 def main(argv: list[str] | None = None) -> int:

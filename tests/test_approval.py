@@ -42,7 +42,17 @@ class Rotation:
         self.config_path = str(env.write_config())
         assert env.prefect_env is not None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "rotate", "--config", self.config_path, "--project", ENTRY, "--json"],
+            [
+                sys.executable,
+                "-m",
+                "flows.cli.main",
+                "rotate",
+                "--config",
+                self.config_path,
+                "--project",
+                ENTRY,
+                "--json",
+            ],
             env=env.prefect_env,
             cwd=REPO,
             stdout=subprocess.PIPE,

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from flows.audit import AuditLog, run_context
-from flows.entry_run import execute
-from flows.step_runners import DirectRunner
+from flows.rotation.entry_run import execute
+from flows.rotation.runners import DirectRunner
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 single_store = pytest.mark.parametrize("any_store", ["vault"], indirect=True)
@@ -189,7 +189,7 @@ def test_a_rotation_that_could_not_audit_needs_a_person(rotation_env: RotationEn
 def test_a_failed_run_keeps_its_exit_code_and_also_says_the_audit_line_could_not_be_written(
     rotation_env: RotationEnv,
 ) -> None:
-    from flows.lock import local_lock
+    from flows.rotation.lock import local_lock
 
     rotation_env.audit_path.mkdir()
     with local_lock(ENTRY, wait_s=0):

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from devstack.prefect_server import free_port
-from flows.entry_run import execute
-from flows.lock import local_lock
-from flows.step_runners import DirectRunner
+from flows.rotation.entry_run import execute
+from flows.rotation.lock import local_lock
+from flows.rotation.runners import DirectRunner
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 single_store = pytest.mark.parametrize("any_store", ["vault"], indirect=True)
@@ -113,7 +113,16 @@ def test_an_unreadable_configuration_is_audited_at_the_default_path(tmp_path: Pa
 
     env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"))
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "emergency", "--config", str(tmp_path / "missing.yaml"), "--project", "x"],
+        [
+            sys.executable,
+            "-m",
+            "flows.cli.main",
+            "emergency",
+            "--config",
+            str(tmp_path / "missing.yaml"),
+            "--project",
+            "x",
+        ],
         env=env,
         capture_output=True,
         text=True,

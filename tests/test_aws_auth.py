@@ -15,7 +15,7 @@ from connectors.errors import StoreAccessDeniedError
 from connectors.keypair import KeyPair
 from connectors.store import SecretLocation
 from devstack.moto_server import IamUser, MotoServer
-from flows.stores import AwsStoreConfig, build_store
+from flows.config.stores import AwsStoreConfig, build_store
 from tests.fixtures.stores import AWS_TEST_CREDENTIALS, parse_store_config, store_config_error
 
 HOST = "https://langfuse.example.test"

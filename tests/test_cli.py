@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "flows.cli.main", *args],
         env=env or dict(os.environ),
         capture_output=True,
         text=True,
@@ -157,7 +157,7 @@ def test_the_prefect_address_is_read_as_prefect_reads_it_profiles_included(tmp_p
     url = f"http://127.0.0.1:{free_port()}/api"
     env = _profile_home(tmp_path, url)
     code = (
-        "from flows.prefect_rest import prefect_api_url\n"
+        "from flows.prefect.rest import prefect_api_url\n"
         "from prefect.settings import get_current_settings\n"
         "print(prefect_api_url()); print(get_current_settings().api.url)\n"
     )
@@ -239,7 +239,7 @@ def test_under_prefect_the_runs_logs_tell_each_step_start_and_end(
 def test_the_embedded_servers_start_is_announced_and_its_first_start_says_it_migrates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows.prefect_rest import embedded_server_notice
+    from flows.prefect.rest import embedded_server_notice
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.chdir(tmp_path)  # no prefect.toml
@@ -270,7 +270,7 @@ def test_a_rotation_on_the_embedded_server_says_first_that_it_is_starting(rotati
 
 
 def test_the_readmes_synopsis_lists_every_command_with_every_option() -> None:
-    from flows.cli import build_parser
+    from flows.cli.main import build_parser
 
     readme = (REPO / "README.md").read_text()
     block = readme.split("## Command line", 1)[1].split("```", 2)[1]

@@ -17,10 +17,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from flows.clock import MAX_CLOCK_SKEW_S
-from flows.config import load_config
-from flows.entry_run import execute
-from flows.fleet import run_fleet
-from flows.step_runners import DirectRunner
+from flows.config.model import load_config
+from flows.fleet.run import run_fleet
+from flows.rotation.entry_run import execute
+from flows.rotation.runners import DirectRunner
 from tests.fixtures.inventory import InventoryEnv
 from tests.fixtures.rotation import ENTRY, RotationEnv
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from flows.compliance import Finding, Report
+from flows.compliance.report import Finding, Report
 from flows.report_flow import change_notification, kept_state
 
 OVERDUE = Finding(rule="key-overdue", severity="high", entry="a", public_key="pk-lf-a", detail="key is 100 days old")

@@ -1,6 +1,6 @@
 """The compromise forwarder (README "Trust boundary", point 4): the narrow path for secret scanners.
 
-It runs as its own process (``python -m flows.compromise_forwarder``) against a real Prefect server;
+It runs as its own process (``python -m flows.trigger.forwarder``) against a real Prefect server;
 events are read back through ``POST /api/events/filter``. A valid report becomes exactly one
 ``langfuse.key.compromised`` event in the shape the emergency trigger expects; everything else is
 refused with a 4xx and a one-line JSON error and posts nothing; no token is ever in its output.
@@ -28,8 +28,8 @@ import httpx
 import pytest
 
 from devstack.prefect_server import PrefectServer
-from flows.automation import EVENT
-from flows.compromise_forwarder import (
+from flows.trigger.automation import EVENT
+from flows.trigger.forwarder import (
     DEFAULT_MAX_PER_CLIENT,
     RateLimit,
     Refused,
@@ -94,7 +94,7 @@ def _start(tmp: Path, server: PrefectServer, *extra: str, config: Path | None = 
     argv = ["--config", str(config), "--listen", "127.0.0.1:0", "--token-file", str(token_file), *extra]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "flows.compromise_forwarder", *argv], env=env, stdout=out, stderr=out
+            [sys.executable, "-m", "flows.trigger.forwarder", *argv], env=env, stdout=out, stderr=out
         )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -331,7 +331,7 @@ def test_it_refuses_to_start_without_a_token_and_says_so_in_one_line(tmp_path: P
     config = tmp_path / "rotation.yaml"
     config.write_text(CONFIG)
     done = subprocess.run(
-        [sys.executable, "-m", "flows.compromise_forwarder", "--config", str(config), "--token-env", "NO_SUCH_VAR"],
+        [sys.executable, "-m", "flows.trigger.forwarder", "--config", str(config), "--token-env", "NO_SUCH_VAR"],
         env={"PATH": "/usr/bin:/bin", "PREFECT_API_URL": "http://127.0.0.1:9/api"},
         capture_output=True,
         text=True,
@@ -640,7 +640,7 @@ def test_the_connection_options_are_checked_at_start(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "flows.compromise_forwarder",
+                "flows.trigger.forwarder",
                 "--config",
                 str(config),
                 "--token-file",

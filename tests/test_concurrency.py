@@ -55,7 +55,7 @@ def start(env: RotationEnv, *args: str, host: str, prefect: bool) -> subprocess.
     child = dict(env.prefect_env if prefect and env.prefect_env else env.env)
     child["LANGFUSE_ROTATE_LOCK_DIR"] = str(env.tmp / f"locks-{host}")
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *args, "--json"],
+        [sys.executable, "-m", "flows.cli.main", *args, "--json"],
         env=child,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import load_config, parse_config
+from flows.config.model import load_config, parse_config
 from flows.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "deployments" / "rotation.example.yaml"

@@ -1,6 +1,6 @@
 """A rotation SIGKILLed wherever it changes state is finished or undone by the next run.
 
-Each case kills the rotator at one of ``flows.crashpoints.POINTS`` (``LANGFUSE_ROTATE_CRASH_AT``),
+Each case kills the rotator at one of ``flows.rotation.crashpoints.POINTS`` (``LANGFUSE_ROTATE_CRASH_AT``),
 then runs it again without the variable, against Vault (OpenBao) and AWS (moto). Afterwards the
 entry must be clean: exactly one live Langfuse key for the project, which is the store's current
 key and authenticates; nothing staged; no key this tool created left over. A demo consumer (a real
@@ -30,9 +30,9 @@ from pydantic import SecretStr
 
 from devstack.consumer import ConsumerProcess, start_consumer_process
 from devstack.prefect_server import PrefectServer
-from flows.crashpoints import CRASH_ENV_VAR, POINTS
-from flows.lock import lock_name
-from flows.steps import parse_note
+from flows.rotation.crashpoints import CRASH_ENV_VAR, POINTS
+from flows.rotation.lock import lock_name
+from flows.rotation.steps import parse_note
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 pytestmark = pytest.mark.slow
@@ -248,7 +248,7 @@ def test_a_reconcile_killed_between_deleting_orphan_keys_is_finished_by_the_next
 ) -> None:
     from connectors.keypair import KeyPair
     from connectors.langfuse import LangfuseAdminClient
-    from flows.steps import key_note
+    from flows.rotation.steps import key_note
 
     env = rotation_env
     old = env.current()
@@ -347,10 +347,10 @@ def test_a_resumed_rotation_whose_old_key_is_gone_finishes_instead_of_rolling_ba
 
 @pytest.mark.parametrize("any_store", ["aws"], indirect=True)
 def test_a_rollback_refuses_to_restore_an_old_pair_langfuse_no_longer_has(rotation_env: RotationEnv) -> None:
-    from flows.config import load_config
-    from flows.context import EntryContext
+    from flows.config.model import load_config
     from flows.models import RotationPlan
-    from flows.steps import rollback
+    from flows.rotation.context import EntryContext
+    from flows.rotation.steps import rollback
 
     env = rotation_env
     old = env.current()

@@ -17,7 +17,7 @@ from devstack.prefect_server import PrefectServer
 def test_demo_rotates_and_stops_everything(store: str, prefect_server: PrefectServer, tmp_path: object) -> None:
     env = prefect_server.client_env(dict(os.environ))
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "demo", "--store", store, "--json"],
+        [sys.executable, "-m", "flows.cli.main", "demo", "--store", store, "--json"],
         env=env,
         capture_output=True,
         text=True,

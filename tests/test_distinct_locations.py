@@ -22,8 +22,8 @@ from pydantic import SecretStr
 from connectors.keypair import KeyPair
 from connectors.langfuse import LangfuseAdminClient, LangfuseProjectClient
 from connectors.store import SecretLocation
-from flows.config import parse_config
-from flows.fleet import run_fleet
+from flows.config.model import parse_config
+from flows.fleet.run import run_fleet
 from tests.fixtures.inventory import SECOND, InventoryEnv
 from tests.fixtures.rotation import ENTRY, RotationEnv
 from tests.test_config import error_of
@@ -336,7 +336,7 @@ project_template:
 )
 def test_a_project_name_that_would_choose_a_consumer_urls_host_is_refused(hostile: str) -> None:
     from connectors.langfuse.models import OrganizationProject
-    from flows.templates import expand
+    from flows.config.templates import expand
 
     config = parse_config(URL_TEMPLATE_CONFIG)
     projects = [OrganizationProject(id="p-hostile", name=hostile), OrganizationProject(id="p-ok", name="prod-ok")]

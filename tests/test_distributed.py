@@ -323,7 +323,7 @@ def test_a_compromised_key_event_runs_the_emergency_deployment_through_the_trigg
 ) -> None:
     import httpx
 
-    from flows.automation import compromised_event
+    from flows.trigger.automation import compromised_event
 
     stack.write_config(rotation_env)
     compromised = rotation_env.current()

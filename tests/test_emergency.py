@@ -24,9 +24,9 @@ from connectors.store import SecretLocation
 from devstack.consumer import ConsumerProcess, start_consumer_process
 from devstack.net import free_port
 from devstack.prefect_server import PrefectServer
-from flows.entry_run import execute
 from flows.models import RotationResult
-from flows.step_runners import DirectRunner
+from flows.rotation.entry_run import execute
+from flows.rotation.runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
@@ -370,7 +370,7 @@ def test_without_prefect_the_command_never_imports_prefect(rotation_env: Rotatio
 
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
-    assert "flows.checklists" in imported, "the import log was captured"
+    assert "flows.rotation.checklists" in imported, "the import log was captured"
     assert not [name for name in imported if name == "prefect" or name.startswith("prefect.")]
 
 

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from devstack.prefect_server import PrefectServer
-from flows.crashpoints import CRASH_ENV_VAR
-from flows.entry_run import execute
-from flows.lock import lock_name
-from flows.step_runners import DirectRunner
+from flows.rotation.crashpoints import CRASH_ENV_VAR
+from flows.rotation.entry_run import execute
+from flows.rotation.lock import lock_name
+from flows.rotation.runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.prefect import wait_for_paused_run
 from tests.fixtures.rotation import ENTRY, RotationEnv
@@ -227,12 +227,12 @@ def test_an_emergency_that_cannot_even_connect_notifies_as_an_emergency(rotation
 def test_an_emergency_that_fails_unexpectedly_notifies_as_an_emergency(
     rotation_env: RotationEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flows.entry_run
+    import flows.rotation.entry_run
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("something nobody foresaw")
 
-    monkeypatch.setattr(flows.entry_run, "run_emergency", broken)
+    monkeypatch.setattr(flows.rotation.entry_run, "run_emergency", broken)
 
     result = execute("emergency", ENTRY, str(rotation_env.write_config()), DirectRunner())
 

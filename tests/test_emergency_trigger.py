@@ -1,6 +1,6 @@
 """The event-driven emergency (issue 10 item 4): a ``langfuse.key.compromised`` event POSTed to a
 real Prefect server's events API starts the emergency deployment for the entry it names, and the
-run checks the event before it changes anything (flows.trigger).
+run checks the event before it changes anything (flows.trigger.checks).
 
 The end-to-end test serves the deployment with ``flow.serve`` in a subprocess, with the trigger
 ``deployments/prefect.yaml`` declares; the event is posted with plain HTTP, as a secret scanner
@@ -29,7 +29,7 @@ from connectors.keypair import KeyPair
 from connectors.langfuse import LangfuseAdminClient
 from connectors.store import SecretLocation
 from devstack.prefect_server import PrefectServer
-from flows.automation import EMERGENCY_TRIGGER, compromised_event
+from flows.trigger.automation import EMERGENCY_TRIGGER, compromised_event
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.prefect import wait_until_automations_load
 from tests.fixtures.rotation import ENTRY, RotationEnv
@@ -62,7 +62,7 @@ def served_deployment(rotation_env: RotationEnv, prefect_server: PrefectServer, 
         PYTHONPATH=str(REPO),
     )
     code = (
-        "from flows.automation import deployment_trigger\n"
+        "from flows.trigger.automation import deployment_trigger\n"
         "from flows.emergency import emergency\n"
         f"emergency.serve(name={name!r}, triggers=[deployment_trigger()], pause_on_shutdown=False,"
         " print_starting_message=False)\n"

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from flows.crashpoints import CRASH_ENV_VAR
+from flows.rotation.crashpoints import CRASH_ENV_VAR
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 

@@ -13,9 +13,9 @@ from flows.errors import (
     Superseded,
     exit_code_of,
 )
-from flows.lock import LockDirError
 from flows.models import ExitCode
-from flows.steps import connector_failure
+from flows.rotation.lock import LockDirError
+from flows.rotation.steps import connector_failure
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from flows import events
-from flows.compliance import Finding, Report
+from flows.compliance.report import Finding, Report
 from flows.models import RotationResult, StepRecord
+from flows.prefect import events
 
 
 def _result(status: str, **extra: object) -> RotationResult:

@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from devstack.prefect_server import PrefectServer
-from flows import events
-from flows.entry_run import execute
+from flows.prefect import events
 from flows.report_flow import MARKDOWN_KEY, TABLE_KEY, compliance_report
-from flows.step_runners import DirectRunner
+from flows.rotation.entry_run import execute
+from flows.rotation.runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.inventory import SECOND, InventoryEnv
 from tests.fixtures.prefect import wait_until_automations_load

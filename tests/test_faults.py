@@ -23,9 +23,9 @@ from botocore.awsrequest import AWSResponse
 
 from devstack.net import free_port
 from devstack.prefect_server import PrefectServer
-from flows.entry_run import execute
 from flows.models import RotationResult
-from flows.step_runners import DirectRunner
+from flows.rotation.entry_run import execute
+from flows.rotation.runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.rotation import ENTRY, RotationEnv
 from tests.fixtures.stores import throttle_on_the_wire
@@ -359,7 +359,7 @@ def test_a_rollback_keeps_the_new_key_while_a_consumer_still_uses_it_and_reconci
 
 def cli(env: RotationEnv, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", "rotate", "--config", str(config), "--project", ENTRY, *args],
+        [sys.executable, "-m", "flows.cli.main", "rotate", "--config", str(config), "--project", ENTRY, *args],
         env=env.env,
         capture_output=True,
         text=True,
@@ -438,7 +438,17 @@ def test_a_lock_directory_other_users_can_write_exits_2_and_changes_nothing(
     # rotate runs against the session's Prefect server (not an embedded one started for the test).
     child = prefect_server.client_env(env.env) if command == "rotate" else env.env
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", command, "--config", str(env.write_config()), "--project", ENTRY, *extra],
+        [
+            sys.executable,
+            "-m",
+            "flows.cli.main",
+            command,
+            "--config",
+            str(env.write_config()),
+            "--project",
+            ENTRY,
+            *extra,
+        ],
         env={**child, "LANGFUSE_ROTATE_LOCK_DIR": str(shared)},
         capture_output=True,
         text=True,

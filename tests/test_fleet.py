@@ -29,8 +29,8 @@ from connectors.langfuse import LangfuseAdminClient
 from connectors.store import SecretLocation
 from devstack.fleet_consumers import FleetConsumers
 from devstack.prefect_server import PrefectServer
-from flows.config import parse_config
-from flows.fleet import FleetResult, fleet_exit_code, run_fleet
+from flows.config.model import parse_config
+from flows.fleet.run import FleetResult, fleet_exit_code, run_fleet
 from flows.models import ExitCode, RotationResult
 from tests.fixtures.calls import recorded_calls
 from tests.fixtures.prefect import state_history, wait_for_paused_run
@@ -176,7 +176,7 @@ def test_the_exit_code_puts_a_person_first_then_failures_then_refusals() -> None
 def _record_langfuse_pacing(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
     """Every pause of a fleet pacer ``(pacer, at, seconds)`` and every request it let through
     ``(pacer, at)``, on ``time.monotonic``."""
-    from flows.pacing import Pacer
+    from flows.fleet.pacing import Pacer
 
     pauses = recorded_calls(monkeypatch, Pacer, "slow_down", lambda pacer, s: (pacer, time.monotonic(), s))
     passed: list[tuple[Pacer, float]] = []
@@ -307,7 +307,7 @@ def test_entries_rotated_within_the_window_are_skipped(fleet_factory: Any) -> No
 def test_a_fleet_where_every_entry_was_skipped_says_nothing_to_rotate_and_sends_only_a_note(
     fleet_factory: Any,
 ) -> None:
-    from flows.fleet_cli import print_fleet
+    from flows.cli.fleet import print_fleet
 
     fleet = fleet_factory(3)
     run_fleet(fleet.config(), config_path=None, concurrency=3)
@@ -327,7 +327,7 @@ def test_a_fleet_where_every_entry_was_skipped_says_nothing_to_rotate_and_sends_
 
 @vault_only
 def test_a_fleet_dry_run_shows_what_would_be_done_for_each_entry(fleet_factory: Any) -> None:
-    from flows.fleet_cli import print_fleet
+    from flows.cli.fleet import print_fleet
 
     fleet = fleet_factory(2)
 
@@ -486,7 +486,7 @@ def test_a_fleet_entry_that_requires_approval_pauses_as_its_own_run_while_the_ot
     path = fleet.env.tmp / "fleet-approval.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "rotate", "--config", str(path), "--all", "--json"],
+        [sys.executable, "-m", "flows.cli.main", "rotate", "--config", str(path), "--all", "--json"],
         env=fleet.env.prefect_env,
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -556,7 +556,7 @@ def test_a_killed_fleet_rerun_resumes_unfinished_entries_and_skips_rotated_ones(
     path = fleet.write_config(lock={"lease_s": 60, "wait_s": 90})
     env = dict(fleet.env.prefect_env or fleet.env.env)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "rotate", "--config", str(path), "--all", "--concurrency", "2"],
+        [sys.executable, "-m", "flows.cli.main", "rotate", "--config", str(path), "--all", "--concurrency", "2"],
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -626,7 +626,7 @@ def test_fleet_result_json_has_the_contract_keys() -> None:
 
 _WORKER = """
 import json, sys, time
-from flows.pacing import Pacer, SharedBudget
+from flows.fleet.pacing import Pacer, SharedBudget
 name, rate, count = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 pacer = Pacer(rate, shared=SharedBudget(name, rate))
 stamps = []
@@ -641,7 +641,7 @@ print(json.dumps(stamps))
 def test_two_workers_share_one_budget_through_a_prefect_global_concurrency_limit(
     prefect_server: PrefectServer,
 ) -> None:
-    from flows.pacing import SharedBudget
+    from flows.fleet.pacing import SharedBudget
 
     rate, count = 10.0, 25
     budget = SharedBudget(f"langfuse-rotate-pace-test-{os.getpid()}-{time.monotonic_ns()}", rate)
@@ -671,7 +671,7 @@ def test_two_workers_share_one_budget_through_a_prefect_global_concurrency_limit
 def test_bad_input_with_all_exits_2_with_one_fleet_object(tmp_path: Path) -> None:
     missing = tmp_path / "absent.yaml"
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "rotate", "--all", "--config", str(missing), "--json"],
+        [sys.executable, "-m", "flows.cli.main", "rotate", "--all", "--config", str(missing), "--json"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -685,7 +685,7 @@ def test_bad_input_with_all_exits_2_with_one_fleet_object(tmp_path: Path) -> Non
 
 def test_concurrency_without_all_is_a_usage_error() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "rotate", "--project", "x", "--concurrency", "4"],
+        [sys.executable, "-m", "flows.cli.main", "rotate", "--project", "x", "--concurrency", "4"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -695,7 +695,7 @@ def test_concurrency_without_all_is_a_usage_error() -> None:
 
 
 def test_the_progress_line_counts_done_failed_waiting_and_remaining() -> None:
-    from flows.fleet import FleetProgress
+    from flows.fleet.run import FleetProgress
 
     progress = FleetProgress(4)
     for name in "abcd":

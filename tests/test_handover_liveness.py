@@ -3,7 +3,7 @@
 A request whose time cannot be believed (another host's clock, or written by hand) still counts
 when the flow run it names is an emergency run of the entry (tags ``mode:emergency`` and
 ``project:<entry>``, as every emergency run is tagged before it asks) that is RUNNING, PENDING or
-PAUSED, read over Prefect's REST API (``flows.handover.PrefectRunCheck``).
+PAUSED, read over Prefect's REST API (``flows.rotation.handover.PrefectRunCheck``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from connectors.keypair import KeyPair
 from connectors.store import HandoverRequest, SecretLocation
 from devstack.prefect_server import PrefectServer
 from flows.errors import Superseded
-from flows.handover import HandoverWatch, PrefectRunCheck
-from flows.prefect_rest import PrefectRest
+from flows.prefect.rest import PrefectRest
+from flows.rotation.handover import HandoverWatch, PrefectRunCheck
 from tests.fakes import MemoryStore
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""How a rotation that holds an entry's lock notices an emergency's handover request (flows.handover).
+"""How a rotation that holds an entry's lock notices an emergency's handover request (flows.rotation.handover).
 
 Before each step it asks the store at most once per ``STEP_CHECK_S`` (a fleet's steps follow each
 other within milliseconds); before a rollback it always asks. The store is in memory
@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
-import flows.handover
+import flows.rotation.handover
 from connectors.keypair import KeyPair
 from connectors.store import HandoverRequest, SecretLocation
 from flows.errors import Superseded
-from flows.handover import HandoverWatch
+from flows.rotation.handover import HandoverWatch
 from tests.fakes import MemoryStore
 from tests.fixtures.calls import recorded_calls
 
@@ -59,14 +59,14 @@ STALE = timedelta(hours=1)
 def test_a_request_made_right_after_the_last_look_waits_for_the_next_interval(
     store: MemoryStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(flows.handover, "STEP_CHECK_S", 3600.0)  # "a moment ago", however slow the box
+    monkeypatch.setattr(flows.rotation.handover, "STEP_CHECK_S", 3600.0)  # "a moment ago", however slow the box
     watch = HandoverWatch(store, LOCATION, entry="watched", live_run=nobody_is_live)
     watch.arm()
     ask(store)
 
     watch.check_between_steps()  # asked the store a moment ago (arm): not again yet
 
-    monkeypatch.setattr(flows.handover, "STEP_CHECK_S", 0.0)
+    monkeypatch.setattr(flows.rotation.handover, "STEP_CHECK_S", 0.0)
     with pytest.raises(Superseded, match="emergency-1"):
         watch.check_between_steps()
 
@@ -87,7 +87,7 @@ def test_once_superseded_every_check_between_steps_says_so(store: MemoryStore, m
     with pytest.raises(Superseded):
         watch.check()
 
-    monkeypatch.setattr(flows.handover, "STEP_CHECK_S", 3600.0)
+    monkeypatch.setattr(flows.rotation.handover, "STEP_CHECK_S", 3600.0)
     with pytest.raises(Superseded, match="emergency-1"):
         watch.check_between_steps()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from flows.errors import ConfigError
-from flows.lock import LOCK_DIR_ENV_VAR, LockDirError, local_lock, lock_name
+from flows.rotation.lock import LOCK_DIR_ENV_VAR, LockDirError, local_lock, lock_name
 
 
 def _take(entry: str = "chatbot-prod") -> None:

@@ -12,12 +12,12 @@ import re
 import pytest
 
 from connectors.consumers import Consumer, ConsumerClient
-from flows.artifact import summary_markdown
-from flows.entry_run import execute
 from flows.models import RotationResult, StepRecord
-from flows.notification import notification_for
+from flows.prefect.artifact import summary_markdown
+from flows.rotation.entry_run import execute
+from flows.rotation.notification import notification_for
+from flows.rotation.runners import DirectRunner
 from flows.shown import INVALID, markdown_code, markdown_text, shown_key, single_line
-from flows.step_runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.rotation import ENTRY, RotationEnv
 

@@ -44,7 +44,7 @@ def test_opentelemetry_proto_is_a_development_dependency_only() -> None:
 
 def test_the_service_never_imports_the_otlp_protobuf_package() -> None:
     code = (
-        "import sys, flows.cli, flows.rotate, flows.emergency, flows.reconcile, connectors.langfuse, "
+        "import sys, flows.cli.main, flows.rotate, flows.emergency, flows.reconcile, connectors.langfuse, "
         "connectors.vault, connectors.aws_secrets, connectors.notify, connectors.consumers\n"
         "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.proto', 'google.protobuf'))))"
     )

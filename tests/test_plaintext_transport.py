@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from flows.config import load_config, parse_config
+from flows.config.model import load_config, parse_config
 from tests.fixtures.inventory import InventoryEnv
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
@@ -39,7 +39,7 @@ def config(langfuse: str = "https://langfuse.example.com", vault: str = "https:/
 
 
 def transport_risks(config: Any) -> list[Any]:
-    from flows.transport import transport_risks
+    from flows.config.transport import transport_risks
 
     return transport_risks(config)
 
@@ -155,7 +155,7 @@ def test_status_shows_each_risk_on_stderr_and_in_its_json_and_still_exits_0(inve
 def test_status_without_json_lists_the_warnings(
     inventory_env: InventoryEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from flows.cli import main
+    from flows.cli.main import main
 
     unchecked, plain = add_risks(inventory_env.rot)
     path = inventory_env.rot.write_config()

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from flows.config import load_config, parse_config
+from flows.config.model import load_config, parse_config
 from flows.errors import ConfigError
 from tests.test_config import EXAMPLE, MINIMAL, env  # noqa: F401  (env: the autouse variables)
 

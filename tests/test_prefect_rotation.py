@@ -11,7 +11,7 @@ from uuid import UUID
 
 import pytest
 
-import flows.config
+import flows.config.model
 from devstack.prefect_server import PrefectServer
 from tests.fixtures.calls import recorded_calls
 from tests.fixtures.rotation import ENTRY, RotationEnv
@@ -51,7 +51,7 @@ def test_a_rotations_task_runs_are_its_seven_checklist_steps_in_order(
 def test_a_rotation_on_prefect_reads_its_configuration_once(
     rotation_env: RotationEnv, prefect_server: PrefectServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    parsed = recorded_calls(monkeypatch, flows.config, "parse_config", lambda text, source="<config>": source)
+    parsed = recorded_calls(monkeypatch, flows.config.model, "parse_config", lambda text, source="<config>": source)
 
     state = rotate_on_prefect(rotation_env)
 

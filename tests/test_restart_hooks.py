@@ -20,10 +20,10 @@ from pydantic import SecretStr
 from connectors.consumers import Consumer, ConsumerClient
 from connectors.errors import ConsumerError
 from devstack.consumer import start_consumer_process
-from flows.config import parse_config
-from flows.entry_run import execute
+from flows.config.model import parse_config
 from flows.errors import ConfigError
-from flows.step_runners import DirectRunner
+from flows.rotation.entry_run import execute
+from flows.rotation.runners import DirectRunner
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 PY = sys.executable

@@ -19,7 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.langfuse import LangfuseAdminClient
-from flows.crashpoints import CRASH_ENV_VAR
+from flows.rotation.crashpoints import CRASH_ENV_VAR
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.rotation import ENTRY, RotationEnv
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 import time
 
-from flows.entry_run import execute
 from flows.models import RotationResult
-from flows.step_runners import DirectRunner
+from flows.rotation.entry_run import execute
+from flows.rotation.runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.rotation import ENTRY, RotationEnv
 

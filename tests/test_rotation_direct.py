@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-import flows.config
-import flows.handover
-from flows.entry_run import execute
-from flows.step_runners import DirectRunner
+import flows.config.model
+import flows.rotation.handover
+from flows.rotation.entry_run import execute
+from flows.rotation.runners import DirectRunner
 from tests.fixtures.calls import recorded_calls
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
@@ -27,7 +27,7 @@ def test_rotation_replaces_the_stored_pair_and_revokes_the_old_one(rotation_env:
 
 
 def test_a_run_reads_its_configuration_once(rotation_env: RotationEnv, monkeypatch: pytest.MonkeyPatch) -> None:
-    parsed = recorded_calls(monkeypatch, flows.config, "parse_config", lambda text, source="<config>": source)
+    parsed = recorded_calls(monkeypatch, flows.config.model, "parse_config", lambda text, source="<config>": source)
 
     result = execute("rotate", ENTRY, str(rotation_env.write_config()), DirectRunner())
 
@@ -44,8 +44,8 @@ def test_a_rotation_reads_the_entry_state_only_where_a_decision_needs_it_afresh(
     store_class = type(rotation_env.store.store)
     described = recorded_calls(monkeypatch, store_class, "describe", lambda store, loc: loc.path)
     asked = recorded_calls(monkeypatch, store_class, "read_handover", lambda store, loc: loc.path)
-    monkeypatch.setattr(flows.handover, "STEP_CHECK_S", 3600.0)
-    monkeypatch.setattr(flows.handover, "POLL_S", 3600.0)  # a slow box's waits must not look either
+    monkeypatch.setattr(flows.rotation.handover, "STEP_CHECK_S", 3600.0)
+    monkeypatch.setattr(flows.rotation.handover, "POLL_S", 3600.0)  # a slow box's waits must not look either
 
     result = execute("rotate", ENTRY, str(rotation_env.write_config()), DirectRunner())
 

@@ -10,8 +10,8 @@ from connectors.keypair import KeyPair
 from connectors.store import SecretLocation
 from devstack.moto_server import MotoServer
 from devstack.openbao import OpenBaoServer
-from flows.entry_run import execute
-from flows.step_runners import DirectRunner
+from flows.rotation.entry_run import execute
+from flows.rotation.runners import DirectRunner
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 

@@ -115,7 +115,7 @@ def test_a_rotation_killed_by_sigterm_ends_crashed_and_the_crash_hook_notifies(e
     config_path = str(env.write_config())
     assert env.prefect_env is not None
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "rotate", "--config", config_path, "--project", ENTRY, "--json"],
+        [sys.executable, "-m", "flows.cli.main", "rotate", "--config", config_path, "--project", ENTRY, "--json"],
         env=env.prefect_env,
         cwd=REPO,
         stdout=subprocess.PIPE,

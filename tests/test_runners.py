@@ -20,9 +20,9 @@ from connectors.errors import (
     StoreUnavailableError,
 )
 from devstack.prefect_server import PrefectServer
-from flows.contract import contract_of, step
 from flows.errors import StepFailed
-from flows.step_runners import DirectRunner, PrefectRunner, StepRunner, retryable
+from flows.rotation.contract import contract_of, step
+from flows.rotation.runners import DirectRunner, PrefectRunner, StepRunner, retryable
 
 
 def flaky(failures: list[BaseException], calls: list[str]) -> Callable[..., str]:

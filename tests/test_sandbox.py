@@ -30,7 +30,7 @@ class RunningSandbox:
 
     def __init__(self, store: str, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "sandbox", "--store", store],
+            [sys.executable, "-m", "flows.cli.main", "sandbox", "--store", store],
             env=env,
             cwd=REPO,
             stdout=subprocess.PIPE,
@@ -126,7 +126,7 @@ def started(request: pytest.FixtureRequest, sandbox_env: dict[str, str]) -> Iter
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=240
+        [sys.executable, "-m", "flows.cli.main", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=240
     )
 
 

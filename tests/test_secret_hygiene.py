@@ -32,7 +32,7 @@ import pytest
 
 from devstack.prefect_server import PrefectServer
 from devstack.sinks import JsonSink
-from flows.crashpoints import CRASH_ENV_VAR
+from flows.rotation.crashpoints import CRASH_ENV_VAR
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.prefect import EVENT_FLUSH_INTERVAL_S, started_prefect_server
 from tests.fixtures.rotation import ENTRY, RotationEnv
@@ -78,7 +78,7 @@ class Runs:
             child[CRASH_ENV_VAR] = crash_at
         config = str(self.env.write_config())
         proc = subprocess.run(
-            [sys.executable, "-m", "flows.cli", *args, "--config", config, "--project", ENTRY, "--json"],
+            [sys.executable, "-m", "flows.cli.main", *args, "--config", config, "--project", ENTRY, "--json"],
             env=child,
             capture_output=True,
             timeout=240,

@@ -71,7 +71,7 @@ def every_flow() -> dict[str, Any]:
 
 
 def test_every_flow_has_the_notifying_hook_for_failure_crash_and_cancellation() -> None:
-    from flows.hooks import notify_unhandled_failure
+    from flows.prefect.hooks import notify_unhandled_failure
 
     for flow, _ in every_flow().values():
         for hooks in (flow.on_failure_hooks, flow.on_crashed_hooks, flow.on_cancellation_hooks):
@@ -101,7 +101,7 @@ def test_every_flow_run_to_failure_notifies_exactly_once(
 def test_a_cancelled_run_is_notified_with_a_link_to_the_run(json_sink: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
-    from flows.hooks import notify_unhandled_failure
+    from flows.prefect.hooks import notify_unhandled_failure
 
     monkeypatch.setenv("LANGFUSE_ROTATE_NOTIFY_URLS", json_sink.apprise_url("/hook"))
     monkeypatch.delenv("LANGFUSE_ROTATE_CONFIG", raising=False)

@@ -13,8 +13,8 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.keypair import KeyPair
-from flows.entry_run import execute
-from flows.step_runners import DirectRunner
+from flows.rotation.entry_run import execute
+from flows.rotation.runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.inventory import SECOND, InventoryEnv
 from tests.fixtures.rotation import ENTRY
@@ -125,7 +125,7 @@ def test_a_pair_that_no_longer_authenticates_is_shown(inventory_env: InventoryEn
 def test_without_json_status_prints_one_block_per_entry(
     inventory_env: InventoryEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from flows.cli import main
+    from flows.cli.main import main
 
     assert main(["status", "--config", str(inventory_env.write_config())]) == 0
     out = capsys.readouterr().out
@@ -174,7 +174,7 @@ def test_status_works_without_prefect(inventory_env: InventoryEnv) -> None:
     """No Prefect server (the configured one does not answer) and Prefect never imported."""
     path = inventory_env.write_config()
     code = (
-        "import sys; from flows.cli import main; rc = main(sys.argv[1:]); "
+        "import sys; from flows.cli.main import main; rc = main(sys.argv[1:]); "
         "print('PREFECT_LOADED' if 'prefect' in sys.modules else 'NO_PREFECT', file=sys.stderr); sys.exit(rc)"
     )
     env = {**inventory_env.env, "PREFECT_API_URL": "http://127.0.0.1:9/api"}

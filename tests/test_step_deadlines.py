@@ -12,13 +12,13 @@ from typing import Any, TypeVar
 import pytest
 
 from devstack.prefect_server import PrefectServer
-from flows import steps
-from flows.config import load_config
-from flows.contract import contract_of, step
-from flows.entry_run import execute
+from flows.config.model import load_config
 from flows.errors import StepFailed
 from flows.models import RotationResult
-from flows.step_runners import DirectRunner, PrefectRunner
+from flows.rotation import steps
+from flows.rotation.contract import contract_of, step
+from flows.rotation.entry_run import execute
+from flows.rotation.runners import DirectRunner, PrefectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
@@ -129,7 +129,7 @@ def test_every_step_of_a_rotation_that_rolls_back_ran_under_a_deadline(
 def test_a_rollback_past_its_deadline_fails_the_run_instead_of_hanging(
     rotation_env: RotationEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flows.steps
+    import flows.rotation.steps
 
     env = rotation_env
     env.sim.configure(otel_delay_s=60)  # verify fails: the run rolls back
@@ -139,7 +139,7 @@ def test_a_rollback_past_its_deadline_fails_the_run_instead_of_hanging(
     def stuck_rollback(*args: Any, **kwargs: Any) -> Any:
         time.sleep(60)  # e.g. a store that never answers
 
-    monkeypatch.setattr(flows.steps, "rollback", stuck_rollback)
+    monkeypatch.setattr(flows.rotation.steps, "rollback", stuck_rollback)
 
     result = execute("rotate", ENTRY, str(env.write_config()), DirectRunner())
 

@@ -1,4 +1,4 @@
-"""Each step of flows/steps.py, run alone: its "already done?" branch does nothing twice.
+"""Each step of flows/rotation/steps.py, run alone: its "already done?" branch does nothing twice.
 
 A rerun after a crash calls every step again from the top, so each must notice its work is done
 and return the same outcome without writing again. The store is an in-memory ``SecretStore``
@@ -17,12 +17,12 @@ from pydantic import SecretStr
 
 from connectors.keypair import KeyPair
 from connectors.store import HandoverRequest, RotationRecord
-from flows import steps
-from flows.config import RotationConfig
-from flows.context import EntryContext
+from flows.config.model import RotationConfig
 from flows.errors import BadInputError, StepFailed
 from flows.models import RotationPlan
-from flows.plan import check_compromised_key, past_revocation, plan_rotation, staged_mode
+from flows.rotation import steps
+from flows.rotation.context import EntryContext
+from flows.rotation.plan import check_compromised_key, past_revocation, plan_rotation, staged_mode
 from tests.fakes import MemoryStore
 from tests.fixtures.langfuse_sim import SimHandle
 

@@ -19,7 +19,7 @@ from connectors.errors import StoreConflictError, StoreError, StoreNotFoundError
 from connectors.keypair import KeyPair
 from connectors.store import FieldNames, HandoverRequest, RotationRecord, SecretLocation, SecretStore
 from connectors.vault import VaultStore
-from flows.stores import STORE_KINDS
+from flows.config.stores import STORE_KINDS
 from tests.fakes import MemoryStore
 from tests.fixtures.stores import STORES_UNDER_TEST, StoreUnderTest, new_record
 

@@ -1,4 +1,4 @@
-"""The store registry (``flows.stores.STORE_KINDS``) is the one list of stores: the configuration
+"""The store registry (``flows.config.stores.STORE_KINDS``) is the one list of stores: the configuration
 accepts exactly its kinds, and the test fixtures and the demo connect to their stores through it."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pydantic import BaseModel
 
 from connectors.store import SecretStore
 from devstack import demo
-from flows.cli import DEMO_STORE_CHOICES
-from flows.config import RotationConfig
-from flows.stores import STORE_KINDS, StoreKind, StoreSettings, store_config
+from flows.cli.main import DEMO_STORE_CHOICES
+from flows.config.model import RotationConfig
+from flows.config.stores import STORE_KINDS, StoreKind, StoreSettings, store_config
 from tests.fixtures.stores import STORES_UNDER_TEST
 
 

@@ -29,7 +29,7 @@ import yaml
 
 from devstack.prefect_server import PrefectServer
 from devstack.sinks import JsonSink
-from flows.trust import ALLOW_CONFIG_PATH_ENV_VAR, allowed_config_path, overridden_job_variables
+from flows.prefect.trust import ALLOW_CONFIG_PATH_ENV_VAR, allowed_config_path, overridden_job_variables
 from tests.hostile_http import Recorder
 
 REPO = Path(__file__).resolve().parents[1]

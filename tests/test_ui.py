@@ -128,7 +128,7 @@ def test_a_person_approves_a_paused_rotation_with_the_resume_form_in_the_prefect
     rotation_env.entry_overrides = {"approval": "required", "approval_timeout_s": 600}
     config_path = str(rotation_env.write_config())
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "rotate", "--config", config_path, "--project", ENTRY, "--json"],
+        [sys.executable, "-m", "flows.cli.main", "rotate", "--config", config_path, "--project", ENTRY, "--json"],
         env=rotation_env.prefect_env,
         cwd=REPO,
         stdout=subprocess.PIPE,

@@ -19,8 +19,8 @@ from connectors.store import SecretLocation
 from connectors.vault import VaultStore
 from connectors.vault_auth import JwtAuth, TokenFileAuth
 from devstack.openbao import OpenBaoServer
+from flows.config.stores import VaultStoreConfig, build_store
 from flows.redact import scrub
-from flows.stores import VaultStoreConfig, build_store
 from tests.fixtures.jwt_signer import JwtIssuer
 from tests.fixtures.stores import parse_store_config, store_config_error
 

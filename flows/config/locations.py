@@ -1,0 +1,195 @@
+"""Which secret a store path reaches, so that no two holders share one (README "Safety guarantees").
+
+Two entries at one secret each think they own its key: rotating one revokes the key the other's
+services still use. The organization key's secret and an entry's staging place are taken too.
+Store names are only the configuration's labels: what counts is the secret on the server, so
+the same server under two store names is one store.
+
+- Vault: the server (host, with ``localhost``/``127.0.0.0/8``/``::1`` as one loopback host,
+  and port), the namespace and mount together (Vault routes ``ns/mount`` either way) and the
+  path. A rotation stages at ``<path>/rotation-pending``: that place is the entry's too.
+- AWS Secrets Manager: the endpoint, the region and the secret's name (from its ARN when the path
+  is one; a full ARN's ``-XXXXXX`` suffix dropped). AWS stages in version stages of the same
+  secret. Two stores are told apart by account only when both say which one they are in (a
+  ``role_arn``, or the secret's ARN) and those differ, or both name an AWS ``profile`` and those
+  differ; otherwise they may be the same account, and count as one.
+- Another store kind: its store name and the path (nothing known about its server).
+
+Nothing here reads a store; it is decided from the configuration alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from connectors.urls import is_loopback_host
+from flows.config.stores import AwsStoreConfig, StoreSettings, VaultStoreConfig
+from flows.config.types import RESERVED_LAST_SEGMENT
+
+Key = tuple[str, ...]
+Account = tuple[str, str] | None
+"""("account", id) or ("profile", name) for AWS; None: not known (may be any)."""
+
+_ARN_SUFFIX = re.compile(r"^(?P<name>.+)-[A-Za-z0-9]{6}$")
+
+
+@dataclass(frozen=True)
+class Place:
+    """One secret as the server sees it: equal ``keys`` (and a compatible account) are one secret."""
+
+    keys: tuple[Key, ...]
+    account: Account = None
+
+
+def server_of(url: str) -> Key:
+    """``(host, port, base path)`` of a URL; every loopback spelling is one host."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return (url,)
+    host = (parts.hostname or "").rstrip(".").lower()
+    if is_loopback_host(host):
+        host = "loopback"
+    if port is None:
+        port = {"https": 443, "http": 80}.get(parts.scheme, 0)
+    return (host, str(port), parts.path.rstrip("/"))
+
+
+class StorePlaces:
+    """The places of paths in the configured stores (each store's server worked out once)."""
+
+    def __init__(self, stores: Mapping[str, StoreSettings]) -> None:
+        self._stores = stores
+        self._bases: dict[str, tuple[Key, Account]] = {}
+
+    def places(self, store: str, path: str) -> list[Place]:
+        """The secret at ``path`` and, where the store keeps one apart, its staging place."""
+        settings = self._stores[store]
+        base, account = self._base(store)
+        if isinstance(settings, VaultStoreConfig):
+            return [Place(((*base, path),)), Place(((*base, f"{path}/{RESERVED_LAST_SEGMENT}"),))]
+        if isinstance(settings, AwsStoreConfig):
+            return [_aws_place(base, account, path)]
+        return [Place(((*base, path),))]
+
+    def _base(self, store: str) -> tuple[Key, Account]:
+        if store not in self._bases:
+            self._bases[store] = _store_base(store, self._stores[store])
+        return self._bases[store]
+
+
+def _store_base(name: str, settings: StoreSettings) -> tuple[Key, Account]:
+    if isinstance(settings, VaultStoreConfig):
+        mount = "/".join(p.strip("/") for p in (settings.namespace or "", settings.mount) if p.strip("/"))
+        return ("vault", *server_of(settings.url), mount), None
+    if isinstance(settings, AwsStoreConfig):
+        region = _aws_region(settings)
+        endpoint = settings.endpoint_url or f"https://secretsmanager.{region}.amazonaws.com"
+        account: Account = None
+        if settings.role_arn is not None:
+            account = ("account", settings.role_arn.split(":")[4])
+        elif settings.profile is not None:
+            account = ("profile", settings.profile)
+        return ("aws", *server_of(endpoint), region), account
+    return (settings.kind, "store", name), None
+
+
+def _aws_region(settings: AwsStoreConfig) -> str:
+    """The region the store will use (as ``connectors.aws_session.resolve_region`` decides it)."""
+    region = settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        return region
+    import boto3
+    import botocore.exceptions
+
+    try:
+        return boto3.session.Session(profile_name=settings.profile).region_name or ""
+    except botocore.exceptions.ProfileNotFound:
+        return ""
+
+
+def _aws_place(base: Key, account: Account, path: str) -> Place:
+    """``arn:<partition>:secretsmanager:<region>:<account>:secret:<name>`` names its own region and
+    account; a full ARN ends in ``-`` and six random characters AWS added to the name."""
+    parts = path.split(":", 6)
+    if len(parts) != 7 or parts[0] != "arn" or parts[5] != "secret":
+        return Place(((*base, path),), account)
+    *server, _region = base
+    region = parts[3] or _region
+    name = parts[6]
+    names = [name]
+    if match := _ARN_SUFFIX.match(name):
+        names.append(match.group("name"))
+    return Place(tuple((*server, region, n) for n in names), ("account", parts[4]) if parts[4] else account)
+
+
+def _same_account(a: Account, b: Account) -> bool:
+    return a is None or b is None or a[0] != b[0] or a == b
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a place: an entry (its secret or its staging place) or the organization key."""
+
+    entry: str | None
+    """None: the organization key."""
+    staging: bool = False
+
+    def describe(self) -> str:
+        if self.entry is None:
+            return "the organization key (langfuse.org_key)"
+        return f"the staging place of entry '{self.entry}'" if self.staging else f"entry '{self.entry}'"
+
+
+def collision_text(holder: Holder) -> str:
+    """Why sharing ``holder``'s place is refused, to follow "entry 'x' " in a message."""
+    if holder.entry is None:
+        return (
+            "would be stored in the secret of the organization key (langfuse.org_key): rotating it would "
+            "overwrite the organization key; give it another path"
+        )
+    return (
+        f"would be stored in the same secret as {holder.describe()} (the same server and path, whatever the "
+        "store's name): rotating one would revoke the key the other's services use; give each its own path"
+    )
+
+
+class LocationCollision(ValueError):
+    """Entry number ``index`` (``entry``) would share its secret with ``holder``."""
+
+    def __init__(self, index: int, entry: str, holder: Holder) -> None:
+        super().__init__(f"entry '{entry}' {collision_text(holder)}")
+        self.index = index
+        self.entry = entry
+        self.holder = holder
+
+
+@dataclass
+class Claims:
+    """The places taken so far, and by whom."""
+
+    places: StorePlaces
+    _taken: dict[Key, list[tuple[Account, Holder]]] = field(default_factory=dict)
+
+    def holder(self, store: str, path: str) -> Holder | None:
+        """Who already holds the secret at ``path`` of ``store``, or its staging place; None: nobody."""
+        for place in self.places.places(store, path):
+            for key in place.keys:
+                for account, holder in self._taken.get(key, []):
+                    if _same_account(account, place.account):
+                        return holder
+        return None
+
+    def take(self, store: str, path: str, entry: str | None) -> None:
+        """Record an entry's secret and staging place (``entry`` None: the organization key's secret)."""
+        places = self.places.places(store, path)
+        if entry is None:
+            places = places[:1]  # the organization key is never staged
+        for i, place in enumerate(places):
+            for key in place.keys:
+                self._taken.setdefault(key, []).append((place.account, Holder(entry, staging=i > 0)))

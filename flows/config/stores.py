@@ -1,0 +1,284 @@
+"""The secret stores a configuration can name: each ``kind`` with its configuration model and its
+factory, registered in ``STORE_KINDS``. Building a run's stores, reporting configuration errors,
+the demo and the test fixtures all go through this registry, so another store is a connector
+module, its model and factory here, one line in ``STORE_KINDS`` and a test fixture (README,
+"Development").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, Union
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from connectors.store import SecretStore
+from flows.config.types import Mount, StrictModel, Url
+from flows.errors import ConfigError
+from flows.redact import register_secret
+
+if TYPE_CHECKING:
+    from connectors.vault_auth import VaultAuth
+
+
+class StoreSettings(StrictModel):
+    """What every store's section has: its ``kind`` and the pace of a fleet's writes to it."""
+
+    kind: str
+    max_writes_per_s: float | None = Field(default=None, gt=0)
+    """Fleet runs pace this store's writes (README "Fleet rotation"); unset: no limit."""
+
+    def urls(self) -> list[str | None]:
+        """The URLs in this section: their credentials are registered for log redaction."""
+        return []
+
+
+# --- Vault (or OpenBao) KV v2 -------------------------------------------------------------------
+
+
+class AppRoleConfig(StrictModel):
+    role_id: str
+    secret_id: SecretStr | None = None
+    secret_id_file: Path | None = None
+    mount: Mount = "approle"
+
+    @model_validator(mode="after")
+    def _one_secret_id_source(self) -> AppRoleConfig:
+        if (self.secret_id is None) == (self.secret_id_file is None):
+            raise ValueError("give exactly one of secret_id or secret_id_file")
+        return self
+
+    def resolved_secret_id(self) -> SecretStr:
+        if self.secret_id is not None:
+            return self.secret_id
+        assert self.secret_id_file is not None
+        try:
+            return SecretStr(self.secret_id_file.read_text().strip())
+        except OSError as exc:
+            raise ConfigError(f"cannot read approle secret_id_file {self.secret_id_file}: {exc.strerror}") from None
+
+
+class JwtAuthConfig(StrictModel):
+    """Vault's JWT auth method: a Kubernetes service-account token or a CI OIDC token in a file."""
+
+    method: Literal["jwt"]
+    role: str = Field(min_length=1)
+    jwt_file: Path
+    mount: Mount = "jwt"
+
+    @field_validator("jwt_file")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+
+class VaultStoreConfig(StoreSettings):
+    """A Vault (or OpenBao) KV v2 store. Left out, ``url``, ``namespace`` and ``ca_cert`` come from
+    ``VAULT_ADDR``, ``VAULT_NAMESPACE`` and ``VAULT_CACERT``; with no auth method given the token
+    is ``VAULT_TOKEN``, else the file ``~/.vault-token`` (as the ``vault`` CLI does)."""
+
+    kind: Literal["vault"]
+    url: Url
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    approle: AppRoleConfig | None = None
+    auth: JwtAuthConfig | None = None
+    mount: Mount = "secret"
+    namespace: str | None = None
+    timeout_s: float = Field(default=10.0, gt=0)
+    verify_tls: bool = True
+    ca_cert: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vault_environment(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key, variable in (("url", "VAULT_ADDR"), ("namespace", "VAULT_NAMESPACE"), ("ca_cert", "VAULT_CACERT")):
+            if data.get(key) is None and os.environ.get(variable):
+                data[key] = os.environ[variable]
+        if data.get("url") is None:
+            raise ValueError("no Vault address: set url or VAULT_ADDR")
+        if all(data.get(key) is None for key in _VAULT_AUTH_KEYS):
+            if os.environ.get("VAULT_TOKEN"):
+                data["token"] = os.environ["VAULT_TOKEN"]
+            elif (home_token := Path.home() / ".vault-token").is_file():
+                data["token_file"] = home_token
+            else:
+                raise ValueError(
+                    "no Vault credentials: set token, token_file, approle or auth (or VAULT_TOKEN, ~/.vault-token)"
+                )
+        return data
+
+    @field_validator("token_file", "ca_cert")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @field_validator("url")
+    @classmethod
+    def _vault_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    def urls(self) -> list[str | None]:
+        return [self.url]
+
+    @model_validator(mode="after")
+    def _one_auth_method(self) -> VaultStoreConfig:
+        given = [key for key in _VAULT_AUTH_KEYS if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give exactly one of token, token_file, approle or auth (got {', '.join(given)})")
+        if self.ca_cert is not None and not self.verify_tls:
+            raise ValueError("ca_cert is set but verify_tls is false")
+        if self.ca_cert is not None and not self.ca_cert.exists():
+            raise ValueError(f"ca_cert {self.ca_cert} does not exist")
+        return self
+
+
+_VAULT_AUTH_KEYS = ("token", "token_file", "approle", "auth")
+
+
+def build_vault_store(config: VaultStoreConfig) -> SecretStore:
+    from connectors.vault import VaultStore
+
+    return VaultStore(
+        config.url,
+        auth=_vault_auth(config),
+        mount=config.mount,
+        namespace=config.namespace,
+        timeout_s=config.timeout_s,
+        verify_tls=config.verify_tls,
+        ca_cert=str(config.ca_cert) if config.ca_cert is not None else None,
+        on_token=register_secret,
+    )
+
+
+def _vault_auth(config: VaultStoreConfig) -> VaultAuth:
+    from connectors.vault_auth import AppRoleAuth, JwtAuth, TokenAuth, TokenFileAuth
+
+    if config.token is not None:
+        register_secret(config.token)
+        return TokenAuth(config.token)
+    if config.token_file is not None:
+        return TokenFileAuth(config.token_file)
+    if config.approle is not None:
+        secret_id = config.approle.resolved_secret_id()
+        register_secret(secret_id)
+        return AppRoleAuth(config.approle.role_id, secret_id, config.approle.mount)
+    assert config.auth is not None
+    return JwtAuth(config.auth.role, config.auth.jwt_file, config.auth.mount)
+
+
+# --- AWS Secrets Manager ------------------------------------------------------------------------
+
+
+class AwsStoreConfig(StoreSettings):
+    """An AWS Secrets Manager store. ``region`` left out: ``AWS_REGION``, ``AWS_DEFAULT_REGION`` or
+    the profile's region, as the AWS CLI does. ``role_arn`` (with ``external_id`` if the role's
+    trust policy asks for one) is assumed with the credentials of the standard chain."""
+
+    kind: Literal["aws"]
+    region: str | None = None
+    endpoint_url: Url | None = None
+    profile: str | None = None
+    role_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+    external_id: str | None = Field(default=None, min_length=2, max_length=1224)
+    role_session_name: str = Field(default="langfuse-rotate", pattern=r"^[\w+=,.@-]{2,64}$")
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_writes_per_s: float | None = Field(default=40.0, gt=0)
+    """AWS allows 50 PutSecretValue + UpdateSecret + UpdateSecretVersionStage per second and region."""
+
+    def urls(self) -> list[str | None]:
+        return [self.endpoint_url]
+
+    @model_validator(mode="after")
+    def _external_id_needs_a_role(self) -> AwsStoreConfig:
+        if self.external_id is not None and self.role_arn is None:
+            raise ValueError("external_id is only used with role_arn")
+        if self.region is None and not os.environ.get("AWS_REGION"):
+            _require_aws_region(self.profile)
+        return self
+
+
+def _require_aws_region(profile: str | None) -> None:
+    """Refuse at load, with the line, what the AWS chain cannot supply (same rule as the store)."""
+    import boto3
+    import botocore.exceptions
+
+    try:
+        region = boto3.session.Session(profile_name=profile).region_name
+    except botocore.exceptions.ProfileNotFound:
+        raise ValueError(f"AWS profile '{profile}' not found") from None
+    if not region:
+        raise ValueError("no AWS region: set region, AWS_REGION or AWS_DEFAULT_REGION, or a region in the AWS profile")
+
+
+def build_aws_store(config: AwsStoreConfig) -> SecretStore:
+    from connectors.aws_secrets import AwsSecretsStore
+
+    try:
+        return AwsSecretsStore(
+            region=config.region,
+            endpoint_url=config.endpoint_url,
+            profile=config.profile,
+            role_arn=config.role_arn,
+            external_id=config.external_id,
+            role_session_name=config.role_session_name,
+            timeout_s=config.timeout_s,
+        )
+    except ValueError as exc:  # no region anywhere in the AWS chain
+        raise ConfigError(str(exc)) from None
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+S = TypeVar("S", bound=StoreSettings)
+
+
+@dataclass(frozen=True)
+class StoreKind(Generic[S]):
+    """One store ``kind``: the model of its configuration section and what connects to it."""
+
+    config: type[S]
+    build: Callable[[S], SecretStore]
+
+
+STORE_KINDS: dict[str, StoreKind[Any]] = {
+    "vault": StoreKind(VaultStoreConfig, build_vault_store),
+    "aws": StoreKind(AwsStoreConfig, build_aws_store),
+}
+"""Every store a configuration can name, by its ``kind``."""
+
+if TYPE_CHECKING:
+    StoreConfig = StoreSettings  # narrowed with isinstance where one kind's fields are needed
+else:
+    # The configuration's ``stores`` values: the registered models, told apart by ``kind``.
+    StoreConfig = Annotated[Union[tuple(k.config for k in STORE_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
+
+
+def store_kinds_text() -> str:
+    """``vault or aws``: the registered kinds, for error messages."""
+    kinds = list(STORE_KINDS)
+    return " or ".join([", ".join(kinds[:-1]), kinds[-1]]) if len(kinds) > 1 else kinds[0]
+
+
+def store_config(section: dict[str, Any]) -> StoreSettings:
+    """A store's configuration section (as in the YAML file, ``${VAR}`` already resolved), validated
+    by its kind's model. Raises ``ConfigError`` for an unknown kind, ``pydantic.ValidationError``
+    for an invalid section."""
+    kind = section.get("kind")
+    if kind not in STORE_KINDS:
+        raise ConfigError(f"unknown store kind {kind!r} (expected {store_kinds_text()})")
+    model: StoreSettings = STORE_KINDS[kind].config.model_validate(section)
+    return model
+
+
+def build_store(config: StoreSettings) -> SecretStore:
+    """Connect to the configured store (its factory in ``STORE_KINDS``)."""
+    return STORE_KINDS[config.kind].build(config)

@@ -1,0 +1,139 @@
+"""Live connections for one configured entry, built from the configuration.
+
+``EntryContext`` is a plain class on purpose: it is passed to Prefect tasks as an argument, and
+Prefect walks dataclasses and pydantic models found in task arguments; an opaque object is left
+alone and is never recorded (task inputs are stored as references only, and caching is off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+from pydantic import SecretStr
+
+from connectors.consumers import Consumer, ConsumerClient
+from connectors.langfuse import LangfuseAdminClient, LangfuseInstanceAdmin
+from connectors.store import SecretLocation, SecretStore
+from flows.audit import AuditLog
+from flows.config.model import ProjectEntry, RotationConfig
+from flows.config.stores import build_store
+from flows.redact import register_secret
+from flows.rotation.handover import HandoverWatch
+
+if TYPE_CHECKING:
+    from connectors.notify import Notifier
+
+
+def org_key(config: RotationConfig, stores: dict[str, SecretStore]) -> tuple[str, SecretStr]:
+    """The organization key: inline (env-interpolated) or read from a store."""
+    lf = config.langfuse
+    if lf.org_key is not None:
+        pair = stores[lf.org_key.store].read_current(lf.org_key.location())
+        register_secret(pair.secret_key)
+        return pair.public_key, pair.secret_key
+    assert lf.org_public_key is not None and lf.org_secret_key is not None
+    register_secret(lf.org_secret_key)
+    return lf.org_public_key, lf.org_secret_key
+
+
+shared_stores: ContextVar[Callable[[str], SecretStore] | None] = ContextVar("shared_stores", default=None)
+"""Set by a fleet run (``flows.fleet.run``) in its worker threads: the store of a name, shared by all
+its entries, so each entry does not open (and authenticate) its own connection to the same store."""
+
+
+class EntryContext:
+    """Everything a step needs for one entry. Holds secrets only inside its clients."""
+
+    def __init__(
+        self,
+        config: RotationConfig,
+        entry: ProjectEntry,
+        *,
+        flow_run_id: str | None = None,
+        run_label: str | None = None,
+        eager_notifier: bool = True,
+        stores: Mapping[str, SecretStore] | None = None,
+    ) -> None:
+        """``stores``: stores already connected, by configured name (e.g. an in-memory one in a
+        test); the others are built from the configuration on first use."""
+        self.config = config
+        self.entry = entry
+        self.flow_run_id = flow_run_id
+        self.run_label = run_label or (flow_run_id or "local")
+        self.host = config.host_for(entry)
+        self.location: SecretLocation = entry.location()
+        self._stores: dict[str, SecretStore] = dict(stores or {})
+        self.store = self._store(entry.store)
+        self.store_name = entry.store
+        public_key, secret_key = org_key(config, {name: self._store(name) for name in self._needed_stores()})
+        self.admin = LangfuseAdminClient(
+            config.langfuse.host, public_key, secret_key, timeout_s=config.langfuse.timeout_s
+        )
+        self.org_public_key = public_key
+        admin_api_key = config.langfuse.admin_api_key
+        register_secret(admin_api_key)
+        self.instance_admin = (
+            LangfuseInstanceAdmin(config.langfuse.host, admin_api_key, timeout_s=config.langfuse.timeout_s)
+            if admin_api_key is not None
+            else None
+        )
+        self.handover = HandoverWatch(self.store, self.location, entry=entry.name)
+        # Waits between consumer polls notice an emergency's handover request (flows.rotation.handover).
+        self.consumer_client = ConsumerClient(sleep=self.handover.sleep)
+        self.consumers = [
+            Consumer(
+                name=c.name,
+                health_url=c.health_url,
+                public_key_field=c.public_key_field,
+                restart_url=c.restart_url,
+                restart_command=tuple(c.restart_command) if c.restart_command is not None else None,
+                restart_timeout_s=c.restart_timeout_s,
+                headers=c.headers,
+                timeout_s=c.timeout_s,
+            )
+            for c in entry.consumers
+        ]
+        for consumer in entry.consumers:
+            for value in consumer.headers.values():
+                raw = value.get_secret_value()
+                for part in (raw, *raw.split()):  # "Bearer <token>": the token alone too
+                    register_secret(part)
+        self.audit = AuditLog(config.audit.path, run_id=flow_run_id)
+        self._notifier: Notifier | None = None
+        if eager_notifier:
+            self.notifier  # noqa: B018  (an invalid notify URL fails here, before anything changes)
+
+    @property
+    def notifier(self) -> Notifier:
+        """Built on first use when ``eager_notifier`` is off: apprise loads its plugins to check the
+        URLs (~0.3 s), which an emergency spends after the key is revoked, not before. Raises
+        ``ValueError`` for an invalid URL."""
+        if self._notifier is None:
+            from connectors.notify import Notifier
+
+            self._notifier = Notifier(self.config.notify.targets())
+        return self._notifier
+
+    def _needed_stores(self) -> list[str]:
+        org = self.config.langfuse.org_key
+        return [org.store] if org is not None else []
+
+    def store_for(self, name: str) -> SecretStore:
+        """The configured store ``name`` (connected on first use), e.g. another entry's store."""
+        return self._store(name)
+
+    def _store(self, name: str) -> SecretStore:
+        if name not in self._stores:
+            shared = shared_stores.get()
+            self._stores[name] = shared(name) if shared is not None else build_store(self.config.stores[name])
+        return self._stores[name]
+
+    @property
+    def store_label(self) -> str:
+        return self.store.location_label(self.location)
+
+    def close(self) -> None:
+        self.admin.close()
+        self.handover.close()

@@ -1,0 +1,337 @@
+"""One rotation per key at a time.
+
+Two layers, both released when their holder dies, so a crashed rotation never blocks the next:
+- a host-local ``flock`` (the kernel drops it with the process): covers the embedded/ephemeral
+  Prefect mode and runs without Prefect, where every run of a key happens on this host;
+- a Prefect global concurrency limit ``langfuse-rotate-<entry>`` (limit 1, strict, created on
+  demand, with a lease) when a Prefect server is configured, so runs on different workers exclude
+  each other and a crashed holder's slot comes back when its lease expires.
+The store's check-and-set fences every write again underneath.
+
+A holder killed on this host (SIGKILL, OOM) would block the next run of the entry here until its
+lease expires (60 s at the least). So the holder writes its lease id to ``<entry>.lease`` beside
+its lock file while it holds both, and removes it when it lets go. The next run takes the flock
+first: if it then finds a lease file, the process that wrote it no longer holds the flock, so it is
+gone, and its slot is stale: the run releases that lease before asking for a slot. A holder on
+another host is never touched: its lease file is on its own host, and its slot expires with its lease.
+
+The lock directory (``LANGFUSE_ROTATE_LOCK_DIR``, default ``locks`` in the state directory
+(``flows.state``: ``$XDG_STATE_HOME/langfuse-rotate/locks``, else ``~/.local/state/langfuse-rotate/locks``),
+never the shared temporary directory) is private: created 0700, refused unless it belongs to this
+user and nobody else can write to it, and neither it nor a lock or lease file is opened through a
+symbolic link. Another local user can then neither pre-create it, hold its lock files, nor plant
+symlinks that would make a rotation write elsewhere. A refusal is a ``ConfigError`` (exit 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flows.prefect.rest import PrefectRest
+
+from flows.errors import ConfigError, RotationInProgressError
+from flows.state import state_dir
+
+LOCK_DIR_ENV_VAR = "LANGFUSE_ROTATE_LOCK_DIR"
+_POLL_S = 0.2
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class LockDirError(ConfigError):
+    """The lock directory or a file in it is not private to this user."""
+
+
+def lock_name(entry: str) -> str:
+    return f"langfuse-rotate-{entry}"
+
+
+def default_lock_dir() -> Path:
+    """``locks`` in the state directory, beside the default audit log (``flows.state``)."""
+    try:
+        return state_dir() / "locks"
+    except (RuntimeError, KeyError):
+        raise LockDirError(
+            f"no home directory for the lock files: set XDG_STATE_HOME or {LOCK_DIR_ENV_VAR} to a private directory"
+        ) from None
+
+
+def _lock_dir() -> Path:
+    configured = os.environ.get(LOCK_DIR_ENV_VAR)
+    path = Path(configured) if configured else default_lock_dir()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise LockDirError(f"cannot create the lock directory {path}: {exc.strerror}") from None
+    _check_private(path)
+    return path
+
+
+def _check_private(path: Path) -> None:
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise LockDirError(f"the lock directory {path} is a symbolic link; point {LOCK_DIR_ENV_VAR} at the real one")
+    if not stat.S_ISDIR(info.st_mode):
+        raise LockDirError(f"the lock directory {path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise LockDirError(
+            f"the lock directory {path} is owned by uid {info.st_uid}, not by this user (uid {os.geteuid()}); "
+            f"use a directory of your own ({LOCK_DIR_ENV_VAR})"
+        )
+    if info.st_mode & 0o022:
+        raise LockDirError(
+            f"the lock directory {path} is writable by other users (mode {stat.S_IMODE(info.st_mode):o}); "
+            f"chmod 700 it or use a private directory ({LOCK_DIR_ENV_VAR})"
+        )
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """Open a file in the lock directory, never through a symlink, only if it is ours."""
+    try:
+        fd = os.open(path, flags | _NOFOLLOW, 0o600)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise LockDirError(f"{path} is a symbolic link; refusing to follow it (remove it)") from None
+        raise LockDirError(f"cannot open {path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        os.close(fd)
+        raise LockDirError(f"{path} is not a regular file of this user; remove it")
+    return fd
+
+
+@contextlib.contextmanager
+def local_lock(entry: str, *, wait_s: float, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """An exclusive ``flock`` on a per-entry file; waits up to ``wait_s`` seconds, calling
+    ``on_wait`` between attempts (an emergency refreshes its handover request there)."""
+    path = _lock_dir() / f"{lock_name(entry)}.lock"
+    fd = _open_private(path, os.O_RDWR | os.O_CREAT)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RotationInProgressError(
+                        f"rotation already in progress for '{entry}' (held by another process on this host)"
+                    ) from None
+                if on_wait is not None:
+                    on_wait()
+                time.sleep(_POLL_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def prefect_server_configured() -> bool:
+    """True when a Prefect API URL is set (a real server, not the embedded ephemeral one)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
+def _ensure_limit(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+
+
+def _lease_file(entry: str) -> Path:
+    return _lock_dir() / f"{lock_name(entry)}.lease"
+
+
+def release_stale_lease(entry: str) -> str | None:
+    """Release the Prefect slot a crashed holder on this host left behind; the caller must hold
+    the entry's flock (that is what proves the writer of the lease file is gone).
+    Returns the released lease id, or None if there was none."""
+    lease_id = read_lease(entry)
+    if lease_id is None:
+        return None
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.release_concurrency_slots_with_lease(UUID(lease_id))  # an expired or released lease is a no-op
+    clear_lease(entry)
+    return lease_id
+
+
+def read_lease(entry: str) -> str | None:
+    """The lease id a holder on this host left in its lease file (None: no readable file; an
+    unreadable one is removed, there is nothing it could release)."""
+    path = _lease_file(entry)
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        with os.fdopen(_open_private(path, os.O_RDONLY)) as file:
+            return str(json.loads(file.read())["lease_id"])
+    except FileNotFoundError:
+        return None
+    except (LockDirError, OSError, ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+
+
+def write_lease(entry: str, lease_id: str) -> None:
+    """Record the lease this holder was granted (private file, never through a symlink)."""
+    fd = _open_private(_lease_file(entry), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "w") as file:
+        file.write(json.dumps({"lease_id": lease_id, "pid": os.getpid()}))
+
+
+def clear_lease(entry: str) -> None:
+    _lease_file(entry).unlink(missing_ok=True)
+
+
+def slot_wait_budget(wait_s: float, take_over_after_s: float | None) -> float:
+    """How long to ask for the Prefect slot: an emergency asks only until it takes over."""
+    return wait_s if take_over_after_s is None else take_over_after_s
+
+
+def slot_taken(entry: str, take_over_after_s: float | None) -> str:
+    """What happens when the slot stayed taken: a refusal (``RotationInProgressError``), or for an
+    emergency the take-over message for ``LockHeld.taken_over``."""
+    name = lock_name(entry)
+    if take_over_after_s is None:
+        raise RotationInProgressError(
+            f"rotation already in progress for '{entry}' (Prefect concurrency limit {name} is taken)"
+        )
+    return (
+        f"Prefect concurrency limit {name} stayed taken for {take_over_after_s:g}s by a run that did not "
+        "hand over (on another host, dead or stuck): went ahead without it"
+    )
+
+
+@dataclass
+class LockHeld:
+    """How the entry's lock is held. ``taken_over``: the Prefect slot stayed taken by a run on
+    another host that did not hand over (dead, its lease not yet expired); an emergency then goes
+    ahead without the slot (see ``entry_lock``)."""
+
+    taken_over: str | None = None
+
+
+@contextlib.contextmanager
+def prefect_lock(
+    entry: str,
+    *,
+    wait_s: float,
+    lease_s: int,
+    on_wait: Callable[[], None] | None = None,
+    take_over_after_s: float | None = None,
+) -> Iterator[LockHeld]:
+    from prefect.concurrency.context import ConcurrencyContext
+    from prefect.concurrency.sync import concurrency
+
+    name = lock_name(entry)
+    _ensure_limit(name)
+    release_stale_lease(entry)
+    held = LockHeld()
+    with contextlib.ExitStack() as stack:
+        # Prefect records every lease it grants in the active ConcurrencyContext (a flow run has
+        # one); that is where this holder learns its lease id for the lease file.
+        leases = ConcurrencyContext.get() or stack.enter_context(ConcurrencyContext())
+        before = set(leases.cleanup_lease_ids)
+        slot: Any = None
+        budget = slot_wait_budget(wait_s, take_over_after_s)
+        deadline = time.monotonic() + budget
+        while slot is None:
+            # Short attempts when someone waits actively (``on_wait``), one long one otherwise. A zero
+            # timeout would mean "do not even try once"; one short attempt is the intent.
+            attempt_s = 1.0 if on_wait is not None else max(budget, 1.0)
+            try:
+                candidate = concurrency(name, occupy=1, strict=True, timeout_seconds=attempt_s, lease_duration=lease_s)
+                candidate.__enter__()
+                slot = candidate
+            except TimeoutError:
+                if time.monotonic() < deadline:
+                    if on_wait is not None:
+                        on_wait()
+                    continue
+                held.taken_over = slot_taken(entry, take_over_after_s)
+                break
+        granted = [str(lease) for lease in leases.cleanup_lease_ids if lease not in before]
+        try:
+            if slot is not None and granted:
+                write_lease(entry, granted[0])
+            yield held
+        finally:
+            if slot is not None:
+                slot.__exit__(None, None, None)
+                clear_lease(entry)
+
+
+@contextlib.contextmanager
+def entry_lock(
+    entry: str,
+    *,
+    wait_s: float,
+    lease_s: int,
+    use_prefect: bool,
+    on_wait: Callable[[], None] | None = None,
+    take_over_after_s: float | None = None,
+) -> Iterator[LockHeld]:
+    """The entry's lock: the local flock, then the Prefect slot when a server is configured.
+
+    ``take_over_after_s`` (an emergency): a Prefect slot still taken after that long belongs to a
+    run that did not hand over although asked to: dead on another host (its lease has not expired
+    yet) or stuck in a step. The emergency goes ahead without it; a live holder stops at its next
+    check, and the store's check-and-set fences every write. The local flock is never taken over:
+    the kernel frees it when its holder dies."""
+    with local_lock(entry, wait_s=wait_s, on_wait=on_wait):
+        rest = rest_api() if use_prefect else None
+        if rest is not None:
+            # PREFECT_API_URL in the environment: the same limit and lease file over plain HTTP
+            # (flows.prefect.rest: no ``import prefect``, no queueing behind other entries).
+            from flows.prefect.rest import rest_prefect_lock
+
+            with rest_prefect_lock(
+                rest, entry, wait_s=wait_s, lease_s=lease_s, on_wait=on_wait, take_over_after_s=take_over_after_s
+            ) as held:
+                yield held
+        elif use_prefect and prefect_server_configured():
+            with prefect_lock(
+                entry, wait_s=wait_s, lease_s=lease_s, on_wait=on_wait, take_over_after_s=take_over_after_s
+            ) as held:
+                yield held
+        else:
+            yield LockHeld()
+
+
+_rest: list[PrefectRest | None] = []
+
+
+def rest_api() -> PrefectRest | None:
+    """One ``PrefectRest`` per process when ``PREFECT_API_URL`` is set in the environment."""
+    if not os.environ.get("PREFECT_API_URL"):
+        return None
+    if not _rest:
+        from flows.prefect.rest import PrefectRest
+
+        _rest.append(PrefectRest.from_env())
+    return _rest[0]
