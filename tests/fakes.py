@@ -37,7 +37,7 @@ class FakeClock:
 class MemoryStore:
     """A ``SecretStore`` (connectors.store) held in memory, for fast unit tests of the steps.
 
-    It keeps the protocol's promises the real stores keep (tests/test_store_contract.py): versions
+    It keeps the protocol's promises the real stores keep (tests/connectors/test_store_contract.py): versions
     are kept, staging is invisible to ``read_current``, promotion is fenced on the record's old
     version, and every call repeated after itself changes nothing. ``calls`` lists the writing
     calls made (``stage``, ``promote``, ...), so a test can assert a step wrote nothing.
