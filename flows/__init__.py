@@ -1,6 +1,7 @@
 """The rotator's flows, one package per concern (README "Development" maps it too).
 
-A package imports only from those above it in this list:
+The intended order: a package imports only from those above it in this list (a few imports do not
+follow it yet, see README "Development"):
 
 - ``flows`` itself: shared leaves (``errors``, ``models``, ``redact``, ``audit``, ``clock``,
   ``state``, ``shown``) and the Prefect flows deployments name (``rotate``, ``emergency``,
