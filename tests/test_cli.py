@@ -48,7 +48,9 @@ def test_no_command_prints_help_and_exits_2(tmp_path: Path) -> None:
 
 
 def test_help_lists_the_exit_codes() -> None:
-    for args in (["--help"], ["rotate", "--help"], ["emergency", "--help"], ["reconcile", "--help"]):
+    """The rotation's exit codes: the commands that rotate, and ``demo``, which exits with its rotation's code."""
+    for command in ([], ["rotate"], ["emergency"], ["reconcile"], ["demo"]):
+        args = [*command, "--help"]
         proc = cli(*args)
         assert proc.returncode == 0
         assert "exit codes:" in proc.stdout

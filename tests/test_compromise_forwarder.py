@@ -343,6 +343,16 @@ def test_it_refuses_to_start_without_a_token_and_says_so_in_one_line(tmp_path: P
     ]
 
 
+def test_its_help_lists_its_exit_codes() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.compromise_forwarder", "--help"], capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 0
+    assert "exit codes:" in done.stdout
+    assert "0  stopped by Ctrl-C or SIGTERM" in done.stdout and "2  it could not start" in done.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 @pytest.mark.usefixtures("no_earlier_emergency_runs")  # the entry's hourly limit counts earlier tests' runs
