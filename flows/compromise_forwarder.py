@@ -1,4 +1,4 @@
-"""The narrow path for secret scanners to raise a compromise (README "Trust boundary", point 4).
+"""The narrow path for secret scanners to raise a compromise (docs/trust-boundary.md, point 4).
 
 A scanner should not hold the Prefect API key: that key (or auth string) is full admin, so whoever
 holds it can start any deployment with any job variables. This small HTTP endpoint holds it

@@ -1,4 +1,4 @@
-"""The compromise forwarder (README "Trust boundary", point 4): the narrow path for secret scanners.
+"""The compromise forwarder (docs/trust-boundary.md, point 4): the narrow path for secret scanners.
 
 It runs as its own process (``python -m flows.compromise_forwarder``) against a real Prefect server;
 events are read back through ``POST /api/events/filter``. A valid report becomes exactly one

@@ -1,5 +1,5 @@
 """The tests' Prefect server (devstack/prefect_server.py) keeps its database on the PostgreSQL that
-``LANGFUSE_ROTATE_TEST_PG`` names (README "Development"), not on a fixed address."""
+``LANGFUSE_ROTATE_TEST_PG`` names (docs/development.md), not on a fixed address."""
 
 from __future__ import annotations
 
