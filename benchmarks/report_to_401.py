@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/report_to_401.py [--runs 6] [--modes worker,worker-poll-1s]
 
-The path (README "Trust boundary" point 4 and "Emergency trigger"): the scanner POSTs
+The path (docs/trust-boundary.md point 4 and docs/emergency.md "Emergency trigger"): the scanner POSTs
 ``/compromised`` to ``langfuse-rotate-forwarder``; the forwarder posts a ``langfuse.key.compromised``
 event to the Prefect server; the ``emergency-rotation`` deployment's automation (created by
 ``prefect deploy`` from ``deployments/prefect.yaml``) creates a flow run; a responder takes it and
@@ -126,7 +126,7 @@ def seed_leaks(stack: Stack, count: int) -> list[Leak]:
 
 @contextlib.contextmanager
 def forwarder(config: Path, env: dict[str, str], log: Path) -> Iterator[str]:
-    """``langfuse-rotate-forwarder`` as README "Trust boundary" point 4 starts it; yields its URL."""
+    """``langfuse-rotate-forwarder`` as docs/trust-boundary.md point 4 starts it; yields its URL."""
     argv = [str(BIN / "langfuse-rotate-forwarder"), "--config", str(config), "--listen", "127.0.0.1:0"]
     argv += ["--token-env", TOKEN_ENV]
     with log.open("wb") as out:

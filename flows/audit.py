@@ -1,5 +1,5 @@
 """The append-only audit log: one JSON object per line, in Elastic Common Schema (ECS) field names so
-a SIEM takes it as it is (README "Audit log").
+a SIEM takes it as it is (docs/audit-log.md).
 
 Each line::
 

@@ -30,7 +30,7 @@ Status = Literal[
 
 
 class ExitCode(IntEnum):
-    """The command line's exit codes (README "Command line")."""
+    """The command line's exit codes (docs/command-line.md)."""
 
     OK = 0
     FAILED = 1

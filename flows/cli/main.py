@@ -1,4 +1,4 @@
-"""``langfuse-rotate``: the command line (README "Command line" pins commands, exit codes and ``--json``).
+"""``langfuse-rotate``: the command line (docs/command-line.md pins commands, exit codes and ``--json``).
 
 Each subcommand is one ``Command`` in ``COMMANDS``: its arguments and the function that runs it.
 Prefect is imported only by the commands that use it, so an emergency run without a reachable

@@ -89,7 +89,7 @@ class ConsumerConfig(StrictModel):
     public_key_field: str = "langfuse_public_key"
     restart_url: Url | None = None
     restart_command: list[str] | None = None
-    """argv, run without a shell (README, "Restart hooks")."""
+    """argv, run without a shell (docs/configuration.md "Consumers: restart hooks and headers")."""
     restart_timeout_s: float | None = Field(default=None, gt=0)
     headers: dict[str, SecretStr] = {}
     """Sent with restart and health requests; values usually ``${ENV_VAR}``; secrets."""
@@ -123,7 +123,7 @@ class ProjectEntry(StrictModel):
     approval_timeout_s: float = Field(default=3600.0, gt=0)
     revoke_recheck_s: float = Field(default=310.0, ge=0)
     """How long to keep a revoked-but-still-accepted key idle before probing again: Langfuse's
-    API-key cache TTL plus a margin (README "The revocation race")."""
+    API-key cache TTL plus a margin (docs/rotation.md "The revocation race")."""
 
     def location(self) -> SecretLocation:
         return SecretLocation(path=self.path, fields=self.fields)
@@ -153,13 +153,13 @@ class NotifyConfig(StrictModel):
 
 class AuditConfig(StrictModel):
     path: Path = Field(default_factory=default_audit_path)
-    """Where the audit lines go: a file (appended, fsynced) or "-" for stdout (README "Audit log")."""
+    """Where the audit lines go: a file (appended, fsynced) or "-" for stdout (docs/audit-log.md)."""
 
 
 class EmergencyConfig(StrictModel):
     max_per_hour: int = Field(default=3, ge=0)
     """At most this many event-started containments per entry per hour; past that a person must run
-    ``langfuse-rotate emergency`` (README "Emergency trigger")."""
+    ``langfuse-rotate emergency`` (docs/emergency.md "Emergency trigger")."""
 
 
 class LockConfig(StrictModel):
@@ -205,7 +205,7 @@ class PolicyConfig(StrictModel):
 
 
 class ProjectTemplate(StrictModel):
-    """Entries generated from the organization's project list (README "Entry templates"):
+    """Entries generated from the organization's project list (docs/fleet.md "Entry templates"):
     ``{project_name}`` and ``{project_id}`` are replaced in ``name``, ``path`` and consumer URLs."""
 
     include: list[str] = ["*"]
@@ -225,7 +225,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*$")
 
 
 class FleetConfig(StrictModel):
-    """``rotate --all`` and the ``quarterly`` deployment (README "Fleet rotation")."""
+    """``rotate --all`` and the ``quarterly`` deployment (docs/fleet.md)."""
 
     concurrency: int = Field(default=16, ge=1, le=512)
     batch_size: int | None = Field(default=None, ge=1)

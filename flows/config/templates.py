@@ -1,4 +1,4 @@
-"""Entries generated from the organization's project list (``project_template``, README "Entry templates").
+"""Entries generated from the organization's project list (``project_template``, docs/fleet.md "Entry templates").
 
 A new Langfuse project matching the template is rotated by the next fleet run without editing
 the configuration. Explicit ``projects`` entries win: a project one of them already covers (by
@@ -105,7 +105,7 @@ def expand(
     config: RotationConfig, projects: list[OrganizationProject], *, warn: bool = True
 ) -> tuple[RotationConfig, list[Generated]]:
     """The configuration with the template's entries appended, and what the template matched.
-    ``warn``: log each refused project as a warning (README "Entry templates"); the report lists
+    ``warn``: log each refused project as a warning (docs/fleet.md "Entry templates"); the report lists
     them as findings instead."""
     template = config.project_template
     if template is None:
@@ -195,7 +195,7 @@ so it can neither name another host (``.``, ``@``, ``:``) nor leave the host par
 
 def _unsafe_value(template: ProjectTemplate, project: OrganizationProject) -> str | None:
     """Why a value the template puts into the store path would not be one safe path segment, or
-    into a consumer URL would not be one label (README "Entry templates")."""
+    into a consumer URL would not be one label (docs/fleet.md "Entry templates")."""
     for placeholder, value in (("{project_name}", project.name), ("{project_id}", project.id)):
         if placeholder in template.path:
             problem = path_value_problem(value, what=f"value of {placeholder} in project_template.path")

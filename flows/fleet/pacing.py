@@ -1,4 +1,4 @@
-"""The limiters a fleet run paces its requests with (README "Fleet rotation", pacing).
+"""The limiters a fleet run paces its requests with (docs/fleet.md, pacing).
 
 - One ``Pacer`` per Langfuse host from ``langfuse.max_requests_per_min`` (unset: no pacing, but a
   429's ``Retry-After`` still pauses every request of the fleet), one per store from

@@ -5,7 +5,7 @@ file as ``flows.rotation.lock.prefect_lock``, so both kinds of holder exclude ea
 talk to the API directly:
 
 - ``import prefect`` costs ~2 s of CPU; an emergency must not spend it before containing a key
-  (README "Emergency containment");
+  (docs/emergency.md);
 - Prefect's client queues slot acquisitions through one service, so dozens of concurrent fleet
   entries each asking for their own limit time out behind each other.
 

@@ -400,7 +400,7 @@ def revoke(
     """Delete ``public_key`` from Langfuse, then prove it is rejected.
 
     Probes once (a successful probe refreshes a stale cache entry on Langfuse <= 4.16, so never in
-    a loop). If the revoked key is still accepted (README "The revocation race": the API-key cache):
+    a loop). If the revoked key is still accepted (docs/rotation.md "The revocation race": the API-key cache):
     with an instance admin key, invalidate the whole cache and probe again; otherwise keep the key
     idle for ``revoke_recheck_s`` (the cache TTL plus a margin) and probe once more.
 

@@ -1,5 +1,5 @@
-"""The checks an event-started emergency passes before it may change anything (README "Emergency
-trigger").
+"""The checks an event-started emergency passes before it may change anything (docs/emergency.md
+"Emergency trigger").
 
 A ``langfuse.key.compromised`` event is input from outside (a secret scanner, an alert rule), so
 it is checked like any other input. The run acts only when:
