@@ -338,7 +338,9 @@ def test_a_hostile_events_project_forges_no_line_in_the_refusal_notice(trigger_e
 
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
-def test_repeated_events_for_one_key_contain_it_once_and_the_duplicate_notifies_nobody(trigger_env: RotationEnv) -> None:
+def test_repeated_events_for_one_key_contain_it_once_and_the_duplicate_notifies_nobody(
+    trigger_env: RotationEnv,
+) -> None:
     leaked = stray_key(trigger_env)
 
     first = event_run(trigger_env, leaked.public_key)
