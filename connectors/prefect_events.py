@@ -59,6 +59,11 @@ REPLAY_MARGIN = timedelta(seconds=60)
 replay: covers events whose ``occurred`` (set by their sender) lags the moment they arrived."""
 
 
+_REFUSED = {1002, 1008}
+"""Close codes of a refused subscription (protocol error, policy violation: a wrong or missing
+token): reconnecting would be refused again."""
+
+
 def events_out_url(api_url: str) -> str:
     base = api_url.rstrip("/")
     if base.startswith("https://"):
@@ -137,7 +142,13 @@ class EventStream:
         )
         try:
             sock.send(json.dumps({"type": "auth", "token": self._token()}))
-            answer = json.loads(sock.recv(timeout=self._open_timeout_s))
+            try:
+                answer = json.loads(sock.recv(timeout=self._open_timeout_s))
+            except ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code in _REFUSED:
+                    reason = exc.rcvd.reason or "no reason given"
+                    raise EventStreamError(f"the Prefect server refused the events subscription: {reason}") from None
+                raise
             if answer.get("type") != "auth_success":
                 raise EventStreamError(f"the Prefect server refused the events subscription: {answer.get('reason')}")
             # The server fills in "now" for a missing end, which would end the live stream.
@@ -165,13 +176,17 @@ class EventStream:
             self.connected.set()
             if self._on_connect is not None:
                 self._on_connect()
-            delay = self._backoff_s[0]
+            connected_at = time.monotonic()
             try:
                 yield from self._read(self._socket, stop, poll_s)
             except (OSError, ConnectionClosed, ValueError) as exc:
                 if self._on_disconnect is not None and not stop.is_set():
                     self._on_disconnect(_why(exc))
+                # A connection that held a while starts the backoff over; one dropped at once
+                # (a server that accepts and closes) backs off further.
+                delay = self._backoff_s[0] if time.monotonic() - connected_at > 30 else delay
                 stop.wait(delay)
+                delay = min(delay * 2, self._backoff_s[1])
             finally:
                 self.connected.clear()
                 self._socket.close()

@@ -429,3 +429,74 @@ def test_respond_with_a_bad_configuration_is_one_line_and_exit_2(rotation_env: R
 
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().count("\n") == 0 and str(bad) in result.stderr
+
+
+class _ServerWithAuth(PrefectServer):
+    """A Prefect server that requires ``PREFECT_SERVER_API_AUTH_STRING`` (HTTP and websockets)."""
+
+    AUTH = "responder:correct-horse"
+
+    def server_env(self) -> dict[str, str]:
+        env = super().server_env()
+        env["PREFECT_SERVER_API_AUTH_STRING"] = self.AUTH
+        return env
+
+
+@pytest.fixture(scope="module")
+def server_with_auth() -> Iterator[PrefectServer]:
+    from devstack.prefect_server import PostgresUnavailable
+    from tests.fixtures.prefect import postgres_missing
+
+    try:
+        server = _ServerWithAuth().start()
+    except PostgresUnavailable:
+        postgres_missing()
+        raise
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def respond_against(env: RotationEnv, server: PrefectServer, auth: str) -> ResponderProcess:
+    process = ResponderProcess.__new__(ResponderProcess)
+    child_env = server.client_env(dict(env.env))
+    child_env.update(PYTHONPATH=str(REPO), PREFECT_API_AUTH_STRING=auth)
+    process.lines = []
+    process.proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "respond", "--config", str(env.write_config())],
+        cwd=REPO,
+        env=child_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    process._reader = threading.Thread(target=process._read, daemon=True)
+    process._reader.start()
+    return process
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_a_server_that_refuses_the_token_ends_respond_with_one_line_and_exit_1(
+    rotation_env: RotationEnv, server_with_auth: PrefectServer
+) -> None:
+    process = respond_against(rotation_env, server_with_auth, "responder:wrong")
+
+    code = process.proc.wait(120)
+    process._reader.join(10)
+
+    assert code == 1, process.output()
+    assert "the Prefect server refused the events subscription" in process.output()
+    assert "responder:wrong" not in process.output() and "correct-horse" not in process.output()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_with_the_servers_token_respond_subscribes(rotation_env: RotationEnv, server_with_auth: PrefectServer) -> None:
+    process = respond_against(rotation_env, server_with_auth, _ServerWithAuth.AUTH)
+    try:
+        process.wait_listening()
+    finally:
+        assert process.stop() == 0, process.output()
