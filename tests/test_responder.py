@@ -224,6 +224,25 @@ def test_the_same_report_twice_contains_once_and_the_second_says_it_was_a_duplic
     assert final_audit(trigger_env)[-1]["langfuse_rotate"]["duplicate"] is True
 
 
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_a_key_the_automations_run_contained_is_a_duplicate_for_the_responder(
+    trigger_env: RotationEnv, rest: PrefectRest, emergency_deployment: str
+) -> None:
+    """The other order of the two paths: the deployment's flow run (as the automation starts it)
+    contains first; the responder, seeing the report after it, changes nothing."""
+    leaked = stray_key(trigger_env)
+    first = trigger_tests.event_run(trigger_env, leaked.public_key)
+    trigger_env.sink.clear()
+    keys_before = new_keys(trigger_env)
+
+    handled = responder_for(trigger_env, rest, emergency_deployment).handle(event_for(trigger_env, leaked.public_key))
+
+    assert first.is_completed() and first.name != "Refused", first.message
+    assert handled.outcome == "duplicate", handled.line()
+    assert "was already contained by run emergency-" in handled.detail
+    assert new_keys(trigger_env) == keys_before and trigger_env.sink.received() == []
+
+
 # --- the events websocket -----------------------------------------------------------------------
 
 
