@@ -222,10 +222,17 @@ def _children_cpu_s() -> float:
 
 
 def run_fleet(
-    config: Path, env: dict[str, str], concurrency: int, tmp: Path, pids: dict[str, int], py_spy: str | None = None
+    config: Path,
+    env: dict[str, str],
+    concurrency: int,
+    tmp: Path,
+    pids: dict[str, int],
+    py_spy: str | None = None,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     """``pids``: the stack's processes, whose CPU time during the run is reported; ``py_spy``: record
-    the command's stacks there (``py-spy record --format raw``)."""
+    the command's stacks there (``py-spy record --format raw``); ``profile``: write a cProfile of
+    every thread of the command there (``benchmarks/profile_threads.py``; it slows the command)."""
     counts_file = tmp / f"counts-{time.monotonic_ns()}.json"
     env = {**env, "LANGFUSE_ROTATE_REQUEST_COUNTS": str(counts_file)}
     cmd = [
@@ -240,6 +247,8 @@ def run_fleet(
         "--concurrency",
         str(concurrency),
     ]
+    if profile:
+        cmd = [sys.executable, str(REPO / "benchmarks" / "profile_threads.py"), profile, *cmd[1:]]
     if py_spy:
         cmd = ["py-spy", "record", "--nonblocking", "--format", "raw", "--rate", "100", "-o", py_spy, "--", *cmd]
     services = {name: tree_cpu_s(pid) for name, pid in pids.items()}
@@ -297,7 +306,8 @@ def measure(size: int, args: argparse.Namespace, stack: dict[str, Any], paced: b
         langfuse["max_requests_per_min"] = 1000
     config = config_for(sim, store_config, paths, stack["consumers_url"], stack["tmp"], **langfuse)
     mark = control.requests(0)["next"]
-    figures = run_fleet(config, stack["env"], args.concurrency, stack["tmp"], stack["pids"], args.py_spy)
+    profile = f"{args.profile}.{size}" if args.profile else None
+    figures = run_fleet(config, stack["env"], args.concurrency, stack["tmp"], stack["pids"], args.py_spy, profile)
     log = _requests_since(control, mark)
     by_endpoint = Counter(endpoint(r["method"], r["path"]) for r in log)
     result = figures["result"]
@@ -367,6 +377,7 @@ def main() -> int:
     )
     parser.add_argument("--store", choices=["vault", "aws"], default="vault")
     parser.add_argument("--json", help="write the rows to this file")
+    parser.add_argument("--profile", help="write a cProfile of the command (all threads) to FILE.<entries>")
     parser.add_argument("--py-spy", help="record the command's stacks to this file (py-spy on PATH)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stack on the way out
