@@ -1,6 +1,7 @@
 """Run a module under cProfile in every thread: ``python benchmarks/profile_threads.py OUT -m MODULE ARGS``.
 
 cProfile sees only the thread that enabled it, and a fleet rotates its entries in a thread pool:
+the profilers count each thread's CPU time (``time.thread_time``), not the time it waits;
 each new thread gets its own profiler, and all of them are written together to ``OUT`` (a pstats
 file: ``python -m pstats OUT``, or ``pstats.Stats(OUT).sort_stats("cumulative")``) at exit.
 """
@@ -14,6 +15,7 @@ import pstats
 import runpy
 import sys
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -24,7 +26,7 @@ _lock = threading.Lock()
 def _start(frame: FrameType, event: str, arg: Any) -> None:
     """The first profile event of a new thread: hand the thread to a profiler of its own."""
     sys.setprofile(None)
-    profile = cProfile.Profile()
+    profile = cProfile.Profile(time.thread_time)
     with _lock:
         _profiles.append(profile)
     profile.enable()
@@ -46,7 +48,7 @@ def main() -> None:
     sys.path.insert(0, os.getcwd())  # the checkout the command runs in, as `python -m` would
     sys.argv = [module, *sys.argv[4:]]
     threading.setprofile(_start)
-    main_profile = cProfile.Profile()
+    main_profile = cProfile.Profile(time.thread_time)
     _profiles.append(main_profile)
     atexit.register(_write, out)
     main_profile.enable()
