@@ -19,7 +19,7 @@ import yaml
 from pydantic import SecretStr
 
 from connectors.keypair import KeyPair
-from connectors.langfuse import LangfuseAdminClient
+from connectors.langfuse import LangfuseAdminClient, LangfuseProjectClient
 from connectors.store import SecretLocation
 from devstack.fleet_consumers import FleetConsumers
 from flows import steps
@@ -139,3 +139,17 @@ def test_verify_reads_the_canary_back_without_a_separate_auth_check(ctx: EntryCo
     paths = [r["path"].split("?")[0] for r in sim.requests(since)["requests"]]
     assert "/api/public/projects" not in paths, paths
     assert paths[0] == "/api/public/otel/v1/traces" and set(paths[1:]) == {"/api/public/v2/observations"}
+
+
+@pytest.mark.parametrize("version", ["4.16.0", "3.225.4"])
+def test_a_canary_read_back_names_the_project_of_the_key_that_sent_it(sim: SimHandle, version: str) -> None:
+    """Langfuse 4: the rows of ``v2/observations``; Langfuse 3: ``GET /traces/{id}``."""
+    sim.configure(version=version)
+    project = sim.projects[1]
+    pair = KeyPair(public_key=project.public_key, secret_key=SecretStr(project.secret_key))
+    with LangfuseProjectClient(sim.url, pair) as client:
+        trace_id = client.send_canary()
+        client.wait_for_canary(trace_id, timeout_s=10)
+        sighting = client.read_canary(trace_id)
+
+    assert sighting is not None and sighting.project_ids == (project.id,)
