@@ -28,6 +28,7 @@ from connectors.store import RotationRecord, StoreVersion
 from flows.errors import StepFailed
 from flows.models import RotationPlan
 from flows.redact import register_secret, scrub
+from flows.rotation.canary_timing import timing_for
 from flows.rotation.context import EntryContext
 from flows.rotation.contract import step
 from flows.rotation.crashpoints import crash_point
@@ -346,7 +347,12 @@ class VerifyOutcome(BaseModel):
 @step("verify", retries=1, timeout_s=60, plus=("canary_timeout_s",))
 def verify(ctx: EntryContext, record: RotationRecord) -> VerifyOutcome:
     """The current stored pair is the new one, authenticates to the expected project, and a
-    canary trace sent with it is readable within the configured time."""
+    canary trace sent with it is readable within the configured time.
+
+    The canary is read with the new pair when it can be there (``flows.rotation.canary_timing``: the fleet
+    learns Langfuse's ingestion delay from its first canaries). Read back with that pair, rows
+    naming the expected project prove the pair authenticates to it, so no separate auth check is
+    made; a server whose rows name no project gets one."""
     name = "verify"
     try:
         current = ctx.store.read_current(ctx.location)
@@ -354,21 +360,27 @@ def verify(ctx: EntryContext, record: RotationRecord) -> VerifyOutcome:
         if current.public_key != record.new_public_key:
             raise StepFailed(name, f"the store's current key is {current.public_key}, not the new key")
         with LangfuseProjectClient(ctx.host, current.key_pair(), timeout_s=ctx.config.langfuse.timeout_s) as client:
-            info = client.auth_check()
-            if info.id != ctx.entry.project_id:
-                raise StepFailed(
-                    name, f"the new key authenticates to project {info.id}, expected {ctx.entry.project_id}"
-                )
+            timing = timing_for(ctx.host)
+            sent_at = timing.clock()
             trace_id = client.send_canary(
                 attributes={"langfuse_rotate.entry": ctx.entry.name, "langfuse_rotate.rotation_id": record.rotation_id}
             )
-            seconds = client.wait_for_canary(
-                trace_id, timeout_s=ctx.entry.canary_timeout_s, first_poll_after_s=min(0.25, ctx.entry.canary_timeout_s)
+            sighting, seconds = timing.wait_readable(
+                lambda budget_s: client.read_canary(trace_id, within_s=budget_s),
+                sent_at=sent_at,
+                timeout_s=ctx.entry.canary_timeout_s,
+                trace_id=trace_id,
+                sent_with=f"project key {current.public_key} on Langfuse at {ctx.host}",
             )
+            projects = sighting.project_ids or (client.auth_check().id,)
+            if projects != (ctx.entry.project_id,):
+                raise StepFailed(
+                    name, f"the new key authenticates to project {', '.join(projects)}, expected {ctx.entry.project_id}"
+                )
         crash_point("after_verify")
     except ConnectorError as exc:
         raise connector_failure(name, exc) from None
-    return VerifyOutcome(project_id=info.id, canary_trace_id=trace_id, canary_seconds=round(seconds, 3))
+    return VerifyOutcome(project_id=projects[0], canary_trace_id=trace_id, canary_seconds=round(seconds, 3))
 
 
 # --- 5. revoke ----------------------------------------------------------------------------------
