@@ -280,6 +280,8 @@ def _observe_consumers(client: ConsumerClient, entry: ProjectEntry) -> Callable[
     results: Seen = {}
     threads = []
     for c in entry.consumers:
+        if c.health_url is None:
+            continue  # traces only: read from its traces (flows.trace_evidence)
         consumer = Consumer(
             name=c.name, health_url=c.health_url, public_key_field=c.public_key_field, timeout_s=c.timeout_s
         )
@@ -295,7 +297,7 @@ def _observe_consumers(client: ConsumerClient, entry: ProjectEntry) -> Callable[
     def collect() -> Seen:
         for thread in threads:
             thread.join()
-        return {c.name: results.get(c.name, (None, "no answer")) for c in entry.consumers}
+        return {c.name: results.get(c.name, (None, "no answer")) for c in entry.consumers if c.health_url is not None}
 
     return collect
 

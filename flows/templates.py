@@ -76,7 +76,7 @@ def entry_for(template: ProjectTemplate, project: OrganizationProject) -> Projec
         c.model_copy(
             update={
                 "name": _fill(c.name, project),
-                "health_url": _fill(c.health_url, project),
+                "health_url": _fill(c.health_url, project) if c.health_url else None,
                 "restart_url": _fill(c.restart_url, project) if c.restart_url else None,
             }
         )
