@@ -288,7 +288,7 @@ class ConsumerOutcome(BaseModel):
         return self.wait.all_switched and not self._trace_lagging()
 
     def describe(self) -> str:
-        if self.grace_period_s is not None and not self.wait.last_seen and not self.traces:
+        if self.grace_period_s is not None and not (self.wait.last_seen or self.traces or self.blind):
             return f"no consumers listed; waited {self.grace_period_s:g}s grace period"
         parts: list[str] = []
         if self.wait.last_seen:
