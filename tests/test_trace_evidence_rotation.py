@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from devstack.consumer import ConsumerProcess, start_consumer_process
 from flows.entry_run import execute
 from flows.step_runners import DirectRunner
@@ -125,9 +126,7 @@ def test_replicas_that_all_restart_rotate_on_trace_evidence_alone(
 
 
 @pytest.mark.slow
-def test_one_replica_that_never_restarts_keeps_the_old_key_alive(
-    rotation_env: RotationEnv, replicas: Replicas
-) -> None:
+def test_one_replica_that_never_restarts_keeps_the_old_key_alive(rotation_env: RotationEnv, replicas: Replicas) -> None:
     old = rotation_env.current()
     replicas.start(2).start(1, ignore_restart=True)
     rotation_env.consumers = [traced_consumer(replicas.restart_command())]
