@@ -22,6 +22,7 @@ from devstack.consumer import ConsumerProcess, start_consumer_process
 from flows.entry_run import execute
 from flows.step_runners import DirectRunner
 from tests.fixtures.rotation import ENTRY, RotationEnv
+from tests.otlp_spans import wait_for
 
 pytestmark = [pytest.mark.parametrize("any_store", ["vault"], indirect=True)]
 
@@ -49,9 +50,8 @@ class Replicas:
                 path=self.env.path,
                 langfuse_host=self.env.sim.url,
                 trace_interval_s=0.3,
-                environment="api",
                 restart_delay_s=delays[i] if i < len(delays) else 0.0,
-                **options,
+                **{"environment": "api", **options},
                 **self.env.store.consumer_args(),
             )
             self.procs.append(self.stack.enter_context(proc))
@@ -62,6 +62,11 @@ class Replicas:
 
     def health(self) -> list[dict[str, Any]]:
         return [httpx.get(p.health_url, timeout=5).json() for p in self.procs]
+
+    def sending(self, traces: int = 3) -> Replicas:
+        """Once every replica has sent ``traces`` traces."""
+        wait_for(lambda: all(h["traces_sent"] >= traces for h in self.health()), "replicas sending")
+        return self
 
 
 @pytest.fixture
@@ -171,7 +176,7 @@ def test_a_langfuse_too_old_for_the_filter_never_counts_as_switched(rotation_env
 def test_an_unstamped_service_left_on_the_old_key_ends_needs_attention_naming_it(
     rotation_env: RotationEnv, replicas: Replicas
 ) -> None:
-    replicas.start(1, ignore_restart=True)
+    replicas.start(1, ignore_restart=True).sending()
     rotation_env.consumers = [traced_consumer(replicas.restart_command(), "none", after_revoke_s=6)]
     rotation_env.entry_overrides = {"grace_period_s": 1}
 
@@ -192,7 +197,7 @@ def test_an_unstamped_service_left_on_the_old_key_ends_needs_attention_naming_it
 def test_an_unstamped_service_that_restarted_gives_no_false_alarm(
     rotation_env: RotationEnv, replicas: Replicas
 ) -> None:
-    replicas.start(2)
+    replicas.start(2).sending()
     rotation_env.consumers = [traced_consumer(replicas.restart_command(), "none")]
     rotation_env.entry_overrides = {"grace_period_s": 2}
 
@@ -214,3 +219,30 @@ def test_a_consumer_that_sent_nothing_before_the_revoke_is_not_judged(rotation_e
 
     assert result.status == "rotated", result.error
     assert step_detail(result, "check_ingestion") == "api not judged (no trace before the revoke)"
+
+
+@pytest.mark.slow
+def test_an_emergency_names_the_service_its_revoke_broke(rotation_env: RotationEnv, replicas: Replicas) -> None:
+    """Revoke first, then restarts: ``batch`` ignores its restart and stays on the revoked key, its
+    exports are refused, and the containment's after-revoke check names it; ``api`` restarted."""
+    leaked = rotation_env.current()
+    api = Replicas(rotation_env, replicas.stack).start(1)
+    batch = Replicas(rotation_env, replicas.stack).start(1, ignore_restart=True, environment="batch").sending()
+    rotation_env.consumers = [
+        traced_consumer(api.restart_command(), "none", after_revoke_s=6),
+        {
+            **traced_consumer(batch.restart_command(), "none", after_revoke_s=6, match={"environment": "batch"}),
+            "name": "batch",
+        },
+    ]
+    rotation_env.entry_overrides = {"grace_period_s": 1}
+
+    result = execute(
+        "emergency", ENTRY, str(rotation_env.write_config()), DirectRunner(), compromised_public_key=leaked.public_key
+    )
+
+    assert result.status == "needs_attention", result.error
+    assert list(result.silent_consumers) == ["batch"]
+    detail = step_detail(result, "check_ingestion")
+    assert detail.startswith("api sending") and "batch silent since the revoke (last trace " in detail
+    assert not rotation_env.works(leaked)
