@@ -322,7 +322,7 @@ def _wait_and_verify_forward_only(run: RunTracker, record: RotationRecord) -> li
 
 
 def _check_ingestion(run: RunTracker, problems: list[str], record: RotationRecord, revoked_at: datetime) -> None:
-    """The after-revoke check (README "Trace evidence"), for an entry with ``traces`` consumers:
+    """The after-revoke check (docs/trace-evidence.md), for an entry with ``traces`` consumers:
     each silent one is a problem for a person; nothing rolls back, the old key is gone."""
     if not run.ctx.trace_watches:
         return

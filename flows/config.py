@@ -101,7 +101,7 @@ class TraceMatchConfig(StrictModel):
 
 
 class TracesConfig(StrictModel):
-    """``consumers[].traces``: the consumer's own traces as evidence (README "Trace evidence")."""
+    """``consumers[].traces``: the consumer's own traces as evidence (docs/trace-evidence.md)."""
 
     match: TraceMatchConfig
     key_source: Literal["sdk", "metadata", "none"] = "sdk"

@@ -75,7 +75,7 @@ class EntryStatus(BaseModel):
     authenticated_project_id: str | None = None
     consumer_errors: dict[str, str] = {}
     consumer_traces_at: dict[str, datetime] = {}
-    """Consumers with ``traces``: when their latest matching trace was sent (README "Trace evidence");
+    """Consumers with ``traces``: when their latest matching trace was sent (docs/trace-evidence.md);
     ``consumers`` names the public key it carried (null where the traces do not show it)."""
     error: str | None = None
     store_read: bool = Field(default=False, exclude=True)

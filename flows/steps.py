@@ -337,7 +337,7 @@ class ConsumerOutcome(BaseModel):
 def wait_for_restarts(ctx: EntryContext, public_key: str, old_public_key: str | None = None) -> ConsumerOutcome:
     """Fire restart hooks, then wait until every consumer shows ``public_key``: on its health
     endpoint, and in its traces (a trace sent with ``public_key`` since the wait began, none with
-    ``old_public_key`` in the last ``quiet_s``; README "Trace evidence").
+    ``old_public_key`` in the last ``quiet_s``; docs/trace-evidence.md).
 
     Never raises: the caller decides what a lagging consumer means (roll back, or report).
     With no consumers listed, waits the configured grace period instead; so it does too when a

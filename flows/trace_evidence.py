@@ -1,4 +1,4 @@
-"""Trace evidence (README "Trace evidence"): a consumer's own traces show which key it sends with.
+"""Trace evidence (docs/trace-evidence.md): a consumer's own traces show which key it sends with.
 
 Two questions, each answered by polling Langfuse with small ``fields=core`` queries (through the
 project client: the fleet's Langfuse limiter, retries and response cap apply), backing off between

@@ -50,7 +50,7 @@ def trace_evidence_wait(
 
 @step("check_ingestion", retries=0, timeout_s=60, plus=("after_revoke_s",))
 def check_ingestion(ctx: EntryContext, new_public_key: str, revoked_at: datetime) -> AfterRevokeOutcome:
-    """After the revoke (README "Trace evidence"): each consumer with ``traces`` that sent in the
+    """After the revoke (docs/trace-evidence.md): each consumer with ``traces`` that sent in the
     ``after_revoke_s`` before ``revoked_at`` must send again after it (with ``new_public_key``,
     where its traces carry their key) within ``after_revoke_s``. Never raises: who went silent is
     in the outcome, for a person (nothing can roll back once the old key is gone)."""
