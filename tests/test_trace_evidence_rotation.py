@@ -246,3 +246,18 @@ def test_an_emergency_names_the_service_its_revoke_broke(rotation_env: RotationE
     detail = step_detail(result, "check_ingestion")
     assert detail.startswith("api sending") and "batch silent since the revoke (last trace " in detail
     assert not rotation_env.works(leaked)
+
+
+def test_a_dry_run_names_the_consumers_read_from_their_traces_and_changes_nothing(rotation_env: RotationEnv) -> None:
+    before = rotation_env.current()
+    rotation_env.consumers = [traced_consumer(["true"])]
+
+    proc = rotation_env.cli(
+        "rotate", "--config", str(rotation_env.write_config()), "--project", ENTRY, "--dry-run", "--json"
+    )
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["status"] == "planned"
+    assert "no health endpoints; read from their traces: api" in proc.stderr
+    assert "wait up to 10s for api" in proc.stderr
+    assert rotation_env.current().version == before.version
