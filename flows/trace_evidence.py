@@ -38,6 +38,10 @@ MAX_POLL_S = 10.0
 """Between rounds the pause doubles from ``FIRST_POLL_S`` up to this (never a tight poll)."""
 
 
+class _Counted(Protocol):
+    queries: int
+
+
 class TraceReader(Protocol):
     """What is read from Langfuse: ``LangfuseProjectClient.latest_traces``."""
 
@@ -166,9 +170,10 @@ class TraceWait:
         self._now = now
 
     def _ask(
-        self, verdict_queries: list[int], watch: TraceWatch, since: datetime, public_key: str | None
+        self, counted: _Counted, watch: TraceWatch, since: datetime, public_key: str | None
     ) -> TraceSighting | None:
-        verdict_queries[0] += 1
+        """The newest matching trace since ``since`` (sent with ``public_key``, if given); counted."""
+        counted.queries += 1
         found = self._reader.latest_traces(watch.match, since, public_key=public_key, key=watch.key, limit=1)
         return max(found, key=lambda s: s.timestamp) if found else None
 
@@ -216,16 +221,15 @@ class TraceWait:
         final: bool,
     ) -> bool:
         """One look at one consumer; True when nothing more is to be learnt (switched, or refused)."""
-        count = [verdict.queries]
         try:
             if verdict.new_seen_at is None:
-                seen = self._ask(count, watch, since, new_key)
+                seen = self._ask(verdict, watch, since, new_key)
                 verdict.new_seen_at = seen.timestamp if seen is not None else None
             if old_key is not None and (verdict.new_seen_at is not None or final):
                 # the last quiet_s; on the final round reach back to the wait's start, to say when it last sent
                 window = timedelta(seconds=watch.quiet_s)
                 after = self._now() - window if verdict.new_seen_at is not None else min(since, self._now()) - window
-                old = self._ask(count, watch, after, old_key)
+                old = self._ask(verdict, watch, after, old_key)
                 if old is not None:
                     verdict.old_last_at = max(old.timestamp, verdict.old_last_at or old.timestamp)
                 quiet = old is None or old.timestamp < self._now() - window
@@ -233,14 +237,11 @@ class TraceWait:
                 quiet = True
             verdict.error = None
         except LangfuseUnsupportedServerError as exc:
-            verdict.queries = count[0]
             verdict.error = scrub(str(exc))
             return True
         except ConnectorError as exc:
-            verdict.queries = count[0]
             verdict.error = scrub(f"cannot read its traces: {exc}")
             return False
-        verdict.queries = count[0]
         verdict.switched = verdict.new_seen_at is not None and quiet
         return verdict.switched
 
@@ -277,15 +278,14 @@ class TraceWait:
         )
 
     def _look_after(self, watch: TraceWatch, state: _AfterRevoke, new_key: str, revoked_at: datetime) -> bool:
-        count = [state.queries]
         try:
             key = new_key if watch.key is not None else None
-            after = self._ask(count, watch, revoked_at, key)
+            after = self._ask(state, watch, revoked_at, key)
             if after is not None:
                 state.sent_after_at = after.timestamp
                 return True
             if state.sent_before_at is None:
-                before = self._ask(count, watch, revoked_at - timedelta(seconds=watch.after_revoke_s), None)
+                before = self._ask(state, watch, revoked_at - timedelta(seconds=watch.after_revoke_s), None)
                 if before is not None:
                     state.sent_before_at = before.timestamp
             state.error = None
@@ -296,8 +296,6 @@ class TraceWait:
         except ConnectorError as exc:
             state.error = scrub(f"cannot read its traces: {exc}")
             return False
-        finally:
-            state.queries = count[0]
 
 
 class _AfterRevoke(BaseModel):
