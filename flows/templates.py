@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from connectors.langfuse import LangfuseAdminClient
 from connectors.langfuse.models import OrganizationProject
-from flows.config import ENTRY_NAME_PATTERN, ProjectEntry, ProjectTemplate, RotationConfig
+from flows.config import ENTRY_NAME_PATTERN, ProjectEntry, ProjectTemplate, RotationConfig, TracesConfig
 from flows.config_types import path_value_problem
 from flows.context import org_key
 from flows.locations import collision_text
@@ -64,6 +64,28 @@ def _fill(text: str, project: OrganizationProject) -> str:
     return text.replace("{project_name}", project.name).replace("{project_id}", project.id)
 
 
+def _fill_traces(traces: TracesConfig | None, project: OrganizationProject) -> TracesConfig | None:
+    """``{project_name}``/``{project_id}`` in the values of ``traces.match`` (docs/trace-evidence.md)."""
+    if traces is None:
+        return None
+    m = traces.match
+
+    def fill(value: str | None) -> str | None:
+        return _fill(value, project) if value is not None else None
+
+    match = m.model_copy(
+        update={
+            "name": fill(m.name),
+            "environment": fill(m.environment),
+            "tags": [_fill(tag, project) for tag in m.tags],
+            "release": fill(m.release),
+            "version": fill(m.version),
+            "metadata": {key: _fill(value, project) for key, value in m.metadata.items()},
+        }
+    )
+    return traces.model_copy(update={"match": match})
+
+
 def matches(template: ProjectTemplate, name: str) -> bool:
     return any(fnmatchcase(name, p) for p in template.include) and not any(
         fnmatchcase(name, p) for p in template.exclude
@@ -78,6 +100,7 @@ def entry_for(template: ProjectTemplate, project: OrganizationProject) -> Projec
                 "name": _fill(c.name, project),
                 "health_url": _fill(c.health_url, project) if c.health_url else None,
                 "restart_url": _fill(c.restart_url, project) if c.restart_url else None,
+                "traces": _fill_traces(c.traces, project),
             }
         )
         for c in template.consumers

@@ -130,3 +130,28 @@ def test_the_after_revoke_deadline_is_the_longest_of_the_entry() -> None:
     text = with_consumer(TRACES_ONLY + "  after_revoke_s: 45\n")
     assert parse_config(text).projects[0].after_revoke_s == 45.0
     assert parse_config(MINIMAL).projects[0].after_revoke_s == 0.0
+
+
+def test_a_project_template_fills_the_project_into_the_traces_match() -> None:
+    from connectors.langfuse.models import OrganizationProject
+    from flows.templates import entry_for
+
+    text = MINIMAL + (
+        "project_template:\n"
+        "  store: main\n"
+        "  path: langfuse/{project_name}\n"
+        "  consumers:\n"
+        "    - name: api\n"
+        "      traces:\n"
+        "        match:\n"
+        "          environment: '{project_name}'\n"
+        "          tags: ['{project_id}']\n"
+        "          metadata: {project: '{project_name}'}\n"
+    )
+    template = parse_config(text).project_template
+    assert template is not None
+
+    entry = entry_for(template, OrganizationProject(id="p9", name="shop"))
+
+    (watch,) = trace_watches(entry)
+    assert (watch.match.environment, watch.match.tags, watch.match.metadata) == ("shop", ("p9",), {"project": "shop"})
