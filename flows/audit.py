@@ -405,6 +405,7 @@ def audit_result(command: str, result: Any, *, path: Path | None = None, **detai
         verified=result.verified,
         old_key_rejected=result.old_key_rejected,
         lagging=result.lagging_consumers or None,
+        silent=result.silent_consumers or None,
         orchestrator=result.orchestrator,
         prefect_flow_run_id=result.prefect_flow_run_id,
         error=result.error,

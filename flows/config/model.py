@@ -83,9 +83,39 @@ class LangfuseConfig(StrictModel):
         return self
 
 
+class TraceMatchConfig(StrictModel):
+    """``traces.match``: which traces are the consumer's; every given field must match."""
+
+    name: str | None = Field(default=None, min_length=1)
+    environment: str | None = Field(default=None, min_length=1)
+    tags: list[str] = []
+    release: str | None = Field(default=None, min_length=1)
+    version: str | None = Field(default=None, min_length=1)
+    metadata: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> TraceMatchConfig:
+        if not any((self.name, self.environment, self.tags, self.release, self.version, self.metadata)):
+            raise ValueError("match names nothing: give name, environment, tags, release, version or metadata")
+        return self
+
+
+class TracesConfig(StrictModel):
+    """``consumers[].traces``: the consumer's own traces as evidence (docs/trace-evidence.md)."""
+
+    match: TraceMatchConfig
+    key_source: Literal["sdk", "metadata", "none"] = "sdk"
+    key_metadata: str = Field(default="langfuse_public_key", min_length=1)
+    quiet_s: float = Field(default=30.0, gt=0)
+    """No matching trace sent with the old key for this long (must exceed Langfuse's ingestion delay)."""
+    after_revoke_s: float = Field(default=120.0, gt=0)
+    """After the revoke, the consumer's traces must keep arriving within this."""
+
+
 class ConsumerConfig(StrictModel):
     name: str
-    health_url: Url
+    health_url: Url | None = None
+    traces: TracesConfig | None = None
     public_key_field: str = "langfuse_public_key"
     restart_url: Url | None = None
     restart_command: list[str] | None = None
@@ -103,6 +133,8 @@ class ConsumerConfig(StrictModel):
     def _one_restart_hook(self) -> ConsumerConfig:
         if self.restart_url is not None and self.restart_command is not None:
             raise ValueError("give restart_url or restart_command, not both")
+        if self.health_url is None and self.traces is None:
+            raise ValueError("give health_url, traces or both: nothing would show which key the consumer uses")
         return self
 
 
@@ -127,6 +159,12 @@ class ProjectEntry(StrictModel):
 
     def location(self) -> SecretLocation:
         return SecretLocation(path=self.path, fields=self.fields)
+
+    @property
+    def after_revoke_s(self) -> float:
+        """The longest ``traces.after_revoke_s`` of the entry's consumers (0: none has traces):
+        the deadline of the after-revoke ingestion check (``flows.rotation.contract``)."""
+        return max((c.traces.after_revoke_s for c in self.consumers if c.traces is not None), default=0.0)
 
 
 class NotifyConfig(StrictModel):

@@ -30,6 +30,11 @@ from flows.config.model import ENTRY_NAME_PATTERN, ProjectEntry, ProjectTemplate
 from flows.config.stores import build_store
 from flows.config.types import path_value_problem
 from flows.rotation.context import org_key
+from flows.config.model import ENTRY_NAME_PATTERN, ProjectEntry, ProjectTemplate, RotationConfig, TracesConfig
+from flows.config.types import path_value_problem
+from flows.rotation.context import org_key
+from flows.config.locations import collision_text
+from flows.config.stores import build_store
 
 logger = logging.getLogger("langfuse_rotate.templates")
 
@@ -64,6 +69,28 @@ def _fill(text: str, project: OrganizationProject) -> str:
     return text.replace("{project_name}", project.name).replace("{project_id}", project.id)
 
 
+def _fill_traces(traces: TracesConfig | None, project: OrganizationProject) -> TracesConfig | None:
+    """``{project_name}``/``{project_id}`` in the values of ``traces.match`` (docs/trace-evidence.md)."""
+    if traces is None:
+        return None
+    m = traces.match
+
+    def fill(value: str | None) -> str | None:
+        return _fill(value, project) if value is not None else None
+
+    match = m.model_copy(
+        update={
+            "name": fill(m.name),
+            "environment": fill(m.environment),
+            "tags": [_fill(tag, project) for tag in m.tags],
+            "release": fill(m.release),
+            "version": fill(m.version),
+            "metadata": {key: _fill(value, project) for key, value in m.metadata.items()},
+        }
+    )
+    return traces.model_copy(update={"match": match})
+
+
 def matches(template: ProjectTemplate, name: str) -> bool:
     return any(fnmatchcase(name, p) for p in template.include) and not any(
         fnmatchcase(name, p) for p in template.exclude
@@ -76,8 +103,9 @@ def entry_for(template: ProjectTemplate, project: OrganizationProject) -> Projec
         c.model_copy(
             update={
                 "name": _fill(c.name, project),
-                "health_url": _fill(c.health_url, project),
+                "health_url": _fill(c.health_url, project) if c.health_url else None,
                 "restart_url": _fill(c.restart_url, project) if c.restart_url else None,
+                "traces": _fill_traces(c.traces, project),
             }
         )
         for c in template.consumers
