@@ -31,9 +31,7 @@ from flows.config.transport import transport_risks
 from flows.errors import ConfigError
 from flows.redact import install_redaction, scrub
 from flows.rotation.context import org_key
-from flows.config.stores import build_store
 from flows.rotation.trace_evidence import trace_watches
-from flows.config.transport import transport_risks
 
 T = TypeVar("T")
 MAX_WORKERS = 16

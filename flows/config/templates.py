@@ -26,15 +26,10 @@ from pydantic import ValidationError
 from connectors.langfuse import LangfuseAdminClient
 from connectors.langfuse.models import OrganizationProject
 from flows.config.locations import collision_text
-from flows.config.model import ENTRY_NAME_PATTERN, ProjectEntry, ProjectTemplate, RotationConfig
-from flows.config.stores import build_store
-from flows.config.types import path_value_problem
-from flows.rotation.context import org_key
 from flows.config.model import ENTRY_NAME_PATTERN, ProjectEntry, ProjectTemplate, RotationConfig, TracesConfig
+from flows.config.stores import build_store
 from flows.config.types import path_value_problem
 from flows.rotation.context import org_key
-from flows.config.locations import collision_text
-from flows.config.stores import build_store
 
 logger = logging.getLogger("langfuse_rotate.templates")
 

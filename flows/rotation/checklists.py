@@ -19,14 +19,9 @@ from datetime import UTC, datetime
 from pydantic import BaseModel
 
 from connectors.store import RotationRecord, StoreDescription
-from flows.rotation import steps
-from flows.rotation import trace_steps
-from flows.rotation.context import EntryContext
-from flows.rotation.contract import contract_of
-from flows.rotation.crashpoints import crash_point
 from flows.errors import BadInputError, StepFailed, Superseded
 from flows.models import Mode, RotationPlan, RotationResult
-from flows.rotation import steps
+from flows.rotation import steps, trace_steps
 from flows.rotation.context import EntryContext
 from flows.rotation.contract import contract_of
 from flows.rotation.crashpoints import crash_point

@@ -21,7 +21,6 @@ from flows.config.model import ProjectEntry, RotationConfig
 from flows.config.stores import build_store
 from flows.redact import register_secret
 from flows.rotation.handover import HandoverWatch
-from flows.config.stores import build_store
 from flows.rotation.trace_evidence import trace_watches
 
 if TYPE_CHECKING:

@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict
 from connectors.errors import ConnectorError, LangfuseUnsupportedServerError
 from connectors.langfuse import KeySource, KeySpec, TraceMatch, TraceSighting
 from flows.config.model import ProjectEntry
-from flows.rotation.progress import progress
 from flows.redact import scrub
+from flows.rotation.progress import progress
 
 _log = logging.getLogger("langfuse_rotate.trace_evidence")
 

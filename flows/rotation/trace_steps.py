@@ -10,9 +10,9 @@ from datetime import datetime
 
 from connectors.errors import ConnectorError
 from connectors.langfuse import LangfuseProjectClient
+from flows.redact import register_secret, scrub
 from flows.rotation.context import EntryContext
 from flows.rotation.contract import step
-from flows.redact import register_secret, scrub
 from flows.rotation.trace_evidence import AfterRevokeOutcome, IngestionVerdict, TraceVerdict, TraceWait, TraceWatch
 
 TRACE_CLOCK_SKEW_S = 5.0
