@@ -21,8 +21,8 @@ from prefect import flow
 from prefect.states import Completed
 
 from connectors.notify import Notification
-from flows.audit import AuditLog, audit_path_for, audit_result, resource_id
-from flows.config.model import RotationConfig, load_config
+from flows.audit import AuditLog, audit_result, resource_id
+from flows.config.model import RotationConfig, audit_path_for, load_config
 from flows.models import RotationResult
 from flows.prefect.flow_run import (
     current_flow_run,

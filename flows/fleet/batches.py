@@ -26,6 +26,7 @@ from flows.config.templates import expand, organization_projects
 from flows.errors import RotateError
 from flows.fleet.run import FleetResult, counts_of, fleet_status, refused_results, send_summary
 from flows.models import RotationResult
+from flows.prefect.artifact import SUMMARY_KEY
 
 POLL_S = 2.0
 
@@ -142,8 +143,6 @@ def _batch_entries(run_id: str, batch: list[str], run: Any) -> list[RotationResu
     """The batch's entries as its summary artifact recorded them; entries it never reported fail."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
-
-    from flows.fleet.prefect_run import SUMMARY_KEY
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(

@@ -12,21 +12,31 @@ progress artifact updated as entries finish) and ``langfuse-fleet-summary`` (one
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from flows.config.model import ProjectEntry, RotationConfig
-from flows.fleet.run import FleetProgress, FleetResult, ProgressSink
+from flows.fleet.batches import run_in_batches
+from flows.fleet.run import (
+    ApprovalRunner,
+    FleetProgress,
+    FleetResult,
+    ProgressSink,
+    run_fleet,
+    terminal_progress_sink,
+)
 from flows.models import RotationResult
-from flows.prefect.artifact import artifact_key, summary_markdown
+from flows.prefect.artifact import SUMMARY_KEY, artifact_key, summary_markdown
+from flows.prefect.flow_run import tag_flow_run
 from flows.prefect.recorded import state_of
 from flows.prefect.rest import PrefectRest, RunRecords
+from flows.rotation.lock import prefect_server_configured, rest_api
 
 ENTRY_FLOW_NAME = "langfuse-key-rotation"
 PROGRESS_KEY = "langfuse-fleet-progress"
-SUMMARY_KEY = "langfuse-fleet-summary"
 
 
 class PrefectEntryRecorder:
@@ -206,13 +216,12 @@ def fleet_final_state(result: FleetResult) -> Any:
     return Failed(message=f"failed: fleet {result.status}: {detail}", data=result)
 
 
-def approval_runner(config_path: str | None) -> Any:
-    """Entries with ``approval: required`` run as their own ``rotate`` flow run, which can pause."""
+def approval_runner(rotate: Callable[..., Any], config_path: str | None) -> ApprovalRunner:
+    """Entries with ``approval: required`` run as their own ``rotate`` flow run, which can pause.
+    ``rotate``: that flow (``flows.rotate.rotate``), handed down by the fleet flow beside it."""
 
     def run(entry: ProjectEntry) -> RotationResult:
         from prefect.client.schemas.objects import State
-
-        from flows.rotate import rotate
 
         state = rotate(project=entry.name, config_path=config_path, return_state=True)
         assert isinstance(state, State)
@@ -233,18 +242,14 @@ def run_fleet_flow(
     concurrency: int | None,
     show_progress: bool,
     summary: bool = True,
+    rotate: Callable[..., Any],
 ) -> Any:
     """The body of the ``langfuse-key-rotation-all`` flow: the whole fleet here, or (``fleet.batch_size``
-    with a Prefect server) handed out in batches to the work pool. ``config``: as the flow loaded it."""
-    from flows.fleet.run import run_fleet, terminal_progress_sink
-    from flows.prefect.flow_run import tag_flow_run
-    from flows.rotation.lock import prefect_server_configured, rest_api
-
+    with a Prefect server) handed out in batches to the work pool. ``config``: as the flow loaded it.
+    ``rotate``: the single-entry flow, which runs the entries that need approval."""
     tag_flow_run(flow_run_id, project="all", mode="scheduled", store="all")
     server = prefect_server_configured()
     if entries is None and config.fleet.batch_size and server:
-        from flows.fleet.batches import run_in_batches
-
         result = run_in_batches(config, config_path=config_path, concurrency=concurrency, fleet_run_id=flow_run_id)
         publish_fleet_summary(result)
         return fleet_final_state(result)
@@ -265,7 +270,7 @@ def run_fleet_flow(
             progress_sinks=sinks,
             shared_pacing=server,
             lock_with_prefect=server,
-            approval_runner=approval_runner(config_path),
+            approval_runner=approval_runner(rotate, config_path),
             fleet_run_id=flow_run_id,
             notify_summary=summary,
         )

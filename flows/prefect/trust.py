@@ -139,6 +139,7 @@ def _audit_refusal(command: str, project: str | None, refused: RunRefusedError) 
     from prefect.runtime import flow_run as runtime_flow_run
 
     from flows.audit import audit_failure, default_audit_path, run_context
+    from flows.config.model import audit_path_for
     from flows.prefect.initiator import prefect_initiator
 
     environment_set = isinstance(refused, JobVariablesRefusedError) and "env" in refused.overridden
@@ -146,7 +147,11 @@ def _audit_refusal(command: str, project: str | None, refused: RunRefusedError) 
     user = str(initiator["user"]) if initiator else None
     with run_context(command, run_id=str(runtime_flow_run.id), initiator=initiator, user=user):
         audit_failure(
-            command, project, refused, path=default_audit_path() if environment_set else None, outcome="refused"
+            command,
+            project,
+            refused,
+            path=default_audit_path() if environment_set else audit_path_for(None),
+            outcome="refused",
         )
 
 
