@@ -51,6 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from flows.errors import AuditFileError, BadInputError, ConfigError
 from flows.redact import scrub
 from flows.state import state_dir
 
@@ -256,10 +257,6 @@ class AuditLog:
             print(f"error: the audit line could not be written: {error}", file=sys.stderr, flush=True)
 
 
-class AuditFileError(Exception):
-    """The audit file or its directory is not the rotator's own, or the line could not be written."""
-
-
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -361,10 +358,8 @@ def audit_failure(
     configured audit path (``flows.config.model.audit_path_for``), else the default one."""
     if final_line_written() or getattr(error, "audited", False):
         return
-    from flows.errors import ConfigError
-
     if outcome is None:
-        bad_input = isinstance(error, ConfigError) or type(error).__name__ == "BadInputError"
+        bad_input = isinstance(error, ConfigError | BadInputError)
         outcome = "bad_input" if bad_input else "failed"
     message = " ".join((str(error) or type(error).__name__).split()) if error else ""
     log = AuditLog(path or default_audit_path())

@@ -250,6 +250,37 @@ def test_flows_has_at_most_a_dozen_top_level_modules() -> None:
     assert len(top) <= 12, top
 
 
+# Exceptions outside ``flows/errors.py``: the modules of the branch that rewrites them (issue 20
+# items 2-3), and one private to its module (control flow inside one function, never raised out).
+_EXCEPTIONS_ELSEWHERE = {
+    "flows.prefect.rest.PrefectApiError",
+    "flows.rotation.lock.LockDirError",
+    "flows.trigger.checks.EventRefused",
+    "flows.trigger.forwarder.Refused",
+    "flows.trigger.forwarder.SetupError",
+    "flows.trigger.forwarder._DeadlinePassed",
+    "flows.compliance.inventory._AuthCheckFailed",
+}
+
+
+def _is_exception(node: ast.ClassDef) -> bool:
+    names = [b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "" for b in node.bases]
+    return any(n.endswith(("Error", "Exception")) or n in {"Refused", "CheckFailed"} for n in names) or (
+        node.name.endswith(("Error", "Exception"))
+    )
+
+
+def test_every_flows_exception_lives_in_errors() -> None:
+    elsewhere = {
+        f"{module}.{node.name}"
+        for module, path in MODULES.items()
+        if module.startswith("flows") and module != "flows.errors"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef) and _is_exception(node)
+    }
+    assert elsewhere - _EXCEPTIONS_ELSEWHERE == set()
+
+
 @pytest.mark.xfail(reason="branch onerest: one lock on Prefect's public REST API", strict=False)
 def test_no_prefect_internals() -> None:
     hits = [

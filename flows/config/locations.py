@@ -159,16 +159,6 @@ def collision_text(holder: Holder) -> str:
     )
 
 
-class LocationCollision(ValueError):
-    """Entry number ``index`` (``entry``) would share its secret with ``holder``."""
-
-    def __init__(self, index: int, entry: str, holder: Holder) -> None:
-        super().__init__(f"entry '{entry}' {collision_text(holder)}")
-        self.index = index
-        self.entry = entry
-        self.holder = holder
-
-
 @dataclass
 class Claims:
     """The places taken so far, and by whom."""

@@ -25,11 +25,11 @@ from connectors.consumers import check_argv, check_headers, check_not_shell_stri
 from connectors.store import FieldNames, SecretLocation
 from connectors.urls import RedactedUrl, SecretUrl
 from flows.audit import default_audit_path
-from flows.config.locations import Claims, LocationCollision, StorePlaces
+from flows.config.locations import Claims, StorePlaces, collision_text
 from flows.config.stores import STORE_KINDS, StoreConfig, store_kinds_text
 from flows.config.transport import warn_transport_risks
 from flows.config.types import StorePath, StrictModel, Url
-from flows.errors import ConfigError
+from flows.errors import ConfigError, LocationCollision
 from flows.shown import ENTRY_NAME_PATTERN
 
 if TYPE_CHECKING:
@@ -321,7 +321,7 @@ class RotationConfig(StrictModel):
         for i, entry in enumerate(self.projects):
             holder = claims.holder(entry.store, entry.path)
             if holder is not None:
-                raise LocationCollision(i, entry.name, holder)
+                raise LocationCollision(i, entry.name, collision_text(holder))
             claims.take(entry.store, entry.path, entry.name)
         return claims
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from connectors.errors import ConnectorError
 from connectors.langfuse import LangfuseProjectClient
+from flows.errors import CheckFailed
 from flows.models import RotationResult, StepRecord
 from flows.redact import register_secret
 from flows.rotation.context import EntryContext
@@ -86,10 +87,6 @@ def dry_run(ctx: EntryContext) -> RotationResult:
     result.error = "; ".join(f"{s.step}: {s.detail}" for s in failed) or None
     result.duration_s = round(time.monotonic() - started, 3)
     return result
-
-
-class CheckFailed(Exception):
-    pass
 
 
 def plan_text(ctx: EntryContext) -> str:
