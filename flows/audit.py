@@ -77,7 +77,7 @@ def default_audit_path() -> Path:
     return state_dir() / "audit.jsonl"
 
 
-def ecs_outcome(outcome: str) -> str:
+def _ecs_outcome(outcome: str) -> str:
     """A status or step outcome as ECS ``event.outcome``: success, failure or unknown."""
     if outcome in _SUCCESS:
         return "success"
@@ -86,7 +86,7 @@ def ecs_outcome(outcome: str) -> str:
     return "unknown"
 
 
-def default_actor() -> str:
+def _default_actor() -> str:
     explicit = os.environ.get(ACTOR_ENV_VAR)
     if explicit:
         return explicit
@@ -138,7 +138,7 @@ def current_run() -> RunContext | None:
 
 
 def cli_initiator() -> dict[str, Any]:
-    return {"type": "cli", "user": default_actor(), "host": socket.gethostname()}
+    return {"type": "cli", "user": _default_actor(), "host": socket.gethostname()}
 
 
 @contextlib.contextmanager
@@ -156,7 +156,7 @@ def run_context(
         command=command,
         run_id=run_id or (parent.run_id if parent else str(uuid.uuid4())),
         initiator=chosen_initiator,
-        user=user or (parent.user if parent else str(chosen_initiator.get("user") or default_actor())),
+        user=user or (parent.user if parent else str(chosen_initiator.get("user") or _default_actor())),
         parent=parent,
     )
     token = _current.set(ctx)
@@ -182,7 +182,7 @@ class AuditLog:
     def __init__(self, path: Path | str | None, *, actor: str | None = None, run_id: str | None = None) -> None:
         self.path = Path(path) if path is not None else default_audit_path()
         self.run = _current.get()
-        self.actor = actor or (self.run.user if self.run else default_actor())
+        self.actor = actor or (self.run.user if self.run else _default_actor())
         self.run_id = run_id or (self.run.run_id if self.run else str(uuid.uuid4()))
         self.rotation_id: str | None = None
         self.host = socket.gethostname()
@@ -227,7 +227,7 @@ class AuditLog:
                 "kind": "event",
                 "dataset": "langfuse_rotate.audit",
                 "action": action,
-                "outcome": ecs_outcome(outcome),
+                "outcome": _ecs_outcome(outcome),
             },
             "message": f"{action} {entry or '-'}: {outcome}",
             "user": {"name": self.actor},
@@ -244,7 +244,7 @@ class AuditLog:
                 stream.flush()
             return
         try:
-            append_line(self.path, text.encode())
+            _append_line(self.path, text.encode())
         except AuditFileError as exc:
             self._failed(str(exc))
 
@@ -260,7 +260,7 @@ class AuditLog:
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def append_line(path: Path, data: bytes) -> None:
+def _append_line(path: Path, data: bytes) -> None:
     """Append ``data`` to the audit file at ``path``; ``AuditFileError`` (one line) when the file or
     its directory is a symbolic link, not this user's, writable by others, or not a regular file.
 
@@ -340,7 +340,7 @@ def _version() -> str:
 # --- the final line of a run --------------------------------------------------------------------
 
 
-def final_line_written() -> bool:
+def _final_line_written() -> bool:
     run = _current.get()
     return run is not None and run.final_written
 
@@ -356,7 +356,7 @@ def audit_failure(
     """The final line of a run that stopped before it produced a result (bad input, a crash in the
     tool). Written once: a run whose final line is already written is left alone. ``path``: the
     configured audit path (``flows.config.model.audit_path_for``), else the default one."""
-    if final_line_written() or getattr(error, "audited", False):
+    if _final_line_written() or getattr(error, "audited", False):
         return
     if outcome is None:
         bad_input = isinstance(error, ConfigError | BadInputError)

@@ -45,7 +45,7 @@ class Place:
     account: Account = None
 
 
-def server_of(url: str) -> Key:
+def _server_of(url: str) -> Key:
     """``(host, port, base path)`` of a URL; every loopback spelling is one host."""
     try:
         parts = urlsplit(url)
@@ -86,7 +86,7 @@ class StorePlaces:
 def _store_base(name: str, settings: StoreSettings) -> tuple[Key, Account]:
     if isinstance(settings, VaultStoreConfig):
         mount = "/".join(p.strip("/") for p in (settings.namespace or "", settings.mount) if p.strip("/"))
-        return ("vault", *server_of(settings.url), mount), None
+        return ("vault", *_server_of(settings.url), mount), None
     if isinstance(settings, AwsStoreConfig):
         region = _aws_region(settings)
         endpoint = settings.endpoint_url or f"https://secretsmanager.{region}.amazonaws.com"
@@ -95,7 +95,7 @@ def _store_base(name: str, settings: StoreSettings) -> tuple[Key, Account]:
             account = ("account", settings.role_arn.split(":")[4])
         elif settings.profile is not None:
             account = ("profile", settings.profile)
-        return ("aws", *server_of(endpoint), region), account
+        return ("aws", *_server_of(endpoint), region), account
     return (settings.kind, "store", name), None
 
 

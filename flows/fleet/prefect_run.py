@@ -143,7 +143,7 @@ class _ClientApi(RunRecords):
                 self._open.pop().__exit__(None, None, None)
 
 
-def progress_artifact_sink(fleet_run_id: str) -> ProgressSink:
+def _progress_artifact_sink(fleet_run_id: str) -> ProgressSink:
     """A progress artifact on the fleet run, updated as entries finish."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
@@ -174,7 +174,7 @@ def progress_artifact_sink(fleet_run_id: str) -> ProgressSink:
     return sink
 
 
-def publish_fleet_summary(result: FleetResult) -> None:
+def _publish_fleet_summary(result: FleetResult) -> None:
     from prefect.artifacts import create_table_artifact
 
     rows = [
@@ -199,7 +199,7 @@ def publish_fleet_summary(result: FleetResult) -> None:
     )
 
 
-def fleet_final_state(result: FleetResult) -> Any:
+def _fleet_final_state(result: FleetResult) -> Any:
     """Completed when every entry is fine; a failed fleet's message starts with a status, so the
     failure hook does not notify what the summary already did."""
     from prefect.states import Completed, Failed
@@ -251,10 +251,10 @@ def run_fleet_flow(
     server = prefect_server_configured()
     if entries is None and config.fleet.batch_size and server:
         result = run_in_batches(config, config_path=config_path, concurrency=concurrency, fleet_run_id=flow_run_id)
-        publish_fleet_summary(result)
-        return fleet_final_state(result)
+        _publish_fleet_summary(result)
+        return _fleet_final_state(result)
     recorder = PrefectEntryRecorder(flow_run_id)
-    sinks: list[ProgressSink] = [progress_artifact_sink(flow_run_id)]
+    sinks: list[ProgressSink] = [_progress_artifact_sink(flow_run_id)]
     if show_progress:
         sinks.append(terminal_progress_sink())
     lock_api = rest_api() if server else None
@@ -276,5 +276,5 @@ def run_fleet_flow(
         )
     finally:
         recorder.close()
-    publish_fleet_summary(result)
-    return fleet_final_state(result)
+    _publish_fleet_summary(result)
+    return _fleet_final_state(result)
