@@ -93,7 +93,7 @@ def matches(template: ProjectTemplate, name: str) -> bool:
     )
 
 
-def _entry_for(template: ProjectTemplate, project: OrganizationProject) -> ProjectEntry:
+def entry_for(template: ProjectTemplate, project: OrganizationProject) -> ProjectEntry:
     """The entry the template makes for ``project``; raises ``ValueError`` naming what is invalid."""
     consumers = [
         c.model_copy(
@@ -152,7 +152,7 @@ def expand(
             )
             continue
         try:
-            entry = _entry_for(template, project)
+            entry = entry_for(template, project)
         except ValueError as exc:
             report[project.id] = Generated(project.name, project.id, None, f"invalid entry: {exc}")
             continue
