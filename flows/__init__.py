@@ -1,13 +1,13 @@
 """The rotator's flows, one package per concern (README "Development" maps it too).
 
-The intended order: a package imports only from those above it in this list (a few imports do not
-follow it yet, see README "Development"):
+A package imports only from those above it in this list (``tests/test_architecture.py`` checks
+it; the few imports still against it are listed there and in README "Development"):
 
 - ``flows`` itself: shared leaves (``errors``, ``models``, ``redact``, ``audit``, ``clock``,
   ``state``, ``shown``) and the Prefect flows deployments name (``rotate``, ``emergency``,
   ``reconcile``, ``report_flow``; their paths are the entrypoints in ``deployments/prefect.yaml``).
 - ``flows.config``: the configuration model, its field types, locations, transport checks,
-  ``project_template`` expansion and the store registry.
+  ``project_template`` expansion, the organization key and the store registry.
 - ``flows.rotation``: a rotation without Prefect: steps, checklists, plan, context, runners, lock,
   handover, crash points, dry run, notifications, and ``entry_run`` which runs one entry.
 - ``flows.prefect``: Prefect's side of a run: REST client, flow-run records, hooks, trust boundary,

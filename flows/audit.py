@@ -45,12 +45,13 @@ import stat
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
+from flows.errors import AuditFileError, BadInputError, ConfigError
 from flows.redact import scrub
 from flows.state import state_dir
 
@@ -76,7 +77,7 @@ def default_audit_path() -> Path:
     return state_dir() / "audit.jsonl"
 
 
-def ecs_outcome(outcome: str) -> str:
+def _ecs_outcome(outcome: str) -> str:
     """A status or step outcome as ECS ``event.outcome``: success, failure or unknown."""
     if outcome in _SUCCESS:
         return "success"
@@ -85,7 +86,7 @@ def ecs_outcome(outcome: str) -> str:
     return "unknown"
 
 
-def default_actor() -> str:
+def _default_actor() -> str:
     explicit = os.environ.get(ACTOR_ENV_VAR)
     if explicit:
         return explicit
@@ -137,7 +138,7 @@ def current_run() -> RunContext | None:
 
 
 def cli_initiator() -> dict[str, Any]:
-    return {"type": "cli", "user": default_actor(), "host": socket.gethostname()}
+    return {"type": "cli", "user": _default_actor(), "host": socket.gethostname()}
 
 
 @contextlib.contextmanager
@@ -155,7 +156,7 @@ def run_context(
         command=command,
         run_id=run_id or (parent.run_id if parent else str(uuid.uuid4())),
         initiator=chosen_initiator,
-        user=user or (parent.user if parent else str(chosen_initiator.get("user") or default_actor())),
+        user=user or (parent.user if parent else str(chosen_initiator.get("user") or _default_actor())),
         parent=parent,
     )
     token = _current.set(ctx)
@@ -181,7 +182,7 @@ class AuditLog:
     def __init__(self, path: Path | str | None, *, actor: str | None = None, run_id: str | None = None) -> None:
         self.path = Path(path) if path is not None else default_audit_path()
         self.run = _current.get()
-        self.actor = actor or (self.run.user if self.run else default_actor())
+        self.actor = actor or (self.run.user if self.run else _default_actor())
         self.run_id = run_id or (self.run.run_id if self.run else str(uuid.uuid4()))
         self.rotation_id: str | None = None
         self.host = socket.gethostname()
@@ -226,7 +227,7 @@ class AuditLog:
                 "kind": "event",
                 "dataset": "langfuse_rotate.audit",
                 "action": action,
-                "outcome": ecs_outcome(outcome),
+                "outcome": _ecs_outcome(outcome),
             },
             "message": f"{action} {entry or '-'}: {outcome}",
             "user": {"name": self.actor},
@@ -243,7 +244,7 @@ class AuditLog:
                 stream.flush()
             return
         try:
-            append_line(self.path, text.encode())
+            _append_line(self.path, text.encode())
         except AuditFileError as exc:
             self._failed(str(exc))
 
@@ -256,14 +257,10 @@ class AuditLog:
             print(f"error: the audit line could not be written: {error}", file=sys.stderr, flush=True)
 
 
-class AuditFileError(Exception):
-    """The audit file or its directory is not the rotator's own, or the line could not be written."""
-
-
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def append_line(path: Path, data: bytes) -> None:
+def _append_line(path: Path, data: bytes) -> None:
     """Append ``data`` to the audit file at ``path``; ``AuditFileError`` (one line) when the file or
     its directory is a symbolic link, not this user's, writable by others, or not a regular file.
 
@@ -343,18 +340,7 @@ def _version() -> str:
 # --- the final line of a run --------------------------------------------------------------------
 
 
-def audit_path_for(config_path: str | os.PathLike[str] | None) -> Path:
-    """The configured audit path, or the default one when the configuration cannot be read."""
-    from flows.config.model import load_config
-    from flows.errors import ConfigError
-
-    try:
-        return load_config(config_path, warn=False).audit.path
-    except (ConfigError, OSError, ValueError):
-        return default_audit_path()
-
-
-def final_line_written() -> bool:
+def _final_line_written() -> bool:
     run = _current.get()
     return run is not None and run.final_written
 
@@ -364,21 +350,19 @@ def audit_failure(
     entry: str | None,
     error: BaseException | str,
     *,
-    config_path: str | os.PathLike[str] | None = None,
     path: Path | None = None,
     outcome: str | None = None,
 ) -> None:
     """The final line of a run that stopped before it produced a result (bad input, a crash in the
-    tool). Written once: a run whose final line is already written is left alone."""
-    if final_line_written() or getattr(error, "audited", False):
+    tool). Written once: a run whose final line is already written is left alone. ``path``: the
+    configured audit path (``flows.config.model.audit_path_for``), else the default one."""
+    if _final_line_written() or getattr(error, "audited", False):
         return
-    from flows.errors import ConfigError
-
     if outcome is None:
-        bad_input = isinstance(error, ConfigError) or type(error).__name__ == "BadInputError"
+        bad_input = isinstance(error, ConfigError | BadInputError)
         outcome = "bad_input" if bad_input else "failed"
     message = " ".join((str(error) or type(error).__name__).split()) if error else ""
-    log = AuditLog(path or audit_path_for(config_path))
+    log = AuditLog(path or default_audit_path())
     log.final(command, entry, outcome, error=scrub(message))
     _mark_audited(error)
 
@@ -412,59 +396,3 @@ def audit_result(command: str, result: Any, *, path: Path | None = None, **detai
         duration_s=result.duration_s,
         **details,
     )
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def audited_run(fn: F) -> F:
-    """For ``flows.rotation.entry_run.execute(kind, project, config_path, runner, ..., config=None)``: loads
-    the configuration once, unless the caller already did (``config``), and hands it down as
-    ``config``; every call writes exactly one final line, whatever happens inside (result, bad
-    input, a configuration that cannot be read, an unexpected error)."""
-
-    @functools.wraps(fn)
-    def wrapper(kind: str, project: str, config_path: str | None, *args: Any, **kwargs: Any) -> Any:
-        from flows.config.model import load_config
-        from flows.redact import install_redaction
-
-        install_redaction()
-        with run_context(kind, run_id=kwargs.get("flow_run_id")) as run:
-            config = kwargs.get("config")
-            try:
-                if config is None:
-                    config = kwargs["config"] = load_config(config_path)
-                result = fn(kind, project, config_path, *args, **kwargs)
-            except BaseException as exc:
-                if not run.final_written:
-                    path = config.audit.path if config is not None else default_audit_path()
-                    audit_failure(kind, project, exc, path=path)
-                raise
-            if not run.final_written:
-                audit_result(kind, result, path=config.audit.path)
-            if run.audit_error is not None:
-                result = _audit_failed(result, run.audit_error, config, config_path)
-            return result
-
-    return wrapper  # type: ignore[return-value]
-
-
-_DONE = {"rotated", "contained", "reconciled", "planned"}
-
-
-def _audit_failed(result: Any, error: str, config: Any, config_path: str | None) -> Any:
-    """The result of a run some audit line of which could not be written: a run that was done needs
-    a person (exit 4: done, but its record is missing); a failed or refused one keeps its status
-    (and exit code); either way the error says so, and a notification too (inside a fleet run, its
-    summary does)."""
-    from flows.rotation.notification import held_for_summary, notification_for, send_to
-
-    said = f"the audit line could not be written: {error}"
-    if result.status in _DONE:
-        update = {"status": "needs_attention", "error": f"{result.status}, but {said}"}
-    else:
-        update = {"error": f"{result.error}; {said}" if result.error else said}
-    changed = result.model_copy(update=update)
-    if held_for_summary.get() is None:
-        send_to(config_path, notification_for(changed), config=config)
-    return changed

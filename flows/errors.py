@@ -53,6 +53,49 @@ class StepFailed(RotateError):
         super().__init__(scrub(" ".join(message.split())))
 
 
+class RunRefusedError(Exception):
+    """A deployment run refused at the trust boundary (``flows.prefect.trust``) before it read any
+    configuration: the flow run fails (exit 1 where a command waits for it)."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.FAILED
+
+
+class JobVariablesRefusedError(RunRefusedError):
+    """The flow run (or its deployment) overrides the work pool's job template."""
+
+    def __init__(self, overridden: list[str], message: str) -> None:
+        super().__init__(message)
+        self.overridden = overridden
+
+
+class ConfigPathRefusedError(RunRefusedError):
+    """The deployment run names a configuration file the worker does not allow."""
+
+
+class CheckFailed(Exception):
+    """A dry run's check found the entry not ready (``flows.rotation.dryrun``): reported in the
+    plan, never raised out of it."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.FAILED
+
+
+class AuditFileError(Exception):
+    """The audit file or its directory is not the rotator's own, or the line could not be written
+    (README "Audit log"): the run's result says so, exit 4 when the run was otherwise done."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.FAILED
+
+
+class LocationCollision(ValueError):
+    """Entry number ``index`` (``entry``) would share its secret with another holder (``reason``
+    says which): ``flows.config.model`` turns it into a ``ConfigError`` naming the line."""
+
+    def __init__(self, index: int, entry: str, reason: str) -> None:
+        super().__init__(f"entry '{entry}' {reason}")
+        self.index = index
+        self.entry = entry
+
+
 class StepTimeout(BaseException):
     """Raised inside a step run in-process when its deadline passes. A BaseException so that no
     ``except Exception`` inside the step swallows it; the runner turns it into a ``StepFailed``."""

@@ -34,13 +34,13 @@ STATE_VARIABLE = "langfuse_compliance_last_findings"
 _MAX_KEPT_CHARS = 4500  # Prefect variables hold up to 5000 characters
 
 
-def compliance_run_name() -> str:
+def _compliance_run_name() -> str:
     return run_name("compliance")
 
 
 @flow(
     name="langfuse-compliance-report",
-    flow_run_name=compliance_run_name,
+    flow_run_name=_compliance_run_name,
     persist_result=False,
     log_prints=False,
     on_failure=[notify_unhandled_failure],
@@ -54,7 +54,7 @@ def compliance_report(config_path: str | None = None, state_variable: str = STAT
     flow_run_id, _ = current_flow_run()
     config = load_config(config_path)
     report = collect_report(config)
-    publish_report(report)
+    _publish_report(report)
     emit_report_events(report, [e.name for e in config.projects], flow_run_id=flow_run_id)
     if report.errors:
         return Failed(message=scrub("compliance report incomplete: could not read " + "; ".join(report.errors)))
@@ -66,7 +66,7 @@ def compliance_report(config_path: str | None = None, state_variable: str = STAT
     return {"findings": len(report.findings), "highest": report.highest(), "notified": notification is not None}
 
 
-def publish_report(report: Report) -> None:
+def _publish_report(report: Report) -> None:
     counts = report.summary()
     create_markdown_artifact(key=MARKDOWN_KEY, markdown=report_markdown(report), description=f"Compliance: {counts}")
     rows = report_table(report) or [

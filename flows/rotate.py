@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow
 
 from flows.config.model import load_config
+from flows.fleet.prefect_run import run_fleet_flow
 from flows.prefect.flow_run import (
     current_flow_run,
     final_state,
@@ -79,8 +80,6 @@ def rotate_all(
     """Rotate every configured entry concurrently (docs/fleet.md); ``entries`` limits the
     run to some of them (a batch: ``summary`` off, the fleet run that started it notifies). Each
     entry is recorded as its own flow run."""
-    from flows.fleet.prefect_run import run_fleet_flow
-
     config_path = trusted_config_path("rotate-all", None, config_path)
     flow_run_id, _ = current_flow_run()
     with flow_run_audit("rotate", None, config_path, flow_run_id):
@@ -94,4 +93,5 @@ def rotate_all(
             concurrency=concurrency,
             show_progress=show_progress,
             summary=summary,
+            rotate=rotate,
         )

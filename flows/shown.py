@@ -15,7 +15,9 @@ import re
 import unicodedata
 
 from connectors.keypair import is_public_key
-from flows.config.model import ENTRY_NAME_PATTERN
+
+ENTRY_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+"""What a configured entry's name may be (a config check; events and run parameters are held to it too)."""
 
 INVALID = "<invalid>"
 """What a value that failed its check is shown as."""

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from flows.cli import inventory as inventory_cli
@@ -415,7 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _read_only(args: argparse.Namespace) -> int:
     """``status`` and ``report``: no Prefect; one final audit line like every other command."""
-    from flows.audit import AuditLog, audit_path_for, cli_initiator, run_context
+    from flows.audit import AuditLog, cli_initiator, run_context
+    from flows.config.model import audit_path_for
 
     with run_context(args.command, initiator=cli_initiator()):
         code = inventory_cli.run_command(args)
@@ -425,12 +427,18 @@ def _read_only(args: argparse.Namespace) -> int:
     return code
 
 
+def _audit_path(args: argparse.Namespace) -> Path:
+    from flows.config.model import audit_path_for
+
+    return audit_path_for(getattr(args, "config", None))
+
+
 def _bad_input(args: argparse.Namespace, exc: Exception, out: Output) -> int:
     from flows.audit import audit_failure
     from flows.errors import exit_code_of
 
     message = scrub(" ".join(str(exc).split()))
-    audit_failure(args.command, getattr(args, "project", None), exc, config_path=getattr(args, "config", None))
+    audit_failure(args.command, getattr(args, "project", None), exc, path=_audit_path(args))
     print(f"{PROG}: error: {message}", file=sys.stderr)
     if out.as_json and getattr(args, "all", False):
         from flows.cli.fleet import bad_input_json
@@ -553,7 +561,7 @@ def _failed_outside_the_run(args: argparse.Namespace, message: str, out: Output)
     from flows.audit import audit_failure
 
     message = scrub(message)
-    audit_failure(args.command, args.project, message, config_path=args.config, outcome="failed")
+    audit_failure(args.command, args.project, message, path=_audit_path(args), outcome="failed")
     print(f"{PROG}: error: {message}", file=sys.stderr)
     if out.as_json and getattr(args, "all", False):
         from flows.cli.fleet import bad_input_json

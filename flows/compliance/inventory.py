@@ -26,11 +26,11 @@ from connectors.langfuse import ApiKeySummary, LangfuseAdminClient, LangfuseProj
 from connectors.store import SecretStore, StoreDescription
 from flows.clock import future_note, in_the_future
 from flows.config.model import ProjectEntry, RotationConfig
+from flows.config.org import org_key
 from flows.config.stores import build_store
 from flows.config.transport import transport_risks
 from flows.errors import ConfigError
 from flows.redact import install_redaction, scrub
-from flows.rotation.context import org_key
 from flows.rotation.trace_evidence import trace_watches
 
 T = TypeVar("T")

@@ -4,7 +4,7 @@ Rules (README, compliance report): ``key-overdue``, ``key-due-soon``, ``stray-ke
 ``shared-key``, ``wrong-scope``, ``rotation-stuck``, ``consumer-drift``, ``access``,
 ``location-collision``, ``unsafe-project-name``, ``plaintext-transport``. Each finding
 names its rule, a severity, the entry (or the Langfuse project) and the public key involved;
-never a secret. ``collect_report`` reads (in parallel, read-only), ``evaluate`` is the rules
+never a secret. ``collect_report`` reads (in parallel, read-only), ``_evaluate`` is the rules
 over what was read, so the rules are plain functions of facts.
 """
 
@@ -177,7 +177,7 @@ def collect_report(config: RotationConfig, *, now: datetime | None = None) -> Re
     finally:
         conns.close()
     from_config = [*_template_refusals(config, org), *_plaintext_transport(config)]
-    findings = evaluate(config.policy, inventory, org, now, from_config)
+    findings = _evaluate(config.policy, inventory, org, now, from_config)
     problems = problem_lines(inventory) + [e for e in errors if e not in inventory.errors]
     return Report(
         findings=findings,
@@ -256,7 +256,7 @@ def _read_memberships(conns: Connections, org: OrgFacts, errors: list[str]) -> N
 # --- the rules ----------------------------------------------------------------------------------
 
 
-def evaluate(
+def _evaluate(
     policy: PolicyConfig, inventory: Inventory, org: OrgFacts, now: datetime, from_config: Iterable[Finding] = ()
 ) -> list[Finding]:
     """The rules over what was read; ``from_config``: findings about the configuration itself."""

@@ -45,7 +45,7 @@ class Place:
     account: Account = None
 
 
-def server_of(url: str) -> Key:
+def _server_of(url: str) -> Key:
     """``(host, port, base path)`` of a URL; every loopback spelling is one host."""
     try:
         parts = urlsplit(url)
@@ -86,7 +86,7 @@ class StorePlaces:
 def _store_base(name: str, settings: StoreSettings) -> tuple[Key, Account]:
     if isinstance(settings, VaultStoreConfig):
         mount = "/".join(p.strip("/") for p in (settings.namespace or "", settings.mount) if p.strip("/"))
-        return ("vault", *server_of(settings.url), mount), None
+        return ("vault", *_server_of(settings.url), mount), None
     if isinstance(settings, AwsStoreConfig):
         region = _aws_region(settings)
         endpoint = settings.endpoint_url or f"https://secretsmanager.{region}.amazonaws.com"
@@ -95,7 +95,7 @@ def _store_base(name: str, settings: StoreSettings) -> tuple[Key, Account]:
             account = ("account", settings.role_arn.split(":")[4])
         elif settings.profile is not None:
             account = ("profile", settings.profile)
-        return ("aws", *server_of(endpoint), region), account
+        return ("aws", *_server_of(endpoint), region), account
     return (settings.kind, "store", name), None
 
 
@@ -157,16 +157,6 @@ def collision_text(holder: Holder) -> str:
         f"would be stored in the same secret as {holder.describe()} (the same server and path, whatever the "
         "store's name): rotating one would revoke the key the other's services use; give each its own path"
     )
-
-
-class LocationCollision(ValueError):
-    """Entry number ``index`` (``entry``) would share its secret with ``holder``."""
-
-    def __init__(self, index: int, entry: str, holder: Holder) -> None:
-        super().__init__(f"entry '{entry}' {collision_text(holder)}")
-        self.index = index
-        self.entry = entry
-        self.holder = holder
 
 
 @dataclass

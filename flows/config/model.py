@@ -25,11 +25,12 @@ from connectors.consumers import check_argv, check_headers, check_not_shell_stri
 from connectors.store import FieldNames, SecretLocation
 from connectors.urls import RedactedUrl, SecretUrl
 from flows.audit import default_audit_path
-from flows.config.locations import Claims, LocationCollision, StorePlaces
+from flows.config.locations import Claims, StorePlaces, collision_text
 from flows.config.stores import STORE_KINDS, StoreConfig, store_kinds_text
 from flows.config.transport import warn_transport_risks
 from flows.config.types import StorePath, StrictModel, Url
-from flows.errors import ConfigError
+from flows.errors import ConfigError, LocationCollision
+from flows.shown import ENTRY_NAME_PATTERN
 
 if TYPE_CHECKING:
     from connectors.notify import NotifyTarget  # imported where notifications are sent
@@ -38,7 +39,6 @@ CONFIG_ENV_VAR = "LANGFUSE_ROTATE_CONFIG"
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PLACEHOLDER_PREFIX = "__langfuse_rotate_env_"
 _PLACEHOLDER_PATTERN = re.compile(re.escape(_PLACEHOLDER_PREFIX) + r"(\d+)__")
-ENTRY_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
 
 class StoreRef(StrictModel):
@@ -359,7 +359,7 @@ class RotationConfig(StrictModel):
         for i, entry in enumerate(self.projects):
             holder = claims.holder(entry.store, entry.path)
             if holder is not None:
-                raise LocationCollision(i, entry.name, holder)
+                raise LocationCollision(i, entry.name, collision_text(holder))
             claims.take(entry.store, entry.path, entry.name)
         return claims
 
@@ -397,6 +397,14 @@ def load_config(path: str | os.PathLike[str] | None, *, warn: bool = True) -> Ro
     if warn:
         warn_transport_risks(config)
     return config
+
+
+def audit_path_for(config_path: str | os.PathLike[str] | None) -> Path:
+    """The configured audit path, or the default one when the configuration cannot be read."""
+    try:
+        return load_config(config_path, warn=False).audit.path
+    except (ConfigError, OSError, ValueError):
+        return default_audit_path()
 
 
 def parse_config(text: str, *, source: str = "<config>") -> RotationConfig:

@@ -26,10 +26,11 @@ from pydantic import ValidationError
 from connectors.langfuse import LangfuseAdminClient
 from connectors.langfuse.models import OrganizationProject
 from flows.config.locations import collision_text
-from flows.config.model import ENTRY_NAME_PATTERN, ProjectEntry, ProjectTemplate, RotationConfig, TracesConfig
+from flows.config.model import ProjectEntry, ProjectTemplate, RotationConfig, TracesConfig
+from flows.config.org import org_key
 from flows.config.stores import build_store
 from flows.config.types import path_value_problem
-from flows.rotation.context import org_key
+from flows.shown import ENTRY_NAME_PATTERN
 
 logger = logging.getLogger("langfuse_rotate.templates")
 

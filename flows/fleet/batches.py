@@ -26,11 +26,12 @@ from flows.config.templates import expand, organization_projects
 from flows.errors import RotateError
 from flows.fleet.run import FleetResult, counts_of, fleet_status, refused_results, send_summary
 from flows.models import RotationResult
+from flows.prefect.artifact import SUMMARY_KEY
 
 POLL_S = 2.0
 
 
-def batches_of(names: list[str], size: int) -> list[list[str]]:
+def _batches_of(names: list[str], size: int) -> list[list[str]]:
     return [names[i : i + size] for i in range(0, len(names), size)]
 
 
@@ -46,7 +47,7 @@ def run_in_batches(
     from flows.audit import AuditLog
 
     started = time.monotonic()
-    check_batch_queue_is_served(config.fleet.batch_deployment)
+    _check_batch_queue_is_served(config.fleet.batch_deployment)
     refused: list[RotationResult] = []
     if config.project_template is not None:
         config, generated = expand(config, organization_projects(config))
@@ -61,10 +62,11 @@ def run_in_batches(
             as_subflow=True,
             tags=[f"fleet:{fleet_run_id}"],
         )
-        for batch in batches_of([e.name for e in config.projects], size)
+        for batch in _batches_of([e.name for e in config.projects], size)
     ]
     batches = {
-        str(run.id): batch for run, batch in zip(runs, batches_of([e.name for e in config.projects], size), strict=True)
+        str(run.id): batch
+        for run, batch in zip(runs, _batches_of([e.name for e in config.projects], size), strict=True)
     }
     finished = _wait(list(batches))
     entries: list[RotationResult] = []
@@ -87,7 +89,7 @@ def run_in_batches(
     return result
 
 
-def check_batch_queue_is_served(deployment_name: str) -> None:
+def _check_batch_queue_is_served(deployment_name: str) -> None:
     """Refuse (one line, before any batch exists) a batch deployment whose work queue no worker polls.
 
     Prefect marks a work queue ``READY`` while workers poll it and ``NOT_READY`` once none has for
@@ -142,8 +144,6 @@ def _batch_entries(run_id: str, batch: list[str], run: Any) -> list[RotationResu
     """The batch's entries as its summary artifact recorded them; entries it never reported fail."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
-
-    from flows.fleet.prefect_run import SUMMARY_KEY
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(

@@ -12,21 +12,31 @@ progress artifact updated as entries finish) and ``langfuse-fleet-summary`` (one
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from flows.config.model import ProjectEntry, RotationConfig
-from flows.fleet.run import FleetProgress, FleetResult, ProgressSink
+from flows.fleet.batches import run_in_batches
+from flows.fleet.run import (
+    ApprovalRunner,
+    FleetProgress,
+    FleetResult,
+    ProgressSink,
+    run_fleet,
+    terminal_progress_sink,
+)
 from flows.models import RotationResult
-from flows.prefect.artifact import artifact_key, summary_markdown
+from flows.prefect.artifact import SUMMARY_KEY, artifact_key, summary_markdown
+from flows.prefect.flow_run import tag_flow_run
 from flows.prefect.recorded import state_of
 from flows.prefect.rest import PrefectRest, RunRecords
+from flows.rotation.lock import prefect_server_configured, rest_api
 
 ENTRY_FLOW_NAME = "langfuse-key-rotation"
 PROGRESS_KEY = "langfuse-fleet-progress"
-SUMMARY_KEY = "langfuse-fleet-summary"
 
 
 class PrefectEntryRecorder:
@@ -133,7 +143,7 @@ class _ClientApi(RunRecords):
                 self._open.pop().__exit__(None, None, None)
 
 
-def progress_artifact_sink(fleet_run_id: str) -> ProgressSink:
+def _progress_artifact_sink(fleet_run_id: str) -> ProgressSink:
     """A progress artifact on the fleet run, updated as entries finish."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
@@ -164,7 +174,7 @@ def progress_artifact_sink(fleet_run_id: str) -> ProgressSink:
     return sink
 
 
-def publish_fleet_summary(result: FleetResult) -> None:
+def _publish_fleet_summary(result: FleetResult) -> None:
     from prefect.artifacts import create_table_artifact
 
     rows = [
@@ -189,7 +199,7 @@ def publish_fleet_summary(result: FleetResult) -> None:
     )
 
 
-def fleet_final_state(result: FleetResult) -> Any:
+def _fleet_final_state(result: FleetResult) -> Any:
     """Completed when every entry is fine; a failed fleet's message starts with a status, so the
     failure hook does not notify what the summary already did."""
     from prefect.states import Completed, Failed
@@ -206,13 +216,12 @@ def fleet_final_state(result: FleetResult) -> Any:
     return Failed(message=f"failed: fleet {result.status}: {detail}", data=result)
 
 
-def approval_runner(config_path: str | None) -> Any:
-    """Entries with ``approval: required`` run as their own ``rotate`` flow run, which can pause."""
+def approval_runner(rotate: Callable[..., Any], config_path: str | None) -> ApprovalRunner:
+    """Entries with ``approval: required`` run as their own ``rotate`` flow run, which can pause.
+    ``rotate``: that flow (``flows.rotate.rotate``), handed down by the fleet flow beside it."""
 
     def run(entry: ProjectEntry) -> RotationResult:
         from prefect.client.schemas.objects import State
-
-        from flows.rotate import rotate
 
         state = rotate(project=entry.name, config_path=config_path, return_state=True)
         assert isinstance(state, State)
@@ -233,23 +242,19 @@ def run_fleet_flow(
     concurrency: int | None,
     show_progress: bool,
     summary: bool = True,
+    rotate: Callable[..., Any],
 ) -> Any:
     """The body of the ``langfuse-key-rotation-all`` flow: the whole fleet here, or (``fleet.batch_size``
-    with a Prefect server) handed out in batches to the work pool. ``config``: as the flow loaded it."""
-    from flows.fleet.run import run_fleet, terminal_progress_sink
-    from flows.prefect.flow_run import tag_flow_run
-    from flows.rotation.lock import prefect_server_configured, rest_api
-
+    with a Prefect server) handed out in batches to the work pool. ``config``: as the flow loaded it.
+    ``rotate``: the single-entry flow, which runs the entries that need approval."""
     tag_flow_run(flow_run_id, project="all", mode="scheduled", store="all")
     server = prefect_server_configured()
     if entries is None and config.fleet.batch_size and server:
-        from flows.fleet.batches import run_in_batches
-
         result = run_in_batches(config, config_path=config_path, concurrency=concurrency, fleet_run_id=flow_run_id)
-        publish_fleet_summary(result)
-        return fleet_final_state(result)
+        _publish_fleet_summary(result)
+        return _fleet_final_state(result)
     recorder = PrefectEntryRecorder(flow_run_id)
-    sinks: list[ProgressSink] = [progress_artifact_sink(flow_run_id)]
+    sinks: list[ProgressSink] = [_progress_artifact_sink(flow_run_id)]
     if show_progress:
         sinks.append(terminal_progress_sink())
     lock_api = rest_api() if server else None
@@ -265,11 +270,11 @@ def run_fleet_flow(
             progress_sinks=sinks,
             shared_pacing=server,
             lock_with_prefect=server,
-            approval_runner=approval_runner(config_path),
+            approval_runner=approval_runner(rotate, config_path),
             fleet_run_id=flow_run_id,
             notify_summary=summary,
         )
     finally:
         recorder.close()
-    publish_fleet_summary(result)
-    return fleet_final_state(result)
+    _publish_fleet_summary(result)
+    return _fleet_final_state(result)

@@ -389,7 +389,7 @@ def _setup_failed(
     return result
 
 
-def skip_reason(desc: StoreDescription | None, window_s: float, now: datetime) -> str | None:
+def _skip_reason(desc: StoreDescription | None, window_s: float, now: datetime) -> str | None:
     """Why the entry described by ``desc`` needs no rotation now (rotated within the window), or
     None. An unfinished rotation is never skipped: the run resumes it. Nor is a key whose rotation
     time lies in the future (``flows.clock``): its age is unknown, not zero."""
@@ -419,7 +419,7 @@ def _rotate_one(
         before: StoreDescription | None = store(entry.store).describe(entry.location())
     except ConnectorError:
         before = None  # the run's plan step reports it
-    reason = skip_reason(before, config.fleet.skip_window_s, datetime.now(UTC))
+    reason = _skip_reason(before, config.fleet.skip_window_s, datetime.now(UTC))
     if reason is not None:
         return RotationResult(
             status="skipped",
@@ -484,7 +484,7 @@ def _dry_run(config: RotationConfig, entry: ProjectEntry) -> RotationResult:
 # --- the one summary notification ---------------------------------------------------------------
 
 
-def summary_notification(result: FleetResult, run_name: str | None = None) -> Notification:
+def _summary_notification(result: FleetResult, run_name: str | None = None) -> Notification:
     """Failures and entries needing a person by name; successes counted, not listed."""
     ok = result.counts.get("rotated", 0)
     skipped = result.counts.get("skipped", 0)
@@ -524,7 +524,7 @@ def send_summary(config: RotationConfig, result: FleetResult, run_name: str | No
     """One message per fleet run; a delivery problem is audited, never fatal."""
     audit = AuditLog(config.audit.path, run_id=result.prefect_flow_run_id)
     try:
-        outcome = Notifier(config.notify.targets()).send(summary_notification(result, run_name))
+        outcome = Notifier(config.notify.targets()).send(_summary_notification(result, run_name))
     except (ConnectorError, ValueError) as exc:
         audit.record("notify", "fleet", "failed", error=one_line(exc))
         return

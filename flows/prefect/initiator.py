@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flows.audit import RunContext, audit_failure, run_context
+from flows.config.model import audit_path_for
 
 
 def prefect_initiator(event_id: str | None = None, event_source: str | None = None) -> dict[str, Any] | None:
@@ -76,5 +77,5 @@ def flow_run_audit(
             yield run
         except BaseException as exc:
             if not run.final_written:
-                audit_failure(command, project, exc, config_path=config_path)
+                audit_failure(command, project, exc, path=audit_path_for(config_path))
             raise

@@ -28,12 +28,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from flows.errors import ConfigPathRefusedError, JobVariablesRefusedError, RunRefusedError
+
 __all__ = [
     "ALLOWED_JOB_VARIABLES",
     "ALLOW_CONFIG_PATH_ENV_VAR",
-    "ConfigPathRefusedError",
-    "JobVariablesRefusedError",
-    "RunRefusedError",
     "allowed_config_path",
     "config_path_for_hook",
     "overridden_job_variables",
@@ -48,22 +47,6 @@ _ANY = {"1", "any"}
 
 ALLOWED_JOB_VARIABLES = frozenset({"name", "labels", "stream_output"})
 """Job variables that change neither what runs nor its environment."""
-
-
-class RunRefusedError(Exception):
-    """A deployment run refused at the trust boundary before it read any configuration."""
-
-
-class JobVariablesRefusedError(RunRefusedError):
-    """The flow run (or its deployment) overrides the work pool's job template."""
-
-    def __init__(self, overridden: list[str], message: str) -> None:
-        super().__init__(message)
-        self.overridden = overridden
-
-
-class ConfigPathRefusedError(RunRefusedError):
-    """The deployment run names a configuration file the worker does not allow."""
 
 
 def overridden_job_variables(*layers: Mapping[str, Any] | None) -> list[str]:
@@ -139,6 +122,7 @@ def _audit_refusal(command: str, project: str | None, refused: RunRefusedError) 
     from prefect.runtime import flow_run as runtime_flow_run
 
     from flows.audit import audit_failure, default_audit_path, run_context
+    from flows.config.model import audit_path_for
     from flows.prefect.initiator import prefect_initiator
 
     environment_set = isinstance(refused, JobVariablesRefusedError) and "env" in refused.overridden
@@ -146,7 +130,11 @@ def _audit_refusal(command: str, project: str | None, refused: RunRefusedError) 
     user = str(initiator["user"]) if initiator else None
     with run_context(command, run_id=str(runtime_flow_run.id), initiator=initiator, user=user):
         audit_failure(
-            command, project, refused, path=default_audit_path() if environment_set else None, outcome="refused"
+            command,
+            project,
+            refused,
+            path=default_audit_path() if environment_set else audit_path_for(None),
+            outcome="refused",
         )
 
 

@@ -11,13 +11,12 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
-from pydantic import SecretStr
-
 from connectors.consumers import Consumer, ConsumerClient
 from connectors.langfuse import LangfuseAdminClient, LangfuseInstanceAdmin
 from connectors.store import SecretLocation, SecretStore
 from flows.audit import AuditLog
 from flows.config.model import ProjectEntry, RotationConfig
+from flows.config.org import org_key
 from flows.config.stores import build_store
 from flows.redact import register_secret
 from flows.rotation.handover import HandoverWatch
@@ -25,18 +24,6 @@ from flows.rotation.trace_evidence import trace_watches
 
 if TYPE_CHECKING:
     from connectors.notify import Notifier
-
-
-def org_key(config: RotationConfig, stores: dict[str, SecretStore]) -> tuple[str, SecretStr]:
-    """The organization key: inline (env-interpolated) or read from a store."""
-    lf = config.langfuse
-    if lf.org_key is not None:
-        pair = stores[lf.org_key.store].read_current(lf.org_key.location())
-        register_secret(pair.secret_key)
-        return pair.public_key, pair.secret_key
-    assert lf.org_public_key is not None and lf.org_secret_key is not None
-    register_secret(lf.org_secret_key)
-    return lf.org_public_key, lf.org_secret_key
 
 
 shared_stores: ContextVar[Callable[[str], SecretStore] | None] = ContextVar("shared_stores", default=None)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from connectors.errors import ConnectorError
 from connectors.langfuse import LangfuseProjectClient
+from flows.errors import CheckFailed
 from flows.models import RotationResult, StepRecord
 from flows.redact import register_secret
 from flows.rotation.context import EntryContext
@@ -81,7 +82,7 @@ def dry_run(ctx: EntryContext) -> RotationResult:
         check("key in Langfuse", key_in_langfuse)
         check("stored pair", stored_pair_works)
     check("consumers", consumers)
-    result.steps.append(StepRecord(step="plan", outcome="done", duration_s=0.0, detail=plan_text(ctx)))
+    result.steps.append(StepRecord(step="plan", outcome="done", duration_s=0.0, detail=_plan_text(ctx)))
     failed = [s for s in result.steps if s.outcome == "failed"]
     # "Cannot proceed" is a finding for a person, not a failed-and-rolled-back run: exit 4 (README).
     result.status = "needs_attention" if failed else "planned"
@@ -90,11 +91,7 @@ def dry_run(ctx: EntryContext) -> RotationResult:
     return result
 
 
-class CheckFailed(Exception):
-    pass
-
-
-def plan_text(ctx: EntryContext) -> str:
+def _plan_text(ctx: EntryContext) -> str:
     entry = ctx.entry
     waits = (
         f"wait up to {entry.wait_timeout_s:g}s for {', '.join(c.name for c in ctx.all_consumers)}"

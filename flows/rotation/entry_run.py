@@ -6,22 +6,76 @@ server is reachable (with a ``DirectRunner``).
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 from connectors.errors import ConnectorError
 from connectors.store import StoreDescription
-from flows.audit import audited_run
-from flows.config.model import RotationConfig
+from flows.audit import audit_failure, audit_result, default_audit_path, run_context
+from flows.config.model import RotationConfig, load_config
 from flows.errors import BadInputError, ConfigError, RotationInProgressError, StepFailed
 from flows.models import Mode, RotationResult, Status
+from flows.redact import install_redaction
 from flows.rotation.checklists import Approver, run_emergency, run_reconcile, run_scheduled
 from flows.rotation.context import EntryContext
 from flows.rotation.handover import HandoverRequester, requester_name
 from flows.rotation.lock import entry_lock
-from flows.rotation.notification import notified_run
+from flows.rotation.notification import held_for_summary, notification_for, notified_run, send_to
 from flows.rotation.plan import entry_state
 from flows.rotation.runners import StepRunner
 from flows.rotation.step_table import one_line
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def audited_run(fn: _F) -> _F:
+    """For ``flows.rotation.entry_run.execute(kind, project, config_path, runner, ..., config=None)``: loads
+    the configuration once, unless the caller already did (``config``), and hands it down as
+    ``config``; every call writes exactly one final line, whatever happens inside (result, bad
+    input, a configuration that cannot be read, an unexpected error)."""
+
+    @functools.wraps(fn)
+    def wrapper(kind: str, project: str, config_path: str | None, *args: Any, **kwargs: Any) -> Any:
+        install_redaction()
+        with run_context(kind, run_id=kwargs.get("flow_run_id")) as run:
+            config = kwargs.get("config")
+            try:
+                if config is None:
+                    config = kwargs["config"] = load_config(config_path)
+                result = fn(kind, project, config_path, *args, **kwargs)
+            except BaseException as exc:
+                if not run.final_written:
+                    path = config.audit.path if config is not None else default_audit_path()
+                    audit_failure(kind, project, exc, path=path)
+                raise
+            if not run.final_written:
+                audit_result(kind, result, path=config.audit.path)
+            if run.audit_error is not None:
+                result = _audit_failed(result, run.audit_error, config, config_path)
+            return result
+
+    return wrapper  # type: ignore[return-value]
+
+
+_DONE = {"rotated", "contained", "reconciled", "planned"}
+
+
+def _audit_failed(result: Any, error: str, config: Any, config_path: str | None) -> Any:
+    """The result of a run some audit line of which could not be written: a run that was done needs
+    a person (exit 4: done, but its record is missing); a failed or refused one keeps its status
+    (and exit code); either way the error says so, and a notification too (inside a fleet run, its
+    summary does)."""
+    said = f"the audit line could not be written: {error}"
+    if result.status in _DONE:
+        update = {"status": "needs_attention", "error": f"{result.status}, but {said}"}
+    else:
+        update = {"error": f"{result.error}; {said}" if result.error else said}
+    changed = result.model_copy(update=update)
+    if held_for_summary.get() is None:
+        send_to(config_path, notification_for(changed), config=config)
+    return changed
+
 
 Kind = Literal["rotate", "emergency", "reconcile"]
 

@@ -177,7 +177,8 @@ def report_refusal(
     another run of the same report: the responder's and the automation's, or a repeated event) is
     audited but not notified: the containment that happened sent the one notification."""
     from connectors.notify import Notification
-    from flows.audit import AuditLog, audit_path_for, resource_id
+    from flows.audit import AuditLog, resource_id
+    from flows.config.model import audit_path_for
     from flows.rotation.notification import send_to
     from flows.shown import EVENT_ID, EVENT_SOURCE, shown_key, single_line
 

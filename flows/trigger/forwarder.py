@@ -54,8 +54,9 @@ import httpx
 import yaml
 from pydantic import SecretStr
 
-from flows.config.model import CONFIG_ENV_VAR, ENTRY_NAME_PATTERN
+from flows.config.model import CONFIG_ENV_VAR
 from flows.redact import install_redaction, register_secret, register_url
+from flows.shown import ENTRY_NAME_PATTERN
 from flows.trigger.automation import compromised_event
 
 logger = logging.getLogger("langfuse_rotate.forwarder")
