@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 
 import httpx
 
+from connectors.errors import PrefectApiError
+from connectors.prefect_api import PrefectApi
 from flows.config.model import RotationConfig
 from flows.models import RotationResult
 from flows.prefect.artifact import artifact_key, summary_markdown
-from flows.prefect.rest import PrefectApiError, PrefectRest
 from flows.rotation.entry_run import execute
 from flows.rotation.runners import DirectRunner
 
@@ -45,7 +46,7 @@ def state_of(result: RotationResult) -> dict[str, object]:
 
 
 def emergency_recorded(
-    api: PrefectRest, config: RotationConfig, project: str, config_path: str, public_key: str | None
+    api: PrefectApi, config: RotationConfig, project: str, config_path: str, public_key: str | None
 ) -> RotationResult:
     entry = config.entry(project)
     name = f"emergency-{project}-{datetime.now(UTC):%Y%m%d-%H%M}"
@@ -94,7 +95,7 @@ def emergency_recorded(
             _finish(api, run_id, result)
 
 
-def _finish(api: PrefectRest, run_id: str, result: RotationResult | None) -> None:
+def _finish(api: PrefectApi, run_id: str, result: RotationResult | None) -> None:
     with contextlib.suppress(httpx.HTTPError, PrefectApiError):
         if result is None:  # bad input or an unexpected error: the command reports it
             api.set_flow_run_state(
