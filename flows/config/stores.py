@@ -35,6 +35,11 @@ class StoreSettings(StrictModel):
         """The URLs in this section: their credentials are registered for log redaction."""
         return []
 
+    def pacing_key(self) -> str:
+        """What a fleet's pacing of this store's writes is keyed by: sections that reach the same
+        service (and so share its limits) give the same key. By default, the section itself."""
+        return f"{self.kind}:{self.model_dump_json(exclude={'max_writes_per_s'})}"
+
 
 # --- Vault (or OpenBao) KV v2 -------------------------------------------------------------------
 
@@ -129,6 +134,11 @@ class VaultStoreConfig(StoreSettings):
     def urls(self) -> list[str | None]:
         return [self.url]
 
+    def pacing_key(self) -> str:
+        from connectors import pacing
+
+        return pacing.vault_key(self.url)
+
     @model_validator(mode="after")
     def _one_auth_method(self) -> VaultStoreConfig:
         given = [key for key in _VAULT_AUTH_KEYS if getattr(self, key) is not None]
@@ -196,6 +206,22 @@ class AwsStoreConfig(StoreSettings):
 
     def urls(self) -> list[str | None]:
         return [self.endpoint_url]
+
+    def pacing_key(self) -> str:
+        """AWS limits writes per account and region: the region resolved as the connector resolves
+        it (environment, then the profile)."""
+        import boto3
+
+        from connectors import pacing
+        from connectors.aws_session import resolve_region
+
+        region = self.region
+        if region is None:
+            try:
+                region = resolve_region(None, boto3.session.Session(profile_name=self.profile))
+            except Exception:  # the store itself reports a missing region or profile
+                region = ""
+        return pacing.aws_key(region, self.endpoint_url)
 
     @model_validator(mode="after")
     def _external_id_needs_a_role(self) -> AwsStoreConfig:

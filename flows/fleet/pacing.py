@@ -23,7 +23,6 @@ from connectors import pacing
 from connectors.errors import PrefectApiError
 from connectors.prefect_api import ConcurrencyLimit, PrefectApi
 from flows.config.model import RotationConfig
-from flows.config.stores import AwsStoreConfig, VaultStoreConfig
 from flows.rotation.lock import prefect_api
 
 Clock = Callable[[], float]
@@ -115,21 +114,8 @@ def budget_name(kind: str, key: str) -> str:
 
 
 def store_gate_key(config: RotationConfig, name: str) -> str:
-    store = config.stores[name]
-    if isinstance(store, VaultStoreConfig):
-        return pacing.vault_key(store.url)
-    assert isinstance(store, AwsStoreConfig)
-    region = store.region
-    if region is None:  # resolved as the connector resolves it (environment, then the profile)
-        import boto3
-
-        from connectors.aws_session import resolve_region
-
-        try:
-            region = resolve_region(None, boto3.session.Session(profile_name=store.profile))
-        except Exception:  # the store itself reports a missing region or profile
-            region = ""
-    return pacing.aws_key(region, store.endpoint_url)
+    """The pacing key of store ``name``, as its kind defines it (``StoreSettings.pacing_key``)."""
+    return config.stores[name].pacing_key()
 
 
 @contextlib.contextmanager
