@@ -281,11 +281,39 @@ STORE_KINDS: dict[str, StoreKind[Any]] = {
 }
 """Every store a configuration can name, by its ``kind``."""
 
+
+def store_config_type() -> Any:
+    """The configuration's ``stores`` values: the registered models, told apart by ``kind``."""
+    return Annotated[Union[tuple(k.config for k in STORE_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
+
+
 if TYPE_CHECKING:
-    StoreConfig = StoreSettings  # narrowed with isinstance where one kind's fields are needed
+    StoreConfig = StoreSettings  # each kind's own fields are read through its model's methods
 else:
-    # The configuration's ``stores`` values: the registered models, told apart by ``kind``.
-    StoreConfig = Annotated[Union[tuple(k.config for k in STORE_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
+    StoreConfig = store_config_type()
+
+_on_change: list[Callable[[], None]] = []
+
+
+def on_store_kinds_changed(listener: Callable[[], None]) -> None:
+    """Call ``listener`` after a kind is registered or removed (``flows.config.model`` rebuilds
+    the configuration model's ``stores`` field there)."""
+    _on_change.append(listener)
+
+
+def register_store_kind(kind: str, store_kind: StoreKind[Any]) -> None:
+    """Add a store ``kind`` (its model's ``kind`` field is ``Literal[kind]``): configurations may
+    name it from now on, and every run connects to it through ``build_store``."""
+    STORE_KINDS[kind] = store_kind
+    for listener in _on_change:
+        listener()
+
+
+def unregister_store_kind(kind: str) -> None:
+    """Remove a kind added by ``register_store_kind``."""
+    del STORE_KINDS[kind]
+    for listener in _on_change:
+        listener()
 
 
 def store_kinds_text() -> str:
