@@ -51,6 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+from flows.models import DONE_STATUSES
 from flows.redact import scrub
 from flows.state import state_dir
 
@@ -448,7 +449,7 @@ def audited_run(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-_DONE = {"rotated", "contained", "reconciled", "planned"}
+_DONE = DONE_STATUSES  # a run that was done
 
 
 def _audit_failed(result: Any, error: str, config: Any, config_path: str | None) -> Any:

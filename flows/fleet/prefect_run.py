@@ -21,8 +21,7 @@ from connectors.prefect_api import RunRecords
 from flows.config.model import ProjectEntry, RotationConfig
 from flows.fleet.run import FleetProgress, FleetResult, ProgressSink
 from flows.models import RotationResult
-from flows.prefect.artifact import artifact_key, summary_markdown
-from flows.prefect.recorded import state_of
+from flows.prefect.artifact import artifact_key, state_of, summary_markdown
 from flows.rotation.lock import prefect_api_from_settings
 
 ENTRY_FLOW_NAME = "langfuse-key-rotation"
@@ -92,7 +91,7 @@ class PrefectEntryRecorder:
                 markdown=summary_markdown(result),
                 description=f"Langfuse key rotation of {result.project}: {result.status}",
             )
-            self._api.set_flow_run_state(run_id, state_of(result))
+            self._api.set_flow_run_state(run_id, state_of(result).model_dump(exclude_none=True))
         except Exception:  # a record that cannot be written never changes the rotation's outcome
             self.failures += 1
 

@@ -21,28 +21,17 @@ from connectors.errors import PrefectApiError
 from connectors.prefect_api import PrefectApi
 from flows.config.model import RotationConfig
 from flows.models import RotationResult
-from flows.prefect.artifact import artifact_key, summary_markdown
+from flows.prefect.artifact import artifact_key, state_of, summary_markdown
 from flows.rotation.entry_run import execute
 from flows.rotation.runners import DirectRunner
 
 EMERGENCY_FLOW = "langfuse-key-emergency"
-_OK = {"rotated", "contained", "reconciled", "planned"}
 
 
 class _RecordedRunner(DirectRunner):
     """Steps run directly; the run is Prefect's (recorded)."""
 
     orchestrator = "prefect"
-
-
-def state_of(result: RotationResult) -> dict[str, object]:
-    """The final state a flow run of this result gets (as ``flows.prefect.flow_run.final_state``)."""
-    if result.status in _OK:
-        return {"type": "COMPLETED", "name": "Completed"}
-    message = f"{result.status}: {result.error or 'see the summary artifact'}"
-    if result.status == "needs_attention":
-        return {"type": "COMPLETED", "name": "NeedsAttention", "message": message}
-    return {"type": "FAILED", "name": "Failed", "message": message}
 
 
 def emergency_recorded(
@@ -108,4 +97,4 @@ def _finish(api: PrefectApi, run_id: str, result: RotationResult | None) -> None
             markdown=summary_markdown(result),
             description=f"Langfuse key rotation of {result.project}: {result.status}",
         )
-        api.set_flow_run_state(run_id, state_of(result))
+        api.set_flow_run_state(run_id, state_of(result).model_dump(exclude_none=True))
