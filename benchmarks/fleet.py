@@ -1,19 +1,21 @@
 """Fleet rotation on the local stack: ``rotate --all`` for 100, 1,000 and 2,000 entries.
 
     .venv/bin/python benchmarks/fleet.py [--sizes 100,1000,2000] [--concurrency 16] [--paced 100]
-                                         [--store vault|aws] [--json FILE]
+                                         [--ingestion-delay 0.1] [--store vault|aws] [--json FILE]
 
 The stack: the Langfuse simulator (one subprocess, ``--projects 100``, entries spread over the
 projects as several keys each), OpenBao (or moto with ``--store aws``), a Prefect server on
 PostgreSQL (``LANGFUSE_ROTATE_TEST_PG``; the benchmark stops when it is not reachable), and
 ``devstack.fleet_consumers`` (one subprocess standing for every entry's consumer, switching at
-once on restart); no grace period, canaries visible after 0.1 s. Each size is seeded fresh (keys
-created in Langfuse, pairs stored), then ``langfuse-rotate rotate --all --json`` runs as a
-subprocess against the Prefect server.
+once on restart); no grace period, canaries visible after ``--ingestion-delay`` seconds (0.1 by
+default; Langfuse's asynchronous ingestion takes about 1 s for OTel and 5 s for ``/ingestion``).
+Each size is seeded fresh (keys created in Langfuse, pairs stored), then
+``langfuse-rotate rotate --all --json`` runs as a subprocess against the Prefect server.
 
 Figures per size: wall time of the command, time per entry, the fleet run's own ``duration_s``
 (``fleet_s``: the wall time less start-up and the last records), peak RSS of the command's process
-tree (sampled every 0.1 s), Langfuse requests per entry by endpoint (the simulator's request log),
+tree (sampled every 0.1 s), Langfuse requests per entry by request type (method and route, from
+the simulator's request log; printed as a table after each size),
 store requests per entry (the rotator's own count, ``connectors.pacing``, written by the command
 when ``LANGFUSE_ROTATE_REQUEST_COUNTS`` names a file), 429s, the 2,000/1,000 ratio, and CPU
 milliseconds per entry of each process (the command with its children, OpenBao, the simulator,
@@ -220,10 +222,17 @@ def _children_cpu_s() -> float:
 
 
 def run_fleet(
-    config: Path, env: dict[str, str], concurrency: int, tmp: Path, pids: dict[str, int], py_spy: str | None = None
+    config: Path,
+    env: dict[str, str],
+    concurrency: int,
+    tmp: Path,
+    pids: dict[str, int],
+    py_spy: str | None = None,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     """``pids``: the stack's processes, whose CPU time during the run is reported; ``py_spy``: record
-    the command's stacks there (``py-spy record --format raw``)."""
+    the command's stacks there (``py-spy record --format raw``); ``profile``: write a cProfile of
+    every thread of the command there (``benchmarks/profile_threads.py``; it slows the command)."""
     counts_file = tmp / f"counts-{time.monotonic_ns()}.json"
     env = {**env, "LANGFUSE_ROTATE_REQUEST_COUNTS": str(counts_file)}
     cmd = [
@@ -238,6 +247,8 @@ def run_fleet(
         "--concurrency",
         str(concurrency),
     ]
+    if profile:
+        cmd = [sys.executable, str(REPO / "benchmarks" / "profile_threads.py"), profile, *cmd[1:]]
     if py_spy:
         cmd = ["py-spy", "record", "--nonblocking", "--format", "raw", "--rate", "100", "-o", py_spy, "--", *cmd]
     services = {name: tree_cpu_s(pid) for name, pid in pids.items()}
@@ -283,7 +294,8 @@ def run_fleet(
 def measure(size: int, args: argparse.Namespace, stack: dict[str, Any], paced: bool = False) -> dict[str, Any]:
     sim, control, store, store_config = stack["sim"], stack["control"], stack["store"], stack["store_config"]
     control.reset()
-    control.configure(ingestion_delay_s=0.1, otel_delay_s=0.1, cache_mode="off")
+    delay = args.ingestion_delay
+    control.configure(ingestion_delay_s=delay, otel_delay_s=delay, cache_mode="off")
     tag = f"{size}-{time.monotonic_ns()}"
     began = time.monotonic()
     paths = seed(size, sim, store, tag)
@@ -294,7 +306,8 @@ def measure(size: int, args: argparse.Namespace, stack: dict[str, Any], paced: b
         langfuse["max_requests_per_min"] = 1000
     config = config_for(sim, store_config, paths, stack["consumers_url"], stack["tmp"], **langfuse)
     mark = control.requests(0)["next"]
-    figures = run_fleet(config, stack["env"], args.concurrency, stack["tmp"], stack["pids"], args.py_spy)
+    profile = f"{args.profile}.{size}" if args.profile else None
+    figures = run_fleet(config, stack["env"], args.concurrency, stack["tmp"], stack["pids"], args.py_spy, profile)
     log = _requests_since(control, mark)
     by_endpoint = Counter(endpoint(r["method"], r["path"]) for r in log)
     result = figures["result"]
@@ -304,6 +317,7 @@ def measure(size: int, args: argparse.Namespace, stack: dict[str, Any], paced: b
     row = {
         "entries": size,
         "paced": paced,
+        "ingestion_delay_s": delay,
         "seed_s": round(seeded, 1),
         "wall_s": round(figures["wall_s"], 1),
         "per_entry_ms": round(1000 * figures["wall_s"] / size, 1),
@@ -324,8 +338,20 @@ def measure(size: int, args: argparse.Namespace, stack: dict[str, Any], paced: b
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps(row), flush=True)
+    print(request_table(row), flush=True)
     control.configure(rate_limits=None)
     return row
+
+
+def request_table(row: dict[str, Any]) -> str:
+    """The Langfuse requests per entry of one measurement, one line per request type."""
+    lines = [
+        f"Langfuse requests per entry: {row['entries']} entries, ingestion delay {row['ingestion_delay_s']:g} s",
+        f"  {'request':<48} {'per entry':>9}",
+    ]
+    lines += [f"  {name:<48} {count:>9.2f}" for name, count in row["langfuse_by_endpoint"].items()]
+    lines.append(f"  {'total':<48} {row['langfuse_per_entry']:>9.2f}")
+    return "\n".join(lines)
 
 
 def _requests_since(control: SimulatorControl, mark: int) -> list[dict[str, Any]]:
@@ -343,8 +369,15 @@ def main() -> int:
     parser.add_argument("--sizes", default="100,1000,2000")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--paced", type=int, default=100, help="entries in the paced run (0: skip it)")
+    parser.add_argument(
+        "--ingestion-delay",
+        type=float,
+        default=0.1,
+        help="seconds until the simulator makes a sent trace readable (OTel and /ingestion); 1 and 5 are realistic",
+    )
     parser.add_argument("--store", choices=["vault", "aws"], default="vault")
     parser.add_argument("--json", help="write the rows to this file")
+    parser.add_argument("--profile", help="write a cProfile of the command (all threads) to FILE.<entries>")
     parser.add_argument("--py-spy", help="record the command's stacks to this file (py-spy on PATH)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stack on the way out

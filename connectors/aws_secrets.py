@@ -191,7 +191,8 @@ class AwsSecretsStore:
     ) -> None:
         """Region and credentials as in ``connectors.aws_session``. Retries are botocore's own
         ``adaptive`` mode (backoff with jitter, plus client-side rate limiting after throttling),
-        ``max_attempts`` attempts in all; there is no second retry layer on top."""
+        ``max_attempts`` retries after the first attempt (botocore adds one for the first); no second retry
+        layer on top."""
         session, region = aws_session(
             region=region,
             profile=profile,

@@ -70,8 +70,9 @@ class Consumer(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    health_url: Annotated[str, AfterValidator(RedactedUrl)]
-    """May carry credentials (user-info, a query token): ``repr`` hides them, messages never name URLs."""
+    health_url: Annotated[str, AfterValidator(RedactedUrl)] | None = None
+    """May carry credentials (user-info, a query token): ``repr`` hides them, messages never name URLs.
+    None: the consumer has no health endpoint (its traces are its evidence); observing it says so."""
     public_key_field: str = "langfuse_public_key"
     """Field of the health JSON holding the public key; a dotted path reaches into objects."""
     restart_url: Annotated[str, AfterValidator(RedactedUrl)] | None = None
@@ -333,6 +334,8 @@ class ConsumerClient:
         )
 
     def _read_public_key(self, consumer: Consumer) -> tuple[str | None, str | None]:
+        if consumer.health_url is None:
+            return None, "no health endpoint configured"
         try:
             with deadline(consumer.timeout_s):
                 request = self._http.build_request(

@@ -2,7 +2,7 @@
 
 Every caller that talks to a Prefect server (the entry lock, the trigger's emergency slot, the
 fleet's pacing budgets, run records, handover liveness) goes through ``PrefectApi``. Two reasons to
-talk to the API directly (README "Emergency containment", "Fleet rotation"):
+talk to the API directly (docs/emergency.md, docs/fleet.md):
 
 - ``import prefect`` costs ~2 s of CPU; an emergency must not spend it before containing a key;
 - Prefect's client queues slot acquisitions through one service, so dozens of concurrent fleet
@@ -95,9 +95,18 @@ class RunRecords:
         return str(self._post("flows/", {"name": flow_name}).json()["id"])
 
     def create_flow_run(
-        self, flow_id: str, *, name: str, tags: list[str], parameters: dict[str, object], state: dict[str, object]
+        self,
+        flow_id: str,
+        *,
+        name: str,
+        tags: list[str],
+        parameters: dict[str, object],
+        state: dict[str, object],
+        deployment_id: str | None = None,
     ) -> str:
         body = {"flow_id": flow_id, "name": name, "tags": tags, "parameters": parameters, "state": state}
+        if deployment_id is not None:
+            body["deployment_id"] = deployment_id
         return str(self._post("flow_runs/", body).json()["id"])
 
     def set_flow_run_state(self, run_id: str, state: dict[str, object]) -> None:
@@ -255,6 +264,26 @@ class PrefectApi(RunRecords):
             raise PrefectApiError(f"Prefect API GET /flow_runs/<id>: HTTP {response.status_code}")
         data = response.json()
         return data if isinstance(data, dict) else None
+
+    def read_flow_runs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """``POST /flow_runs/filter`` with ``body`` (Prefect's filter JSON)."""
+        found = self._post("flow_runs/filter", body).json()
+        return [run for run in found if isinstance(run, dict)] if isinstance(found, list) else []
+
+    def set_flow_run_tags(self, run_id: str, tags: list[str]) -> None:
+        response = self._http.patch(f"flow_runs/{uuid.UUID(run_id)}", json={"tags": tags})
+        if response.status_code >= 400:
+            raise PrefectApiError(f"Prefect API PATCH /flow_runs/<id>: HTTP {response.status_code}")
+
+    def deployment_id(self, name: str) -> str | None:
+        """The id of deployment ``name`` ("flow/deployment"), or None if there is none."""
+        flow, _, deployment = name.partition("/")
+        response = self._http.get(f"deployments/name/{flow}/{deployment}")
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise PrefectApiError(f"Prefect API GET /deployments/name/...: HTTP {response.status_code}")
+        return str(response.json()["id"])
 
     def renew(self, lease_id: str, lease_s: float) -> None:
         self._post(f"v2/concurrency_limits/leases/{lease_id}/renew", {"lease_duration": lease_s})

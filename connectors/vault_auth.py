@@ -1,6 +1,6 @@
 """How ``VaultStore`` gets a Vault token, and keeps it valid through long waits.
 
-Methods (README, "Vault"):
+Methods (docs/configuration.md "Vault"):
 
 ``TokenAuth``
     A fixed token (``token:``, ``VAULT_TOKEN``). A renewable token with a TTL is renewed in the

@@ -194,12 +194,14 @@ def _forget_sdk_client(public_key: str) -> None:
 class _LangfuseApp:
     """One Langfuse client with its own TracerProvider."""
 
-    def __init__(self, settings: LangfuseSettings) -> None:
+    def __init__(self, settings: LangfuseSettings, environment: str | None = None, stamp_key: bool = False) -> None:
         from langfuse import Langfuse
         from opentelemetry.sdk.trace import TracerProvider
 
         _forget_sdk_client(settings.public_key)
         self.settings = settings
+        self.environment = environment
+        self.stamp_key = stamp_key
         self._provider = TracerProvider()
         self.client = Langfuse(
             public_key=settings.public_key,
@@ -207,12 +209,21 @@ class _LangfuseApp:
             base_url=settings.host,
             tracer_provider=self._provider,
             flush_interval=3600,  # we flush explicitly after each trace
+            environment=environment,
         )
 
     def send_trace(self, consumer_name: str, sequence: int) -> str:
-        with self.client.start_as_current_observation(
-            name="demo-request", as_type="span", input={"consumer": consumer_name, "n": sequence}
-        ) as span:
+        from langfuse import propagate_attributes
+
+        # --stamp-key: the one line a service adds where its exporter does not name its key
+        # (README "Trace evidence", key_source: metadata); the public key only, never the secret.
+        stamp = {"langfuse_public_key": self.settings.public_key} if self.stamp_key else None
+        with (
+            propagate_attributes(metadata=stamp) if stamp else contextlib.nullcontext(),
+            self.client.start_as_current_observation(
+                name="demo-request", as_type="span", input={"consumer": consumer_name, "n": sequence}
+            ) as span,
+        ):
             span.update(output={"ok": True})
             trace_id = str(span.trace_id)
         self.client.flush()
@@ -252,8 +263,12 @@ class DemoConsumer:
         restart_delay_s: float = 0.0,
         ignore_restart: bool = False,
         trace_interval_s: float = 0.0,
+        environment: str | None = None,
+        stamp_key: bool = False,
     ) -> None:
         self.name = name
+        self._environment = environment
+        self._stamp_key = stamp_key
         self._store = store
         self._restart_delay_s = restart_delay_s
         self._ignore_restart = ignore_restart
@@ -264,7 +279,7 @@ class DemoConsumer:
         self._stop = threading.Event()
         self._export_failures = _ExportFailureCounter()
         logging.getLogger(_OTLP_EXPORTER_LOGGER).addHandler(self._export_failures)
-        self._app = _LangfuseApp(read_settings(store))
+        self._app = _LangfuseApp(read_settings(store), environment, stamp_key)
         self._threads: list[threading.Thread] = []
         if trace_interval_s > 0:
             self._spawn(self._trace_loop, "trace-loop")
@@ -346,10 +361,10 @@ class DemoConsumer:
                 # and the SDK would otherwise hand back the cached, dead client.
                 old.close()
                 try:
-                    self._app = _LangfuseApp(settings)
+                    self._app = _LangfuseApp(settings, self._environment, self._stamp_key)
                 except Exception as exc:
                     error = f"restart failed: {type(exc).__name__}; old client restored"
-                    self._app = _LangfuseApp(old.settings)
+                    self._app = _LangfuseApp(old.settings, self._environment, self._stamp_key)
         with self._lock:
             self._state.restart_pending = False
             self._state.last_error = error
@@ -437,6 +452,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--trace-interval-s", type=float, default=0.0)
     parser.add_argument("--restart-delay-s", type=float, default=0.0)
     parser.add_argument("--ignore-restart", action="store_true")
+    parser.add_argument("--environment", help="the Langfuse environment of its traces (default: the SDK's)")
+    parser.add_argument(
+        "--stamp-key", action="store_true", help="stamp the public key into trace metadata (langfuse_public_key)"
+    )
     return parser
 
 
@@ -464,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             restart_delay_s=args.restart_delay_s,
             ignore_restart=args.ignore_restart,
             trace_interval_s=args.trace_interval_s,
+            environment=args.environment,
+            stamp_key=args.stamp_key,
         )
     except StoreReadError as exc:
         print(f"consumer {args.name}: {exc}", file=sys.stderr)
@@ -586,6 +607,8 @@ def start_consumer_process(
     trace_interval_s: float = 0.0,
     restart_delay_s: float = 0.0,
     ignore_restart: bool = False,
+    environment: str | None = None,
+    stamp_key: bool = False,
     env: Mapping[str, str] | None = None,
     startup_timeout_s: float = 30.0,
 ) -> ConsumerProcess:
@@ -631,6 +654,10 @@ def start_consumer_process(
         argv += ["--langfuse-host", langfuse_host]
     if ignore_restart:
         argv.append("--ignore-restart")
+    if environment:
+        argv += ["--environment", environment]
+    if stamp_key:
+        argv.append("--stamp-key")
 
     child_env = dict(os.environ)
     child_env.update(env or {})

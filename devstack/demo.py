@@ -1,7 +1,7 @@
 """``langfuse-rotate demo``: one full rotation on the embedded local stack, narrated.
 
 Starts on 127.0.0.1 the Langfuse API simulator, a secret store (OpenBao dev server or moto's
-Secrets Manager), a JSON notification sink and a demo consumer that uses the real ``langfuse``
+Secrets Manager), a JSON notification sink and three replicas of a demo consumer that uses the real ``langfuse``
 SDK; rotates the consumer's key through Prefect (the configured server, or the embedded one);
 shows what changed; stops everything it started.
 """
@@ -68,20 +68,35 @@ def _run(stack: contextlib.ExitStack, workdir: Path, store_kind: str, as_json: b
     version = store.seed(location, old, sim.url)
     say(f"stored the project's key in {store.location_label(location)} (version {version})")
 
-    say("starting the demo consumer: reads its key from the store at start, sends traces with the langfuse SDK")
-    consumer = stack.enter_context(
-        start_consumer_process(
-            name="api", path=SECRET_PATH, langfuse_host=sim.url, restart_delay_s=1.0, **consumer_args
-        )
+    say(
+        f"starting {REPLICAS} replicas of the demo consumer 'api': each reads its key from the store at start "
+        "and sends a trace every 0.5 s with the langfuse SDK (nothing stamped: the SDK names its key)"
     )
-    say(f"  consumer 'api' reports {_consumer_key(consumer.health_url)} on {consumer.health_url}")
+    replicas = [
+        stack.enter_context(
+            start_consumer_process(
+                name=f"api-{i}",
+                path=SECRET_PATH,
+                langfuse_host=sim.url,
+                restart_delay_s=0.5 * (i + 1),
+                trace_interval_s=0.5,
+                environment="api",
+                **consumer_args,
+            )
+        )
+        for i in range(REPLICAS)
+    ]
+    say(
+        f"  consumer 'api' runs on {_replica_keys(replicas)}; no health endpoint is configured: "
+        "the rotation reads the consumer's traces"
+    )
 
     os.environ["DEMO_LANGFUSE_ORG_PUBLIC_KEY"] = boot["org_public_key"]
     os.environ["DEMO_LANGFUSE_ORG_SECRET_KEY"] = boot["org_secret_key"]
     os.environ.setdefault("LANGFUSE_ROTATE_LOCK_DIR", str(workdir / "locks"))
     config_path = workdir / "rotation.yaml"
     config_path.write_text(
-        yaml.safe_dump(_config(sim.url, project["id"], store_config, consumer, sink, workdir), sort_keys=False)
+        yaml.safe_dump(_config(sim.url, project["id"], store_config, replicas, sink, workdir), sort_keys=False)
     )
     say(f"configuration: {config_path} (secrets come from environment variables, never the file)")
 
@@ -105,10 +120,13 @@ def _run(stack: contextlib.ExitStack, workdir: Path, store_kind: str, as_json: b
         result.duration_s = round(time.monotonic() - started, 3)
     print_result(result, command="rotate", file=_human[0])
 
-    new_key = _consumer_key(consumer.health_url)
+    new_key = _replica_keys(replicas)
     say(f"consumer 'api' now reports {new_key}")
-    httpx.post(consumer.trace_url, timeout=10)
-    say("  and sent a trace with it")
+    for step in result.steps:
+        if step.step == "wait_for_restarts":
+            say(f"evidence before revoke: {_replica_evidence(step.detail, len(replicas))}")
+        if step.step == "check_ingestion":
+            say(f"after revoke: {step.detail}")
     with LangfuseProjectClient(sim.url, old, timeout_s=5) as client:
         say(f"the old key {old.public_key} is now {'ACCEPTED (!)' if client.probe().accepted else 'rejected (401)'}")
     received = sink.received()
@@ -117,7 +135,7 @@ def _run(stack: contextlib.ExitStack, workdir: Path, store_kind: str, as_json: b
         say(f"notification received: [{body.get('type')}] {body.get('title')}")
     audit_lines = (workdir / "audit.jsonl").read_text().splitlines() if (workdir / "audit.jsonl").exists() else []
     say(f"audit log: {len(audit_lines)} entries, e.g. {_first_actions(audit_lines)}")
-    ok = result.status == "rotated" and new_key == result.new_public_key and bool(received)
+    ok = result.status == "rotated" and new_key.startswith(f"{result.new_public_key} (all") and bool(received)
     say("stopping everything the demo started")
     if as_json:
         print(result.to_json_line())
@@ -197,8 +215,19 @@ def start_demo_store(stack: contextlib.ExitStack, kind: str) -> tuple[SecretStor
     return build_store(store_config(started.section)), started
 
 
+REPLICAS = 3
+QUIET_S = 5
+"""The demo's ``traces.quiet_s`` (default 30 s): short, so the demo stays quick."""
+RESTART_ALL = (
+    "import sys, urllib.request\n"
+    "for url in sys.argv[1:]:\n"
+    "    urllib.request.urlopen(urllib.request.Request(url, method='POST'), timeout=5).read()\n"
+)
+"""The consumer's restart hook: a rollout of every replica (as ``kubectl rollout restart`` would)."""
+
+
 def _config(
-    host: str, project_id: str, store: dict[str, Any], consumer: Any, sink: Any, workdir: Path
+    host: str, project_id: str, store: dict[str, Any], replicas: list[Any], sink: Any, workdir: Path
 ) -> dict[str, Any]:
     return {
         "langfuse": {
@@ -216,9 +245,8 @@ def _config(
                 "consumers": [
                     {
                         "name": "api",
-                        "health_url": consumer.health_url,
-                        "restart_url": consumer.restart_url,
-                        "public_key_field": "langfuse_public_key",
+                        "restart_command": [sys.executable, "-c", RESTART_ALL, *(r.restart_url for r in replicas)],
+                        "traces": {"match": {"environment": "api"}, "quiet_s": QUIET_S, "after_revoke_s": 30},
                     }
                 ],
                 "wait_timeout_s": 60,
@@ -238,6 +266,22 @@ def _consumer_key(health_url: str) -> str | None:
         return None
     value = data.get("langfuse_public_key") if isinstance(data, dict) else None
     return value if isinstance(value, str) else None
+
+
+def _replica_keys(replicas: list[Any]) -> str:
+    """The key every replica reports (the demo asks each one; the rotation never does), or each one's."""
+    keys = [_consumer_key(r.health_url) for r in replicas]
+    if len(set(keys)) == 1:
+        return f"{keys[0]} (all {len(keys)} replicas)"
+    return ", ".join(f"replica {i}: {key}" for i, key in enumerate(keys))
+
+
+def _replica_evidence(detail: str, count: int) -> str:
+    """``api: 3 replicas sent with the new key, ...``: the rotation's evidence line, with the number
+    of replicas the demo started (traces do not say how many processes sent them)."""
+    return detail.replace("api: sent with", f"api: {count} replicas sent with").replace(
+        f"for {QUIET_S}s", f"for {QUIET_S} s"
+    )
 
 
 def _first_actions(lines: list[str]) -> str:

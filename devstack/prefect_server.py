@@ -18,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -28,6 +29,12 @@ PG_ADMIN_DSN = os.environ.get("LANGFUSE_ROTATE_TEST_PG", "postgresql://postgres@
 
 def _psql(sql: str) -> None:
     subprocess.run(["psql", PG_ADMIN_DSN, "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True, capture_output=True)
+
+
+def database_url(admin_dsn: str, database: str) -> str:
+    """The server's connection URL for ``database`` on the PostgreSQL that ``admin_dsn`` names (its user,
+    password, host and port), so ``LANGFUSE_ROTATE_TEST_PG`` decides where the server's database lives."""
+    return urlunsplit(("postgresql+asyncpg", urlsplit(admin_dsn).netloc, f"/{database}", "", ""))
 
 
 class PostgresUnavailable(RuntimeError):
@@ -73,7 +80,7 @@ class PrefectServer:
             raise PostgresUnavailable(f"PostgreSQL is not reachable at {PG_ADMIN_DSN} (LANGFUSE_ROTATE_TEST_PG)")
         self.db_name = f"langfuse_rotate_{uuid.uuid4().hex[:10]}"
         _psql(f"CREATE DATABASE {self.db_name}")
-        return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.db_name}"
+        return database_url(PG_ADMIN_DSN, self.db_name)
 
     def server_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}

@@ -1,5 +1,5 @@
 """The append-only audit log: one JSON object per line, in Elastic Common Schema (ECS) field names so
-a SIEM takes it as it is (README "Audit log").
+a SIEM takes it as it is (docs/audit-log.md).
 
 Each line::
 
@@ -406,6 +406,7 @@ def audit_result(command: str, result: Any, *, path: Path | None = None, **detai
         verified=result.verified,
         old_key_rejected=result.old_key_rejected,
         lagging=result.lagging_consumers or None,
+        silent=result.silent_consumers or None,
         orchestrator=result.orchestrator,
         prefect_flow_run_id=result.prefect_flow_run_id,
         error=result.error,

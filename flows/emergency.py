@@ -20,8 +20,7 @@ from typing import Any
 from prefect import flow
 from prefect.states import Completed
 
-from connectors.notify import Notification
-from flows.audit import AuditLog, audit_path_for, audit_result, resource_id
+from flows.audit import audit_result
 from flows.config.model import RotationConfig, load_config
 from flows.models import RotationResult
 from flows.prefect.flow_run import (
@@ -38,8 +37,15 @@ from flows.rotation.entry_run import execute
 from flows.rotation.lock import prefect_server_configured
 from flows.rotation.notification import notification_for, send_to
 from flows.rotation.runners import PrefectRunner
-from flows.shown import ENTRY_NAME, EVENT_ID, EVENT_SOURCE, shown_key, shown_matching, single_line
-from flows.trigger.checks import EventRefused, check_entry, check_key, emergency_slot, mark_event_started
+from flows.trigger.checks import (
+    EventRefused,
+    check_entry,
+    check_key,
+    emergency_slot,
+    mark_event_started,
+    refused_message,
+    report_refusal,
+)
 
 
 @flow(
@@ -146,35 +152,5 @@ def _refuse(
     event_source: str | None,
     refused: EventRefused,
 ) -> Any:
-    reason = str(refused)
-    AuditLog(audit_path_for(config_path)).final(
-        "emergency",
-        project,
-        "refused",
-        reason=reason,
-        public_key=public_key,
-        event_id=event_id,
-        event_source=event_source,
-    )
-    what = "could not be checked" if refused.page else "was refused"
-    # Everything here came with the event: shown only as checked, each on its own line.
-    entry = shown_matching(ENTRY_NAME, project)
-    body = "\n".join(
-        [
-            f"project: {entry}",
-            f"resource: {resource_id(entry)}",
-            f"event: {shown_matching(EVENT_ID, event_id)} from "
-            f"{shown_matching(EVENT_SOURCE, event_source) if event_source else 'unknown source'}",
-            f"public key: {shown_key(public_key) if public_key else '(none)'}",
-            f"nothing was changed: {single_line(reason)}",
-        ]
-    )
-    send_to(
-        config_path,
-        Notification(
-            title=f"Langfuse compromise event {what}: {entry}",
-            body=body,
-            kind="emergency" if refused.page else "failure",
-        ),
-    )
-    return Completed(name="Refused", message=f"refused: {single_line(reason)}")
+    report_refusal(project, config_path, public_key, event_id, event_source, refused)
+    return Completed(name="Refused", message=refused_message(refused))

@@ -30,7 +30,7 @@ Status = Literal[
 
 
 class ExitCode(IntEnum):
-    """The command line's exit codes (README "Command line")."""
+    """The command line's exit codes (docs/command-line.md)."""
 
     OK = 0
     FAILED = 1
@@ -101,6 +101,9 @@ class RotationResult(BaseModel):
     old_key_rejected: bool | None = None
     consumers: dict[str, str | None] = {}
     lagging_consumers: list[str] = []
+    silent_consumers: dict[str, str] = {}
+    """After the revoke: consumers with ``traces`` that sent before it and not since, each with the
+    time of its last trace (docs/trace-evidence.md); ``unknown`` where its traces could not be read."""
     duration_s: float = 0.0
     prefect_flow_run_id: str | None = None
     orchestrator: Literal["prefect", "none"] = "prefect"

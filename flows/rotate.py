@@ -76,7 +76,7 @@ def rotate_all(
     show_progress: bool = False,
     summary: bool = True,
 ) -> Any:
-    """Rotate every configured entry concurrently (README "Fleet rotation"); ``entries`` limits the
+    """Rotate every configured entry concurrently (docs/fleet.md); ``entries`` limits the
     run to some of them (a batch: ``summary`` off, the fleet run that started it notifies). Each
     entry is recorded as its own flow run."""
     from flows.fleet.prefect_run import run_fleet_flow

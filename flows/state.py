@@ -2,7 +2,7 @@
 
 ``$XDG_STATE_HOME/langfuse-rotate`` when ``XDG_STATE_HOME`` is an absolute path (the XDG Base
 Directory rule: a relative value is ignored), else ``~/.local/state/langfuse-rotate``. Setting
-``XDG_STATE_HOME`` moves everything at once (README "Audit log").
+``XDG_STATE_HOME`` moves everything at once (docs/audit-log.md).
 """
 
 from __future__ import annotations

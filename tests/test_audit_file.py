@@ -1,4 +1,4 @@
-"""The audit file is the rotator's own (README "Audit log"): never opened through a symbolic link,
+"""The audit file is the rotator's own (docs/audit-log.md): never opened through a symbolic link,
 written only when it and its directory belong to the rotator's user and nobody else can write to
 them, and a line that cannot be written never stops a containment: the run contains, then says
 (exit 4, its result and a notification) that the audit line could not be written.

@@ -15,6 +15,7 @@ from connectors.langfuse.admin import LangfuseAdminClient, LangfuseInstanceAdmin
 from connectors.langfuse.memberships import LangfuseMemberships, Membership
 from connectors.langfuse.models import (
     ApiKeySummary,
+    CanarySighting,
     HealthStatus,
     OrganizationProject,
     ProbeResult,
@@ -26,6 +27,7 @@ from connectors.langfuse.traces import KeySource, KeySpec, TraceMatch, TraceSigh
 
 __all__ = [
     "ApiKeySummary",
+    "CanarySighting",
     "HealthStatus",
     "KeySource",
     "KeySpec",

@@ -94,6 +94,16 @@ class HealthStatus(ApiModel):
     version: str | None = None
 
 
+class CanarySighting(ApiModel):
+    """A canary trace read back: the project ids its rows name (empty when the server names none).
+
+    Read with the key that sent it, a row naming the expected project proves that the key
+    authenticates to that project (Langfuse answers a project key with its own project's data only).
+    """
+
+    project_ids: tuple[str, ...] = ()
+
+
 class ProbeResult(ApiModel):
     """Whether the server accepted a key pair on one authenticated request."""
 

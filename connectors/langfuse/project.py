@@ -15,7 +15,7 @@ from connectors.keypair import KeyPair
 from connectors.langfuse._errors import Action, parse_json, parse_model, server_message
 from connectors.langfuse._http import ClientBase, Clock, HttpCore, SecretBasicAuth, Sleep
 from connectors.langfuse._otlp import canary_request, new_span_id, new_trace_id, normalise_trace_id
-from connectors.langfuse.models import ApiModel, ProbeResult, ProjectInfo, RetryPolicy
+from connectors.langfuse.models import ApiModel, CanarySighting, ProbeResult, ProjectInfo, RetryPolicy
 from connectors.langfuse.traces import KeySpec, ReadPath, TraceMatch, TraceQueries, TraceSighting
 
 logger = logging.getLogger("connectors.langfuse")
@@ -161,9 +161,19 @@ class LangfuseProjectClient(ClientBase):
         A 404 from the v2 API (a v3 server says it needs a v4 write mode) switches this client
         to the deprecated traces API for good; a 404 there means "not yet".
         """
-        return self._canary_visible(normalise_trace_id(trace_id), None)
+        return self._read_canary(normalise_trace_id(trace_id), None) is not None
 
-    def _canary_visible(self, trace: str, policy: RetryPolicy | None) -> bool:
+    def read_canary(self, trace_id: str, *, within_s: float | None = None) -> CanarySighting | None:
+        """One read of the canary (as ``canary_visible``): None while it is not readable, else the
+        project ids its rows name. ``within_s``: retries of this read (429, 5xx) stay within it."""
+        policy = None
+        if within_s is not None:
+            policy = self._core.retry.model_copy(
+                update={"max_total_s": max(min(self._core.retry.max_total_s, within_s), 0.0)}
+            )
+        return self._read_canary(normalise_trace_id(trace_id), policy)
+
+    def _read_canary(self, trace: str, policy: RetryPolicy | None) -> CanarySighting | None:
         if self._read_path == "v2":
             response = self._core.call(
                 "GET",
@@ -177,7 +187,8 @@ class LangfuseProjectClient(ClientBase):
                 page = parse_model(
                     _Page, parse_json(response, self.host, "observation list"), self.host, "observation list"
                 )
-                return any(item.get("traceId", trace) == trace for item in page.data)
+                rows = [item for item in page.data if item.get("traceId", trace) == trace]
+                return _sighting(rows) if rows else None
             logger.info(
                 "Langfuse at %s has no v2 observations API (%s); reading traces via GET /api/public/traces",
                 self.host,
@@ -192,14 +203,15 @@ class LangfuseProjectClient(ClientBase):
             policy=policy,
         )
         if response.status_code != 404:
-            return True
+            body = parse_json(response, self.host, "trace")
+            return _sighting([body] if isinstance(body, dict) else [])
         message = server_message(response)
         if "events_only" in message:
             raise LangfuseUnsupportedServerError(
                 f"Langfuse at {self.host} offers neither the v2 observations API nor GET /traces "
                 f"(404: {message}); cannot read the canary back"
             )
-        return False
+        return None
 
     def wait_for_canary(
         self,
@@ -227,7 +239,7 @@ class LangfuseProjectClient(ClientBase):
             budget = self._core.retry.model_copy(
                 update={"max_total_s": max(min(self._core.retry.max_total_s, timeout_s - (clock() - start)), 0.0)}
             )
-            if self._canary_visible(trace, budget):
+            if self._read_canary(trace, budget) is not None:
                 return clock() - start
             waited = clock() - start
             remaining = timeout_s - waited
@@ -271,3 +283,9 @@ class LangfuseProjectClient(ClientBase):
         naming the minimum Langfuse version; never an empty answer.
         """
         return self._traces.latest(match, since, public_key, key or KeySpec(), limit)
+
+
+def _sighting(rows: list[dict[str, Any]]) -> CanarySighting:
+    """The project ids the rows of a canary name, in order, each once."""
+    ids = [row.get("projectId") for row in rows]
+    return CanarySighting(project_ids=tuple(dict.fromkeys(i for i in ids if isinstance(i, str) and i)))

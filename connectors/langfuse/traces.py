@@ -8,7 +8,7 @@ before any query). A v2 answer of 404 switches to the traces list for good. Ever
 ``core`` field group only (the key is proven by the filter, never read from trace input or output)
 and a small ``limit``.
 
-How a trace shows which key sent it (see the README, "Trace evidence"):
+How a trace shows which key sent it (see docs/trace-evidence.md):
 
 - ``sdk``: on v2, the events row's ``ingestionApiKey``: the public key of the key pair that
   *authenticated* the export (Langfuse resolves a key by its secret), whatever the exporter; on the

@@ -1,4 +1,4 @@
-"""``langfuse-rotate rotate --all``: the fleet run from the command line (README "Fleet rotation")."""
+"""``langfuse-rotate rotate --all``: the fleet run from the command line (docs/fleet.md)."""
 
 from __future__ import annotations
 

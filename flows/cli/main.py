@@ -1,4 +1,4 @@
-"""``langfuse-rotate``: the command line (README "Command line" pins commands, exit codes and ``--json``).
+"""``langfuse-rotate``: the command line (docs/command-line.md pins commands, exit codes and ``--json``).
 
 Each subcommand is one ``Command`` in ``COMMANDS``: its arguments and the function that runs it.
 Prefect is imported only by the commands that use it, so an emergency run without a reachable
@@ -229,6 +229,19 @@ def _run_emergency(args: argparse.Namespace, out: Output) -> int:
     return _print_and_exit(result_from_state(state, args.project), "emergency", out)
 
 
+def _respond_arguments(parser: argparse.ArgumentParser) -> None:
+    from flows.cli import respond as respond_cli
+
+    respond_cli.add_arguments(parser)
+
+
+def _run_respond(args: argparse.Namespace, out: Output) -> int:
+    from flows.cli import respond as respond_cli
+
+    path, config = _load(args)
+    return respond_cli.run(args, path, config, out.say)
+
+
 def _run_reconcile(args: argparse.Namespace, out: Output) -> int:
     from flows.config.model import RotationConfig
     from flows.rotation.entry_run import execute
@@ -271,6 +284,12 @@ SANDBOX_EXIT_CODES = """exit codes:
 """
 
 
+RESPOND_EXIT_CODES = """exit codes:
+  0  stopped by SIGTERM or Ctrl-C (containments in flight finished first)
+  1  the Prefect server refused the events subscription (authentication)
+  2  bad input (usage, configuration, no PREFECT_API_URL); nothing was changed
+"""
+
 COMMANDS: list[Command] = [
     Command(
         "rotate",
@@ -292,6 +311,16 @@ COMMANDS: list[Command] = [
         "Roll back or finish unfinished rotations and delete orphan keys.",
         _reconcile_arguments,
         _run_reconcile,
+    ),
+    Command(
+        "respond",
+        "contain keys reported by langfuse.key.compromised events, warm (long-running)",
+        "Subscribe to langfuse.key.compromised events on the Prefect server (PREFECT_API_URL) and contain each "
+        "reported key in this already running process, with the emergency deployment's checks, recorded as a run "
+        "of that deployment; runs until SIGTERM or Ctrl-C (docs/responder.md).",
+        _respond_arguments,
+        _run_respond,
+        RESPOND_EXIT_CODES,
     ),
     Command(
         "demo",

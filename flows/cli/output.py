@@ -63,6 +63,9 @@ def print_result(
         print(f"  {keys_line(result)}; {where}", file=out)
     if result.lagging_consumers:
         print(f"  still on the old key: {', '.join(result.lagging_consumers)}", file=out)
+    if result.silent_consumers:
+        silent = ", ".join(f"{name} (last trace {at})" for name, at in result.silent_consumers.items())
+        print(f"  silent since the revoke: {silent}", file=out)
     if result.error:
         print(f"  error: {result.error}", file=out)
     if as_json:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -31,6 +31,7 @@ from flows.config.transport import transport_risks
 from flows.errors import ConfigError
 from flows.redact import install_redaction, scrub
 from flows.rotation.context import org_key
+from flows.rotation.trace_evidence import trace_watches
 
 T = TypeVar("T")
 MAX_WORKERS = 16
@@ -73,6 +74,9 @@ class EntryStatus(BaseModel):
     (``flows.clock``)."""
     authenticated_project_id: str | None = None
     consumer_errors: dict[str, str] = {}
+    consumer_traces_at: dict[str, datetime] = {}
+    """Consumers with ``traces``: when their latest matching trace was sent (docs/trace-evidence.md);
+    ``consumers`` names the public key it carried (null where the traces do not show it)."""
     error: str | None = None
     store_read: bool = Field(default=False, exclude=True)
     """The store answered: a missing key then means none is stored, not that none could be read."""
@@ -219,7 +223,7 @@ def _read_entry(conns: Connections, entry: ProjectEntry, now: datetime) -> Entry
         status.store_read = True
         _add_store_facts(status, desc, now)
         if desc.exists:
-            _check_authentication(status, store, entry, conns)
+            _check_authentication(status, store, entry, conns, now)
     except (ConnectorError, ConfigError) as exc:
         problems.append(f"store '{entry.store}': {_line(exc)}")
     except _AuthCheckFailed as exc:
@@ -227,10 +231,32 @@ def _read_entry(conns: Connections, entry: ProjectEntry, now: datetime) -> Entry
     except Exception as exc:  # one entry's surprise must not hide the others' rows
         problems.append(f"unexpected {type(exc).__name__}: {_line(exc)}")
     seen = consumers()
-    status.consumers = {name: key for name, (key, _) in seen.items()}
-    status.consumer_errors = {name: error for name, (_, error) in seen.items() if error}
+    status.consumers = {**status.consumers, **{name: key for name, (key, _) in seen.items()}}
+    status.consumer_errors = {**status.consumer_errors, **{name: error for name, (_, error) in seen.items() if error}}
     status.error = "; ".join(problems) or None
     return status
+
+
+TRACE_LOOKBACK = timedelta(days=7)
+"""How far back ``status`` looks for a consumer's latest trace."""
+
+
+def _read_trace_keys(status: EntryStatus, client: LangfuseProjectClient, entry: ProjectEntry, now: datetime) -> None:
+    """For each consumer with ``traces``: the public key its latest trace carried, and when (one
+    ``fields=core`` query each, limit 1). A health endpoint's answer, read after, takes precedence."""
+    for watch in trace_watches(entry):
+        try:
+            found = client.latest_traces(watch.match, now - TRACE_LOOKBACK, key=watch.key, limit=1)
+        except ConnectorError as exc:
+            status.consumer_errors[watch.name] = f"traces: {_line(exc)}"
+            status.consumers[watch.name] = None
+            continue
+        latest = max(found, key=lambda sighting: sighting.timestamp) if found else None
+        status.consumers[watch.name] = latest.public_key if latest is not None else None
+        if latest is not None:
+            status.consumer_traces_at[watch.name] = latest.timestamp
+        else:
+            status.consumer_errors[watch.name] = f"traces: none in the last {TRACE_LOOKBACK.days} days"
 
 
 class _AuthCheckFailed(Exception):
@@ -256,7 +282,9 @@ def _add_store_facts(status: EntryStatus, desc: StoreDescription, now: datetime)
         status.last_outcome = "in_progress"
 
 
-def _check_authentication(status: EntryStatus, store: SecretStore, entry: ProjectEntry, conns: Connections) -> None:
+def _check_authentication(
+    status: EntryStatus, store: SecretStore, entry: ProjectEntry, conns: Connections, now: datetime
+) -> None:
     pair = store.read_current(entry.location())
     config = conns.config
     host, timeout_s = config.host_for(entry), config.langfuse.timeout_s
@@ -264,6 +292,7 @@ def _check_authentication(status: EntryStatus, store: SecretStore, entry: Projec
         try:
             status.authenticated_project_id = client.auth_check().id
             status.authenticates = True
+            _read_trace_keys(status, client, entry, now)
         except LangfuseAuthError:
             status.authenticates = False
         except ConnectorError as exc:
@@ -280,6 +309,8 @@ def _observe_consumers(client: ConsumerClient, entry: ProjectEntry) -> Callable[
     results: Seen = {}
     threads = []
     for c in entry.consumers:
+        if c.health_url is None:
+            continue  # traces only: read from its traces (flows.rotation.trace_evidence)
         consumer = Consumer(
             name=c.name, health_url=c.health_url, public_key_field=c.public_key_field, timeout_s=c.timeout_s
         )
@@ -295,7 +326,7 @@ def _observe_consumers(client: ConsumerClient, entry: ProjectEntry) -> Callable[
     def collect() -> Seen:
         for thread in threads:
             thread.join()
-        return {c.name: results.get(c.name, (None, "no answer")) for c in entry.consumers}
+        return {c.name: results.get(c.name, (None, "no answer")) for c in entry.consumers if c.health_url is not None}
 
     return collect
 
@@ -366,7 +397,9 @@ def status_lines(inventory: Inventory) -> list[str]:
             )
         for name, key in e.consumers.items():
             note = e.consumer_errors.get(name)
-            lines.append(f"  consumer {name}: {key or '-'}" + (f" ({note})" if note else ""))
+            traced = e.consumer_traces_at.get(name)
+            seen = f" (latest trace {traced.isoformat(timespec='seconds')})" if traced is not None else ""
+            lines.append(f"  consumer {name}: {key or '-'}{seen}" + (f" ({note})" if note else ""))
     lines += [f"warning: {warning}" for warning in inventory.warnings]
     return lines
 

@@ -278,7 +278,7 @@ def evaluate(
 def _template_refusals(config: RotationConfig, org: OrgFacts) -> Iterable[Finding]:
     """``location-collision`` (high): a project whose generated entry would take another's secret
     or the organization key's; ``unsafe-project-name`` (medium): a project whose name or id cannot
-    be put into ``project_template.path`` as it is. Neither is ever written (README "Entry templates")."""
+    be put into ``project_template.path`` as it is. Neither is ever written (docs/fleet.md "Entry templates")."""
     if config.project_template is None or not org.projects:
         return
     _, generated = expand(config, org.projects, warn=False)

@@ -89,13 +89,43 @@ class LangfuseConfig(StrictModel):
         return self
 
 
+class TraceMatchConfig(StrictModel):
+    """``traces.match``: which traces are the consumer's; every given field must match."""
+
+    name: str | None = Field(default=None, min_length=1)
+    environment: str | None = Field(default=None, min_length=1)
+    tags: list[str] = []
+    release: str | None = Field(default=None, min_length=1)
+    version: str | None = Field(default=None, min_length=1)
+    metadata: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> TraceMatchConfig:
+        if not any((self.name, self.environment, self.tags, self.release, self.version, self.metadata)):
+            raise ValueError("match names nothing: give name, environment, tags, release, version or metadata")
+        return self
+
+
+class TracesConfig(StrictModel):
+    """``consumers[].traces``: the consumer's own traces as evidence (docs/trace-evidence.md)."""
+
+    match: TraceMatchConfig
+    key_source: Literal["sdk", "metadata", "none"] = "sdk"
+    key_metadata: str = Field(default="langfuse_public_key", min_length=1)
+    quiet_s: float = Field(default=30.0, gt=0)
+    """No matching trace sent with the old key for this long (must exceed Langfuse's ingestion delay)."""
+    after_revoke_s: float = Field(default=120.0, gt=0)
+    """After the revoke, the consumer's traces must keep arriving within this."""
+
+
 class ConsumerConfig(StrictModel):
     name: str
-    health_url: Url
+    health_url: Url | None = None
+    traces: TracesConfig | None = None
     public_key_field: str = "langfuse_public_key"
     restart_url: Url | None = None
     restart_command: list[str] | None = None
-    """argv, run without a shell (README, "Restart hooks")."""
+    """argv, run without a shell (docs/configuration.md "Consumers: restart hooks and headers")."""
     restart_timeout_s: float | None = Field(default=None, gt=0)
     headers: dict[str, SecretStr] = {}
     """Sent with restart and health requests; values usually ``${ENV_VAR}``; secrets."""
@@ -109,6 +139,8 @@ class ConsumerConfig(StrictModel):
     def _one_restart_hook(self) -> ConsumerConfig:
         if self.restart_url is not None and self.restart_command is not None:
             raise ValueError("give restart_url or restart_command, not both")
+        if self.health_url is None and self.traces is None:
+            raise ValueError("give health_url, traces or both: nothing would show which key the consumer uses")
         return self
 
 
@@ -129,10 +161,16 @@ class ProjectEntry(StrictModel):
     approval_timeout_s: float = Field(default=3600.0, gt=0)
     revoke_recheck_s: float = Field(default=310.0, ge=0)
     """How long to keep a revoked-but-still-accepted key idle before probing again: Langfuse's
-    API-key cache TTL plus a margin (README "The revocation race")."""
+    API-key cache TTL plus a margin (docs/rotation.md "The revocation race")."""
 
     def location(self) -> SecretLocation:
         return SecretLocation(path=self.path, fields=self.fields)
+
+    @property
+    def after_revoke_s(self) -> float:
+        """The longest ``traces.after_revoke_s`` of the entry's consumers (0: none has traces):
+        the deadline of the after-revoke ingestion check (``flows.rotation.contract``)."""
+        return max((c.traces.after_revoke_s for c in self.consumers if c.traces is not None), default=0.0)
 
 
 class NotifyConfig(StrictModel):
@@ -159,13 +197,13 @@ class NotifyConfig(StrictModel):
 
 class AuditConfig(StrictModel):
     path: Path = Field(default_factory=default_audit_path)
-    """Where the audit lines go: a file (appended, fsynced) or "-" for stdout (README "Audit log")."""
+    """Where the audit lines go: a file (appended, fsynced) or "-" for stdout (docs/audit-log.md)."""
 
 
 class EmergencyConfig(StrictModel):
     max_per_hour: int = Field(default=3, ge=0)
     """At most this many event-started containments per entry per hour; past that a person must run
-    ``langfuse-rotate emergency`` (README "Emergency trigger")."""
+    ``langfuse-rotate emergency`` (docs/emergency.md "Emergency trigger")."""
 
 
 class LockConfig(StrictModel):
@@ -211,7 +249,7 @@ class PolicyConfig(StrictModel):
 
 
 class ProjectTemplate(StrictModel):
-    """Entries generated from the organization's project list (README "Entry templates"):
+    """Entries generated from the organization's project list (docs/fleet.md "Entry templates"):
     ``{project_name}`` and ``{project_id}`` are replaced in ``name``, ``path`` and consumer URLs."""
 
     include: list[str] = ["*"]
@@ -231,7 +269,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*$")
 
 
 class FleetConfig(StrictModel):
-    """``rotate --all`` and the ``quarterly`` deployment (README "Fleet rotation")."""
+    """``rotate --all`` and the ``quarterly`` deployment (docs/fleet.md)."""
 
     concurrency: int = Field(default=16, ge=1, le=512)
     batch_size: int | None = Field(default=None, ge=1)

@@ -29,7 +29,7 @@ class StoreSettings(StrictModel):
 
     kind: str
     max_writes_per_s: float | None = Field(default=None, gt=0)
-    """Fleet runs pace this store's writes (README "Fleet rotation"); unset: no limit."""
+    """Fleet runs pace this store's writes (docs/fleet.md); unset: no limit."""
 
     def urls(self) -> list[str | None]:
         """The URLs in this section: their credentials are registered for log redaction."""

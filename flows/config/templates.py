@@ -1,4 +1,4 @@
-"""Entries generated from the organization's project list (``project_template``, README "Entry templates").
+"""Entries generated from the organization's project list (``project_template``, docs/fleet.md "Entry templates").
 
 A new Langfuse project matching the template is rotated by the next fleet run without editing
 the configuration. Explicit ``projects`` entries win: a project one of them already covers (by
@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from connectors.langfuse import LangfuseAdminClient
 from connectors.langfuse.models import OrganizationProject
 from flows.config.locations import collision_text
-from flows.config.model import ENTRY_NAME_PATTERN, ProjectEntry, ProjectTemplate, RotationConfig
+from flows.config.model import ENTRY_NAME_PATTERN, ProjectEntry, ProjectTemplate, RotationConfig, TracesConfig
 from flows.config.stores import build_store
 from flows.config.types import path_value_problem
 from flows.rotation.context import org_key
@@ -64,6 +64,28 @@ def _fill(text: str, project: OrganizationProject) -> str:
     return text.replace("{project_name}", project.name).replace("{project_id}", project.id)
 
 
+def _fill_traces(traces: TracesConfig | None, project: OrganizationProject) -> TracesConfig | None:
+    """``{project_name}``/``{project_id}`` in the values of ``traces.match`` (docs/trace-evidence.md)."""
+    if traces is None:
+        return None
+    m = traces.match
+
+    def fill(value: str | None) -> str | None:
+        return _fill(value, project) if value is not None else None
+
+    match = m.model_copy(
+        update={
+            "name": fill(m.name),
+            "environment": fill(m.environment),
+            "tags": [_fill(tag, project) for tag in m.tags],
+            "release": fill(m.release),
+            "version": fill(m.version),
+            "metadata": {key: _fill(value, project) for key, value in m.metadata.items()},
+        }
+    )
+    return traces.model_copy(update={"match": match})
+
+
 def matches(template: ProjectTemplate, name: str) -> bool:
     return any(fnmatchcase(name, p) for p in template.include) and not any(
         fnmatchcase(name, p) for p in template.exclude
@@ -76,8 +98,9 @@ def entry_for(template: ProjectTemplate, project: OrganizationProject) -> Projec
         c.model_copy(
             update={
                 "name": _fill(c.name, project),
-                "health_url": _fill(c.health_url, project),
+                "health_url": _fill(c.health_url, project) if c.health_url else None,
                 "restart_url": _fill(c.restart_url, project) if c.restart_url else None,
+                "traces": _fill_traces(c.traces, project),
             }
         )
         for c in template.consumers
@@ -105,7 +128,7 @@ def expand(
     config: RotationConfig, projects: list[OrganizationProject], *, warn: bool = True
 ) -> tuple[RotationConfig, list[Generated]]:
     """The configuration with the template's entries appended, and what the template matched.
-    ``warn``: log each refused project as a warning (README "Entry templates"); the report lists
+    ``warn``: log each refused project as a warning (docs/fleet.md "Entry templates"); the report lists
     them as findings instead."""
     template = config.project_template
     if template is None:
@@ -195,7 +218,7 @@ so it can neither name another host (``.``, ``@``, ``:``) nor leave the host par
 
 def _unsafe_value(template: ProjectTemplate, project: OrganizationProject) -> str | None:
     """Why a value the template puts into the store path would not be one safe path segment, or
-    into a consumer URL would not be one label (README "Entry templates")."""
+    into a consumer URL would not be one label (docs/fleet.md "Entry templates")."""
     for placeholder, value in (("{project_name}", project.name), ("{project_id}", project.id)):
         if placeholder in template.path:
             problem = path_value_problem(value, what=f"value of {placeholder} in project_template.path")

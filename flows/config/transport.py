@@ -1,4 +1,4 @@
-"""Where keys would travel in plain text (README "Trust boundary").
+"""Where keys would travel in plain text (docs/trust-boundary.md).
 
 API keys go to Langfuse as HTTP Basic credentials; the Vault token and every stored pair go to
 the store. Over ``http://`` to a host other than loopback (``localhost``, 127.0.0.0/8, ``::1``)

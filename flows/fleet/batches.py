@@ -7,7 +7,7 @@ whichever workers poll the pool; no home-made queue), waits for them, and reads 
 Prefect global concurrency limits (``flows.fleet.pacing``), so all workers stay within one budget; the
 fleet run sends the one summary notification (batches send none).
 
-The batches spread because of how the pool is served (README "Spread over workers"): the batch
+The batches spread because of how the pool is served (docs/fleet.md "Spread over workers"): the batch
 deployment has its own work queue, polled by workers started with ``--limit 1``, so a worker that
 holds a batch leaves the next one to another worker. The fleet run itself runs on the ``default``
 queue, never in a batch slot, so it cannot deadlock the workers it waits for. Before it hands out
@@ -117,7 +117,7 @@ def check_batch_queue_is_served(deployment_name: str) -> None:
         raise RotateError(
             f"no worker polls work queue {queue_name} of pool {pool} ({state}), which runs {deployment_name}: "
             f"start one with 'prefect worker start --pool {pool} --work-queue {queue_name} --limit 1' "
-            '(README "Spread over workers"), or unset fleet.batch_size; no batch was started'
+            '(docs/fleet.md "Spread over workers"), or unset fleet.batch_size; no batch was started'
         )
 
 

@@ -1,10 +1,12 @@
-"""The limiters a fleet run paces its requests with (README "Fleet rotation", pacing).
+"""The limiters a fleet run paces its requests with (docs/fleet.md, pacing).
 
 - One ``Pacer`` per Langfuse host from ``langfuse.max_requests_per_min`` (unset: no pacing, but a
   429's ``Retry-After`` still pauses every request of the fleet), one per store from
   ``stores.<name>.max_writes_per_s`` (AWS default 40: AWS allows 50 writes/s per account and region).
 - A pacer spaces requests evenly (no bursts: Langfuse counts in fixed one-minute windows, so
   evenly spaced requests below the limit never cross it).
+- One ``flows.rotation.canary_timing.CanaryTiming`` per Langfuse host: the entries read their canaries
+  back when the fleet's first canaries showed they can be there.
 - Spread over several workers (``shared=True`` with a Prefect server), the budget is shared through
   a Prefect global concurrency limit with slot decay: each process takes slots in small batches
   (``connectors.prefect_api``, mode ``rate_limit``) and spends them locally.
@@ -23,6 +25,7 @@ from connectors import pacing
 from connectors.errors import PrefectApiError
 from connectors.prefect_api import ConcurrencyLimit, PrefectApi
 from flows.config.model import RotationConfig
+from flows.rotation import canary_timing
 from flows.rotation.lock import prefect_api
 
 Clock = Callable[[], float]
@@ -139,7 +142,8 @@ def fleet_pacing(config: RotationConfig, *, shared: bool = False) -> Iterator[di
         pacers[key] = Pacer(rate, shared=budget)
         pacing.install(key, pacers[key])
     try:
-        yield pacers
+        with canary_timing.installed(hosts):  # the entries share what their canaries teach
+            yield pacers
     finally:
         for key, pacer in pacers.items():
             pacing.remove(key, pacer)

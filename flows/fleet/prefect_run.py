@@ -1,7 +1,7 @@
 """The fleet run under Prefect: one flow run for the fleet, one per entry, artifacts, batches.
 
 Each entry's checklist runs directly in the fleet run's process (a flow run and eight task runs
-per entry would cost the fleet more than the work itself: README "Fleet rotation"), and is
+per entry would cost the fleet more than the work itself: docs/fleet.md), and is
 recorded as its own flow run when it finishes: ``rotate-<entry>-<YYYYMMDD-HHMM>``, tagged like a
 single rotation plus ``fleet:<fleet run id>``, Completed or Failed with the same state message as a
 single rotation, with the step-table artifact ``langfuse-rotation-<entry>``.

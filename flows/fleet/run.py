@@ -1,4 +1,4 @@
-"""Fleet rotation: every entry of the configuration, concurrently (README "Fleet rotation").
+"""Fleet rotation: every entry of the configuration, concurrently (docs/fleet.md).
 
 Each entry runs the same checklist as ``rotate --project`` (``flows.rotation.entry_run``), at most
 ``concurrency`` at a time, so the waits for consumers overlap. One entry failing never stops the
@@ -52,7 +52,7 @@ T = TypeVar("T")
 
 
 class FleetResult(BaseModel):
-    """``rotate --all --json``: one object (README "Fleet rotation")."""
+    """``rotate --all --json``: one object (docs/fleet.md)."""
 
     status: FleetStatus
     total: int

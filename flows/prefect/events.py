@@ -105,6 +105,7 @@ def rotation_event(result: RotationResult, project_id: str | None = None) -> dic
         "verified": result.verified,
         "old_key_rejected": result.old_key_rejected,
         "lagging_consumers": list(result.lagging_consumers),
+        "silent_consumers": dict(result.silent_consumers),
         "orchestrator": result.orchestrator,
         "duration_s": result.duration_s,
         "failed_step": result.failed_step,

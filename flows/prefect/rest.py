@@ -1,5 +1,5 @@
-"""Where the Prefect API is, read without importing ``prefect`` (which costs ~2 s of CPU; README
-"Emergency containment"). The client itself is ``connectors.prefect_api``."""
+"""Where the Prefect API is, read without importing ``prefect`` (which costs ~2 s of CPU;
+docs/emergency.md). The client itself is ``connectors.prefect_api``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What the rotator enforces itself at the Prefect trust boundary (README "Trust boundary").
+"""What the rotator enforces itself at the Prefect trust boundary (docs/trust-boundary.md).
 
 Whoever can call the Prefect API can create a flow run of a deployment with *job variables*,
 which a process worker applies on top of the work pool's base job template: another ``command``,
@@ -174,5 +174,5 @@ def _refuse_job_overrides(flow_run: Any) -> None:
             overridden,
             f"refused: this run overrides the work pool's job template ({', '.join(overridden)}); "
             "a run may not change the worker's command, environment or working directory "
-            "(see the README's trust boundary section); nothing was changed",
+            "(see docs/trust-boundary.md); nothing was changed",
         )

@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
 from connectors.store import RotationRecord, StoreDescription
 from flows.errors import BadInputError, StepFailed, Superseded
 from flows.models import Mode, RotationPlan, RotationResult
-from flows.rotation import steps
+from flows.rotation import steps, trace_steps
 from flows.rotation.context import EntryContext
 from flows.rotation.contract import contract_of
 from flows.rotation.crashpoints import crash_point
@@ -82,7 +83,7 @@ def run_scheduled(
                 # 1 create (written ahead to the store, then in Langfuse), [approval], 2 store (promote)
                 record = _create_and_store(run, plan, approve)
                 # 3 wait for restarts: every consumer must report the new key, else roll back
-                consumers = run.step(steps.wait_for_restarts, ctx, record.new_public_key)
+                consumers = run.step(steps.wait_for_restarts, ctx, record.new_public_key, record.old_public_key)
                 if (lagging := consumers.lagging()) is not None:
                     run.result.steps[-1].outcome = "failed"  # it ran to its end, but this is why the run fails
                     raise StepFailed("wait_for_restarts", lagging)
@@ -98,6 +99,7 @@ def run_scheduled(
             return _rolled_back(run, plan, exc)
         # Point of no return: the new pair is stored, adopted and verified.
         # 5 revoke the old key, and prove Langfuse rejects it
+        revoked = None
         if plan.old_public_key is not None:
             revoked = run.attempt(
                 problems,
@@ -108,6 +110,8 @@ def run_scheduled(
                 key_id=key_ids.get(plan.old_public_key),
                 then="the new pair is current and verified, rerun to finish",
             )
+            # after-revoke traces count from when the old key was proven rejected (or given up on)
+            revoked_at = datetime.now(UTC)
             if revoked is not None:
                 crash_point("after_revoke")
             if revoked is not None and revoked.rejected is not True:
@@ -115,6 +119,9 @@ def run_scheduled(
         # finish: clear the staging, record the rotation on the secret (only once nothing is left to do)
         if not problems:
             run.attempt(problems, steps.finish, ctx, record, then="rerun to finish")
+        # [after revoke: the consumers' traces keep arriving, with the new key]
+        if plan.old_public_key is not None and revoked is not None:
+            _check_ingestion(run, problems, record, revoked_at)
         # notify
         result = run.finish("needs_attention" if problems else "rotated", "; ".join(problems) or None)
         ctx.audit.record(
@@ -194,8 +201,9 @@ def run_emergency(
     revoked = run.attempt(
         problems, steps.revoke, ctx, target, plan.old_version, defer_idle_recheck=True, key_id=key_ids.get(target)
     )
+    revoked_at = datetime.now(UTC)
     # 3 restart hooks and wait for restarts: who lags is reported
-    consumers = run.attempt(problems, steps.wait_for_restarts, ctx, record.new_public_key)
+    consumers = run.attempt(problems, steps.wait_for_restarts, ctx, record.new_public_key, target)
     if consumers is not None and (lagging := consumers.lagging()) is not None:
         problems.append(lagging)
     # 4 verify: the stored pair authenticates and its canary trace is readable
@@ -206,10 +214,14 @@ def run_emergency(
             problems, steps.recheck_revoked, ctx, target, plan.old_version, what="re-probe of the revoked key"
         )
         revoked = rechecked or revoked
+        revoked_at = datetime.now(UTC)
     if revoked is not None and revoked.rejected is not True:
         problems.insert(0, f"compromised key {target}: {revoked.detail or 'not proven rejected'}")
     # finish: clear the staging, record the containment on the secret
     run.attempt(problems, steps.finish, ctx, record)
+    # [after revoke: which consumers broke (their traces stopped)]
+    if revoked is not None:
+        _check_ingestion(run, problems, record, revoked_at)
     # notify (with failure priority and the ``emergency`` tag)
     result = run.finish("needs_attention" if problems else "contained", "; ".join(problems) or None)
     ctx.audit.record(
@@ -296,7 +308,7 @@ def _wait_and_verify_forward_only(run: RunTracker, record: RotationRecord) -> li
     it cannot roll back, so what goes wrong is returned for a person (the rotation then stays
     staged and the new pair current, so a rerun checks again); empty: finish it."""
     problems: list[str] = []
-    consumers = run.attempt(problems, steps.wait_for_restarts, run.ctx, record.new_public_key)
+    consumers = run.attempt(problems, steps.wait_for_restarts, run.ctx, record.new_public_key, record.old_public_key)
     if consumers is not None and (lagging := consumers.lagging()) is not None:
         run.result.steps[-1].outcome = "failed"
         problems.append(lagging)
@@ -307,6 +319,17 @@ def _wait_and_verify_forward_only(run: RunTracker, record: RotationRecord) -> li
             f"{record.new_public_key} stays current; fix the above and rerun to finish"
         )
     return problems
+
+
+def _check_ingestion(run: RunTracker, problems: list[str], record: RotationRecord, revoked_at: datetime) -> None:
+    """The after-revoke check (docs/trace-evidence.md), for an entry with ``traces`` consumers:
+    each silent one is a problem for a person; nothing rolls back, the old key is gone."""
+    if not run.ctx.trace_watches:
+        return
+    checked = run.attempt(problems, trace_steps.check_ingestion, run.ctx, record.new_public_key, revoked_at)
+    if checked is not None and (problem := checked.problem()) is not None:
+        run.result.steps[-1].outcome = "attention"
+        problems.append(problem)
 
 
 # --- scheduled rotation: its own parts ----------------------------------------------------------

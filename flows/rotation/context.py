@@ -21,6 +21,7 @@ from flows.config.model import ProjectEntry, RotationConfig
 from flows.config.stores import build_store
 from flows.redact import register_secret
 from flows.rotation.handover import HandoverWatch
+from flows.rotation.trace_evidence import trace_watches
 
 if TYPE_CHECKING:
     from connectors.notify import Notifier
@@ -82,7 +83,7 @@ class EntryContext:
         self.handover = HandoverWatch(self.store, self.location, entry=entry.name)
         # Waits between consumer polls notice an emergency's handover request (flows.rotation.handover).
         self.consumer_client = ConsumerClient(sleep=self.handover.sleep)
-        self.consumers = [
+        self.all_consumers = [
             Consumer(
                 name=c.name,
                 health_url=c.health_url,
@@ -95,6 +96,11 @@ class EntryContext:
             )
             for c in entry.consumers
         ]
+        """Every consumer: whose restart hooks fire."""
+        self.consumers = [c for c in self.all_consumers if c.health_url is not None]
+        """The consumers with a health endpoint: those health checks prove switched (or back)."""
+        self.trace_watches = trace_watches(entry)
+        """The consumers with a ``traces`` section (``flows.rotation.trace_evidence``)."""
         for consumer in entry.consumers:
             for value in consumer.headers.values():
                 raw = value.get_secret_value()

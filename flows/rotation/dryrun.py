@@ -64,8 +64,10 @@ def dry_run(ctx: EntryContext) -> RotationResult:
         return f"the stored pair authenticates to {info.id}"
 
     def consumers() -> str:
-        if not ctx.consumers:
+        if not ctx.all_consumers:
             return f"no consumers listed: will wait a {entry.grace_period_s:g}s grace period"
+        if not ctx.consumers:
+            return "no health endpoints; read from their traces: " + ", ".join(w.name for w in ctx.trace_watches)
         seen = {c.name: ctx.consumer_client.observe(c) for c in ctx.consumers}
         result.consumers = {name: obs.public_key for name, obs in seen.items()}
         broken = [f"{n} ({o.error})" for n, o in seen.items() if o.error]
@@ -95,8 +97,8 @@ class CheckFailed(Exception):
 def plan_text(ctx: EntryContext) -> str:
     entry = ctx.entry
     waits = (
-        f"wait up to {entry.wait_timeout_s:g}s for {', '.join(c.name for c in ctx.consumers)}"
-        if ctx.consumers
+        f"wait up to {entry.wait_timeout_s:g}s for {', '.join(c.name for c in ctx.all_consumers)}"
+        if ctx.all_consumers
         else f"wait {entry.grace_period_s:g}s"
     )
     approval = "; pause for approval before promoting" if entry.approval == "required" else ""

@@ -77,6 +77,11 @@ def notification_for(result: RotationResult) -> Notification:
         lines.append("consumers: " + ", ".join(f"{single_line(k)}={shown_key(v)}" for k, v in result.consumers.items()))
     if result.lagging_consumers:
         lines.append("STILL ON THE OLD KEY: " + ", ".join(single_line(name) for name in result.lagging_consumers))
+    if result.silent_consumers:
+        silent = ", ".join(
+            f"{single_line(name)} (last trace {single_line(at)})" for name, at in result.silent_consumers.items()
+        )
+        lines.append("SILENT SINCE THE REVOKE: " + silent)
     lines.append("steps: " + "; ".join(f"{s.step} {s.outcome} {s.duration_s:.2f}s" for s in result.steps))
     lines.append(f"duration: {result.duration_s:.2f}s; rotation id {result.rotation_id}")
     if result.prefect_flow_run_id:

@@ -39,7 +39,7 @@ def plan_rotation(ctx: EntryContext, mode: Mode, state: StoreDescription | None 
         "mode": mode,
         "store_name": ctx.store_name,
         "store_location": ctx.store_label,
-        "consumers": [c.name for c in ctx.consumers],
+        "consumers": [c.name for c in ctx.all_consumers],
     }
     pending = desc.pending
     if pending is not None:

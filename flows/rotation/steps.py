@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -28,10 +28,13 @@ from connectors.store import RotationRecord, StoreVersion
 from flows.errors import StepFailed
 from flows.models import RotationPlan
 from flows.redact import register_secret, scrub
+from flows.rotation.canary_timing import timing_for
 from flows.rotation.context import EntryContext
 from flows.rotation.contract import step
 from flows.rotation.crashpoints import crash_point
 from flows.rotation.progress import consumer_round
+from flows.rotation.trace_evidence import TraceVerdict
+from flows.rotation.trace_steps import TRACE_CLOCK_SKEW_S, trace_evidence_wait
 
 NOTE_PREFIX = "langfuse-rotate"
 _NOTE_PATTERN = re.compile(rf"^{NOTE_PREFIX} entry=(?P<entry>\S+) rotation=(?P<rotation>\S+)")
@@ -273,58 +276,113 @@ class ConsumerOutcome(BaseModel):
     grace_period_s: float | None = None
     public_key: str = ""
     timeout_s: float = 0.0
+    old_public_key: str | None = None
+    traces: dict[str, TraceVerdict] = {}
+    """Trace evidence of the consumers with ``traces`` (``key_source`` sdk or metadata)."""
+    blind: list[str] = []
+    """Consumers that give no evidence before revoke (``key_source: none``, no health endpoint)."""
+
+    def _trace_lagging(self) -> list[str]:
+        return [name for name, verdict in self.traces.items() if not verdict.switched]
+
+    def all_switched(self) -> bool:
+        return self.wait.all_switched and not self._trace_lagging()
 
     def describe(self) -> str:
-        if self.grace_period_s is not None:
+        if self.grace_period_s is not None and not (self.wait.last_seen or self.traces or self.blind):
             return f"no consumers listed; waited {self.grace_period_s:g}s grace period"
-        seen = ", ".join(f"{k}={v}" for k, v in self.wait.last_seen.items())
-        state = "all switched" if self.wait.all_switched else "lagging: " + ", ".join(self.wait.lagging)
-        return f"{state}; {seen}"
+        parts: list[str] = []
+        if self.wait.last_seen:
+            seen = ", ".join(f"{k}={v}" for k, v in self.wait.last_seen.items())
+            state = "all switched" if self.wait.all_switched else "lagging: " + ", ".join(self.wait.lagging)
+            parts.append(f"{state}; {seen}")
+        parts += [verdict.evidence() for verdict in self.traces.values()]
+        if self.blind:
+            parts.append(
+                f"{', '.join(self.blind)}: no evidence before revoke (key_source none); "
+                f"waited {self.grace_period_s or 0:g}s grace period"
+            )
+        return "; ".join(parts)
+
+    def _trace_keys(self) -> dict[str, str | None]:
+        keys: dict[str, str | None] = {}
+        for name, verdict in self.traces.items():
+            seen = verdict.public_key_seen
+            keys[name] = self.public_key if seen == "new" else (self.old_public_key if seen == "old" else None)
+        return keys
 
     def facts(self) -> dict[str, Any]:
-        facts: dict[str, Any] = {"consumers": dict(self.wait.last_seen)}
-        if not self.wait.all_switched:
-            facts["lagging_consumers"] = list(self.wait.lagging)
+        consumers = {**self._trace_keys(), **{k: v for k, v in self.wait.last_seen.items()}}
+        facts: dict[str, Any] = {"consumers": consumers}
+        lagging = [*self.wait.lagging, *(n for n in self._trace_lagging() if n not in self.wait.lagging)]
+        if lagging:
+            facts["lagging_consumers"] = lagging
         return facts
 
     def lagging(self) -> str | None:
         """Who did not switch, and why, as one line; None when every consumer switched."""
-        if self.wait.all_switched:
+        if self.all_switched():
             return None
         parts = []
         for name in self.wait.lagging:
             seen = self.wait.last_seen.get(name)
             error = self.wait.errors.get(name) or self.restart_errors.get(name)
             parts.append(f"{name} ({error or f'still on {seen}'})")
+        for name in self._trace_lagging():
+            why = self.traces[name].why_not(old=f"the old key {self.old_public_key or ''}".rstrip())
+            parts.append(f"{name} (traces: {why})")
         return f"consumers did not switch to {self.public_key} within {self.timeout_s:g}s: {', '.join(parts)}"
 
 
 @step("wait_for_restarts", retries=0, timeout_s=60, plus=("wait_timeout_s", "grace_period_s"))
-def wait_for_restarts(ctx: EntryContext, public_key: str) -> ConsumerOutcome:
-    """Fire restart hooks, then wait until every consumer reports ``public_key``.
+def wait_for_restarts(ctx: EntryContext, public_key: str, old_public_key: str | None = None) -> ConsumerOutcome:
+    """Fire restart hooks, then wait until every consumer shows ``public_key``: on its health
+    endpoint, and in its traces (a trace sent with ``public_key`` since the wait began, none with
+    ``old_public_key`` in the last ``quiet_s``; docs/trace-evidence.md).
 
     Never raises: the caller decides what a lagging consumer means (roll back, or report).
-    With no consumers listed, waits the configured grace period instead.
+    With no consumers listed, waits the configured grace period instead; so it does too when a
+    consumer gives no evidence before revoke (``key_source: none`` without a health endpoint).
     """
-    if not ctx.consumers:
+    timeout_s = ctx.entry.wait_timeout_s
+    if not ctx.all_consumers:
         ctx.handover.sleep(ctx.entry.grace_period_s)
         empty = WaitOutcome(all_switched=True, last_seen={}, errors={}, elapsed_s=ctx.entry.grace_period_s, lagging=[])
-        timeout_s = ctx.entry.wait_timeout_s
         return ConsumerOutcome(
             wait=empty, grace_period_s=ctx.entry.grace_period_s, public_key=public_key, timeout_s=timeout_s
         )
+    began = time.monotonic()
+    since = datetime.now(UTC) - timedelta(seconds=TRACE_CLOCK_SKEW_S)
     restart_errors: dict[str, str] = {}
-    for consumer in ctx.consumers:
+    for consumer in ctx.all_consumers:
         try:
             ctx.consumer_client.restart(consumer)
         except ConsumerError as exc:
             restart_errors[consumer.name] = str(exc)
     crash_point("after_restarts")
     outcome = ctx.consumer_client.wait_for_public_key(
-        ctx.consumers, public_key, timeout_s=ctx.entry.wait_timeout_s, on_round=consumer_round(public_key)
+        ctx.consumers, public_key, timeout_s=timeout_s, on_round=consumer_round(public_key)
     )
+    evidence = [w for w in ctx.trace_watches if w.gives_evidence_before_revoke]
+    verdicts = (
+        trace_evidence_wait(ctx, evidence, public_key, old_public_key, since, timeout_s - (time.monotonic() - began))
+        if evidence
+        else {}
+    )
+    blind = [w.name for w in ctx.trace_watches if not w.gives_evidence_before_revoke and not w.has_health]
+    grace: float | None = None
+    if blind:
+        grace = ctx.entry.grace_period_s
+        ctx.handover.sleep(max(grace - (time.monotonic() - began), 0.0))
     return ConsumerOutcome(
-        wait=outcome, restart_errors=restart_errors, public_key=public_key, timeout_s=ctx.entry.wait_timeout_s
+        wait=outcome,
+        restart_errors=restart_errors,
+        public_key=public_key,
+        timeout_s=timeout_s,
+        old_public_key=old_public_key,
+        traces=verdicts,
+        blind=blind,
+        grace_period_s=grace,
     )
 
 
@@ -346,7 +404,12 @@ class VerifyOutcome(BaseModel):
 @step("verify", retries=1, timeout_s=60, plus=("canary_timeout_s",))
 def verify(ctx: EntryContext, record: RotationRecord) -> VerifyOutcome:
     """The current stored pair is the new one, authenticates to the expected project, and a
-    canary trace sent with it is readable within the configured time."""
+    canary trace sent with it is readable within the configured time.
+
+    The canary is read with the new pair when it can be there (``flows.rotation.canary_timing``: the fleet
+    learns Langfuse's ingestion delay from its first canaries). Read back with that pair, rows
+    naming the expected project prove the pair authenticates to it, so no separate auth check is
+    made; a server whose rows name no project gets one."""
     name = "verify"
     try:
         current = ctx.store.read_current(ctx.location)
@@ -354,21 +417,27 @@ def verify(ctx: EntryContext, record: RotationRecord) -> VerifyOutcome:
         if current.public_key != record.new_public_key:
             raise StepFailed(name, f"the store's current key is {current.public_key}, not the new key")
         with LangfuseProjectClient(ctx.host, current.key_pair(), timeout_s=ctx.config.langfuse.timeout_s) as client:
-            info = client.auth_check()
-            if info.id != ctx.entry.project_id:
-                raise StepFailed(
-                    name, f"the new key authenticates to project {info.id}, expected {ctx.entry.project_id}"
-                )
+            timing = timing_for(ctx.host)
+            sent_at = timing.clock()
             trace_id = client.send_canary(
                 attributes={"langfuse_rotate.entry": ctx.entry.name, "langfuse_rotate.rotation_id": record.rotation_id}
             )
-            seconds = client.wait_for_canary(
-                trace_id, timeout_s=ctx.entry.canary_timeout_s, first_poll_after_s=min(0.25, ctx.entry.canary_timeout_s)
+            sighting, seconds = timing.wait_readable(
+                lambda budget_s: client.read_canary(trace_id, within_s=budget_s),
+                sent_at=sent_at,
+                timeout_s=ctx.entry.canary_timeout_s,
+                trace_id=trace_id,
+                sent_with=f"project key {current.public_key} on Langfuse at {ctx.host}",
             )
+            projects = sighting.project_ids or (client.auth_check().id,)
+            if projects != (ctx.entry.project_id,):
+                raise StepFailed(
+                    name, f"the new key authenticates to project {', '.join(projects)}, expected {ctx.entry.project_id}"
+                )
         crash_point("after_verify")
     except ConnectorError as exc:
         raise connector_failure(name, exc) from None
-    return VerifyOutcome(project_id=info.id, canary_trace_id=trace_id, canary_seconds=round(seconds, 3))
+    return VerifyOutcome(project_id=projects[0], canary_trace_id=trace_id, canary_seconds=round(seconds, 3))
 
 
 # --- 5. revoke ----------------------------------------------------------------------------------
@@ -400,7 +469,7 @@ def revoke(
     """Delete ``public_key`` from Langfuse, then prove it is rejected.
 
     Probes once (a successful probe refreshes a stale cache entry on Langfuse <= 4.16, so never in
-    a loop). If the revoked key is still accepted (README "The revocation race": the API-key cache):
+    a loop). If the revoked key is still accepted (docs/rotation.md "The revocation race": the API-key cache):
     with an instance admin key, invalidate the whole cache and probe again; otherwise keep the key
     idle for ``revoke_recheck_s`` (the cache TTL plus a margin) and probe once more.
 
@@ -626,8 +695,8 @@ def rollback(ctx: EntryContext, plan: RotationPlan) -> RollbackOutcome:
     if store_restored:
         ctx.audit.record("store.rollback", _resource(ctx), "done", store_version=restored_version)
     not_back: dict[str, str] = {}
-    if store_restored and was_promoted and ctx.consumers and plan.old_public_key is not None:
-        not_back = _move_consumers_back(ctx, plan.old_public_key, ctx.entry.wait_timeout_s)
+    if store_restored and was_promoted and ctx.all_consumers and plan.old_public_key is not None:
+        not_back = _move_consumers_back(ctx, plan.old_public_key, ctx.entry.wait_timeout_s, new_public_key)
         crash_point("after_rollback_restarts")
     new_key_deleted = False
     kept: str | None = None
@@ -695,17 +764,32 @@ def _keys_in_use(ctx: EntryContext, public_keys: set[str]) -> tuple[dict[str, li
     return in_use, unknown
 
 
-def _move_consumers_back(ctx: EntryContext, old_public_key: str, wait_s: float) -> dict[str, str]:
-    """Restart every consumer and wait until each reports ``old_public_key``; returns the ones not
-    proven back, each with what its health endpoint said last (empty: all are back)."""
-    for consumer in ctx.consumers:
+def _move_consumers_back(
+    ctx: EntryContext, old_public_key: str, wait_s: float, new_public_key: str | None = None
+) -> dict[str, str]:
+    """Restart every consumer and wait until each reports ``old_public_key`` (and, given the
+    ``new_public_key`` it moves off, until the traces of each consumer that carries its key show
+    it back: sent with the old key, none with the new one for ``quiet_s``); returns the ones not
+    proven back, each with what its health endpoint or traces said last (empty: all are back)."""
+    began = time.monotonic()
+    since = datetime.now(UTC) - timedelta(seconds=TRACE_CLOCK_SKEW_S)
+    for consumer in ctx.all_consumers:
         with contextlib.suppress(ConsumerError):  # the wait below names whoever did not come back
             ctx.consumer_client.restart(consumer)
     outcome = ctx.consumer_client.wait_for_public_key(ctx.consumers, old_public_key, timeout_s=wait_s)
-    return {
+    not_back = {
         name: outcome.errors.get(name) or f"reports {outcome.last_seen.get(name) or 'no key'}"
         for name in outcome.lagging
     }
+    evidence = [w for w in ctx.trace_watches if w.gives_evidence_before_revoke]
+    if evidence and new_public_key is not None:
+        left = wait_s - (time.monotonic() - began)
+        verdicts = trace_evidence_wait(ctx, evidence, old_public_key, new_public_key, since, left)
+        for name, verdict in verdicts.items():
+            if not verdict.switched:
+                why = verdict.why_not(old=f"the new key {new_public_key}", new=f"the old key {old_public_key}")
+                not_back.setdefault(name, f"traces: {why}")
+    return not_back
 
 
 def _resource(ctx: EntryContext) -> str:

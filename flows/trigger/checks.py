@@ -1,5 +1,5 @@
-"""The checks an event-started emergency passes before it may change anything (README "Emergency
-trigger").
+"""The checks an event-started emergency passes before it may change anything (docs/emergency.md
+"Emergency trigger").
 
 A ``langfuse.key.compromised`` event is input from outside (a secret scanner, an alert rule), so
 it is checked like any other input. The run acts only when:
@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from connectors.errors import ConnectorError
 from flows.config.model import ProjectEntry, RotationConfig, load_config
@@ -41,20 +42,44 @@ class EventRefused(Exception):
     """The event does not allow a containment; nothing was changed. ``page``: the refusal is an
     infrastructure failure (the event could not be checked), which pages like an emergency."""
 
-    def __init__(self, reason: str, *, page: bool = False) -> None:
+    def __init__(self, reason: str, *, page: bool = False, duplicate: bool = False) -> None:
         self.page = page
+        self.duplicate = duplicate
         super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class EarlierRun:
+    """An event-started containment of the entry within the hour (``public_key`` as its
+    parameter)."""
+
+    name: str
+    public_key: str | None
+
+
+class RunLedger(Protocol):
+    """Where the checks read earlier containments and mark this one: the Prefect server, through
+    Prefect's client inside a flow (``PrefectLedger``) or over REST in the responder. Both read and
+    write the same flow runs, so a containment by either counts for the other."""
+
+    def earlier_containments(self, entry: str, flow_run_id: str) -> list[EarlierRun]: ...
+
+    def add_tags(self, flow_run_id: str, tags: list[str]) -> None: ...
 
 
 def slot_name(entry: str) -> str:
     return f"langfuse-emergency-{entry}"
 
 
-def check_entry(config_path: str | None, project: str) -> tuple[RotationConfig, ProjectEntry]:
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        raise EventRefused(f"the configuration cannot be read: {exc}", page=True) from None
+def check_entry(
+    config_path: str | None, project: str, *, config: RotationConfig | None = None
+) -> tuple[RotationConfig, ProjectEntry]:
+    """``config``: already loaded (the responder's, loaded once), else read from ``config_path``."""
+    if config is None:
+        try:
+            config = load_config(config_path)
+        except ConfigError as exc:
+            raise EventRefused(f"the configuration cannot be read: {exc}", page=True) from None
     try:
         # Looked up (and named in the refusal) only as checked: a name that is none is <invalid>.
         return config, config.entry(shown_matching(ENTRY_NAME, project))
@@ -62,18 +87,27 @@ def check_entry(config_path: str | None, project: str) -> tuple[RotationConfig, 
         raise EventRefused(f"the event names {exc}") from None
 
 
-def check_key(config: RotationConfig, entry: ProjectEntry, public_key: str | None, flow_run_id: str) -> None:
+def check_key(
+    config: RotationConfig,
+    entry: ProjectEntry,
+    public_key: str | None,
+    flow_run_id: str,
+    ledger: RunLedger | None = None,
+) -> None:
     """Raises ``EventRefused`` unless the event may contain ``public_key``; on success this run is
-    counted as one of the entry's event-started containments."""
+    counted as one of the entry's event-started containments. Called under the entry's emergency
+    slot, so no other run checks (or contains) between the look at earlier runs and the tag."""
+    ledger = ledger or PrefectLedger()
     if not public_key:
         raise EventRefused("the event names no payload.public_key: an event must name the leaked key")
     if not _PUBLIC_KEY.fullmatch(public_key):
         raise EventRefused("payload.public_key is not a Langfuse public key (pk-lf-...)")
-    earlier = _earlier_containments(entry.name, flow_run_id)
-    same_key = [run for run in earlier if (run.parameters or {}).get("public_key") == public_key]
+    earlier = ledger.earlier_containments(entry.name, flow_run_id)
+    same_key = [run for run in earlier if run.public_key == public_key]
     if same_key:
         raise EventRefused(
-            f"{public_key} was already contained by run {same_key[0].name} within the hour: one containment per key"
+            f"{public_key} was already contained by run {same_key[0].name} within the hour: one containment per key",
+            duplicate=True,
         )
     limit = config.emergency.max_per_hour
     if len(earlier) >= limit:
@@ -84,7 +118,7 @@ def check_key(config: RotationConfig, entry: ProjectEntry, public_key: str | Non
         )
     _check_not_another_entrys_key(config, entry, public_key)
     _check_live_in_project(config, entry, public_key)
-    _add_tags(flow_run_id, [TAG_CONTAINMENT])
+    ledger.add_tags(flow_run_id, [TAG_CONTAINMENT])
 
 
 def _check_not_another_entrys_key(config: RotationConfig, entry: ProjectEntry, public_key: str) -> None:
@@ -122,7 +156,78 @@ def _check_live_in_project(config: RotationConfig, entry: ProjectEntry, public_k
         raise EventRefused(f"{public_key} is not a live key of Langfuse project {entry.project_id} (already deleted?)")
 
 
+def refused_message(refused: EventRefused) -> str:
+    """The state message of a run that refused its event (``refused: <why>``)."""
+    from flows.shown import single_line
+
+    return f"refused: {single_line(str(refused))}"
+
+
+def report_refusal(
+    project: str,
+    config_path: str | None,
+    public_key: str | None,
+    event_id: str,
+    event_source: str | None,
+    refused: EventRefused,
+    *,
+    config: RotationConfig | None = None,
+) -> None:
+    """The refused run's one audit line and its warning. A duplicate (the key was contained by
+    another run of the same report: the responder's and the automation's, or a repeated event) is
+    audited but not notified: the containment that happened sent the one notification."""
+    from connectors.notify import Notification
+    from flows.audit import AuditLog, audit_path_for, resource_id
+    from flows.rotation.notification import send_to
+    from flows.shown import EVENT_ID, EVENT_SOURCE, shown_key, single_line
+
+    reason = str(refused)
+    audit_path = config.audit.path if config is not None else audit_path_for(config_path)
+    details: dict[str, Any] = {"reason": reason, "public_key": public_key, "event_id": event_id}
+    details["event_source"] = event_source
+    if refused.duplicate:
+        details["duplicate"] = True
+    AuditLog(audit_path).final("emergency", project, "refused", **details)
+    if refused.duplicate:
+        return
+    what = "could not be checked" if refused.page else "was refused"
+    # Everything here came with the event: shown only as checked, each on its own line.
+    entry = shown_matching(ENTRY_NAME, project)
+    body = "\n".join(
+        [
+            f"project: {entry}",
+            f"resource: {resource_id(entry)}",
+            f"event: {shown_matching(EVENT_ID, event_id)} from "
+            f"{shown_matching(EVENT_SOURCE, event_source) if event_source else 'unknown source'}",
+            f"public key: {shown_key(public_key) if public_key else '(none)'}",
+            f"nothing was changed: {single_line(reason)}",
+        ]
+    )
+    send_to(
+        config_path,
+        Notification(
+            title=f"Langfuse compromise event {what}: {entry}",
+            body=body,
+            kind="emergency" if refused.page else "failure",
+        ),
+        config=config,
+    )
+
+
 # --- Prefect: earlier runs, tags, one run per entry ---------------------------------------------
+
+
+class PrefectLedger:
+    """Earlier containments through Prefect's client (inside a flow, where it is loaded anyway)."""
+
+    def earlier_containments(self, entry: str, flow_run_id: str) -> list[EarlierRun]:
+        return [
+            EarlierRun(name=run.name, public_key=(run.parameters or {}).get("public_key"))
+            for run in _earlier_containments(entry, flow_run_id)
+        ]
+
+    def add_tags(self, flow_run_id: str, tags: list[str]) -> None:
+        _add_tags(flow_run_id, tags)
 
 
 def _earlier_containments(entry: str, flow_run_id: str) -> list[Any]:

@@ -1,4 +1,4 @@
-"""The narrow path for secret scanners to raise a compromise (README "Trust boundary", point 4).
+"""The narrow path for secret scanners to raise a compromise (docs/trust-boundary.md, point 4).
 
 A scanner should not hold the Prefect API key: that key (or auth string) is full admin, so whoever
 holds it can start any deployment with any job variables. This small HTTP endpoint holds it
@@ -610,11 +610,19 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+EXIT_CODES = """exit codes:
+  0  stopped by Ctrl-C or SIGTERM
+  2  it could not start (usage, configuration, token, --listen address): one line on stderr
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="langfuse-rotate-forwarder",
         description="Forward secret scanners' compromise reports (POST /compromised) as langfuse.key.compromised "
         "events to the Prefect server in PREFECT_API_URL; nothing else.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--config", help=f"the rotation configuration (only its entry names are read; default ${CONFIG_ENV_VAR})"

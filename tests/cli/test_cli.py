@@ -48,7 +48,9 @@ def test_no_command_prints_help_and_exits_2(tmp_path: Path) -> None:
 
 
 def test_help_lists_the_exit_codes() -> None:
-    for args in (["--help"], ["rotate", "--help"], ["emergency", "--help"], ["reconcile", "--help"]):
+    """The rotation's exit codes: the commands that rotate, and ``demo``, which exits with its rotation's code."""
+    for command in ([], ["rotate"], ["emergency"], ["reconcile"], ["demo"]):
+        args = [*command, "--help"]
         proc = cli(*args)
         assert proc.returncode == 0
         assert "exit codes:" in proc.stdout
@@ -269,11 +271,11 @@ def test_a_rotation_on_the_embedded_server_says_first_that_it_is_starting(rotati
     assert f"langfuse-rotate rotate {ENTRY}: rotated" in proc.stdout
 
 
-def test_the_readmes_synopsis_lists_every_command_with_every_option() -> None:
+def test_the_documented_synopsis_lists_every_command_with_every_option() -> None:
     from flows.cli.main import build_parser
 
-    readme = (REPO / "README.md").read_text()
-    block = readme.split("## Command line", 1)[1].split("```", 2)[1]
+    page = (REPO / "docs" / "command-line.md").read_text()
+    block = page.split("# Command line", 1)[1].split("```", 2)[1]
     synopsis: dict[str, str] = {}
     for line in block.splitlines():
         words = line.split()

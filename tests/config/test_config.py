@@ -157,7 +157,7 @@ def test_an_unknown_project_lists_the_configured_ones() -> None:
         parse_config(MINIMAL).entry("nope")
 
 
-# --- store paths and mounts reach only their own place (README "Configuration") ----------------
+# --- store paths and mounts reach only their own place (docs/configuration.md) ----------------
 
 BAD_PATHS = [
     "team-a/../team-b/key",

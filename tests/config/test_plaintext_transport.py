@@ -1,4 +1,4 @@
-"""Keys over plain text are never accepted silently (README "Trust boundary").
+"""Keys over plain text are never accepted silently (docs/trust-boundary.md).
 
 ``http://`` to a Langfuse host, a Vault server or an AWS endpoint that is not loopback, and a Vault
 store's ``verify_tls: false``: a warning when the configuration loads (once per process, exit

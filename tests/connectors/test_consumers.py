@@ -221,7 +221,7 @@ def test_a_consumers_repr_hides_the_credentials_in_its_urls() -> None:
     assert "127.0.0.1:9/health" in shown
 
 
-# --- deadlines and body caps (README "What a rotation does", step 3) ----------------------------
+# --- deadlines and body caps (docs/rotation.md, step 3) ----------------------------
 
 
 def _within(seconds: float, call: Callable[[], T]) -> tuple[T, float]:

@@ -1,4 +1,4 @@
-"""No client that carries a secret follows a redirect (README "Secrets").
+"""No client that carries a secret follows a redirect (docs/rotation.md "Secrets").
 
 Each test points a client at a real local server that answers every request with a 307 to a
 second real local server, then asserts that nothing at all arrived at the second one: no token,

@@ -1,4 +1,4 @@
-"""Langfuse simulator: the API-key cache and the revoked-key race (README "The revocation race").
+"""Langfuse simulator: the API-key cache and the revoked-key race (docs/rotation.md "The revocation race").
 
 Time runs on the simulator's clock (``advance_clock``), and a delete's race window is held open
 until the test has probed inside it (``deletes_in_race_window``, ``release_race_windows``), so no

@@ -252,7 +252,7 @@ def test_with_max_requests_per_min_below_the_servers_limit_no_request_is_refused
     assert result.counts == {"rotated": 4}
     statuses = [r["status"] for r in fleet.env.sim.requests(since)["requests"]]
     assert 429 not in statuses
-    assert len(statuses) >= 4 * 7
+    assert len(statuses) >= 4 * 6  # list, create, canary, its read, delete, revocation probe per entry
 
 
 @aws_only

@@ -46,7 +46,7 @@ def test_entrypoints_are_modules_of_the_installed_package_not_paths_in_a_checkou
 
 
 def test_fleet_batches_have_their_own_work_queue_and_everything_else_stays_on_the_default_queue() -> None:
-    """README "Spread over workers": the batch workers (``--limit 1``) poll only ``fleet-batch``, so
+    """docs/fleet.md "Spread over workers": the batch workers (``--limit 1``) poll only ``fleet-batch``, so
     the quarterly run, which waits for its batches, and emergencies never take one of their slots."""
     queues = {d["name"]: d["work_pool"].get("work_queue_name", "default") for d in SPEC["deployments"]}
     assert queues.pop("fleet-batch") == "fleet-batch"

@@ -68,6 +68,7 @@ def test_the_payload_holds_public_facts_only() -> None:
         "verified",
         "old_key_rejected",
         "lagging_consumers",
+        "silent_consumers",
         "orchestrator",
         "duration_s",
         "failed_step",

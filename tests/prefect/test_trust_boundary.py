@@ -1,5 +1,5 @@
 """A run that overrides the work pool's job template, or names a configuration file the worker does
-not allow, is refused (README "Trust boundary").
+not allow, is refused (docs/trust-boundary.md).
 
 Whoever can call the Prefect API can create a flow run with job variables (another ``env``,
 ``command`` or ``working_dir``) that a process worker applies on top of the pool's template, or

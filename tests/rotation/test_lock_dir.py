@@ -1,4 +1,4 @@
-"""The host-local lock directory is private (README "Deployments and distributed mode").
+"""The host-local lock directory is private (docs/deployments.md).
 
 Another local user must not be able to pre-create it, fill it with symlinks, or hold the lock
 files: the directory is created 0700, must belong to the user running the rotation, must not be

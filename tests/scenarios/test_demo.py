@@ -29,6 +29,9 @@ def test_demo_rotates_and_stops_everything(store: str, prefect_server: PrefectSe
     assert result["status"] == "rotated"
     assert result["verified"] is True and result["old_key_rejected"] is True
     assert proc.stdout.count("\n") == 1, "with --json, stdout holds only the JSON object"
-    assert "consumer 'api' now reports " + result["new_public_key"] in proc.stderr
+    assert f"consumer 'api' now reports {result['new_public_key']} (all 3 replicas)" in proc.stderr
+    evidence = "evidence before revoke: api: 3 replicas sent with the new key, none with the old one for 5 s"
+    assert evidence in proc.stderr
+    assert "after revoke: api sending (trace at " in proc.stderr
     assert "notification received: [success]" in proc.stderr
     assert "sk-lf-" not in proc.stderr.replace("sk-lf-...", "")

@@ -89,7 +89,7 @@ def stack(
             )
             assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
-        # The locked template the README's trust boundary section asks for (job variables cannot
+        # The locked template docs/trust-boundary.md asks for (job variables cannot
         # change the command, environment or working directory).
         template = "deployments/process-work-pool-template.json"
         prefect("work-pool", "create", POOL, "--type", "process", "--base-job-template", template)

@@ -117,7 +117,7 @@ def test_an_unreachable_langfuse_fails_before_changing_anything(rotation_env: Ro
     assert_old_pair_current_and_valid(env, old)
 
 
-# --- the API-key cache race (README "The revocation race"): a revoked key still accepted ---------
+# --- the API-key cache race (docs/rotation.md "The revocation race"): a revoked key still accepted ---------
 
 
 def cache_race(env: RotationEnv, *, ttl_s: float) -> str:

@@ -1,4 +1,4 @@
-"""The compromise forwarder (README "Trust boundary", point 4): the narrow path for secret scanners.
+"""The compromise forwarder (docs/trust-boundary.md, point 4): the narrow path for secret scanners.
 
 It runs as its own process (``python -m flows.trigger.forwarder``) against a real Prefect server;
 events are read back through ``POST /api/events/filter``. A valid report becomes exactly one
@@ -341,6 +341,16 @@ def test_it_refuses_to_start_without_a_token_and_says_so_in_one_line(tmp_path: P
     assert done.stderr.strip().splitlines() == [
         "error: environment variable NO_SUCH_VAR: the token is missing or shorter than 16 characters"
     ]
+
+
+def test_its_help_lists_its_exit_codes() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.compromise_forwarder", "--help"], capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 0
+    assert "exit codes:" in done.stdout
+    assert "0  stopped by Ctrl-C or SIGTERM" in done.stdout and "2  it could not start" in done.stdout
 
 
 @pytest.mark.slow
