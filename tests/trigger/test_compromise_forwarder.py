@@ -345,7 +345,7 @@ def test_it_refuses_to_start_without_a_token_and_says_so_in_one_line(tmp_path: P
 
 def test_its_help_lists_its_exit_codes() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "flows.compromise_forwarder", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "flows.trigger.forwarder", "--help"], capture_output=True, text=True, timeout=60
     )
 
     assert done.returncode == 0
