@@ -128,3 +128,10 @@ class StoreRefusedError(StoreError):
 
 class ConsumerError(ConnectorError):
     """A consumer's restart hook or health endpoint misbehaved."""
+
+
+# --- Prefect ------------------------------------------------------------------------------------
+
+
+class PrefectApiError(ConnectorError):
+    """The Prefect API answered something unexpected (status and path only)."""

@@ -51,6 +51,9 @@ STATUS_EXIT: dict[str, ExitCode] = {
     "skipped": ExitCode.OK,
 }
 
+DONE_STATUSES = frozenset(status for status, code in STATUS_EXIT.items() if code is ExitCode.OK) - {"skipped"}
+"""A run that did what it was asked (a skipped entry did nothing): derived from ``STATUS_EXIT``."""
+
 
 class RotationPlan(BaseModel):
     """What one run will do (or resume), decided before any change."""

@@ -15,8 +15,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
 # The order of README "Development": a module imports only from its own layer or lower ones.
@@ -36,8 +34,6 @@ _PACKAGE_LAYER = {
 # items 2-3: one Prefect REST client in ``connectors`` and one lock take the transport out of
 # ``flows.prefect``; ``flows.prefect.events`` imports only shared leaves already).
 _PENDING_ON_ONEREST = {
-    ("flows.rotation.lock", "flows.prefect.rest"),
-    ("flows.rotation.handover", "flows.prefect.rest"),
     ("flows.rotation.notification", "flows.prefect.events"),
 }
 
@@ -253,7 +249,6 @@ def test_flows_has_at_most_a_dozen_top_level_modules() -> None:
 # Exceptions outside ``flows/errors.py``: the modules of the branch that rewrites them (issue 20
 # items 2-3), and one private to its module (control flow inside one function, never raised out).
 _EXCEPTIONS_ELSEWHERE = {
-    "flows.prefect.rest.PrefectApiError",
     "flows.rotation.lock.LockDirError",
     "flows.trigger.checks.EventRefused",
     "flows.trigger.forwarder.Refused",
@@ -281,7 +276,6 @@ def test_every_flows_exception_lives_in_errors() -> None:
     assert elsewhere - _EXCEPTIONS_ELSEWHERE == set()
 
 
-@pytest.mark.xfail(reason="branch onerest: one lock on Prefect's public REST API", strict=False)
 def test_no_prefect_internals() -> None:
     hits = [
         f"{path.relative_to(ROOT)}"

@@ -70,8 +70,13 @@ def test_prefect_is_pinned_to_the_tested_minor_series() -> None:
     assert upper and min(upper) <= Version(f"{installed.major}.{installed.minor + 1}")
 
 
-def test_the_prefect_internals_the_lock_relies_on_exist() -> None:
-    from prefect.concurrency.context import ConcurrencyContext
-
-    with ConcurrencyContext() as context:
-        assert isinstance(context.cleanup_lease_ids, list)
+def test_no_module_relies_on_prefect_internals() -> None:
+    """The lock and every other Prefect call use the public REST API (``connectors.prefect_api``)."""
+    root = Path(__file__).resolve().parent.parent
+    sources = [*root.joinpath("flows").rglob("*.py"), *root.joinpath("connectors").rglob("*.py")]
+    offenders = [
+        str(path.relative_to(root))
+        for path in sources
+        if "prefect._internal" in path.read_text() or "ConcurrencyContext" in path.read_text()
+    ]
+    assert offenders == []

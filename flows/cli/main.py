@@ -213,11 +213,11 @@ def _run_emergency(args: argparse.Namespace, out: Output) -> int:
     if url:
         # A server answered: contain in this process now, recorded as a flow run over REST
         # (flows.prefect.recorded); importing prefect first would cost ~2 s before anything is contained.
+        from connectors.prefect_api import PrefectApi
         from flows.prefect.recorded import emergency_recorded
-        from flows.prefect.rest import PrefectRest
 
         auth, key = os.environ.get("PREFECT_API_AUTH_STRING"), os.environ.get("PREFECT_API_KEY")
-        api = PrefectRest(url, auth_string=auth, api_key=key)
+        api = PrefectApi(url, auth_string=auth, api_key=key)
         recorded = emergency_recorded(api, config, args.project, path, args.public_key)
         return _print_and_exit(recorded, "emergency", out)
     say_if_embedded(out.say)

@@ -32,11 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config_path: str, config: object, say: Callable[[str], None]) -> int:
+    from connectors.prefect_api import PrefectApi
     from connectors.prefect_events import EventStream, EventStreamError
     from connectors.tls import shared_ssl_context
     from flows.audit import AuditLog
     from flows.config.model import RotationConfig
-    from flows.prefect.rest import PrefectRest, prefect_api_url
+    from flows.prefect.rest import prefect_api_url
     from flows.trigger.responder import Responder, serve
 
     assert isinstance(config, RotationConfig)
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace, config_path: str, config: object, say: Callabl
             "as for the worker"
         )
     auth, key = os.environ.get("PREFECT_API_AUTH_STRING"), os.environ.get("PREFECT_API_KEY")
-    api = PrefectRest(url, auth_string=auth, api_key=key)
+    api = PrefectApi(url, auth_string=auth, api_key=key)
     responder = Responder(config, config_path, api, deployment=args.deployment)
     stop = threading.Event()
 

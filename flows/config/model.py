@@ -26,7 +26,13 @@ from connectors.store import FieldNames, SecretLocation
 from connectors.urls import RedactedUrl, SecretUrl
 from flows.audit import default_audit_path
 from flows.config.locations import Claims, StorePlaces, collision_text
-from flows.config.stores import STORE_KINDS, StoreConfig, store_kinds_text
+from flows.config.stores import (
+    STORE_KINDS,
+    StoreConfig,
+    on_store_kinds_changed,
+    store_config_type,
+    store_kinds_text,
+)
 from flows.config.transport import warn_transport_risks
 from flows.config.types import StorePath, StrictModel, Url
 from flows.errors import ConfigError, LocationCollision
@@ -664,3 +670,12 @@ def _nearest_line(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...],
         if loc[:end] in lines:
             return lines[loc[:end]]
     return None
+
+
+def _use_registered_store_kinds() -> None:
+    """``stores`` accepts exactly the registered kinds (``flows.config.stores.register_store_kind``)."""
+    RotationConfig.model_fields["stores"].annotation = dict[str, store_config_type()]  # type: ignore[misc,assignment]
+    RotationConfig.model_rebuild(force=True)
+
+
+on_store_kinds_changed(_use_registered_store_kinds)

@@ -35,6 +35,11 @@ class StoreSettings(StrictModel):
         """The URLs in this section: their credentials are registered for log redaction."""
         return []
 
+    def pacing_key(self) -> str:
+        """What a fleet's pacing of this store's writes is keyed by: sections that reach the same
+        service (and so share its limits) give the same key. By default, the section itself."""
+        return f"{self.kind}:{self.model_dump_json(exclude={'max_writes_per_s'})}"
+
 
 # --- Vault (or OpenBao) KV v2 -------------------------------------------------------------------
 
@@ -129,6 +134,11 @@ class VaultStoreConfig(StoreSettings):
     def urls(self) -> list[str | None]:
         return [self.url]
 
+    def pacing_key(self) -> str:
+        from connectors import pacing
+
+        return pacing.vault_key(self.url)
+
     @model_validator(mode="after")
     def _one_auth_method(self) -> VaultStoreConfig:
         given = [key for key in _VAULT_AUTH_KEYS if getattr(self, key) is not None]
@@ -197,6 +207,22 @@ class AwsStoreConfig(StoreSettings):
     def urls(self) -> list[str | None]:
         return [self.endpoint_url]
 
+    def pacing_key(self) -> str:
+        """AWS limits writes per account and region: the region resolved as the connector resolves
+        it (environment, then the profile)."""
+        import boto3
+
+        from connectors import pacing
+        from connectors.aws_session import resolve_region
+
+        region = self.region
+        if region is None:
+            try:
+                region = resolve_region(None, boto3.session.Session(profile_name=self.profile))
+            except Exception:  # the store itself reports a missing region or profile
+                region = ""
+        return pacing.aws_key(region, self.endpoint_url)
+
     @model_validator(mode="after")
     def _external_id_needs_a_role(self) -> AwsStoreConfig:
         if self.external_id is not None and self.role_arn is None:
@@ -255,11 +281,39 @@ STORE_KINDS: dict[str, StoreKind[Any]] = {
 }
 """Every store a configuration can name, by its ``kind``."""
 
+
+def store_config_type() -> Any:
+    """The configuration's ``stores`` values: the registered models, told apart by ``kind``."""
+    return Annotated[Union[tuple(k.config for k in STORE_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
+
+
 if TYPE_CHECKING:
-    StoreConfig = StoreSettings  # narrowed with isinstance where one kind's fields are needed
+    StoreConfig = StoreSettings  # each kind's own fields are read through its model's methods
 else:
-    # The configuration's ``stores`` values: the registered models, told apart by ``kind``.
-    StoreConfig = Annotated[Union[tuple(k.config for k in STORE_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
+    StoreConfig = store_config_type()
+
+_on_change: list[Callable[[], None]] = []
+
+
+def on_store_kinds_changed(listener: Callable[[], None]) -> None:
+    """Call ``listener`` after a kind is registered or removed (``flows.config.model`` rebuilds
+    the configuration model's ``stores`` field there)."""
+    _on_change.append(listener)
+
+
+def register_store_kind(kind: str, store_kind: StoreKind[Any]) -> None:
+    """Add a store ``kind`` (its model's ``kind`` field is ``Literal[kind]``): configurations may
+    name it from now on, and every run connects to it through ``build_store``."""
+    STORE_KINDS[kind] = store_kind
+    for listener in _on_change:
+        listener()
+
+
+def unregister_store_kind(kind: str) -> None:
+    """Remove a kind added by ``register_store_kind``."""
+    del STORE_KINDS[kind]
+    for listener in _on_change:
+        listener()
 
 
 def store_kinds_text() -> str:

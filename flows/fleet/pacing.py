@@ -9,7 +9,7 @@
   back when the fleet's first canaries showed they can be there.
 - Spread over several workers (``shared=True`` with a Prefect server), the budget is shared through
   a Prefect global concurrency limit with slot decay: each process takes slots in small batches
-  with ``rate_limit`` and spends them locally.
+  (``connectors.prefect_api``, mode ``rate_limit``) and spends them locally.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import time
 from collections.abc import Callable, Iterator
 
 from connectors import pacing
+from connectors.errors import PrefectApiError
+from connectors.prefect_api import ConcurrencyLimit, PrefectApi
 from flows.config.model import RotationConfig
-from flows.config.stores import AwsStoreConfig, VaultStoreConfig
 from flows.rotation import canary_timing
+from flows.rotation.lock import prefect_api
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -89,33 +91,23 @@ class SharedBudget:
         self._lock = threading.Lock()
 
     def ensure(self) -> None:
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-        from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-        with get_client(sync_client=True) as client:
-            try:
-                client.read_global_concurrency_limit_by_name(self.name)
-            except ObjectNotFound:
-                with contextlib.suppress(ObjectAlreadyExists):
-                    client.create_global_concurrency_limit(
-                        GlobalConcurrencyLimitCreate(
-                            name=self.name, limit=self.batch, slot_decay_per_second=self.rate_per_s
-                        )
-                    )
-                return
-            client.update_global_concurrency_limit(
-                self.name, GlobalConcurrencyLimitUpdate(limit=self.batch, slot_decay_per_second=self.rate_per_s)
-            )
+        self._api().ensure_limit(
+            ConcurrencyLimit(name=self.name, limit=self.batch, slot_decay_per_second=self.rate_per_s)
+        )
 
     def take(self) -> None:
         with self._lock:
             if self._left == 0:
-                from prefect.concurrency.sync import rate_limit
-
-                rate_limit(self.name, occupy=self.batch, strict=True)
+                self._api().take_rate(self.name, self.batch)
                 self._left = self.batch
             self._left -= 1
+
+    @staticmethod
+    def _api() -> PrefectApi:
+        api = prefect_api()
+        if api is None:
+            raise PrefectApiError("shared pacing needs a Prefect server (PREFECT_API_URL)")
+        return api
 
 
 def budget_name(kind: str, key: str) -> str:
@@ -125,21 +117,8 @@ def budget_name(kind: str, key: str) -> str:
 
 
 def store_gate_key(config: RotationConfig, name: str) -> str:
-    store = config.stores[name]
-    if isinstance(store, VaultStoreConfig):
-        return pacing.vault_key(store.url)
-    assert isinstance(store, AwsStoreConfig)
-    region = store.region
-    if region is None:  # resolved as the connector resolves it (environment, then the profile)
-        import boto3
-
-        from connectors.aws_session import resolve_region
-
-        try:
-            region = resolve_region(None, boto3.session.Session(profile_name=store.profile))
-        except Exception:  # the store itself reports a missing region or profile
-            region = ""
-    return pacing.aws_key(region, store.endpoint_url)
+    """The pacing key of store ``name``, as its kind defines it (``StoreSettings.pacing_key``)."""
+    return config.stores[name].pacing_key()
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from connectors.prefect_api import RunRecords
 from flows.config.model import ProjectEntry, RotationConfig
 from flows.fleet.batches import run_in_batches
 from flows.fleet.run import (
@@ -29,11 +30,9 @@ from flows.fleet.run import (
     terminal_progress_sink,
 )
 from flows.models import RotationResult
-from flows.prefect.artifact import SUMMARY_KEY, artifact_key, summary_markdown
+from flows.prefect.artifact import SUMMARY_KEY, artifact_key, state_of, summary_markdown
 from flows.prefect.flow_run import tag_flow_run
-from flows.prefect.recorded import state_of
-from flows.prefect.rest import PrefectRest, RunRecords
-from flows.rotation.lock import prefect_server_configured, rest_api
+from flows.rotation.lock import prefect_api, prefect_api_from_settings, prefect_server_configured
 
 ENTRY_FLOW_NAME = "langfuse-key-rotation"
 PROGRESS_KEY = "langfuse-fleet-progress"
@@ -45,7 +44,7 @@ class PrefectEntryRecorder:
     per entry: the Prefect server's throughput, not the rotations, bounds a large fleet; README
     "Fleet rotation"). ``close`` waits until every record is written.
 
-    Talks to the server over its REST API (``flows.prefect.rest``: one pooled connection for the
+    Talks to the server over its REST API (``connectors.prefect_api``: one pooled connection for the
     whole fleet, none of the Prefect client's per-thread set-up); Prefect's client only where there
     is no API URL (the ephemeral server)."""
 
@@ -57,7 +56,7 @@ class PrefectEntryRecorder:
         self._pool = ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="fleet-record")
         self._pending: list[Future[None]] = []
         self.failures = 0
-        rest = PrefectRest.from_settings()
+        rest = prefect_api_from_settings()
         self._rest = rest
         self._api: RunRecords = rest if rest is not None else _ClientApi()
         self._flow_id = self._api.flow_id(ENTRY_FLOW_NAME)
@@ -101,7 +100,7 @@ class PrefectEntryRecorder:
                 markdown=summary_markdown(result),
                 description=f"Langfuse key rotation of {result.project}: {result.status}",
             )
-            self._api.set_flow_run_state(run_id, state_of(result))
+            self._api.set_flow_run_state(run_id, state_of(result).model_dump(exclude_none=True))
         except Exception:  # a record that cannot be written never changes the rotation's outcome
             self.failures += 1
 
@@ -257,7 +256,7 @@ def run_fleet_flow(
     sinks: list[ProgressSink] = [_progress_artifact_sink(flow_run_id)]
     if show_progress:
         sinks.append(terminal_progress_sink())
-    lock_api = rest_api() if server else None
+    lock_api = prefect_api() if server else None
     if lock_api is not None:
         lock_api.expect_many_limits()
     try:

@@ -33,7 +33,7 @@ from flows.config.model import ProjectEntry, RotationConfig
 from flows.config.stores import build_store
 from flows.config.templates import Generated, expand, organization_projects
 from flows.fleet.pacing import fleet_pacing
-from flows.models import ExitCode, RotationResult, StepRecord
+from flows.models import DONE_STATUSES, ExitCode, RotationResult, StepRecord
 from flows.prefect import events
 from flows.redact import install_redaction, scrub
 from flows.rotation import steps
@@ -46,7 +46,7 @@ from flows.shown import single_line
 
 FleetStatus = Literal["rotated", "partial", "failed", "needs_attention", "planned"]
 
-_GOOD = {"rotated", "skipped", "contained", "reconciled", "planned"}
+_GOOD = DONE_STATUSES | {"skipped"}
 _FAILED = {"failed", "rolled_back"}
 T = TypeVar("T")
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
-from flows.models import RotationResult
+from pydantic import BaseModel
+
+from flows.models import DONE_STATUSES, RotationResult
 from flows.redact import scrub
 from flows.shown import markdown_code, markdown_key, markdown_text, markdown_version
 
@@ -59,3 +62,23 @@ def summary_markdown(result: RotationResult) -> str:
     if result.reconciled:
         lines += ["", "## Reconciled", "", *[f"- {markdown_text(action)}" for action in result.reconciled]]
     return scrub("\n".join(lines))
+
+
+class FinalState(BaseModel):
+    """The final state of a run's flow run, in the API's terms (``flows.prefect.flow_run.final_state``
+    builds Prefect's state object from it; run records post it as it is)."""
+
+    type: Literal["COMPLETED", "FAILED"]
+    name: Literal["Completed", "NeedsAttention", "Failed"]
+    message: str | None = None
+
+
+def state_of(result: RotationResult) -> FinalState:
+    """The final state a flow run of this result gets: failed runs say which step failed and why
+    (no secrets); a run needing attention completes with a name saying so."""
+    if result.status in DONE_STATUSES:
+        return FinalState(type="COMPLETED", name="Completed")
+    message = f"{result.status}: {result.error or 'see the summary artifact'}"
+    if result.status == "needs_attention":
+        return FinalState(type="COMPLETED", name="NeedsAttention", message=message)
+    return FinalState(type="FAILED", name="Failed", message=message)

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from connectors.store import RotationRecord
 from flows.models import RotationPlan, RotationResult
-from flows.prefect.artifact import artifact_key, summary_markdown
+from flows.prefect.artifact import artifact_key, state_of, summary_markdown
 from flows.rotation.checklists import ApprovalDecision, HandoverProbe
 from flows.rotation.handover import POLL_S
 
@@ -69,13 +69,13 @@ def publish_summary(result: RotationResult) -> None:
 
 
 def final_state(result: RotationResult) -> State[Any] | RotationResult:
-    """The flow run's final state: failed runs say which step failed and why (no secrets)."""
-    if result.status in {"rotated", "contained", "reconciled", "planned"}:
+    """The flow run's final state (``state_of``) as Prefect's state object, carrying the result."""
+    state = state_of(result)
+    if state.name == "Completed":
         return result
-    message = f"{result.status}: {result.error or 'see the summary artifact'}"
-    if result.status == "needs_attention":
-        return Completed(message=message, name="NeedsAttention", data=result)
-    return Failed(message=message, data=result)
+    if state.type == "COMPLETED":
+        return Completed(message=state.message, name=state.name, data=result)
+    return Failed(message=state.message, data=result)
 
 
 class RotationApproval(RunInput):

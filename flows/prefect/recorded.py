@@ -17,15 +17,15 @@ from datetime import UTC, datetime
 
 import httpx
 
+from connectors.errors import PrefectApiError
+from connectors.prefect_api import PrefectApi
 from flows.config.model import RotationConfig
 from flows.models import RotationResult
-from flows.prefect.artifact import artifact_key, summary_markdown
-from flows.prefect.rest import PrefectApiError, PrefectRest
+from flows.prefect.artifact import artifact_key, state_of, summary_markdown
 from flows.rotation.entry_run import execute
 from flows.rotation.runners import DirectRunner
 
 EMERGENCY_FLOW = "langfuse-key-emergency"
-_OK = {"rotated", "contained", "reconciled", "planned"}
 
 
 class _RecordedRunner(DirectRunner):
@@ -34,18 +34,8 @@ class _RecordedRunner(DirectRunner):
     orchestrator = "prefect"
 
 
-def state_of(result: RotationResult) -> dict[str, object]:
-    """The final state a flow run of this result gets (as ``flows.prefect.flow_run.final_state``)."""
-    if result.status in _OK:
-        return {"type": "COMPLETED", "name": "Completed"}
-    message = f"{result.status}: {result.error or 'see the summary artifact'}"
-    if result.status == "needs_attention":
-        return {"type": "COMPLETED", "name": "NeedsAttention", "message": message}
-    return {"type": "FAILED", "name": "Failed", "message": message}
-
-
 def emergency_recorded(
-    api: PrefectRest, config: RotationConfig, project: str, config_path: str, public_key: str | None
+    api: PrefectApi, config: RotationConfig, project: str, config_path: str, public_key: str | None
 ) -> RotationResult:
     entry = config.entry(project)
     name = f"emergency-{project}-{datetime.now(UTC):%Y%m%d-%H%M}"
@@ -94,7 +84,7 @@ def emergency_recorded(
             _finish(api, run_id, result)
 
 
-def _finish(api: PrefectRest, run_id: str, result: RotationResult | None) -> None:
+def _finish(api: PrefectApi, run_id: str, result: RotationResult | None) -> None:
     with contextlib.suppress(httpx.HTTPError, PrefectApiError):
         if result is None:  # bad input or an unexpected error: the command reports it
             api.set_flow_run_state(
@@ -107,4 +97,4 @@ def _finish(api: PrefectRest, run_id: str, result: RotationResult | None) -> Non
             markdown=summary_markdown(result),
             description=f"Langfuse key rotation of {result.project}: {result.status}",
         )
-        api.set_flow_run_state(run_id, state_of(result))
+        api.set_flow_run_state(run_id, state_of(result).model_dump(exclude_none=True))

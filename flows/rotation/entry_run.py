@@ -15,7 +15,7 @@ from connectors.store import StoreDescription
 from flows.audit import audit_failure, audit_result, default_audit_path, run_context
 from flows.config.model import RotationConfig, load_config
 from flows.errors import BadInputError, ConfigError, RotationInProgressError, StepFailed
-from flows.models import Mode, RotationResult, Status
+from flows.models import DONE_STATUSES, Mode, RotationResult, Status
 from flows.redact import install_redaction
 from flows.rotation.checklists import Approver, run_emergency, run_reconcile, run_scheduled
 from flows.rotation.context import EntryContext
@@ -58,7 +58,7 @@ def audited_run(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-_DONE = {"rotated", "contained", "reconciled", "planned"}
+_DONE = DONE_STATUSES
 
 
 def _audit_failed(result: Any, error: str, config: Any, config_path: str | None) -> Any:

@@ -38,7 +38,7 @@ from connectors.store import HandoverRequest, SecretLocation, SecretStore, Store
 from flows.errors import Superseded
 
 if TYPE_CHECKING:
-    from flows.prefect.rest import PrefectRest
+    from connectors.prefect_api import PrefectApi
 
 POLL_S = 1.0
 """How often a waiting rotation looks for a handover request, and an emergency refreshes its own."""
@@ -210,13 +210,13 @@ class PrefectRunCheck:
     it exists, is tagged ``mode:emergency`` and ``project:<entry>`` (as every emergency run is,
     before it asks for the entry), and its state is one of ``LIVE_STATES``."""
 
-    def __init__(self, entry: str, api: PrefectRest | None = None) -> None:
+    def __init__(self, entry: str, api: PrefectApi | None = None) -> None:
         self._entry = entry
         self._api = api
         self._own = api is None
 
     def __call__(self, flow_run_id: str) -> tuple[bool, str]:
-        from flows.prefect.rest import PrefectApiError
+        from connectors.errors import PrefectApiError
 
         try:
             uuid.UUID(flow_run_id)
@@ -243,14 +243,11 @@ class PrefectRunCheck:
         if self._own and self._api is not None:
             self._api.close()
 
-    def _connect(self) -> PrefectRest | None:
+    def _connect(self) -> PrefectApi | None:
         if self._api is None:
-            from flows.prefect.rest import PrefectRest, prefect_api_url
+            from connectors.prefect_api import PrefectApi
 
-            url = prefect_api_url()
-            if url:
-                auth, key = os.environ.get("PREFECT_API_AUTH_STRING"), os.environ.get("PREFECT_API_KEY")
-                self._api = PrefectRest(url, auth_string=auth, api_key=key)
+            self._api = PrefectApi.from_configured_url()
         return self._api
 
 

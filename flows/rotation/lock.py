@@ -3,9 +3,10 @@
 Two layers, both released when their holder dies, so a crashed rotation never blocks the next:
 - a host-local ``flock`` (the kernel drops it with the process): covers the embedded/ephemeral
   Prefect mode and runs without Prefect, where every run of a key happens on this host;
-- a Prefect global concurrency limit ``langfuse-rotate-<entry>`` (limit 1, strict, created on
-  demand, with a lease) when a Prefect server is configured, so runs on different workers exclude
-  each other and a crashed holder's slot comes back when its lease expires.
+- a Prefect global concurrency limit ``langfuse-rotate-<entry>`` (limit 1, created on demand,
+  taken with a lease over Prefect's public REST API, ``connectors.prefect_api``) when a Prefect
+  server is configured, so runs on different workers exclude each other and a crashed holder's
+  slot comes back when its lease expires.
 The store's check-and-set fences every write again underneath.
 
 A holder killed on this host (SIGKILL, OOM) would block the next run of the entry here until its
@@ -30,15 +31,16 @@ import fcntl
 import json
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from flows.prefect.rest import PrefectRest
+import httpx
 
+from connectors.errors import PrefectApiError
+from connectors.prefect_api import Lease, PrefectApi
 from flows.errors import ConfigError, RotationInProgressError
 from flows.state import state_dir
 
@@ -142,46 +144,46 @@ def local_lock(entry: str, *, wait_s: float, on_wait: Callable[[], None] | None 
 
 def prefect_server_configured() -> bool:
     """True when a Prefect API URL is set (a real server, not the embedded ephemeral one)."""
-    from prefect.settings import PREFECT_API_URL
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    from prefect.settings import get_current_settings
 
-    return bool(PREFECT_API_URL.value())
+    return bool(get_current_settings().api.url)
 
 
-def _ensure_limit(name: str) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+def prefect_api_from_settings() -> PrefectApi | None:
+    """A new client from ``PREFECT_API_URL`` in the environment, else from Prefect's settings
+    (its profile; imports ``prefect``). None without an API URL (the ephemeral server)."""
+    api = PrefectApi.from_env()
+    if api is not None or not prefect_server_configured():
+        return api
+    from prefect.settings import get_current_settings
 
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    settings = get_current_settings().api
+    key = settings.key.get_secret_value() if settings.key is not None else None
+    auth = settings.auth_string.get_secret_value() if settings.auth_string is not None else None
+    return PrefectApi(str(settings.url), auth_string=auth, api_key=key)
+
+
+_shared: dict[str | None, PrefectApi | None] = {}
+_shared_lock = threading.Lock()
+
+
+def prefect_api() -> PrefectApi | None:
+    """The process's one client (``prefect_api_from_settings``) per ``PREFECT_API_URL``, shared by
+    every lock holder."""
+    url = os.environ.get("PREFECT_API_URL") or None
+    with _shared_lock:
+        if url not in _shared:
+            _shared[url] = prefect_api_from_settings()
+        return _shared[url]
 
 
 def _lease_file(entry: str) -> Path:
     return _lock_dir() / f"{lock_name(entry)}.lease"
 
 
-def release_stale_lease(entry: str) -> str | None:
-    """Release the Prefect slot a crashed holder on this host left behind; the caller must hold
-    the entry's flock (that is what proves the writer of the lease file is gone).
-    Returns the released lease id, or None if there was none."""
-    lease_id = read_lease(entry)
-    if lease_id is None:
-        return None
-    from uuid import UUID
-
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        client.release_concurrency_slots_with_lease(UUID(lease_id))  # an expired or released lease is a no-op
-    clear_lease(entry)
-    return lease_id
-
-
-def read_lease(entry: str) -> str | None:
+def _read_lease(entry: str) -> str | None:
     """The lease id a holder on this host left in its lease file (None: no readable file; an
     unreadable one is removed, there is nothing it could release)."""
     path = _lease_file(entry)
@@ -197,23 +199,18 @@ def read_lease(entry: str) -> str | None:
         return None
 
 
-def write_lease(entry: str, lease_id: str) -> None:
+def _write_lease(entry: str, lease_id: str) -> None:
     """Record the lease this holder was granted (private file, never through a symlink)."""
     fd = _open_private(_lease_file(entry), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     with os.fdopen(fd, "w") as file:
         file.write(json.dumps({"lease_id": lease_id, "pid": os.getpid()}))
 
 
-def clear_lease(entry: str) -> None:
+def _clear_lease(entry: str) -> None:
     _lease_file(entry).unlink(missing_ok=True)
 
 
-def slot_wait_budget(wait_s: float, take_over_after_s: float | None) -> float:
-    """How long to ask for the Prefect slot: an emergency asks only until it takes over."""
-    return wait_s if take_over_after_s is None else take_over_after_s
-
-
-def slot_taken(entry: str, take_over_after_s: float | None) -> str:
+def _slot_taken(entry: str, take_over_after_s: float | None) -> str:
     """What happens when the slot stayed taken: a refusal (``RotationInProgressError``), or for an
     emergency the take-over message for ``LockHeld.taken_over``."""
     name = lock_name(entry)
@@ -237,7 +234,30 @@ class LockHeld:
 
 
 @contextlib.contextmanager
-def prefect_lock(
+def held_lease(api: PrefectApi, lease: Lease, lease_s: float, *, label: str) -> Iterator[None]:
+    """Keep ``lease`` alive (renewed every third of ``lease_s``) while the block runs, then
+    release it. A holder that dies stops renewing: its slot comes back when the lease expires."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(lease_s / 3):
+            with contextlib.suppress(httpx.HTTPError, PrefectApiError):
+                api.renew(lease.lease_id, lease_s)
+
+    renewer = threading.Thread(target=renew, name=f"lease-{label}", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join(5)
+        with contextlib.suppress(httpx.HTTPError, PrefectApiError):
+            api.release(lease.lease_id)
+
+
+@contextlib.contextmanager
+def _prefect_lock(
+    api: PrefectApi,
     entry: str,
     *,
     wait_s: float,
@@ -245,45 +265,39 @@ def prefect_lock(
     on_wait: Callable[[], None] | None = None,
     take_over_after_s: float | None = None,
 ) -> Iterator[LockHeld]:
-    from prefect.concurrency.context import ConcurrencyContext
-    from prefect.concurrency.sync import concurrency
-
+    """The entry's Prefect slot (limit 1, leased), with waiting, take-over and the lease file:
+    the caller holds the entry's flock (so a lease file found here was left by a holder on this
+    host that is gone: its slot is released first)."""
     name = lock_name(entry)
-    _ensure_limit(name)
-    release_stale_lease(entry)
+    stale = _read_lease(entry)
+    if stale is not None:
+        with contextlib.suppress(httpx.HTTPError, PrefectApiError):
+            api.release(stale)
+        _clear_lease(entry)
     held = LockHeld()
-    with contextlib.ExitStack() as stack:
-        # Prefect records every lease it grants in the active ConcurrencyContext (a flow run has
-        # one); that is where this holder learns its lease id for the lease file.
-        leases = ConcurrencyContext.get() or stack.enter_context(ConcurrencyContext())
-        before = set(leases.cleanup_lease_ids)
-        slot: Any = None
-        budget = slot_wait_budget(wait_s, take_over_after_s)
-        deadline = time.monotonic() + budget
-        while slot is None:
-            # Short attempts when someone waits actively (``on_wait``), one long one otherwise. A zero
-            # timeout would mean "do not even try once"; one short attempt is the intent.
-            attempt_s = 1.0 if on_wait is not None else max(budget, 1.0)
-            try:
-                candidate = concurrency(name, occupy=1, strict=True, timeout_seconds=attempt_s, lease_duration=lease_s)
-                candidate.__enter__()
-                slot = candidate
-            except TimeoutError:
-                if time.monotonic() < deadline:
-                    if on_wait is not None:
-                        on_wait()
-                    continue
-                held.taken_over = slot_taken(entry, take_over_after_s)
-                break
-        granted = [str(lease) for lease in leases.cleanup_lease_ids if lease not in before]
-        try:
-            if slot is not None and granted:
-                write_lease(entry, granted[0])
+    budget = wait_s if take_over_after_s is None else take_over_after_s  # an emergency asks only until it takes over
+    deadline = time.monotonic() + budget
+    lease: Lease | None = None
+    while lease is None:
+        # Short attempts when someone waits actively (``on_wait``: an emergency refreshing its
+        # handover request), one long one otherwise.
+        attempt_s = 1.0 if on_wait is not None else max(budget, 1.0)
+        lease = api.acquire(name, lease_s=lease_s, timeout_s=attempt_s)
+        if lease is not None:
+            break
+        if time.monotonic() < deadline:
+            if on_wait is not None:
+                on_wait()
+            continue
+        held.taken_over = _slot_taken(entry, take_over_after_s)
+        yield held
+        return
+    _write_lease(entry, lease.lease_id)
+    try:
+        with held_lease(api, lease, lease_s, label=entry):
             yield held
-        finally:
-            if slot is not None:
-                slot.__exit__(None, None, None)
-                clear_lease(entry)
+    finally:
+        _clear_lease(entry)
 
 
 @contextlib.contextmanager
@@ -304,34 +318,11 @@ def entry_lock(
     check, and the store's check-and-set fences every write. The local flock is never taken over:
     the kernel frees it when its holder dies."""
     with local_lock(entry, wait_s=wait_s, on_wait=on_wait):
-        rest = rest_api() if use_prefect else None
-        if rest is not None:
-            # PREFECT_API_URL in the environment: the same limit and lease file over plain HTTP
-            # (flows.prefect.rest: no ``import prefect``, no queueing behind other entries).
-            from flows.prefect.rest import rest_prefect_lock
-
-            with rest_prefect_lock(
-                rest, entry, wait_s=wait_s, lease_s=lease_s, on_wait=on_wait, take_over_after_s=take_over_after_s
-            ) as held:
-                yield held
-        elif use_prefect and prefect_server_configured():
-            with prefect_lock(
-                entry, wait_s=wait_s, lease_s=lease_s, on_wait=on_wait, take_over_after_s=take_over_after_s
-            ) as held:
-                yield held
-        else:
+        api = prefect_api() if use_prefect else None
+        if api is None:
             yield LockHeld()
-
-
-_rest: list[PrefectRest | None] = []
-
-
-def rest_api() -> PrefectRest | None:
-    """One ``PrefectRest`` per process when ``PREFECT_API_URL`` is set in the environment."""
-    if not os.environ.get("PREFECT_API_URL"):
-        return None
-    if not _rest:
-        from flows.prefect.rest import PrefectRest
-
-        _rest.append(PrefectRest.from_env())
-    return _rest[0]
+            return
+        with _prefect_lock(
+            api, entry, wait_s=wait_s, lease_s=lease_s, on_wait=on_wait, take_over_after_s=take_over_after_s
+        ) as held:
+            yield held

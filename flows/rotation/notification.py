@@ -20,7 +20,7 @@ from connectors.notify import Notification, NotificationKind, NotifyTarget
 from flows.audit import current_run, resource_id
 from flows.config.model import RotationConfig, load_config
 from flows.errors import ConfigError
-from flows.models import RotationResult
+from flows.models import DONE_STATUSES, RotationResult
 from flows.prefect.events import emit_rotation_event
 from flows.redact import scrub
 from flows.rotation.context import EntryContext
@@ -39,7 +39,7 @@ _VERBS = {
     "failed": "FAILED",
     "in_progress": "refused (another run holds the key)",
 }
-_OK = {"rotated", "contained", "reconciled", "planned"}
+_OK = DONE_STATUSES
 
 
 def flow_run_ui_url(flow_run_id: str | None) -> str | None:

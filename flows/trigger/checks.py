@@ -272,24 +272,16 @@ def emergency_slot(entry: str, *, wait_s: float, lease_s: int) -> Iterator[None]
     """At most one emergency run per entry at a time (a Prefect global concurrency limit
     ``langfuse-emergency-<entry>``, leased so a crashed holder frees it). A run that waits longer
     than ``wait_s`` is refused."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from connectors.prefect_api import ConcurrencyLimit
+    from flows.rotation.lock import held_lease, prefect_api
 
+    api = prefect_api()
+    if api is None:  # the embedded server: every run is in this process's server, one at a time per entry anyway
+        raise EventRefused("an emergency slot needs a Prefect server (PREFECT_API_URL)")
     name = slot_name(entry)
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    slot = concurrency(name, occupy=1, strict=True, timeout_seconds=max(wait_s, 1.0), lease_duration=lease_s)
-    try:
-        slot.__enter__()
-    except TimeoutError:
-        raise EventRefused(f"another emergency run of '{entry}' is still running after {wait_s:g}s") from None
-    try:
+    api.ensure_limit(ConcurrencyLimit(name=name, limit=1))
+    lease = api.acquire(name, lease_s=lease_s, timeout_s=max(wait_s, 1.0))
+    if lease is None:
+        raise EventRefused(f"another emergency run of '{entry}' is still running after {wait_s:g}s")
+    with held_lease(api, lease, lease_s, label=f"emergency-{entry}"):
         yield
-    finally:
-        slot.__exit__(None, None, None)

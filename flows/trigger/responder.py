@@ -33,14 +33,15 @@ from datetime import UTC, datetime
 
 import httpx
 
+from connectors.errors import PrefectApiError
+from connectors.prefect_api import PrefectApi
 from connectors.prefect_events import EventStream, StreamedEvent
 from flows.audit import run_context
 from flows.config.model import ProjectEntry, RotationConfig
 from flows.models import RotationResult
-from flows.prefect.artifact import artifact_key, summary_markdown
-from flows.prefect.recorded import state_of
-from flows.prefect.rest import PrefectApiError, PrefectRest
+from flows.prefect.artifact import artifact_key, state_of, summary_markdown
 from flows.rotation.entry_run import execute
+from flows.rotation.lock import held_lease
 from flows.rotation.runners import DirectRunner
 from flows.shown import ENTRY_NAME, EVENT_ID, shown_key, shown_matching
 from flows.trigger.automation import DEFAULT_DEPLOYMENT, EVENT, PROJECT_LABEL, RESOURCE_PREFIX
@@ -68,7 +69,7 @@ class _RecordedRunner(DirectRunner):
 class RestLedger:
     """``flows.trigger.checks.RunLedger`` over REST: the same flow runs Prefect's client reads."""
 
-    def __init__(self, api: PrefectRest) -> None:
+    def __init__(self, api: PrefectApi) -> None:
         self._api = api
 
     def earlier_containments(self, entry: str, flow_run_id: str) -> list[EarlierRun]:
@@ -100,30 +101,16 @@ class RestLedger:
 
 
 @contextlib.contextmanager
-def rest_emergency_slot(api: PrefectRest, entry: str, *, wait_s: float, lease_s: int) -> Iterator[None]:
+def rest_emergency_slot(api: PrefectApi, entry: str, *, wait_s: float, lease_s: int) -> Iterator[None]:
     """``flows.trigger.checks.emergency_slot`` over REST: the same leased global concurrency limit."""
     try:
-        lease_id = api.acquire(slot_name(entry), lease_s=lease_s, timeout_s=max(wait_s, 1.0))
+        lease = api.acquire(slot_name(entry), lease_s=lease_s, timeout_s=max(wait_s, 1.0))
     except (httpx.HTTPError, PrefectApiError, ValueError) as exc:
         raise EventRefused(f"cannot take the emergency slot of '{entry}' in Prefect: {exc}", page=True) from None
-    if lease_id is None:
+    if lease is None:
         raise EventRefused(f"another emergency run of '{entry}' is still running after {wait_s:g}s")
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(lease_s / 3):
-            with contextlib.suppress(httpx.HTTPError, PrefectApiError):
-                api.renew(lease_id, lease_s)
-
-    renewer = threading.Thread(target=renew, name=f"emergency-slot-{entry}", daemon=True)
-    renewer.start()
-    try:
+    with held_lease(api, lease, lease_s, label=f"emergency-slot-{entry}"):
         yield
-    finally:
-        stop.set()
-        renewer.join(5)
-        with contextlib.suppress(httpx.HTTPError, PrefectApiError):
-            api.release(lease_id)
 
 
 @dataclass(frozen=True)
@@ -153,7 +140,7 @@ class Responder:
         self,
         config: RotationConfig,
         config_path: str,
-        api: PrefectRest,
+        api: PrefectApi,
         *,
         deployment: str = DEFAULT_DEPLOYMENT,
     ) -> None:
@@ -244,7 +231,7 @@ class Responder:
             except BaseException:
                 self._finish(run_id, None, {"type": "FAILED", "name": "Failed", "message": "failed: see the logs"})
                 raise
-            self._finish(run_id, result, state_of(result))
+            self._finish(run_id, result, state_of(result).model_dump(exclude_none=True))
             detail = f"{shown_key(result.old_public_key)} -> {shown_key(result.new_public_key)}"
             if result.error:
                 detail += f"; {result.error}"

@@ -9,17 +9,36 @@ import signal
 import subprocess
 import sys
 import typing
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 import requests
-from pydantic import BaseModel
+import yaml
+from pydantic import BaseModel, SecretStr
 
-from connectors.store import SecretStore
+from connectors.keypair import KeyPair
+from connectors.langfuse import LangfuseAdminClient
+from connectors.store import SecretLocation, SecretStore
 from devstack import demo
+from devstack.sinks import JsonSink
 from flows.cli.main import DEMO_STORE_CHOICES
-from flows.config.model import RotationConfig
-from flows.config.stores import STORE_KINDS, StoreKind, StoreSettings, store_config
+from flows.config.model import RotationConfig, parse_config
+from flows.config.stores import (
+    STORE_KINDS,
+    StoreKind,
+    StoreSettings,
+    register_store_kind,
+    store_config,
+    store_kinds_text,
+    unregister_store_kind,
+)
+from flows.fleet.run import fleet_exit_code, run_fleet
+from flows.rotation.entry_run import execute
+from flows.rotation.runners import DirectRunner
+from tests.fakes import MemoryStore
+from tests.fixtures.langfuse_sim import SimHandle
 from tests.fixtures.stores import STORES_UNDER_TEST
 
 
@@ -107,3 +126,95 @@ def test_a_store_kinds_local_server_prints_where_it_is_and_stops_on_sigterm(kind
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# --- a third kind, registered by the test alone -------------------------------------------------
+
+
+class MemoryStoreConfig(StoreSettings):
+    """The section of an in-memory store (``tests.fakes.MemoryStore``)."""
+
+    kind: Literal["memory"]
+
+
+@pytest.fixture
+def memory_kind() -> Iterator[MemoryStore]:
+    """A third store kind, ``memory``, registered for one test: one store every run connects to."""
+    store = MemoryStore()
+    register_store_kind("memory", StoreKind(MemoryStoreConfig, lambda _config: store))
+    try:
+        yield store
+    finally:
+        unregister_store_kind("memory")
+
+
+def _environment(sim: SimHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_LANGFUSE_ORG_PUBLIC_KEY", sim.org_public_key)
+    monkeypatch.setenv("TEST_LANGFUSE_ORG_SECRET_KEY", sim.org_secret_key)
+    monkeypatch.setenv("LANGFUSE_ROTATE_LOCK_DIR", str(tmp_path / "locks"))
+
+
+def _memory_config(
+    sim: SimHandle, sink: JsonSink, tmp_path: Path, store: MemoryStore, names: list[str]
+) -> RotationConfig:
+    """Entries ``names`` in the memory store, each seeded with a key of its own, in one project."""
+    project = sim.projects[0]
+    entries = []
+    with LangfuseAdminClient(sim.url, sim.org_public_key, SecretStr(sim.org_secret_key)) as admin:
+        for name in names:
+            pair = KeyPair.generate()
+            admin.create_api_key(project.id, pair, note=f"seed {name}")
+            store.seed(SecretLocation(path=f"langfuse/{name}"), pair, sim.url)
+            entries.append(
+                {
+                    "name": name,
+                    "project_id": project.id,
+                    "store": "main",
+                    "path": f"langfuse/{name}",
+                    "consumers": [],
+                    "grace_period_s": 0,
+                    "revoke_recheck_s": 1,
+                }
+            )
+    config = {
+        "langfuse": {
+            "host": sim.url,
+            "org_public_key": "${TEST_LANGFUSE_ORG_PUBLIC_KEY}",
+            "org_secret_key": "${TEST_LANGFUSE_ORG_SECRET_KEY}",
+        },
+        "stores": {"main": {"kind": "memory"}},
+        "projects": entries,
+        "notify": {"urls": [f"json://{sink.url.removeprefix('http://')}/hook"]},
+        "audit": {"path": str(tmp_path / "audit.jsonl")},
+    }
+    return parse_config(yaml.safe_dump(config))
+
+
+def test_a_registered_third_kind_is_accepted_by_the_configuration(memory_kind: MemoryStore) -> None:
+    assert isinstance(store_config({"kind": "memory"}), MemoryStoreConfig)
+    assert "memory" in store_kinds_text()
+
+
+def test_a_rotation_runs_on_a_third_kind_registered_by_the_test_alone(
+    memory_kind: MemoryStore, sim: SimHandle, json_sink: JsonSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _environment(sim, tmp_path, monkeypatch)
+    config = _memory_config(sim, json_sink, tmp_path, memory_kind, ["solo"])
+    old = memory_kind.read_current(SecretLocation(path="langfuse/solo")).public_key
+
+    result = execute("rotate", "solo", None, DirectRunner(), config=config)
+
+    assert result.status == "rotated", result.error
+    assert memory_kind.read_current(SecretLocation(path="langfuse/solo")).public_key == result.new_public_key != old
+
+
+def test_a_fleet_runs_on_a_third_kind_registered_by_the_test_alone(
+    memory_kind: MemoryStore, sim: SimHandle, json_sink: JsonSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _environment(sim, tmp_path, monkeypatch)
+    config = _memory_config(sim, json_sink, tmp_path, memory_kind, ["one", "two", "three"])
+
+    result = run_fleet(config, config_path=None, concurrency=3)
+
+    assert fleet_exit_code(result.entries) == 0
+    assert sorted(r.status for r in result.entries) == ["rotated"] * 3

@@ -16,10 +16,10 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.keypair import KeyPair
+from connectors.prefect_api import PrefectApi
 from connectors.store import HandoverRequest, SecretLocation
 from devstack.prefect_server import PrefectServer
 from flows.errors import Superseded
-from flows.prefect.rest import PrefectRest
 from flows.rotation.handover import HandoverWatch, PrefectRunCheck
 from tests.fakes import MemoryStore
 
@@ -31,13 +31,13 @@ EMERGENCY_TAGS = ["langfuse-key-rotation", "mode:emergency", f"project:{ENTRY}"]
 
 
 @pytest.fixture
-def api(prefect_server: PrefectServer) -> Iterator[PrefectRest]:
-    rest = PrefectRest(prefect_server.api_url)
+def api(prefect_server: PrefectServer) -> Iterator[PrefectApi]:
+    rest = PrefectApi(prefect_server.api_url)
     yield rest
     rest.close()
 
 
-def flow_run(api: PrefectRest, tags: list[str], state: str, flow: str = "langfuse-key-emergency") -> str:
+def flow_run(api: PrefectApi, tags: list[str], state: str, flow: str = "langfuse-key-emergency") -> str:
     return api.create_flow_run(
         api.flow_id(flow),
         name=f"emergency-{ENTRY}-{uuid.uuid4().hex[:8]}",
@@ -60,7 +60,7 @@ def flow_run(api: PrefectRest, tags: list[str], state: str, flow: str = "langfus
     ids=["running", "paused", "completed", "crashed", "a-scheduled-run", "another-entrys-emergency"],
 )
 def test_a_flow_run_counts_as_a_live_emergency_only_while_it_runs_as_one_of_this_entry(
-    api: PrefectRest, tags: list[str], state: str, live: bool
+    api: PrefectApi, tags: list[str], state: str, live: bool
 ) -> None:
     run_id = flow_run(api, tags, state)
 
@@ -69,7 +69,7 @@ def test_a_flow_run_counts_as_a_live_emergency_only_while_it_runs_as_one_of_this
     assert answer is live and run_id in why, why
 
 
-def test_an_unknown_or_malformed_flow_run_id_is_not_live(api: PrefectRest) -> None:
+def test_an_unknown_or_malformed_flow_run_id_is_not_live(api: PrefectApi) -> None:
     unknown = str(uuid.uuid4())
     assert PrefectRunCheck(ENTRY, api)(unknown) == (False, f"flow run {unknown} not found")
     live, why = PrefectRunCheck(ENTRY, api)("../../admin/settings")
@@ -77,7 +77,7 @@ def test_an_unknown_or_malformed_flow_run_id_is_not_live(api: PrefectRest) -> No
 
 
 def test_a_stale_request_of_a_running_emergency_run_is_obeyed_and_of_a_finished_one_ignored(
-    api: PrefectRest, prefect_server: PrefectServer, monkeypatch: pytest.MonkeyPatch
+    api: PrefectApi, prefect_server: PrefectServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The watch asks the server the environment names (``PREFECT_API_URL``), as a worker does."""
     monkeypatch.setenv("PREFECT_API_URL", prefect_server.api_url)

@@ -22,11 +22,11 @@ import httpx
 import pytest
 
 from connectors.keypair import KeyPair
+from connectors.prefect_api import PrefectApi
 from connectors.prefect_events import EventStream, StreamedEvent
 from connectors.store import SecretLocation
 from devstack.prefect_server import PrefectServer
 from flows.config.model import load_config
-from flows.prefect.rest import PrefectRest
 from flows.trigger.automation import EVENT, compromised_event
 from flows.trigger.responder import Handled, Responder
 from tests.fixtures.rotation import ENTRY, RotationEnv
@@ -46,14 +46,14 @@ FLOW_NAME = "langfuse-key-emergency"
 
 
 @pytest.fixture
-def rest(prefect_server: PrefectServer) -> Iterator[PrefectRest]:
-    api = PrefectRest(prefect_server.api_url)
+def rest(prefect_server: PrefectServer) -> Iterator[PrefectApi]:
+    api = PrefectApi(prefect_server.api_url)
     yield api
     api.close()
 
 
 @pytest.fixture
-def emergency_deployment(rest: PrefectRest) -> str:
+def emergency_deployment(rest: PrefectApi) -> str:
     """A deployment of the emergency flow nobody runs (no automation, no runner): "flow/name"."""
     name = f"emergency-rotation-{uuid.uuid4().hex[:8]}"
     flow_id = rest.flow_id(FLOW_NAME)
@@ -62,7 +62,7 @@ def emergency_deployment(rest: PrefectRest) -> str:
     return f"{FLOW_NAME}/{name}"
 
 
-def responder_for(env: RotationEnv, api: PrefectRest, deployment: str) -> Responder:
+def responder_for(env: RotationEnv, api: PrefectApi, deployment: str) -> Responder:
     path = str(env.write_config())
     return Responder(load_config(path), path, api, deployment=deployment)
 
@@ -72,7 +72,7 @@ def event_for(env: RotationEnv, public_key: str | None, *, project: str | None =
     return StreamedEvent.model_validate(raw)
 
 
-def read_run(api: PrefectRest, run_id: str | None) -> dict[str, Any]:
+def read_run(api: PrefectApi, run_id: str | None) -> dict[str, Any]:
     assert run_id is not None
     run = api.read_flow_run(run_id)
     assert run is not None
@@ -84,7 +84,7 @@ def read_run(api: PrefectRest, run_id: str | None) -> dict[str, Any]:
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 def test_a_reported_key_is_contained_and_recorded_as_a_run_of_the_emergency_deployment(
-    trigger_env: RotationEnv, rest: PrefectRest, emergency_deployment: str
+    trigger_env: RotationEnv, rest: PrefectApi, emergency_deployment: str
 ) -> None:
     env = trigger_env
     old = env.current()
@@ -124,7 +124,7 @@ def new_keys(env: RotationEnv) -> int:
 
 
 def assert_refused_and_nothing_changed(
-    env: RotationEnv, rest: PrefectRest, handled: Handled, reason: str, *, keys_before: int = 0
+    env: RotationEnv, rest: PrefectApi, handled: Handled, reason: str, *, keys_before: int = 0
 ) -> None:
     assert handled.outcome == "refused" and reason in handled.detail, handled.line()
     run = read_run(rest, handled.run_id)
@@ -140,7 +140,7 @@ def assert_refused_and_nothing_changed(
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 def test_an_event_naming_a_key_that_is_not_live_contains_nothing(
-    trigger_env: RotationEnv, rest: PrefectRest, emergency_deployment: str
+    trigger_env: RotationEnv, rest: PrefectApi, emergency_deployment: str
 ) -> None:
     before = trigger_env.current()
 
@@ -154,7 +154,7 @@ def test_an_event_naming_a_key_that_is_not_live_contains_nothing(
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 def test_an_event_naming_another_entrys_key_contains_nothing(
-    trigger_env: RotationEnv, rest: PrefectRest, emergency_deployment: str
+    trigger_env: RotationEnv, rest: PrefectApi, emergency_deployment: str
 ) -> None:
     other = stray_key(trigger_env)
     trigger_env.store.store.seed(SecretLocation(path=f"{trigger_env.path}-b"), other, trigger_env.sim.url)
@@ -174,7 +174,7 @@ def test_an_event_naming_another_entrys_key_contains_nothing(
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 def test_past_max_per_hour_an_event_contains_nothing(
-    trigger_env: RotationEnv, rest: PrefectRest, emergency_deployment: str
+    trigger_env: RotationEnv, rest: PrefectApi, emergency_deployment: str
 ) -> None:
     trigger_env.top_overrides["emergency"] = {"max_per_hour": 1}
     first, second = stray_key(trigger_env), stray_key(trigger_env)
@@ -194,7 +194,7 @@ def test_past_max_per_hour_an_event_contains_nothing(
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 def test_an_event_for_an_unknown_entry_is_recorded_refused(
-    trigger_env: RotationEnv, rest: PrefectRest, emergency_deployment: str
+    trigger_env: RotationEnv, rest: PrefectApi, emergency_deployment: str
 ) -> None:
     handled = responder_for(trigger_env, rest, emergency_deployment).handle(
         event_for(trigger_env, trigger_env.current().public_key, project="no-such-entry")
@@ -206,7 +206,7 @@ def test_an_event_for_an_unknown_entry_is_recorded_refused(
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 def test_the_same_report_twice_contains_once_and_the_second_says_it_was_a_duplicate(
-    trigger_env: RotationEnv, rest: PrefectRest, emergency_deployment: str
+    trigger_env: RotationEnv, rest: PrefectApi, emergency_deployment: str
 ) -> None:
     leaked = stray_key(trigger_env)
     responder = responder_for(trigger_env, rest, emergency_deployment)
@@ -226,7 +226,7 @@ def test_the_same_report_twice_contains_once_and_the_second_says_it_was_a_duplic
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
 def test_a_key_the_automations_run_contained_is_a_duplicate_for_the_responder(
-    trigger_env: RotationEnv, rest: PrefectRest, emergency_deployment: str
+    trigger_env: RotationEnv, rest: PrefectApi, emergency_deployment: str
 ) -> None:
     """The other order of the two paths: the deployment's flow run (as the automation starts it)
     contains first; the responder, seeing the report after it, changes nothing."""

@@ -1,0 +1,110 @@
+"""``connectors.prefect_api`` sends the same Authorization header as Prefect's own client for
+every combination of ``PREFECT_API_KEY`` and ``PREFECT_API_AUTH_STRING`` (README "Prefect")."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+
+from connectors.prefect_api import PrefectApi
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: ClassVar[list[str | None]] = []
+
+    def _answer(self) -> None:
+        _Recorder.seen.append(self.headers.get("Authorization"))
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        body = b'{"id": "00000000-0000-0000-0000-000000000001"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+
+@pytest.fixture()
+def recording_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+CREDENTIALS = [
+    pytest.param(None, None, id="none"),
+    pytest.param("key-1", None, id="api-key"),
+    pytest.param(None, "user:pass", id="auth-string"),
+    pytest.param("key-1", "user:pass", id="both"),
+]
+
+
+def _prefects_headers(url: str, api_key: str | None, auth_string: str | None) -> tuple[str | None, str | None]:
+    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+    from prefect.settings import PREFECT_CLIENT_CSRF_SUPPORT_ENABLED, temporary_settings
+
+    _Recorder.seen.clear()
+    with temporary_settings({PREFECT_CLIENT_CSRF_SUPPORT_ENABLED: False}):  # one request each, no token fetch
+        with SyncPrefectClient(url, api_key=api_key, auth_string=auth_string) as client:
+            client.request("POST", "/flows/", json={"name": "x"})
+
+        async def run_async() -> None:
+            async with PrefectClient(url, api_key=api_key, auth_string=auth_string) as client:
+                await client.request("POST", "/flows/", json={"name": "x"})
+
+        asyncio.run(run_async())
+    assert len(_Recorder.seen) == 2
+    sync_header, async_header = _Recorder.seen[-2:]
+    return sync_header, async_header
+
+
+@pytest.mark.parametrize(("api_key", "auth_string"), CREDENTIALS)
+def test_the_authorization_header_is_the_one_prefects_clients_send(
+    recording_server: str, api_key: str | None, auth_string: str | None
+) -> None:
+    sync_header, async_header = _prefects_headers(recording_server, api_key, auth_string)
+    assert sync_header == async_header
+
+    _Recorder.seen.clear()
+    api = PrefectApi(recording_server, api_key=api_key, auth_string=auth_string)
+    try:
+        api.flow_id("x")
+    finally:
+        api.close()
+    assert _Recorder.seen == [sync_header]
+
+
+@pytest.mark.parametrize(("api_key", "auth_string"), CREDENTIALS)
+def test_the_environment_gives_the_same_header(
+    recording_server: str, api_key: str | None, auth_string: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync_header, _ = _prefects_headers(recording_server, api_key, auth_string)
+    monkeypatch.setenv("PREFECT_API_URL", recording_server)
+    for name, value in (("PREFECT_API_KEY", api_key), ("PREFECT_API_AUTH_STRING", auth_string)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    _Recorder.seen.clear()
+    api = PrefectApi.from_env()
+    assert api is not None
+    try:
+        api.flow_id("x")
+    finally:
+        api.close()
+    assert _Recorder.seen == [sync_header]
