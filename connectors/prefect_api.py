@@ -202,26 +202,33 @@ class PrefectApi(RunRecords):
         deadline = time.monotonic() + timeout_s
         body = {"names": [name], "slots": 1, "mode": "concurrency", "lease_duration": lease_s}
         existing = self._existing_limits()
+        created = False
         if existing is not None and name not in existing and name not in self._known:
-            self._post("v2/concurrency_limits/", {"name": name, "limit": 1})  # 409: created meanwhile
-            with self._lock:
-                self._known.add(name)
+            self._create_lock_limit(name)
+            created = True
         while True:
             response = self._post("v2/concurrency_limits/increment-with-lease", body)
             if response.status_code != _LOCKED:
                 data = response.json()
-                if not data.get("limits"):  # created on demand: one call per entry in the usual case
-                    if name in self._known:
+                if not data.get("limits"):
+                    # Created on demand: one call per entry in the usual case. A limit this process
+                    # knew may have been deleted on the server since (by an operator): created
+                    # again, once, rather than failing every later run of a long-lived process.
+                    if created:
                         raise PrefectApiError(f"Prefect concurrency limit {name} does not exist")
-                    self._post("v2/concurrency_limits/", {"name": name, "limit": 1})
-                    with self._lock:
-                        self._known.add(name)
+                    self._create_lock_limit(name)
+                    created = True
                     continue
                 return Lease(lease_id=str(data["lease_id"]))
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             time.sleep(max(0.05, min(_retry_after(response), left, 2.0)))
+
+    def _create_lock_limit(self, name: str) -> None:
+        self._post("v2/concurrency_limits/", {"name": name, "limit": 1})  # 409: created meanwhile
+        with self._lock:
+            self._known.add(name)
 
     def take_rate(self, name: str, slots: int) -> None:
         """``slots`` permits of the rate limit ``name`` (a limit with slot decay), waiting as long

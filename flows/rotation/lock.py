@@ -169,10 +169,19 @@ _shared: dict[str | None, PrefectApi | None] = {}
 _shared_lock = threading.Lock()
 
 
-def prefect_api() -> PrefectApi | None:
-    """The process's one client (``prefect_api_from_settings``) per ``PREFECT_API_URL``, shared by
-    every lock holder."""
+def _configured_api_url() -> str | None:
     url = os.environ.get("PREFECT_API_URL") or None
+    if url is not None or not prefect_server_configured():
+        return url
+    from prefect.settings import get_current_settings
+
+    return str(get_current_settings().api.url)
+
+
+def prefect_api() -> PrefectApi | None:
+    """The process's one client (``prefect_api_from_settings``) per Prefect API URL (from the
+    environment or Prefect's settings), shared by every lock holder."""
+    url = _configured_api_url()
     with _shared_lock:
         if url not in _shared:
             _shared[url] = prefect_api_from_settings()

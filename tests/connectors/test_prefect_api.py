@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
+import httpx
 import pytest
 
 from connectors.prefect_api import PrefectApi
+from devstack.prefect_server import PrefectServer
 
 
 class _Recorder(BaseHTTPRequestHandler):
@@ -108,3 +111,20 @@ def test_the_environment_gives_the_same_header(
     finally:
         api.close()
     assert _Recorder.seen == [sync_header]
+
+
+def test_a_lock_whose_limit_was_deleted_on_the_server_is_created_again(prefect_server: PrefectServer) -> None:
+    """A long-running process (the responder, a ``serve()`` worker) remembers the limits it created;
+    one deleted on the server meanwhile (by an operator, by a clean-up) must not fail every later
+    run of that entry until the process restarts."""
+    name = f"langfuse-rotate-deleted-{uuid.uuid4().hex[:8]}"
+    api = PrefectApi(prefect_server.api_url)
+    first = api.acquire(name, lease_s=60, timeout_s=5)
+    assert first is not None
+    api.release(first.lease_id)
+    assert httpx.delete(f"{prefect_server.api_url}/v2/concurrency_limits/{name}", timeout=10).status_code == 204
+
+    again = api.acquire(name, lease_s=60, timeout_s=5)
+
+    assert again is not None
+    api.release(again.lease_id)
