@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.prefect",
     "tests.fixtures.rotation",
     "tests.fixtures.inventory",
+    "tests.fixtures.replicas",
 ]
 
 

@@ -14,6 +14,7 @@ import pytest
 import flows.config.model
 from devstack.prefect_server import PrefectServer
 from tests.fixtures.calls import recorded_calls
+from tests.fixtures.replicas import Replicas, traced_consumer
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
 
@@ -57,3 +58,27 @@ def test_a_rotation_on_prefect_reads_its_configuration_once(
 
     assert state.is_completed(), state.message
     assert len(parsed) == 1, parsed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_an_emergency_on_prefect_checks_ingestion_after_the_revoke_as_a_task_and_names_the_silent_service(
+    rotation_env: RotationEnv, prefect_server: PrefectServer, replicas: Replicas
+) -> None:
+    """The after-revoke check runs under Prefect too (its own task run, the run's message): a service
+    that ignores its restart stays on the revoked key and goes silent; the run ends needing attention."""
+    from flows.emergency import emergency
+
+    leaked = rotation_env.current()
+    batch = replicas.start(1, ignore_restart=True, environment="batch").sending()
+    consumer = traced_consumer(batch.restart_command(), "none", after_revoke_s=4, match={"environment": "batch"})
+    rotation_env.consumers = [consumer | {"name": "batch"}]
+    rotation_env.entry_overrides = {"grace_period_s": 1}
+
+    state: Any = emergency(
+        project=ENTRY, config_path=str(rotation_env.write_config()), public_key=leaked.public_key, return_state=True
+    )
+
+    assert not rotation_env.works(leaked)
+    assert state.name == "NeedsAttention" and "batch" in (state.message or ""), state.message
+    assert task_run_names(state.state_details.flow_run_id)[-2:] == ["finish", "check_ingestion"]

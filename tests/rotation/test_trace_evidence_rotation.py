@@ -9,84 +9,17 @@ simulator.
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
-from contextlib import ExitStack
 from datetime import datetime
 from typing import Any
 
-import httpx
 import pytest
 
-from devstack.consumer import ConsumerProcess, start_consumer_process
 from flows.rotation.entry_run import execute
 from flows.rotation.runners import DirectRunner
+from tests.fixtures.replicas import Replicas, traced_consumer
 from tests.fixtures.rotation import ENTRY, RotationEnv
-from tests.otlp_spans import wait_for
 
 pytestmark = [pytest.mark.parametrize("any_store", ["vault"], indirect=True)]
-
-RESTART_ALL = (
-    "import sys, urllib.request\n"
-    "for url in sys.argv[1:]:\n"
-    "    urllib.request.urlopen(urllib.request.Request(url, method='POST'), timeout=5).read()\n"
-)
-"""The consumer's restart hook: a rollout of every replica (like ``kubectl rollout restart``)."""
-
-
-class Replicas:
-    """Replicas of one service, sending a trace every ``interval`` seconds."""
-
-    def __init__(self, env: RotationEnv, stack: ExitStack) -> None:
-        self.env = env
-        self.stack = stack
-        self.procs: list[ConsumerProcess] = []
-
-    def start(self, count: int, delays: tuple[float, ...] = (), **options: Any) -> Replicas:
-        """``count`` more replicas; ``delays``: each one's restart delay (default none)."""
-        for i in range(count):
-            proc = start_consumer_process(
-                name=f"api-{len(self.procs)}",
-                path=self.env.path,
-                langfuse_host=self.env.sim.url,
-                trace_interval_s=0.3,
-                restart_delay_s=delays[i] if i < len(delays) else 0.0,
-                **{"environment": "api", **options},
-                **self.env.store.consumer_args(),
-            )
-            self.procs.append(self.stack.enter_context(proc))
-        return self
-
-    def restart_command(self) -> list[str]:
-        return [sys.executable, "-c", RESTART_ALL, *(p.restart_url for p in self.procs)]
-
-    def health(self) -> list[dict[str, Any]]:
-        return [httpx.get(p.health_url, timeout=5).json() for p in self.procs]
-
-    def sending(self, traces: int = 3) -> Replicas:
-        """Once every replica has sent ``traces`` traces."""
-        wait_for(lambda: all(h["traces_sent"] >= traces for h in self.health()), "replicas sending")
-        return self
-
-
-@pytest.fixture
-def replicas(rotation_env: RotationEnv) -> Iterator[Replicas]:
-    with ExitStack() as stack:
-        yield Replicas(rotation_env, stack)
-
-
-def traced_consumer(command: list[str], key_source: str = "sdk", **traces: Any) -> dict[str, Any]:
-    return {
-        "name": "api",
-        "restart_command": command,
-        "traces": {
-            "match": {"environment": "api"},
-            "key_source": key_source,
-            "quiet_s": 3,
-            "after_revoke_s": 8,
-            **traces,
-        },
-    }
 
 
 def audit_time(env: RotationEnv, action: str) -> datetime:
