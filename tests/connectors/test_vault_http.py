@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 
 import pytest
 from pydantic import SecretStr
@@ -12,6 +13,7 @@ from pydantic import SecretStr
 from connectors.errors import StoreError, StoreUnavailableError
 from connectors.store import SecretLocation
 from connectors.vault import VaultStore
+from devstack.openbao import OpenBaoServer
 from tests.hostile_http import Recorder, Tarpit
 
 TOKEN = "s.vault-http-test-token-0001"
@@ -51,3 +53,21 @@ def test_a_proxy_named_by_the_environment_still_carries_the_requests(monkeypatch
 
     assert proxy.seen, "nothing went through the proxy"
     assert proxy.seen[0].path == "http://vault.invalid:8200/v1/auth/token/lookup-self"
+
+
+@pytest.fixture(scope="module")
+def tls_openbao() -> Iterator[OpenBaoServer]:
+    with OpenBaoServer(tls=True) as server:
+        yield server
+
+
+def test_a_certificate_for_another_name_is_refused(tls_openbao: OpenBaoServer) -> None:
+    """The dev server's certificate names 127.0.0.1 and localhost, not 0.0.0.0 (which reaches it too)."""
+    store = VaultStore(
+        tls_openbao.url.replace("127.0.0.1", "0.0.0.0"),
+        token=SecretStr(tls_openbao.root_token),
+        ca_cert=tls_openbao.ca_cert,
+    )
+
+    with pytest.raises(StoreUnavailableError, match="TLS"):
+        store.describe(SecretLocation(path="langfuse/x"))
