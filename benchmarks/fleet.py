@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/fleet.py [--sizes 100,1000,2000] [--concurrency 16] [--paced 100]
                                          [--ingestion-delay 0.1] [--store vault|aws] [--json FILE]
+                                         [--profile FILE] [--prefect-calls]
 
 The stack: the Langfuse simulator (one subprocess, ``--projects 100``, entries spread over the
 projects as several keys each), OpenBao (or moto with ``--store aws``), a Prefect server on
@@ -20,7 +21,9 @@ store requests per entry (the rotator's own count, ``connectors.pacing``, writte
 when ``LANGFUSE_ROTATE_REQUEST_COUNTS`` names a file), 429s, the 2,000/1,000 ratio, and CPU
 milliseconds per entry of each process (the command with its children, OpenBao, the simulator,
 the consumers, the Prefect server; PostgreSQL counted over the whole box, so with whatever else
-runs there) with the load average at the end: the run is CPU-bound, this says where it goes. The
+runs there) with the load average at the end: the run is CPU-bound, this says where it goes.
+``--prefect-calls`` turns the server's access log on and prints its requests per entry by route
+(the log costs the server CPU: compare CPU figures only between runs without it). The
 ``--paced`` run rotates that many entries with the simulator limiting the ``public-api`` and
 ``ingestion`` buckets to 1,200/min and ``langfuse.max_requests_per_min: 1000``: it must see zero 429s.
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import threading
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -53,20 +54,27 @@ class VaultRedirectError(requests.exceptions.RequestException):
         self.status = status
 
 
-def tls_context(verify: bool | str) -> ssl.SSLContext:
-    """The context requests would verify with: ``True`` certifi's bundle, a path that CA file or
-    directory, ``False`` none."""
-    context = create_urllib3_context()
+_certifi: list[ssl.SSLContext] = []
+_certifi_lock = threading.Lock()
+
+
+def tls_arguments(verify: bool | str) -> dict[str, Any]:
+    """The pool's TLS arguments, as requests sets them for ``verify``: ``True`` one context with
+    certifi's bundle for the process (loading it costs ~20 ms of CPU; requests too preloads it
+    once), a path that CA file or directory (read for each new connection, as requests does),
+    ``False`` no verification."""
     if verify is False:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif verify is True:
-        context.load_verify_locations(cafile=certifi.where())  # requests' bundle
-    elif os.path.isdir(verify):
-        context.load_verify_locations(capath=verify)
-    else:
-        context.load_verify_locations(cafile=verify)
-    return context
+        return {"cert_reqs": "CERT_NONE"}
+    if verify is True:
+        with _certifi_lock:
+            if not _certifi:
+                context = create_urllib3_context()
+                context.load_verify_locations(cafile=certifi.where())  # requests' bundle
+                _certifi.append(context)
+            return {"ssl_context": _certifi[0]}
+    if os.path.isdir(verify):
+        return {"cert_reqs": "CERT_REQUIRED", "ca_cert_dir": verify}
+    return {"cert_reqs": "CERT_REQUIRED", "ca_certs": verify}
 
 
 class LeanJSONAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc]  # hvac is untyped
@@ -79,17 +87,17 @@ class LeanJSONAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc]  # hvac 
         timeout = self._kwargs.get("timeout")
         parts = urlsplit(self.base_uri)
         self._origin = f"{parts.scheme}://{parts.netloc}"
-        self._lean = (
+        lean = (
             parts.scheme in ("http", "https")
             and not self._kwargs.get("proxies")
             and not self._kwargs.get("cert")
             and not self.allow_redirects
         )
         self._pool: urllib3.HTTPConnectionPool | None = None
-        if self._lean:
+        if lean:
             pool_kwargs: dict[str, Any] = {}
             if parts.scheme == "https":
-                pool_kwargs["ssl_context"] = tls_context(verify if isinstance(verify, bool | str) else True)
+                pool_kwargs = tls_arguments(verify if isinstance(verify, bool | str) else True)
             self._pool = urllib3.connection_from_url(
                 self._origin,
                 maxsize=POOL_SIZE,
