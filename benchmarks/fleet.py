@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/fleet.py [--sizes 100,1000,2000] [--concurrency 16] [--paced 100]
                                          [--ingestion-delay 0.1] [--store vault|aws] [--json FILE]
+                                         [--profile FILE] [--prefect-calls]
 
 The stack: the Langfuse simulator (one subprocess, ``--projects 100``, entries spread over the
 projects as several keys each), OpenBao (or moto with ``--store aws``), a Prefect server on
@@ -20,7 +21,9 @@ store requests per entry (the rotator's own count, ``connectors.pacing``, writte
 when ``LANGFUSE_ROTATE_REQUEST_COUNTS`` names a file), 429s, the 2,000/1,000 ratio, and CPU
 milliseconds per entry of each process (the command with its children, OpenBao, the simulator,
 the consumers, the Prefect server; PostgreSQL counted over the whole box, so with whatever else
-runs there) with the load average at the end: the run is CPU-bound, this says where it goes. The
+runs there) with the load average at the end: the run is CPU-bound, this says where it goes.
+``--prefect-calls`` turns the server's access log on and prints its requests per entry by route
+(the log costs the server CPU: compare CPU figures only between runs without it). The
 ``--paced`` run rotates that many entries with the simulator limiting the ``public-api`` and
 ``ingestion`` buckets to 1,200/min and ``langfuse.max_requests_per_min: 1000``: it must see zero 429s.
 
@@ -68,6 +71,30 @@ _ID = re.compile(r"/(c[a-z0-9]{20,}|[0-9a-f-]{32,36}|pk-lf-[0-9a-f-]+)")
 
 def endpoint(method: str, path: str) -> str:
     return f"{method} {_ID.sub('/{id}', path.split('?')[0])}"
+
+
+_ACCESS = re.compile(r'"(GET|POST|PATCH|PUT|DELETE) (/api/[^ ?"]*)[^"]* HTTP/[0-9.]+" (\d{3})')
+_PREFECT_ID = re.compile(r"/([0-9a-f]{8}-[0-9a-f-]{27}|langfuse-rotate-[^/]+)(?=/|$)")
+
+
+class LoggedPrefectServer(PrefectServer):
+    """The benchmark's Prefect server with uvicorn's access log on (``--prefect-calls``): one line
+    per request in ``server.log``, counted by route (it costs the server a little CPU)."""
+
+    def server_env(self) -> dict[str, str]:
+        return {**super().server_env(), "PREFECT_SERVER_LOGGING_LEVEL": "INFO"}
+
+
+def prefect_calls(log: Path, start: int) -> Counter[str]:
+    """Requests to the Prefect API logged in ``log`` past byte ``start``, by method and route."""
+    with log.open("rb") as file:
+        file.seek(start)
+        text = file.read().decode(errors="replace")
+    return Counter(
+        f"{m.group(1)} {_PREFECT_ID.sub('/{id}', m.group(2))}"
+        for m in _ACCESS.finditer(text)
+        if not m.group(2).endswith("/health")
+    )
 
 
 @contextlib.contextmanager
@@ -307,8 +334,11 @@ def measure(size: int, args: argparse.Namespace, stack: dict[str, Any], paced: b
     config = config_for(sim, store_config, paths, stack["consumers_url"], stack["tmp"], **langfuse)
     mark = control.requests(0)["next"]
     profile = f"{args.profile}.{size}" if args.profile else None
+    server_log: Path = stack["server_log"]
+    server_mark = server_log.stat().st_size if server_log.exists() else 0
     figures = run_fleet(config, stack["env"], args.concurrency, stack["tmp"], stack["pids"], args.py_spy, profile)
     log = _requests_since(control, mark)
+    calls = prefect_calls(server_log, server_mark) if args.prefect_calls else Counter()
     by_endpoint = Counter(endpoint(r["method"], r["path"]) for r in log)
     result = figures["result"]
     store_requests = sum(
@@ -335,6 +365,14 @@ def measure(size: int, args: argparse.Namespace, stack: dict[str, Any], paced: b
         ),
         "http_429": sum(1 for r in log if r["status"] == 429),
         "cpu_ms_per_entry": {k: round(1000 * v / size, 1) for k, v in figures["cpu_s"].items()},
+        **(
+            {
+                "prefect_per_entry": round(sum(calls.values()) / size, 2),
+                "prefect_by_route": {k: round(v / size, 3) for k, v in sorted(calls.items())},
+            }
+            if args.prefect_calls
+            else {}
+        ),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps(row), flush=True)
@@ -351,6 +389,10 @@ def request_table(row: dict[str, Any]) -> str:
     ]
     lines += [f"  {name:<48} {count:>9.2f}" for name, count in row["langfuse_by_endpoint"].items()]
     lines.append(f"  {'total':<48} {row['langfuse_per_entry']:>9.2f}")
+    if "prefect_by_route" in row:
+        lines.append(f"Prefect server requests per entry: {row['entries']} entries")
+        lines += [f"  {name:<60} {count:>9.3f}" for name, count in row["prefect_by_route"].items()]
+        lines.append(f"  {'total':<60} {row['prefect_per_entry']:>9.2f}")
     return "\n".join(lines)
 
 
@@ -379,6 +421,11 @@ def main() -> int:
     parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--profile", help="write a cProfile of the command (all threads) to FILE.<entries>")
     parser.add_argument("--py-spy", help="record the command's stacks to this file (py-spy on PATH)")
+    parser.add_argument(
+        "--prefect-calls",
+        action="store_true",
+        help="log the Prefect server's requests (uvicorn access log) and print them per entry by route",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stack on the way out
     tmp = Path(tempfile.mkdtemp(prefix="langfuse-rotate-fleet-bench-"))
@@ -413,7 +460,7 @@ def main() -> int:
             process([sys.executable, "-m", "devstack.fleet_consumers", *consumer_args])
         )
         pids["consumers"] = consumers_proc.pid
-        server = stack.enter_context(PrefectServer())
+        server = stack.enter_context(LoggedPrefectServer() if args.prefect_calls else PrefectServer())
         pids["prefect server"] = server.process.pid if server.process is not None else 0
         env = server.client_env()
         env.update(
@@ -430,6 +477,7 @@ def main() -> int:
             "consumers_url": consumers["url"],
             "env": env,
             "pids": pids,
+            "server_log": server.log_path,
         }
         httpx.get(f"{consumers['url']}/health?path=warmup", timeout=5)
         for size in [int(s) for s in args.sizes.split(",") if s]:

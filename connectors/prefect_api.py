@@ -116,6 +116,11 @@ class RunRecords:
         body = {"key": key, "type": "markdown", "data": markdown, "description": description, "flow_run_id": run_id}
         self._post("artifacts/", body)
 
+    def create_progress_artifact(self, run_id: str, *, key: str, percent: float, description: str) -> str:
+        """A progress artifact (``percent`` done) on run ``run_id``; its id, for ``update_artifact``."""
+        body = {"key": key, "type": "progress", "data": percent, "description": description, "flow_run_id": run_id}
+        return str(self._post("artifacts/", body).json()["id"])
+
 
 class PrefectApi(RunRecords):
     """A small, thread-safe client of the concurrency-limit endpoints and the run records."""
@@ -281,6 +286,13 @@ class PrefectApi(RunRecords):
         response = self._http.patch(f"flow_runs/{uuid.UUID(run_id)}", json={"tags": tags})
         if response.status_code >= 400:
             raise PrefectApiError(f"Prefect API PATCH /flow_runs/<id>: HTTP {response.status_code}")
+
+    def update_artifact(self, artifact_id: str, *, data: object, description: str) -> None:
+        response = self._http.patch(
+            f"artifacts/{uuid.UUID(artifact_id)}", json={"data": data, "description": description}
+        )
+        if response.status_code >= 400:
+            raise PrefectApiError(f"Prefect API PATCH /artifacts/<id>: HTTP {response.status_code}")
 
     def deployment_id(self, name: str) -> str | None:
         """The id of deployment ``name`` ("flow/deployment"), or None if there is none."""

@@ -67,6 +67,7 @@ from connectors.store import (
     stored_pair,
 )
 from connectors.vault_auth import AppRoleAuth, TokenAuth, TokenKeeper, VaultAuth
+from connectors.vault_http import POOL_SIZE, LeanJSONAdapter, VaultRedirectError
 
 __all__ = ["PENDING_SUFFIX", "RECORD_FIELD", "VaultStore"]
 
@@ -115,17 +116,6 @@ _KNOWN_VERSIONS = 8192
 _MOUNT_CONFIG_TTL_S = 60.0
 """How long a store reuses the mount's ``max_versions`` it read for the history check."""
 
-_POOL_SIZE = 64
-"""Connections a store keeps open to Vault (threads beyond that open and close their own)."""
-
-
-class VaultRedirectError(requests.exceptions.RequestException):
-    """Vault answered with a redirect, which is never followed."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-
 
 def _refuse_redirects(response: requests.Response, *_: Any, **__: Any) -> None:
     if response.is_redirect or response.is_permanent_redirect or 300 <= response.status_code < 400:
@@ -135,13 +125,15 @@ def _refuse_redirects(response: requests.Response, *_: Any, **__: Any) -> None:
 def _no_redirect_session(*, verify: bool | str) -> requests.Session:
     """A session that never follows a redirect: hvac sends ``X-Vault-Token`` (and the secret being
     written, or an AppRole secret ID) with every request, and a followed 307 re-sends them to
-    whatever host its ``Location`` names. Any 3xx answer fails the call instead."""
+    whatever host its ``Location`` names. Any 3xx answer fails the call instead. Requests go
+    through ``LeanJSONAdapter``'s own pool (``connectors.vault_http``, same rule); this session
+    serves what that does not (a proxy)."""
     session = requests.Session()
     session.verify = verify  # hvac takes a given session's verify over its own argument
     # One store serves a whole fleet run's threads: keep as many connections as they use at once
     # (requests keeps 10 and closes the rest after each request, so each costs a new connection).
     for scheme in ("http://", "https://"):
-        session.mount(scheme, HTTPAdapter(pool_maxsize=_POOL_SIZE))
+        session.mount(scheme, HTTPAdapter(pool_maxsize=POOL_SIZE))
     session.max_redirects = 0
     session.hooks["response"].append(_refuse_redirects)
     return session
@@ -185,6 +177,7 @@ class VaultStore:
             timeout=timeout_s,
             verify=ca_cert if ca_cert is not None else _resolved_verify(verify_tls),
             allow_redirects=False,
+            adapter=LeanJSONAdapter,
             session=_pin_environment(
                 _no_redirect_session(verify=ca_cert if ca_cert is not None else _resolved_verify(verify_tls)), self._url
             ),

@@ -144,33 +144,52 @@ class _ClientApi(RunRecords):
 
 def _progress_artifact_sink(fleet_run_id: str) -> ProgressSink:
     """A progress artifact on the fleet run, updated as entries finish."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
-
-    state: dict[str, Any] = {"id": None, "done": -1}
+    write = _progress_writer(fleet_run_id)
+    state: dict[str, Any] = {"done": -1}
 
     def sink(progress: FleetProgress, final: bool) -> None:
         snap = progress.snapshot()
         if snap["done"] == state["done"] and not final:
             return
         state["done"] = snap["done"]
-        percent = round(100.0 * snap["done"] / snap["total"], 1) if snap["total"] else 100.0
-        with get_client(sync_client=True) as client:
-            if state["id"] is None:
-                artifact = client.create_artifact(
-                    ArtifactCreate(
-                        key=PROGRESS_KEY,
-                        type="progress",
-                        data=percent,
-                        description=progress.line(),
-                        flow_run_id=UUID(fleet_run_id),
-                    )
-                )
-                state["id"] = artifact.id
-            else:
-                client.update_artifact(state["id"], ArtifactUpdate(data=percent, description=progress.line()))
+        write(round(100.0 * snap["done"] / snap["total"], 1) if snap["total"] else 100.0, progress.line())
 
     return sink
+
+
+def _progress_writer(fleet_run_id: str) -> Callable[[float, str], None]:
+    """Creates the progress artifact, then updates it: over the REST client the entries' locks
+    share (a Prefect client per update built a TLS context and fetched a CSRF token every second),
+    through Prefect's client only for the ephemeral server."""
+    artifact: dict[str, Any] = {"id": None}
+    rest = prefect_api() if prefect_server_configured() else None
+    if rest is not None:
+        api = rest
+
+        def write_rest(percent: float, line: str) -> None:
+            if artifact["id"] is None:
+                artifact["id"] = api.create_progress_artifact(
+                    fleet_run_id, key=PROGRESS_KEY, percent=percent, description=line
+                )
+            else:
+                api.update_artifact(artifact["id"], data=percent, description=line)
+
+        return write_rest
+
+    def write_client(percent: float, line: str) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
+
+        with get_client(sync_client=True) as client:
+            if artifact["id"] is None:
+                created = ArtifactCreate(
+                    key=PROGRESS_KEY, type="progress", data=percent, description=line, flow_run_id=UUID(fleet_run_id)
+                )
+                artifact["id"] = client.create_artifact(created).id
+            else:
+                client.update_artifact(artifact["id"], ArtifactUpdate(data=percent, description=line))
+
+    return write_client
 
 
 def _publish_fleet_summary(result: FleetResult) -> None:

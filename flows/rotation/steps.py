@@ -191,7 +191,9 @@ def create(ctx: EntryContext, plan: RotationPlan) -> CreateOutcome:
     """
     name = "create"
     try:
-        staged = ctx.store.read_staged(ctx.location)
+        # Only a resumed plan can find its pair staged: for a new rotation the plan's under-lock read
+        # found nothing staged, and ``stage`` refuses (check-and-set) a rotation staged since.
+        staged = ctx.store.read_staged(ctx.location) if plan.resumed else None
         if staged is not None:
             record, stored = staged
             if record.rotation_id != plan.rotation_id:

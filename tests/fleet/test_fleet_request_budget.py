@@ -18,9 +18,11 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
+from connectors import pacing
 from connectors.keypair import KeyPair
 from connectors.langfuse import LangfuseAdminClient, LangfuseProjectClient
 from connectors.store import SecretLocation
+from connectors.vault import VaultStore
 from devstack.fleet_consumers import FleetConsumers
 from flows.config.model import RotationConfig, parse_config
 from flows.errors import StepFailed
@@ -33,6 +35,8 @@ from tests.fixtures.langfuse_sim import SimHandle
 from tests.fixtures.rotation import RotationEnv
 
 BUDGET = 7
+VAULT_BUDGET = 24
+"""Vault requests per entry: 22 and the handover checks between steps (benchmarks/README.md, "Issue 24")."""
 ENTRIES = 5
 
 
@@ -90,6 +94,27 @@ def test_a_fleet_entry_costs_at_most_seven_langfuse_requests_with_a_one_second_i
     by_type = Counter(f"{r['method']} {r['path'].split('?')[0]}" for r in log)
     assert len(log) <= BUDGET * ENTRIES, f"{len(log) / ENTRIES:.1f} requests per entry: {dict(by_type)}"
     assert by_type["POST /api/public/otel/v1/traces"] == ENTRIES, "one canary per entry"
+
+
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_a_fleet_entry_costs_at_most_twenty_four_vault_requests(rotation_env: RotationEnv) -> None:
+    store = rotation_env.store.config()
+    # The consumers read the store through another address of the same server, so that their
+    # reads (a consumer of its own in production) are not counted as the rotator's.
+    elsewhere = VaultStore(str(store["url"]).replace("127.0.0.1", "localhost"), token=SecretStr(str(store["token"])))
+    consumers = FleetConsumers(elsewhere).start()
+    try:
+        config = _fleet_config(rotation_env, consumers)
+        key = pacing.vault_key(str(store["url"]))
+        before = pacing.requests[key]
+
+        result = run_fleet(config, config_path=None, concurrency=ENTRIES)
+    finally:
+        consumers.stop()
+
+    assert result.counts == {"rotated": ENTRIES}, [(e.project, e.error) for e in result.entries]
+    used = pacing.requests[key] - before
+    assert used <= VAULT_BUDGET * ENTRIES, f"{used / ENTRIES:.1f} Vault requests per entry"
 
 
 @pytest.fixture

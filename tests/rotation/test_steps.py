@@ -175,18 +175,19 @@ def test_create_reuses_a_staged_pair_already_in_langfuse(ctx: EntryContext, stor
 def test_create_of_a_staged_pair_not_yet_in_langfuse_creates_that_pair(
     ctx: EntryContext, store: MemoryStore, sim: SimHandle
 ) -> None:
-    plan = plan_rotation(ctx, "scheduled")
+    first = plan_rotation(ctx, "scheduled")
     pair = KeyPair.generate()
     record = RotationRecord(
-        rotation_id=plan.rotation_id,
+        rotation_id=first.rotation_id,
         entry=ENTRY,
         mode="scheduled",
-        old_public_key=plan.old_public_key,
+        old_public_key=first.old_public_key,
         new_public_key=pair.public_key,
-        old_version=plan.old_version,
+        old_version=first.old_version,
         started_at=datetime.now(UTC),
     )
     store.stage(ctx.location, record, pair, ctx.host)  # a run killed between staging and creating
+    plan = plan_rotation(ctx, "scheduled")  # the rerun's plan resumes it
 
     created = steps.create(ctx, plan)
 
