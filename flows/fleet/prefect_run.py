@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -30,9 +29,10 @@ from flows.fleet.run import (
     terminal_progress_sink,
 )
 from flows.models import RotationResult
-from flows.prefect.artifact import SUMMARY_KEY, artifact_key, state_of, summary_markdown
+from flows.prefect.artifact import SUMMARY_KEY, artifact_description, artifact_key, state_of, summary_markdown
 from flows.prefect.flow_run import tag_flow_run
 from flows.rotation.lock import prefect_api, prefect_api_from_settings, prefect_server_configured
+from flows.rotation.run_names import run_name, run_tags
 
 ENTRY_FLOW_NAME = "langfuse-key-rotation"
 PROGRESS_KEY = "langfuse-fleet-progress"
@@ -64,16 +64,8 @@ class PrefectEntryRecorder:
     def started(self, entry: ProjectEntry) -> tuple[str | None, str | None]:
         """Create the entry's flow run (Running) before anything changes, so the audit log and the
         staged record name it; the fleet run stands in if the server does not answer."""
-        name = f"rotate-{entry.name}-{datetime.now(UTC):%Y%m%d-%H%M}"
-        tags = sorted(
-            {
-                "langfuse-key-rotation",
-                f"project:{entry.name}",
-                "mode:scheduled",
-                f"store:{entry.store}",
-                f"fleet:{self.fleet_run_id}",
-            }
-        )
+        name = run_name("rotate", entry.name)
+        tags = run_tags(entry.name, mode="scheduled", store=entry.store, extra=(f"fleet:{self.fleet_run_id}",))
         try:
             run_id = self._api.create_flow_run(
                 self._flow_id,
@@ -98,7 +90,7 @@ class PrefectEntryRecorder:
                 run_id,
                 key=artifact_key(result),
                 markdown=summary_markdown(result),
-                description=f"Langfuse key rotation of {result.project}: {result.status}",
+                description=artifact_description(result),
             )
             self._api.set_flow_run_state(run_id, state_of(result).model_dump(exclude_none=True))
         except Exception:  # a record that cannot be written never changes the rotation's outcome

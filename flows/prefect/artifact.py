@@ -21,6 +21,11 @@ def artifact_key(result: RotationResult) -> str:
     return f"langfuse-rotation-{slug}"
 
 
+def artifact_description(result: RotationResult) -> str:
+    """The summary artifact's one-line description."""
+    return f"Langfuse key rotation of {result.project}: {result.status}"
+
+
 def summary_markdown(result: RotationResult) -> str:
     """The run's summary. Everything that did not come from the tool itself (keys, versions,
     details and errors quoting stores, Langfuse or consumers) is shown only as checked and escaped

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from connectors.errors import ConnectorError
 from flows.config.model import ProjectEntry, RotationConfig, load_config
 from flows.errors import ConfigError
+from flows.rotation.run_names import project_tag
 from flows.shown import ENTRY_NAME, shown_matching
 
 TAG_EVENT = "trigger:event"
@@ -246,7 +247,7 @@ def _earlier_containments(entry: str, flow_run_id: str) -> list[Any]:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[EMERGENCY_FLOW])),
             flow_run_filter=FlowRunFilter(
-                tags=FlowRunFilterTags(all_=[f"project:{entry}", TAG_CONTAINMENT]),
+                tags=FlowRunFilterTags(all_=[project_tag(entry), TAG_CONTAINMENT]),
                 start_time=FlowRunFilterStartTime(after_=since),
             ),
         )

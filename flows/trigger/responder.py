@@ -39,9 +39,10 @@ from connectors.prefect_events import EventStream, StreamedEvent
 from flows.audit import run_context
 from flows.config.model import ProjectEntry, RotationConfig
 from flows.models import RotationResult
-from flows.prefect.artifact import artifact_key, state_of, summary_markdown
+from flows.prefect.artifact import artifact_description, artifact_key, state_of, summary_markdown
 from flows.rotation.entry_run import execute
 from flows.rotation.lock import held_lease
+from flows.rotation.run_names import project_tag, run_name, run_tags
 from flows.rotation.runners import DirectRunner
 from flows.shown import ENTRY_NAME, EVENT_ID, shown_key, shown_matching
 from flows.trigger.automation import DEFAULT_DEPLOYMENT, EVENT, PROJECT_LABEL, RESOURCE_PREFIX
@@ -77,7 +78,7 @@ class RestLedger:
         body = {
             "flows": {"name": {"any_": [EMERGENCY_FLOW]}},
             "flow_runs": {
-                "tags": {"all_": [f"project:{entry}", TAG_CONTAINMENT]},
+                "tags": {"all_": [project_tag(entry), TAG_CONTAINMENT]},
                 "start_time": {"after_": since.isoformat()},
             },
         }
@@ -245,10 +246,10 @@ class Responder:
         source: str | None,
         entry: ProjectEntry | None,
     ) -> tuple[str | None, str]:
-        name = f"emergency-{shown_matching(ENTRY_NAME, project)}-{datetime.now(UTC):%Y%m%d-%H%M}"
+        name = run_name("emergency", shown_matching(ENTRY_NAME, project))
         tags = {TAG_EVENT}
         if entry is not None:
-            tags |= {"langfuse-key-rotation", f"project:{entry.name}", "mode:emergency", f"store:{entry.store}"}
+            tags |= set(run_tags(entry.name, mode="emergency", store=entry.store))
         # The parameters the automation renders from the event (flows.trigger.automation.RUN_PARAMETERS).
         parameters: dict[str, object] = {
             "project": project,
@@ -277,7 +278,7 @@ class Responder:
                     run_id,
                     key=artifact_key(result),
                     markdown=summary_markdown(result),
-                    description=f"Langfuse key rotation of {result.project}: {result.status}",
+                    description=artifact_description(result),
                 )
             self.api.set_flow_run_state(run_id, state)
 
