@@ -8,7 +8,8 @@ module, its model and factory here, one line in ``STORE_KINDS`` and a test fixtu
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, Union
@@ -336,3 +337,42 @@ def store_config(section: dict[str, Any]) -> StoreSettings:
 def build_store(config: StoreSettings) -> SecretStore:
     """Connect to the configured store (its factory in ``STORE_KINDS``)."""
     return STORE_KINDS[config.kind].build(config)
+
+
+class OpenStores:
+    """The stores of one configuration, each connected once, on first use, and shared by every
+    thread that asks (a fleet's entries, an inventory's reads, one entry's steps): the one cache of
+    open store connections. ``close`` closes those it connected (e.g. a Vault store's token
+    renewal); stores handed in ready (``connected``) or taken from ``shared`` are their owner's."""
+
+    def __init__(
+        self,
+        settings: Mapping[str, StoreSettings],
+        *,
+        connected: Mapping[str, SecretStore] | None = None,
+        shared: Callable[[str], SecretStore] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._stores: dict[str, SecretStore] = dict(connected or {})
+        self._shared = shared
+        self._built: list[SecretStore] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> SecretStore:
+        """The store configured as ``name``; raises ``KeyError`` for a name not configured."""
+        with self._lock:
+            if name not in self._stores:
+                if self._shared is not None:
+                    self._stores[name] = self._shared(name)
+                else:
+                    self._stores[name] = store = build_store(self._settings[name])
+                    self._built.append(store)
+            return self._stores[name]
+
+    def close(self) -> None:
+        with self._lock:
+            built, self._built = self._built, []
+        for store in built:
+            close = getattr(store, "close", None)
+            if callable(close):
+                close()

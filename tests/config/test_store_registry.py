@@ -10,6 +10,7 @@ import subprocess
 import sys
 import typing
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from flows.cli.main import DEMO_STORE_CHOICES
 from flows.config.model import RotationConfig, parse_config
 from flows.config.stores import (
     STORE_KINDS,
+    OpenStores,
     StoreKind,
     StoreSettings,
     register_store_kind,
@@ -218,3 +220,38 @@ def test_a_fleet_runs_on_a_third_kind_registered_by_the_test_alone(
 
     assert fleet_exit_code(result.entries) == 0
     assert sorted(r.status for r in result.entries) == ["rotated"] * 3
+
+
+# --- one cache of open store connections ---------------------------------------------------------
+
+
+class _ClosableStore(MemoryStore):
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_open_stores_connect_each_store_once_for_every_thread_and_close_what_they_connected(
+    memory_kind: MemoryStore,
+) -> None:
+    built: list[_ClosableStore] = []
+
+    def build(_config: StoreSettings) -> SecretStore:
+        built.append(_ClosableStore())
+        return built[-1]
+
+    register_store_kind("memory", StoreKind(MemoryStoreConfig, build))
+    handed_in = _ClosableStore()
+    stores = OpenStores(
+        {"main": store_config({"kind": "memory"}), "mine": store_config({"kind": "memory"})},
+        connected={"mine": handed_in},
+    )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        seen = set(map(id, pool.map(stores, ["main"] * 32)))
+    stores.close()
+
+    assert len(built) == 1 and seen == {id(built[0])}
+    assert stores("mine") is handed_in
+    assert built[0].closed and not handed_in.closed
