@@ -28,8 +28,9 @@ from flows.fleet.run import (
     run_fleet,
     terminal_progress_sink,
 )
+from flows.fleet.summary import SUMMARY_KEY, summary_table
 from flows.models import RotationResult
-from flows.prefect.artifact import SUMMARY_KEY, artifact_description, artifact_key, state_of, summary_markdown
+from flows.prefect.artifact import artifact_description, artifact_key, state_of, summary_markdown
 from flows.prefect.flow_run import tag_flow_run
 from flows.rotation.lock import prefect_api, prefect_api_from_settings, prefect_server_configured
 from flows.rotation.run_names import run_name, run_tags
@@ -168,24 +169,10 @@ def _progress_artifact_sink(fleet_run_id: str) -> ProgressSink:
 def _publish_fleet_summary(result: FleetResult) -> None:
     from prefect.artifacts import create_table_artifact
 
-    rows = [
-        {
-            "entry": e.project,
-            "status": e.status,
-            "old public key": e.old_public_key or "",
-            "new public key": e.new_public_key or "",
-            "store version": "" if e.store_version is None else str(e.store_version),
-            "duration (s)": round(e.duration_s, 2),
-            "failed step": e.failed_step or "",
-            "error": e.error or "",
-            "flow run": e.prefect_flow_run_id or "",
-        }
-        for e in result.entries
-    ]
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items()) or "no entries"
     create_table_artifact(
         key=SUMMARY_KEY,
-        table=rows,
+        table=summary_table(result.entries),
         description=f"Langfuse fleet rotation: {result.status} ({counts}) in {result.duration_s:.1f}s",
     )
 

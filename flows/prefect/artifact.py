@@ -11,9 +11,6 @@ from flows.models import DONE_STATUSES, RotationResult
 from flows.redact import scrub
 from flows.shown import markdown_code, markdown_key, markdown_text, markdown_version
 
-SUMMARY_KEY = "langfuse-fleet-summary"
-"""The fleet summary artifact's key (one row per entry): written by a fleet run, read back from its batches."""
-
 
 def artifact_key(result: RotationResult) -> str:
     """Artifact keys are lowercase letters, digits and dashes; runs of one entry group together."""
