@@ -71,7 +71,7 @@ class FinalState(BaseModel):
     builds Prefect's state object from it; run records post it as it is)."""
 
     type: Literal["COMPLETED", "FAILED"]
-    name: Literal["Completed", "NeedsAttention", "Failed"]
+    name: Literal["Completed", "NeedsAttention", "Refused", "Failed"]
     message: str | None = None
 
 
@@ -84,3 +84,8 @@ def state_of(result: RotationResult) -> FinalState:
     if result.status == "needs_attention":
         return FinalState(type="COMPLETED", name="NeedsAttention", message=message)
     return FinalState(type="FAILED", name="Failed", message=message)
+
+
+def refused_state(message: str) -> FinalState:
+    """The final state of an event's run that refused to contain (nothing was changed)."""
+    return FinalState(type="COMPLETED", name="Refused", message=message)

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from connectors.store import RotationRecord
 from flows.models import RotationPlan, RotationResult
-from flows.prefect.artifact import artifact_description, artifact_key, state_of, summary_markdown
+from flows.prefect.artifact import FinalState, artifact_description, artifact_key, state_of, summary_markdown
 from flows.rotation import run_names
 from flows.rotation.checklists import ApprovalDecision, HandoverProbe
 from flows.rotation.handover import POLL_S
@@ -72,9 +72,14 @@ def final_state(result: RotationResult) -> State[Any] | RotationResult:
     state = state_of(result)
     if state.name == "Completed":
         return result
+    return prefect_state(state, result)
+
+
+def prefect_state(state: FinalState, data: Any = None) -> State[Any]:
+    """``state`` as Prefect's state object, carrying ``data``."""
     if state.type == "COMPLETED":
-        return Completed(message=state.message, name=state.name, data=result)
-    return Failed(message=state.message, data=result)
+        return Completed(message=state.message, name=state.name, data=data)
+    return Failed(message=state.message, data=data)
 
 
 class RotationApproval(RunInput):

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from connectors.errors import ConnectorError
 from flows.config.model import ProjectEntry, RotationConfig, load_config
-from flows.errors import ConfigError
+from flows.errors import ConfigError, EventRefused
 from flows.rotation.run_names import project_tag
 from flows.shown import ENTRY_NAME, shown_matching
 
@@ -37,16 +37,6 @@ TAG_CONTAINMENT = "trigger:event-containment"
 EMERGENCY_FLOW = "langfuse-key-emergency"
 WINDOW = timedelta(hours=1)
 _PUBLIC_KEY = re.compile(r"pk-lf-[A-Za-z0-9_-]{1,200}")
-
-
-class EventRefused(Exception):
-    """The event does not allow a containment; nothing was changed. ``page``: the refusal is an
-    infrastructure failure (the event could not be checked), which pages like an emergency."""
-
-    def __init__(self, reason: str, *, page: bool = False, duplicate: bool = False) -> None:
-        self.page = page
-        self.duplicate = duplicate
-        super().__init__(reason)
 
 
 @dataclass(frozen=True)

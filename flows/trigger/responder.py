@@ -38,8 +38,9 @@ from connectors.prefect_api import PrefectApi
 from connectors.prefect_events import EventStream, StreamedEvent
 from flows.audit import run_context
 from flows.config.model import ProjectEntry, RotationConfig
+from flows.errors import EventRefused
 from flows.models import RotationResult
-from flows.prefect.artifact import artifact_description, artifact_key, state_of, summary_markdown
+from flows.prefect.artifact import artifact_description, artifact_key, refused_state, state_of, summary_markdown
 from flows.rotation.entry_run import execute
 from flows.rotation.lock import held_lease
 from flows.rotation.run_names import project_tag, run_name, run_tags
@@ -52,7 +53,6 @@ from flows.trigger.checks import (
     TAG_EVENT,
     WINDOW,
     EarlierRun,
-    EventRefused,
     check_entry,
     check_key,
     refused_message,
@@ -226,7 +226,7 @@ class Responder:
                     )
             except EventRefused as exc:
                 report_refusal(project, self.config_path, public_key, event.id, source, exc, config=self.config)
-                self._finish(run_id, None, {"type": "COMPLETED", "name": "Refused", "message": refused_message(exc)})
+                self._finish(run_id, None, refused_state(refused_message(exc)).model_dump(exclude_none=True))
                 outcome = "duplicate" if exc.duplicate else "refused"
                 return Handled(event.id, project, outcome, str(exc), run_id, time.monotonic() - started)
             except BaseException:
