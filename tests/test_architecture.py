@@ -279,3 +279,26 @@ def test_no_prefect_internals() -> None:
         if "ConcurrencyContext" in path.read_text() or "prefect._internal" in path.read_text()
     ]
     assert hits == []
+
+
+def test_only_the_store_registry_names_a_store_kinds_model() -> None:
+    """A new store kind is one registration (``flows.config.stores.register_store_kind``): no other
+    module branches on a kind's configuration model."""
+    from flows.config.stores import STORE_KINDS
+
+    models = {kind.config.__name__ for kind in STORE_KINDS.values()}
+    hits = [
+        f"{module} names {name}"
+        for module, path in MODULES.items()
+        if module != "flows.config.stores"
+        for node in ast.walk(ast.parse(path.read_text()))
+        for name in [node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""]
+        if name in models
+    ]
+    hits += [
+        f"{imp.importer} imports {name}"
+        for imp in IMPORTS
+        for name in imp.names
+        if name in models and imp.importer != "flows.config.stores"
+    ]
+    assert hits == []
