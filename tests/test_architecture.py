@@ -302,3 +302,55 @@ def test_only_the_store_registry_names_a_store_kinds_model() -> None:
         if name in models and imp.importer != "flows.config.stores"
     ]
     assert hits == []
+
+
+PACKAGES = sorted(m for m, p in MODULES.items() if m.startswith("flows.") and p.name == "__init__.py")
+
+
+def _checked_exports(package: str) -> dict[str, str]:
+    """``_EXPORTS`` of a package's ``__init__``, read from its source."""
+    tree = ast.parse(MODULES[package].read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in node.targets):
+            exports = ast.literal_eval(node.value)
+            assert isinstance(exports, dict)
+            return exports
+    return {}
+
+
+def _type_checking_imports(package: str) -> dict[str, str]:
+    """What the ``if TYPE_CHECKING:`` block of a package's ``__init__`` imports: name -> module."""
+    found: dict[str, str] = {}
+    for node in ast.parse(MODULES[package].read_text()).body:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom) and imp.module is not None
+                found.update({alias.name: imp.module.removeprefix(package + ".") for alias in imp.names})
+    return found
+
+
+def test_every_package_re_exports_its_public_names_and_each_resolves() -> None:
+    import importlib
+
+    wrong: list[str] = []
+    for package in PACKAGES:
+        module = importlib.import_module(package)
+        exports = _checked_exports(package)
+        if set(exports) != set(getattr(module, "__all__", ())) or exports != _type_checking_imports(package):
+            wrong.append(f"{package}: __all__, _EXPORTS and the TYPE_CHECKING imports disagree")
+        for name, submodule in exports.items():
+            defined = importlib.import_module(f"{package}.{submodule}")
+            if getattr(module, name) is not getattr(defined, name):
+                wrong.append(f"{package}.{name} is not {package}.{submodule}.{name}")
+    assert PACKAGES and wrong == []
+
+
+def test_importing_a_package_loads_none_of_its_modules() -> None:
+    code = (
+        "import importlib, sys\n"
+        f"for package in {PACKAGES!r}:\n"
+        "    importlib.import_module(package)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('flows.') and m not in " + repr(PACKAGES) + "))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
