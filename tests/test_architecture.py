@@ -30,13 +30,6 @@ _PACKAGE_LAYER = {
     "cli": 6,
 }
 
-# Imports against the order that belong to the branch which rewrites these modules (issue 20
-# items 2-3: one Prefect REST client in ``connectors`` and one lock take the transport out of
-# ``flows.prefect``; ``flows.prefect.events`` imports only shared leaves already).
-_PENDING_ON_ONEREST = {
-    ("flows.rotation.notification", "flows.prefect.events"),
-}
-
 
 def layer(module: str) -> int:
     """The layer of a ``flows`` module; ``connectors`` modules sit below every one of them."""
@@ -146,10 +139,7 @@ def test_every_import_goes_down_the_layers() -> None:
     wrong = [
         _where(i)
         for i in IMPORTS
-        if i.importer.startswith("flows")
-        and i.module.startswith("flows")
-        and layer(i.module) > layer(i.importer)
-        and (i.importer, i.module) not in _PENDING_ON_ONEREST
+        if i.importer.startswith("flows") and i.module.startswith("flows") and layer(i.module) > layer(i.importer)
     ]
     assert wrong == []
 
@@ -203,10 +193,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycle_function_local_imports_included() -> None:
-    graph = _graph()
-    for importer, target in _PENDING_ON_ONEREST:
-        graph[importer].discard(target)
-    assert _cycles(graph) == []
+    assert _cycles(_graph()) == []
 
 
 def _is_own_package(importer: str, module: str) -> bool:

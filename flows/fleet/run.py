@@ -34,9 +34,8 @@ from flows.config.stores import OpenStores
 from flows.config.templates import Generated, expand, organization_projects
 from flows.fleet.pacing import fleet_pacing
 from flows.models import DONE_STATUSES, ExitCode, RotationResult, StepRecord
-from flows.prefect import events
 from flows.redact import install_redaction, scrub
-from flows.rotation import steps
+from flows.rotation import events, steps
 from flows.rotation.context import shared_stores
 from flows.rotation.entry_run import execute
 from flows.rotation.notification import held_for_summary

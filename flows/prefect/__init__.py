@@ -18,19 +18,10 @@ if TYPE_CHECKING:
     from flows.prefect.artifact import state_of as state_of
     from flows.prefect.artifact import summary_markdown as summary_markdown
     from flows.prefect.events import COMPLIANCE_FINDINGS as COMPLIANCE_FINDINGS
-    from flows.prefect.events import CONTAINED as CONTAINED
     from flows.prefect.events import ORGANIZATION_RESOURCE as ORGANIZATION_RESOURCE
-    from flows.prefect.events import ROTATED as ROTATED
-    from flows.prefect.events import ROTATION_FAILED as ROTATION_FAILED
-    from flows.prefect.events import batched as batched
-    from flows.prefect.events import build_event as build_event
     from flows.prefect.events import emit_report_events as emit_report_events
-    from flows.prefect.events import emit_rotation_event as emit_rotation_event
     from flows.prefect.events import overdue_rotation_automation as overdue_rotation_automation
-    from flows.prefect.events import project_resource as project_resource
     from flows.prefect.events import report_events as report_events
-    from flows.prefect.events import rotation_event as rotation_event
-    from flows.prefect.events import send as send
     from flows.prefect.flow_run import current_flow_run as current_flow_run
     from flows.prefect.flow_run import emergency_run_name as emergency_run_name
     from flows.prefect.flow_run import final_state as final_state
@@ -61,19 +52,10 @@ _EXPORTS = {
     "state_of": "artifact",
     "summary_markdown": "artifact",
     "COMPLIANCE_FINDINGS": "events",
-    "CONTAINED": "events",
     "ORGANIZATION_RESOURCE": "events",
-    "ROTATED": "events",
-    "ROTATION_FAILED": "events",
-    "batched": "events",
-    "build_event": "events",
     "emit_report_events": "events",
-    "emit_rotation_event": "events",
     "overdue_rotation_automation": "events",
-    "project_resource": "events",
     "report_events": "events",
-    "rotation_event": "events",
-    "send": "events",
     "current_flow_run": "flow_run",
     "emergency_run_name": "flow_run",
     "final_state": "flow_run",
@@ -101,23 +83,17 @@ _EXPORTS = {
 __all__ = [
     "ALLOW_CONFIG_PATH_ENV_VAR",
     "COMPLIANCE_FINDINGS",
-    "CONTAINED",
     "ORGANIZATION_RESOURCE",
-    "ROTATED",
-    "ROTATION_FAILED",
     "FinalState",
     "allowed_config_path",
     "artifact_description",
     "artifact_key",
-    "batched",
-    "build_event",
     "config_path_for_hook",
     "current_flow_run",
     "embedded_server_notice",
     "emergency_recorded",
     "emergency_run_name",
     "emit_report_events",
-    "emit_rotation_event",
     "final_state",
     "first_start_of_embedded_server",
     "flow_run_audit",
@@ -127,15 +103,12 @@ __all__ = [
     "pause_for_approval",
     "prefect_initiator",
     "prefect_state",
-    "project_resource",
     "publish_summary",
     "reconcile_run_name",
     "refused_state",
     "report_events",
     "rotate_run_name",
-    "rotation_event",
     "run_name",
-    "send",
     "state_of",
     "summary_markdown",
     "tag_flow_run",

@@ -1,5 +1,5 @@
 """The rotation itself: the steps, the checklists that order them, the plan, the run context, the step runners
-and table, the lock and the emergency handover, crash points, dry runs and notifications.
+and table, the lock and the emergency handover, crash points, dry runs, notifications and the run's event.
 
 The public names below are imported from their module on first use (PEP 562): importing the
 package loads none of its modules, so a command pays only for what it uses.
@@ -30,6 +30,16 @@ if TYPE_CHECKING:
     from flows.rotation.crashpoints import crash_point as crash_point
     from flows.rotation.dryrun import dry_run as dry_run
     from flows.rotation.entry_run import execute as execute
+    from flows.rotation.events import CONTAINED as CONTAINED
+    from flows.rotation.events import RESOURCE_PREFIX as RESOURCE_PREFIX
+    from flows.rotation.events import ROTATED as ROTATED
+    from flows.rotation.events import ROTATION_FAILED as ROTATION_FAILED
+    from flows.rotation.events import batched as batched
+    from flows.rotation.events import build_event as build_event
+    from flows.rotation.events import emit_rotation_event as emit_rotation_event
+    from flows.rotation.events import project_resource as project_resource
+    from flows.rotation.events import rotation_event as rotation_event
+    from flows.rotation.events import send as send
     from flows.rotation.handover import POLL_S as POLL_S
     from flows.rotation.handover import HandoverRequester as HandoverRequester
     from flows.rotation.handover import HandoverWatch as HandoverWatch
@@ -111,6 +121,16 @@ _EXPORTS = {
     "crash_point": "crashpoints",
     "dry_run": "dryrun",
     "execute": "entry_run",
+    "CONTAINED": "events",
+    "RESOURCE_PREFIX": "events",
+    "ROTATED": "events",
+    "ROTATION_FAILED": "events",
+    "batched": "events",
+    "build_event": "events",
+    "emit_rotation_event": "events",
+    "project_resource": "events",
+    "rotation_event": "events",
+    "send": "events",
     "HandoverRequester": "handover",
     "HandoverWatch": "handover",
     "POLL_S": "handover",
@@ -175,11 +195,15 @@ _EXPORTS = {
 """Each public name and the module that defines it."""
 
 __all__ = [
+    "CONTAINED",
     "CRASH_ENV_VAR",
     "LOCK_DIR_ENV_VAR",
     "MIN_GAP_S",
     "POINTS",
     "POLL_S",
+    "RESOURCE_PREFIX",
+    "ROTATED",
+    "ROTATION_FAILED",
     "TRACE_CLOCK_SKEW_S",
     "AfterRevokeOutcome",
     "ApprovalDecision",
@@ -199,6 +223,8 @@ __all__ = [
     "TraceVerdict",
     "TraceWait",
     "TraceWatch",
+    "batched",
+    "build_event",
     "check_compromised_key",
     "check_ingestion",
     "connector_failure",
@@ -207,6 +233,7 @@ __all__ = [
     "crash_point",
     "create",
     "dry_run",
+    "emit_rotation_event",
     "entry_lock",
     "entry_state",
     "execute",
@@ -230,6 +257,7 @@ __all__ = [
     "prefect_api_from_settings",
     "prefect_server_configured",
     "print_progress_with",
+    "project_resource",
     "project_tag",
     "recheck_revoked",
     "reconcile",
@@ -237,11 +265,13 @@ __all__ = [
     "retryable",
     "revoke",
     "rollback",
+    "rotation_event",
     "run_emergency",
     "run_name",
     "run_reconcile",
     "run_scheduled",
     "run_tags",
+    "send",
     "send_to",
     "shared_stores",
     "staged_mode",
