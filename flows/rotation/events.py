@@ -21,7 +21,6 @@ command-line run without a Prefect flow. Prefect-free: the rotation sends its ev
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import os
@@ -145,14 +144,13 @@ def _setting(name: str) -> str | None:
 
 
 def _headers() -> dict[str, str]:
-    headers = {"Content-Type": "application/json"}
-    api_key = _setting("PREFECT_API_KEY")
-    auth_string = _setting("PREFECT_API_AUTH_STRING")
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    elif auth_string:
-        headers["Authorization"] = "Basic " + base64.b64encode(auth_string.encode()).decode()
-    return headers
+    """The one credential rule of every REST call to Prefect (``connectors.prefect_api``)."""
+    from connectors.prefect_api import authorization_header
+
+    credentials = authorization_header(
+        auth_string=_setting("PREFECT_API_AUTH_STRING"), api_key=_setting("PREFECT_API_KEY")
+    )
+    return {"Content-Type": "application/json", **credentials}
 
 
 class _Batch:

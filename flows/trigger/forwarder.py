@@ -28,7 +28,6 @@ Langfuse credentials, and none of the environment variables the file refers to.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import hmac
 import io
@@ -54,6 +53,7 @@ import httpx
 import yaml
 from pydantic import SecretStr
 
+from connectors.prefect_api import authorization_header
 from flows.config.model import CONFIG_ENV_VAR
 from flows.errors import ForwarderSetupError, ReportRefused
 from flows.redact import install_redaction, register_secret, register_url
@@ -104,16 +104,13 @@ class PrefectTarget:
             raise ForwarderSetupError("PREFECT_API_URL is not set: the forwarder posts to that server's events API")
         api_key = os.environ.get("PREFECT_API_KEY", "")
         auth_string = os.environ.get("PREFECT_API_AUTH_STRING", "")
-        if api_key:
-            authorization: SecretStr | None = SecretStr(f"Bearer {api_key}")
-            register_secret(api_key)
-        elif auth_string:
-            authorization = SecretStr("Basic " + base64.b64encode(auth_string.encode()).decode())
-            register_secret(auth_string)
-        else:
-            authorization = None
+        for secret in (api_key, auth_string):
+            if secret:
+                register_secret(secret)
+        # The one credential rule of every REST call to Prefect (connectors.prefect_api).
+        header = authorization_header(auth_string=auth_string, api_key=api_key).get("Authorization")
         register_url(url)
-        return cls(api_url=url.rstrip("/"), authorization=authorization)
+        return cls(api_url=url.rstrip("/"), authorization=SecretStr(header) if header is not None else None)
 
     def post(self, event: dict[str, Any]) -> None:
         """POST the one event; raises ``RuntimeError`` (no secret in it) when the server does not take it."""

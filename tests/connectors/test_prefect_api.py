@@ -1,4 +1,5 @@
-"""``connectors.prefect_api`` sends the same Authorization header as Prefect's own client for
+"""``connectors.prefect_api``, and everything else that calls Prefect's REST API (a run's events, the
+compromise forwarder), sends the same Authorization header as Prefect's own client for
 every combination of ``PREFECT_API_KEY`` and ``PREFECT_API_AUTH_STRING`` (README "Prefect")."""
 
 from __future__ import annotations
@@ -107,4 +108,43 @@ def test_the_environment_gives_the_same_header(
         api.flow_id("x")
     finally:
         api.close()
+    assert _Recorder.seen == [sync_header]
+
+
+def _set_credentials(monkeypatch: pytest.MonkeyPatch, url: str, api_key: str | None, auth_string: str | None) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    for name, value in (("PREFECT_API_KEY", api_key), ("PREFECT_API_AUTH_STRING", auth_string)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize(("api_key", "auth_string"), CREDENTIALS)
+def test_a_runs_events_are_posted_with_the_same_header(
+    recording_server: str, api_key: str | None, auth_string: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.rotation import events
+
+    sync_header, _ = _prefects_headers(recording_server, api_key, auth_string)
+    _set_credentials(monkeypatch, recording_server, api_key, auth_string)
+    _Recorder.seen.clear()
+
+    assert events.send([events.build_event(events.ROTATED, events.project_resource("x"), {})])
+
+    assert _Recorder.seen == [sync_header]
+
+
+@pytest.mark.parametrize(("api_key", "auth_string"), CREDENTIALS)
+def test_the_compromise_forwarder_posts_with_the_same_header(
+    recording_server: str, api_key: str | None, auth_string: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.trigger.forwarder import PrefectTarget
+
+    sync_header, _ = _prefects_headers(recording_server, api_key, auth_string)
+    _set_credentials(monkeypatch, recording_server, api_key, auth_string)
+    _Recorder.seen.clear()
+
+    PrefectTarget.from_environment().post({"event": "x"})
+
     assert _Recorder.seen == [sync_header]
