@@ -218,7 +218,7 @@ class VaultStoreConfig(StoreSettings):
 _VAULT_AUTH_KEYS = ("token", "token_file", "approle", "auth")
 
 
-def build_vault_store(config: VaultStoreConfig) -> SecretStore:
+def _build_vault_store(config: VaultStoreConfig) -> SecretStore:
     from connectors.vault import VaultStore
 
     return VaultStore(
@@ -355,7 +355,7 @@ def _require_aws_region(profile: str | None) -> None:
         raise ValueError("no AWS region: set region, AWS_REGION or AWS_DEFAULT_REGION, or a region in the AWS profile")
 
 
-def build_aws_store(config: AwsStoreConfig) -> SecretStore:
+def _build_aws_store(config: AwsStoreConfig) -> SecretStore:
     from connectors.aws_secrets import AwsSecretsStore
 
     try:
@@ -386,8 +386,8 @@ class StoreKind(Generic[S]):
 
 
 STORE_KINDS: dict[str, StoreKind[Any]] = {
-    "vault": StoreKind(VaultStoreConfig, build_vault_store),
-    "aws": StoreKind(AwsStoreConfig, build_aws_store),
+    "vault": StoreKind(VaultStoreConfig, _build_vault_store),
+    "aws": StoreKind(AwsStoreConfig, _build_aws_store),
 }
 """Every store a configuration can name, by its ``kind``."""
 

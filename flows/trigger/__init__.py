@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from flows.trigger.checks import report_refusal as report_refusal
     from flows.trigger.checks import slot_name as slot_name
     from flows.trigger.forwarder import DEFAULT_MAX_PER_CLIENT as DEFAULT_MAX_PER_CLIENT
+    from flows.trigger.forwarder import PrefectTarget as PrefectTarget
     from flows.trigger.forwarder import RateLimit as RateLimit
     from flows.trigger.forwarder import entry_names as entry_names
     from flows.trigger.forwarder import main as main
@@ -62,6 +63,7 @@ _EXPORTS = {
     "report_refusal": "checks",
     "slot_name": "checks",
     "DEFAULT_MAX_PER_CLIENT": "forwarder",
+    "PrefectTarget": "forwarder",
     "RateLimit": "forwarder",
     "entry_names": "forwarder",
     "main": "forwarder",
@@ -86,6 +88,7 @@ __all__ = [
     "WINDOW",
     "EarlierRun",
     "Handled",
+    "PrefectTarget",
     "RateLimit",
     "Responder",
     "RunLedger",

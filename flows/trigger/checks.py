@@ -50,7 +50,7 @@ class EarlierRun:
 
 class RunLedger(Protocol):
     """Where the checks read earlier containments and mark this one: the Prefect server, through
-    Prefect's client inside a flow (``PrefectLedger``) or over REST in the responder. Both read and
+    Prefect's client inside a flow (``_PrefectLedger``) or over REST in the responder. Both read and
     write the same flow runs, so a containment by either counts for the other."""
 
     def earlier_containments(self, entry: str, flow_run_id: str) -> list[EarlierRun]: ...
@@ -88,7 +88,7 @@ def check_key(
     """Raises ``EventRefused`` unless the event may contain ``public_key``; on success this run is
     counted as one of the entry's event-started containments. Called under the entry's emergency
     slot, so no other run checks (or contains) between the look at earlier runs and the tag."""
-    ledger = ledger or PrefectLedger()
+    ledger = ledger or _PrefectLedger()
     if not public_key:
         raise EventRefused("the event names no payload.public_key: an event must name the leaked key")
     if not _PUBLIC_KEY.fullmatch(public_key):
@@ -209,7 +209,7 @@ def report_refusal(
 # --- Prefect: earlier runs, tags, one run per entry ---------------------------------------------
 
 
-class PrefectLedger:
+class _PrefectLedger:
     """Earlier containments through Prefect's client (inside a flow, where it is loaded anyway)."""
 
     def earlier_containments(self, entry: str, flow_run_id: str) -> list[EarlierRun]:

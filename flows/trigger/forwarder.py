@@ -171,7 +171,7 @@ def entry_names(path: str | os.PathLike[str]) -> frozenset[str]:
     return frozenset(names)
 
 
-def read_token(*, token_file: str | None, token_env: str | None) -> SecretStr:
+def _read_token(*, token_file: str | None, token_env: str | None) -> SecretStr:
     """The scanners' bearer token, from a file (first line) or an environment variable."""
     if token_file:
         try:
@@ -553,14 +553,14 @@ def _log_request(client: str, method: str, path: str, status: int, outcome: str,
     )
 
 
-def parse_listen(value: str) -> tuple[str, int]:
+def _parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ForwarderSetupError(f"--listen {value}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
     return host.strip("[]"), int(port)
 
 
-def build_server(
+def _build_server(
     *,
     config: str | None,
     listen: str,
@@ -584,12 +584,12 @@ def build_server(
             raise ForwarderSetupError(f"{option} must be greater than 0")
     forwarder = Forwarder(
         entries=entry_names(chosen),
-        token=read_token(token_file=token_file, token_env=token_env),
+        token=_read_token(token_file=token_file, token_env=token_env),
         target=PrefectTarget.from_environment(),
         limit=RateLimit(per_minute),
     )
     try:
-        return _Server(parse_listen(listen), forwarder, limits)
+        return _Server(_parse_listen(listen), forwarder, limits)
     except OSError as exc:
         raise ForwarderSetupError(f"--listen {listen}: {exc.strerror}") from None
 
@@ -653,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
-        server = build_server(
+        server = _build_server(
             config=args.config,
             listen=args.listen,
             token_file=args.token_file,

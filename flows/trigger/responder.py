@@ -67,7 +67,7 @@ class _RecordedRunner(DirectRunner):
     orchestrator = "prefect"
 
 
-class RestLedger:
+class _RestLedger:
     """``flows.trigger.checks.RunLedger`` over REST: the same flow runs Prefect's client reads."""
 
     def __init__(self, api: PrefectApi) -> None:
@@ -102,7 +102,7 @@ class RestLedger:
 
 
 @contextlib.contextmanager
-def rest_emergency_slot(api: PrefectApi, entry: str, *, wait_s: float, lease_s: int) -> Iterator[None]:
+def _rest_emergency_slot(api: PrefectApi, entry: str, *, wait_s: float, lease_s: int) -> Iterator[None]:
     """``flows.trigger.checks.emergency_slot`` over REST: the same leased global concurrency limit."""
     try:
         lease = api.acquire(slot_name(entry), lease_s=lease_s, timeout_s=max(wait_s, 1.0))
@@ -208,11 +208,11 @@ class Responder:
                 if refused is not None:
                     raise refused
                 assert entry is not None
-                slot = rest_emergency_slot(
+                slot = _rest_emergency_slot(
                     self.api, entry.name, wait_s=_slot_wait_s(entry), lease_s=self.config.lock.lease_s
                 )
                 with slot:
-                    check_key(self.config, entry, public_key, run_id, RestLedger(self.api))
+                    check_key(self.config, entry, public_key, run_id, _RestLedger(self.api))
                     result = execute(
                         "emergency",
                         entry.name,
