@@ -438,10 +438,13 @@ def main() -> int:
         control = SimulatorControl(sim["url"])
         if args.store == "vault":
             from connectors.vault import VaultStore
+            from connectors.vault_auth import TokenAuth
 
             bao = stack.enter_context(OpenBaoServer())
             pids["openbao"] = bao._proc.pid if bao._proc is not None else 0
-            store: SecretStore = VaultStore(bao.url, token=SecretStr(bao.root_token), mount="secret", timeout_s=30)
+            store: SecretStore = VaultStore(
+                bao.url, auth=TokenAuth(SecretStr(bao.root_token)), mount="secret", timeout_s=30
+            )
             store_config: dict[str, Any] = {"kind": "vault", "url": bao.url, "token": bao.root_token, "timeout_s": 30}
             consumer_args = ["--store", "vault", "--vault-url", bao.url, "--vault-token", bao.root_token]
         else:

@@ -45,6 +45,7 @@ from connectors.keypair import KeyPair  # noqa: E402
 from connectors.langfuse import LangfuseAdminClient  # noqa: E402
 from connectors.store import SecretLocation  # noqa: E402
 from connectors.vault import VaultStore  # noqa: E402
+from connectors.vault_auth import TokenAuth  # noqa: E402
 from devstack.openbao import OpenBaoServer  # noqa: E402
 
 TARGET_S = 5.0
@@ -96,7 +97,7 @@ def build_stack(
     tmp: Path, bao: OpenBaoServer, boot: dict[str, Any], entries: int, health: HealthServer | None
 ) -> tuple[Path, list[str]]:
     """Create the keys, store the pairs and write the configuration; returns (config, keys)."""
-    store = VaultStore(bao.url, token=SecretStr(bao.root_token), mount="secret")
+    store = VaultStore(bao.url, auth=TokenAuth(SecretStr(bao.root_token)), mount="secret")
     admin = LangfuseAdminClient(boot["url"], boot["org_public_key"], SecretStr(boot["org_secret_key"]))
     projects = boot["projects"]
     keys: list[str] = []

@@ -58,6 +58,7 @@ from connectors.keypair import KeyPair  # noqa: E402
 from connectors.langfuse import LangfuseAdminClient, LangfuseProjectClient  # noqa: E402
 from connectors.store import RotationRecord, SecretLocation  # noqa: E402
 from connectors.vault import VaultStore  # noqa: E402
+from connectors.vault_auth import TokenAuth  # noqa: E402
 from devstack.net import free_port  # noqa: E402
 from devstack.openbao import OpenBaoServer  # noqa: E402
 from devstack.prefect_server import PrefectServer  # noqa: E402
@@ -104,7 +105,7 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.admin = LangfuseAdminClient(self.sim_url, self.org_public_key, SecretStr(self.org_secret_key))
-        self.store = VaultStore(self.bao.url, token=SecretStr(self.bao.root_token))
+        self.store = VaultStore(self.bao.url, auth=TokenAuth(SecretStr(self.bao.root_token)))
 
     def new_compromised_key(self) -> tuple[KeyPair, SecretLocation]:
         """A fresh key of the project, stored as the entry's current pair at a fresh path."""
@@ -196,7 +197,7 @@ def floor_run(stack: Stack) -> Sample:
     """The emergency's HTTP calls up to containment, made directly (connectors already imported)."""
     old, location = stack.new_compromised_key()
     started = time.perf_counter()
-    store = VaultStore(stack.bao.url, token=SecretStr(stack.bao.root_token))
+    store = VaultStore(stack.bao.url, auth=TokenAuth(SecretStr(stack.bao.root_token)))
     with LangfuseAdminClient(stack.sim_url, stack.org_public_key, SecretStr(stack.org_secret_key)) as admin:
         desc = store.describe(location)
         admin.list_api_keys(stack.project_id)

@@ -95,7 +95,6 @@ EMERGENCY_STAGE = "langfuse-rotate-emergency"
 TAG_PREFIX = "langfuse-rotate:"
 _PENDING_TAG = f"{TAG_PREFIX}pending:"
 _HANDOVER_TAG = f"{TAG_PREFIX}handover:"
-_FACT_TAGS = ("rotation-id", "public-key", "rotated-at", "state", "mode")
 _RECORD_TAGS = {
     "rotation_id": "rotation-id",
     "entry": "entry",

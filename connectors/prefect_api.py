@@ -9,7 +9,7 @@ talk to the API directly (docs/emergency.md, docs/fleet.md):
   entries each asking for their own limit time out behind each other.
 
 Only public, documented endpoints are used: ``/v2/concurrency_limits/*`` (leases since Prefect
-3.4), ``/flows/``, ``/flow_runs/``, ``/artifacts/``.
+3.4), ``/flows/``, ``/flow_runs/``, ``/artifacts/``, ``/deployments/name/``.
 """
 
 from __future__ import annotations

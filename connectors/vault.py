@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import hvac
 import hvac.exceptions
 import requests
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 from requests.adapters import HTTPAdapter
 
 from connectors import pacing
@@ -66,7 +66,7 @@ from connectors.store import (
     secret_fields,
     stored_pair,
 )
-from connectors.vault_auth import AppRoleAuth, TokenAuth, TokenKeeper, VaultAuth
+from connectors.vault_auth import TokenKeeper, VaultAuth
 from connectors.vault_http import POOL_SIZE, LeanJSONAdapter, VaultRedirectError
 
 __all__ = ["PENDING_SUFFIX", "RECORD_FIELD", "VaultStore"]
@@ -142,8 +142,8 @@ def _no_redirect_session(*, verify: bool | str) -> requests.Session:
 class VaultStore:
     """A ``SecretStore`` on a Vault or OpenBao KV v2 mount.
 
-    Authenticates with a token (``s.``/``hvs.`` or any other form the server issues) or with
-    AppRole (logs in on first use, and once more when the server answers 403).
+    Authenticates with ``auth`` (``connectors.vault_auth``: a token, a token file, AppRole or a
+    JWT; a login happens on first use, and once more when the server answers 403).
     """
 
     kind = "vault"
@@ -152,11 +152,7 @@ class VaultStore:
         self,
         url: str,
         *,
-        token: SecretStr | None = None,
-        approle_role_id: str | None = None,
-        approle_secret_id: SecretStr | None = None,
-        approle_mount: str = "approle",
-        auth: VaultAuth | None = None,
+        auth: VaultAuth,
         mount: str = "secret",
         namespace: str | None = None,
         timeout_s: float = 10.0,
@@ -166,7 +162,7 @@ class VaultStore:
     ) -> None:
         """``on_token`` is told each token the store starts using (a login's, a token file's),
         e.g. to register it for log redaction; never called with anything else."""
-        self._auth = _choose_auth(token, approle_role_id, approle_secret_id, approle_mount, auth)
+        self._auth = auth
         if ca_cert is not None and verify_tls is False:
             raise ValueError("Vault ca_cert is given but verify_tls is off")
         self._url = url.rstrip("/")
@@ -726,29 +722,6 @@ def _translate(exc: Exception, action: str, label: str, url: str) -> StoreError:
     if isinstance(exc, requests.exceptions.ConnectionError):
         return StoreUnavailableError(f"Vault at {url} is unreachable")
     return StoreError(f"Vault error during {action}: {type(exc).__name__}")
-
-
-def _choose_auth(
-    token: SecretStr | None,
-    role_id: str | None,
-    secret_id: SecretStr | None,
-    approle_mount: str,
-    auth: VaultAuth | None,
-) -> VaultAuth:
-    use_approle = role_id is not None or secret_id is not None
-    if use_approle and (role_id is None or secret_id is None):
-        raise ValueError("Vault AppRole auth needs both approle_role_id and approle_secret_id")
-    given = [token is not None, use_approle, auth is not None]
-    if sum(given) == 0:
-        raise ValueError("Vault needs a token, AppRole credentials or another auth method")
-    if sum(given) > 1:
-        raise ValueError("Vault takes exactly one auth method (token, AppRole or auth)")
-    if token is not None:
-        return TokenAuth(token)
-    if role_id is not None and secret_id is not None:
-        return AppRoleAuth(role_id, secret_id, approle_mount)
-    assert auth is not None
-    return auth
 
 
 def _clean(path: str) -> str:

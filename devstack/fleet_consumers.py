@@ -170,8 +170,9 @@ def main() -> int:
     store: SecretStore
     if args.store == "vault":
         from connectors.vault import VaultStore
+        from connectors.vault_auth import TokenAuth
 
-        store = VaultStore(args.vault_url, token=SecretStr(args.vault_token or ""), mount=args.mount)
+        store = VaultStore(args.vault_url, auth=TokenAuth(SecretStr(args.vault_token or "")), mount=args.mount)
     else:
         from connectors.aws_secrets import AwsSecretsStore
 

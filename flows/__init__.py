@@ -1,7 +1,7 @@
 """The rotator's flows, one package per concern (README "Development" maps it too).
 
 A package imports only from those above it in this list (``tests/test_architecture.py`` checks
-it; the few imports still against it are listed there and in README "Development"):
+it), and re-exports its public names, imported on first use:
 
 - ``flows`` itself: shared leaves (``errors``, ``models``, ``redact``, ``audit``, ``clock``,
   ``state``, ``shown``) and the Prefect flows deployments name (``rotate``, ``emergency``,
@@ -9,9 +9,9 @@ it; the few imports still against it are listed there and in README "Development
 - ``flows.config``: the configuration model, its field types, locations, transport checks,
   ``project_template`` expansion, the organization key and the store registry.
 - ``flows.rotation``: a rotation without Prefect: steps, checklists, plan, context, runners, lock,
-  handover, crash points, dry run, notifications, and ``entry_run`` which runs one entry.
+  handover, crash points, dry run, notifications and the run's event, and ``entry_run`` which runs one entry.
 - ``flows.prefect``: Prefect's side of a run: REST client, flow-run records, hooks, trust boundary,
-  initiator, events. (``import prefect`` elsewhere still means the Prefect library: imports are
+  initiator, the report's events. (``import prefect`` elsewhere still means the Prefect library: imports are
   absolute.)
 - ``flows.fleet``, ``flows.compliance``, ``flows.trigger``: ``rotate --all``; ``status`` and
   ``report``; what starts an emergency from outside (automation, compromise forwarder).

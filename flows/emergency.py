@@ -18,15 +18,17 @@ import contextlib
 from typing import Any
 
 from prefect import flow
-from prefect.states import Completed
 
 from flows.audit import audit_result
 from flows.config.model import RotationConfig, load_config
+from flows.errors import EventRefused
 from flows.models import RotationResult
+from flows.prefect.artifact import refused_state
 from flows.prefect.flow_run import (
     current_flow_run,
     emergency_run_name,
     final_state,
+    prefect_state,
     publish_summary,
     tag_flow_run,
 )
@@ -38,7 +40,6 @@ from flows.rotation.lock import prefect_server_configured
 from flows.rotation.notification import notification_for, send_to
 from flows.rotation.runners import PrefectRunner
 from flows.trigger.checks import (
-    EventRefused,
     check_entry,
     check_key,
     emergency_slot,
@@ -153,4 +154,4 @@ def _refuse(
     refused: EventRefused,
 ) -> Any:
     report_refusal(project, config_path, public_key, event_id, event_source, refused)
-    return Completed(name="Refused", message=refused_message(refused))
+    return prefect_state(refused_state(refused_message(refused)))

@@ -31,6 +31,14 @@ class BadInputError(RotateError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class LockDirError(ConfigError):
+    """The lock directory or a file in it is not private to this user (``flows.rotation.lock``)."""
+
+
+class ForwarderSetupError(BadInputError):
+    """The compromise forwarder cannot start (bad option, unreadable file): one line, exit 2."""
+
+
 class RotationInProgressError(RotateError):
     """Another rotation of the same key holds the lock, or replaced the key while this one waited."""
 
@@ -94,6 +102,30 @@ class LocationCollision(ValueError):
         super().__init__(f"entry '{entry}' {reason}")
         self.index = index
         self.entry = entry
+
+
+class EventRefused(Exception):
+    """The event does not allow a containment (``flows.trigger.checks``); nothing was changed.
+    ``page``: the refusal is an infrastructure failure (the event could not be checked), which
+    pages like an emergency. Caught where it is raised: the event's run completes, named
+    ``Refused``, and an entry busy with another emergency ends ``in_progress`` (exit 3)."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.FAILED
+
+    def __init__(self, reason: str, *, page: bool = False, duplicate: bool = False) -> None:
+        self.page = page
+        self.duplicate = duplicate
+        super().__init__(reason)
+
+
+class ReportRefused(Exception):
+    """A report the compromise forwarder will not forward: an HTTP status and a one-line reason
+    (never echoing the input), answered to the scanner; it never ends the forwarder."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
 
 
 class StepTimeout(BaseException):

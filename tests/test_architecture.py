@@ -30,13 +30,6 @@ _PACKAGE_LAYER = {
     "cli": 6,
 }
 
-# Imports against the order that belong to the branch which rewrites these modules (issue 20
-# items 2-3: one Prefect REST client in ``connectors`` and one lock take the transport out of
-# ``flows.prefect``; ``flows.prefect.events`` imports only shared leaves already).
-_PENDING_ON_ONEREST = {
-    ("flows.rotation.notification", "flows.prefect.events"),
-}
-
 
 def layer(module: str) -> int:
     """The layer of a ``flows`` module; ``connectors`` modules sit below every one of them."""
@@ -146,10 +139,7 @@ def test_every_import_goes_down_the_layers() -> None:
     wrong = [
         _where(i)
         for i in IMPORTS
-        if i.importer.startswith("flows")
-        and i.module.startswith("flows")
-        and layer(i.module) > layer(i.importer)
-        and (i.importer, i.module) not in _PENDING_ON_ONEREST
+        if i.importer.startswith("flows") and i.module.startswith("flows") and layer(i.module) > layer(i.importer)
     ]
     assert wrong == []
 
@@ -203,10 +193,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycle_function_local_imports_included() -> None:
-    graph = _graph()
-    for importer, target in _PENDING_ON_ONEREST:
-        graph[importer].discard(target)
-    assert _cycles(graph) == []
+    assert _cycles(_graph()) == []
 
 
 def _is_own_package(importer: str, module: str) -> bool:
@@ -246,15 +233,11 @@ def test_flows_has_at_most_a_dozen_top_level_modules() -> None:
     assert len(top) <= 12, top
 
 
-# Exceptions outside ``flows/errors.py``: the modules of the branch that rewrites them (issue 20
-# items 2-3), and one private to its module (control flow inside one function, never raised out).
+# Exceptions outside ``flows/errors.py``: only those private to their module, control flow that
+# is caught in the module that raises it and never reaches a caller or a command's exit code.
 _EXCEPTIONS_ELSEWHERE = {
-    "flows.rotation.lock.LockDirError",
-    "flows.trigger.checks.EventRefused",
-    "flows.trigger.forwarder.Refused",
-    "flows.trigger.forwarder.SetupError",
-    "flows.trigger.forwarder._DeadlinePassed",
-    "flows.compliance.inventory._AuthCheckFailed",
+    "flows.trigger.forwarder._DeadlinePassed",  # a request's read deadline, turned into a 408 answer
+    "flows.compliance.inventory._AuthCheckFailed",  # an unreadable auth probe, reported in its entry's row
 }
 
 
@@ -283,3 +266,78 @@ def test_no_prefect_internals() -> None:
         if "ConcurrencyContext" in path.read_text() or "prefect._internal" in path.read_text()
     ]
     assert hits == []
+
+
+def test_only_the_store_registry_names_a_store_kinds_model() -> None:
+    """A new store kind is one registration (``flows.config.stores.register_store_kind``): no other
+    module branches on a kind's configuration model."""
+    from flows.config.stores import STORE_KINDS
+
+    models = {kind.config.__name__ for kind in STORE_KINDS.values()}
+    hits = [
+        f"{module} names {name}"
+        for module, path in MODULES.items()
+        if module != "flows.config.stores"
+        for node in ast.walk(ast.parse(path.read_text()))
+        for name in [node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""]
+        if name in models
+    ]
+    hits += [
+        f"{imp.importer} imports {name}"
+        for imp in IMPORTS
+        for name in imp.names
+        if name in models and imp.importer != "flows.config.stores"
+    ]
+    assert hits == []
+
+
+PACKAGES = sorted(m for m, p in MODULES.items() if m.startswith("flows.") and p.name == "__init__.py")
+
+
+def _checked_exports(package: str) -> dict[str, str]:
+    """``_EXPORTS`` of a package's ``__init__``, read from its source."""
+    tree = ast.parse(MODULES[package].read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in node.targets):
+            exports = ast.literal_eval(node.value)
+            assert isinstance(exports, dict)
+            return exports
+    return {}
+
+
+def _type_checking_imports(package: str) -> dict[str, str]:
+    """What the ``if TYPE_CHECKING:`` block of a package's ``__init__`` imports: name -> module."""
+    found: dict[str, str] = {}
+    for node in ast.parse(MODULES[package].read_text()).body:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom) and imp.module is not None
+                found.update({alias.name: imp.module.removeprefix(package + ".") for alias in imp.names})
+    return found
+
+
+def test_every_package_re_exports_its_public_names_and_each_resolves() -> None:
+    import importlib
+
+    wrong: list[str] = []
+    for package in PACKAGES:
+        module = importlib.import_module(package)
+        exports = _checked_exports(package)
+        if set(exports) != set(getattr(module, "__all__", ())) or exports != _type_checking_imports(package):
+            wrong.append(f"{package}: __all__, _EXPORTS and the TYPE_CHECKING imports disagree")
+        for name, submodule in exports.items():
+            defined = importlib.import_module(f"{package}.{submodule}")
+            if getattr(module, name) is not getattr(defined, name):
+                wrong.append(f"{package}.{name} is not {package}.{submodule}.{name}")
+    assert PACKAGES and wrong == []
+
+
+def test_importing_a_package_loads_none_of_its_modules() -> None:
+    code = (
+        "import importlib, sys\n"
+        f"for package in {PACKAGES!r}:\n"
+        "    importlib.import_module(package)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('flows.') and m not in " + repr(PACKAGES) + "))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

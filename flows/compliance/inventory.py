@@ -27,7 +27,7 @@ from connectors.store import SecretStore, StoreDescription
 from flows.clock import future_note, in_the_future
 from flows.config.model import ProjectEntry, RotationConfig
 from flows.config.org import org_key
-from flows.config.stores import build_store
+from flows.config.stores import OpenStores
 from flows.config.transport import transport_risks
 from flows.errors import ConfigError
 from flows.redact import install_redaction, scrub
@@ -130,17 +130,14 @@ class Connections:
 
     def __init__(self, config: RotationConfig) -> None:
         self.config = config
-        self._stores: dict[str, SecretStore] = {}
+        self._stores = OpenStores(config.stores)
         self._lock = threading.RLock()
         self.consumers = ConsumerClient()
         self.project_transport = _SharedTransport()
         self._admin: LangfuseAdminClient | None = None
 
     def store(self, name: str) -> SecretStore:
-        with self._lock:
-            if name not in self._stores:
-                self._stores[name] = build_store(self.config.stores[name])
-            return self._stores[name]
+        return self._stores(name)
 
     @property
     def admin(self) -> LangfuseAdminClient:
@@ -159,10 +156,7 @@ class Connections:
         self.project_transport.shutdown()
         if self._admin is not None:
             self._admin.close()
-        for store in self._stores.values():
-            close = getattr(store, "close", None)  # e.g. a Vault store's token renewal
-            if callable(close):
-                close()
+        self._stores.close()
 
 
 def collect_inventory(

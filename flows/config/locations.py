@@ -13,51 +13,21 @@ the same server under two store names is one store.
   secret. Two stores are told apart by account only when both say which one they are in (a
   ``role_arn``, or the secret's ARN) and those differ, or both name an AWS ``profile`` and those
   differ; otherwise they may be the same account, and count as one.
-- Another store kind: its store name and the path (nothing known about its server).
+- Another store kind: its store name and the path (nothing known about its server), unless its
+  model says more.
 
-Nothing here reads a store; it is decided from the configuration alone.
+Each kind's model says where its paths go (``place_base`` and ``places`` in
+``flows.config.stores``); this module only compares. Nothing here reads a store; it is decided
+from the configuration alone.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from connectors.urls import is_loopback_host
-from flows.config.stores import AwsStoreConfig, StoreSettings, VaultStoreConfig
-from flows.config.types import RESERVED_LAST_SEGMENT
-
-Key = tuple[str, ...]
-Account = tuple[str, str] | None
-"""("account", id) or ("profile", name) for AWS; None: not known (may be any)."""
-
-_ARN_SUFFIX = re.compile(r"^(?P<name>.+)-[A-Za-z0-9]{6}$")
-
-
-@dataclass(frozen=True)
-class Place:
-    """One secret as the server sees it: equal ``keys`` (and a compatible account) are one secret."""
-
-    keys: tuple[Key, ...]
-    account: Account = None
-
-
-def _server_of(url: str) -> Key:
-    """``(host, port, base path)`` of a URL; every loopback spelling is one host."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return (url,)
-    host = (parts.hostname or "").rstrip(".").lower()
-    if is_loopback_host(host):
-        host = "loopback"
-    if port is None:
-        port = {"https": 443, "http": 80}.get(parts.scheme, 0)
-    return (host, str(port), parts.path.rstrip("/"))
+from flows.config.places import Account, Key, Place
+from flows.config.stores import StoreSettings
 
 
 class StorePlaces:
@@ -69,63 +39,13 @@ class StorePlaces:
 
     def places(self, store: str, path: str) -> list[Place]:
         """The secret at ``path`` and, where the store keeps one apart, its staging place."""
-        settings = self._stores[store]
         base, account = self._base(store)
-        if isinstance(settings, VaultStoreConfig):
-            return [Place(((*base, path),)), Place(((*base, f"{path}/{RESERVED_LAST_SEGMENT}"),))]
-        if isinstance(settings, AwsStoreConfig):
-            return [_aws_place(base, account, path)]
-        return [Place(((*base, path),))]
+        return self._stores[store].places(base, account, path)
 
     def _base(self, store: str) -> tuple[Key, Account]:
         if store not in self._bases:
-            self._bases[store] = _store_base(store, self._stores[store])
+            self._bases[store] = self._stores[store].place_base(store)
         return self._bases[store]
-
-
-def _store_base(name: str, settings: StoreSettings) -> tuple[Key, Account]:
-    if isinstance(settings, VaultStoreConfig):
-        mount = "/".join(p.strip("/") for p in (settings.namespace or "", settings.mount) if p.strip("/"))
-        return ("vault", *_server_of(settings.url), mount), None
-    if isinstance(settings, AwsStoreConfig):
-        region = _aws_region(settings)
-        endpoint = settings.endpoint_url or f"https://secretsmanager.{region}.amazonaws.com"
-        account: Account = None
-        if settings.role_arn is not None:
-            account = ("account", settings.role_arn.split(":")[4])
-        elif settings.profile is not None:
-            account = ("profile", settings.profile)
-        return ("aws", *_server_of(endpoint), region), account
-    return (settings.kind, "store", name), None
-
-
-def _aws_region(settings: AwsStoreConfig) -> str:
-    """The region the store will use (as ``connectors.aws_session.resolve_region`` decides it)."""
-    region = settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        return region
-    import boto3
-    import botocore.exceptions
-
-    try:
-        return boto3.session.Session(profile_name=settings.profile).region_name or ""
-    except botocore.exceptions.ProfileNotFound:
-        return ""
-
-
-def _aws_place(base: Key, account: Account, path: str) -> Place:
-    """``arn:<partition>:secretsmanager:<region>:<account>:secret:<name>`` names its own region and
-    account; a full ARN ends in ``-`` and six random characters AWS added to the name."""
-    parts = path.split(":", 6)
-    if len(parts) != 7 or parts[0] != "arn" or parts[5] != "secret":
-        return Place(((*base, path),), account)
-    *server, _region = base
-    region = parts[3] or _region
-    name = parts[6]
-    names = [name]
-    if match := _ARN_SUFFIX.match(name):
-        names.append(match.group("name"))
-    return Place(tuple((*server, region, n) for n in names), ("account", parts[4]) if parts[4] else account)
 
 
 def _same_account(a: Account, b: Account) -> bool:

@@ -8,15 +8,18 @@ module, its model and factory here, one line in ``STORE_KINDS`` and a test fixtu
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import re
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, NamedTuple, TypeVar, Union
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from connectors.store import SecretStore
-from flows.config.types import Mount, StrictModel, Url
+from flows.config.places import Account, Key, Place, server_of
+from flows.config.types import RESERVED_LAST_SEGMENT, Mount, StrictModel, Url
 from flows.errors import ConfigError
 from flows.redact import register_secret
 
@@ -24,8 +27,29 @@ if TYPE_CHECKING:
     from connectors.vault_auth import VaultAuth
 
 
+class KeyRoute(NamedTuple):
+    """A connection of a store's that carries keys: plain HTTP to a host that is not loopback is a
+    transport risk (``flows.config.transport``)."""
+
+    field: str
+    """The section's field that names it, e.g. ``url``."""
+    url: str
+    carries: str
+    """What travels over it, e.g. ``the stored keys``."""
+
+
+class UncheckedServer(NamedTuple):
+    """A setting under which the store's server is not authenticated (``flows.config.transport``)."""
+
+    field: str
+    detail: str
+
+
 class StoreSettings(StrictModel):
-    """What every store's section has: its ``kind`` and the pace of a fleet's writes to it."""
+    """What every store's section has: its ``kind`` and the pace of a fleet's writes to it.
+
+    Everything that differs by kind is a method here that a kind's model may override (pacing,
+    transport, where its paths go): ``STORE_KINDS`` is the one switch on kind."""
 
     kind: str
     max_writes_per_s: float | None = Field(default=None, gt=0)
@@ -39,6 +63,24 @@ class StoreSettings(StrictModel):
         """What a fleet's pacing of this store's writes is keyed by: sections that reach the same
         service (and so share its limits) give the same key. By default, the section itself."""
         return f"{self.kind}:{self.model_dump_json(exclude={'max_writes_per_s'})}"
+
+    def key_routes(self) -> list[KeyRoute]:
+        """The connections that carry keys to and from this store. By default, none known."""
+        return []
+
+    def unchecked_servers(self) -> list[UncheckedServer]:
+        """Settings under which the server is not authenticated. By default, none."""
+        return []
+
+    def place_base(self, name: str) -> tuple[Key, Account]:
+        """Where this store's secrets live as the server sees it (sections that reach the same
+        secrets give the same base, whatever their names) and, if known, the account. By default
+        nothing is known about the server: the store's name."""
+        return (self.kind, "store", name), None
+
+    def places(self, base: Key, account: Account, path: str) -> list[Place]:
+        """The secret at ``path`` and, where the store keeps one apart, its staging place."""
+        return [Place(((*base, path),), account)]
 
 
 # --- Vault (or OpenBao) KV v2 -------------------------------------------------------------------
@@ -139,6 +181,28 @@ class VaultStoreConfig(StoreSettings):
 
         return pacing.vault_key(self.url)
 
+    def key_routes(self) -> list[KeyRoute]:
+        return [KeyRoute("url", self.url, "the Vault token and the stored keys")]
+
+    def unchecked_servers(self) -> list[UncheckedServer]:
+        if self.verify_tls:
+            return []
+        detail = (
+            "false: the Vault server's certificate is not checked, so whoever is on the path can pose "
+            "as it and read the token and the keys; set ca_cert for a private CA instead"
+        )
+        return [UncheckedServer("verify_tls", detail)]
+
+    def place_base(self, name: str) -> tuple[Key, Account]:
+        """The server (one loopback host), the namespace and mount together (Vault routes
+        ``ns/mount`` either way)."""
+        mount = "/".join(p.strip("/") for p in (self.namespace or "", self.mount) if p.strip("/"))
+        return ("vault", *server_of(self.url), mount), None
+
+    def places(self, base: Key, account: Account, path: str) -> list[Place]:
+        """A rotation stages at ``<path>/rotation-pending``: that place is the entry's too."""
+        return [Place(((*base, path),)), Place(((*base, f"{path}/{RESERVED_LAST_SEGMENT}"),))]
+
     @model_validator(mode="after")
     def _one_auth_method(self) -> VaultStoreConfig:
         given = [key for key in _VAULT_AUTH_KEYS if getattr(self, key) is not None]
@@ -154,7 +218,7 @@ class VaultStoreConfig(StoreSettings):
 _VAULT_AUTH_KEYS = ("token", "token_file", "approle", "auth")
 
 
-def build_vault_store(config: VaultStoreConfig) -> SecretStore:
+def _build_vault_store(config: VaultStoreConfig) -> SecretStore:
     from connectors.vault import VaultStore
 
     return VaultStore(
@@ -223,6 +287,49 @@ class AwsStoreConfig(StoreSettings):
                 region = ""
         return pacing.aws_key(region, self.endpoint_url)
 
+    def key_routes(self) -> list[KeyRoute]:
+        return [KeyRoute("endpoint_url", self.endpoint_url, "the stored keys")] if self.endpoint_url is not None else []
+
+    def place_base(self, name: str) -> tuple[Key, Account]:
+        """The endpoint and the region; the account when the section says which (a ``role_arn``),
+        or the ``profile`` it names."""
+        region = self._place_region()
+        endpoint = self.endpoint_url or f"https://secretsmanager.{region}.amazonaws.com"
+        account: Account = None
+        if self.role_arn is not None:
+            account = ("account", self.role_arn.split(":")[4])
+        elif self.profile is not None:
+            account = ("profile", self.profile)
+        return ("aws", *server_of(endpoint), region), account
+
+    def places(self, base: Key, account: Account, path: str) -> list[Place]:
+        """AWS stages in version stages of the same secret: one place. A path that is an ARN
+        (``arn:<partition>:secretsmanager:<region>:<account>:secret:<name>``) names its own region
+        and account; a full ARN ends in ``-`` and six random characters AWS added to the name."""
+        parts = path.split(":", 6)
+        if len(parts) != 7 or parts[0] != "arn" or parts[5] != "secret":
+            return [Place(((*base, path),), account)]
+        *server, _region = base
+        region = parts[3] or _region
+        name = parts[6]
+        names = [name]
+        if match := _ARN_SUFFIX.match(name):
+            names.append(match.group("name"))
+        return [Place(tuple((*server, region, n) for n in names), ("account", parts[4]) if parts[4] else account)]
+
+    def _place_region(self) -> str:
+        """The region the store will use (as ``connectors.aws_session.resolve_region`` decides it)."""
+        region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            return region
+        import boto3
+        import botocore.exceptions
+
+        try:
+            return boto3.session.Session(profile_name=self.profile).region_name or ""
+        except botocore.exceptions.ProfileNotFound:
+            return ""
+
     @model_validator(mode="after")
     def _external_id_needs_a_role(self) -> AwsStoreConfig:
         if self.external_id is not None and self.role_arn is None:
@@ -230,6 +337,9 @@ class AwsStoreConfig(StoreSettings):
         if self.region is None and not os.environ.get("AWS_REGION"):
             _require_aws_region(self.profile)
         return self
+
+
+_ARN_SUFFIX = re.compile(r"^(?P<name>.+)-[A-Za-z0-9]{6}$")
 
 
 def _require_aws_region(profile: str | None) -> None:
@@ -245,7 +355,7 @@ def _require_aws_region(profile: str | None) -> None:
         raise ValueError("no AWS region: set region, AWS_REGION or AWS_DEFAULT_REGION, or a region in the AWS profile")
 
 
-def build_aws_store(config: AwsStoreConfig) -> SecretStore:
+def _build_aws_store(config: AwsStoreConfig) -> SecretStore:
     from connectors.aws_secrets import AwsSecretsStore
 
     try:
@@ -276,8 +386,8 @@ class StoreKind(Generic[S]):
 
 
 STORE_KINDS: dict[str, StoreKind[Any]] = {
-    "vault": StoreKind(VaultStoreConfig, build_vault_store),
-    "aws": StoreKind(AwsStoreConfig, build_aws_store),
+    "vault": StoreKind(VaultStoreConfig, _build_vault_store),
+    "aws": StoreKind(AwsStoreConfig, _build_aws_store),
 }
 """Every store a configuration can name, by its ``kind``."""
 
@@ -336,3 +446,42 @@ def store_config(section: dict[str, Any]) -> StoreSettings:
 def build_store(config: StoreSettings) -> SecretStore:
     """Connect to the configured store (its factory in ``STORE_KINDS``)."""
     return STORE_KINDS[config.kind].build(config)
+
+
+class OpenStores:
+    """The stores of one configuration, each connected once, on first use, and shared by every
+    thread that asks (a fleet's entries, an inventory's reads, one entry's steps): the one cache of
+    open store connections. ``close`` closes those it connected (e.g. a Vault store's token
+    renewal); stores handed in ready (``connected``) or taken from ``shared`` are their owner's."""
+
+    def __init__(
+        self,
+        settings: Mapping[str, StoreSettings],
+        *,
+        connected: Mapping[str, SecretStore] | None = None,
+        shared: Callable[[str], SecretStore] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._stores: dict[str, SecretStore] = dict(connected or {})
+        self._shared = shared
+        self._built: list[SecretStore] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> SecretStore:
+        """The store configured as ``name``; raises ``KeyError`` for a name not configured."""
+        with self._lock:
+            if name not in self._stores:
+                if self._shared is not None:
+                    self._stores[name] = self._shared(name)
+                else:
+                    self._stores[name] = store = build_store(self._settings[name])
+                    self._built.append(store)
+            return self._stores[name]
+
+    def close(self) -> None:
+        with self._lock:
+            built, self._built = self._built, []
+        for store in built:
+            close = getattr(store, "close", None)
+            if callable(close):
+                close()

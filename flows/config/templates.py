@@ -87,7 +87,7 @@ def _fill_traces(traces: TracesConfig | None, project: OrganizationProject) -> T
     return traces.model_copy(update={"match": match})
 
 
-def matches(template: ProjectTemplate, name: str) -> bool:
+def _matches(template: ProjectTemplate, name: str) -> bool:
     return any(fnmatchcase(name, p) for p in template.include) and not any(
         fnmatchcase(name, p) for p in template.exclude
     )
@@ -140,7 +140,7 @@ def expand(
     candidates: list[tuple[OrganizationProject, ProjectEntry]] = []
     report: dict[str, Generated] = {}
     for project in sorted(projects, key=lambda p: p.name):
-        if not matches(template, project.name):
+        if not _matches(template, project.name):
             continue
         if project.id in covered_ids:
             report[project.id] = Generated(project.name, project.id, None, "covered by an explicit entry")

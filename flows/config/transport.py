@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from connectors.urls import is_loopback_host, mask_credentials
-from flows.config.stores import AwsStoreConfig, VaultStoreConfig
 
 if TYPE_CHECKING:
     from flows.config.model import RotationConfig
@@ -45,20 +44,11 @@ def transport_risks(config: RotationConfig) -> list[TransportRisk]:
     """Every plain-text or unverified connection the configuration sets up, in file order."""
     risks: list[TransportRisk] = []
     _plain_http(risks, "langfuse.host", config.langfuse.host, "Langfuse API keys")
-    for name, store in config.stores.items():
-        if isinstance(store, VaultStoreConfig):
-            _plain_http(risks, f"stores.{name}.url", store.url, "the Vault token and the stored keys")
-            if not store.verify_tls:
-                risks.append(
-                    TransportRisk(
-                        f"stores.{name}.verify_tls",
-                        "medium",
-                        "false: the Vault server's certificate is not checked, so whoever is on the path can pose "
-                        "as it and read the token and the keys; set ca_cert for a private CA instead",
-                    )
-                )
-        elif isinstance(store, AwsStoreConfig) and store.endpoint_url is not None:
-            _plain_http(risks, f"stores.{name}.endpoint_url", store.endpoint_url, "the stored keys")
+    for name, store in config.stores.items():  # what each kind's model says (flows.config.stores)
+        for route in store.key_routes():
+            _plain_http(risks, f"stores.{name}.{route.field}", route.url, route.carries)
+        for unchecked in store.unchecked_servers():
+            risks.append(TransportRisk(f"stores.{name}.{unchecked.field}", "medium", unchecked.detail))
     for i, entry in enumerate(config.projects):
         if entry.host is not None:
             _plain_http(risks, f"projects[{i}].host", entry.host, "the entry's Langfuse API keys", entry=entry.name)

@@ -16,7 +16,6 @@ anything it checks that some worker polls that queue: otherwise it would wait fo
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 from uuid import UUID
@@ -25,8 +24,8 @@ from flows.config.model import RotationConfig
 from flows.config.templates import expand, organization_projects
 from flows.errors import RotateError
 from flows.fleet.run import FleetResult, counts_of, fleet_status, refused_results, send_summary
+from flows.fleet.summary import SUMMARY_KEY, summary_rows
 from flows.models import RotationResult
-from flows.prefect.artifact import SUMMARY_KEY
 
 POLL_S = 2.0
 
@@ -151,12 +150,7 @@ def _batch_entries(run_id: str, batch: list[str], run: Any) -> list[RotationResu
                 flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)]), key=ArtifactFilterKey(any_=[SUMMARY_KEY])
             )
         )
-    rows: list[dict[str, Any]] = []
-    if artifacts:
-        data = artifacts[0].data
-        parsed: Any = json.loads(data) if isinstance(data, str) else data
-        rows = list(parsed or [])
-    seen = {row["entry"]: row for row in rows}
+    seen = {row.entry: row for row in (summary_rows(artifacts[0].data) if artifacts else [])}
     results = []
     for name in batch:
         row = seen.get(name)
@@ -171,17 +165,5 @@ def _batch_entries(run_id: str, batch: list[str], run: Any) -> list[RotationResu
                 )
             )
             continue
-        results.append(
-            RotationResult(
-                status=row["status"],
-                project=name,
-                old_public_key=row["old public key"] or None,
-                new_public_key=row["new public key"] or None,
-                store_version=row["store version"] or None,
-                duration_s=float(row["duration (s)"]),
-                failed_step=row["failed step"] or None,
-                error=row.get("error") or None,
-                prefect_flow_run_id=row.get("flow run") or None,
-            )
-        )
+        results.append(row.result())
     return results

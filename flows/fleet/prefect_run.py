@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -29,10 +28,12 @@ from flows.fleet.run import (
     run_fleet,
     terminal_progress_sink,
 )
+from flows.fleet.summary import SUMMARY_KEY, summary_table
 from flows.models import RotationResult
-from flows.prefect.artifact import SUMMARY_KEY, artifact_key, state_of, summary_markdown
+from flows.prefect.artifact import artifact_description, artifact_key, state_of, summary_markdown
 from flows.prefect.flow_run import tag_flow_run
 from flows.rotation.lock import prefect_api, prefect_api_from_settings, prefect_server_configured
+from flows.rotation.run_names import run_name, run_tags
 
 ENTRY_FLOW_NAME = "langfuse-key-rotation"
 PROGRESS_KEY = "langfuse-fleet-progress"
@@ -64,16 +65,8 @@ class PrefectEntryRecorder:
     def started(self, entry: ProjectEntry) -> tuple[str | None, str | None]:
         """Create the entry's flow run (Running) before anything changes, so the audit log and the
         staged record name it; the fleet run stands in if the server does not answer."""
-        name = f"rotate-{entry.name}-{datetime.now(UTC):%Y%m%d-%H%M}"
-        tags = sorted(
-            {
-                "langfuse-key-rotation",
-                f"project:{entry.name}",
-                "mode:scheduled",
-                f"store:{entry.store}",
-                f"fleet:{self.fleet_run_id}",
-            }
-        )
+        name = run_name("rotate", entry.name)
+        tags = run_tags(entry.name, mode="scheduled", store=entry.store, extra=(f"fleet:{self.fleet_run_id}",))
         try:
             run_id = self._api.create_flow_run(
                 self._flow_id,
@@ -98,7 +91,7 @@ class PrefectEntryRecorder:
                 run_id,
                 key=artifact_key(result),
                 markdown=summary_markdown(result),
-                description=f"Langfuse key rotation of {result.project}: {result.status}",
+                description=artifact_description(result),
             )
             self._api.set_flow_run_state(run_id, state_of(result).model_dump(exclude_none=True))
         except Exception:  # a record that cannot be written never changes the rotation's outcome
@@ -195,24 +188,10 @@ def _progress_writer(fleet_run_id: str) -> Callable[[float, str], None]:
 def _publish_fleet_summary(result: FleetResult) -> None:
     from prefect.artifacts import create_table_artifact
 
-    rows = [
-        {
-            "entry": e.project,
-            "status": e.status,
-            "old public key": e.old_public_key or "",
-            "new public key": e.new_public_key or "",
-            "store version": "" if e.store_version is None else str(e.store_version),
-            "duration (s)": round(e.duration_s, 2),
-            "failed step": e.failed_step or "",
-            "error": e.error or "",
-            "flow run": e.prefect_flow_run_id or "",
-        }
-        for e in result.entries
-    ]
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items()) or "no entries"
     create_table_artifact(
         key=SUMMARY_KEY,
-        table=rows,
+        table=summary_table(result.entries),
         description=f"Langfuse fleet rotation: {result.status} ({counts}) in {result.duration_s:.1f}s",
     )
 

@@ -30,13 +30,12 @@ from connectors.store import SecretStore, StoreDescription
 from flows.audit import AuditLog
 from flows.clock import in_the_future
 from flows.config.model import ProjectEntry, RotationConfig
-from flows.config.stores import build_store
+from flows.config.stores import OpenStores
 from flows.config.templates import Generated, expand, organization_projects
 from flows.fleet.pacing import fleet_pacing
 from flows.models import DONE_STATUSES, ExitCode, RotationResult, StepRecord
-from flows.prefect import events
 from flows.redact import install_redaction, scrub
-from flows.rotation import steps
+from flows.rotation import events, steps
 from flows.rotation.context import shared_stores
 from flows.rotation.entry_run import execute
 from flows.rotation.notification import held_for_summary
@@ -281,14 +280,7 @@ def run_fleet(
     width = max(1, min(concurrency or config.fleet.concurrency, len(entries) or 1))
     progress = FleetProgress(len(entries))
     held: list[RotationResult] = []
-    stores: dict[str, SecretStore] = {}
-    stores_lock = threading.Lock()
-
-    def store(name: str) -> SecretStore:
-        with stores_lock:
-            if name not in stores:
-                stores[name] = build_store(config.stores[name])
-            return stores[name]
+    store = OpenStores(config.stores)
 
     def one(entry: ProjectEntry) -> RotationResult:
         held_for_summary.set(held)
@@ -320,10 +312,7 @@ def run_fleet(
         ThreadPoolExecutor(max_workers=width, thread_name_prefix="fleet") as pool,
     ):
         results = list(pool.map(one, entries)) + refused
-    for opened in stores.values():
-        close = getattr(opened, "close", None)
-        if callable(close):
-            close()
+    store.close()
     result = FleetResult(
         status=fleet_status(results, dry_run=dry_run),
         total=len(results),

@@ -11,14 +11,16 @@ from flows.models import DONE_STATUSES, RotationResult
 from flows.redact import scrub
 from flows.shown import markdown_code, markdown_key, markdown_text, markdown_version
 
-SUMMARY_KEY = "langfuse-fleet-summary"
-"""The fleet summary artifact's key (one row per entry): written by a fleet run, read back from its batches."""
-
 
 def artifact_key(result: RotationResult) -> str:
     """Artifact keys are lowercase letters, digits and dashes; runs of one entry group together."""
     slug = re.sub(r"[^a-z0-9-]+", "-", result.project.lower()).strip("-")
     return f"langfuse-rotation-{slug}"
+
+
+def artifact_description(result: RotationResult) -> str:
+    """The summary artifact's one-line description."""
+    return f"Langfuse key rotation of {result.project}: {result.status}"
 
 
 def summary_markdown(result: RotationResult) -> str:
@@ -69,7 +71,7 @@ class FinalState(BaseModel):
     builds Prefect's state object from it; run records post it as it is)."""
 
     type: Literal["COMPLETED", "FAILED"]
-    name: Literal["Completed", "NeedsAttention", "Failed"]
+    name: Literal["Completed", "NeedsAttention", "Refused", "Failed"]
     message: str | None = None
 
 
@@ -82,3 +84,8 @@ def state_of(result: RotationResult) -> FinalState:
     if result.status == "needs_attention":
         return FinalState(type="COMPLETED", name="NeedsAttention", message=message)
     return FinalState(type="FAILED", name="Failed", message=message)
+
+
+def refused_state(message: str) -> FinalState:
+    """The final state of an event's run that refused to contain (nothing was changed)."""
+    return FinalState(type="COMPLETED", name="Refused", message=message)

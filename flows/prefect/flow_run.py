@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC, datetime
 from typing import Any
 
 from prefect import get_run_logger
@@ -19,7 +18,8 @@ from pydantic import Field
 
 from connectors.store import RotationRecord
 from flows.models import RotationPlan, RotationResult
-from flows.prefect.artifact import artifact_key, state_of, summary_markdown
+from flows.prefect.artifact import FinalState, artifact_description, artifact_key, state_of, summary_markdown
+from flows.rotation import run_names
 from flows.rotation.checklists import ApprovalDecision, HandoverProbe
 from flows.rotation.handover import POLL_S
 
@@ -29,8 +29,7 @@ logger = logging.getLogger("langfuse_rotate")
 def run_name(prefix: str) -> str:
     """``<prefix>-<project>-<YYYYMMDD-HHMM>`` (UTC); the project is a name, never a secret.
     Flows over every entry (no ``project``) are ``<prefix>-all-<YYYYMMDD-HHMM>``."""
-    project = runtime_flow_run.parameters.get("project") or "all"
-    return f"{prefix}-{project}-{datetime.now(UTC):%Y%m%d-%H%M}"
+    return run_names.run_name(prefix, runtime_flow_run.parameters.get("project") or "all")
 
 
 def rotate_run_name() -> str:
@@ -56,7 +55,7 @@ def tag_flow_run(flow_run_id: str, *, project: str, mode: str, store: str) -> No
 
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(flow_run_id))
-        tags = sorted({*run.tags, "langfuse-key-rotation", f"project:{project}", f"mode:{mode}", f"store:{store}"})
+        tags = sorted({*run.tags, *run_names.run_tags(project, mode=mode, store=store)})
         client.update_flow_run(UUID(flow_run_id), tags=tags)
 
 
@@ -64,7 +63,7 @@ def publish_summary(result: RotationResult) -> None:
     create_markdown_artifact(
         key=artifact_key(result),
         markdown=summary_markdown(result),
-        description=f"Langfuse key rotation of {result.project}: {result.status}",
+        description=artifact_description(result),
     )
 
 
@@ -73,9 +72,14 @@ def final_state(result: RotationResult) -> State[Any] | RotationResult:
     state = state_of(result)
     if state.name == "Completed":
         return result
+    return prefect_state(state, result)
+
+
+def prefect_state(state: FinalState, data: Any = None) -> State[Any]:
+    """``state`` as Prefect's state object, carrying ``data``."""
     if state.type == "COMPLETED":
-        return Completed(message=state.message, name=state.name, data=result)
-    return Failed(message=state.message, data=result)
+        return Completed(message=state.message, name=state.name, data=data)
+    return Failed(message=state.message, data=data)
 
 
 class RotationApproval(RunInput):

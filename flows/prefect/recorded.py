@@ -13,7 +13,6 @@ server stops answering, containment goes on and only the record is missing.
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC, datetime
 
 import httpx
 
@@ -21,8 +20,9 @@ from connectors.errors import PrefectApiError
 from connectors.prefect_api import PrefectApi
 from flows.config.model import RotationConfig
 from flows.models import RotationResult
-from flows.prefect.artifact import artifact_key, state_of, summary_markdown
+from flows.prefect.artifact import artifact_description, artifact_key, state_of, summary_markdown
 from flows.rotation.entry_run import execute
+from flows.rotation.run_names import run_name, run_tags
 from flows.rotation.runners import DirectRunner
 
 EMERGENCY_FLOW = "langfuse-key-emergency"
@@ -38,8 +38,8 @@ def emergency_recorded(
     api: PrefectApi, config: RotationConfig, project: str, config_path: str, public_key: str | None
 ) -> RotationResult:
     entry = config.entry(project)
-    name = f"emergency-{project}-{datetime.now(UTC):%Y%m%d-%H%M}"
-    tags = sorted({"langfuse-key-rotation", f"project:{project}", "mode:emergency", f"store:{entry.store}"})
+    name = run_name("emergency", project)
+    tags = run_tags(project, mode="emergency", store=entry.store)
     run_id: str | None = None
     with contextlib.suppress(httpx.HTTPError, PrefectApiError, KeyError, ValueError):
         flow_id = api.flow_id(EMERGENCY_FLOW)
@@ -95,6 +95,6 @@ def _finish(api: PrefectApi, run_id: str, result: RotationResult | None) -> None
             run_id,
             key=artifact_key(result),
             markdown=summary_markdown(result),
-            description=f"Langfuse key rotation of {result.project}: {result.status}",
+            description=artifact_description(result),
         )
         api.set_flow_run_state(run_id, state_of(result).model_dump(exclude_none=True))

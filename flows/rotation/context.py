@@ -17,7 +17,7 @@ from connectors.store import SecretLocation, SecretStore
 from flows.audit import AuditLog
 from flows.config.model import ProjectEntry, RotationConfig
 from flows.config.org import org_key
-from flows.config.stores import build_store
+from flows.config.stores import OpenStores
 from flows.redact import register_secret
 from flows.rotation.handover import HandoverWatch
 from flows.rotation.trace_evidence import trace_watches
@@ -52,7 +52,7 @@ class EntryContext:
         self.run_label = run_label or (flow_run_id or "local")
         self.host = config.host_for(entry)
         self.location: SecretLocation = entry.location()
-        self._stores: dict[str, SecretStore] = dict(stores or {})
+        self._stores = OpenStores(config.stores, connected=stores, shared=shared_stores.get())
         self.store = self._store(entry.store)
         self.store_name = entry.store
         public_key, secret_key = org_key(config, {name: self._store(name) for name in self._needed_stores()})
@@ -118,10 +118,7 @@ class EntryContext:
         return self._store(name)
 
     def _store(self, name: str) -> SecretStore:
-        if name not in self._stores:
-            shared = shared_stores.get()
-            self._stores[name] = shared(name) if shared is not None else build_store(self.config.stores[name])
-        return self._stores[name]
+        return self._stores(name)
 
     @property
     def store_label(self) -> str:

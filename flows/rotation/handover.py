@@ -36,6 +36,7 @@ import httpx
 from connectors.errors import ConnectorError
 from connectors.store import HandoverRequest, SecretLocation, SecretStore, StoreDescription
 from flows.errors import Superseded
+from flows.rotation.run_names import mode_tag, project_tag
 
 if TYPE_CHECKING:
     from connectors.prefect_api import PrefectApi
@@ -232,7 +233,7 @@ class PrefectRunCheck:
         if run is None:
             return False, f"flow run {flow_run_id} not found"
         tags = set(run.get("tags") or [])
-        if not {"mode:emergency", f"project:{self._entry}"} <= tags:
+        if not {mode_tag("emergency"), project_tag(self._entry)} <= tags:
             return False, f"flow run {flow_run_id} is not an emergency run of {self._entry}"
         state = str(run.get("state_type") or "")
         if state not in LIVE_STATES:

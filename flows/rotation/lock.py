@@ -41,16 +41,12 @@ import httpx
 
 from connectors.errors import PrefectApiError
 from connectors.prefect_api import Lease, PrefectApi
-from flows.errors import ConfigError, RotationInProgressError
+from flows.errors import LockDirError, RotationInProgressError
 from flows.state import state_dir
 
 LOCK_DIR_ENV_VAR = "LANGFUSE_ROTATE_LOCK_DIR"
 _POLL_S = 0.2
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class LockDirError(ConfigError):
-    """The lock directory or a file in it is not private to this user."""
 
 
 def lock_name(entry: str) -> str:

@@ -21,9 +21,9 @@ from flows.audit import current_run, resource_id
 from flows.config.model import RotationConfig, load_config
 from flows.errors import ConfigError
 from flows.models import DONE_STATUSES, RotationResult
-from flows.prefect.events import emit_rotation_event
 from flows.redact import scrub
 from flows.rotation.context import EntryContext
+from flows.rotation.events import emit_rotation_event
 from flows.rotation.step_table import one_line
 from flows.shown import shown_key, shown_version, single_line
 

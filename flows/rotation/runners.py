@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
+def _deadline(seconds: float) -> Iterator[None]:
     """Interrupt the block with ``StepTimeout`` after ``seconds``: by ``SIGALRM`` in the main
     thread (which also breaks blocking socket reads and sleeps), otherwise by raising it
     asynchronously in this thread at its next Python instruction (as Prefect does for tasks)."""
@@ -83,7 +83,7 @@ class DirectRunner:
         while True:
             try:
                 try:
-                    with deadline(limit):
+                    with _deadline(limit):
                         return fn(*args, **kwargs)
                 except StepTimeout:
                     raise StepFailed(

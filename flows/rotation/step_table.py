@@ -56,7 +56,7 @@ class RunTracker:
             self.record(name, "failed", began, one_line(exc))
             progress(f"{name}: failed after {time.monotonic() - began:.2f}s: {one_line(exc)}")
             raise
-        self.record(name, "done", began, describe(value))
+        self.record(name, "done", began, _describe(value))
         self.adopt(value)
         detail = self.result.steps[-1].detail
         progress(f"{name}: done in {time.monotonic() - began:.2f}s" + (f": {detail}" if detail else ""))
@@ -91,7 +91,7 @@ class RunTracker:
 
     def adopt(self, value: Any) -> None:
         """Copy a step outcome's public facts into the result."""
-        for field, fact in facts(value).items():
+        for field, fact in _facts(value).items():
             setattr(self.result, field, fact)
 
     def record(self, name: str, outcome: Any, began: float, detail: str = "") -> None:
@@ -118,13 +118,13 @@ def one_line(exc: BaseException) -> str:
     return scrub(" ".join(text.split()))
 
 
-def describe(value: Any) -> str:
+def _describe(value: Any) -> str:
     """A step outcome as one line of the step table: the outcome describes itself."""
     describe_self = getattr(value, "describe", None)
     return str(describe_self()) if callable(describe_self) else ""
 
 
-def facts(value: Any) -> dict[str, Any]:
+def _facts(value: Any) -> dict[str, Any]:
     """The public facts a step outcome puts in the run's result (e.g. ``new_public_key``)."""
     facts_of = getattr(value, "facts", None)
     return dict(facts_of()) if callable(facts_of) else {}

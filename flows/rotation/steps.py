@@ -1,5 +1,10 @@
 """The rotation's steps, as plain functions: one job each, and each starts with "already done?".
 
+Every step's docstring says where that check is: in its own first lines (``create``, ``revoke``),
+in the one store call whose check-and-set makes it atomic (``take_over``, ``store``, ``finish``:
+a separate read first would only open a race), or why the step has none (it changes nothing
+that could be found done: ``wait_for_restarts``, ``verify``, ``recheck_revoked``).
+
 Each declares its contract where it is defined (``@step``: the task name users see, retries,
 timeout); ``flows.rotation.runners`` runs it as a Prefect task, or in-process when no Prefect is reachable,
 by that contract. The invariants they keep together:
@@ -83,6 +88,9 @@ def reconcile(ctx: EntryContext, plan: RotationPlan) -> ReconcileOutcome:
     (e.g. a rollback that restored the store but died before deleting the new key). A leftover is
     deleted only when every consumer is proven (by its health endpoint) not to use it: one that
     reports it, or whose health check fails, keeps it alive.
+
+    Already done? Its first lines list what exists now: an orphan already deleted is no longer
+    listed, so a rerun finds nothing left to do.
     """
     try:
         desc = ctx.store.describe(ctx.location)
@@ -150,7 +158,11 @@ def take_over(ctx: EntryContext, rotation_id: str, emergency_run: str) -> Takeov
     """An emergency carrying a scheduled rotation through writes that fact into the staged record
     first (``SecretStore.take_over``), before it changes anything else: if it dies afterwards, the
     record makes every later run (reconcile, a rerun, the fleet) carry the rotation on as an
-    emergency instead of rolling it back onto the leaked key. Already taken over: nothing written."""
+    emergency instead of rolling it back onto the leaked key.
+
+    Already done? The store's ``take_over`` is the check, atomic with the write: a record an
+    emergency staged or took over already comes back unchanged (the first takeover is kept), and
+    nothing is written."""
     try:
         record = ctx.store.take_over(ctx.location, rotation_id, emergency_run)
     except StoreError as exc:
@@ -259,7 +271,10 @@ class PromoteOutcome(BaseModel):
 
 @step("store", retries=2, timeout_s=120)
 def store(ctx: EntryContext, record: RotationRecord) -> PromoteOutcome:
-    """Make the staged pair the current secret (fenced by check-and-set; idempotent)."""
+    """Make the staged pair the current secret (fenced by check-and-set).
+
+    Already done? The store's ``promote`` is the check, atomic with the write: a staged pair that
+    is current already returns its version unchanged."""
     try:
         version = ctx.store.promote(ctx.location, record)
         crash_point("after_promote")
@@ -345,6 +360,9 @@ def wait_for_restarts(ctx: EntryContext, public_key: str, old_public_key: str | 
     Never raises: the caller decides what a lagging consumer means (roll back, or report).
     With no consumers listed, waits the configured grace period instead; so it does too when a
     consumer gives no evidence before revoke (``key_source: none`` without a health endpoint).
+
+    No "already done?" check: it writes nothing that a rerun could find, and what it proves (every
+    consumer on ``public_key``) must hold now, so a rerun restarts the consumers and waits again.
     """
     timeout_s = ctx.entry.wait_timeout_s
     if not ctx.all_consumers:
@@ -411,7 +429,10 @@ def verify(ctx: EntryContext, record: RotationRecord) -> VerifyOutcome:
     The canary is read with the new pair when it can be there (``flows.rotation.canary_timing``: the fleet
     learns Langfuse's ingestion delay from its first canaries). Read back with that pair, rows
     naming the expected project prove the pair authenticates to it, so no separate auth check is
-    made; a server whose rows name no project gets one."""
+    made; a server whose rows name no project gets one.
+
+    No "already done?" check: it changes nothing (a canary trace is evidence, not state), and a
+    proof from an earlier run says nothing about the pair now."""
     name = "verify"
     try:
         current = ctx.store.read_current(ctx.location)
@@ -482,7 +503,10 @@ def revoke(
     makes the key rejected), otherwise ``rejected`` stays None.
 
     ``key_id``: Langfuse's id of ``public_key`` as this run's reconcile listed it; without it the
-    project's keys are listed to find it. Already deleted either way: nothing is deleted now.
+    project's keys are listed to find it.
+
+    Already done? Its first lines look the key up: already deleted, nothing is deleted now (the
+    proof that it is rejected is made again either way).
     """
     name = "revoke"
     project = ctx.entry.project_id
@@ -550,7 +574,10 @@ def revoke(
 @step("recheck_revoked", retries=0, timeout_s=60, plus=("revoke_recheck_s",))
 def recheck_revoked(ctx: EntryContext, public_key: str, secret_version: StoreVersion | None) -> RevokeOutcome:
     """The deferred half of ``revoke``: keep the deleted key idle for ``revoke_recheck_s``
-    (the cache TTL plus a margin), then probe it once more."""
+    (the cache TTL plus a margin), then probe it once more.
+
+    No "already done?" check: it deletes nothing; it proves the key rejected now, which an earlier
+    probe cannot."""
     pair = _stored_pair(ctx, public_key, secret_version)
     if pair is None:
         raise StepFailed("recheck_revoked", f"the secret of {public_key} is no longer in the store")
@@ -605,7 +632,10 @@ def _stored_pair(ctx: EntryContext, public_key: str, version: StoreVersion | Non
 
 @step("finish", retries=2, timeout_s=120)
 def finish(ctx: EntryContext, record: RotationRecord) -> None:
-    """Clear the staging and record the rotation's public facts on the current secret."""
+    """Clear the staging and record the rotation's public facts on the current secret.
+
+    Already done? The store's ``finish`` is the check: facts already recorded for this rotation are
+    not written again, and a staging already cleared is left as it is."""
     try:
         ctx.store.finish(ctx.location, record)
         crash_point("after_finish")
@@ -662,6 +692,10 @@ def rollback(ctx: EntryContext, plan: RotationPlan) -> RollbackOutcome:
     ``ROLLBACK_STORE_RETRY_S`` (a sealed Vault is often unsealed within minutes); consumers get the
     entry's ``wait_timeout_s`` (the time they got to switch) to come back; what cannot be undone is
     reported, and ``reconcile`` finishes it.
+
+    Already done? Its first lines read the staged record: none of this rotation staged means the
+    store is restored already (it is left as it is), and a new key no longer in Langfuse is not
+    deleted again.
     """
     errors: list[str] = []
     record: RotationRecord | None = None

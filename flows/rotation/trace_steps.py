@@ -53,7 +53,9 @@ def check_ingestion(ctx: EntryContext, new_public_key: str, revoked_at: datetime
     """After the revoke (docs/trace-evidence.md): each consumer with ``traces`` that sent in the
     ``after_revoke_s`` before ``revoked_at`` must send again after it (with ``new_public_key``,
     where its traces carry their key) within ``after_revoke_s``. Never raises: who went silent is
-    in the outcome, for a person (nothing can roll back once the old key is gone)."""
+    in the outcome, for a person (nothing can roll back once the old key is gone).
+
+    No "already done?" check: it only reads traces and changes nothing."""
     watches = ctx.trace_watches
     try:
         with _reader(ctx) as client:

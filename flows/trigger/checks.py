@@ -28,7 +28,8 @@ from typing import Any, Protocol
 
 from connectors.errors import ConnectorError
 from flows.config.model import ProjectEntry, RotationConfig, load_config
-from flows.errors import ConfigError
+from flows.errors import ConfigError, EventRefused
+from flows.rotation.run_names import project_tag
 from flows.shown import ENTRY_NAME, shown_matching
 
 TAG_EVENT = "trigger:event"
@@ -36,16 +37,6 @@ TAG_CONTAINMENT = "trigger:event-containment"
 EMERGENCY_FLOW = "langfuse-key-emergency"
 WINDOW = timedelta(hours=1)
 _PUBLIC_KEY = re.compile(r"pk-lf-[A-Za-z0-9_-]{1,200}")
-
-
-class EventRefused(Exception):
-    """The event does not allow a containment; nothing was changed. ``page``: the refusal is an
-    infrastructure failure (the event could not be checked), which pages like an emergency."""
-
-    def __init__(self, reason: str, *, page: bool = False, duplicate: bool = False) -> None:
-        self.page = page
-        self.duplicate = duplicate
-        super().__init__(reason)
 
 
 @dataclass(frozen=True)
@@ -59,7 +50,7 @@ class EarlierRun:
 
 class RunLedger(Protocol):
     """Where the checks read earlier containments and mark this one: the Prefect server, through
-    Prefect's client inside a flow (``PrefectLedger``) or over REST in the responder. Both read and
+    Prefect's client inside a flow (``_PrefectLedger``) or over REST in the responder. Both read and
     write the same flow runs, so a containment by either counts for the other."""
 
     def earlier_containments(self, entry: str, flow_run_id: str) -> list[EarlierRun]: ...
@@ -97,7 +88,7 @@ def check_key(
     """Raises ``EventRefused`` unless the event may contain ``public_key``; on success this run is
     counted as one of the entry's event-started containments. Called under the entry's emergency
     slot, so no other run checks (or contains) between the look at earlier runs and the tag."""
-    ledger = ledger or PrefectLedger()
+    ledger = ledger or _PrefectLedger()
     if not public_key:
         raise EventRefused("the event names no payload.public_key: an event must name the leaked key")
     if not _PUBLIC_KEY.fullmatch(public_key):
@@ -218,7 +209,7 @@ def report_refusal(
 # --- Prefect: earlier runs, tags, one run per entry ---------------------------------------------
 
 
-class PrefectLedger:
+class _PrefectLedger:
     """Earlier containments through Prefect's client (inside a flow, where it is loaded anyway)."""
 
     def earlier_containments(self, entry: str, flow_run_id: str) -> list[EarlierRun]:
@@ -246,7 +237,7 @@ def _earlier_containments(entry: str, flow_run_id: str) -> list[Any]:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[EMERGENCY_FLOW])),
             flow_run_filter=FlowRunFilter(
-                tags=FlowRunFilterTags(all_=[f"project:{entry}", TAG_CONTAINMENT]),
+                tags=FlowRunFilterTags(all_=[project_tag(entry), TAG_CONTAINMENT]),
                 start_time=FlowRunFilterStartTime(after_=since),
             ),
         )

@@ -28,7 +28,6 @@ Langfuse credentials, and none of the environment variables the file refers to.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import hmac
 import io
@@ -54,7 +53,9 @@ import httpx
 import yaml
 from pydantic import SecretStr
 
+from connectors.prefect_api import authorization_header
 from flows.config.model import CONFIG_ENV_VAR
+from flows.errors import ForwarderSetupError, ReportRefused
 from flows.redact import install_redaction, register_secret, register_url
 from flows.shown import ENTRY_NAME_PATTERN
 from flows.trigger.automation import compromised_event
@@ -80,19 +81,6 @@ _ENV_REFERENCE = re.compile(r"\$\{[^}]*\}")
 _FIELDS = {"project", "public_key", "source"}
 
 
-class Refused(Exception):
-    """A request the forwarder will not forward: HTTP status and a one-line reason."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-class SetupError(Exception):
-    """The forwarder cannot start (bad option, unreadable file): one line, exit 2."""
-
-
 @dataclass(frozen=True)
 class Report:
     """A checked report: a configured entry, a Langfuse public key, where it came from."""
@@ -113,19 +101,16 @@ class PrefectTarget:
     def from_environment(cls) -> PrefectTarget:
         url = os.environ.get("PREFECT_API_URL", "").strip()
         if not url:
-            raise SetupError("PREFECT_API_URL is not set: the forwarder posts to that server's events API")
+            raise ForwarderSetupError("PREFECT_API_URL is not set: the forwarder posts to that server's events API")
         api_key = os.environ.get("PREFECT_API_KEY", "")
         auth_string = os.environ.get("PREFECT_API_AUTH_STRING", "")
-        if api_key:
-            authorization: SecretStr | None = SecretStr(f"Bearer {api_key}")
-            register_secret(api_key)
-        elif auth_string:
-            authorization = SecretStr("Basic " + base64.b64encode(auth_string.encode()).decode())
-            register_secret(auth_string)
-        else:
-            authorization = None
+        for secret in (api_key, auth_string):
+            if secret:
+                register_secret(secret)
+        # The one credential rule of every REST call to Prefect (connectors.prefect_api).
+        header = authorization_header(auth_string=auth_string, api_key=api_key).get("Authorization")
         register_url(url)
-        return cls(api_url=url.rstrip("/"), authorization=authorization)
+        return cls(api_url=url.rstrip("/"), authorization=SecretStr(header) if header is not None else None)
 
     def post(self, event: dict[str, Any]) -> None:
         """POST the one event; raises ``RuntimeError`` (no secret in it) when the server does not take it."""
@@ -167,59 +152,61 @@ def entry_names(path: str | os.PathLike[str]) -> frozenset[str]:
     try:
         text = file.read_text()
     except OSError as exc:
-        raise SetupError(f"{file}: cannot read configuration: {exc.strerror}") from None
+        raise ForwarderSetupError(f"{file}: cannot read configuration: {exc.strerror}") from None
     try:
         data = yaml.safe_load(_ENV_REFERENCE.sub("__env_reference__", text))
     except (yaml.YAMLError, RecursionError):
-        raise SetupError(f"{file}: invalid YAML (langfuse-rotate validate --config {file} says where)") from None
+        raise ForwarderSetupError(
+            f"{file}: invalid YAML (langfuse-rotate validate --config {file} says where)"
+        ) from None
     projects = data.get("projects") if isinstance(data, dict) else None
     if not isinstance(projects, list) or not projects:
-        raise SetupError(f"{file}: no projects configured")
+        raise ForwarderSetupError(f"{file}: no projects configured")
     names: set[str] = set()
     for index, entry in enumerate(projects):
         name = entry.get("name") if isinstance(entry, dict) else None
         if not isinstance(name, str) or not _ENTRY_NAME.match(name):
-            raise SetupError(f"{file}: projects[{index}].name is missing or not a literal entry name")
+            raise ForwarderSetupError(f"{file}: projects[{index}].name is missing or not a literal entry name")
         names.add(name)
     return frozenset(names)
 
 
-def read_token(*, token_file: str | None, token_env: str | None) -> SecretStr:
+def _read_token(*, token_file: str | None, token_env: str | None) -> SecretStr:
     """The scanners' bearer token, from a file (first line) or an environment variable."""
     if token_file:
         try:
             raw = Path(token_file).read_text().strip()
         except OSError as exc:
-            raise SetupError(f"{token_file}: cannot read the token file: {exc.strerror}") from None
+            raise ForwarderSetupError(f"{token_file}: cannot read the token file: {exc.strerror}") from None
         where = token_file
     elif token_env:
         raw = os.environ.get(token_env, "").strip()
         where = f"environment variable {token_env}"
     else:
-        raise SetupError("name the scanners' token: --token-file PATH or --token-env NAME")
+        raise ForwarderSetupError("name the scanners' token: --token-file PATH or --token-env NAME")
     if len(raw) < 16:
-        raise SetupError(f"{where}: the token is missing or shorter than 16 characters")
+        raise ForwarderSetupError(f"{where}: the token is missing or shorter than 16 characters")
     register_secret(raw)
     return SecretStr(raw)
 
 
 def parse_report(body: bytes, entries: frozenset[str]) -> Report:
-    """The report in ``body``, checked; ``Refused`` (never echoing the input) otherwise."""
+    """The report in ``body``, checked; ``ReportRefused`` (never echoing the input) otherwise."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise Refused(400, "the body is not JSON") from None
+        raise ReportRefused(400, "the body is not JSON") from None
     if not isinstance(data, dict):
-        raise Refused(400, "the body must be a JSON object")
+        raise ReportRefused(400, "the body must be a JSON object")
     if set(data) - _FIELDS:
-        raise Refused(422, "unexpected field (allowed: project, public_key, source)")
+        raise ReportRefused(422, "unexpected field (allowed: project, public_key, source)")
     project, public_key, source = data.get("project"), data.get("public_key"), data.get("source", DEFAULT_SOURCE)
     if not isinstance(project, str) or project not in entries:
-        raise Refused(422, "project is not a configured entry")
+        raise ReportRefused(422, "project is not a configured entry")
     if not isinstance(public_key, str) or not _PUBLIC_KEY.fullmatch(public_key):
-        raise Refused(422, "public_key must be a Langfuse public key (pk-lf-...)")
+        raise ReportRefused(422, "public_key must be a Langfuse public key (pk-lf-...)")
     if not isinstance(source, str) or not _SOURCE.fullmatch(source):
-        raise Refused(422, "source must be 1-64 letters, digits or ._:-")
+        raise ReportRefused(422, "source must be 1-64 letters, digits or ._:-")
     return Report(project=project, public_key=public_key, source=source)
 
 
@@ -239,14 +226,14 @@ class Forwarder:
         return hmac.compare_digest(presented.strip().encode(), self.token.get_secret_value().encode())
 
     def forward(self, report: Report) -> str:
-        """Post the event; its id. ``Refused`` when the entry is over its rate."""
+        """Post the event; its id. ``ReportRefused`` when the entry is over its rate."""
         if not self.limit.allow(report.project):
-            raise Refused(429, f"more than {self.limit.per_minute} reports for this entry in a minute")
+            raise ReportRefused(429, f"more than {self.limit.per_minute} reports for this entry in a minute")
         event = compromised_event(report.project, report.public_key, source=report.source)
         try:
             self.target.post(event)
         except RuntimeError as exc:
-            raise Refused(502, str(exc)) from None
+            raise ReportRefused(502, str(exc)) from None
         return str(event["id"])
 
 
@@ -459,12 +446,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             report = parse_report(self._body(), forwarder.entries)
-        except Refused as refused:
+        except ReportRefused as refused:
             self._answer(refused.status, {"error": refused.reason})
             return
         try:
             event_id = forwarder.forward(report)
-        except Refused as refused:
+        except ReportRefused as refused:
             self._answer(refused.status, {"error": refused.reason}, log={"project": report.project})
             return
         accepted = {"status": "forwarded", "event_id": event_id, "project": report.project}
@@ -473,24 +460,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
-            raise Refused(411, "send the body with a Content-Length, not chunked")
+            raise ReportRefused(411, "send the body with a Content-Length, not chunked")
         length_header = self.headers.get("Content-Length")
         if length_header is None:
-            raise Refused(411, "Content-Length required")
+            raise ReportRefused(411, "Content-Length required")
         try:
             length = int(length_header)
         except ValueError:
-            raise Refused(400, "invalid Content-Length") from None
+            raise ReportRefused(400, "invalid Content-Length") from None
         if length < 0:
-            raise Refused(400, "invalid Content-Length")
+            raise ReportRefused(400, "invalid Content-Length")
         if length > MAX_BODY_BYTES:
-            raise Refused(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+            raise ReportRefused(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
         try:
             body = self.rfile.read(length)
         except (OSError, _DeadlinePassed):
-            raise Refused(408, "the request did not arrive in time") from None
+            raise ReportRefused(408, "the request did not arrive in time") from None
         if len(body) != length:
-            raise Refused(400, "the body is shorter than its Content-Length")
+            raise ReportRefused(400, "the body is shorter than its Content-Length")
         return body
 
     def _refuse_method(self) -> None:
@@ -566,14 +553,14 @@ def _log_request(client: str, method: str, path: str, status: int, outcome: str,
     )
 
 
-def parse_listen(value: str) -> tuple[str, int]:
+def _parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise SetupError(f"--listen {value}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
+        raise ForwarderSetupError(f"--listen {value}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
     return host.strip("[]"), int(port)
 
 
-def build_server(
+def _build_server(
     *,
     config: str | None,
     listen: str,
@@ -584,9 +571,9 @@ def build_server(
 ) -> _Server:
     chosen = config or os.environ.get(CONFIG_ENV_VAR)
     if not chosen:
-        raise SetupError(f"no configuration file: pass --config or set {CONFIG_ENV_VAR}")
+        raise ForwarderSetupError(f"no configuration file: pass --config or set {CONFIG_ENV_VAR}")
     if per_minute < 1:
-        raise SetupError("--per-minute must be at least 1")
+        raise ForwarderSetupError("--per-minute must be at least 1")
     limits = limits or Limits()
     for option, value in (
         ("--max-connections", limits.max_connections),
@@ -594,17 +581,17 @@ def build_server(
         ("--request-timeout", limits.request_timeout_s),
     ):
         if not value > 0:
-            raise SetupError(f"{option} must be greater than 0")
+            raise ForwarderSetupError(f"{option} must be greater than 0")
     forwarder = Forwarder(
         entries=entry_names(chosen),
-        token=read_token(token_file=token_file, token_env=token_env),
+        token=_read_token(token_file=token_file, token_env=token_env),
         target=PrefectTarget.from_environment(),
         limit=RateLimit(per_minute),
     )
     try:
-        return _Server(parse_listen(listen), forwarder, limits)
+        return _Server(_parse_listen(listen), forwarder, limits)
     except OSError as exc:
-        raise SetupError(f"--listen {listen}: {exc.strerror}") from None
+        raise ForwarderSetupError(f"--listen {listen}: {exc.strerror}") from None
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -666,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
-        server = build_server(
+        server = _build_server(
             config=args.config,
             listen=args.listen,
             token_file=args.token_file,
@@ -674,7 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             per_minute=args.per_minute,
             limits=Limits(args.max_connections, args.max_per_client, args.request_timeout),
         )
-    except SetupError as exc:
+    except ForwarderSetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     host, port = server.server_address[:2]

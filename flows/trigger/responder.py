@@ -38,10 +38,12 @@ from connectors.prefect_api import PrefectApi
 from connectors.prefect_events import EventStream, StreamedEvent
 from flows.audit import run_context
 from flows.config.model import ProjectEntry, RotationConfig
+from flows.errors import EventRefused
 from flows.models import RotationResult
-from flows.prefect.artifact import artifact_key, state_of, summary_markdown
+from flows.prefect.artifact import artifact_description, artifact_key, refused_state, state_of, summary_markdown
 from flows.rotation.entry_run import execute
 from flows.rotation.lock import held_lease
+from flows.rotation.run_names import project_tag, run_name, run_tags
 from flows.rotation.runners import DirectRunner
 from flows.shown import ENTRY_NAME, EVENT_ID, shown_key, shown_matching
 from flows.trigger.automation import DEFAULT_DEPLOYMENT, EVENT, PROJECT_LABEL, RESOURCE_PREFIX
@@ -51,7 +53,6 @@ from flows.trigger.checks import (
     TAG_EVENT,
     WINDOW,
     EarlierRun,
-    EventRefused,
     check_entry,
     check_key,
     refused_message,
@@ -66,7 +67,7 @@ class _RecordedRunner(DirectRunner):
     orchestrator = "prefect"
 
 
-class RestLedger:
+class _RestLedger:
     """``flows.trigger.checks.RunLedger`` over REST: the same flow runs Prefect's client reads."""
 
     def __init__(self, api: PrefectApi) -> None:
@@ -77,7 +78,7 @@ class RestLedger:
         body = {
             "flows": {"name": {"any_": [EMERGENCY_FLOW]}},
             "flow_runs": {
-                "tags": {"all_": [f"project:{entry}", TAG_CONTAINMENT]},
+                "tags": {"all_": [project_tag(entry), TAG_CONTAINMENT]},
                 "start_time": {"after_": since.isoformat()},
             },
         }
@@ -101,7 +102,7 @@ class RestLedger:
 
 
 @contextlib.contextmanager
-def rest_emergency_slot(api: PrefectApi, entry: str, *, wait_s: float, lease_s: int) -> Iterator[None]:
+def _rest_emergency_slot(api: PrefectApi, entry: str, *, wait_s: float, lease_s: int) -> Iterator[None]:
     """``flows.trigger.checks.emergency_slot`` over REST: the same leased global concurrency limit."""
     try:
         lease = api.acquire(slot_name(entry), lease_s=lease_s, timeout_s=max(wait_s, 1.0))
@@ -207,11 +208,11 @@ class Responder:
                 if refused is not None:
                     raise refused
                 assert entry is not None
-                slot = rest_emergency_slot(
+                slot = _rest_emergency_slot(
                     self.api, entry.name, wait_s=_slot_wait_s(entry), lease_s=self.config.lock.lease_s
                 )
                 with slot:
-                    check_key(self.config, entry, public_key, run_id, RestLedger(self.api))
+                    check_key(self.config, entry, public_key, run_id, _RestLedger(self.api))
                     result = execute(
                         "emergency",
                         entry.name,
@@ -225,7 +226,7 @@ class Responder:
                     )
             except EventRefused as exc:
                 report_refusal(project, self.config_path, public_key, event.id, source, exc, config=self.config)
-                self._finish(run_id, None, {"type": "COMPLETED", "name": "Refused", "message": refused_message(exc)})
+                self._finish(run_id, None, refused_state(refused_message(exc)).model_dump(exclude_none=True))
                 outcome = "duplicate" if exc.duplicate else "refused"
                 return Handled(event.id, project, outcome, str(exc), run_id, time.monotonic() - started)
             except BaseException:
@@ -245,10 +246,10 @@ class Responder:
         source: str | None,
         entry: ProjectEntry | None,
     ) -> tuple[str | None, str]:
-        name = f"emergency-{shown_matching(ENTRY_NAME, project)}-{datetime.now(UTC):%Y%m%d-%H%M}"
+        name = run_name("emergency", shown_matching(ENTRY_NAME, project))
         tags = {TAG_EVENT}
         if entry is not None:
-            tags |= {"langfuse-key-rotation", f"project:{entry.name}", "mode:emergency", f"store:{entry.store}"}
+            tags |= set(run_tags(entry.name, mode="emergency", store=entry.store))
         # The parameters the automation renders from the event (flows.trigger.automation.RUN_PARAMETERS).
         parameters: dict[str, object] = {
             "project": project,
@@ -277,7 +278,7 @@ class Responder:
                     run_id,
                     key=artifact_key(result),
                     markdown=summary_markdown(result),
-                    description=f"Langfuse key rotation of {result.project}: {result.status}",
+                    description=artifact_description(result),
                 )
             self.api.set_flow_run_state(run_id, state)
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import typing
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,8 +26,11 @@ from devstack import demo
 from devstack.sinks import JsonSink
 from flows.cli.main import DEMO_STORE_CHOICES
 from flows.config.model import RotationConfig, parse_config
+from flows.config.places import Account, Key
 from flows.config.stores import (
     STORE_KINDS,
+    KeyRoute,
+    OpenStores,
     StoreKind,
     StoreSettings,
     register_store_kind,
@@ -34,6 +38,8 @@ from flows.config.stores import (
     store_kinds_text,
     unregister_store_kind,
 )
+from flows.config.transport import transport_risks
+from flows.errors import ConfigError
 from flows.fleet.run import fleet_exit_code, run_fleet
 from flows.rotation.entry_run import execute
 from flows.rotation.runners import DirectRunner
@@ -132,9 +138,17 @@ def test_a_store_kinds_local_server_prints_where_it_is_and_stops_on_sigterm(kind
 
 
 class MemoryStoreConfig(StoreSettings):
-    """The section of an in-memory store (``tests.fakes.MemoryStore``)."""
+    """The section of an in-memory store (``tests.fakes.MemoryStore``), said to be reached at
+    ``url``: what it tells the transport checks and the location checks is all they know of it."""
 
     kind: Literal["memory"]
+    url: str = "http://127.0.0.1:1"
+
+    def key_routes(self) -> list[KeyRoute]:
+        return [KeyRoute("url", self.url, "the stored keys")]
+
+    def place_base(self, name: str) -> tuple[Key, Account]:
+        return ("memory", self.url), None
 
 
 @pytest.fixture
@@ -195,6 +209,37 @@ def test_a_registered_third_kind_is_accepted_by_the_configuration(memory_kind: M
     assert "memory" in store_kinds_text()
 
 
+MEMORY_CONFIG = """\
+langfuse: {host: 'https://langfuse.example.com', org_public_key: pk-lf-org, org_secret_key: sk-lf-org-secret}
+stores:
+  one: {kind: memory, url: 'URL_ONE'}
+  two: {kind: memory, url: 'URL_TWO'}
+projects:
+  - {name: chatbot, project_id: p1, store: one, path: langfuse/shared}
+  - {name: search, project_id: p1, store: two, path: langfuse/shared}
+"""
+
+
+def _two_memory_stores(url_one: str, url_two: str) -> RotationConfig:
+    return parse_config(MEMORY_CONFIG.replace("URL_ONE", url_one).replace("URL_TWO", url_two))
+
+
+def test_a_third_kinds_plain_http_connection_is_a_transport_risk(memory_kind: MemoryStore) -> None:
+    config = _two_memory_stores("http://keys.example.com", "https://keys.example.com")
+
+    risks = transport_risks(config)
+
+    assert [(r.field, r.severity) for r in risks] == [("stores.one.url", "high")]
+    assert "the stored keys travel unencrypted" in risks[0].detail
+
+
+def test_two_names_for_one_server_of_a_third_kind_are_one_store(memory_kind: MemoryStore) -> None:
+    with pytest.raises(ConfigError, match="entry 'search' would be stored in the same secret as entry 'chatbot'"):
+        _two_memory_stores("http://127.0.0.1:1", "http://127.0.0.1:1")
+
+    assert len(_two_memory_stores("http://127.0.0.1:1", "http://127.0.0.1:2").projects) == 2
+
+
 def test_a_rotation_runs_on_a_third_kind_registered_by_the_test_alone(
     memory_kind: MemoryStore, sim: SimHandle, json_sink: JsonSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,3 +263,38 @@ def test_a_fleet_runs_on_a_third_kind_registered_by_the_test_alone(
 
     assert fleet_exit_code(result.entries) == 0
     assert sorted(r.status for r in result.entries) == ["rotated"] * 3
+
+
+# --- one cache of open store connections ---------------------------------------------------------
+
+
+class _ClosableStore(MemoryStore):
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_open_stores_connect_each_store_once_for_every_thread_and_close_what_they_connected(
+    memory_kind: MemoryStore,
+) -> None:
+    built: list[_ClosableStore] = []
+
+    def build(_config: StoreSettings) -> SecretStore:
+        built.append(_ClosableStore())
+        return built[-1]
+
+    register_store_kind("memory", StoreKind(MemoryStoreConfig, build))
+    handed_in = _ClosableStore()
+    stores = OpenStores(
+        {"main": store_config({"kind": "memory"}), "mine": store_config({"kind": "memory"})},
+        connected={"mine": handed_in},
+    )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        seen = set(map(id, pool.map(stores, ["main"] * 32)))
+    stores.close()
+
+    assert len(built) == 1 and seen == {id(built[0])}
+    assert stores("mine") is handed_in
+    assert built[0].closed and not handed_in.closed

@@ -21,6 +21,7 @@ from connectors.langfuse import LangfuseAdminClient, LangfuseProjectClient
 from connectors.notify import Notification, Notifier, NotifyTarget
 from connectors.store import SecretLocation
 from connectors.vault import VaultStore
+from connectors.vault_auth import AppRoleAuth, TokenAuth
 from tests.fixtures.stores import AWS_REGION, AWS_TEST_CREDENTIALS
 from tests.hostile_http import Recorder, Redirector
 
@@ -43,7 +44,7 @@ def redirector(request: pytest.FixtureRequest, elsewhere: Recorder) -> Iterator[
 def test_vault_never_follows_a_redirect_with_its_token_or_the_new_secret(
     redirector: Redirector, elsewhere: Recorder
 ) -> None:
-    store = VaultStore(redirector.url, token=SecretStr(TOKEN), timeout_s=2.0)
+    store = VaultStore(redirector.url, auth=TokenAuth(SecretStr(TOKEN)), timeout_s=2.0)
     pair = KeyPair.generate()
     with pytest.raises(StoreError) as raised:
         store.seed(SecretLocation(path="langfuse/x"), pair, "http://langfuse.test")
@@ -56,7 +57,7 @@ def test_vault_never_follows_a_redirect_with_its_token_or_the_new_secret(
 def test_vault_approle_login_never_follows_a_redirect_with_the_secret_id(
     redirector: Redirector, elsewhere: Recorder
 ) -> None:
-    store = VaultStore(redirector.url, approle_role_id="role", approle_secret_id=SecretStr(SECRET_ID), timeout_s=2.0)
+    store = VaultStore(redirector.url, auth=AppRoleAuth("role", SecretStr(SECRET_ID)), timeout_s=2.0)
     with pytest.raises(StoreError):
         store.read_current(SecretLocation(path="langfuse/x"))
     assert redirector.hits >= 1

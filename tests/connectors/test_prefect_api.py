@@ -1,4 +1,5 @@
-"""``connectors.prefect_api`` sends the same Authorization header as Prefect's own client for
+"""``connectors.prefect_api``, and everything else that calls Prefect's REST API (a run's events, the
+compromise forwarder), sends the same Authorization header as Prefect's own client for
 every combination of ``PREFECT_API_KEY`` and ``PREFECT_API_AUTH_STRING`` (README "Prefect")."""
 
 from __future__ import annotations
@@ -76,6 +77,15 @@ def _prefects_headers(url: str, api_key: str | None, auth_string: str | None) ->
     return sync_header, async_header
 
 
+def _set_credentials(monkeypatch: pytest.MonkeyPatch, url: str, api_key: str | None, auth_string: str | None) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    for name, value in (("PREFECT_API_KEY", api_key), ("PREFECT_API_AUTH_STRING", auth_string)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+
+
 @pytest.mark.parametrize(("api_key", "auth_string"), CREDENTIALS)
 def test_the_authorization_header_is_the_one_prefects_clients_send(
     recording_server: str, api_key: str | None, auth_string: str | None
@@ -92,24 +102,42 @@ def test_the_authorization_header_is_the_one_prefects_clients_send(
     assert _Recorder.seen == [sync_header]
 
 
-@pytest.mark.parametrize(("api_key", "auth_string"), CREDENTIALS)
-def test_the_environment_gives_the_same_header(
-    recording_server: str, api_key: str | None, auth_string: str | None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sync_header, _ = _prefects_headers(recording_server, api_key, auth_string)
-    monkeypatch.setenv("PREFECT_API_URL", recording_server)
-    for name, value in (("PREFECT_API_KEY", api_key), ("PREFECT_API_AUTH_STRING", auth_string)):
-        if value is None:
-            monkeypatch.delenv(name, raising=False)
-        else:
-            monkeypatch.setenv(name, value)
-    _Recorder.seen.clear()
+def _rest_client_from_env() -> None:
     api = PrefectApi.from_env()
     assert api is not None
     try:
         api.flow_id("x")
     finally:
         api.close()
+
+
+def _run_event() -> None:
+    from flows.rotation import events
+
+    assert events.send([events.build_event(events.ROTATED, events.project_resource("x"), {})])
+
+
+def _forwarded_report() -> None:
+    from flows.trigger.forwarder import PrefectTarget
+
+    PrefectTarget.from_environment().post({"event": "x"})
+
+
+# Every transport that calls Prefect's REST API with credentials from the environment.
+TRANSPORTS = {"rest-client": _rest_client_from_env, "run-event": _run_event, "forwarder": _forwarded_report}
+
+
+@pytest.mark.parametrize("transport", list(TRANSPORTS))
+@pytest.mark.parametrize(("api_key", "auth_string"), CREDENTIALS)
+def test_every_transport_sends_the_same_header_from_the_environment(
+    recording_server: str, api_key: str | None, auth_string: str | None, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync_header, _ = _prefects_headers(recording_server, api_key, auth_string)
+    _set_credentials(monkeypatch, recording_server, api_key, auth_string)
+    _Recorder.seen.clear()
+
+    TRANSPORTS[transport]()
+
     assert _Recorder.seen == [sync_header]
 
 

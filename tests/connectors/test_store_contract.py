@@ -19,6 +19,7 @@ from connectors.errors import StoreConflictError, StoreError, StoreNotFoundError
 from connectors.keypair import KeyPair
 from connectors.store import FieldNames, HandoverRequest, RotationRecord, SecretLocation, SecretStore
 from connectors.vault import VaultStore
+from connectors.vault_auth import TokenAuth
 from flows.config.stores import STORE_KINDS
 from tests.fakes import MemoryStore
 from tests.fixtures.stores import STORES_UNDER_TEST, StoreUnderTest, new_record
@@ -575,7 +576,7 @@ def test_a_store_built_from_config_sees_the_same_secret(
     config = any_store.config()
     other: SecretStore
     if config["kind"] == "vault":
-        other = VaultStore(config["url"], token=SecretStr(config["token"]), mount=config["mount"])
+        other = VaultStore(config["url"], auth=TokenAuth(SecretStr(config["token"])), mount=config["mount"])
     else:  # credentials come from the environment the fixture set up
         other = AwsSecretsStore(region=config["region"], endpoint_url=config["endpoint_url"])
     assert other.read_current(loc).key_pair() == old

@@ -17,7 +17,7 @@ from connectors.errors import StoreAccessDeniedError, StoreUnavailableError
 from connectors.keypair import KeyPair
 from connectors.store import SecretLocation
 from connectors.vault import VaultStore
-from connectors.vault_auth import JwtAuth, TokenFileAuth
+from connectors.vault_auth import AppRoleAuth, JwtAuth, TokenAuth, TokenFileAuth
 from devstack.openbao import OpenBaoServer
 from flows.config.stores import VaultStoreConfig, build_store
 from flows.redact import scrub
@@ -237,7 +237,7 @@ def test_a_short_lived_token_is_renewed_while_the_store_is_idle(
 ) -> None:
     policy = openbao.kv_policy(f"kv-{uuid.uuid4().hex[:8]}", store_path)
     token = openbao.create_token(["default", policy], ttl="2s")
-    store = VaultStore(openbao.url, token=token)
+    store = VaultStore(openbao.url, auth=TokenAuth(token))
     store.seed(loc, KeyPair.generate(), HOST)
     unattended = openbao.create_token(["default", policy], ttl="2s")
 
@@ -253,7 +253,7 @@ def test_an_approle_token_near_expiry_is_replaced_by_a_new_login(
     openbao: OpenBaoServer, store_path: str, loc: SecretLocation
 ) -> None:
     creds = openbao.enable_approle(f"role-{uuid.uuid4().hex[:8]}", store_path, token_ttl="2s")
-    store = VaultStore(openbao.url, approle_role_id=creds.role_id, approle_secret_id=creds.secret_id)
+    store = VaultStore(openbao.url, auth=AppRoleAuth(creds.role_id, creds.secret_id))
     store.seed(loc, KeyPair.generate(), HOST)
     first = store._client.token
     time.sleep(1.5)  # past two thirds of the TTL, not yet expired
@@ -298,12 +298,12 @@ def tls_openbao() -> Iterator[OpenBaoServer]:
 
 def test_ca_cert_verifies_a_server_signed_by_a_private_ca(tls_openbao: OpenBaoServer, loc: SecretLocation) -> None:
     token = SecretStr(tls_openbao.root_token)
-    store = VaultStore(tls_openbao.url, token=token, ca_cert=tls_openbao.ca_cert)
+    store = VaultStore(tls_openbao.url, auth=TokenAuth(token), ca_cert=tls_openbao.ca_cert)
     store.seed(loc, KeyPair.generate(), HOST)
     assert store.read_current(loc).version == 1
 
     with pytest.raises(StoreUnavailableError, match="TLS"):
-        VaultStore(tls_openbao.url, token=token).read_current(loc)
+        VaultStore(tls_openbao.url, auth=TokenAuth(token)).read_current(loc)
 
 
 def test_vault_cacert_is_used_when_ca_cert_is_not_set(
@@ -336,7 +336,7 @@ def test_vault_namespace_selects_the_namespace(
 
 def test_renewal_stops_once_the_token_is_revoked(openbao: OpenBaoServer, store_path: str, loc: SecretLocation) -> None:
     token = openbao.create_token(["default", openbao.kv_policy(f"kv-{uuid.uuid4().hex[:8]}", store_path)], ttl="2s")
-    store = VaultStore(openbao.url, token=token)
+    store = VaultStore(openbao.url, auth=TokenAuth(token))
     store.seed(loc, KeyPair.generate(), HOST)
     renewer = store._keeper._renewer
     assert renewer is not None and renewer.is_alive()

@@ -20,6 +20,7 @@ from connectors.errors import (
 from connectors.keypair import KeyPair
 from connectors.store import RotationRecord, SecretLocation
 from connectors.vault import PENDING_SUFFIX, RECORD_FIELD, VaultStore
+from connectors.vault_auth import AppRoleAuth, TokenAuth
 from devstack.net import free_port
 from devstack.openbao import OpenBaoServer
 from tests.fixtures.stores import new_record
@@ -34,15 +35,6 @@ def loc(store_path: str) -> SecretLocation:
 
 def test_location_label(vault_store: VaultStore) -> None:
     assert vault_store.location_label(SecretLocation(path="/langfuse/x/")) == "vault:secret/langfuse/x"
-
-
-def test_constructor_needs_exactly_one_auth_method(openbao: OpenBaoServer) -> None:
-    with pytest.raises(ValueError):
-        VaultStore(openbao.url)
-    with pytest.raises(ValueError):
-        VaultStore(openbao.url, approle_role_id="r")
-    with pytest.raises(ValueError):
-        VaultStore(openbao.url, token=SecretStr("t"), approle_role_id="r", approle_secret_id=SecretStr("s"))
 
 
 def test_staging_layout_and_record(openbao: OpenBaoServer, vault_store: VaultStore, loc: SecretLocation) -> None:
@@ -131,12 +123,12 @@ def test_crash_inside_finish_is_reported_and_continued(
 def test_approle_login_and_denied_path(openbao: OpenBaoServer, store_path: str) -> None:
     allowed = SecretLocation(path=f"{store_path}/allowed/proj-a")
     denied = SecretLocation(path=f"{store_path}/denied/proj-a")
-    root = VaultStore(openbao.url, token=SecretStr(openbao.root_token))
+    root = VaultStore(openbao.url, auth=TokenAuth(SecretStr(openbao.root_token)))
     old, new = KeyPair.generate(), KeyPair.generate()
     root.seed(denied, old, HOST)
     creds = openbao.enable_approle(f"role-{uuid.uuid4().hex[:8]}", f"{store_path}/allowed")
 
-    store = VaultStore(openbao.url, approle_role_id=creds.role_id, approle_secret_id=creds.secret_id)
+    store = VaultStore(openbao.url, auth=AppRoleAuth(creds.role_id, creds.secret_id))
     store.seed(allowed, old, HOST)
     record = new_record(store, allowed, new, mode="emergency")
     store.stage(allowed, record, new, HOST)
@@ -154,7 +146,7 @@ def test_approle_login_and_denied_path(openbao: OpenBaoServer, store_path: str) 
 def test_approle_relogin_after_token_revoked(openbao: OpenBaoServer, store_path: str) -> None:
     loc = SecretLocation(path=f"{store_path}/proj-a")
     creds = openbao.enable_approle(f"role-{uuid.uuid4().hex[:8]}", store_path)
-    store = VaultStore(openbao.url, approle_role_id=creds.role_id, approle_secret_id=creds.secret_id)
+    store = VaultStore(openbao.url, auth=AppRoleAuth(creds.role_id, creds.secret_id))
     store.seed(loc, KeyPair.generate(), HOST)
     openbao.client().auth.token.revoke(store._client.token)  # the lease ends under our feet
 
@@ -164,14 +156,14 @@ def test_approle_relogin_after_token_revoked(openbao: OpenBaoServer, store_path:
 def test_bad_approle_credentials_are_denied(openbao: OpenBaoServer, store_path: str) -> None:
     creds = openbao.enable_approle(f"role-{uuid.uuid4().hex[:8]}", store_path)
     bogus = SecretStr(str(uuid.uuid4()))
-    store = VaultStore(openbao.url, approle_role_id=creds.role_id, approle_secret_id=bogus)
+    store = VaultStore(openbao.url, auth=AppRoleAuth(creds.role_id, bogus))
     with pytest.raises(StoreAccessDeniedError, match="invalid role or secret ID") as caught:
         store.describe(SecretLocation(path=f"{store_path}/proj-a"))
     assert bogus.get_secret_value() not in caught.value.message
 
 
 def test_bad_token_is_denied(openbao: OpenBaoServer, loc: SecretLocation) -> None:
-    store = VaultStore(openbao.url, token=SecretStr("s.not-a-real-token"))
+    store = VaultStore(openbao.url, auth=TokenAuth(SecretStr("s.not-a-real-token")))
     with pytest.raises(StoreAccessDeniedError) as caught:
         store.read_current(loc)
     assert "s.not-a-real-token" not in caught.value.message
@@ -192,14 +184,14 @@ def test_sealed_vault_is_unavailable(openbao: OpenBaoServer, vault_store: VaultS
 
 def test_unreachable_vault_is_unavailable(loc: SecretLocation) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    store = VaultStore(url, token=SecretStr("s.whatever"), timeout_s=2)
+    store = VaultStore(url, auth=TokenAuth(SecretStr("s.whatever")), timeout_s=2)
     with pytest.raises(StoreUnavailableError, match="unreachable") as caught:
         store.describe(loc)
     assert caught.value.__cause__ is None
 
 
 def test_wrong_mount_is_reported(openbao: OpenBaoServer, loc: SecretLocation) -> None:
-    store = VaultStore(openbao.url, token=SecretStr(openbao.root_token), mount="nomount")
+    store = VaultStore(openbao.url, auth=TokenAuth(SecretStr(openbao.root_token)), mount="nomount")
     with pytest.raises(StoreNotFoundError, match="nomount"):
         store.read_current(loc)
 

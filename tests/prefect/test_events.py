@@ -10,7 +10,8 @@ import pytest
 
 from flows.compliance.report import Finding, Report
 from flows.models import RotationResult, StepRecord
-from flows.prefect import events
+from flows.prefect import events as report_events
+from flows.rotation import events
 
 
 def _result(status: str, **extra: object) -> RotationResult:
@@ -97,15 +98,16 @@ def test_emitting_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(events, "send", broken)
+    monkeypatch.setattr(report_events, "send", broken)
     assert events.emit_rotation_event(_result("rotated")) is False
     report = Report(findings=[], checked_at=datetime.now(UTC))
-    assert events.emit_report_events(report, ["chatbot-prod"]) is False
+    assert report_events.emit_report_events(report, ["chatbot-prod"]) is False
 
 
 def test_a_report_has_one_event_per_entry_and_one_for_the_organization() -> None:
     finding = Finding(rule="key-overdue", severity="high", entry="a", public_key="pk-lf-a", detail="old")
     report = Report(findings=[finding], checked_at=datetime.now(UTC))
-    found = events.report_events(report, ["a", "b"])
+    found = report_events.report_events(report, ["a", "b"])
     assert [e["resource"]["prefect.resource.id"] for e in found] == [
         "langfuse.project.a",
         "langfuse.project.b",

@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from devstack.prefect_server import PrefectServer
-from flows.prefect import events
+from flows.prefect import events as report_events
 from flows.report_flow import MARKDOWN_KEY, TABLE_KEY, compliance_report
+from flows.rotation import events
 from flows.rotation.entry_run import execute
 from flows.rotation.runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
@@ -129,11 +130,11 @@ def test_a_report_emits_findings_per_entry_and_for_the_organization(
     inventory_env.sim.control.backdate_key(inventory_env.project.public_key, datetime.now(UTC) - timedelta(days=100))
     since = datetime.now(UTC)  # only this test's events: earlier tests emit on the same resource
     assert inventory_env.report()[0] == 4
-    [mine] = _events(prefect_server, events.COMPLIANCE_FINDINGS, f"langfuse.project.{ENTRY}", since)
+    [mine] = _events(prefect_server, report_events.COMPLIANCE_FINDINGS, f"langfuse.project.{ENTRY}", since)
     assert mine["payload"]["count"] == 1 and mine["payload"]["findings"][0]["rule"] == "key-overdue"
-    [clean] = _events(prefect_server, events.COMPLIANCE_FINDINGS, f"langfuse.project.{SECOND}", since)
+    [clean] = _events(prefect_server, report_events.COMPLIANCE_FINDINGS, f"langfuse.project.{SECOND}", since)
     assert clean["payload"] == {"checked_at": mine["payload"]["checked_at"], "count": 0, "findings": []}
-    [org] = _events(prefect_server, events.COMPLIANCE_FINDINGS, events.ORGANIZATION_RESOURCE, since)
+    [org] = _events(prefect_server, report_events.COMPLIANCE_FINDINGS, report_events.ORGANIZATION_RESOURCE, since)
     assert org["payload"]["by_rule"] == {"key-overdue": 1} and org["payload"]["highest_severity"] == "high"
 
 
@@ -144,7 +145,7 @@ def test_the_overdue_automation_the_readme_shows_is_accepted_by_the_server(prefe
     block = CustomWebhookNotificationBlock(name="sink", url="http://127.0.0.1:9/hook", json_data={"text": "{{body}}"})
     block_id = block.save(f"langfuse-overdue-{uuid.uuid4().hex[:8]}", overwrite=True)
     with get_client(sync_client=True) as client:
-        automation_id = client.create_automation(events.overdue_rotation_automation(block_id))
+        automation_id = client.create_automation(report_events.overdue_rotation_automation(block_id))
         stored = client.read_automation(automation_id)
         client.delete_automation(automation_id)
     assert stored is not None
@@ -165,7 +166,9 @@ def test_the_overdue_automation_fires_for_an_entry_without_a_further_rotated_eve
     )
     block_id = block.save(f"langfuse-overdue-{uuid.uuid4().hex[:8]}", overwrite=True)
     with get_client(sync_client=True) as client:
-        automation_id = client.create_automation(events.overdue_rotation_automation(block_id, timedelta(seconds=10)))
+        automation_id = client.create_automation(
+            report_events.overdue_rotation_automation(block_id, timedelta(seconds=10))
+        )
     try:
         wait_until_automations_load()
         rotated = events.build_event(events.ROTATED, events.project_resource(entry), {"status": "rotated"})

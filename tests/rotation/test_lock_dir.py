@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.errors import ConfigError
-from flows.rotation.lock import LOCK_DIR_ENV_VAR, LockDirError, local_lock, lock_name
+from flows.errors import ConfigError, LockDirError
+from flows.rotation.lock import LOCK_DIR_ENV_VAR, local_lock, lock_name
 
 
 def _take(entry: str = "chatbot-prod") -> None:

@@ -324,3 +324,24 @@ def test_reconcile_leaves_the_keys_of_the_staged_rotation_alone(ctx: EntryContex
 
     assert outcome.actions == [] and outcome.kept == []
     assert project_keys(sim, ctx) == keys
+
+
+def test_every_step_says_where_its_already_done_check_is_or_why_it_has_none() -> None:
+    from flows.rotation import trace_steps
+    from flows.rotation.contract import contract_of
+
+    def is_step(fn: object) -> bool:
+        try:
+            contract_of(fn)  # type: ignore[arg-type]
+        except TypeError:
+            return False
+        return True
+
+    declared = [fn for module in (steps, trace_steps) for fn in vars(module).values() if callable(fn) and is_step(fn)]
+    silent = [
+        fn.__name__
+        for fn in declared
+        if "Already done?" not in (fn.__doc__ or "") and 'No "already done?" check:' not in (fn.__doc__ or "")
+    ]
+
+    assert len(declared) >= 10 and silent == []

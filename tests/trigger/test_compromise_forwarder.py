@@ -28,12 +28,11 @@ import httpx
 import pytest
 
 from devstack.prefect_server import PrefectServer
+from flows.errors import ForwarderSetupError, ReportRefused
 from flows.trigger.automation import EVENT
 from flows.trigger.forwarder import (
     DEFAULT_MAX_PER_CLIENT,
     RateLimit,
-    Refused,
-    SetupError,
     entry_names,
     parse_report,
 )
@@ -388,14 +387,14 @@ def test_only_the_entry_names_are_read_and_no_referenced_variable_is_needed(tmp_
 def test_a_configuration_without_literal_entry_names_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "rotation.yaml"
     config.write_text("projects:\n  - name: ${ENTRY}\n")
-    with pytest.raises(SetupError, match=r"projects\[0\]\.name"):
+    with pytest.raises(ForwarderSetupError, match=r"projects\[0\]\.name"):
         entry_names(config)
 
 
 def test_a_report_is_parsed_only_when_every_field_checks() -> None:
     report = parse_report(json.dumps({"project": ALPHA, "public_key": KEY}).encode(), frozenset({ALPHA}))
     assert (report.project, report.public_key, report.source) == (ALPHA, KEY, "secret-scanner")
-    with pytest.raises(Refused) as refused:
+    with pytest.raises(ReportRefused) as refused:
         parse_report(b"\xff", frozenset({ALPHA}))
     assert refused.value.status == 400
 
