@@ -51,7 +51,10 @@ STATUS_EXIT: dict[str, ExitCode] = {
     "skipped": ExitCode.OK,
 }
 
-DONE_STATUSES = frozenset(status for status, code in STATUS_EXIT.items() if code is ExitCode.OK) - {"skipped"}
+OK_STATUSES = frozenset(status for status, code in STATUS_EXIT.items() if code is ExitCode.OK)
+"""Statuses that exit 0 (a skipped entry among them): derived from ``STATUS_EXIT``."""
+
+DONE_STATUSES = OK_STATUSES - {"skipped"}
 """A run that did what it was asked (a skipped entry did nothing): derived from ``STATUS_EXIT``."""
 
 

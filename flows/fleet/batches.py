@@ -25,7 +25,7 @@ from flows.config.templates import expand, organization_projects
 from flows.errors import RotateError
 from flows.fleet.run import FleetResult, counts_of, fleet_status, refused_results, send_summary
 from flows.fleet.summary import SUMMARY_KEY, summary_rows
-from flows.models import RotationResult
+from flows.models import OK_STATUSES, RotationResult
 
 POLL_S = 2.0
 
@@ -80,7 +80,7 @@ def run_in_batches(
         duration_s=round(time.monotonic() - started, 3),
         prefect_flow_run_id=fleet_run_id,
     )
-    failed = sorted(e.project for e in entries if e.status not in {"rotated", "skipped"})
+    failed = sorted(e.project for e in entries if e.status not in OK_STATUSES)
     AuditLog(config.audit.path, run_id=fleet_run_id).final(
         "rotate-all", None, "failed" if failed else "rotated", entries=len(entries), failed_entries=failed or None
     )

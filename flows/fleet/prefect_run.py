@@ -29,7 +29,7 @@ from flows.fleet.run import (
     terminal_progress_sink,
 )
 from flows.fleet.summary import SUMMARY_KEY, summary_table
-from flows.models import RotationResult
+from flows.models import OK_STATUSES, RotationResult
 from flows.prefect.artifact import artifact_description, artifact_key, state_of, summary_markdown
 from flows.prefect.flow_run import tag_flow_run
 from flows.rotation.lock import prefect_api, prefect_api_from_settings, prefect_server_configured
@@ -203,7 +203,7 @@ def _fleet_final_state(result: FleetResult) -> Any:
 
     if result.status in {"rotated", "planned"}:
         return result
-    bad = [e for e in result.entries if e.status not in {"rotated", "skipped", "planned"}]
+    bad = [e for e in result.entries if e.status not in OK_STATUSES]
     named = ", ".join(f"{e.project} {e.status}" for e in bad[:20]) + (" ..." if len(bad) > 20 else "")
     detail = result.error or f"{len(bad)} of {result.total} entries: {named}"
     if result.status == "needs_attention":
