@@ -26,6 +26,7 @@ from pydantic import SecretStr  # noqa: E402
 import connectors.vault as vault  # noqa: E402
 from connectors.keypair import KeyPair  # noqa: E402
 from connectors.store import SecretLocation  # noqa: E402
+from connectors.vault_auth import TokenAuth  # noqa: E402
 from devstack.openbao import OpenBaoServer  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def cpu_per_request(bao: OpenBaoServer, adapter: Any, pairs: int) -> float:
     lean = vault.LeanJSONAdapter
     vault.LeanJSONAdapter = adapter  # what VaultStore hands hvac.Client
     try:
-        store = vault.VaultStore(bao.url, token=SecretStr(bao.root_token), mount="secret", timeout_s=30)
+        store = vault.VaultStore(bao.url, auth=TokenAuth(SecretStr(bao.root_token)), mount="secret", timeout_s=30)
     finally:
         vault.LeanJSONAdapter = lean
     loc = SecretLocation(path=f"bench/vault-requests/{time.monotonic_ns()}")

@@ -441,10 +441,12 @@ def verify(ctx: EntryContext, record: RotationRecord) -> VerifyOutcome:
             raise StepFailed(name, f"the store's current key is {current.public_key}, not the new key")
         with LangfuseProjectClient(ctx.host, current.key_pair(), timeout_s=ctx.config.langfuse.timeout_s) as client:
             timing = timing_for(ctx.host)
-            sent_at = timing.clock()
             trace_id = client.send_canary(
                 attributes={"langfuse_rotate.entry": ctx.entry.name, "langfuse_rotate.rotation_id": record.rotation_id}
             )
+            # Ages count from when Langfuse accepted the canary: on a busy host the send itself can
+            # take longer than the ingestion delay varies, and a read at the learnt age would miss.
+            sent_at = timing.clock()
             sighting, seconds = timing.wait_readable(
                 lambda budget_s: client.read_canary(trace_id, within_s=budget_s),
                 sent_at=sent_at,

@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from connectors.errors import StoreError, StoreUnavailableError
 from connectors.store import SecretLocation
 from connectors.vault import VaultStore
+from connectors.vault_auth import TokenAuth
 from devstack.openbao import OpenBaoServer
 from tests.hostile_http import Recorder, Tarpit
 
@@ -21,7 +22,7 @@ TOKEN = "s.vault-http-test-token-0001"
 
 def test_every_request_carries_the_token_and_the_ssrf_header() -> None:
     with Recorder() as vault:
-        store = VaultStore(vault.url, token=SecretStr(TOKEN), timeout_s=2.0)
+        store = VaultStore(vault.url, auth=TokenAuth(SecretStr(TOKEN)), timeout_s=2.0)
         with contextlib.suppress(KeyError, StoreError):  # the recorder's "{}" is no Vault answer
             store.describe(SecretLocation(path="langfuse/x"))
 
@@ -34,7 +35,7 @@ def test_every_request_carries_the_token_and_the_ssrf_header() -> None:
 
 def test_a_vault_that_never_answers_is_unavailable_after_the_timeout() -> None:
     with Tarpit() as vault:
-        store = VaultStore(vault.url, token=SecretStr(TOKEN), timeout_s=0.5)
+        store = VaultStore(vault.url, auth=TokenAuth(SecretStr(TOKEN)), timeout_s=0.5)
         began = time.monotonic()
         with pytest.raises(StoreUnavailableError, match="timed out"):
             store.describe(SecretLocation(path="langfuse/x"))
@@ -47,7 +48,7 @@ def test_a_proxy_named_by_the_environment_still_carries_the_requests(monkeypatch
         monkeypatch.delenv(name, raising=False)
     with Recorder() as proxy:
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
-        store = VaultStore("http://vault.invalid:8200", token=SecretStr(TOKEN), timeout_s=2.0)
+        store = VaultStore("http://vault.invalid:8200", auth=TokenAuth(SecretStr(TOKEN)), timeout_s=2.0)
         with contextlib.suppress(KeyError, StoreError):
             store.describe(SecretLocation(path="langfuse/x"))
 
@@ -65,7 +66,7 @@ def test_a_certificate_for_another_name_is_refused(tls_openbao: OpenBaoServer) -
     """The dev server's certificate names 127.0.0.1 and localhost, not 0.0.0.0 (which reaches it too)."""
     store = VaultStore(
         tls_openbao.url.replace("127.0.0.1", "0.0.0.0"),
-        token=SecretStr(tls_openbao.root_token),
+        auth=TokenAuth(SecretStr(tls_openbao.root_token)),
         ca_cert=tls_openbao.ca_cert,
     )
 

@@ -23,6 +23,7 @@ from connectors.keypair import KeyPair
 from connectors.langfuse import LangfuseAdminClient, LangfuseProjectClient
 from connectors.store import SecretLocation
 from connectors.vault import VaultStore
+from connectors.vault_auth import TokenAuth
 from devstack.fleet_consumers import FleetConsumers
 from flows.config.model import RotationConfig, parse_config
 from flows.errors import StepFailed
@@ -101,7 +102,9 @@ def test_a_fleet_entry_costs_at_most_twenty_four_vault_requests(rotation_env: Ro
     store = rotation_env.store.config()
     # The consumers read the store through another address of the same server, so that their
     # reads (a consumer of its own in production) are not counted as the rotator's.
-    elsewhere = VaultStore(str(store["url"]).replace("127.0.0.1", "localhost"), token=SecretStr(str(store["token"])))
+    elsewhere = VaultStore(
+        str(store["url"]).replace("127.0.0.1", "localhost"), auth=TokenAuth(SecretStr(str(store["token"])))
+    )
     consumers = FleetConsumers(elsewhere).start()
     try:
         config = _fleet_config(rotation_env, consumers)
