@@ -47,24 +47,7 @@ _EXPORTS = {
 }
 """Each public name and the module that defines it."""
 
-__all__ = [
-    "COMMANDS",
-    "DEMO_STORE_CHOICES",
-    "PROG",
-    "add_arguments",
-    "add_commands",
-    "bad_input_json",
-    "build_parser",
-    "concurrency_arg",
-    "keys_line",
-    "print_fleet",
-    "print_result",
-    "result_from_state",
-    "rotate_all_command",
-    "run",
-    "run_command",
-    "say_if_embedded",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

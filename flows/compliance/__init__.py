@@ -43,22 +43,7 @@ _EXPORTS = {
 }
 """Each public name and the module that defines it."""
 
-__all__ = [
-    "MAX_WORKERS",
-    "Connections",
-    "EntryStatus",
-    "Finding",
-    "Inventory",
-    "Report",
-    "collect_inventory",
-    "collect_report",
-    "parallel",
-    "problem_lines",
-    "report_lines",
-    "report_markdown",
-    "report_table",
-    "status_lines",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

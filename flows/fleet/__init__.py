@@ -53,27 +53,7 @@ _EXPORTS = {
 }
 """Each public name and the module that defines it."""
 
-__all__ = [
-    "SUMMARY_KEY",
-    "ApprovalRunner",
-    "FleetProgress",
-    "FleetResult",
-    "Pacer",
-    "ProgressSink",
-    "SharedBudget",
-    "counts_of",
-    "fleet_exit_code",
-    "fleet_pacing",
-    "fleet_status",
-    "refused_results",
-    "run_fleet",
-    "run_fleet_flow",
-    "run_in_batches",
-    "send_summary",
-    "summary_rows",
-    "summary_table",
-    "terminal_progress_sink",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

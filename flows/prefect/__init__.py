@@ -80,40 +80,7 @@ _EXPORTS = {
 }
 """Each public name and the module that defines it."""
 
-__all__ = [
-    "ALLOW_CONFIG_PATH_ENV_VAR",
-    "COMPLIANCE_FINDINGS",
-    "ORGANIZATION_RESOURCE",
-    "FinalState",
-    "allowed_config_path",
-    "artifact_description",
-    "artifact_key",
-    "config_path_for_hook",
-    "current_flow_run",
-    "embedded_server_notice",
-    "emergency_recorded",
-    "emergency_run_name",
-    "emit_report_events",
-    "final_state",
-    "first_start_of_embedded_server",
-    "flow_run_audit",
-    "notify_unhandled_failure",
-    "overdue_rotation_automation",
-    "overridden_job_variables",
-    "pause_for_approval",
-    "prefect_initiator",
-    "prefect_state",
-    "publish_summary",
-    "reconcile_run_name",
-    "refused_state",
-    "report_events",
-    "rotate_run_name",
-    "run_name",
-    "state_of",
-    "summary_markdown",
-    "tag_flow_run",
-    "trusted_config_path",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

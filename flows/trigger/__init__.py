@@ -74,37 +74,7 @@ _EXPORTS = {
 }
 """Each public name and the module that defines it."""
 
-__all__ = [
-    "DEFAULT_DEPLOYMENT",
-    "DEFAULT_MAX_PER_CLIENT",
-    "EMERGENCY_FLOW",
-    "EMERGENCY_TRIGGER",
-    "EVENT",
-    "PROJECT_LABEL",
-    "RESOURCE_PREFIX",
-    "RUN_PARAMETERS",
-    "TAG_CONTAINMENT",
-    "TAG_EVENT",
-    "WINDOW",
-    "EarlierRun",
-    "Handled",
-    "PrefectTarget",
-    "RateLimit",
-    "Responder",
-    "RunLedger",
-    "check_entry",
-    "check_key",
-    "compromised_event",
-    "emergency_slot",
-    "entry_names",
-    "main",
-    "mark_event_started",
-    "parse_report",
-    "refused_message",
-    "report_refusal",
-    "serve",
-    "slot_name",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
