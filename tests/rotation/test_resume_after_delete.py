@@ -72,6 +72,7 @@ KINDS = pytest.mark.parametrize("kind", ["rotate", "reconcile"])
 
 
 @KINDS
+@pytest.mark.slow
 def test_consumers_that_never_switched_make_the_rerun_need_attention_not_succeed(
     rotation_env: RotationEnv, health_stub: HealthStub, kind: str
 ) -> None:

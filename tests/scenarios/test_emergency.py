@@ -238,6 +238,7 @@ def test_the_notification_carries_the_emergency_and_failure_tags(rotation_env: R
     assert received["/pager"]["title"].startswith("EMERGENCY")
 
 
+@pytest.mark.slow
 def test_a_key_list_past_the_body_cap_fails_the_emergency_saying_so_and_pages(rotation_env: RotationEnv) -> None:
     sink = rotation_env.sink
     rotation_env.top_overrides = {

@@ -55,6 +55,7 @@ def assert_old_pair_current_and_valid(env: RotationEnv, old_public_key: str) -> 
 # --- Langfuse -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_5xx_storm_while_verifying_rolls_back_and_names_the_step(rotation_env: RotationEnv) -> None:
     env = rotation_env
     old = env.current().public_key
@@ -70,6 +71,7 @@ def test_a_5xx_storm_while_verifying_rolls_back_and_names_the_step(rotation_env:
 
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+@pytest.mark.slow
 def test_a_429_storm_on_key_creation_is_retried_as_told_then_rolled_back(rotation_env: RotationEnv) -> None:
     env = rotation_env
     old = env.current().public_key
@@ -87,6 +89,7 @@ def test_a_429_storm_on_key_creation_is_retried_as_told_then_rolled_back(rotatio
 
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+@pytest.mark.slow
 def test_a_short_5xx_storm_is_ridden_out(rotation_env: RotationEnv) -> None:
     env = rotation_env
     old = env.current()
