@@ -93,6 +93,7 @@ def test_consumers_that_never_switched_make_the_rerun_need_attention_not_succeed
 
 
 @KINDS
+@pytest.mark.slow
 def test_a_new_pair_that_does_not_verify_makes_the_rerun_need_attention(rotation_env: RotationEnv, kind: str) -> None:
     env = rotation_env
     killed_after_promotion_then_old_key_deleted(env)

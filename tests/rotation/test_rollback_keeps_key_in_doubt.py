@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from flows.models import RotationResult
 from flows.rotation.entry_run import execute
 from flows.rotation.runners import DirectRunner
@@ -46,6 +48,7 @@ def consumer_that_switches_then_goes_dark(env: RotationEnv, stub: HealthStub) ->
     return thread
 
 
+@pytest.mark.slow
 def test_a_consumer_that_cannot_be_proven_back_on_the_old_key_keeps_the_new_key(
     rotation_env: RotationEnv, health_stub: HealthStub
 ) -> None:
@@ -72,6 +75,7 @@ def test_a_consumer_that_cannot_be_proven_back_on_the_old_key_keeps_the_new_key(
     assert new in note["message"] and "kept" in note["message"] and "api" in note["message"]
 
 
+@pytest.mark.slow
 def test_reconcile_keeps_the_key_while_the_consumer_cannot_be_proven_off_it_and_deletes_it_once_it_can(
     rotation_env: RotationEnv, health_stub: HealthStub
 ) -> None:

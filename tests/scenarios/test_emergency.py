@@ -375,6 +375,7 @@ def test_without_prefect_the_command_never_imports_prefect(rotation_env: Rotatio
     assert not [name for name in imported if name == "prefect" or name.startswith("prefect.")]
 
 
+@pytest.mark.slow
 def test_the_command_exits_4_when_consumers_lag(rotation_env: RotationEnv, health_stub: HealthStub) -> None:
     health_stub.set(mode="ok", public_key=rotation_env.current().public_key)
     rotation_env.consumers = [{"name": "billing-api", "health_url": health_stub.health_url}]

@@ -144,6 +144,7 @@ def test_without_an_admin_key_a_revoked_key_that_stays_accepted_needs_attention(
     assert env.works(env.current()), "the new pair is current and works"
 
 
+@pytest.mark.slow
 def test_without_an_admin_key_a_revoked_key_cached_shorter_than_the_recheck_is_rejected_after_it(
     rotation_env: RotationEnv,
 ) -> None:
@@ -291,6 +292,7 @@ def test_a_short_aws_throttling_burst_is_ridden_out(rotation_env: RotationEnv, m
 
 
 @pytest.mark.parametrize("mode", ["hang", "garbage"])
+@pytest.mark.slow
 def test_a_consumer_health_endpoint_that_hangs_or_answers_garbage_rolls_back_and_is_named(
     rotation_env: RotationEnv, health_stub: HealthStub, mode: Any
 ) -> None:
