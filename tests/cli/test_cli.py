@@ -190,7 +190,7 @@ def test_emergency_contains_without_prefect_when_the_active_profiles_server_is_d
 
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
-@pytest.mark.slow
+@pytest.mark.slow  # waits through several consumer poll rounds
 def test_long_waits_show_each_consumer_poll_round_with_the_time_left(
     rotation_env: RotationEnv, health_stub: HealthStub
 ) -> None:

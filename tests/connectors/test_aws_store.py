@@ -350,7 +350,7 @@ def _inject(session: boto3.session.Session, code: str, times: int, operation: st
     return calls
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # botocore's real adaptive backoff
 def test_throttling_is_ridden_out_by_botocores_adaptive_retries(moto: MotoServer, loc: SecretLocation) -> None:
     moto.reset()
     session = fresh_session()
@@ -364,7 +364,7 @@ def test_throttling_is_ridden_out_by_botocores_adaptive_retries(moto: MotoServer
     assert store._client.meta.config.retries["mode"] == "adaptive"
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # botocore's real backoff
 def test_a_throttling_storm_is_unavailable_after_botocores_attempts_only(moto: MotoServer, loc: SecretLocation) -> None:
     moto.reset()
     session = fresh_session()

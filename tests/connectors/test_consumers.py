@@ -245,7 +245,7 @@ def test_a_trickling_health_endpoint_cannot_hold_a_probe_past_its_timeout(server
     assert observation.error == "health check timed out after 1s"
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # waits out the deadline
 def test_a_trickling_health_endpoint_cannot_keep_the_wait_past_its_deadline() -> None:
     with Trickler(interval_s=0.5) as server, ConsumerClient() as client:
         consumer = Consumer(name="api", health_url=f"{server.url}/health", timeout_s=1.0)

@@ -295,7 +295,7 @@ def test_unreachable_host(clock: FakeClock) -> None:
     assert clock.sleeps == [], "nothing ever answered there: no retries"
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # lists thousands of keys
 def test_a_key_list_larger_than_the_body_cap_says_so_and_names_the_endpoint(
     sim: Any, admin: LangfuseAdminClient, clock: FakeClock
 ) -> None:

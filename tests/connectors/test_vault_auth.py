@@ -232,7 +232,7 @@ def test_each_jwt_login_reads_the_current_file(
 # --- tokens kept alive through long waits ---------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # waits for the token's TTL to run down
 def test_a_short_lived_token_is_renewed_while_the_store_is_idle(
     openbao: OpenBaoServer, store_path: str, loc: SecretLocation
 ) -> None:
@@ -250,7 +250,7 @@ def test_a_short_lived_token_is_renewed_while_the_store_is_idle(
     store.close()
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # waits for the token's TTL to run down
 def test_an_approle_token_near_expiry_is_replaced_by_a_new_login(
     openbao: OpenBaoServer, store_path: str, loc: SecretLocation
 ) -> None:
@@ -267,7 +267,7 @@ def test_an_approle_token_near_expiry_is_replaced_by_a_new_login(
         openbao.client(first).auth.token.lookup_self()
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # waits for the token to expire
 def test_a_jwt_token_that_expired_during_a_wait_is_replaced_by_a_new_login(
     openbao: OpenBaoServer, issuer: JwtIssuer, store_path: str, tmp_path: Path, loc: SecretLocation
 ) -> None:

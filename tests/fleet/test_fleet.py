@@ -120,7 +120,7 @@ def fleet_factory(rotation_env: RotationEnv) -> Iterator[Any]:
 
 
 @vault_only
-@pytest.mark.slow
+@pytest.mark.slow  # waits for consumers by design
 def test_every_entry_is_rotated_concurrently_and_the_waits_for_consumers_overlap(fleet_factory: Any) -> None:
     fleet = fleet_factory(10, restart_delay_s=2.0)
 
@@ -139,7 +139,7 @@ def test_every_entry_is_rotated_concurrently_and_the_waits_for_consumers_overlap
 
 
 @vault_only
-@pytest.mark.slow
+@pytest.mark.slow  # the failing entry waits out its consumer deadline
 def test_one_failing_entry_rolls_back_alone_and_the_fleet_sends_one_summary(fleet_factory: Any) -> None:
     fleet = fleet_factory(6)
     fleet.consumers.configure(stuck=[fleet.paths["svc-03"]])
@@ -199,7 +199,7 @@ def _passed_during(pauses: list[Any], passed: list[Any]) -> list[float]:
 
 
 @vault_only
-@pytest.mark.slow
+@pytest.mark.slow  # waits out the Retry-After the storm asks for
 def test_a_429_storm_slows_the_whole_fleet_and_no_entry_fails(
     fleet_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -221,7 +221,7 @@ def test_a_429_storm_slows_the_whole_fleet_and_no_entry_fails(
 
 
 @vault_only
-@pytest.mark.slow
+@pytest.mark.slow  # waits out the Retry-After the 429 asks for
 def test_one_entrys_429_pauses_every_entrys_langfuse_requests(
     fleet_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -260,7 +260,7 @@ def test_with_max_requests_per_min_below_the_servers_limit_no_request_is_refused
 
 
 @aws_only
-@pytest.mark.slow
+@pytest.mark.slow  # paced writes: waiting by design
 def test_aws_writes_are_paced_to_max_writes_per_s(fleet_factory: Any) -> None:
     fleet = fleet_factory(4)
     config = fleet.config_dict()

@@ -69,7 +69,7 @@ def test_a_forged_request_naming_a_staged_rotation_does_not_turn_its_rerun_into_
     assert not env.works(old) and env.works(env.current())
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the rotation waits while the stale request is ignored
 def test_a_stale_request_written_while_a_rotation_waits_does_not_stop_it(
     rotation_env: RotationEnv, health_stub: HealthStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:

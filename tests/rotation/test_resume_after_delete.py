@@ -72,7 +72,7 @@ KINDS = pytest.mark.parametrize("kind", ["rotate", "reconcile"])
 
 
 @KINDS
-@pytest.mark.slow
+@pytest.mark.slow  # waits out the consumer deadline
 def test_consumers_that_never_switched_make_the_rerun_need_attention_not_succeed(
     rotation_env: RotationEnv, health_stub: HealthStub, kind: str
 ) -> None:
@@ -93,7 +93,7 @@ def test_consumers_that_never_switched_make_the_rerun_need_attention_not_succeed
 
 
 @KINDS
-@pytest.mark.slow
+@pytest.mark.slow  # waits out the canary timeout
 def test_a_new_pair_that_does_not_verify_makes_the_rerun_need_attention(rotation_env: RotationEnv, kind: str) -> None:
     env = rotation_env
     killed_after_promotion_then_old_key_deleted(env)

@@ -19,6 +19,8 @@ from flows.rotation.runners import DirectRunner
 from tests.fixtures.devstack import HealthStub
 from tests.fixtures.rotation import ENTRY, RotationEnv
 
+pytestmark = pytest.mark.slow  # each test waits out a consumer's deadline
+
 
 def rotate(env: RotationEnv) -> RotationResult:
     return execute("rotate", ENTRY, str(env.write_config()), DirectRunner())
@@ -48,7 +50,6 @@ def consumer_that_switches_then_goes_dark(env: RotationEnv, stub: HealthStub) ->
     return thread
 
 
-@pytest.mark.slow
 def test_a_consumer_that_cannot_be_proven_back_on_the_old_key_keeps_the_new_key(
     rotation_env: RotationEnv, health_stub: HealthStub
 ) -> None:
@@ -75,7 +76,6 @@ def test_a_consumer_that_cannot_be_proven_back_on_the_old_key_keeps_the_new_key(
     assert new in note["message"] and "kept" in note["message"] and "api" in note["message"]
 
 
-@pytest.mark.slow
 def test_reconcile_keeps_the_key_while_the_consumer_cannot_be_proven_off_it_and_deletes_it_once_it_can(
     rotation_env: RotationEnv, health_stub: HealthStub
 ) -> None:

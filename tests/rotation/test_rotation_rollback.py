@@ -124,7 +124,7 @@ def test_a_concurrent_writer_makes_promotion_fail_and_roll_back(
 
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)  # sealing is a Vault behaviour
-@pytest.mark.slow
+@pytest.mark.slow  # waits until the sealed Vault is unsealed
 def test_vault_sealed_mid_run_rolls_back_once_unsealed(
     rotation_env: RotationEnv, in_background: Callable[[Callable[[], None]], None], openbao: OpenBaoServer
 ) -> None:

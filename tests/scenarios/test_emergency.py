@@ -238,7 +238,7 @@ def test_the_notification_carries_the_emergency_and_failure_tags(rotation_env: R
     assert received["/pager"]["title"].startswith("EMERGENCY")
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # lists thousands of keys
 def test_a_key_list_past_the_body_cap_fails_the_emergency_saying_so_and_pages(rotation_env: RotationEnv) -> None:
     sink = rotation_env.sink
     rotation_env.top_overrides = {
@@ -375,7 +375,7 @@ def test_without_prefect_the_command_never_imports_prefect(rotation_env: Rotatio
     assert not [name for name in imported if name == "prefect" or name.startswith("prefect.")]
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # waits out the consumer deadline
 def test_the_command_exits_4_when_consumers_lag(rotation_env: RotationEnv, health_stub: HealthStub) -> None:
     health_stub.set(mode="ok", public_key=rotation_env.current().public_key)
     rotation_env.consumers = [{"name": "billing-api", "health_url": health_stub.health_url}]

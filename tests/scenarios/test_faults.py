@@ -55,7 +55,7 @@ def assert_old_pair_current_and_valid(env: RotationEnv, old_public_key: str) -> 
 # --- Langfuse -------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # waits out the client's retry backoff
 def test_a_5xx_storm_while_verifying_rolls_back_and_names_the_step(rotation_env: RotationEnv) -> None:
     env = rotation_env
     old = env.current().public_key
@@ -71,7 +71,7 @@ def test_a_5xx_storm_while_verifying_rolls_back_and_names_the_step(rotation_env:
 
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
-@pytest.mark.slow
+@pytest.mark.slow  # waits out the Retry-After the storm asks for
 def test_a_429_storm_on_key_creation_is_retried_as_told_then_rolled_back(rotation_env: RotationEnv) -> None:
     env = rotation_env
     old = env.current().public_key
@@ -89,7 +89,7 @@ def test_a_429_storm_on_key_creation_is_retried_as_told_then_rolled_back(rotatio
 
 
 @pytest.mark.parametrize("any_store", ["vault"], indirect=True)
-@pytest.mark.slow
+@pytest.mark.slow  # waits out the client's retry backoff
 def test_a_short_5xx_storm_is_ridden_out(rotation_env: RotationEnv) -> None:
     env = rotation_env
     old = env.current()
@@ -144,7 +144,7 @@ def test_without_an_admin_key_a_revoked_key_that_stays_accepted_needs_attention(
     assert env.works(env.current()), "the new pair is current and works"
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # re-probes until the key cache lets go
 def test_without_an_admin_key_a_revoked_key_cached_shorter_than_the_recheck_is_rejected_after_it(
     rotation_env: RotationEnv,
 ) -> None:
@@ -292,7 +292,7 @@ def test_a_short_aws_throttling_burst_is_ridden_out(rotation_env: RotationEnv, m
 
 
 @pytest.mark.parametrize("mode", ["hang", "garbage"])
-@pytest.mark.slow
+@pytest.mark.slow  # waits out the health endpoint's deadline
 def test_a_consumer_health_endpoint_that_hangs_or_answers_garbage_rolls_back_and_is_named(
     rotation_env: RotationEnv, health_stub: HealthStub, mode: Any
 ) -> None:
