@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flows.fleet.batches import run_in_batches as run_in_batches
+    from flows.fleet.group_lease import GroupLeases as GroupLeases
+    from flows.fleet.group_lease import group_size as group_size
     from flows.fleet.pacing import Pacer as Pacer
     from flows.fleet.pacing import SharedBudget as SharedBudget
     from flows.fleet.pacing import fleet_pacing as fleet_pacing
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "run_in_batches": "batches",
+    "GroupLeases": "group_lease",
+    "group_size": "group_lease",
     "Pacer": "pacing",
     "SharedBudget": "pacing",
     "fleet_pacing": "pacing",

@@ -32,12 +32,14 @@ from flows.clock import in_the_future
 from flows.config.model import ProjectEntry, RotationConfig
 from flows.config.stores import OpenStores
 from flows.config.templates import Generated, expand, organization_projects
+from flows.fleet.group_lease import GroupLeases, group_size
 from flows.fleet.pacing import fleet_pacing
 from flows.models import DONE_STATUSES, ExitCode, RotationResult, StepRecord
 from flows.redact import install_redaction, scrub
 from flows.rotation import events, steps
 from flows.rotation.context import shared_stores
 from flows.rotation.entry_run import execute
+from flows.rotation.lock import prefect_api, shared_slots
 from flows.rotation.notification import held_for_summary
 from flows.rotation.runners import DirectRunner, StepRunner
 from flows.rotation.step_table import one_line
@@ -281,10 +283,12 @@ def run_fleet(
     progress = FleetProgress(len(entries))
     held: list[RotationResult] = []
     store = OpenStores(config.stores)
+    groups = _group_leases(config, entries, width) if lock_with_prefect and not dry_run else None
 
     def one(entry: ProjectEntry) -> RotationResult:
         held_for_summary.set(held)
         shared_stores.set(store)
+        shared_slots.set(groups)
         progress.start(entry.name)
         try:
             if dry_run:
@@ -302,16 +306,23 @@ def run_fleet(
                 )
         except Exception as exc:  # one entry's surprise never stops the others
             result = RotationResult(status="failed", project=entry.name, store=entry.store, error=one_line(exc))
+        finally:
+            if groups is not None:
+                groups.done(entry.name)
         progress.finish(entry.name, result.status)
         return result
 
-    with (
-        fleet_pacing(config, shared=shared_pacing and not dry_run),
-        events.batched() if not dry_run else contextlib.nullcontext(),
-        _reporting(progress, progress_sinks),
-        ThreadPoolExecutor(max_workers=width, thread_name_prefix="fleet") as pool,
-    ):
-        results = list(pool.map(one, entries)) + refused
+    try:
+        with (
+            fleet_pacing(config, shared=shared_pacing and not dry_run),
+            events.batched() if not dry_run else contextlib.nullcontext(),
+            _reporting(progress, progress_sinks),
+            ThreadPoolExecutor(max_workers=width, thread_name_prefix="fleet") as pool,
+        ):
+            results = list(pool.map(one, entries)) + refused
+    finally:
+        if groups is not None:
+            groups.close()
     store.close()
     result = FleetResult(
         status=fleet_status(results, dry_run=dry_run),
@@ -335,6 +346,17 @@ def run_fleet(
         if notify_summary:
             send_summary(config, result)
     return result
+
+
+def _group_leases(config: RotationConfig, entries: Sequence[ProjectEntry], width: int) -> GroupLeases | None:
+    """The entries' Prefect slots, a group at a time (``flows.fleet.group_lease``); an entry that
+    needs approval runs as its own flow run, which takes its own slot."""
+    size = group_size(width)
+    api = prefect_api() if size else None
+    if api is None:
+        return None
+    names = [e.name for e in entries if e.approval != "required"]
+    return GroupLeases(api, names, size=size, lease_s=config.lock.lease_s)
 
 
 def refused_results(generated: Sequence[Generated], orchestrator: Literal["prefect", "none"]) -> list[RotationResult]:

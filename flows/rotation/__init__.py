@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from flows.rotation.handover import PrefectRunCheck as PrefectRunCheck
     from flows.rotation.handover import requester_name as requester_name
     from flows.rotation.lock import LOCK_DIR_ENV_VAR as LOCK_DIR_ENV_VAR
+    from flows.rotation.lock import GroupFile as GroupFile
+    from flows.rotation.lock import SharedSlots as SharedSlots
     from flows.rotation.lock import entry_lock as entry_lock
     from flows.rotation.lock import held_lease as held_lease
     from flows.rotation.lock import local_lock as local_lock
@@ -53,6 +55,8 @@ if TYPE_CHECKING:
     from flows.rotation.lock import prefect_api as prefect_api
     from flows.rotation.lock import prefect_api_from_settings as prefect_api_from_settings
     from flows.rotation.lock import prefect_server_configured as prefect_server_configured
+    from flows.rotation.lock import release_dead_groups as release_dead_groups
+    from flows.rotation.lock import shared_slots as shared_slots
     from flows.rotation.notification import flow_run_ui_url as flow_run_ui_url
     from flows.rotation.notification import held_for_summary as held_for_summary
     from flows.rotation.notification import notification_for as notification_for
@@ -137,6 +141,8 @@ _EXPORTS = {
     "PrefectRunCheck": "handover",
     "requester_name": "handover",
     "LOCK_DIR_ENV_VAR": "lock",
+    "GroupFile": "lock",
+    "SharedSlots": "lock",
     "entry_lock": "lock",
     "held_lease": "lock",
     "local_lock": "lock",
@@ -144,6 +150,8 @@ _EXPORTS = {
     "prefect_api": "lock",
     "prefect_api_from_settings": "lock",
     "prefect_server_configured": "lock",
+    "release_dead_groups": "lock",
+    "shared_slots": "lock",
     "flow_run_ui_url": "notification",
     "held_for_summary": "notification",
     "notification_for": "notification",

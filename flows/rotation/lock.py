@@ -16,6 +16,13 @@ first: if it then finds a lease file, the process that wrote it no longer holds 
 gone, and its slot is stale: the run releases that lease before asking for a slot. A holder on
 another host is never touched: its lease file is on its own host, and its slot expires with its lease.
 
+A fleet takes the slots of a group of entries under one lease (``flows.fleet.group_lease``: two
+calls per group instead of two per entry; docs/fleet-requests.md). Such a lease is released as a
+whole when the group's last entry is done, so its holder keeps a group file, ``groups/<lease>.group``,
+``flock``ed for as long as the lease is held. A run that finds an entry's slot taken looks there once:
+a group file nobody holds was left by a holder that is gone, and its lease is released
+(``release_dead_groups``).
+
 The lock directory (``LANGFUSE_ROTATE_LOCK_DIR``, default ``locks`` in the state directory
 (``flows.state``: ``$XDG_STATE_HOME/langfuse-rotate/locks``, else ``~/.local/state/langfuse-rotate/locks``),
 never the shared temporary directory) is private: created 0700, refused unless it belongs to this
@@ -33,9 +40,11 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -229,6 +238,84 @@ def _slot_taken(entry: str, take_over_after_s: float | None) -> str:
     )
 
 
+class SharedSlots(Protocol):
+    """Slots taken for several entries at once (a fleet's group leases, ``flows.fleet.group_lease``)."""
+
+    def holds(self, entry: str) -> bool:
+        """True when the entry's Prefect slot is held for it (taken now if need be); False: the entry
+        takes its own."""
+        ...
+
+
+shared_slots: ContextVar[SharedSlots | None] = ContextVar("shared_slots", default=None)
+"""Set by a fleet run in its worker threads (``flows.fleet.run``)."""
+
+
+def _group_dir() -> Path:
+    path = _lock_dir() / "groups"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise LockDirError(f"cannot create the lock directory {path}: {exc.strerror}") from None
+    _check_private(path)
+    return path
+
+
+class GroupFile:
+    """``groups/<lease>.group``, naming a group lease and its entries, ``flock``ed by this process
+    until ``remove`` (or its death): created under a temporary name and renamed once locked, so
+    ``release_dead_groups`` never sees one that is not held yet."""
+
+    def __init__(self, lease_id: str, entries: Sequence[str]) -> None:
+        directory = _group_dir()
+        temporary = directory / f".{lease_id}.tmp"
+        self.path = directory / f"{lease_id}.group"
+        self._fd = _open_private(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(self._fd, json.dumps({"lease_id": lease_id, "entries": list(entries), "pid": os.getpid()}).encode())
+        os.rename(temporary, self.path)
+
+    def remove(self, *, released: bool) -> None:
+        """Let go of the file: removed when the lease was released, else left for the next
+        ``release_dead_groups`` to release."""
+        if released:
+            self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+
+
+def release_dead_groups(api: PrefectApi) -> bool:
+    """Release the group leases whose holder on this host is gone (their group file is not locked
+    any more); True when there was one."""
+    directory = _group_dir()
+    found = False
+    for path in sorted(directory.glob("*.group")):
+        try:
+            fd = _open_private(path, os.O_RDWR)
+        except LockDirError:
+            continue  # removed meanwhile by its holder, or not ours
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its holder is alive
+            try:
+                lease_id = str(json.loads(os.read(fd, 1 << 16))["lease_id"])
+            except (OSError, ValueError, KeyError, TypeError):
+                path.unlink(missing_ok=True)
+                continue
+            try:
+                api.release(lease_id)
+            except (httpx.HTTPError, PrefectApiError):
+                continue  # the next run that finds the slot taken tries again
+            path.unlink(missing_ok=True)
+            found = True
+        finally:
+            os.close(fd)
+    return found
+
+
 @dataclass
 class LockHeld:
     """How the entry's lock is held. ``taken_over``: the Prefect slot stayed taken by a run on
@@ -260,6 +347,16 @@ def held_lease(api: PrefectApi, lease: Lease, lease_s: float, *, label: str) -> 
             api.release(lease.lease_id)
 
 
+def _release_stale_lease(api: PrefectApi, entry: str) -> None:
+    """The caller holds the entry's flock: a lease file found now was left by a holder on this host
+    that is gone, and its slot is released."""
+    stale = _read_lease(entry)
+    if stale is not None:
+        with contextlib.suppress(httpx.HTTPError, PrefectApiError):
+            api.release(stale)
+        _clear_lease(entry)
+
+
 @contextlib.contextmanager
 def _prefect_lock(
     api: PrefectApi,
@@ -274,15 +371,13 @@ def _prefect_lock(
     the caller holds the entry's flock (so a lease file found here was left by a holder on this
     host that is gone: its slot is released first)."""
     name = lock_name(entry)
-    stale = _read_lease(entry)
-    if stale is not None:
-        with contextlib.suppress(httpx.HTTPError, PrefectApiError):
-            api.release(stale)
-        _clear_lease(entry)
+    _release_stale_lease(api, entry)
     held = LockHeld()
     budget = wait_s if take_over_after_s is None else take_over_after_s  # an emergency asks only until it takes over
     deadline = time.monotonic() + budget
-    lease: Lease | None = None
+    lease = api.acquire(name, lease_s=lease_s, timeout_s=0.0)
+    if lease is None and release_dead_groups(api):  # a fleet on this host that died holding the slot
+        lease = api.acquire(name, lease_s=lease_s, timeout_s=0.0)
     while lease is None:
         # Short attempts when someone waits actively (``on_wait``: an emergency refreshing its
         # handover request), one long one otherwise.
@@ -325,6 +420,11 @@ def entry_lock(
     with local_lock(entry, wait_s=wait_s, on_wait=on_wait):
         api = prefect_api() if use_prefect else None
         if api is None:
+            yield LockHeld()
+            return
+        group = shared_slots.get()
+        if group is not None and group.holds(entry):
+            _release_stale_lease(api, entry)
             yield LockHeld()
             return
         with _prefect_lock(

@@ -26,12 +26,14 @@ from pydantic import SecretStr
 from connectors import pacing
 from connectors.keypair import KeyPair
 from connectors.langfuse import LangfuseAdminClient
+from connectors.prefect_api import PrefectApi
 from connectors.store import SecretLocation
 from devstack.fleet_consumers import FleetConsumers
 from devstack.prefect_server import PrefectServer
 from flows.config.model import parse_config
 from flows.fleet.run import FleetResult, fleet_exit_code, run_fleet
 from flows.models import ExitCode, RotationResult
+from flows.rotation.lock import lock_name
 from tests.fixtures.calls import recorded_calls
 from tests.fixtures.prefect import state_history, wait_for_paused_run
 from tests.fixtures.rotation import RotationEnv
@@ -447,6 +449,77 @@ def test_a_fleet_run_rotates_the_entries_the_template_generates_and_only_those(
     untouched = rotation_env.store.store.read_current(SecretLocation(path=f"{rotation_env.path}/{excluded.name}"))
     assert untouched.key_pair().public_key == excluded.public_key, "the excluded project is left alone"
     assert fleet.consumers.key_of(f"{rotation_env.path}/{included.name}") == entry["new_public_key"]
+
+
+# --- the entries' locks on a Prefect server (flows.fleet.group_lease) ---------------------------
+
+
+@pytest.fixture
+def slot_requests(monkeypatch: pytest.MonkeyPatch, prefect_server: PrefectServer) -> dict[str, list[Any]]:
+    """The slot requests a fleet makes: by group (the names asked for) and one entry at a time.
+    The server is named in the environment, as a worker's is: the fleet's threads do not see the
+    session's ``temporary_settings``."""
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server.api_url)
+    return {
+        "group": recorded_calls(monkeypatch, PrefectApi, "acquire_all", lambda _api, names, **_: sorted(names)),
+        "one": recorded_calls(monkeypatch, PrefectApi, "acquire", lambda _api, name, **_: name),
+    }
+
+
+def _slot_free(prefect_server: PrefectServer, entry: str) -> bool:
+    api = PrefectApi(prefect_server.api_url)
+    try:
+        lease = api.acquire(lock_name(entry), lease_s=60, timeout_s=0)
+        if lease is not None:
+            api.release(lease.lease_id)
+        return lease is not None
+    finally:
+        api.close()
+
+
+@vault_only
+def test_a_fleet_on_a_prefect_server_takes_its_entries_slots_a_group_at_a_time(
+    fleet_factory: Any, prefect_server: PrefectServer, slot_requests: dict[str, list[Any]]
+) -> None:
+    fleet = fleet_factory(6)
+
+    result = run_fleet(fleet.config(), config_path=None, concurrency=6, lock_with_prefect=True)
+
+    assert result.counts == {"rotated": 6}, [(e.project, e.status, e.error) for e in result.entries]
+    names = sorted(fleet.paths)
+    assert sorted(slot_requests["group"]) == [
+        [lock_name(n) for n in names[:3]],
+        [lock_name(n) for n in names[3:]],
+    ], "two requests for six slots (groups of half the concurrency)"
+    assert slot_requests["one"] == []
+    assert all(_slot_free(prefect_server, n) for n in names), "every slot given back"
+    assert list((fleet.env.tmp / "locks" / "groups").glob("*")) == []
+
+
+@vault_only
+def test_an_entry_held_elsewhere_stops_only_itself_and_its_group_takes_slots_one_by_one(
+    fleet_factory: Any, prefect_server: PrefectServer, slot_requests: dict[str, list[Any]]
+) -> None:
+    fleet = fleet_factory(4)
+    names = sorted(fleet.paths)
+    api = PrefectApi(prefect_server.api_url)
+    elsewhere = api.acquire(lock_name(names[1]), lease_s=60, timeout_s=5)  # a manual rotate on another host
+    assert elsewhere is not None
+    try:
+        result = run_fleet(fleet.config(), config_path=None, concurrency=4, lock_with_prefect=True)
+    finally:
+        api.release(elsewhere.lease_id)
+        api.close()
+
+    by_name = {e.project: e for e in result.entries}
+    assert by_name[names[1]].status == "in_progress", by_name[names[1]]
+    assert fleet.current(names[1]) == fleet.originals[names[1]]
+    assert [by_name[n].status for n in (names[0], *names[2:])] == ["rotated"] * 3
+    assert len(slot_requests["group"]) == 2
+    assert sorted(set(slot_requests["one"])) == [lock_name(names[0]), lock_name(names[1])], (
+        "the group that could not be taken whole: each of its entries asked for its own slot"
+    )
+    assert all(_slot_free(prefect_server, n) for n in names)
 
 
 # --- the command line under Prefect -------------------------------------------------------------
