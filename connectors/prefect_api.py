@@ -231,30 +231,34 @@ class PrefectApi(RunRecords):
             time.sleep(max(0.05, min(_retry_after(response), left, 2.0)))
 
     def acquire_all(self, names: list[str], *, lease_s: float) -> Lease | None:
-        """One lease on one slot of each of ``names`` (limits of 1, created when missing), in one
-        request and all or nothing: None, holding nothing, when any of them is taken (423)."""
+        """One lease on one slot of each of ``names`` (limits of 1), in one request and all or
+        nothing: None, holding nothing, when any of them is taken (423) or does not exist (the
+        server then grants a lease over the others, which is given back at once)."""
         wanted = set(names)
-        existing = self._existing_limits()
-        for name in sorted(wanted):
-            if existing is not None and name not in existing and name not in self._known:
-                self._create_lock_limit(name)
         body = {"names": sorted(wanted), "slots": 1, "mode": "concurrency", "lease_duration": lease_s}
-        for attempt in range(2):
-            response = self._post("v2/concurrency_limits/increment-with-lease", body)
-            if response.status_code == _LOCKED:
-                return None
-            data = response.json()
-            lease = Lease(lease_id=str(data["lease_id"]))
-            missing = wanted - {str(limit.get("name")) for limit in data.get("limits") or []}
-            if not missing:
-                return lease
-            # The server grants a lease over the limits that exist: give it back, create the
-            # others (new entries, or deleted meanwhile), and ask once more.
+        response = self._post("v2/concurrency_limits/increment-with-lease", body)
+        if response.status_code == _LOCKED:
+            return None
+        data = response.json()
+        lease = Lease(lease_id=str(data["lease_id"]))
+        if {str(limit.get("name")) for limit in data.get("limits") or []} != wanted:
             self.release(lease.lease_id)
-            if attempt == 0:
-                for name in sorted(missing):
-                    self._create_lock_limit(name)
-        return None
+            return None
+        return lease
+
+    def missing_limits(self, names: list[str]) -> list[str]:
+        """Those of ``names`` that neither the list of limits (``expect_many_limits``) nor this
+        client's own creations say exist; none when the limits were not listed."""
+        existing = self._existing_limits()
+        if existing is None:
+            return []
+        with self._lock:
+            return [name for name in names if name not in existing and name not in self._known]
+
+    def create_lock_limits(self, names: list[str]) -> None:
+        """Create these entry-lock limits (limit 1); one created meanwhile by another is fine."""
+        for name in names:
+            self._create_lock_limit(name)
 
     def _create_lock_limit(self, name: str) -> None:
         self._post("v2/concurrency_limits/", {"name": name, "limit": 1})  # 409: created meanwhile

@@ -70,11 +70,15 @@ class GroupLeases:
             self._groups.update(dict.fromkeys(members, group))
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
+        self._creator: threading.Thread | None = None
         if self._groups:
+            api.expect_many_limits()
             with contextlib.suppress(httpx.HTTPError, PrefectApiError, LockDirError):
                 release_dead_groups(api)  # a killed fleet's groups, so this one's are not split
             self._renewer = threading.Thread(target=self._renew, name="fleet-group-leases", daemon=True)
             self._renewer.start()
+            self._creator = threading.Thread(target=self._create_ahead, name="fleet-group-limits", daemon=True)
+            self._creator.start()
 
     def holds(self, entry: str) -> bool:
         group = self._groups.get(entry)
@@ -86,8 +90,11 @@ class GroupLeases:
             return group.state == "held"
 
     def _take(self, group: _Group) -> None:
+        names = [lock_name(e) for e in group.entries]
         try:
-            lease = self._api.acquire_all([lock_name(e) for e in group.entries], lease_s=self._lease_s)
+            # Limits not created yet (a server's first fleet): no waiting for them here, the entries
+            # create their own as without groups; ``_create_ahead`` makes the later groups'.
+            lease = None if self._api.missing_limits(names) else self._api.acquire_all(names, lease_s=self._lease_s)
         except (httpx.HTTPError, PrefectApiError):
             lease = None
         if lease is None:
@@ -124,6 +131,18 @@ class GroupLeases:
             group.file.remove(released=released)
         group.state = "released"
 
+    def _create_ahead(self) -> None:
+        """On a server's first fleet, create the entries' limits ahead of their groups, in order, so
+        that the groups the fleet reaches later can be taken whole. A group already reached is left
+        to its entries (each creates its own limit when it takes its own slot)."""
+        for group in dict.fromkeys(self._groups.values()):
+            if self._stop.is_set():
+                return
+            if group.state != "new":
+                continue
+            with contextlib.suppress(httpx.HTTPError, PrefectApiError):
+                self._api.create_lock_limits(self._api.missing_limits([lock_name(e) for e in group.entries]))
+
     def _renew(self) -> None:
         """Every third of the lease, renew the leases held (a holder that dies stops renewing: its
         slots come back when the lease expires, or sooner through its group file)."""
@@ -136,8 +155,9 @@ class GroupLeases:
     def close(self) -> None:
         """Release what is still held (entries the fleet never got to, after an error)."""
         self._stop.set()
-        if self._renewer is not None:
-            self._renewer.join(5)
+        for thread in (self._renewer, self._creator):
+            if thread is not None:
+                thread.join(5)
         for group in set(self._groups.values()):
             with group.lock:
                 if group.state == "held":

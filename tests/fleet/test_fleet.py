@@ -482,11 +482,14 @@ def test_a_fleet_on_a_prefect_server_takes_its_entries_slots_a_group_at_a_time(
     fleet_factory: Any, prefect_server: PrefectServer, slot_requests: dict[str, list[Any]]
 ) -> None:
     fleet = fleet_factory(6)
+    names = sorted(fleet.paths)
+    api = PrefectApi(prefect_server.api_url)
+    api.create_lock_limits([lock_name(n) for n in names])  # a server that has seen this fleet before
+    api.close()
 
     result = run_fleet(fleet.config(), config_path=None, concurrency=6, lock_with_prefect=True)
 
     assert result.counts == {"rotated": 6}, [(e.project, e.status, e.error) for e in result.entries]
-    names = sorted(fleet.paths)
     assert sorted(slot_requests["group"]) == [
         [lock_name(n) for n in names[:3]],
         [lock_name(n) for n in names[3:]],
@@ -497,12 +500,26 @@ def test_a_fleet_on_a_prefect_server_takes_its_entries_slots_a_group_at_a_time(
 
 
 @vault_only
+def test_a_servers_first_fleet_rotates_every_entry_and_gives_every_slot_back(
+    fleet_factory: Any, prefect_server: PrefectServer, slot_requests: dict[str, list[Any]]
+) -> None:
+    fleet = fleet_factory(8)  # no limit exists yet: the entries, or the groups' limits made ahead, create them
+
+    result = run_fleet(fleet.config(), config_path=None, concurrency=8, lock_with_prefect=True)
+
+    assert result.counts == {"rotated": 8}, [(e.project, e.status, e.error) for e in result.entries]
+    assert all(_slot_free(prefect_server, n) for n in fleet.paths)
+    assert list((fleet.env.tmp / "locks" / "groups").glob("*")) == []
+
+
+@vault_only
 def test_an_entry_held_elsewhere_stops_only_itself_and_its_group_takes_slots_one_by_one(
     fleet_factory: Any, prefect_server: PrefectServer, slot_requests: dict[str, list[Any]]
 ) -> None:
     fleet = fleet_factory(4)
     names = sorted(fleet.paths)
     api = PrefectApi(prefect_server.api_url)
+    api.create_lock_limits([lock_name(n) for n in names])
     elsewhere = api.acquire(lock_name(names[1]), lease_s=60, timeout_s=5)  # a manual rotate on another host
     assert elsewhere is not None
     try:

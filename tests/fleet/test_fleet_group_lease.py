@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,9 +39,12 @@ def lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "locks"
 
 
-def _entries(count: int) -> list[str]:
+def _entries(api: PrefectApi, count: int) -> list[str]:
+    """New entries whose lock limits exist (a server that has seen the fleet before)."""
     tag = uuid.uuid4().hex[:8]
-    return [f"group-{tag}-{i}" for i in range(count)]
+    entries = [f"group-{tag}-{i}" for i in range(count)]
+    api.create_lock_limits([lock_name(e) for e in entries])
+    return entries
 
 
 def _taken(api: PrefectApi, entry: str) -> bool:
@@ -53,7 +57,7 @@ def _taken(api: PrefectApi, entry: str) -> bool:
 
 
 def test_one_lease_takes_every_slot_of_a_group_and_one_release_frees_them(api: PrefectApi) -> None:
-    entries = _entries(3)
+    entries = _entries(api, 3)
 
     lease = api.acquire_all([lock_name(e) for e in entries], lease_s=60)
 
@@ -64,7 +68,7 @@ def test_one_lease_takes_every_slot_of_a_group_and_one_release_frees_them(api: P
 
 
 def test_a_group_with_one_slot_taken_elsewhere_takes_none_of_them(api: PrefectApi) -> None:
-    entries = _entries(3)
+    entries = _entries(api, 3)
     elsewhere = api.acquire(lock_name(entries[1]), lease_s=60, timeout_s=5)
     assert elsewhere is not None
 
@@ -78,7 +82,7 @@ def test_a_group_with_one_slot_taken_elsewhere_takes_none_of_them(api: PrefectAp
 def test_a_group_is_taken_when_its_first_entry_needs_it_and_freed_when_its_last_is_done(
     api: PrefectApi, lock_dir: Path
 ) -> None:
-    entries = _entries(3)
+    entries = _entries(api, 3)
     groups = GroupLeases(api, entries, size=3, lease_s=60)
     assert not _taken(api, entries[2]), "nothing is taken before an entry needs it"
 
@@ -96,7 +100,7 @@ def test_a_group_is_taken_when_its_first_entry_needs_it_and_freed_when_its_last_
 
 
 def test_entries_of_a_group_taken_elsewhere_each_take_their_own_slot(api: PrefectApi, lock_dir: Path) -> None:
-    entries = _entries(2)
+    entries = _entries(api, 2)
     elsewhere = api.acquire(lock_name(entries[1]), lease_s=60, timeout_s=5)
     assert elsewhere is not None
     groups = GroupLeases(api, entries, size=2, lease_s=60)
@@ -106,6 +110,34 @@ def test_entries_of_a_group_taken_elsewhere_each_take_their_own_slot(api: Prefec
     assert not _taken(api, entries[0]), "a group that cannot be taken whole is not taken at all"
     api.release(elsewhere.lease_id)
     groups.close()
+
+
+def test_a_group_with_a_limit_not_created_yet_takes_nothing(api: PrefectApi) -> None:
+    tag = uuid.uuid4().hex[:8]
+    names = [lock_name(f"new-{tag}-{i}") for i in range(2)]
+    api.create_lock_limits(names[:1])
+
+    assert api.acquire_all(names, lease_s=60) is None
+    assert not _taken(api, f"new-{tag}-0"), "the lease over the limit that exists was given back"
+
+
+def test_on_a_servers_first_fleet_the_groups_limits_are_made_ahead_and_the_group_taken_whole(
+    api: PrefectApi, lock_dir: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    entries = [f"new-{tag}-{i}" for i in range(2)]
+    groups = GroupLeases(api, entries, size=2, lease_s=60)
+
+    deadline = time.monotonic() + 10
+    while api.missing_limits([lock_name(e) for e in entries]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert groups.holds(entries[0])
+    assert _taken(api, entries[1])
+    for e in entries:
+        groups.done(e)
+    groups.close()
+    assert not _taken(api, entries[1])
 
 
 def test_a_group_too_small_to_save_a_call_is_not_made() -> None:
@@ -144,7 +176,7 @@ def _killed_holder(prefect_server: PrefectServer, entries: list[str]) -> None:
 def test_a_group_whose_holder_died_is_released_by_the_next_run_that_needs_one_of_its_slots(
     prefect_server: PrefectServer, api: PrefectApi, lock_dir: Path
 ) -> None:
-    entries = _entries(3)
+    entries = _entries(api, 3)
     _killed_holder(prefect_server, entries)
     assert _taken(api, entries[2]), "its lease (300 s) outlives it"
 
@@ -157,7 +189,7 @@ def test_a_group_whose_holder_died_is_released_by_the_next_run_that_needs_one_of
 
 
 def test_a_live_groups_slot_is_refused_to_another_run_and_its_file_left_alone(api: PrefectApi, lock_dir: Path) -> None:
-    entries = _entries(2)
+    entries = _entries(api, 2)
     groups = GroupLeases(api, entries, size=2, lease_s=60)
     assert groups.holds(entries[0])
 
@@ -172,7 +204,7 @@ def test_a_live_groups_slot_is_refused_to_another_run_and_its_file_left_alone(ap
 
 
 def test_a_group_file_names_the_lease_and_its_entries_only(api: PrefectApi, lock_dir: Path) -> None:
-    entries = _entries(2)
+    entries = _entries(api, 2)
     groups = GroupLeases(api, entries, size=2, lease_s=60)
     assert groups.holds(entries[0])
 
