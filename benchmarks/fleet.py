@@ -1,6 +1,6 @@
 """Fleet rotation on the local stack: ``rotate --all`` for 100, 1,000 and 2,000 entries.
 
-    .venv/bin/python benchmarks/fleet.py [--sizes 100,1000,2000] [--concurrency 16] [--paced 100]
+    .venv/bin/python benchmarks/fleet.py [--sizes 100,1000,2000] [--concurrency N] [--paced 100]
                                          [--ingestion-delay 0.1] [--store vault|aws] [--json FILE]
                                          [--profile FILE] [--prefect-calls]
 
@@ -251,7 +251,7 @@ def _children_cpu_s() -> float:
 def run_fleet(
     config: Path,
     env: dict[str, str],
-    concurrency: int,
+    concurrency: int | None,
     tmp: Path,
     pids: dict[str, int],
     py_spy: str | None = None,
@@ -271,8 +271,7 @@ def run_fleet(
         "--config",
         str(config),
         "--json",
-        "--concurrency",
-        str(concurrency),
+        *(["--concurrency", str(concurrency)] if concurrency is not None else []),
     ]
     if profile:
         cmd = [sys.executable, str(REPO / "benchmarks" / "profile_threads.py"), profile, *cmd[1:]]
@@ -409,7 +408,7 @@ def _requests_since(control: SimulatorControl, mark: int) -> list[dict[str, Any]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100,1000,2000")
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, help="default: the configuration's (fleet.concurrency)")
     parser.add_argument("--paced", type=int, default=100, help="entries in the paced run (0: skip it)")
     parser.add_argument(
         "--ingestion-delay",

@@ -271,7 +271,9 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*$")
 class FleetConfig(StrictModel):
     """``rotate --all`` and the ``quarterly`` deployment (docs/fleet.md)."""
 
-    concurrency: int = Field(default=16, ge=1, le=512)
+    concurrency: int = Field(default=24, ge=1, le=512)
+    """Entries at once: each spends most of its time waiting (consumers, the canary's ingestion), so
+    more overlap shortens a fleet until the CPU is busy (docs/fleet.md, benchmarks/README.md)."""
     batch_size: int | None = Field(default=None, ge=1)
     """Set: the fleet run hands batches of this many entries to ``batch_deployment`` on the work pool."""
     batch_deployment: str = "langfuse-key-rotation-all/fleet-batch"

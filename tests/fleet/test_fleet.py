@@ -292,7 +292,7 @@ projects: []
     assert config.stores["a"].max_writes_per_s == 40
     assert config.stores["v"].max_writes_per_s is None
     assert config.langfuse.max_requests_per_min is None
-    assert config.fleet.concurrency == 16 and config.fleet.skip_window_s == 30 * 86400
+    assert config.fleet.concurrency == 24 and config.fleet.skip_window_s == 30 * 86400
 
 
 @vault_only
