@@ -38,8 +38,9 @@ MAX_GROUP = 8
 
 
 def group_size(concurrency: int) -> int:
-    """Half the fleet's concurrency, at most ``MAX_GROUP``: two groups run side by side, so the
-    entries of one start within a few entries' time of each other. Below 2, no groups."""
+    """Half the fleet's concurrency, at most ``MAX_GROUP``: two groups or more run side by side, so
+    the entries of one start within a few entries' time of each other. 0 (no groups) below a
+    concurrency of 4: a group of one saves no call."""
     size = min(MAX_GROUP, concurrency // 2)
     return size if size >= 2 else 0
 
