@@ -13,11 +13,14 @@ import contextlib
 import fcntl
 import os
 import time
+import uuid
 from typing import Any
 
 import pytest
 
+from connectors.prefect_api import PrefectApi
 from devstack.prefect_server import PrefectServer
+from flows.fleet.group_lease import GroupLeases
 from flows.rotation.crashpoints import CRASH_ENV_VAR
 from flows.rotation.entry_run import execute
 from flows.rotation.lock import lock_name
@@ -171,6 +174,45 @@ def test_an_emergency_takes_over_the_lease_of_a_rotation_that_died_on_another_ho
     assert code == 0, output
     assert_carried_through(env, old, staged, result)
     assert any("went ahead without it" in line for line in result["reconciled"]), result["reconciled"]
+
+
+@pytest.mark.slow  # the emergency waits out the 5 s take-over
+@pytest.mark.parametrize("any_store", ["vault"], indirect=True)
+def test_an_emergency_on_an_entry_of_a_fleet_group_not_done_yet_contains_it_and_leaves_the_group_alone(
+    rotation_env: RotationEnv, prefect_server: PrefectServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fleet holds an entry's slot with its group's (docs/fleet.md, "Group leases") until the whole
+    group is done: the emergency goes around it after 5 s, and the live fleet's group is not
+    mistaken for a dead one (same host, same lock directory)."""
+    env = rotation_env
+    env.prefect_env = prefect_server.client_env(env.env)
+    monkeypatch.setenv("LANGFUSE_ROTATE_LOCK_DIR", str(env.tmp / "locks-a"))
+    api = PrefectApi(prefect_server.api_url)
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    api.create_lock_limits([lock_name(ENTRY), lock_name(other)])
+    groups = GroupLeases(api, [ENTRY, other], size=2, lease_s=60)
+    assert groups.holds(other), "the fleet's group started with the other entry"
+    old = env.current()
+    config = str(env.write_config())
+    try:
+        began = time.monotonic()
+        code, result, output = finish(
+            start(env, "emergency", "--config", config, "--project", ENTRY, host="a", prefect=True)
+        )
+        took = time.monotonic() - began
+        group_files = list((env.tmp / "locks-a" / "groups").glob("*.group"))
+    finally:
+        groups.done(ENTRY)
+        groups.done(other)
+        groups.close()
+        api.close()
+
+    assert code == 0, output
+    assert result["status"] == "contained" and result["old_key_rejected"] is True, output
+    assert not env.works(old)
+    assert any("went ahead without it" in line for line in result["reconciled"]), result["reconciled"]
+    assert len(group_files) == 1, "the live fleet's group lease was left to it"
+    assert took < 30, took
 
 
 def release_dead_slot() -> None:
