@@ -644,14 +644,29 @@ def _check_runs_in_prefect(out: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 @vault_only
-def test_a_killed_fleet_rerun_resumes_unfinished_entries_and_skips_rotated_ones(prefect_fleet: Any) -> None:
+@pytest.mark.parametrize("concurrency", [2, 4], ids=["one-lease-per-entry", "group-leases"])
+def test_a_killed_fleet_rerun_resumes_unfinished_entries_and_skips_rotated_ones(
+    prefect_fleet: Any, concurrency: int
+) -> None:
+    """At 4 places the entries' slots are taken two at a time (``flows.fleet.group_lease``): the
+    killed fleet's group leases are released through its group files, not waited out."""
     fleet = prefect_fleet(6, restart_delay_s=1.5)
     # An entry killed while its Prefect slot was being granted leaves a slot no lease file names:
     # the rerun waits for that lease to expire (60 s at the least) instead of refusing the entry.
     path = fleet.write_config(lock={"lease_s": 60, "wait_s": 90})
     env = dict(fleet.env.prefect_env or fleet.env.env)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli.main", "rotate", "--config", str(path), "--all", "--concurrency", "2"],
+        [
+            sys.executable,
+            "-m",
+            "flows.cli.main",
+            "rotate",
+            "--config",
+            str(path),
+            "--all",
+            "--concurrency",
+            str(concurrency),
+        ],
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -662,26 +677,29 @@ def test_a_killed_fleet_rerun_resumes_unfinished_entries_and_skips_rotated_ones(
     def describe(name: str) -> Any:
         return fleet.env.store.store.describe(SecretLocation(path=fleet.paths[name]))
 
-    # Kill it while at least three entries have a new key and one of them is mid-rotation (staged,
-    # waiting for its consumer's 1.5 s restart).
+    # Kill it while at least three entries have a new key, one of them has finished and one is
+    # mid-rotation (staged, waiting for its consumer's 1.5 s restart).
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         states = {n: describe(n) for n in fleet.paths}
+        done = [n for n, d in states.items() if d.pending is None and d.current_public_key != fleet.originals[n]]
         changed = [n for n, d in states.items() if d.current_public_key != fleet.originals[n]]
-        if len(changed) >= 3 and any(d.pending is not None and d.pending_promoted for d in states.values()):
+        if len(changed) >= 3 and done and any(d.pending is not None and d.pending_promoted for d in states.values()):
             break
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
     assert proc.stdout is not None
     proc.stdout.close()
+    if concurrency >= 4:
+        assert list((fleet.env.tmp / "locks").glob("groups/*.group")), "killed holding a group lease"
     after_kill = {n: describe(n) for n in fleet.paths}
     unfinished = {n: d.pending for n, d in after_kill.items() if d.pending is not None}
     finished = [n for n, d in after_kill.items() if d.pending is None and d.current_public_key != fleet.originals[n]]
     untouched = [n for n in fleet.paths if n not in unfinished and n not in finished]
     assert unfinished and finished, f"killed mid-fleet: unfinished {sorted(unfinished)}, finished {finished}"
 
-    rerun = fleet.env.cli("rotate", "--config", str(path), "--all", "--concurrency", "3", "--json")
+    rerun = fleet.env.cli("rotate", "--config", str(path), "--all", "--concurrency", str(concurrency + 1), "--json")
 
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     out = json.loads(rerun.stdout.strip().splitlines()[-1])
@@ -705,6 +723,7 @@ def test_a_killed_fleet_rerun_resumes_unfinished_entries_and_skips_rotated_ones(
     for name in fleet.paths:
         assert fleet.originals[name] not in ours, f"{name}: its old key is revoked"
         assert fleet.current(name) in ours
+    assert list((fleet.env.tmp / "locks").glob("groups/*.group")) == [], "the dead fleet's groups were released"
 
 
 def test_fleet_result_json_has_the_contract_keys() -> None:
