@@ -62,13 +62,9 @@ class GroupLeases:
     def __init__(self, api: PrefectApi, entries: Sequence[str], *, size: int, lease_s: float) -> None:
         self._api = api
         self._lease_s = lease_s
-        self._groups: dict[str, _Group] = {}
-        for start in range(0, len(entries), size):
-            members = tuple(entries[start : start + size])
-            if len(members) < 2:
-                continue
-            group = _Group(members, left=len(members))
-            self._groups.update(dict.fromkeys(members, group))
+        chunks = [tuple(entries[start : start + size]) for start in range(0, len(entries), size)]
+        self._all = [_Group(chunk, left=len(chunk)) for chunk in chunks if len(chunk) >= 2]
+        self._groups = {entry: group for group in self._all for entry in group.entries}
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self._creator: threading.Thread | None = None
@@ -136,7 +132,7 @@ class GroupLeases:
         """On a server's first fleet, create the entries' limits ahead of their groups, in order, so
         that the groups the fleet reaches later can be taken whole. A group already reached is left
         to its entries (each creates its own limit when it takes its own slot)."""
-        for group in dict.fromkeys(self._groups.values()):
+        for group in self._all:
             if self._stop.is_set():
                 return
             if group.state != "new":
@@ -148,7 +144,7 @@ class GroupLeases:
         """Every third of the lease, renew the leases held (a holder that dies stops renewing: its
         slots come back when the lease expires, or sooner through its group file)."""
         while not self._stop.wait(self._lease_s / 3):
-            held = [g.lease for g in set(self._groups.values()) if g.state == "held" and g.lease is not None]
+            held = [g.lease for g in self._all if g.state == "held" and g.lease is not None]
             for lease in held:
                 with contextlib.suppress(httpx.HTTPError, PrefectApiError):
                     self._api.renew(lease.lease_id, self._lease_s)
@@ -159,7 +155,7 @@ class GroupLeases:
         for thread in (self._renewer, self._creator):
             if thread is not None:
                 thread.join(5)
-        for group in set(self._groups.values()):
+        for group in self._all:
             with group.lock:
                 if group.state == "held":
                     self._release(group)

@@ -77,6 +77,14 @@ def _lock_dir() -> Path:
     path = Path(configured) if configured else default_lock_dir()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LockDirError(f"cannot create the lock directory {path}: {exc.strerror}") from None
+    return _private_dir(path)
+
+
+def _private_dir(path: Path) -> Path:
+    """``path`` created 0700 if missing, and refused unless it is private (``_check_private``)."""
+    try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
@@ -252,15 +260,7 @@ shared_slots: ContextVar[SharedSlots | None] = ContextVar("shared_slots", defaul
 
 
 def _group_dir() -> Path:
-    path = _lock_dir() / "groups"
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise LockDirError(f"cannot create the lock directory {path}: {exc.strerror}") from None
-    _check_private(path)
-    return path
+    return _private_dir(_lock_dir() / "groups")
 
 
 class GroupFile:

@@ -7,6 +7,7 @@ consumer in ``devstack.fleet_consumers``) checks behaviour, not speed: the speed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from flows.fleet.run import FleetResult, fleet_exit_code, run_fleet
 from flows.models import ExitCode, RotationResult
 from flows.rotation.lock import lock_name
 from tests.fixtures.calls import recorded_calls
-from tests.fixtures.prefect import state_history, wait_for_paused_run
+from tests.fixtures.prefect import slot_taken, state_history, wait_for_paused_run
 from tests.fixtures.rotation import RotationEnv
 
 REPO = Path(__file__).resolve().parents[2]
@@ -466,15 +467,9 @@ def slot_requests(monkeypatch: pytest.MonkeyPatch, prefect_server: PrefectServer
     }
 
 
-def _slot_free(prefect_server: PrefectServer, entry: str) -> bool:
-    api = PrefectApi(prefect_server.api_url)
-    try:
-        lease = api.acquire(lock_name(entry), lease_s=60, timeout_s=0)
-        if lease is not None:
-            api.release(lease.lease_id)
-        return lease is not None
-    finally:
-        api.close()
+def _all_slots_free(prefect_server: PrefectServer, entries: Iterable[str]) -> bool:
+    with contextlib.closing(PrefectApi(prefect_server.api_url)) as api:
+        return not any(slot_taken(api, e) for e in entries)
 
 
 @vault_only
@@ -495,7 +490,7 @@ def test_a_fleet_on_a_prefect_server_takes_its_entries_slots_a_group_at_a_time(
         [lock_name(n) for n in names[3:]],
     ], "two requests for six slots (groups of half the concurrency)"
     assert slot_requests["one"] == []
-    assert all(_slot_free(prefect_server, n) for n in names), "every slot given back"
+    assert _all_slots_free(prefect_server, names), "every slot given back"
     assert list((fleet.env.tmp / "locks" / "groups").glob("*")) == []
 
 
@@ -508,7 +503,7 @@ def test_a_servers_first_fleet_rotates_every_entry_and_gives_every_slot_back(
     result = run_fleet(fleet.config(), config_path=None, concurrency=8, lock_with_prefect=True)
 
     assert result.counts == {"rotated": 8}, [(e.project, e.status, e.error) for e in result.entries]
-    assert all(_slot_free(prefect_server, n) for n in fleet.paths)
+    assert _all_slots_free(prefect_server, fleet.paths)
     assert list((fleet.env.tmp / "locks" / "groups").glob("*")) == []
 
 
@@ -536,7 +531,7 @@ def test_an_entry_held_elsewhere_stops_only_itself_and_its_group_takes_slots_one
     assert sorted(set(slot_requests["one"])) == [lock_name(names[0]), lock_name(names[1])], (
         "the group that could not be taken whole: each of its entries asked for its own slot"
     )
-    assert all(_slot_free(prefect_server, n) for n in names)
+    assert _all_slots_free(prefect_server, names)
 
 
 # --- the command line under Prefect -------------------------------------------------------------

@@ -22,6 +22,7 @@ from devstack.prefect_server import PrefectServer
 from flows.errors import RotationInProgressError
 from flows.fleet.group_lease import GroupLeases, group_size
 from flows.rotation.lock import entry_lock, lock_name, release_dead_groups
+from tests.fixtures.prefect import slot_taken
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,24 +48,15 @@ def _entries(api: PrefectApi, count: int) -> list[str]:
     return entries
 
 
-def _taken(api: PrefectApi, entry: str) -> bool:
-    """Whether the entry's slot is taken: asked the way a second run asks (and given back at once)."""
-    lease = api.acquire(lock_name(entry), lease_s=60, timeout_s=0)
-    if lease is None:
-        return True
-    api.release(lease.lease_id)
-    return False
-
-
 def test_one_lease_takes_every_slot_of_a_group_and_one_release_frees_them(api: PrefectApi) -> None:
     entries = _entries(api, 3)
 
     lease = api.acquire_all([lock_name(e) for e in entries], lease_s=60)
 
     assert lease is not None
-    assert [_taken(api, e) for e in entries] == [True, True, True]
+    assert [slot_taken(api, e) for e in entries] == [True, True, True]
     api.release(lease.lease_id)
-    assert [_taken(api, e) for e in entries] == [False, False, False]
+    assert [slot_taken(api, e) for e in entries] == [False, False, False]
 
 
 def test_a_group_with_one_slot_taken_elsewhere_takes_none_of_them(api: PrefectApi) -> None:
@@ -75,7 +67,7 @@ def test_a_group_with_one_slot_taken_elsewhere_takes_none_of_them(api: PrefectAp
     lease = api.acquire_all([lock_name(e) for e in entries], lease_s=60)
 
     assert lease is None
-    assert [_taken(api, e) for e in entries] == [False, True, False]
+    assert [slot_taken(api, e) for e in entries] == [False, True, False]
     api.release(elsewhere.lease_id)
 
 
@@ -84,17 +76,17 @@ def test_a_group_is_taken_when_its_first_entry_needs_it_and_freed_when_its_last_
 ) -> None:
     entries = _entries(api, 3)
     groups = GroupLeases(api, entries, size=3, lease_s=60)
-    assert not _taken(api, entries[2]), "nothing is taken before an entry needs it"
+    assert not slot_taken(api, entries[2]), "nothing is taken before an entry needs it"
 
     assert groups.holds(entries[0])
 
-    assert [_taken(api, e) for e in entries] == [True, True, True], "the entries not started yet are held too"
+    assert [slot_taken(api, e) for e in entries] == [True, True, True], "the entries not started yet are held too"
     assert groups.holds(entries[2]), "the others find their slot held for them"
     groups.done(entries[0])
     groups.done(entries[1])
-    assert _taken(api, entries[0]), "held until the group's last entry is done"
+    assert slot_taken(api, entries[0]), "held until the group's last entry is done"
     groups.done(entries[2])
-    assert [_taken(api, e) for e in entries] == [False, False, False]
+    assert [slot_taken(api, e) for e in entries] == [False, False, False]
     assert list((lock_dir / "groups").iterdir()) == [], "the group file goes with the lease"
     groups.close()
 
@@ -107,7 +99,7 @@ def test_entries_of_a_group_taken_elsewhere_each_take_their_own_slot(api: Prefec
 
     assert not groups.holds(entries[0])
     assert not groups.holds(entries[1])
-    assert not _taken(api, entries[0]), "a group that cannot be taken whole is not taken at all"
+    assert not slot_taken(api, entries[0]), "a group that cannot be taken whole is not taken at all"
     api.release(elsewhere.lease_id)
     groups.close()
 
@@ -118,7 +110,7 @@ def test_a_group_with_a_limit_not_created_yet_takes_nothing(api: PrefectApi) -> 
     api.create_lock_limits(names[:1])
 
     assert api.acquire_all(names, lease_s=60) is None
-    assert not _taken(api, f"new-{tag}-0"), "the lease over the limit that exists was given back"
+    assert not slot_taken(api, f"new-{tag}-0"), "the lease over the limit that exists was given back"
 
 
 def test_on_a_servers_first_fleet_the_groups_limits_are_made_ahead_and_the_group_taken_whole(
@@ -133,11 +125,11 @@ def test_on_a_servers_first_fleet_the_groups_limits_are_made_ahead_and_the_group
         time.sleep(0.05)
 
     assert groups.holds(entries[0])
-    assert _taken(api, entries[1])
+    assert slot_taken(api, entries[1])
     for e in entries:
         groups.done(e)
     groups.close()
-    assert not _taken(api, entries[1])
+    assert not slot_taken(api, entries[1])
 
 
 def test_a_group_too_small_to_save_a_call_is_not_made() -> None:
@@ -178,13 +170,13 @@ def test_a_group_whose_holder_died_is_released_by_the_next_run_that_needs_one_of
 ) -> None:
     entries = _entries(api, 3)
     _killed_holder(prefect_server, entries)
-    assert _taken(api, entries[2]), "its lease (300 s) outlives it"
+    assert slot_taken(api, entries[2]), "its lease (300 s) outlives it"
 
     with entry_lock(entries[2], wait_s=0, lease_s=60, use_prefect=True):
-        assert _taken(api, entries[2])
-        assert not _taken(api, entries[0]), "the dead group's other slots are free again"
+        assert slot_taken(api, entries[2])
+        assert not slot_taken(api, entries[0]), "the dead group's other slots are free again"
 
-    assert not _taken(api, entries[2])
+    assert not slot_taken(api, entries[2])
     assert list((lock_dir / "groups").iterdir()) == []
 
 
